@@ -1,0 +1,7 @@
+"""Fine-tuning methods: one class per method, each builds its peft config (and quantization config)."""
+
+from lit_lora.adapters.base import Adapter, check_target_modules, count_parameters, parameter_report
+from lit_lora.adapters.lora import FullFineTuning, LoRA, QLoRA
+
+__all__ = ["Adapter", "FullFineTuning", "LoRA", "QLoRA", "check_target_modules", "count_parameters",
+           "parameter_report"]

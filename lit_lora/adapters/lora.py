@@ -1,0 +1,151 @@
+"""Full fine-tuning, LoRA and QLoRA: peft's LoRA layers over a plain or bitsandbytes-quantized base.
+
+    from lit_lora.adapters import QLoRA
+    adapter = QLoRA(r=16, alpha=16, target_modules=["q_proj", "v_proj"], quant_type="nf4")
+    model = adapter.wrap(AutoModelForCausalLM.from_pretrained(path,
+                         quantization_config=adapter.quantization_config()), "CAUSAL_LM")
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from torch import nn
+
+from lit_lora.adapters.base import Adapter, check_target_modules, to_dtype
+
+
+class FullFineTuning(Adapter):
+    """Every weight of the model trains; no peft wrapper."""
+
+    method = "full"
+
+    def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
+        model.requires_grad_(True)
+        return model
+
+
+class LoRA(Adapter):
+    """Low-rank adapters (peft ``LoraConfig``) on a frozen base.
+
+    Args:
+        r: Rank of the update matrices.
+        alpha: Scaling numerator; the update is scaled by ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA).
+        dropout: Dropout on the adapter input.
+        bias: Which biases train: ``none``, ``all`` or ``lora_only``.
+        target_modules: Module names to adapt (e.g. ``[q_proj, v_proj]``), ``all-linear``, or a full-match regex.
+            A name that matches no module is an error.
+        use_rslora: Rank-stabilised scaling ``alpha / sqrt(r)``.
+        use_dora: Weight-decomposed LoRA (DoRA).
+        modules_to_save: Extra modules trained in full and saved with the adapter (e.g. a classification head).
+    """
+
+    method = "lora"
+
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: float = 16,
+        dropout: float = 0.05,
+        bias: Literal["none", "all", "lora_only"] = "none",
+        target_modules: Union[list[str], str] = "all-linear",
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        modules_to_save: Optional[list[str]] = None,
+    ):
+        self.r = r
+        self.alpha = alpha
+        self.dropout = dropout
+        self.bias = bias
+        self.target_modules = target_modules
+        self.use_rslora = use_rslora
+        self.use_dora = use_dora
+        self.modules_to_save = modules_to_save
+
+    def peft_config(self, task_type: str):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            task_type=task_type,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            bias=self.bias,
+            target_modules=self.target_modules,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            modules_to_save=self.modules_to_save,
+        )
+
+    def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
+        from peft import get_peft_model
+
+        check_target_modules(model, self.target_modules)
+        check_target_modules(model, self.modules_to_save, what="modules_to_save")
+        return get_peft_model(model, self.peft_config(task_type))
+
+
+class QLoRA(LoRA):
+    """LoRA over a bitsandbytes-quantized, frozen base (Dettmers et al., 2023).
+
+    Args:
+        bits: 4 (NF4 / FP4) or 8 (LLM.int8) bit base weights.
+        quant_type: 4-bit data type, ``nf4`` or ``fp4``.
+        double_quant: Quantize the quantization constants too (saves ~0.4 bit per weight).
+        compute_dtype: Dtype the 4-bit layers compute in (``bfloat16``, ``float16``, ``float32``).
+        quant_storage: Storage dtype of packed 4-bit weights; must equal the model dtype under FSDP / ZeRO-3.
+        gradient_checkpointing: Passed to peft's ``prepare_model_for_kbit_training``.
+    """
+
+    method = "qlora"
+
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: float = 16,
+        dropout: float = 0.05,
+        bias: Literal["none", "all", "lora_only"] = "none",
+        target_modules: Union[list[str], str] = "all-linear",
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        modules_to_save: Optional[list[str]] = None,
+        bits: Literal[4, 8] = 4,
+        quant_type: Literal["nf4", "fp4"] = "nf4",
+        double_quant: bool = True,
+        compute_dtype: str = "bfloat16",
+        quant_storage: Optional[str] = None,
+        gradient_checkpointing: bool = True,
+    ):
+        super().__init__(r, alpha, dropout, bias, target_modules, use_rslora, use_dora, modules_to_save)
+        self.bits = bits
+        self.quant_type = quant_type
+        self.double_quant = double_quant
+        self.compute_dtype = compute_dtype
+        self.quant_storage = quant_storage
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def quantization_config(self):
+        from transformers import BitsAndBytesConfig
+
+        if self.bits == 8:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        kwargs = {}
+        if self.quant_storage is not None:
+            kwargs["bnb_4bit_quant_storage"] = to_dtype(self.quant_storage)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=to_dtype(self.compute_dtype),
+            **kwargs,
+        )
+
+    def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=self.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        return super().wrap(model, task_type)

@@ -1,0 +1,179 @@
+"""Callbacks the CLI always adds: adapter checkpoints, the final export, and the base-vs-tuned figure.
+
+In YAML they are top-level keys (``checkpoint:``, ``export:``, ``baseline:``), e.g.::
+
+    export:
+      merge: true          # also write base + LoRA merged into a plain transformers model
+    baseline:
+      enabled: true        # validation loss of the base model before and of the tuned model after fit
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_lora.export import merge_and_save
+
+log = logging.getLogger("lit_lora")
+
+
+def adapter_dir_for(checkpoint_path: str) -> Path:
+    """``…/epoch=0-step=10.ckpt`` → ``…/epoch=0-step=10-adapter`` (the peft-format twin of a checkpoint)."""
+    path = Path(checkpoint_path)
+    return path.with_name(path.stem + "-adapter")
+
+
+class AdapterCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that also writes the adapter in peft format beside each checkpoint.
+
+    The ``.ckpt`` resumes training (trainable weights, optimizer, loop state); the ``-adapter``
+    directory is what ``peft.PeftModel.from_pretrained`` (or ``from_pretrained`` for full fine-tuning)
+    loads. Both are removed together when ``save_top_k`` rotates a checkpoint out.
+    """
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            trainer.lightning_module.save_pretrained(adapter_dir_for(filepath))
+
+    def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            shutil.rmtree(adapter_dir_for(filepath), ignore_errors=True)
+
+
+def peak_memory() -> tuple[float, str]:
+    """Peak memory in MiB: CUDA allocations when on a GPU, otherwise this process's peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_peak_rss"
+
+
+class FinalExport(Callback):
+    """At the end of fit, write the adapter (or full model) and a run summary to the run directory.
+
+    Args:
+        dirname: Directory (under the run directory) for the peft adapter or the full model.
+        merge: Also merge LoRA into a freshly loaded, unquantized base and save a plain transformers model.
+        merged_dirname: Directory (under the run directory) for the merged model.
+        merge_dtype: Dtype of the merged model (``float32``, ``bfloat16``, ``float16``).
+    """
+
+    def __init__(self, dirname: str = "adapter", merge: bool = False, merged_dirname: str = "merged",
+                 merge_dtype: str = "float32"):
+        self.dirname = dirname
+        self.merge = merge
+        self.merged_dirname = merged_dirname
+        self.merge_dtype = merge_dtype
+        self.started = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if not trainer.is_global_zero:
+            return
+        out = pl_module.save_pretrained(run_dir / self.dirname)
+        memory, memory_kind = peak_memory()
+        summary = {
+            "model_name_or_path": pl_module.model_name_or_path,
+            "method": pl_module.adapter.method,
+            **pl_module.parameter_counts,
+            "global_step": trainer.global_step,
+            "wall_time_s": round(time.perf_counter() - self.started, 2) if self.started else None,
+            "peak_memory_mib": round(memory, 1),
+            "peak_memory_kind": memory_kind,
+            "adapter_dir": str(out),
+        }
+        if self.merge:
+            if not pl_module.is_peft:
+                raise ValueError("export.merge needs a LoRA / QLoRA adapter; full fine-tuning already saves a model")
+            merged = merge_and_save(pl_module.model_name_or_path, out, run_dir / self.merged_dirname,
+                                    type(pl_module).auto_model_class, self.merge_dtype, pl_module.tokenizer)
+            summary["merged_dir"] = str(merged)
+        (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"[lit-lora] saved {pl_module.adapter.method} weights to {out}")
+
+
+@torch.no_grad()
+def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_batches: Optional[int]) -> float:
+    """Label-token-weighted mean loss over the (first) validation dataloader."""
+    loader = trainer.datamodule.val_dataloader()
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0]
+    was_training = pl_module.training
+    pl_module.eval()
+    total, weight = 0.0, 0
+    for i, batch in enumerate(loader):
+        if limit_batches is not None and i >= limit_batches:
+            break
+        batch = move_data_to_device(batch, pl_module.device)
+        labels = batch.get("labels")
+        n = int((labels != -100).sum()) if labels is not None and labels.ndim == 2 else len(batch["input_ids"])
+        total += float(pl_module(batch).loss) * n
+        weight += n
+    pl_module.train(was_training)
+    return total / max(weight, 1)
+
+
+class BaselineComparison(Callback):
+    """Validation loss of the base model (adapter disabled) before fit and of the tuned model after it.
+
+    Prints the before/after figure, logs ``baseline/val_loss`` and ``tuned/val_loss``, and writes
+    ``before_after.json`` to the run directory.
+
+    Args:
+        enabled: Measure and print the comparison.
+        limit_batches: Validation batches to use (``None`` = all).
+    """
+
+    def __init__(self, enabled: bool = True, limit_batches: Optional[int] = None):
+        self.enabled = enabled
+        self.limit_batches = limit_batches
+        self.base_loss: Optional[float] = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.enabled:
+            return
+        if pl_module.is_peft:
+            with pl_module.model.disable_adapter():
+                self.base_loss = mean_validation_loss(trainer, pl_module, self.limit_batches)
+        elif trainer.ckpt_path is None:  # full fine-tuning: the untouched model is the base
+            self.base_loss = mean_validation_loss(trainer, pl_module, self.limit_batches)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.enabled:
+            return
+        tuned = mean_validation_loss(trainer, pl_module, self.limit_batches)
+        result = {"base_val_loss": self.base_loss, "tuned_val_loss": tuned}
+        for logger in trainer.loggers:
+            logger.log_metrics({k.replace("_val_loss", "/val_loss"): v for k, v in result.items()
+                                if v is not None}, step=trainer.global_step)
+        if not trainer.is_global_zero:
+            return
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "before_after.json").write_text(json.dumps(result, indent=2))
+        if self.base_loss is None:
+            print(f"[lit-lora] validation loss: tuned {tuned:.4f} (base not measured on a resumed full fine-tune)")
+            return
+        print(
+            f"[lit-lora] validation loss: base {self.base_loss:.4f} -> tuned {tuned:.4f} "
+            f"(delta {tuned - self.base_loss:+.4f}); perplexity {math.exp(min(self.base_loss, 50)):.2f} -> "
+            f"{math.exp(min(tuned, 50)):.2f}"
+        )

@@ -1,0 +1,55 @@
+"""The ``lit-lora`` command: a LightningCLI with fit / validate / test / predict.
+
+    lit-lora fit --config configs/demo.yaml
+    lit-lora fit --config configs/demo.yaml --print_config > my.yaml   # a config --config accepts back
+    lit-lora test --config configs/demo.yaml --ckpt_path runs/demo/.../checkpoints/last.ckpt
+
+The tokenizer name follows ``model.init_args.model_name_or_path`` and the tokenizer object built by
+the datamodule is handed to the model (``link_arguments``): neither is repeated in a YAML.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport
+from lit_lora.data.base import TextDataModule
+from lit_lora.models.base import FineTuneModule
+
+
+class LitLoraCLI(LightningCLI):
+    """LightningCLI over every lit-lora module and datamodule, with the export callbacks always on."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(FineTuneModule, TextDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(AdapterCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalExport, "export")
+        parser.add_lightning_class_args(BaselineComparison, "baseline")
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+        parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
+
+
+def configure_logging() -> None:
+    logger = logging.getLogger("lit_lora")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def main(args: list[str] | None = None) -> None:
+    configure_logging()
+    LitLoraCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The DataModule every dataset shares: source, split, subset, tokenise (cached), dataloaders.
+
+A dataset is a small subclass that names its ``required_columns``, its bundled ``default_source``,
+and implements ``encode_row(row) -> dict`` (model features, or ``{"_drop": reason}``). Rows that
+cannot train are never dropped silently: each is counted by reason and the counts are logged::
+
+    [lit-lora] train: kept 288 of 290 rows; dropped 2 (1 empty output, 1 response truncated away)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from typing import Any, ClassVar, Optional
+
+import lightning as L
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from lit_lora.data.collators import PadCollator
+from lit_lora.data.sources import load_rows, take_subset
+
+log = logging.getLogger("lit_lora")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"):
+    """``AutoTokenizer`` with a pad token: the EOS token is borrowed (with a warning) when there is none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError(f"tokenizer {name_or_path} has neither a pad, an eos nor an unk token to pad with")
+        log.warning(
+            "tokenizer %s has no pad token; padding with %r. Padding is masked out of attention and labels, "
+            "and the EOS closing each response still counts in the loss.", name_or_path, fallback,
+        )
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+class TextDataModule(L.LightningDataModule):
+    """Shared loading, splitting, subsetting, tokenisation and batching.
+
+    Args:
+        source: Hub dataset id, a local json / jsonl / parquet / csv file or directory, or a bundled
+            sample name; ``None`` uses this dataset's bundled sample.
+        split: Split of a hub ``source`` to train on.
+        subset: Hub dataset configuration name, if it has several.
+        validation_source: Separate validation data (same forms as ``source``); else ``validation_split``
+            of ``source``; else a seeded ``val_fraction`` of the training rows.
+        validation_split: Split of a hub ``source`` to validate on (e.g. ``validation_matched``).
+        val_fraction: Fraction of training rows held out for validation when no validation data is named.
+        max_samples: Keep only the first N training rows.
+        sample_fraction: Keep a seeded random fraction of the training rows (e.g. 0.05).
+        max_eval_samples: Keep only the first N validation rows.
+        seed: Seed of the validation split and of the sampled subset.
+        max_length: Longest tokenised row; longer rows are truncated (and counted) as the dataset defines.
+        batch_size: Training batch size per device.
+        eval_batch_size: Validation / test batch size per device (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        tokenizer_name_or_path: Set from ``model.model_name_or_path`` by the CLI; not a YAML key there.
+    """
+
+    required_columns: ClassVar[tuple[str, ...]] = ()
+    default_source: ClassVar[Optional[str]] = None
+    padding_side: ClassVar[str] = "right"
+
+    def __init__(
+        self,
+        source: Optional[str] = None,
+        split: str = "train",
+        subset: Optional[str] = None,
+        validation_source: Optional[str] = None,
+        validation_split: Optional[str] = None,
+        val_fraction: float = 0.1,
+        max_samples: Optional[int] = None,
+        sample_fraction: Optional[float] = None,
+        max_eval_samples: Optional[int] = None,
+        seed: int = 42,
+        max_length: int = 512,
+        batch_size: int = 8,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        tokenizer_name_or_path: Optional[str] = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.source = source or self.default_source
+        if self.source is None:
+            raise ValueError(f"{type(self).__name__}: set data.source (a hub id or a local file)")
+        self.split = split
+        self.subset = subset
+        self.validation_source = validation_source
+        self.validation_split = validation_split
+        self.val_fraction = val_fraction
+        self.max_samples = max_samples
+        self.sample_fraction = sample_fraction
+        self.max_eval_samples = max_eval_samples
+        self.seed = seed
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path, padding_side=self.padding_side) \
+            if tokenizer_name_or_path else None
+        self.datasets: dict[str, Dataset] = {}
+        self.drop_counts: dict[str, Counter] = {}
+
+    # ---- hooks a dataset implements ---------------------------------------------------------
+    def encode_row(self, row: dict) -> dict:
+        """Model features of one raw row, or ``{"_drop": "reason"}`` for a row that cannot train."""
+        raise NotImplementedError
+
+    def check_rows(self, dataset: Dataset, where: str) -> None:
+        """Raise (naming ``where`` and the row) on input that is an error rather than a skip."""
+
+    # ---- loading ------------------------------------------------------------------------------
+    def load_raw_splits(self) -> dict[str, Dataset]:
+        train = load_rows(self.source, self.split, self.subset, self.required_columns)
+        if self.validation_source or self.validation_split:
+            val = load_rows(self.validation_source or self.source, self.validation_split or "train",
+                            self.subset, self.required_columns)
+            train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
+        else:
+            train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
+            if len(train) < 2:
+                raise ValueError(f"{self.source}: {len(train)} row(s) cannot be split into train and validation")
+            parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
+            train, val = parts["train"], parts["test"]
+        if self.max_eval_samples is not None:
+            val = val.select(range(min(self.max_eval_samples, len(val))))
+        return {"train": train, "validation": val}
+
+    def cache_fingerprint(self, dataset: Dataset, split: str) -> str:
+        """Key of the tokenised cache: the raw data, this class, its settings and the tokenizer."""
+        settings = {k: v for k, v in self.hparams.items() if k not in ("batch_size", "eval_batch_size", "num_workers")}
+        tokenizer = self.tokenizer
+        key = json.dumps([dataset._fingerprint, type(self).__qualname__, settings, split,
+                          tokenizer.name_or_path, len(tokenizer), tokenizer.pad_token,
+                          getattr(tokenizer, "chat_template", None)], sort_keys=True, default=str)
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def encode_split(self, dataset: Dataset, split: str) -> Dataset:
+        """Tokenise (cached by ``datasets``), then drop the rows that cannot train, counting each reason."""
+        if self.tokenizer is None:
+            raise ValueError(f"{type(self).__name__} needs tokenizer_name_or_path (linked from the model)")
+        self.check_rows(dataset, f"{self.source} ({split})")
+        encoded = dataset.map(self._encode_with_drop, remove_columns=dataset.column_names,
+                              new_fingerprint=self.cache_fingerprint(dataset, split), desc=f"tokenising {split}")
+        reasons = Counter(r for r in encoded["_drop"] if r)
+        self.drop_counts[split] = reasons
+        if reasons:
+            encoded = encoded.filter(lambda r: not r, input_columns="_drop")
+        detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        log.info("[lit-lora] %s: kept %d of %d rows%s", split, len(encoded), len(dataset),
+                 f"; dropped {sum(reasons.values())} ({detail})" if reasons else "")
+        if len(encoded) == 0:
+            raise ValueError(f"{self.source} ({split}): no row left to train on ({detail})")
+        return encoded.remove_columns("_drop")
+
+    def _encode_with_drop(self, row: dict) -> dict:
+        features = self.encode_row(row)
+        if "_drop" in features:
+            return {**self.empty_features(), "_drop": features["_drop"]}
+        return {**features, "_drop": ""}
+
+    def empty_features(self) -> dict[str, Any]:
+        """Placeholder features of a dropped row (same columns, so ``map`` keeps one schema)."""
+        return {"input_ids": [], "attention_mask": [], "labels": []}
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.datasets:
+            return
+        for split, dataset in self.load_raw_splits().items():
+            self.datasets[split] = self.encode_split(dataset, split)
+
+    # ---- batching -----------------------------------------------------------------------------
+    def collate_fn(self):
+        return PadCollator(pad_token_id=self.tokenizer.pad_token_id, padding_side=self.padding_side)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, collate_fn=self.collate_fn(), num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self.datasets else "validation", shuffle=False)

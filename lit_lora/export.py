@@ -1,0 +1,27 @@
+"""Merge a saved LoRA adapter into its base and save a plain transformers model.
+
+The base is reloaded unquantized in ``dtype`` (merging into 4-bit weights would round the update
+away), the adapter is applied with plain peft, and ``merge_and_unload`` folds it in::
+
+    python -c "from lit_lora.export import merge_and_save; from transformers import AutoModelForCausalLM; \
+merge_and_save('base/', 'runs/demo/adapter', 'runs/demo/merged', AutoModelForCausalLM)"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lit_lora.adapters.base import to_dtype
+
+
+def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str | Path, auto_model_class,
+                   dtype: str = "float32", tokenizer=None) -> Path:
+    from peft import PeftModel
+
+    base = auto_model_class.from_pretrained(base_name_or_path, dtype=to_dtype(dtype))
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out = Path(out_dir)
+    merged.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,169 @@
+"""The LightningModule every head shares: load a pretrained model, apply an adapter, train, save.
+
+Subclasses set ``task_type`` (peft's name) and ``auto_model_class`` and may override ``load_kwargs``.
+The model is built in ``configure_model`` (idempotent), not ``__init__``, so that a quantized base is
+loaded straight onto each rank's device and ``--print_config`` never touches weights.
+
+Checkpoints hold only the trainable parameters (plus optimizer and loop state): a frozen base is
+rebuilt from ``model_name_or_path`` on load, so a LoRA checkpoint of a 7B model is megabytes, not gigabytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+import lightning as L
+import torch
+from jsonargparse import lazy_instance
+
+from lit_lora.adapters import Adapter, LoRA, parameter_report
+from lit_lora.adapters.base import format_parameter_report, to_dtype
+from lit_lora.optim import OptimizerSettings, build_optimizer
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "decoder_input_ids",
+                    "decoder_attention_mask")
+
+
+class FineTuneModule(L.LightningModule):
+    """A pretrained Hugging Face model fine-tuned with one adapter method.
+
+    Args:
+        model_name_or_path: Hub id (e.g. ``meta-llama/Meta-Llama-3-8B-Instruct``) or a local model directory.
+        adapter: The fine-tuning method: ``lit_lora.adapters.FullFineTuning``, ``LoRA``, ``QLoRA`` …
+        optim: Optimizer, learning rate, weight decay and warmup schedule.
+        dtype: Dtype to load the weights in (``auto`` = as stored; ``float32``, ``bfloat16``, ``float16``).
+        attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2``; ``None`` lets transformers choose.
+        trust_remote_code: Run modelling code shipped with the checkpoint (off: only transformers' own classes).
+        gradient_checkpointing: Recompute activations in backward to save memory.
+        tokenizer: Set by the CLI from the datamodule (``link_arguments``); not a YAML key.
+    """
+
+    task_type: ClassVar[str] = "CAUSAL_LM"
+    auto_model_class: ClassVar[Any] = None
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        adapter: Adapter = lazy_instance(LoRA),
+        optim: OptimizerSettings = OptimizerSettings(),
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        attn_implementation: Optional[str] = None,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+        tokenizer: Any = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.model_name_or_path = model_name_or_path
+        self.adapter = adapter
+        self.optim = optim
+        self.dtype_name = dtype
+        self.attn_implementation = attn_implementation
+        self.trust_remote_code = trust_remote_code
+        self.gradient_checkpointing = gradient_checkpointing
+        self.tokenizer = tokenizer
+        self.model: Optional[torch.nn.Module] = None
+        self.parameter_counts: dict = {}
+        # Frozen weights are not in our checkpoints; on_load_checkpoint checks the trainable ones instead.
+        self.strict_loading = False
+
+    # ---- building -------------------------------------------------------------------------------
+    def load_kwargs(self) -> dict:
+        """Arguments for ``from_pretrained``; subclasses add e.g. ``num_labels``."""
+        kwargs: dict = {"trust_remote_code": self.trust_remote_code}
+        if self.dtype_name != "auto":
+            kwargs["dtype"] = to_dtype(self.dtype_name)
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        quantization = self.adapter.quantization_config()
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+            kwargs["device_map"] = {"": self._load_device()}
+        return kwargs
+
+    def _load_device(self):
+        """The device a quantized base is loaded on: this rank's device under any strategy."""
+        if self._trainer is not None:
+            device = self.trainer.strategy.root_device
+            return device.index if device.type == "cuda" else device.type
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def load_base_model(self) -> torch.nn.Module:
+        return self.auto_model_class.from_pretrained(self.model_name_or_path, **self.load_kwargs())
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        model = self.load_base_model()
+        if self.tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        self.model = self.adapter.wrap(model, self.task_type)
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as they are
+        self.parameter_counts = parameter_report(self.model)
+
+    # ---- training -------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> Any:
+        return self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS})
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss = self(batch).loss
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss = self(batch).loss
+        self.log("test_loss", loss, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+
+    def configure_optimizers(self):
+        return build_optimizer(self.optim, self.model, self.trainer)
+
+    def on_fit_start(self) -> None:
+        report = self.parameter_counts or parameter_report(self.model)
+        if self.trainer.is_global_zero:
+            print(f"[lit-lora] {self.adapter.method} on {self.model_name_or_path}: {format_parameter_report(report)}")
+        for logger in self.loggers:
+            logger.log_hyperparams({f"params/{k}": v for k, v in report.items()})
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def trainable_state_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["lit_lora"] = {"model_name_or_path": self.model_name_or_path, "method": self.adapter.method}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = sorted(self.trainable_state_keys() - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise RuntimeError(
+                f"checkpoint lacks {len(missing)} trainable weights of this {self.adapter.method} model "
+                f"(first: {missing[0]}); was it written with a different adapter configuration?"
+            )
+
+    # ---- export ---------------------------------------------------------------------------------
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write the adapter (peft format) or the full model, plus the tokenizer, to ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out)
+        return out
+
+    @property
+    def is_peft(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)

@@ -1,0 +1,19 @@
+"""Causal language models (Llama, Gemma, Phi, Falcon …) fine-tuned on prompt → response data.
+
+    lit-lora fit --config configs/demo.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from transformers import AutoModelForCausalLM
+
+from lit_lora.models.base import FineTuneModule
+
+
+class CausalLMModule(FineTuneModule):
+    """``AutoModelForCausalLM`` with full fine-tuning, LoRA or QLoRA; loss on the labelled tokens only."""
+
+    task_type: ClassVar[str] = "CAUSAL_LM"
+    auto_model_class: ClassVar[Any] = AutoModelForCausalLM
