@@ -177,3 +177,35 @@ class BaselineComparison(Callback):
             f"(delta {tuned - self.base_loss:+.4f}); perplexity {math.exp(min(self.base_loss, 50)):.2f} -> "
             f"{math.exp(min(tuned, 50)):.2f}"
         )
+
+
+class MetricsWriter(Callback):
+    """After ``lit-lora validate`` / ``test``, write the logged metrics to ``<run dir>/metrics.json``.
+
+    Modules may add non-scalar results (confusion matrix, per-class scores, counts) to
+    ``pl_module.extra_metrics`` (a dict); they are written under ``"details"``.
+
+    Args:
+        filename: File name under the run directory.
+    """
+
+    def __init__(self, filename: str = "metrics.json"):
+        self.filename = filename
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        result = {"stage": stage, "ckpt_path": trainer.ckpt_path, "metrics": scalars,
+                  "details": getattr(pl_module, "extra_metrics", {})}
+        (run_dir / self.filename).write_text(json.dumps(result, indent=2, default=str))
+        print(f"[lit-lora] wrote {stage} metrics to {run_dir / self.filename}")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module, "test")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "validate")

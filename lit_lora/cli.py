@@ -15,7 +15,7 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
-from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport
+from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
 from lit_lora.data.base import TextDataModule
 from lit_lora.models.base import FineTuneModule
 
@@ -33,6 +33,7 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FinalExport, "export")
         parser.add_lightning_class_args(BaselineComparison, "baseline")
+        parser.add_lightning_class_args(MetricsWriter, "metrics")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
 
@@ -46,9 +47,22 @@ def configure_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
+# Subcommands that are not Trainer methods, dispatched before LightningCLI sees the arguments.
+EXTRA_COMMANDS = {
+    "compare": "lit_lora.compare",    # base model vs fine-tuned model report
+    "estimate": "lit_lora.estimate",  # parameters and memory from the architecture alone
+}
+
+
 def main(args: list[str] | None = None) -> None:
     configure_logging()
-    LitLoraCLI(args=args)
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        import importlib
+
+        importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+        return
+    LitLoraCLI(args=argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny models of real architectures, built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """``tiny_model("llama")`` -> path of a tiny random Llama-architecture model + BPE tokenizer (cached)."""
+    from lit_lora.tiny import build_tiny_model
+
+    built: dict[str, str] = {}
+
+    def make(arch: str) -> str:
+        if arch not in built:
+            built[arch] = str(build_tiny_model(arch, tmp_path_factory.mktemp(f"tiny-{arch}")))
+        return built[arch]
+
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests where no CUDA device is present (the only hardware-based skip)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
