@@ -1,0 +1,1 @@
+"""Evaluation: label parsing, classification metrics, generation and reports."""
