@@ -79,8 +79,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, kind: str = "ca
         return PreTrainedTokenizerFast(
             tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
         )
-    tokenizer.post_processor = processors.RobertaProcessing(
-        sep=("</s>", tokenizer.token_to_id("</s>")), cls=("<s>", tokenizer.token_to_id("<s>"))
+    tokenizer.post_processor = processors.RobertaProcessing(  # positional: tokenizers 0.23 takes no keywords here
+        ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>"))
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
