@@ -1,0 +1,187 @@
+"""GPU memory of a training run, from the shapes and dtypes of a (meta-device) model.
+
+Four parts, each in bytes, each an estimate with its assumptions stated:
+
+* **weights** — every parameter and buffer at its storage dtype (a packed 4-bit weight is half a byte a
+  value), plus the bitsandbytes quantization constants, which are not parameters (``quant_constant_bytes``);
+* **gradients** — one gradient per trainable value, in the parameter's dtype;
+* **optimizer state** — AdamW's two moments (``optimizer_state_bytes``);
+* **activations** — what autograd keeps for backward at a batch size and sequence length
+  (``activation_bytes``), plus a fixed allowance for the CUDA context and allocator slack.
+
+    from lit_lora.memory import optimizer_state_bytes
+    optimizer_state_bytes([p for p in model.parameters() if p.requires_grad], "paged_adamw_8bit")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+
+GIB = 2**30
+
+# bitsandbytes block sizes: 4-bit weights keep one absmax per 64 values; double quantization stores those
+# absmax values in 8 bits with one fp32 constant per 256 of them; 8-bit optimizers keep one fp32 absmax per
+# 256 state values and a 256-entry fp32 quantization map per state, and only for tensors of at least 4096
+# values (smaller ones keep 32-bit state).
+NF4_BLOCK = 64
+DOUBLE_QUANT_BLOCK = 256
+OPTIM_8BIT_BLOCK = 256
+OPTIM_8BIT_QMAP = 256
+OPTIM_8BIT_MIN_SIZE = 4096
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def quant_constant_bytes(quantized_values: int, bits: int, double_quant: bool, rows: int = 0) -> int:
+    """Bytes of the constants that dequantize bitsandbytes weights (not counted as parameters).
+
+    4-bit (NF4 / FP4): one fp32 absmax per block of 64 values = 4/64 byte a value (0.5 bit);
+    with double quantization the absmax is stored in 8 bits (1/64 byte a value) plus one fp32
+    constant per 256 blocks (4/16384 byte a value), ~0.127 bit a value.
+    8-bit (LLM.int8): one fp32 scale per output row (``rows``).
+    """
+    if bits == 8:
+        return 4 * rows
+    blocks = math.ceil(quantized_values / NF4_BLOCK)
+    if not double_quant:
+        return 4 * blocks
+    return blocks + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCK)
+
+
+def optimizer_state_bytes(trainable: Iterable[torch.Tensor], name: str) -> int:
+    """AdamW state of the trainable tensors: two moments per value.
+
+    ``adamw`` (torch): the moments take the parameter's dtype (``zeros_like``), 8 bytes a value in fp32.
+    ``paged_adamw``: fp32 moments in CUDA unified memory (same size; pages move to the CPU under pressure).
+    ``adamw_8bit`` / ``paged_adamw_8bit``: 1 byte per moment plus one fp32 absmax per 256 values
+    (~2.03 bytes a value) and a 256-entry fp32 map per moment and tensor; tensors under 4096 values keep
+    fp32 moments (bitsandbytes' ``min_8bit_size``).
+    """
+    total = 0
+    for p in trainable:
+        n = p.numel()
+        if name == "adamw":
+            total += 2 * n * p.element_size()
+        elif name.endswith("8bit") and n >= OPTIM_8BIT_MIN_SIZE:
+            total += 2 * (n + 4 * math.ceil(n / OPTIM_8BIT_BLOCK) + 4 * OPTIM_8BIT_QMAP)
+        else:
+            total += 2 * n * 4
+    return total
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The dimensions that decide activation memory, read from a transformers config."""
+
+    layers: int
+    decoder_layers: int  # encoder-decoder models only (0 otherwise)
+    hidden: int
+    heads: int
+    q_dim: int  # heads x head_dim
+    kv_dim: int  # key/value heads x head_dim
+    intermediate: int
+    gated_mlp: bool
+    vocab: int
+
+    @classmethod
+    def from_config(cls, config, gated_mlp: bool) -> "Shape":
+        c = config
+        hidden = getattr(c, "hidden_size", None) or c.d_model
+        heads = getattr(c, "num_attention_heads", None) or c.num_heads
+        head_dim = getattr(c, "head_dim", None) or getattr(c, "d_kv", None) or hidden // heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or getattr(c, "num_kv_heads", None) or heads
+        if getattr(c, "multi_query", False) and not getattr(c, "new_decoder_architecture", False):
+            kv_heads = 1
+        intermediate = (getattr(c, "intermediate_size", None) or getattr(c, "d_ff", None)
+                        or getattr(c, "ffn_hidden_size", None) or 4 * hidden)
+        if c.is_encoder_decoder:
+            layers, decoder_layers = c.num_layers, c.num_decoder_layers
+        else:
+            layers, decoder_layers = c.num_hidden_layers, 0
+        return cls(layers, decoder_layers, hidden, heads, heads * head_dim, kv_heads * head_dim, intermediate,
+                   gated_mlp, c.vocab_size)
+
+
+def layer_values_per_token(shape: Shape, cross_attention: bool = False) -> int:
+    """Values one transformer layer keeps for backward per token (no checkpointing, SDPA attention).
+
+    attention: its norm input and output (2h), q (q_dim), k and v (2 kv_dim), the attention output
+    that feeds the output projection and the SDPA output kept for its backward (2 q_dim)  -> 2h + 3q + 2kv;
+    MLP: its norm input and output (2h), then a gated MLP keeps gate, up, act(gate) and their product (4i),
+    a plain MLP its pre- and post-activation (2i).
+    A decoder layer of an encoder-decoder adds cross-attention: norm in/out (2h), q and its output (2 q_dim);
+    the projected encoder keys/values are counted at the source length by ``activation_bytes``.
+    """
+    values = 2 * shape.hidden + 3 * shape.q_dim + 2 * shape.kv_dim
+    values += 2 * shape.hidden + (4 if shape.gated_mlp else 2) * shape.intermediate
+    if cross_attention:
+        values += 2 * shape.hidden + 2 * shape.q_dim
+    return values
+
+
+def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, checkpointing: bool,
+                     lora_input_values: int = 0, target_seq: Optional[int] = None, eager_attention: bool = False,
+                     logits: bool = True) -> dict[str, int]:
+    """Activation memory of one forward/backward at ``batch`` x ``seq`` (every row padded to ``seq``).
+
+    Per layer and token: ``layer_values_per_token`` plus ``lora_input_values`` (each LoRA layer with dropout
+    keeps its dropped-out input). Without gradient checkpointing every layer keeps them all:
+    ``L * b * s * per_layer * bytes``. With checkpointing only each layer's input is kept
+    (``L * b * s * h * bytes``) and one layer's activations are rebuilt at a time during backward.
+    Eager attention also keeps the softmax scores and probabilities, ``2 * b * heads * s^2`` values a layer;
+    SDPA / flash attention keep none. Logits: ``b * s * vocab`` values in the compute dtype plus their
+    fp32 copy and fp32 log-softmax that the cross-entropy keeps (``4 + 4`` bytes). Encoder-decoder models
+    count the encoder at ``seq`` and the decoder at ``target_seq``, whose cross-attention also keeps the
+    projected encoder keys and values (``2 * kv_dim`` a source token).
+    """
+    def stack(layers: int, tokens: int, per_layer: int, extra_per_layer: int = 0) -> int:
+        if checkpointing:
+            kept = layers * tokens * shape.hidden + tokens * per_layer + extra_per_layer
+        else:
+            kept = layers * (tokens * per_layer + extra_per_layer)
+        return kept * value_bytes
+
+    def scores(length: int, kv_length: int) -> int:
+        return 2 * batch * shape.heads * length * kv_length if eager_attention else 0
+
+    tokens = batch * seq
+    parts = {"layers": stack(shape.layers, tokens, layer_values_per_token(shape) + lora_input_values,
+                             scores(seq, seq))}
+    out_tokens = tokens
+    if shape.decoder_layers:
+        target_seq = target_seq or seq
+        out_tokens = batch * target_seq
+        cross_kv = 2 * shape.kv_dim * tokens
+        parts["decoder_layers"] = stack(
+            shape.decoder_layers, out_tokens,
+            layer_values_per_token(shape, cross_attention=True) + lora_input_values,
+            cross_kv + scores(target_seq, target_seq) + scores(target_seq, seq))
+    parts["embeddings"] = 2 * out_tokens * shape.hidden * value_bytes
+    parts["logits"] = out_tokens * shape.vocab * (value_bytes + 8) if logits else 0
+    return parts
+
+
+@dataclass
+class MemoryEstimate:
+    """The parts of an estimate in bytes, and whether their sum fits a GPU."""
+
+    weights: int
+    quant_constants: int
+    gradients: int
+    optimizer: int
+    activations: dict[str, int]
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return (self.weights + self.quant_constants + self.gradients + self.optimizer
+                + sum(self.activations.values()) + self.overhead)
+
+    def fits(self, gpu_bytes: float) -> bool:
+        return self.total <= gpu_bytes

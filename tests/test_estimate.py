@@ -1,0 +1,131 @@
+"""``lit-lora estimate``: registry shapes, peft-equal parameter counts on the meta device, memory parts, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_lora.architectures import REGISTRY, UnknownArchitectureError, load_config, lookup, meta_model
+from lit_lora.memory import Shape, activation_bytes, optimizer_state_bytes, quant_constant_bytes, tensor_bytes
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GEMMA_CONFIG = CONFIGS / "gemma2b_qlora_python_codes.yaml"
+
+
+@pytest.mark.parametrize("model_id", sorted(REGISTRY))
+def test_registry_builds_the_published_parameter_count(model_id):
+    arch = REGISTRY[model_id]
+    model = meta_model(arch.config(), arch.head)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert abs(total / arch.published_params - 1) < 0.01, f"{model_id}: {total:,} vs {arch.published_params:,.0f}"
+
+
+@pytest.mark.parametrize("model_id", sorted(REGISTRY))
+def test_registry_kwargs_are_fields_of_the_config_class(model_id):
+    arch = REGISTRY[model_id]
+    known = set(arch.config_class().to_dict())
+    assert set(arch.kwargs) - known == set()  # a misspelt key would be silently accepted by transformers
+
+
+def test_lookup_accepts_aliases_and_case():
+    assert lookup("roberta-large") is REGISTRY["FacebookAI/roberta-large"]
+    assert lookup("Google/Gemma-2B") is REGISTRY["google/gemma-2b"]
+    assert lookup("someone/unknown") is None
+
+
+def test_unknown_model_without_hub_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UnknownArchitectureError) as err:
+        load_config("some-lab/not-a-registered-model")
+    message = str(err.value)
+    assert "some-lab/not-a-registered-model" in message
+    assert "google/gemma-2b" in message and "microsoft/phi-2" in message
+
+
+def estimate_for(config: Path | str, *overrides: str):
+    from lit_lora.estimate import build, instantiate_model, parse_config
+
+    cfg = parse_config(["--config", str(config), *overrides])
+    module = instantiate_model(cfg)
+    return cfg, module, build(module)
+
+
+def test_trainable_count_equals_peft_on_the_full_size_meta_model():
+    from peft import LoraConfig, get_peft_model
+
+    _, module, built = estimate_for(GEMMA_CONFIG)
+    arch = REGISTRY["google/gemma-2b"]
+    reference = get_peft_model(meta_model(arch.config(), "causal"),
+                               LoraConfig(r=module.adapter.r, lora_alpha=module.adapter.alpha,
+                                          target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable, total = reference.get_nb_trainable_parameters()
+    assert (built.trainable, built.total) == (trainable, total)
+    # every linear layer of the 18 blocks carries r x (in + out) LoRA weights, nothing else trains
+    linears = [m for n, m in reference.get_base_model().named_modules()
+               if isinstance(m, torch.nn.Linear) and ".layers." in n and n.endswith("base_layer")]
+    assert len(linears) == 18 * 7
+    assert trainable == sum(module.adapter.r * (m.in_features + m.out_features) for m in linears)
+
+
+def test_4bit_counts_and_storage_match_a_real_quantized_load(tiny_model):
+    """Meta-device quantization stores and counts exactly what bitsandbytes does on a real load."""
+    from lit_lora.adapters import QLoRA, count_parameters
+    from lit_lora.models import CausalLMModule
+
+    path = tiny_model("gemma")
+    adapter = dict(r=4, alpha=8, target_modules="all-linear", compute_dtype="float32")
+    real = CausalLMModule(path, adapter=QLoRA(**adapter))
+    real.configure_model()
+    _, _, built = estimate_for(GEMMA_CONFIG, "--model.init_args.model_name_or_path", path,
+                               "--model.init_args.adapter.init_args.compute_dtype", "float32",
+                               "--model.init_args.adapter.init_args.r", "4",
+                               "--model.init_args.adapter.init_args.alpha", "8")
+    assert (built.trainable, built.total) == real.model.get_nb_trainable_parameters()
+    assert (built.trainable, built.total) == count_parameters(real.model)
+    real_bytes = {n: tensor_bytes(p) for n, p in real.model.named_parameters()}
+    meta_bytes = {n: tensor_bytes(p) for n, p in built.model.named_parameters()}
+    assert meta_bytes == real_bytes
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw_8bit", "paged_adamw_8bit"])
+def test_optimizer_state_bytes_match_the_real_optimizer(name):
+    from lit_lora.optim import optimizer_class
+
+    params = [torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(100))]  # 8192 / 100 values
+    optimizer = optimizer_class(name)(params, lr=1e-3)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    real = sum(tensor_bytes(v) for state in optimizer.state.values() for v in state.values()
+               if torch.is_tensor(v) and v.numel() > 1)  # moments, absmax and maps; not the step counter
+    assert optimizer_state_bytes(params, name) == real
+
+
+def test_quant_constants_and_activation_formulas_move_the_right_way():
+    n = 4096 * 4096
+    assert quant_constant_bytes(n, 4, double_quant=True) < quant_constant_bytes(n, 4, double_quant=False) == n // 16
+    shape = Shape.from_config(REGISTRY["meta-llama/Meta-Llama-3-8B-Instruct"].config(), gated_mlp=True)
+    assert (shape.kv_dim, shape.q_dim, shape.layers) == (1024, 4096, 32)
+    full = activation_bytes(shape, 4, 512, 2, checkpointing=False)
+    ckpt = activation_bytes(shape, 4, 512, 2, checkpointing=True)
+    assert ckpt["layers"] < full["layers"] / 5 and ckpt["logits"] == full["logits"]
+    assert activation_bytes(shape, 8, 512, 2, checkpointing=False)["layers"] == 2 * full["layers"]
+    eager = activation_bytes(shape, 4, 512, 2, checkpointing=False, eager_attention=True)
+    assert eager["layers"] - full["layers"] == 32 * 2 * 4 * 32 * 512 * 512 * 2
+    falcon = Shape.from_config(REGISTRY["tiiuae/falcon-7b"].config(), gated_mlp=False)
+    assert (falcon.kv_dim, falcon.intermediate) == (64, 4 * 4544)  # multi-query attention, 4h MLP
+
+
+def test_cli_prints_counts_memory_and_fit(capsys):
+    from lit_lora.cli import main
+
+    _, _, built = estimate_for(GEMMA_CONFIG)
+    main(["estimate", "--config", str(GEMMA_CONFIG), "--gpu_memory_gib", "24"])
+    out = capsys.readouterr().out
+    assert f"trainable params: {built.trainable:,} || all params: {built.total:,}" in out
+    assert "GemmaForCausalLM" in out and "quant constants" in out and "activations/logits" in out
+    assert "fits in 24 GiB: yes" in out
+    main(["estimate", "--config", str(GEMMA_CONFIG), "--gpu_memory_gib", "4"])
+    assert "fits in 4 GiB: no" in capsys.readouterr().out
