@@ -20,6 +20,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from lit_lora.data.collators import PadCollator
+from lit_lora.data.resumable import train_loader
 from lit_lora.data.sources import load_rows, take_subset
 
 log = logging.getLogger("lit_lora")
@@ -119,12 +120,18 @@ class TextDataModule(L.LightningDataModule):
     def check_rows(self, dataset: Dataset, where: str) -> None:
         """Raise (naming ``where`` and the row) on input that is an error rather than a skip."""
 
+    def clean_rows(self, dataset: Dataset, where: str) -> Dataset:
+        """Filter / rewrite raw rows before the split (e.g. dedupe, so no duplicate crosses train and validation)."""
+        return dataset
+
     # ---- loading ------------------------------------------------------------------------------
     def load_raw_splits(self) -> dict[str, Dataset]:
-        train = load_rows(self.source, self.split, self.subset, self.required_columns)
+        train = self.clean_rows(load_rows(self.source, self.split, self.subset, self.required_columns),
+                                f"{self.source} (train)")
         if self.validation_source or self.validation_split:
             val = load_rows(self.validation_source or self.source, self.validation_split or "train",
                             self.subset, self.required_columns)
+            val = self.clean_rows(val, f"{self.validation_source or self.source} (validation)")
             train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
         else:
             train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
@@ -188,7 +195,9 @@ class TextDataModule(L.LightningDataModule):
                           shuffle=shuffle, collate_fn=self.collate_fn(), num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # seeded order that a mid-epoch checkpoint resumes exactly (see lit_lora/data/resumable.py)
+        return train_loader(self.datasets["train"], self.batch_size, self.seed, self.trainer,
+                            collate_fn=self.collate_fn(), num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)

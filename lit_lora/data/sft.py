@@ -4,11 +4,16 @@ A dataset subclass implements ``format_example(row) -> (prompt, response)`` (or 
 this class tokenises ``prompt + response + EOS`` and labels the response only (``train_on_prompt``
 labels everything). A row whose response would be truncated away entirely is dropped and counted:
 a row with no trainable token never reaches the loss.
+
+For an encoder-decoder model (T5 / CodeT5; detected from the model config, or ``encoder_decoder: true``)
+the prompt is the encoder input and the response the labels (padding → -100). Every row also keeps
+its ``prompt``, full ``reference`` response and ``group`` (e.g. a DS-1000 library) as strings, so that
+generation-based evaluation compares against the untruncated answer.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import IGNORE_INDEX
@@ -23,14 +28,26 @@ class SFTDataModule(TextDataModule):
         template: ``alpaca`` (instruction / input / response), ``chat`` (the tokenizer's chat template) or ``plain``.
         system_prompt: System turn of the chat template.
         train_on_prompt: Put the prompt tokens in the loss too (default: response only).
+        encoder_decoder: Tokenise for an encoder-decoder model (prompt → encoder, response → labels);
+            ``None`` reads ``is_encoder_decoder`` from the model config.
     """
 
     def __init__(self, *args, template: str = "alpaca", system_prompt: Optional[str] = None,
-                 train_on_prompt: bool = False, **kwargs):
+                 train_on_prompt: bool = False, encoder_decoder: Optional[bool] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.template = template
         self.system_prompt = system_prompt
         self.train_on_prompt = train_on_prompt
+        if encoder_decoder is None and self.tokenizer is not None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(self.tokenizer.name_or_path)
+            encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        self.encoder_decoder = bool(encoder_decoder)
+
+    def row_group(self, row: dict) -> str:
+        """The group a row is reported under (e.g. its library); ``""`` for none."""
+        return ""
 
     def format_example(self, row: dict) -> Example:
         raise NotImplementedError
@@ -51,8 +68,25 @@ class SFTDataModule(TextDataModule):
             labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
         return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
+    def tokenize_seq2seq(self, prompt: str, response: str) -> dict:
+        """Encoder input and decoder labels of one pair (special tokens as the tokenizer adds them)."""
+        tok = self.tokenizer
+        input_ids = tok(prompt)["input_ids"]
+        labels = tok(text_target=response)["input_ids"]
+        if len(input_ids) > self.max_length:
+            return {"_drop": "prompt longer than max_length"}
+        if len(labels) > self.max_length:
+            return {"_drop": "response longer than max_length"}
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
     def encode_row(self, row: dict) -> dict:
         example = self.format_example(row)
         if isinstance(example, str):
             return {"_drop": example}
-        return self.tokenize_example(*example)
+        features = self.tokenize_seq2seq(*example) if self.encoder_decoder else self.tokenize_example(*example)
+        if "_drop" in features:
+            return features
+        return {**features, "prompt": example[0], "reference": example[1], "group": self.row_group(row)}
+
+    def empty_features(self) -> dict[str, Any]:
+        return {**super().empty_features(), "prompt": "", "reference": "", "group": ""}

@@ -1,1 +1,1 @@
-"""Evaluation: label parsing, classification metrics, generation and reports."""
+"""Evaluation: batched generation, text and classification metrics, in-context prompting, reports."""

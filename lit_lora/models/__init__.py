@@ -2,5 +2,7 @@
 
 from lit_lora.models.base import FineTuneModule
 from lit_lora.models.causal_lm import CausalLMModule
+from lit_lora.models.generative import GenerativeModule
+from lit_lora.models.seq2seq import Seq2SeqModule
 
-__all__ = ["CausalLMModule", "FineTuneModule"]
+__all__ = ["CausalLMModule", "FineTuneModule", "GenerativeModule", "Seq2SeqModule"]

@@ -9,11 +9,12 @@ from typing import Any, ClassVar
 
 from transformers import AutoModelForCausalLM
 
-from lit_lora.models.base import FineTuneModule
+from lit_lora.models.generative import GenerativeModule
 
 
-class CausalLMModule(FineTuneModule):
-    """``AutoModelForCausalLM`` with full fine-tuning, LoRA or QLoRA; loss on the labelled tokens only."""
+class CausalLMModule(GenerativeModule):
+    """``AutoModelForCausalLM`` with full fine-tuning, LoRA or QLoRA; loss on the labelled tokens only;
+    evaluation generates answers with left padding (see ``GenerativeModule``)."""
 
     task_type: ClassVar[str] = "CAUSAL_LM"
     auto_model_class: ClassVar[Any] = AutoModelForCausalLM

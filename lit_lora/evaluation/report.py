@@ -1,0 +1,170 @@
+"""The base-vs-fine-tuned report: ``report.json``, ``report.md`` and, when the run logged one, ``loss_curve.png``.
+
+    from lit_lora.evaluation.report import build_report, write_report
+    report = build_report(base, tuned, run_info={...}, overlap={...})
+    write_report(report, "runs/x/compare")
+
+Metrics sit side by side with their deltas; rows the fine-tuned model got right and the base got
+wrong (and the reverse) are listed in full. When evaluated rows were trained on, the first line of
+``report.md`` says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from lit_lora.evaluation.text_metrics import normalize_answer
+
+HIGHER_IS_BETTER = {"loss": False, "perplexity": False, "hit_max_new_tokens": False}
+
+
+def row_rouge_l(pred: str, ref: str) -> float:
+    from torchmetrics.functional.text import rouge_score
+
+    return float(rouge_score(pred, ref, rouge_keys="rougeL")["rougeL_fmeasure"])
+
+
+def is_right(pred: str, ref: str, right_if: str) -> bool:
+    """``exact``: equal after whitespace normalisation; a number t: row ROUGE-L F1 of at least t."""
+    if right_if == "exact":
+        return normalize_answer(pred) == normalize_answer(ref)
+    return row_rouge_l(pred, ref) >= float(right_if)
+
+
+def example_rows(base: list[dict], tuned: list[dict], right_if: str = "exact", limit: int = 5) -> dict:
+    """Rows fixed by fine-tuning (tuned right, base wrong) and broken by it (the reverse)."""
+    if len(base) != len(tuned):
+        raise ValueError(f"base evaluated {len(base)} rows, tuned {len(tuned)}: not the same split")
+    fixed, broken = [], []
+    for b, t in zip(base, tuned):
+        if b["prompt"] != t["prompt"]:
+            raise ValueError(f"row {b.get('index')}: base and tuned prompts differ; not the same split")
+        base_right, tuned_right = is_right(b["prediction"], b["reference"], right_if), \
+            is_right(t["prediction"], t["reference"], right_if)
+        if base_right != tuned_right:
+            row = {"index": b.get("index"), "prompt": b["prompt"], "reference": b["reference"],
+                   "base": b["prediction"], "tuned": t["prediction"]}
+            (fixed if tuned_right else broken).append(row)
+    return {"right_if": right_if, "fixed_count": len(fixed), "broken_count": len(broken),
+            "fixed": fixed[:limit], "broken": broken[:limit]}
+
+
+def side_by_side(base: dict, tuned: dict) -> dict:
+    rows = {}
+    for name in sorted(set(base) | set(tuned)):
+        b, t = base.get(name), tuned.get(name)
+        delta = t - b if isinstance(b, (int, float)) and isinstance(t, (int, float)) else None
+        rows[name] = {"base": b, "tuned": t, "delta": delta}
+    return rows
+
+
+def build_report(base: dict, tuned: dict, run_info: dict, overlap: Optional[dict], examples: dict,
+                 settings: dict) -> dict:
+    """``base`` / ``tuned``: ``{"metrics": {...}, "per_group": {...}}`` of the same split and settings."""
+    groups = {}
+    for name in sorted(set(base.get("per_group", {})) | set(tuned.get("per_group", {}))):
+        groups[name] = side_by_side(base.get("per_group", {}).get(name, {}), tuned.get("per_group", {}).get(name, {}))
+    return {"trained_on_evaluated_rows": bool(overlap and overlap.get("count")),
+            "overlap": overlap, "metrics": side_by_side(base["metrics"], tuned["metrics"]),
+            "per_group": groups, "run": run_info, "settings": settings, "examples": examples}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:+.4f}" if math.isfinite(value) and abs(value) < 1e6 else f"{value:.4g}"
+    return str(value)
+
+
+def _table(rows: dict) -> list[str]:
+    lines = ["| metric | base | fine-tuned | delta |", "|---|---:|---:|---:|"]
+    for name, r in rows.items():
+        base = _fmt(r["base"]).lstrip("+")
+        tuned = _fmt(r["tuned"]).lstrip("+")
+        lines.append(f"| {name} | {base} | {tuned} | {_fmt(r['delta'])} |")
+    return lines
+
+
+def _fence(text: str) -> str:
+    return "````text\n" + text + "\n````"
+
+
+def to_markdown(report: dict) -> str:
+    overlap = report["overlap"] or {}
+    lines = []
+    if report["trained_on_evaluated_rows"]:
+        lines.append(f"**WARNING: evaluated on rows the model was trained on** ({overlap['count']} of "
+                     f"{overlap['evaluated']} evaluated rows duplicate training rows; allow_train_overlap was set).")
+        lines.append("")
+    run = report["run"]
+    lines += ["# Base model vs fine-tuned", "",
+              f"- model: `{run.get('model_name_or_path')}`, method: {run.get('method')}, "
+              f"checkpoint: `{run.get('checkpoint')}`",
+              f"- evaluated split: {run.get('split')} ({run.get('rows')} rows), same rows and settings for both columns",
+              f"- overlap with training rows (exact duplicates of the normalised input): "
+              f"{overlap.get('count', 'not checked')} of {overlap.get('evaluated', '?')}",
+              f"- trainable / total parameters: {run.get('trainable_params', '?'):,} / {run.get('total_params', '?'):,}"
+              if isinstance(run.get("trainable_params"), int) else "- trainable / total parameters: not recorded",
+              f"- training wall time: {run.get('train_wall_time_s', 'not recorded')} s; training peak memory: "
+              f"{run.get('train_peak_memory_mib', 'not recorded')} MiB ({run.get('train_peak_memory_kind', '')})",
+              f"- evaluation peak memory: {run.get('eval_peak_memory_mib')} MiB ({run.get('eval_peak_memory_kind')})",
+              f"- generation: {json.dumps(report['settings'])}", "", "## Metrics", ""]
+    lines += _table(report["metrics"])
+    for group, rows in report["per_group"].items():
+        lines += ["", f"### {group}", ""] + _table(rows)
+    if run.get("loss_curve"):
+        lines += ["", "## Training loss", "", f"![loss curve]({run['loss_curve']})"]
+    ex = report["examples"]
+    rule = "exact match" if ex["right_if"] == "exact" else f"row ROUGE-L F1 ≥ {ex['right_if']}"
+    for key, title in (("fixed", "Fine-tuned right, base wrong"), ("broken", "Base right, fine-tuned wrong")):
+        lines += ["", f"## {title} ({ex[key + '_count']} rows; right = {rule})", ""]
+        if not ex[key]:
+            lines.append("None.")
+        for row in ex[key]:
+            lines += [f"### row {row['index']}", "", "Prompt:", "", _fence(row["prompt"]), "", "Reference:", "",
+                      _fence(row["reference"]), "", "Base:", "", _fence(row["base"]), "", "Fine-tuned:", "",
+                      _fence(row["tuned"]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot_loss_curve(metrics_csv: Path, out_png: Path) -> Optional[Path]:
+    """Plot ``train_loss`` (and ``val_loss``) of a CSVLogger ``metrics.csv``; None when it has neither."""
+    if not metrics_csv.is_file():
+        return None
+    series: dict[str, list[tuple[float, float]]] = {"train_loss": [], "val_loss": []}
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            for name in series:
+                if row.get(name) not in (None, "") and row.get("step") not in (None, ""):
+                    series[name].append((float(row["step"]), float(row[name])))
+    if not any(series.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, points in series.items():
+        if points:
+            ax.plot(*zip(*points), label=name, marker="o" if name == "val_loss" else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.md").write_text(to_markdown(report))
+    return out / "report.md", out / "report.json"

@@ -1,0 +1,167 @@
+"""Generation-based evaluation for the modules that write text (causal LMs and encoder-decoders).
+
+At ``lit-lora test`` (and ``validate``, or every validation with ``during_validation``) each batch is
+scored for loss and answered with one batched ``generate`` call; BLEU, ROUGE, exact match and
+perplexity go to the logger and ``metrics.json`` (per group, e.g. DS-1000 library, under
+``details``), and every prompt / reference / prediction to ``predictions.jsonl`` beside it::
+
+    model:
+      init_args:
+        evaluation:
+          max_new_tokens: 64
+          do_sample: false
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from lit_lora.evaluation.generation import GenerationSettings, generate_texts
+from lit_lora.evaluation.overlap import check_overlap
+from lit_lora.evaluation.text_metrics import TextMetrics, score_rows
+from lit_lora.models.base import FineTuneModule
+
+log = logging.getLogger("lit_lora")
+
+
+def gather_rows(rows: list[dict]) -> list[dict]:
+    """Every rank's rows on every rank (a no-op without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rows
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, rows)
+    return [row for part in parts for row in part]
+
+
+class GenerativeModule(FineTuneModule):
+    """A ``FineTuneModule`` whose evaluation also generates answers and scores them.
+
+    Args:
+        evaluation: Generation and evaluation settings (see ``GenerationSettings``).
+    """
+
+    encoder_decoder: ClassVar[bool] = False
+
+    def __init__(self, *args, evaluation: GenerationSettings = GenerationSettings(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.evaluation = evaluation
+        self.text_metrics = TextMetrics()
+        self.predictions: list[dict] = []
+        self.extra_metrics: dict = {}
+        self.disable_adapter_in_eval = False  # set by `lit-lora compare` to score the base model
+
+    # ---- which evaluations generate ---------------------------------------------------------------
+    def _generates(self, stage: str) -> bool:
+        if not self.evaluation.generate:
+            return False
+        return stage == "test" or self.trainer.state.fn == "validate" or self.evaluation.during_validation
+
+    def _eval_split(self, stage: str) -> str:
+        datasets = getattr(self.trainer.datamodule, "datasets", {}) if self.trainer.datamodule else {}
+        return "test" if stage == "test" and "test" in datasets else "validation"
+
+    def _start(self, stage: str) -> None:
+        self.text_metrics.reset()
+        self.predictions = []
+        self.extra_metrics = {}
+        if stage == "test" or self.trainer.state.fn == "validate":
+            self.extra_metrics["train_overlap"] = self.check_train_overlap(stage)
+
+    def check_train_overlap(self, stage: str) -> dict | None:
+        """Fail (unless allowed) when evaluated rows duplicate training rows; the overlap goes in metrics.json."""
+        dm = self.trainer.datamodule
+        datasets = getattr(dm, "datasets", {}) if dm is not None else {}
+        split = self._eval_split(stage)
+        if "train" not in datasets or split not in datasets or "prompt" not in datasets["train"].column_names:
+            return None
+        overlap = check_overlap(datasets["train"]["prompt"], datasets[split]["prompt"],
+                                self.evaluation.allow_train_overlap, f"{getattr(dm, 'source', '')} ({split})")
+        if overlap.count:
+            log.warning("[lit-lora] EVALUATED ON TRAINING ROWS: %s (allow_train_overlap is on)", overlap.sentence())
+        return overlap.to_dict()
+
+    # ---- steps --------------------------------------------------------------------------------------
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        if self.disable_adapter_in_eval and self.is_peft:
+            with self.model.disable_adapter():
+                return self._score_batch(batch, stage)
+        return self._score_batch(batch, stage)
+
+    def _score_batch(self, batch: dict, stage: str) -> None:
+        loss = self(batch).loss
+        self.log(f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        labels = batch.get("labels")
+        self.text_metrics.update_loss(loss, int((labels != -100).sum()) if labels is not None else 1)
+        if not self._generates(stage):
+            return
+        if "reference" not in batch:
+            raise ValueError(f"{type(self.trainer.datamodule).__name__} rows carry no 'prompt' / 'reference' "
+                             "text to generate from; set model.init_args.evaluation.generate: false")
+        dm = self.trainer.datamodule
+        outs = generate_texts(self.model, self.tokenizer, batch["prompt"], self.evaluation,
+                              encoder_decoder=self.encoder_decoder,
+                              add_special_tokens=self.encoder_decoder or getattr(dm, "template", None) != "chat",
+                              max_length=getattr(dm, "max_length", None))
+        preds = [o.text for o in outs]
+        self.text_metrics.update(preds, batch["reference"], [o.hit_limit for o in outs])
+        groups = batch.get("group") or [""] * len(preds)
+        for prompt, ref, out, group in zip(batch["prompt"], batch["reference"], outs, groups):
+            self.predictions.append({"prompt": prompt, "reference": ref, "prediction": out.text,
+                                     "hit_max_new_tokens": out.hit_limit, "group": group})
+
+    def _end(self, stage: str) -> None:
+        metrics = self.text_metrics.compute()  # synchronised across ranks
+        metrics.pop("loss", None)  # logged per step as f"{stage}_loss"
+        self.log_dict({f"{stage}_{k}": v for k, v in metrics.items()}, sync_dist=False)
+        if not self.predictions and not self._generates(stage):
+            return
+        rows = gather_rows(self.predictions)
+        for i, row in enumerate(rows):
+            row["index"] = i
+        groups = defaultdict(list)
+        for row in rows:
+            if row["group"]:
+                groups[row["group"]].append(row)
+        if groups:
+            self.extra_metrics["per_group"] = {
+                name: {"rows": len(g), **score_rows([r["prediction"] for r in g], [r["reference"] for r in g],
+                                                    [r["hit_max_new_tokens"] for r in g])}
+                for name, g in sorted(groups.items())}
+        hit = sum(r["hit_max_new_tokens"] for r in rows)
+        if hit:
+            log.warning("[lit-lora] %d of %d answers stopped at max_new_tokens=%d (not at EOS)", hit, len(rows),
+                        self.evaluation.max_new_tokens)
+        self.predictions = rows
+        if self.trainer.is_global_zero:
+            run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / self.evaluation.predictions_file
+            with path.open("w") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+            self.extra_metrics["predictions_file"] = str(path)
+
+    def on_validation_epoch_start(self) -> None:
+        self._start("val")
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start("test")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end("test")
