@@ -46,8 +46,8 @@ class AdapterCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:
-            trainer.lightning_module.save_pretrained(adapter_dir_for(filepath))
+        # every rank: under ZeRO-3 / FSDP the adapter is gathered (a collective) before rank 0 writes it
+        trainer.lightning_module.save_pretrained(adapter_dir_for(filepath))
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
@@ -86,9 +86,9 @@ class FinalExport(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        out = pl_module.save_pretrained(run_dir / self.dirname)  # every rank: gathers under ZeRO-3 / FSDP
         if not trainer.is_global_zero:
             return
-        out = pl_module.save_pretrained(run_dir / self.dirname)
         memory, memory_kind = peak_memory()
         summary = {
             "model_name_or_path": pl_module.model_name_or_path,

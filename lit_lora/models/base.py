@@ -154,10 +154,22 @@ class FineTuneModule(L.LightningModule):
 
     # ---- export ---------------------------------------------------------------------------------
     def save_pretrained(self, out_dir: str | Path) -> Path:
-        """Write the adapter (peft format) or the full model, plus the tokenizer, to ``out_dir``."""
+        """Write the adapter (peft format) or the full model, plus the tokenizer, to ``out_dir``.
+
+        Call it on every rank: under ZeRO-3 / FSDP the weights are gathered first (a collective),
+        then global rank 0 writes, so the saved adapter is complete rather than empty shards.
+        """
+        from lit_lora.sharding import gathered_state_dict
+
         out = Path(out_dir)
+        state_dict = gathered_state_dict(self)
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return out
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out)
+        if state_dict is None:
+            self.model.save_pretrained(out)
+        else:
+            self.model.save_pretrained(out, state_dict=state_dict)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out)
         return out

@@ -1,0 +1,83 @@
+"""A training DataLoader that resumes mid-epoch: no batch repeated, none skipped.
+
+Lightning 2.6 restores loop counters from a mid-epoch checkpoint, but a plain ``DataLoader`` starts
+its epoch again from the first batch (Lightning only warns), and the sampler's epoch is not restored
+before the first batch is prefetched. This loader is ``_Stateful``: Lightning stores its
+``state_dict()`` in the checkpoint (``loops.fit_loop.state_dict.combined_loader``) and calls
+``load_state_dict()`` before it creates the iterator, so the resumed epoch draws the same
+permutation and starts right after the last trained batch::
+
+    loader = ResumableDataLoader(dataset, batch_size=8, seed=42, collate_fn=collate)
+    loader.trainer = trainer          # set by TextDataModule.train_dataloader
+    state = loader.state_dict()       # {"epoch": 0, "batches": 5, ...}
+    loader.load_state_dict(state)     # the next iteration skips the 5 trained batches
+
+The sampler is a ``DistributedSampler`` (rank / world size from the trainer), so Lightning does not
+replace it under DDP, and the order depends only on ``seed + epoch``, never on the global RNG.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` whose next iteration can start ``skip`` samples into the epoch."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0  # only the first iteration after a restore is shortened
+        return iter(indices[skip:])
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over a ``ResumableSampler`` whose position is saved in Lightning checkpoints.
+
+    The position is the trainer's count of training batches started in this epoch
+    (``batch_progress.current.ready``): a checkpoint written at ``on_train_batch_end`` or after
+    validation counts exactly the batches whose step ran. Prefetched but untrained batches do not count.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 **kwargs: Any):
+        kwargs.pop("shuffle", None)
+        kwargs.pop("sampler", None)
+        sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        self.trainer: Optional[Any] = None
+
+    def batches_trained(self) -> int:
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(self.sampler.epoch), "batches": self.batches_trained(), "batch_size": self.batch_size,
+                "num_replicas": self.sampler.num_replicas, "seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("num_replicas", self.sampler.num_replicas) != self.sampler.num_replicas:
+            raise RuntimeError(
+                f"the checkpoint was written by {state['num_replicas']} data-parallel ranks, this run has "
+                f"{self.sampler.num_replicas}: a mid-epoch resume needs the same world size (nodes × devices)"
+            )
+        if state.get("batch_size", self.batch_size) != self.batch_size:
+            raise RuntimeError(f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: "
+                               "a mid-epoch resume needs the same data.batch_size")
+        self.sampler.set_epoch(int(state["epoch"]))
+        self.sampler.skip = int(state["batches"]) * self.batch_size
+
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int, trainer: Optional[Any] = None,
+                 **kwargs: Any) -> ResumableDataLoader:
+    """A ``ResumableDataLoader`` sharded over the trainer's data-parallel ranks (one rank without a trainer)."""
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    loader = ResumableDataLoader(dataset, batch_size=batch_size, seed=seed, num_replicas=world, rank=rank, **kwargs)
+    loader.trainer = trainer
+    return loader
