@@ -94,10 +94,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, kind: str = "ca
     )
 
 
+# Wider than the usual 0.02: frozen random embeddings and heads must be expressive enough for an
+# adapter to fit data, as a pretrained model's are (at 0.02 the logits of a frozen tiny head stay ~uniform).
+INIT_RANGE = 0.1
+
+
 def tiny_config(arch: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2):
     """The real config class of ``arch`` with a few layers and a small hidden size."""
     vocab = len(tokenizer)
-    common = dict(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    common = dict(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  initializer_range=INIT_RANGE)
     if arch == "llama":
         return LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -122,7 +128,7 @@ def tiny_config(arch: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 64,
         return RobertaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                              num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=514,
                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, type_vocab_size=1)
+                             eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, initializer_range=INIT_RANGE)
     raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHITECTURES}")
 
 

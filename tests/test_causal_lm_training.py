@@ -1,0 +1,71 @@
+"""Full, LoRA and QLoRA each lower the loss of tiny real-architecture models on a tiny overfit set."""
+
+import lightning as L
+import pytest
+import torch
+
+from lit_lora.adapters import FullFineTuning, LoRA, QLoRA
+from lit_lora.data import InstructionDataModule
+from lit_lora.models import CausalLMModule
+from lit_lora.optim import OptimizerSettings
+
+
+@torch.no_grad()
+def mean_loss(module, loader):
+    module.eval()
+    losses = [float(module(batch).loss) for batch in loader]
+    module.train()
+    return sum(losses) / len(losses)
+
+
+def overfit(model_dir, adapter, steps=30, lr=1e-2, dtype="float32"):
+    """Train ``steps`` steps on 8 rows; return (loss before, loss after, module)."""
+    L.seed_everything(0)
+    data = InstructionDataModule(tokenizer_name_or_path=model_dir, max_samples=10, val_fraction=0.2,
+                                 batch_size=8, max_length=128)
+    module = CausalLMModule(model_dir, adapter=adapter, optim=OptimizerSettings(lr=lr, scheduler="constant"),
+                            dtype=dtype, tokenizer=data.tokenizer)
+    data.setup("fit")
+    module.configure_model()
+    before = mean_loss(module, data.train_dataloader())
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    return before, mean_loss(module, data.train_dataloader()), module
+
+
+@pytest.mark.parametrize("adapter", [FullFineTuning(), LoRA(r=8, alpha=16, dropout=0.0),
+                                     QLoRA(r=8, alpha=16, dropout=0.0, compute_dtype="float32")],
+                         ids=["full", "lora", "qlora-nf4-double-quant"])
+def test_each_method_lowers_the_loss_on_llama(tiny_model, adapter):
+    before, after, module = overfit(tiny_model("llama"), adapter, lr=3e-3 if adapter.method == "full" else 1e-2)
+    assert after < before - 1.0, (before, after)
+    if adapter.method == "qlora":
+        import bitsandbytes as bnb
+
+        layer = module.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+        assert isinstance(layer, bnb.nn.Linear4bit)
+        assert layer.weight.quant_type == "nf4" and layer.weight.compress_statistics  # double quant
+
+
+@pytest.mark.parametrize("arch", ["gemma", "phi", "falcon"])
+def test_lora_lowers_the_loss_on_other_architectures(tiny_model, arch):
+    before, after, _ = overfit(tiny_model(arch), LoRA(r=8, alpha=16, dropout=0.0))
+    assert after < before - 1.0, (arch, before, after)
+
+
+def test_qlora_counts_parameters_like_peft(tiny_model):
+    _, _, module = overfit(tiny_model("llama"), QLoRA(compute_dtype="float32"), steps=1)
+    trainable, total = module.model.get_nb_trainable_parameters()
+    assert module.parameter_counts["trainable_params"] == trainable
+    assert module.parameter_counts["total_params"] == total
+    from transformers import AutoModelForCausalLM
+
+    plain = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model("llama")).parameters())
+    assert total == plain + trainable  # 4-bit weights counted as their real number of parameters
+
+
+def test_unknown_target_module_is_an_error_with_close_names(tiny_model):
+    module = CausalLMModule(tiny_model("llama"), adapter=LoRA(target_modules=["q_proj", "v_prj"]))
+    with pytest.raises(ValueError, match=r"'v_prj' matches no module.*v_proj"):
+        module.configure_model()

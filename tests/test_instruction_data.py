@@ -1,0 +1,104 @@
+"""Instruction data: schema errors, counted drops, pad token, response-only labels, subsets."""
+
+import json
+import logging
+
+import pytest
+
+from lit_lora.data import InstructionDataModule
+from lit_lora.data.collators import IGNORE_INDEX
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def row(instruction="Add a and b.", input_="", output="```python\na + b\n```"):
+    return {"instruction": instruction, "input": input_, "output": output, "text": f"{instruction} {output}"}
+
+
+def make_dm(tiny_model, source, **kwargs):
+    kwargs.setdefault("val_fraction", 0.25)
+    return InstructionDataModule(source=source, tokenizer_name_or_path=tiny_model("llama"), **kwargs)
+
+
+def test_missing_column_names_the_column_and_the_file(tmp_path, tiny_model):
+    path = write_jsonl(tmp_path / "broken.jsonl", [{"instruction": "x", "input": "", "text": "x"}] * 4)
+    dm = make_dm(tiny_model, path)
+    with pytest.raises(ValueError, match=r"broken\.jsonl.*missing column 'output'"):
+        dm.setup("fit")
+
+
+def test_empty_rows_are_dropped_and_counted(tmp_path, tiny_model, caplog):
+    rows = [row() for _ in range(6)] + [row(instruction="  "), row(output=""), row(output="   ")]
+    dm = make_dm(tiny_model, write_jsonl(tmp_path / "d.jsonl", rows), val_fraction=0.5, seed=1)
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        dm.setup("fit")
+    counts = dm.drop_counts["train"] + dm.drop_counts["validation"]
+    assert counts == {"empty instruction": 1, "empty output": 2}
+    assert sum(len(d) for d in dm.datasets.values()) == 6
+    assert "dropped" in caplog.text and "empty output" in caplog.text
+
+
+def test_row_whose_response_would_be_truncated_away_is_dropped(tmp_path, tiny_model):
+    long_instruction = "Explain this code in detail please " * 40
+    rows = [row() for _ in range(6)] + [row(instruction=long_instruction)] * 2
+    dm = make_dm(tiny_model, write_jsonl(tmp_path / "d.jsonl", rows), max_length=160, val_fraction=0.25)
+    dm.setup("fit")
+    counts = dm.drop_counts["train"] + dm.drop_counts["validation"]
+    assert counts["response truncated away"] == 2
+    for dataset in dm.datasets.values():
+        for labels in dataset["labels"]:
+            assert any(t != IGNORE_INDEX for t in labels), "a row with no trainable token reached the loss"
+            assert len(labels) <= 160
+
+
+def test_missing_pad_token_borrows_eos_with_warning_and_keeps_eos_in_the_loss(tiny_model, caplog):
+    with caplog.at_level(logging.WARNING, logger="lit_lora"):
+        dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), max_samples=16, batch_size=4)
+    assert "no pad token" in caplog.text
+    tok = dm.tokenizer
+    assert tok.pad_token_id == tok.eos_token_id
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    lengths = batch["attention_mask"].sum(1)
+    for i, n in enumerate(lengths):
+        assert batch["labels"][i, n - 1] == tok.eos_token_id  # the closing EOS is a target
+        assert (batch["labels"][i, n:] == IGNORE_INDEX).all()  # padding is not
+
+
+def test_loss_is_on_the_response_only_unless_train_on_prompt(tiny_model):
+    kwargs = dict(tokenizer_name_or_path=tiny_model("llama"), max_samples=8)
+    prompt_masked = InstructionDataModule(**kwargs)
+    prompt_masked.setup("fit")
+    everything = InstructionDataModule(train_on_prompt=True, **kwargs)
+    everything.setup("fit")
+    masked, full = prompt_masked.datasets["train"][0], everything.datasets["train"][0]
+    assert masked["input_ids"] == full["input_ids"]
+    n_prompt = sum(1 for t in masked["labels"] if t == IGNORE_INDEX)
+    assert n_prompt > 5
+    assert full["labels"] == full["input_ids"]
+    decoded = prompt_masked.tokenizer.decode([t for t in masked["labels"] if t != IGNORE_INDEX])
+    assert "### Response" not in decoded and decoded.rstrip().endswith("</s>")
+
+
+def test_subsets_first_n_and_seeded_fraction(tiny_model):
+    first = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), max_samples=20, val_fraction=0.25)
+    first.setup("fit")
+    assert len(first.datasets["train"]) + len(first.datasets["validation"]) == 20
+
+    def sampled(seed):
+        dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), sample_fraction=0.1, seed=seed)
+        dm.setup("fit")
+        return list(dm.datasets["train"]["input_ids"]) + list(dm.datasets["validation"]["input_ids"])
+
+    a, b, c = sampled(0), sampled(0), sampled(1)
+    assert len(a) == 32  # 10% of the 320 bundled rows
+    assert a == b and a != c
+
+
+def test_chat_template_without_one_is_a_clear_error(tiny_model):
+    dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), template="chat", max_samples=8)
+    with pytest.raises(ValueError, match="chat template"):
+        dm.setup("fit")

@@ -1,0 +1,48 @@
+"""Saved adapters load with plain peft / transformers and give the trained model's logits."""
+
+import sys
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_causal_lm_training import overfit  # noqa: E402
+
+from lit_lora.adapters import FullFineTuning, LoRA  # noqa: E402
+from lit_lora.export import merge_and_save  # noqa: E402
+
+
+def logits_of(model, input_ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits
+
+
+def test_lora_adapter_round_trip_through_plain_peft_and_merge(tiny_model, tmp_path):
+    base_dir = tiny_model("llama")
+    _, _, module = overfit(base_dir, LoRA(r=8, alpha=16, dropout=0.0), steps=5)
+    out = module.save_pretrained(tmp_path / "adapter")
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    assert (out / "tokenizer.json").exists()
+
+    input_ids = torch.tensor([module.tokenizer("def add(a, b): return a + b")["input_ids"]])
+    expected = logits_of(module.model, input_ids)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(out))
+    torch.testing.assert_close(logits_of(reloaded, input_ids), expected)
+    base_only = logits_of(AutoModelForCausalLM.from_pretrained(base_dir), input_ids)
+    assert not torch.allclose(base_only, expected, atol=1e-3)  # the adapter really changed something
+
+    merged_dir = merge_and_save(base_dir, out, tmp_path / "merged", AutoModelForCausalLM)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    torch.testing.assert_close(logits_of(merged, input_ids), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_full_fine_tuning_saves_a_plain_transformers_model(tiny_model, tmp_path):
+    _, _, module = overfit(tiny_model("llama"), FullFineTuning(), steps=3, lr=1e-3)
+    out = module.save_pretrained(tmp_path / "model")
+    input_ids = torch.tensor([[1, 5, 9, 13]])
+    torch.testing.assert_close(logits_of(AutoModelForCausalLM.from_pretrained(out), input_ids),
+                               logits_of(module.model, input_ids))
