@@ -51,6 +51,7 @@ def configure_logging() -> None:
 EXTRA_COMMANDS = {
     "compare": "lit_lora.compare",    # base model vs fine-tuned model report
     "estimate": "lit_lora.estimate",  # parameters and memory from the architecture alone
+    "incontext": "lit_lora.evaluation.incontext",  # zero- / k-shot prompting, no training
 }
 
 

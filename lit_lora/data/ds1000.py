@@ -51,9 +51,9 @@ class DS1000DataModule(SFTDataModule):
         if not self.libraries:
             return dataset
         wanted = {lib.lower() for lib in self.libraries}
-        unknown = wanted - {lib.lower() for lib in found}
+        unknown = [lib for lib in self.libraries if lib.lower() not in {f.lower() for f in found}]
         if unknown:
-            raise ValueError(f"{where}: no problem of library {sorted(unknown)}; found {dict(found)}")
+            raise ValueError(f"{where}: no problem of library {', '.join(unknown)}; found {dict(found)}")
         kept = dataset.filter(lambda m: m["library"].lower() in wanted, input_columns="metadata")
         log.info("[lit-lora] %s: kept %d of %d problems (libraries %s)", where, len(kept), len(dataset),
                  ", ".join(sorted(self.libraries)))

@@ -1,0 +1,145 @@
+"""In-context evaluation with no training: zero-shot and k-shot prompts built from a DataModule.
+
+    lit-lora incontext --config configs/<exp>.yaml --shots 0 1 3 --max_rows 100
+
+Demonstrations are drawn (seeded, per evaluated row) from the *training* split only, and a
+demonstration whose normalised input equals the evaluated row's is never used, so a prompt never
+contains the example it is scored on. With a chat template the demonstrations are user / assistant
+turns; otherwise they are concatenated as prompt + answer blocks. Generation data (SFT datamodules:
+``format_example``) is scored with BLEU / ROUGE / exact match; classification data (``label_names``,
+``row_label``) by parsing the label word out of the answer (``evaluation.labels.parse_label``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lit_lora.evaluation.generation import generate_texts
+from lit_lora.evaluation.labels import parse_label
+from lit_lora.evaluation.overlap import normalize_input
+
+
+def example_pairs(datamodule, rows) -> list[tuple[str, str]]:
+    """``(input, answer)`` of each usable raw row, as the datamodule formats it; unusable rows are skipped."""
+    pairs = []
+    if hasattr(datamodule, "label_names"):  # classification: text columns in, label word out
+        text_columns = [c for c in datamodule.required_columns if c not in ("label", "genre")]
+        names = ", ".join(datamodule.label_names)
+        for row in rows:
+            label = datamodule.row_label(row)
+            if isinstance(label, int):
+                text = "\n".join(f"{c}: {row[c]}" for c in text_columns)
+                pairs.append((f"{text}\nAnswer with one word: {names}.", datamodule.label_names[label]))
+        return pairs
+    if not hasattr(datamodule, "format_example"):
+        raise TypeError(f"{type(datamodule).__name__} has neither format_example nor label_names")
+    if getattr(datamodule, "template", None) == "chat":
+        raise ValueError("set data.init_args.template to plain or alpaca: in-context prompts apply the chat "
+                         "template themselves, around the demonstrations")
+    for row in rows:
+        example = datamodule.format_example(row)
+        if not isinstance(example, str):
+            pairs.append(example)
+    return pairs
+
+
+def kshot_prompt(tokenizer, demos: list[tuple[str, str]], query: str, use_chat_template: bool = True) -> str:
+    """The prompt text: chat turns when the tokenizer has a chat template, else ``prompt answer`` blocks."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = []
+        for prompt, answer in demos:
+            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": query})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{prompt}{answer}\n\n" for prompt, answer in demos) + query
+
+
+def build_prompts(datamodule, k: int, seed: int = 0, split: Optional[str] = None, max_rows: Optional[int] = None,
+                  use_chat_template: bool = True) -> list[dict]:
+    """One record per evaluated row: prompt (with ``k`` training demonstrations), reference, demo indices."""
+    raw = datamodule.load_raw_splits()
+    split = split or next(name for name in raw if name != "train")
+    train = example_pairs(datamodule, raw["train"])
+    evaluated = example_pairs(datamodule, raw[split])[:max_rows]
+    if k > len(train):
+        raise ValueError(f"{k}-shot needs {k} training examples; the training split has {len(train)}")
+    records = []
+    for i, (query, reference) in enumerate(evaluated):
+        key = normalize_input(query)
+        pool = [j for j, (p, _) in enumerate(train) if normalize_input(p) != key]
+        if len(pool) < k:
+            raise ValueError(f"{k}-shot needs {k} training examples other than the evaluated one; "
+                             f"row {i} of {split} has {len(pool)}")
+        picks = random.Random(seed * 1_000_003 + i).sample(pool, k) if k else []
+        demos = [train[j] for j in picks]
+        records.append({"index": i, "split": split, "query": query, "reference": reference, "demos": picks,
+                        "prompt": kshot_prompt(datamodule.tokenizer, demos, query, use_chat_template)})
+    return records
+
+
+def score(datamodule, records: list[dict], predictions: list[str]) -> dict:
+    if hasattr(datamodule, "label_names"):
+        from lit_lora.evaluation.classification import UNPARSEABLE, ClassificationMetrics
+
+        names = list(datamodule.label_names)
+        metrics = ClassificationMetrics(names, allow_unparseable=True)
+        parsed = [parse_label(p, names) for p in predictions]
+        preds = torch.tensor([names.index(p) if p is not None else UNPARSEABLE for p in parsed])
+        metrics.update(preds, torch.tensor([names.index(r["reference"]) for r in records]))
+        scalars, details = metrics.compute()
+        return {**scalars, "unparseable": sum(p is None for p in parsed)}
+    from lit_lora.evaluation.text_metrics import score_rows
+
+    return score_rows(predictions, [r["reference"] for r in records])
+
+
+def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: Optional[str], max_rows: Optional[int],
+                       batch_size: int, out_dir: Path) -> dict:
+    module.configure_model()
+    settings = module.evaluation
+    results = {}
+    for k in shots:
+        records = build_prompts(datamodule, k, seed, split, max_rows)
+        outs = []
+        for start in range(0, len(records), batch_size):
+            batch = [r["prompt"] for r in records[start:start + batch_size]]
+            chat = bool(getattr(datamodule.tokenizer, "chat_template", None))
+            outs += generate_texts(module.model, datamodule.tokenizer, batch, settings,
+                                   encoder_decoder=module.encoder_decoder,
+                                   add_special_tokens=module.encoder_decoder or not chat)
+        for record, out in zip(records, outs):
+            record.update(prediction=out.text, hit_max_new_tokens=out.hit_limit)
+        results[f"{k}-shot"] = score(datamodule, records, [o.text for o in outs])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with (out_dir / f"predictions_{k}shot.jsonl").open("w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    from lit_lora.cli import LitLoraCLI
+
+    parser = argparse.ArgumentParser(prog="lit-lora incontext", allow_abbrev=False, description=__doc__.splitlines()[0])
+    parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 3])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
+    parser.add_argument("--split", help="evaluated split (default: the first that is not train)")
+    parser.add_argument("--max_rows", type=int, help="evaluate only the first N rows")
+    parser.add_argument("--out_dir", default="runs/incontext")
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    cli = LitLoraCLI(args=rest, run=False, save_config_callback=None)
+    module = cli.model
+    module.evaluation = dataclasses.replace(module.evaluation, generate=True)
+    out_dir = Path(args.out_dir)
+    results = evaluate_incontext(module, cli.datamodule, args.shots, args.seed, args.split, args.max_rows,
+                                 cli.datamodule.eval_batch_size, out_dir)
+    (out_dir / "incontext.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))

@@ -1,0 +1,93 @@
+"""Batched generation equals one-by-one generation; k-shot prompts never hold the evaluated example."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from lit_lora.data import CounsellingDataModule, DS1000DataModule, InstructionDataModule
+from lit_lora.evaluation.generation import GenerationSettings, generate_texts
+from lit_lora.evaluation.incontext import build_prompts
+from lit_lora.evaluation.overlap import TrainOverlapError, check_overlap
+
+PROMPTS = ["Sort the list using Python.", "Write a Python function that returns the sum of a and b.",
+           "I feel anxious at work. I can't sleep.", "Problem:\nHow do I get the sum of the array a?"]
+
+
+def load(path, seq2seq):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(path)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_batched_greedy_equals_unbatched(tiny_model, arch):
+    torch.manual_seed(0)
+    model, tokenizer = load(tiny_model(arch), seq2seq=arch == "t5")
+    settings = GenerationSettings(max_new_tokens=12)
+    batched = generate_texts(model, tokenizer, PROMPTS, settings, encoder_decoder=arch == "t5")
+    single = [generate_texts(model, tokenizer, [p], settings, encoder_decoder=arch == "t5")[0] for p in PROMPTS]
+    assert batched == single
+    assert any(out.text for out in batched)
+
+
+def test_sampling_is_seeded(tiny_model):
+    model, tokenizer = load(tiny_model("llama"), seq2seq=False)
+    settings = GenerationSettings(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.95, top_k=20, seed=3)
+    first = generate_texts(model, tokenizer, PROMPTS, settings)
+    assert first == generate_texts(model, tokenizer, PROMPTS, settings)
+    greedy = generate_texts(model, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=10))
+    assert first != greedy
+
+
+@pytest.mark.parametrize("datamodule", [InstructionDataModule, CounsellingDataModule, DS1000DataModule])
+@pytest.mark.parametrize("k", [0, 3])
+def test_kshot_prompts_never_contain_the_evaluated_example(tiny_model, datamodule, k):
+    dm = datamodule(tokenizer_name_or_path=tiny_model("llama"), template="plain", max_eval_samples=15)
+    records = build_prompts(dm, k, seed=1)
+    raw = dm.load_raw_splits()
+    train_pairs = [dm.format_example(r) for r in raw["train"]]
+    assert len(records) == 15
+    for record in records:
+        assert len(record["demos"]) == k
+        demos_text = record["prompt"][: -len(record["query"])]
+        assert record["query"] not in demos_text
+        for j in record["demos"]:
+            assert train_pairs[j][0] in demos_text  # demonstrations come from the training split
+            assert train_pairs[j][0].split() != record["query"].split()
+    if k:
+        assert len({tuple(r["demos"]) for r in records}) > 1  # drawn per row, not one fixed set
+
+
+def test_kshot_excludes_a_training_duplicate_of_the_evaluated_row(tmp_path, tiny_model):
+    rows = [{"Context": f"I feel sad case {i}.", "Response": f"Answer {i}."} for i in range(6)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = CounsellingDataModule(source=str(train), validation_source=str(train), tokenizer_name_or_path=tiny_model("llama"),
+                               template="plain")
+    for record in build_prompts(dm, 5, seed=0):
+        assert record["query"] not in record["prompt"][: -len(record["query"])]
+    with pytest.raises(ValueError, match="6-shot needs 6"):
+        build_prompts(dm, 6, seed=0)
+
+
+def test_overlap_check_names_the_row_and_the_switch():
+    with pytest.raises(TrainOverlapError, match=r"1 of 2 evaluated rows.*row 1.*allow_train_overlap"):
+        check_overlap(["Sort  the list", "b"], ["new", "sort the LIST"], allow=False, where="x.jsonl")
+    assert check_overlap(["a"], ["A ", "c"], allow=True, where="x").count == 1
+
+
+def test_ds1000_filters_libraries_and_groups_rows(tiny_model, tmp_path):
+    dm = DS1000DataModule(tokenizer_name_or_path=tiny_model("llama"), libraries=["numpy", "Scipy"])
+    dm.setup("fit")
+    groups = set(dm.datasets["train"]["group"]) | set(dm.datasets["validation"]["group"])
+    assert groups == {"Numpy", "Scipy"}
+    with pytest.raises(ValueError, match="Keras"):
+        DS1000DataModule(tokenizer_name_or_path=tiny_model("llama"), libraries=["Keras"]).setup("fit")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "reference_code": "c", "metadata": {"library": "Numpy"}}) + "\n"
+                   + json.dumps({"prompt": "p2", "reference_code": "c", "metadata": {}}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl.*row 1.*'metadata'"):
+        DS1000DataModule(source=str(bad), tokenizer_name_or_path=tiny_model("llama")).setup("fit")
