@@ -102,3 +102,19 @@ def test_chat_template_without_one_is_a_clear_error(tiny_model):
     dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), template="chat", max_samples=8)
     with pytest.raises(ValueError, match="chat template"):
         dm.setup("fit")
+
+
+def test_tokenisation_is_cached_by_datasets(tiny_model, tmp_path):
+    source = write_jsonl(tmp_path / "d.jsonl", [row(instruction=f"Add {i} and b.") for i in range(12)])
+    first = make_dm(tiny_model, source)
+    first.setup("fit")
+
+    second = make_dm(tiny_model, source)
+    second.encode_row = lambda r: (_ for _ in ()).throw(AssertionError("tokenised again instead of cached"))
+    second.setup("fit")
+    assert list(second.datasets["train"]["input_ids"]) == list(first.datasets["train"]["input_ids"])
+
+    changed = make_dm(tiny_model, source, max_length=100)  # another setting is another cache entry
+    changed.encode_row = second.encode_row
+    with pytest.raises(AssertionError, match="tokenised again"):
+        changed.setup("fit")
