@@ -101,22 +101,16 @@ class QLoRA(LoRA):
 
     def __init__(
         self,
-        r: int = 8,
-        alpha: float = 16,
-        dropout: float = 0.05,
-        bias: Literal["none", "all", "lora_only"] = "none",
-        target_modules: Union[list[str], str] = "all-linear",
-        use_rslora: bool = False,
-        use_dora: bool = False,
-        modules_to_save: Optional[list[str]] = None,
         bits: Literal[4, 8] = 4,
         quant_type: Literal["nf4", "fp4"] = "nf4",
         double_quant: bool = True,
         compute_dtype: str = "bfloat16",
         quant_storage: Optional[str] = None,
         gradient_checkpointing: bool = True,
+        **lora_kwargs,
     ):
-        super().__init__(r, alpha, dropout, bias, target_modules, use_rslora, use_dora, modules_to_save)
+        """``lora_kwargs`` are LoRA's (r, alpha, dropout, target_modules …); the CLI lists them too."""
+        super().__init__(**lora_kwargs)
         self.bits = bits
         self.quant_type = quant_type
         self.double_quant = double_quant
@@ -143,6 +137,11 @@ class QLoRA(LoRA):
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         from peft import prepare_model_for_kbit_training
 
+        for module in model.modules():
+            # bitsandbytes repacks 4-bit weights into a CPU inference layout at the first eval forward
+            # (a sanity check or validation); training through that layout then fails. Keep the training one.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=self.gradient_checkpointing,
