@@ -118,3 +118,27 @@ def test_tokenisation_is_cached_by_datasets(tiny_model, tmp_path):
     changed.encode_row = second.encode_row
     with pytest.raises(AssertionError, match="tokenised again"):
         changed.setup("fit")
+
+
+def test_chat_template_renders_system_and_user_turns_and_labels_the_answer_only(tiny_model, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model_dir = tmp_path / "chat-model"
+    shutil.copytree(tiny_model("llama"), model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    tokenizer.save_pretrained(model_dir)
+    dm = InstructionDataModule(tokenizer_name_or_path=str(model_dir), template="chat",
+                               system_prompt="You write Python.", max_samples=8)
+    dm.setup("fit")
+    example = dm.datasets["train"][0]
+    text = dm.tokenizer.decode(example["input_ids"])
+    assert text.startswith("<s><|system|>You write Python.\n<|user|>") and "<|assistant|>" in text
+    assert text.count("<s>") == 1  # the template's BOS is not doubled
+    answer = dm.tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
+    assert "<|assistant|>" not in answer and answer.endswith("</s>")
