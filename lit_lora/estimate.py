@@ -118,10 +118,14 @@ def build(module) -> Built:
     model = meta_model(config, head, dtype)
     quantization = module.adapter.quantization_config()
     quantized_values = quantized_rows = 0
+    notes = []
     if quantization is not None:
         for layer in quantize_on_meta(model, quantization):
             quantized_values += layer.in_features * layer.out_features
             quantized_rows += layer.out_features
+        if not quantized_values:  # e.g. Falcon's FalconLinear: transformers converts only exact nn.Linear
+            notes.append(f"WARNING: bitsandbytes quantizes no layer of {type(model).__name__} in this transformers "
+                         "version; the base stays at full precision (as it would in lit-lora fit)")
     if module.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with torch.device("meta"):
@@ -132,7 +136,7 @@ def build(module) -> Built:
         trainable, total = model.get_nb_trainable_parameters()
     else:
         trainable, total = count_parameters(model)
-    return Built(model, config, head, trainable, total, quantized_values, quantized_rows)
+    return Built(model, config, head, trainable, total, quantized_values, quantized_rows, notes)
 
 
 # ---- memory ----------------------------------------------------------------------------------------------
@@ -221,6 +225,7 @@ def report(module, built: Built, estimate: MemoryEstimate, assumptions: dict, gp
         " built on the meta device)",
         f"method: {module.adapter!r}",
         f"trainable params: {built.trainable:,} || all params: {built.total:,} || trainable%: {pct:.4f}",
+        *built.notes,
         "",
         "GPU memory estimate (one device):",
         f"  weights            {gib(estimate.weights):>12}   parameters + buffers at their storage dtype",

@@ -1,0 +1,106 @@
+"""Every YAML under configs/ parses; every reference experiment runs 2 steps, then its evaluation.
+
+Only the model (a tiny random model of the same architecture, ``tiny_model``) and the data (the bundled
+sample of the same schema) are replaced; every other setting of the config is used as written. The
+run-only overrides, the same for every config, are in ``RUN_OVERRIDES``; there is no CPU override:
+paged optimizers fall back to ordinary ones on the CPU (bitsandbytes warns), Lightning runs ``16-mixed``
+as ``bf16-mixed`` on the CPU (it warns), and QLoRA's 4-bit layers run on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True)
+class Reference:
+    arch: str  # lit_lora.tiny architecture of the same family
+    sample: str  # bundled sample with the dataset's schema
+    evaluation: str  # "baseline" (validation loss base vs tuned, printed by fit) or "compare"
+    data: dict = field(default_factory=dict)  # further data keys that name the hub dataset's splits
+
+
+REFERENCES = {
+    "gemma2b_qlora_python_codes.yaml": Reference("gemma", "python_codes_25k.jsonl", "baseline"),
+    "codet5_base_lora_python_codes.yaml": Reference("t5", "python_codes_25k.jsonl", "compare"),
+    "phi15_qlora_ds1000.yaml": Reference("phi", "ds1000.jsonl", "compare"),
+    "falcon7b_qlora_counselling.yaml": Reference("falcon", "counselling.jsonl", "compare"),
+}
+# transformers 5 converts only exact ``nn.Linear`` layers to bitsandbytes ones; Falcon's are ``FalconLinear``,
+# so a 4-bit Falcon load stays at full precision (``lit-lora estimate`` warns). Strict: a fix turns this red.
+KNOWN_FAILURES = {
+    "falcon7b_qlora_counselling.yaml": "transformers does not quantize FalconLinear layers with bitsandbytes",
+}
+
+# Run-only settings: 2 optimizer steps, a temporary run directory, no progress bars.
+RUN_OVERRIDES = ["--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
+# Evaluation-only: a random tiny model never emits EOS, so every answer runs to max_new_tokens (slow through
+# 4-bit CPU matmuls); 4 evaluated rows of 8 new tokens exercise the same generation and report path.
+EVAL_OVERRIDES = ["--data.init_args.max_eval_samples", "4", "--model.init_args.evaluation.max_new_tokens", "8"]
+
+
+def yaml_files() -> list[Path]:
+    return sorted(CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_parses_with_the_cli_parser(path):
+    from lit_lora.estimate import parse_config
+
+    # a fragment in a subfolder (strategy, logger …) is read on top of a complete config
+    configs = ["--config", str(path)] if path.parent == CONFIGS else ["--config", str(CONFIGS / "demo.yaml"),
+                                                                     "--config", str(path)]
+    cfg = parse_config(configs)
+    assert cfg.model.class_path and cfg.data.class_path
+
+
+def test_every_reference_config_has_a_tiny_run():
+    tops = {p.name for p in CONFIGS.glob("*.yaml")}
+    assert set(REFERENCES) <= tops
+    for name in REFERENCES:
+        header = (CONFIGS / name).read_text().split("\nseed_everything")[0]
+        assert "lit-lora fit --config configs/" + name in header and "sbatch slurm/" in header, name
+
+
+def model_and_data_overrides(ref: Reference, model_dir: str) -> list[str]:
+    args = ["--model.init_args.model_name_or_path", model_dir, "--data.init_args.source", ref.sample]
+    for key, value in ref.data.items():
+        args += [f"--data.init_args.{key}", value]
+    return args
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[n], strict=True))
+                                  if n in KNOWN_FAILURES else n for n in sorted(REFERENCES)])
+def test_reference_config_runs_two_steps_then_its_evaluation(name, tiny_model, tmp_path, capsys):
+    from lit_lora.cli import LitLoraCLI, main
+
+    ref = REFERENCES[name]
+    config = str(CONFIGS / name)
+    common = ["--config", config, *model_and_data_overrides(ref, tiny_model(ref.arch)),
+              "--trainer.default_root_dir", str(tmp_path)]
+    cli = LitLoraCLI(args=["fit", *common, *RUN_OVERRIDES])
+    assert cli.trainer.global_step == 2
+    adapter = cli.model.adapter
+    if getattr(adapter, "bits", None) == 4:  # QLoRA must really train over a 4-bit base
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in cli.model.model.modules()), \
+            f"{name}: no 4-bit layer in {type(cli.model.model.get_base_model()).__name__}"
+    run_dir = Path(cli.trainer.log_dir)
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["global_step"] == 2 and 0 < summary["trainable_params"] < summary["total_params"]
+
+    if ref.evaluation == "baseline":
+        result = json.loads((run_dir / "before_after.json").read_text())
+        assert result["base_val_loss"] > 0 and result["tuned_val_loss"] > 0
+        assert "validation loss: base" in capsys.readouterr().out
+    else:
+        main(["compare", *common, *EVAL_OVERRIDES, "--adapter_dir", str(run_dir / "adapter"), "--out_dir", str(tmp_path / "compare")])
+        report = json.loads((tmp_path / "compare" / "report.json").read_text())
+        assert report and (tmp_path / "compare" / "report.md").is_file()
