@@ -36,6 +36,8 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(MetricsWriter, "metrics")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
+        # class names of classification data; skipped for a datamodule / module without label_names
+        parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
 
 
 def configure_logging() -> None:

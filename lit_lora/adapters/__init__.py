@@ -5,3 +5,6 @@ from lit_lora.adapters.lora import FullFineTuning, LoRA, QLoRA
 
 __all__ = ["Adapter", "FullFineTuning", "LoRA", "QLoRA", "check_target_modules", "count_parameters",
            "parameter_report"]
+from lit_lora.adapters.prompt import PrefixTuning, PromptTuning, PTuning  # noqa: E402
+
+__all__ += ["PTuning", "PrefixTuning", "PromptTuning"]

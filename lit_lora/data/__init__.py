@@ -9,3 +9,6 @@ from lit_lora.data.sft import SFTDataModule
 
 __all__ = ["CounsellingDataModule", "DS1000DataModule", "InstructionDataModule", "PythonCodesDataModule",
            "SFTDataModule", "TextDataModule"]
+from lit_lora.data.nli import MultiNLIDataModule, SNLIDataModule  # noqa: E402
+
+__all__ += ["MultiNLIDataModule", "SNLIDataModule"]

@@ -6,3 +6,6 @@ from lit_lora.models.generative import GenerativeModule
 from lit_lora.models.seq2seq import Seq2SeqModule
 
 __all__ = ["CausalLMModule", "FineTuneModule", "GenerativeModule", "Seq2SeqModule"]
+from lit_lora.models.classifier import SequenceClassifierModule  # noqa: E402
+
+__all__ += ["SequenceClassifierModule"]
