@@ -164,9 +164,9 @@ class BaselineComparison(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({k.replace("_val_loss", "/val_loss"): v for k, v in result.items()
                                 if v is not None}, step=trainer.global_step)
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a broadcast
         if not trainer.is_global_zero:
             return
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "before_after.json").write_text(json.dumps(result, indent=2))
         if self.base_loss is None:
@@ -193,9 +193,9 @@ class MetricsWriter(Callback):
         self.filename = filename
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a broadcast
         if not trainer.is_global_zero:
             return
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
         result = {"stage": stage, "ckpt_path": trainer.ckpt_path, "metrics": scalars,

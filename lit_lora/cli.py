@@ -16,8 +16,12 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
+from lit_lora.compatibility import check_config
 from lit_lora.data.base import TextDataModule
+from lit_lora.launch_checks import check_allocation
 from lit_lora.models.base import FineTuneModule
+from lit_lora.preemption import PreemptionCheckpoint, pin_log_dir
+from lit_lora.tracking import WandbRun, fill_save_dirs
 
 
 class LitLoraCLI(LightningCLI):
@@ -34,10 +38,25 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(FinalExport, "export")
         parser.add_lightning_class_args(BaselineComparison, "baseline")
         parser.add_lightning_class_args(MetricsWriter, "metrics")
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
         # class names of classification data; skipped for a datamodule / module without label_names
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Fail on an impossible strategy / method combination or a mismatched SLURM allocation, early."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.trainer
+        check_config(config)
+        check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
+        fill_save_dirs(trainer)
+        pin_log_dir(trainer)
+
+    def before_fit(self) -> None:
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbRun):
+                logger.log_config(self.config.get(self.subcommand))
 
 
 def configure_logging() -> None:
@@ -65,7 +84,7 @@ def main(args: list[str] | None = None) -> None:
 
         importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
         return
-    LitLoraCLI(args=argv)
+    LitLoraCLI(args=args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""Which method × strategy × quantisation combinations work, checked when the config is read.
+
+    lit-lora fit --config configs/falcon7b_qlora_counselling.yaml --config configs/strategies/deepspeed_zero3.yaml
+    # -> IncompatibleConfig: QLoRA under DeepSpeed ZeRO-3 shards the packed 4-bit weights …
+    #    fix: set model.init_args.adapter.init_args.quant_storage: bfloat16 and model.init_args.dtype: bfloat16
+
+The rules (each failure names the fix):
+  * DeepSpeed and FSDP need CUDA devices here (Lightning's DeepSpeedStrategy refuses other accelerators;
+    FSDP on CPU is not supported by these configs): on a CPU use ``configs/strategies/ddp.yaml``.
+  * QLoRA 4-bit under ZeRO-3 / FSDP: the packed 4-bit weights are sharded like every other tensor, so
+    their storage dtype (``quant_storage``) must equal the dtype of the rest of the model (``dtype``).
+  * QLoRA 8-bit (LLM.int8) under ZeRO-3 / FSDP does not work (int8 weights cannot be flattened and
+    sharded): use 4-bit QLoRA with ``quant_storage``, or ZeRO-2 / DDP.
+  * Optimizer offload (ZeRO ``offload_optimizer``) runs DeepSpeed's CPU Adam; a bitsandbytes optimizer
+    (``adamw_8bit``, ``paged_*``) cannot be offloaded: use ``optim.name: adamw``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+class IncompatibleConfig(ValueError):
+    """A method / strategy / quantisation combination that cannot train, with the fix in the message."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The facts of a config that decide compatibility (see ``from_config``)."""
+
+    method: str = "lora"                 # full, lora, qlora, prompt_tuning, …
+    bits: Optional[int] = None           # 4 or 8 for QLoRA
+    quant_storage: Optional[str] = None  # bnb_4bit_quant_storage
+    model_dtype: str = "auto"
+    strategy: str = "auto"               # auto, ddp, fsdp, deepspeed
+    zero_stage: Optional[int] = None
+    offload_optimizer: bool = False
+    optimizer: str = "adamw"
+    accelerator: str = "auto"
+    cuda_available: bool = False
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are sharded across ranks (ZeRO-3 or FSDP)."""
+        return self.strategy == "fsdp" or (self.strategy == "deepspeed" and self.zero_stage == 3)
+
+    @property
+    def strategy_name(self) -> str:
+        return f"DeepSpeed ZeRO-{self.zero_stage}" if self.strategy == "deepspeed" else self.strategy.upper()
+
+
+def problems(s: Setup) -> list[str]:
+    """Every reason ``s`` cannot train, each ending with its fix (empty list: compatible)."""
+    found = []
+    on_cuda = s.cuda_available and s.accelerator in ("cuda", "gpu", "auto")
+    if s.strategy in ("deepspeed", "fsdp") and not on_cuda:
+        found.append(f"{s.strategy_name} needs CUDA GPUs (accelerator={s.accelerator!r}, CUDA available: "
+                     f"{s.cuda_available}); fix: run on GPUs with trainer.accelerator: gpu, or use "
+                     "configs/strategies/ddp.yaml (DDP over gloo) on a CPU")
+    if s.method == "qlora" and s.sharded:
+        if s.bits == 8:
+            found.append(f"8-bit QLoRA (LLM.int8) does not work under {s.strategy_name}: int8 weights cannot be "
+                         "sharded; fix: adapter bits: 4 with quant_storage equal to model dtype, or use "
+                         "configs/strategies/deepspeed_zero2.yaml / ddp.yaml")
+        elif s.quant_storage is None or s.model_dtype in ("auto", None) or s.quant_storage != s.model_dtype:
+            dtype = s.quant_storage if s.quant_storage not in (None, "auto") else (
+                s.model_dtype if s.model_dtype not in (None, "auto", "float32") else "bfloat16")
+            found.append(
+                f"4-bit QLoRA under {s.strategy_name} shards the packed 4-bit weights with the rest of the model, "
+                f"so their storage dtype must equal the model dtype (quant_storage={s.quant_storage}, "
+                f"dtype={s.model_dtype}); fix: set model.init_args.adapter.init_args.quant_storage: {dtype} "
+                f"and model.init_args.dtype: {dtype}")
+    if s.strategy == "deepspeed" and s.offload_optimizer and s.optimizer != "adamw":
+        found.append(f"ZeRO optimizer offload runs DeepSpeed's CPU Adam and cannot offload the bitsandbytes "
+                     f"optimizer {s.optimizer!r}; fix: model.init_args.optim.name: adamw, or a strategy "
+                     "without offload (configs/strategies/deepspeed_zero3.yaml)")
+    return found
+
+
+def check(s: Setup) -> None:
+    """Raise ``IncompatibleConfig`` listing every problem of ``s``."""
+    found = problems(s)
+    if found:
+        raise IncompatibleConfig("this method / strategy / quantisation combination cannot train:\n  - "
+                                 + "\n  - ".join(found))
+
+
+# ---- reading a LightningCLI config ---------------------------------------------------------------
+def _get(node: Any, key: str, default: Any = None) -> Any:
+    if node is None:
+        return default
+    if isinstance(node, dict):
+        return node.get(key, default)
+    return getattr(node, key, default) if not hasattr(node, "get") else node.get(key, default)
+
+
+def _strategy(strategy: Any) -> tuple[str, Optional[int], bool]:
+    """(family, zero stage, optimizer offload) of a Trainer ``strategy`` value (string, class_path config, object)."""
+    if strategy is None:
+        return "auto", None, False
+    if isinstance(strategy, str):
+        name = strategy.lower()
+        if name.startswith("deepspeed"):
+            stage = next((int(c) for c in name.split("_stage_")[-1][:1] if c.isdigit()), 2) \
+                if "_stage_" in name else 2
+            return "deepspeed", stage, "offload" in name
+        if name.startswith("fsdp"):
+            return "fsdp", None, False
+        return ("ddp" if name.startswith("ddp") else name), None, False
+    class_path = _get(strategy, "class_path") or type(strategy).__name__
+    args = _get(strategy, "init_args", None)
+    if args is None and not _get(strategy, "class_path"):  # an instantiated strategy object
+        args = vars(strategy)
+    if "DeepSpeed" in class_path:
+        stage = _get(args, "stage", None) or _get(args, "zero_stage", None) or 2
+        offload = bool(_get(args, "offload_optimizer", False))
+        config = _get(args, "config", None)
+        if isinstance(config, dict):  # an explicit DeepSpeed JSON config wins
+            zero = config.get("zero_optimization", {})
+            stage = zero.get("stage", stage)
+            offload = offload or bool(zero.get("offload_optimizer"))
+        return "deepspeed", int(stage), offload
+    if "FSDP" in class_path:
+        return "fsdp", None, False
+    if "DDP" in class_path:
+        return "ddp", None, False
+    return class_path.rsplit(".", 1)[-1].lower(), None, False
+
+
+METHODS = {"FullFineTuning": "full", "LoRA": "lora", "QLoRA": "qlora"}
+
+
+def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
+    """The ``Setup`` of a LightningCLI subcommand config (``cli.config.fit``)."""
+    import torch
+
+    model_args = _get(_get(config, "model"), "init_args", {})
+    adapter = _get(model_args, "adapter")
+    adapter_class = (_get(adapter, "class_path") or "LoRA").rsplit(".", 1)[-1]
+    adapter_args = _get(adapter, "init_args", {}) or {}
+    method = METHODS.get(adapter_class, adapter_class.lower())
+    optim = _get(model_args, "optim")
+    trainer = _get(config, "trainer")
+    family, stage, offload = _strategy(_get(trainer, "strategy", "auto"))
+    return Setup(
+        method=method,
+        bits=int(_get(adapter_args, "bits", 4)) if method == "qlora" else None,
+        quant_storage=_get(adapter_args, "quant_storage"),
+        model_dtype=_get(model_args, "dtype", "auto") or "auto",
+        strategy=family,
+        zero_stage=stage,
+        offload_optimizer=offload,
+        optimizer=_get(optim, "name", "adamw") or "adamw",
+        accelerator=str(_get(trainer, "accelerator", "auto") or "auto"),
+        cuda_available=torch.cuda.is_available() if cuda_available is None else cuda_available,
+    )
+
+
+def check_config(config: Any) -> None:
+    """``check(from_config(config))``: called by the CLI before anything is instantiated."""
+    check(from_config(config))

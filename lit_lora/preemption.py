@@ -1,0 +1,147 @@
+"""SLURM preemption: checkpoint at a step boundary, requeue, and resume exactly where the job stopped.
+
+Lightning's own SIGUSR1 handler saves ``hpc_ckpt_N.ckpt`` from inside the signal handler, i.e. at
+whatever line the signal interrupts (possibly between ``optimizer.step()`` and the progress counters,
+or in the middle of a DDP collective on one rank only). ``PreemptionCheckpoint`` only records the
+signal; at the next ``on_train_batch_end`` all ranks agree (an ``any`` reduction) and save the same
+step, global rank 0 runs ``scontrol requeue``, and every rank exits. The requeued job finds
+``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (Lightning's SLURM auto-resume) and, with the resumable
+train loader, continues with the next unseen batch. Test it by hand on a running job::
+
+    scancel --signal=USR1 <jobid>                       # what --signal=SIGUSR1@90 sends before the time limit
+    scontrol update JobId=<jobid> StartTime=now         # release the requeued job (held with a BeginTime)
+
+Checkpoints are written atomically (temp file, fsync, rename): a kill during a save leaves the
+previous ``hpc_ckpt_N.ckpt`` as the newest complete one, never a truncated file that resume would pick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lit_lora.launch_checks import check_requeued_resume
+
+log = logging.getLogger("lit_lora")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a hidden temp file in the target directory, fsync, then ``os.replace``.
+
+    The temp name never contains ``hpc_ckpt_`` (Lightning picks the highest ``hpc_ckpt_*`` file on resume).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        if "://" in str(path):  # remote filesystems: fsspec's own semantics
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
+
+
+class Requeued(SystemExit):
+    """Raised on every rank after the preemption checkpoint is saved; exits the process with status 0."""
+
+
+class PreemptionCheckpoint(Callback):
+    """On SLURM's requeue signal: save ``hpc_ckpt_N.ckpt`` at the next step boundary, requeue, exit.
+
+    Args:
+        enabled: Handle the requeue signal (only under SLURM with Lightning's ``auto_requeue`` on).
+        requeue: Run ``scontrol requeue $SLURM_JOB_ID`` after saving (off: save and exit only).
+        atomic: Write every checkpoint of a plain ``torch.save`` strategy through ``AtomicCheckpointIO``.
+    """
+
+    def __init__(self, enabled: bool = True, requeue: bool = True, atomic: bool = True):
+        self.enabled = enabled
+        self.requeue = requeue
+        self.atomic = atomic
+        self.requested = False
+        self.signum: Optional[int] = None
+
+    # ---- set-up ----------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.atomic and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if stage != "fit":
+            return
+        check_requeued_resume(trainer.ckpt_path, trainer.default_root_dir)
+        environment = trainer._accelerator_connector.cluster_environment
+        if self.enabled and isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            # Installed before Lightning registers its handlers, so Lightning does not add its own
+            # save-inside-the-handler for this signal (it skips signals that already have a handler).
+            self.signum = environment.requeue_signal or signal.SIGUSR1
+            signal.signal(self.signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+
+    # ---- the step boundary -----------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if self.signum is None:
+            return
+        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            return
+        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+        trainer.save_checkpoint(path)
+        trainer.strategy.barrier("lit_lora_preemption_saved")
+        if trainer.is_global_zero:
+            print(f"[lit-lora] preemption: saved {path} at global step {trainer.global_step}", flush=True)
+            if self.requeue:
+                self._requeue()
+        for logger in trainer.loggers:
+            logger.finalize("preempted")
+        raise Requeued(0)
+
+    @staticmethod
+    def _requeue() -> None:
+        job_id = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job_id = f"{job_id}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job_id else os.environ["SLURM_JOB_ID"]
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"scontrol requeue {job_id} failed ({result.returncode}): {result.stderr.strip()}; "
+                               "the checkpoint is saved: resubmit the same sbatch command to continue")
+        print(f"[lit-lora] preemption: requeued SLURM job {job_id}", flush=True)
+
+
+def pin_log_dir(trainer_config: Any, env: Optional[dict] = None) -> None:
+    """Under SLURM, log straight into ``default_root_dir`` instead of a new ``version_N`` per (re)start.
+
+    Lightning's default logger numbers its directory, so a requeued job would write its config,
+    checkpoints and adapter to ``version_1`` while its checkpoint sits beside ``version_0``. With the
+    sbatch scripts' ``default_root_dir=runs/<exp>/<SLURM_JOB_ID>`` every restart shares one run directory.
+    Only the default logger (``logger: true`` / unset) is replaced; a configured logger is left alone.
+    """
+    env = os.environ if env is None else env
+    if not env.get("SLURM_JOB_ID") or trainer_config.get("logger") not in (None, True):
+        return
+    from jsonargparse import Namespace
+
+    root = trainer_config.get("default_root_dir") or os.getcwd()
+    trainer_config["logger"] = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                                         init_args=Namespace(save_dir=str(root), name="", version="",
+                                                             flush_logs_every_n_steps=1))

@@ -1,0 +1,31 @@
+#!/bin/bash
+# Shared body of the sbatch scripts: run directory by job id, then `srun lit-lora fit`.
+#   (called by slurm/*.sbatch; not submitted directly)
+# Environment knobs: LIT_LORA_STRATEGY (a configs/strategies/*.yaml fragment), LIT_LORA_RUNS (default runs),
+# MASTER_ADDR / MASTER_PORT (default: the first node of the allocation, a port derived from the job id).
+set -euo pipefail
+if [ $# -lt 1 ] || [ ! -f "$1" ]; then
+  echo "usage: sbatch slurm/<script>.sbatch configs/<exp>.yaml [lit-lora fit arguments …]" >&2
+  exit 2
+fi
+CONFIG=$1; shift
+EXP=$(basename "$CONFIG" .yaml)
+RUN_DIR=${LIT_LORA_RUNS:-runs}/$EXP/${SLURM_JOB_ID}
+mkdir -p "$RUN_DIR"
+# the job log, also after a requeue (--open-mode=append)
+exec > >(tee -a "$RUN_DIR/slurm.out") 2>&1
+
+export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
+export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+export TOKENIZERS_PARALLELISM=false
+STRATEGY_ARGS=()
+if [ -n "${LIT_LORA_STRATEGY:-}" ]; then STRATEGY_ARGS=(--config "$LIT_LORA_STRATEGY"); fi
+
+echo "[lit-lora] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_NNODES} node(s) × ${SLURM_NTASKS_PER_NODE} task(s), run dir $RUN_DIR"
+# trainer.num_nodes / devices follow the allocation; lit-lora checks them against SLURM_NNODES /
+# SLURM_NTASKS_PER_NODE on every rank before building anything (a mismatch is an error, not a hang).
+srun --kill-on-bad-exit=1 lit-lora fit --config "$CONFIG" "${STRATEGY_ARGS[@]}" \
+  --trainer.num_nodes "${LIT_LORA_NUM_NODES:-$SLURM_NNODES}" \
+  --trainer.devices "${LIT_LORA_DEVICES:-$SLURM_NTASKS_PER_NODE}" \
+  --trainer.default_root_dir "$RUN_DIR" \
+  "$@"
