@@ -12,3 +12,6 @@ __all__ = ["CounsellingDataModule", "DS1000DataModule", "InstructionDataModule",
 from lit_lora.data.nli import MultiNLIDataModule, SNLIDataModule  # noqa: E402
 
 __all__ += ["MultiNLIDataModule", "SNLIDataModule"]
+from lit_lora.data.nli_prompts import MultiNLILabelWordDataModule, SNLILabelWordDataModule  # noqa: E402
+
+__all__ += ["MultiNLILabelWordDataModule", "SNLILabelWordDataModule"]

@@ -9,3 +9,6 @@ __all__ = ["CausalLMModule", "FineTuneModule", "GenerativeModule", "Seq2SeqModul
 from lit_lora.models.classifier import SequenceClassifierModule  # noqa: E402
 
 __all__ += ["SequenceClassifierModule"]
+from lit_lora.models.label_word import LabelWordModule  # noqa: E402
+
+__all__ += ["LabelWordModule"]

@@ -1,0 +1,100 @@
+"""A causal LM fine-tuned to answer NLI prompts with the label word, evaluated two ways.
+
+    lit-lora fit  --config configs/nli_llama_label_word.yaml
+    lit-lora test --config configs/nli_llama_label_word.yaml --ckpt_path runs/nli_llama_label_word/.../last.ckpt
+
+Training is ``CausalLMModule``'s: the loss covers the response (label word + EOS) only. Each
+evaluation set is scored by
+
+* ``likelihood``: the label word with the highest log-likelihood given the prompt is the prediction
+  (``lit_lora.evaluation.likelihood``); nothing is parsed, so nothing is unparseable;
+* ``generation``: greedy decoding (one batched ``generate`` call per batch, left padding, KV cache),
+  the answer mapped to a label by ``parse_label``; an answer naming no label (or several) counts as
+  wrong and the count is logged as ``…/generation/unparseable``.
+
+Metric names: ``val/likelihood/accuracy``, ``val_matched/generation/f1_macro`` … (see ``EvalSetMetrics``).
+Label names come from the datamodule as for ``SequenceClassifierModule``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from lit_lora.evaluation.generation import GenerationSettings, generate_texts
+from lit_lora.evaluation.labels import label_index
+from lit_lora.evaluation.likelihood import candidate_log_likelihoods
+from lit_lora.models.causal_lm import CausalLMModule
+from lit_lora.models.eval_sets import EvalSetMetrics
+
+MAX_EXAMPLES = 5  # unparseable answers kept in metrics.json per evaluation set, to show what went wrong
+
+
+class LabelWordModule(EvalSetMetrics, CausalLMModule):
+    """``AutoModelForCausalLM`` answering with a label word; likelihood and generation accuracy / P / R / F1.
+
+    Args:
+        label_names: The label words in label-index order; linked from the datamodule by the CLI.
+        evaluation: Generation settings; ``generate: false`` keeps the likelihood evaluation only.
+    """
+
+    def __init__(self, *args, label_names: Optional[list[str]] = None,
+                 evaluation: GenerationSettings = GenerationSettings(max_new_tokens=8, during_validation=True),
+                 **kwargs):
+        super().__init__(*args, evaluation=evaluation, **kwargs)
+        self.label_names = list(label_names) if label_names else None
+        self.init_eval_metrics()
+        self.unparseable_examples: dict[str, list] = {}
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.resolve_label_names()
+        super().configure_model()
+
+    def _prompt_has_special_tokens(self) -> bool:
+        return getattr(self.trainer.datamodule, "template", None) != "chat"  # a chat prompt carries BOS already
+
+    def _label_eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
+        name = self.eval_set_name(stage, dataloader_idx)
+        loss = self(batch).loss
+        self.log(f"{name}/loss", loss, sync_dist=True, batch_size=batch["input_ids"].shape[0], add_dataloader_idx=False)
+        gold = torch.tensor([self.label_names.index(r) for r in batch["reference"]], device=self.device)
+        scores = candidate_log_likelihoods(self.model, self.tokenizer, batch["prompt"], self.label_names,
+                                           add_special_tokens=self._prompt_has_special_tokens())
+        self.metrics_for(stage, dataloader_idx, "likelihood").update(scores.argmax(-1), gold)
+        if not self._generates(stage):
+            return
+        answers = generate_texts(self.model, self.tokenizer, batch["prompt"], self.evaluation,
+                                 add_special_tokens=self._prompt_has_special_tokens())
+        predicted = torch.tensor([label_index(a.text, self.label_names) for a in answers], device=self.device)
+        self.metrics_for(stage, dataloader_idx, "generation", allow_unparseable=True).update(predicted, gold)
+        examples = self.unparseable_examples.setdefault(f"{name}/generation", [])
+        for answer, pred, reference in zip(answers, predicted.tolist(), batch["reference"]):
+            if pred == -1 and len(examples) < MAX_EXAMPLES:
+                examples.append({"answer": answer.text, "gold": reference})
+
+    def _log_label_metrics(self, stage: str) -> None:
+        self.log_eval_metrics(stage)
+        for name, examples in self.unparseable_examples.items():
+            if name in self.extra_metrics:
+                self.extra_metrics[name]["unparseable_examples"] = examples
+        self.unparseable_examples = {}
+
+    def on_validation_epoch_start(self) -> None:
+        self.unparseable_examples = {}
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._label_eval_step("val", batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_label_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.unparseable_examples = {}
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._label_eval_step("test", batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_label_metrics("test")
