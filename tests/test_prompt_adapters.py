@@ -1,0 +1,37 @@
+"""Prompt adapters build the peft configs they claim and train only virtual tokens (+ the head)."""
+
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from lit_lora.adapters import PrefixTuning, PromptTuning, PTuning
+
+
+@pytest.mark.parametrize("adapter, peft_type, encoder_part", [
+    (PTuning(num_virtual_tokens=5, reparameterization="MLP", encoder_hidden_size=16), "P_TUNING", "mlp_head"),
+    (PTuning(num_virtual_tokens=5, reparameterization="LSTM", encoder_hidden_size=16), "P_TUNING", "lstm_head"),
+    (PromptTuning(num_virtual_tokens=5), "PROMPT_TUNING", None),
+    (PrefixTuning(num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16), "PREFIX_TUNING", "transform"),
+])
+def test_prompt_adapter_wraps_and_freezes_the_base(tiny_model, adapter, peft_type, encoder_part):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model("roberta"), num_labels=3)
+    adapter.modules_to_save = ["classifier"]
+    wrapped = adapter.wrap(model, "SEQ_CLS")
+    config = wrapped.peft_config["default"]
+    assert config.peft_type.value == peft_type and config.num_virtual_tokens == 5
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert all(n.startswith("prompt_encoder.") or ".classifier.modules_to_save." in n for n in trainable)
+    assert any(n.startswith("prompt_encoder.") for n in trainable)
+    if encoder_part:
+        assert any(encoder_part in n for n in trainable)
+
+
+def test_prompt_tuning_text_init_uses_the_models_tokenizer(tiny_model):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model("roberta"), num_labels=3)
+    wrapped = PromptTuning(num_virtual_tokens=4, init_text="Does the premise entail it?").wrap(model, "SEQ_CLS")
+    config = wrapped.peft_config["default"]
+    assert config.prompt_tuning_init.value == "TEXT" and config.tokenizer_name_or_path == tiny_model("roberta")
+
+
+def test_num_virtual_tokens_must_be_positive():
+    with pytest.raises(ValueError, match="num_virtual_tokens"):
+        PTuning(num_virtual_tokens=0)
