@@ -13,6 +13,7 @@ configured adapter with peft, and counted the way peft counts. Memory comes from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import warnings
@@ -26,6 +27,7 @@ from lit_lora.adapters.base import count_parameters, to_dtype
 from lit_lora.architectures import HEADS, config_dtype, load_config, lookup, meta_model
 from lit_lora.memory import GIB, MemoryEstimate, Shape, activation_bytes, optimizer_state_bytes, \
     quant_constant_bytes, tensor_bytes
+from lit_lora.models.quantizable import plain_linear_layers
 
 LOAD_ONLY_KWARGS = ("trust_remote_code", "dtype", "attn_implementation", "quantization_config", "device_map")
 
@@ -118,17 +120,18 @@ def build(module) -> Built:
     if getattr(module, "tokenizer", None) is None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = getattr(config, "eos_token_id", None)
     dtype = config_dtype(config) if module.dtype_name == "auto" else to_dtype(module.dtype_name)
-    model = meta_model(config, head, dtype)
     quantization = module.adapter.quantization_config()
+    with plain_linear_layers() if quantization is not None else contextlib.nullcontext():
+        model = meta_model(config, head, dtype)  # built as configure_model builds a quantized base
     quantized_values = quantized_rows = 0
     notes = []
     if quantization is not None:
         for layer in quantize_on_meta(model, quantization):
             quantized_values += layer.in_features * layer.out_features
             quantized_rows += layer.out_features
-        if not quantized_values:  # e.g. Falcon's FalconLinear: transformers converts only exact nn.Linear
-            notes.append(f"WARNING: bitsandbytes quantizes no layer of {type(model).__name__} in this transformers "
-                         "version; the base stays at full precision (as it would in lit-lora fit)")
+        if not quantized_values:
+            notes.append(f"WARNING: bitsandbytes quantizes no layer of {type(model).__name__}; "
+                         "the base stays at full precision (as it would in lit-lora fit)")
     if module.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with torch.device("meta"):

@@ -69,3 +69,13 @@ def test_unknown_target_module_is_an_error_with_close_names(tiny_model):
     module = CausalLMModule(tiny_model("llama"), adapter=LoRA(target_modules=["q_proj", "v_prj"]))
     with pytest.raises(ValueError, match=r"'v_prj' matches no module.*v_proj"):
         module.configure_model()
+
+
+def test_qlora_really_quantizes_falcon_linear_layers(tiny_model):
+    """transformers converts only exact nn.Linear; Falcon's FalconLinear must be quantized too."""
+    import bitsandbytes as bnb
+
+    before, after, module = overfit(tiny_model("falcon"), QLoRA(r=8, alpha=16, dropout=0.0, compute_dtype="float32"))
+    quantized = [m for m in module.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 4 * 2  # query_key_value, dense, dense_h_to_4h, dense_4h_to_h in each of 2 layers
+    assert after < before - 1.0

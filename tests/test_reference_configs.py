@@ -32,11 +32,7 @@ REFERENCES = {
     "phi15_qlora_ds1000.yaml": Reference("phi", "ds1000.jsonl", "compare"),
     "falcon7b_qlora_counselling.yaml": Reference("falcon", "counselling.jsonl", "compare"),
 }
-# transformers 5 converts only exact ``nn.Linear`` layers to bitsandbytes ones; Falcon's are ``FalconLinear``,
-# so a 4-bit Falcon load stays at full precision (``lit-lora estimate`` warns). Strict: a fix turns this red.
-KNOWN_FAILURES = {
-    "falcon7b_qlora_counselling.yaml": "transformers does not quantize FalconLinear layers with bitsandbytes",
-}
+KNOWN_FAILURES: dict[str, str] = {}  # config -> reason; strict xfail, so a fix turns it red
 
 # Run-only settings: 2 optimizer steps, a temporary run directory, no progress bars.
 RUN_OVERRIDES = ["--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]

@@ -20,6 +20,7 @@ from jsonargparse import lazy_instance
 
 from lit_lora.adapters import Adapter, LoRA, parameter_report
 from lit_lora.adapters.base import format_parameter_report, to_dtype
+from lit_lora.models.quantizable import plain_linear_layers
 from lit_lora.optim import OptimizerSettings, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,11 @@ class FineTuneModule(L.LightningModule):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def load_base_model(self) -> torch.nn.Module:
-        return self.auto_model_class.from_pretrained(self.model_name_or_path, **self.load_kwargs())
+        kwargs = self.load_kwargs()
+        if "quantization_config" not in kwargs:
+            return self.auto_model_class.from_pretrained(self.model_name_or_path, **kwargs)
+        with plain_linear_layers():  # e.g. Falcon's nn.Linear subclass would otherwise stay unquantized
+            return self.auto_model_class.from_pretrained(self.model_name_or_path, **kwargs)
 
     def configure_model(self) -> None:
         if self.model is not None:
