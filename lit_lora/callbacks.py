@@ -104,7 +104,8 @@ class FinalExport(Callback):
             if not pl_module.is_peft:
                 raise ValueError("export.merge needs a LoRA / QLoRA adapter; full fine-tuning already saves a model")
             merged = merge_and_save(pl_module.model_name_or_path, out, run_dir / self.merged_dirname,
-                                    type(pl_module).auto_model_class, self.merge_dtype, pl_module.tokenizer)
+                                    type(pl_module).auto_model_class, self.merge_dtype, pl_module.tokenizer,
+                                    **pl_module.architecture_kwargs())
             summary["merged_dir"] = str(merged)
         (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
         print(f"[lit-lora] saved {pl_module.adapter.method} weights to {out}")

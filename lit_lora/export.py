@@ -15,10 +15,11 @@ from lit_lora.adapters.base import to_dtype
 
 
 def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str | Path, auto_model_class,
-                   dtype: str = "float32", tokenizer=None) -> Path:
+                   dtype: str = "float32", tokenizer=None, **load_kwargs) -> Path:
+    """``load_kwargs`` rebuild the same head as in training (e.g. ``num_labels``, ``id2label``)."""
     from peft import PeftModel
 
-    base = auto_model_class.from_pretrained(base_name_or_path, dtype=to_dtype(dtype))
+    base = auto_model_class.from_pretrained(base_name_or_path, dtype=to_dtype(dtype), **load_kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     out = Path(out_dir)
     merged.save_pretrained(out)

@@ -46,3 +46,24 @@ def test_full_fine_tuning_saves_a_plain_transformers_model(tiny_model, tmp_path)
     input_ids = torch.tensor([[1, 5, 9, 13]])
     torch.testing.assert_close(logits_of(AutoModelForCausalLM.from_pretrained(out), input_ids),
                                logits_of(module.model, input_ids))
+
+
+def test_classifier_lora_merges_with_its_trained_head(tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from lit_lora.models.classifier import SequenceClassifierModule
+
+    module = SequenceClassifierModule(tiny_model("roberta"), adapter=LoRA(r=4, alpha=8, dropout=0.0),
+                                      label_names=["entailment", "neutral", "contradiction"])
+    module.configure_model()
+    with torch.no_grad():  # stand-in for training: move the head and the LoRA B matrices off their init
+        for name, p in module.model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    adapter = module.save_pretrained(tmp_path / "adapter")
+    merged_dir = merge_and_save(module.model_name_or_path, adapter, tmp_path / "merged",
+                                AutoModelForSequenceClassification, **module.architecture_kwargs())
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir)
+    assert merged.config.id2label[2] == "contradiction"
+    input_ids = torch.tensor([[0, 5, 9, 13, 2]])
+    torch.testing.assert_close(logits_of(merged, input_ids), logits_of(module.model, input_ids), rtol=1e-4, atol=1e-4)

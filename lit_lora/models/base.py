@@ -86,6 +86,11 @@ class FineTuneModule(L.LightningModule):
             kwargs["device_map"] = {"": self._load_device()}
         return kwargs
 
+    def architecture_kwargs(self) -> dict:
+        """``load_kwargs`` that shape the model (head size, labels, remote code), not how it is stored."""
+        return {k: v for k, v in self.load_kwargs().items()
+                if k not in ("quantization_config", "device_map", "dtype", "attn_implementation")}
+
     def _load_device(self):
         """The device a quantized base is loaded on: this rank's device under any strategy."""
         if self._trainer is not None:
