@@ -62,6 +62,8 @@ class TextDataModule(L.LightningDataModule):
         seed: Seed of the validation split and of the sampled subset.
         max_length: Longest tokenised row; longer rows are truncated (and counted) as the dataset defines.
         batch_size: Training batch size per device.
+        group_by_length: Batch training rows of similar length together (less padding; seeded, resumable,
+            sharded across ranks: ``lit_lora.data.length_grouping``); the default is a seeded random order.
         eval_batch_size: Validation / test batch size per device (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         tokenizer_name_or_path: Set from ``model.model_name_or_path`` by the CLI; not a YAML key there.
@@ -85,6 +87,7 @@ class TextDataModule(L.LightningDataModule):
         seed: int = 42,
         max_length: int = 512,
         batch_size: int = 8,
+        group_by_length: bool = False,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         tokenizer_name_or_path: Optional[str] = None,
@@ -105,6 +108,7 @@ class TextDataModule(L.LightningDataModule):
         self.seed = seed
         self.max_length = max_length
         self.batch_size = batch_size
+        self.group_by_length = group_by_length
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.tokenizer = load_tokenizer(tokenizer_name_or_path, padding_side=self.padding_side) \
@@ -145,7 +149,8 @@ class TextDataModule(L.LightningDataModule):
 
     def cache_fingerprint(self, dataset: Dataset, split: str) -> str:
         """Key of the tokenised cache: the raw data, this class, its settings and the tokenizer."""
-        settings = {k: v for k, v in self.hparams.items() if k not in ("batch_size", "eval_batch_size", "num_workers")}
+        settings = {k: v for k, v in self.hparams.items() if k not in ("batch_size", "eval_batch_size", "num_workers",
+                                                                    "group_by_length")}
         tokenizer = self.tokenizer
         key = json.dumps([dataset._fingerprint, type(self).__qualname__, settings, split,
                           tokenizer.name_or_path, len(tokenizer), tokenizer.pad_token,
@@ -196,7 +201,9 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # seeded order that a mid-epoch checkpoint resumes exactly (see lit_lora/data/resumable.py)
-        return train_loader(self.datasets["train"], self.batch_size, self.seed, self.trainer,
+        train = self.datasets["train"]
+        lengths = [len(ids) for ids in train["input_ids"]] if self.group_by_length else None
+        return train_loader(train, self.batch_size, self.seed, self.trainer, lengths=lengths,
                             collate_fn=self.collate_fn(), num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -18,7 +18,7 @@ replace it under DDP, and the order depends only on ``seed + epoch``, never on t
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -30,8 +30,14 @@ class ResumableSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.skip = 0
 
+    order = "random"  # saved in the loader state: a resume must draw the same kind of order
+
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices for ``self.epoch`` (a seeded permutation, sharded as ``DistributedSampler`` does)."""
+        return list(super().__iter__())
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+        indices = self.epoch_indices()
         skip, self.skip = self.skip, 0  # only the first iteration after a restore is shortened
         return iter(indices[skip:])
 
@@ -45,10 +51,16 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 **kwargs: Any):
+                 lengths: Optional[Sequence[int]] = None, **kwargs: Any):
         kwargs.pop("shuffle", None)
         kwargs.pop("sampler", None)
-        sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if lengths is None:
+            sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        else:  # batches of similar lengths (lit_lora/data/length_grouping.py)
+            from lit_lora.data.length_grouping import LengthGroupedSampler
+
+            sampler = LengthGroupedSampler(dataset, lengths, batch_size, num_replicas=num_replicas, rank=rank,
+                                           seed=seed)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self.trainer: Optional[Any] = None
 
@@ -59,7 +71,7 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         return {"epoch": int(self.sampler.epoch), "batches": self.batches_trained(), "batch_size": self.batch_size,
-                "num_replicas": self.sampler.num_replicas, "seed": self.sampler.seed}
+                "num_replicas": self.sampler.num_replicas, "seed": self.sampler.seed, "order": self.sampler.order}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("num_replicas", self.sampler.num_replicas) != self.sampler.num_replicas:
@@ -70,13 +82,19 @@ class ResumableDataLoader(DataLoader):
         if state.get("batch_size", self.batch_size) != self.batch_size:
             raise RuntimeError(f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: "
                                "a mid-epoch resume needs the same data.batch_size")
+        if state.get("order", self.sampler.order) != self.sampler.order:
+            raise RuntimeError(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
+                               "one: a mid-epoch resume needs the same data.group_by_length")
         self.sampler.set_epoch(int(state["epoch"]))
         self.sampler.skip = int(state["batches"]) * self.batch_size
 
 
 def train_loader(dataset: Dataset, batch_size: int, seed: int, trainer: Optional[Any] = None,
                  **kwargs: Any) -> ResumableDataLoader:
-    """A ``ResumableDataLoader`` sharded over the trainer's data-parallel ranks (one rank without a trainer)."""
+    """A ``ResumableDataLoader`` sharded over the trainer's data-parallel ranks (one rank without a trainer).
+
+    ``lengths=[…]`` (one per row) groups rows of similar length into batches (``LengthGroupedSampler``).
+    """
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     loader = ResumableDataLoader(dataset, batch_size=batch_size, seed=seed, num_replicas=world, rank=rank, **kwargs)
     loader.trainer = trainer

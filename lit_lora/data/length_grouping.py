@@ -1,0 +1,83 @@
+"""Length-grouped batches: rows of similar length batched together, so little of each batch is padding.
+
+    lit-lora fit --config configs/<exp>.yaml --data.init_args.group_by_length true
+
+The order is that of transformers' ``LengthGroupedSampler``, made data-parallel and resumable: a seeded
+permutation of the rows (``seed + epoch``, never the global RNG) is cut into mega-batches of
+``mult × batch_size × world_size`` rows (``mult`` = 50, fewer for a small dataset); each mega-batch is
+sorted by length, longest first, and cut into global batches of ``batch_size × world_size`` rows; rank
+``r`` takes the ``r``-th slice of each global batch, so the ranks of one step hold rows of similar length.
+The full global batch with the longest row goes first: an out-of-memory error shows at the first step.
+
+Each rank gets ``ceil(rows / world_size)`` indices (the permutation is padded by repetition, as
+``DistributedSampler`` pads), disjoint across ranks apart from that padding. ``ResumableSampler``'s
+``skip`` resumes the epoch after the last trained batch (``lit_lora/data/resumable.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from lit_lora.data.resumable import ResumableSampler
+
+MAX_MEGA_BATCH_MULT = 50  # transformers' LengthGroupedSampler default
+
+
+class LengthGroupedSampler(ResumableSampler):
+    """A seeded, rank-sharded, resumable order whose batches hold rows of similar length.
+
+    Args:
+        dataset: The rows (only its length is used).
+        lengths: Length (tokens) of each row, in dataset order.
+        batch_size: Batch size per rank.
+        num_replicas: Data-parallel world size.
+        rank: This process's data-parallel rank.
+        seed: Seed of the permutation (plus the epoch).
+        mega_batch_mult: Global batches per sorted mega-batch (default ``min(rows // (4 × global batch), 50)``, ≥ 1).
+    """
+
+    order = "length_grouped"
+
+    def __init__(self, dataset: Dataset, lengths: Sequence[int], batch_size: int, num_replicas: int = 1,
+                 rank: int = 0, seed: int = 0, mega_batch_mult: Optional[int] = None):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if len(lengths) != len(dataset):
+            raise ValueError(f"group_by_length: {len(lengths)} lengths for {len(dataset)} rows")
+        if batch_size < 1:
+            raise ValueError(f"group_by_length: batch_size must be >= 1, got {batch_size}")
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = batch_size
+        self.global_batch = batch_size * num_replicas
+        self.mega_batch_mult = mega_batch_mult or max(1, min(len(self.lengths) // (4 * self.global_batch),
+                                                             MAX_MEGA_BATCH_MULT))
+
+    def global_order(self) -> list[int]:
+        """Every rank's indices for ``self.epoch``, one global batch after another."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        padding = self.total_size - len(order)
+        while padding > 0:  # as DistributedSampler pads: repeat the start of the permutation
+            order += order[:padding]
+            padding = self.total_size - len(order)
+        size = self.mega_batch_mult * self.global_batch
+        order = [i for start in range(0, len(order), size)
+                 for i in sorted(order[start:start + size], key=lambda i: -self.lengths[i])]  # stable
+        batches = [order[s:s + self.global_batch] for s in range(0, len(order), self.global_batch)]
+        full = [b for b in range(len(batches)) if len(batches[b]) == self.global_batch]  # a short one stays last
+        if full:
+            longest = max(full, key=lambda b: self.lengths[batches[b][0]])
+            batches[0], batches[longest] = batches[longest], batches[0]
+        return [i for batch in batches for i in batch]
+
+    def epoch_indices(self) -> list[int]:
+        order = self.global_order()
+        indices = []
+        for start in range(0, len(order), self.global_batch):
+            batch = order[start:start + self.global_batch]  # the last may be short, still a multiple of the world
+            share = len(batch) // self.num_replicas
+            indices += batch[self.rank * share:(self.rank + 1) * share]
+        return indices
