@@ -91,7 +91,7 @@ def check_requeued_resume(ckpt_path, default_root_dir, env: Optional[Mapping[str
     """A requeued job (``SLURM_RESTART_COUNT`` > 0) must resume from a checkpoint, never restart from step 0."""
     env = os.environ if env is None else env
     restarts = int(env.get("SLURM_RESTART_COUNT") or 0)
-    if restarts == 0 or ckpt_path is not None:
+    if restarts == 0 or ckpt_path is not None or hpc_checkpoints(default_root_dir):
         return
     raise MissingResumeCheckpoint(
         f"SLURM job {env.get('SLURM_JOB_ID')} was requeued (SLURM_RESTART_COUNT={restarts}) but "
