@@ -1,0 +1,64 @@
+"""Method × strategy × quantisation rules, and the strategy fragments parsed by DeepSpeed's own config parser."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_lora.compatibility import IncompatibleConfig, Setup, check, from_config, problems
+
+STRATEGIES = Path(__file__).resolve().parents[1] / "configs" / "strategies"
+GPU = dict(accelerator="gpu", cuda_available=True)
+
+
+def test_qlora_under_zero3_needs_matching_quant_storage():
+    bad = Setup(method="qlora", bits=4, strategy="deepspeed", zero_stage=3, model_dtype="bfloat16", **GPU)
+    with pytest.raises(IncompatibleConfig, match="quant_storage: bfloat16"):
+        check(bad)
+    check(Setup(method="qlora", bits=4, quant_storage="bfloat16", model_dtype="bfloat16", strategy="deepspeed",
+                zero_stage=3, **GPU))
+    check(Setup(method="qlora", bits=4, strategy="deepspeed", zero_stage=2, **GPU))  # ZeRO-2 does not shard weights
+
+
+def test_8bit_qlora_under_fsdp_is_refused_and_deepspeed_needs_cuda():
+    assert "8-bit QLoRA" in problems(Setup(method="qlora", bits=8, strategy="fsdp", **GPU))[0]
+    assert "needs CUDA" in problems(Setup(method="lora", strategy="deepspeed", zero_stage=2, accelerator="cpu"))[0]
+    assert problems(Setup(method="qlora", bits=8, strategy="ddp", accelerator="cpu")) == []
+
+
+def test_offload_refuses_bitsandbytes_optimizers():
+    s = Setup(strategy="deepspeed", zero_stage=3, offload_optimizer=True, optimizer="paged_adamw_8bit", **GPU)
+    assert "optim.name: adamw" in problems(s)[0]
+
+
+@pytest.mark.parametrize("fragment, family, stage, offload", [
+    ("ddp", "ddp", None, False), ("fsdp", "fsdp", None, False), ("deepspeed_zero2", "deepspeed", 2, False),
+    ("deepspeed_zero3", "deepspeed", 3, False), ("deepspeed_zero3_offload", "deepspeed", 3, True)])
+def test_fragments_are_read_as_their_strategy(fragment, family, stage, offload):
+    config = yaml.safe_load((STRATEGIES / f"{fragment}.yaml").read_text())
+    s = from_config(config, cuda_available=True)
+    assert (s.strategy, s.zero_stage, s.offload_optimizer) == (family, stage, offload)
+
+
+@pytest.mark.parametrize("fragment", ["deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"])
+def test_deepspeed_fragments_pass_deepspeeds_config_parser(fragment):
+    """The config Lightning hands DeepSpeed, with the batch keys Lightning adds at setup, parsed by DeepSpeed."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    args = yaml.safe_load((STRATEGIES / f"{fragment}.yaml").read_text())["trainer"]["strategy"]["init_args"]
+    config = dict(DeepSpeedStrategy(**args).config, train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=4)
+    parsed = DeepSpeedConfig(config)
+    assert parsed.zero_optimization_stage == args["stage"]
+    assert parsed.train_batch_size == 8
+    assert (parsed.zero_config.offload_optimizer is not None) == bool(args.get("offload_optimizer"))
+    assert (parsed.zero_config.offload_param is not None) == bool(args.get("offload_parameters"))
+
+
+def test_cli_refuses_deepspeed_on_cpu_before_building_anything(tiny_model):
+    from lit_lora.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(IncompatibleConfig, match="ddp.yaml"):
+        main(["fit", "--config", str(root / "configs/demo.yaml"), "--config",
+              str(STRATEGIES / "deepspeed_zero3.yaml"), "--model.init_args.model_name_or_path", tiny_model("llama")])

@@ -1,0 +1,31 @@
+"""SLURM allocation vs Trainer settings, and the requeued-job-without-checkpoint guard."""
+
+import pytest
+
+from lit_lora.launch_checks import AllocationMismatch, MissingResumeCheckpoint, check_allocation, \
+    check_requeued_resume
+
+SLURM = {"SLURM_JOB_ID": "42", "SLURM_JOB_NAME": "lit-lora", "SLURM_NTASKS": "4"}
+
+
+def test_matching_allocation_passes_and_no_slurm_is_ignored():
+    check_allocation(2, 2, {**SLURM, "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "2"})
+    check_allocation(2, 2, {**SLURM, "SLURM_NNODES": "2", "SLURM_TASKS_PER_NODE": "2(x2)"})
+    check_allocation(8, 8, {})
+
+
+@pytest.mark.parametrize("nodes, devices, expected", [(1, 2, "num_nodes=1 but SLURM_NNODES=2"),
+                                                       (2, 4, "devices=4 but 2 task")])
+def test_mismatch_names_both_sides_and_the_fix(nodes, devices, expected):
+    with pytest.raises(AllocationMismatch, match=expected) as error:
+        check_allocation(nodes, devices, {**SLURM, "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "2"})
+    assert "--ntasks-per-node" in str(error.value)
+
+
+def test_requeued_job_without_checkpoint_fails(tmp_path):
+    env = {**SLURM, "SLURM_RESTART_COUNT": "1"}
+    with pytest.raises(MissingResumeCheckpoint, match="SLURM_RESTART_COUNT=1"):
+        check_requeued_resume(None, tmp_path, env)
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"x")
+    check_requeued_resume(None, tmp_path, env)
+    check_requeued_resume(None, tmp_path / "empty", {**SLURM, "SLURM_RESTART_COUNT": "0"})

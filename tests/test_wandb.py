@@ -1,0 +1,63 @@
+"""W&B: secrets redacted, the run id kept in the run directory, read back from wandb's own offline run files."""
+
+import struct
+import time
+
+import pytest
+
+from lit_lora.tracking import REDACTED, WandbRun, redact
+
+
+def test_redaction_keeps_ordinary_keys():
+    params = {"hf_token": "hf_abc", "model": {"api_key": "k", "tokenizer_name_or_path": "p", "pad_token_id": 0},
+              "db_password": "pw", "clientSecret": "s", "max_new_tokens": 4, "lr": 1e-3}
+    out = redact(params)
+    assert out["hf_token"] == out["model"]["api_key"] == out["db_password"] == out["clientSecret"] == REDACTED
+    assert out["model"]["tokenizer_name_or_path"] == "p" and out["model"]["pad_token_id"] == 0
+    assert out["max_new_tokens"] == 4 and params["hf_token"] == "hf_abc"
+
+
+def records(path):
+    """Protobuf records of a ``run-<id>.wandb`` file (LevelDB-style log: 7-byte header, 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, out, buf = 7, [], b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:
+            pos += 32768 - pos % 32768
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full / last chunk
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            out.append(record)
+            buf = b""
+        if kind == 0 and length == 0:
+            break
+    return out
+
+
+def test_offline_run_logs_redacted_config_and_reuses_its_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbRun(save_dir=str(tmp_path), name="t", group="g", tags=["a"])
+    logger.log_hyperparams({"hf_token": "hf_secret", "lr": 0.5, "params/trainable_params": 8192})
+    logger.log_metrics({"tuned/val_loss": 1.25}, step=3)
+    run_id = logger.experiment.id
+    logger.experiment.finish()
+    assert (tmp_path / "wandb_run_id").read_text().strip() == run_id
+    assert WandbRun(save_dir=str(tmp_path)).version == run_id  # a requeued job continues this run
+
+    files = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert len(files) == 1
+    for _ in range(100):  # wandb's service flushes the file asynchronously after finish()
+        found = records(files[0])
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            break
+        time.sleep(0.1)
+    text = "\n".join(str(r) for r in found)
+    assert "hf_secret" not in text and REDACTED in text
+    assert "trainable_params" in text and "tuned/val_loss" in text and 'group: "g"' in text
