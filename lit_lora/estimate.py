@@ -110,10 +110,35 @@ class Built:
     notes: list[str] = field(default_factory=list)
 
 
-def build(module) -> Built:
+def prepare_classifier(module, config, data_class_path: Optional[str]) -> None:
+    """What ``SequenceClassifierModule.configure_model`` sets before loading: label names (the CLI links them
+    from the datamodule, whose class defines them), the head modules (trained in full via ``modules_to_save``
+    and kept out of quantization)."""
+    if not hasattr(module, "head_modules"):
+        return
+    import copy
+    import importlib
+
+    from lit_lora.models.classifier import head_module_names
+
+    if not module.label_names and data_class_path:
+        package, _, name = data_class_path.rpartition(".")
+        module.label_names = list(getattr(getattr(importlib.import_module(package), name), "label_names", None) or [])
+    if not module.label_names:
+        raise ValueError(f"{type(module).__name__}: no label_names in the model config nor on the datamodule "
+                         f"{data_class_path}; set model.init_args.label_names")
+    config.num_labels = len(module.label_names)
+    module.head_modules = head_module_names(meta_model(config, "sequence_classification"))
+    if hasattr(module.adapter, "modules_to_save"):
+        module.adapter = copy.copy(module.adapter)
+        module.adapter.modules_to_save = sorted(set(module.adapter.modules_to_save or []) | set(module.head_modules))
+
+
+def build(module, data_class_path: Optional[str] = None) -> Built:
     """The configured model at full size on the meta device, adapted as ``configure_model`` adapts it."""
     config = load_config(module.model_name_or_path, module.trust_remote_code)
     head = head_of(module)
+    prepare_classifier(module, config, data_class_path)
     for key, value in module.load_kwargs().items():  # e.g. num_labels of a classification head
         if key not in LOAD_ONLY_KWARGS:
             setattr(config, key, value)
@@ -270,7 +295,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(rest)
     module = instantiate_model(cfg)
-    built = build(module)
+    built = build(module, cfg.data.class_path if cfg.get("data") else None)
     data = data_settings(cfg)
     batch = args.batch_size or data["batch_size"]
     seq = args.seq_len or data["seq"]

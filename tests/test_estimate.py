@@ -129,3 +129,25 @@ def test_cli_prints_counts_memory_and_fit(capsys):
     assert "fits in 24 GiB: yes" in out
     main(["estimate", "--config", str(GEMMA_CONFIG), "--gpu_memory_gib", "4"])
     assert "fits in 4 GiB: no" in capsys.readouterr().out
+
+
+def test_classifier_counts_take_labels_from_the_datamodule_and_train_the_head():
+    """RoBERTa-large LoRA for MultiNLI: 3 labels from the datamodule class, the head in modules_to_save."""
+    from peft import LoraConfig, get_peft_model
+
+    from lit_lora.estimate import build, instantiate_model, parse_config
+
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "roberta_large_lora_multinli.yaml"
+    cfg = parse_config(["--config", str(config_path)])
+    module = instantiate_model(cfg)
+    assert module.label_names is None  # linked from the datamodule at instantiation by the CLI
+    built = build(module, cfg.data.class_path)
+    assert module.label_names == ["entailment", "neutral", "contradiction"] and module.head_modules == ["classifier"]
+    config = REGISTRY["FacebookAI/roberta-large"].config()
+    config.num_labels = 3
+    reference = get_peft_model(meta_model(config, "sequence_classification"),
+                               LoraConfig(r=8, lora_alpha=0.5, target_modules=["query", "dense"],
+                                          modules_to_save=["classifier"], task_type="SEQ_CLS"))
+    assert (built.trainable, built.total) == reference.get_nb_trainable_parameters()
+    head = sum(p.numel() for p in reference.base_model.model.classifier.modules_to_save.parameters())
+    assert head == 1024 * 1024 + 1024 + 1024 * 3 + 3 and built.trainable > head
