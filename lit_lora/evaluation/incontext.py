@@ -104,6 +104,8 @@ def score(datamodule, records: list[dict], predictions: list[str]) -> dict:
 def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: Optional[str], max_rows: Optional[int],
                        batch_size: int, out_dir: Path) -> dict:
     module.configure_model()
+    if torch.cuda.is_available() and getattr(module.model, "hf_quantizer", None) is None:
+        module.model.to("cuda")  # no trainer places it here; a quantized base was loaded onto its device
     settings = module.evaluation
     results = {}
     for k in shots:
