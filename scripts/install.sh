@@ -13,5 +13,8 @@ if ! $PY -c "import torch" 2>/dev/null; then
   fi
 fi
 # DeepSpeed builds against the installed torch; build isolation would fetch a second (CUDA) torch.
-$PY -c "import deepspeed" 2>/dev/null || $PY -m pip install --no-build-isolation "deepspeed>=0.16"
+if ! $PY -c "import deepspeed" 2>/dev/null; then
+  $PY -m pip install "setuptools>=70" wheel
+  $PY -m pip install --no-build-isolation "deepspeed>=0.16"
+fi
 $PY -m pip install -e ".[dev]"
