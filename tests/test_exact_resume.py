@@ -1,0 +1,114 @@
+"""An interrupted run resumed from its mid-epoch checkpoint equals the same run left uninterrupted.
+
+Both runs parse ``configs/demo.yaml`` through the CLI (tiny Llama, LoRA, dropout 0, cosine schedule
+over ``max_steps``). 20 training rows at batch size 4 make 5 batches an epoch, so the checkpoint at
+step 4 sits in the middle of epoch 0 and the resumed steps 5-8 cross into epoch 1 (a new sampler
+epoch). The interrupted run keeps the same ``max_steps`` (the schedule depends on it) and is killed
+between steps 4 and 5, after the step-4 checkpoint is written; the resumed run passes ``ckpt_path``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from safetensors.torch import load_file
+
+from lit_lora.cli import LitLoraCLI
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_STEPS, STOP_AT, EVERY = 8, 4, 4
+LOSS_RTOL = 1e-5      # per-step training loss, relative
+WEIGHT_ATOL = 1e-6    # final LoRA weights, absolute (float32 on CPU: the same ops in the same order)
+
+
+class Killed(Exception):
+    """Stands in for the process dying between two optimizer steps."""
+
+
+class KillBeforeStep(Callback):
+    """Raise at the start of the batch that would run optimizer step ``step + 1``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Killed(f"killed after step {self.step}")
+
+
+def cli(model_dir: str, root: Path, *extra: str) -> LitLoraCLI:
+    """The ``lit-lora fit`` CLI of the demo config on a tiny model, built but not run."""
+    args = [
+        "--config", str(REPO / "configs/demo.yaml"),
+        "--model.init_args.model_name_or_path", model_dir,
+        "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
+        "--data.init_args.batch_size", "4", "--data.init_args.max_length", "256",
+        "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
+        "--trainer.val_check_interval", str(EVERY), "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
+        "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
+        "--checkpoint.every_n_train_steps", str(EVERY), "--checkpoint.save_top_k", "-1",
+        "--baseline.enabled", "false",
+        *extra,
+    ]
+    return LitLoraCLI(args=args, run=False)
+
+
+def train_losses(log_dir: str) -> dict[int, float]:
+    """step (1-based, = optimizer steps done) -> train_loss from the CSVLogger's metrics.csv."""
+    with open(Path(log_dir) / "metrics.csv") as f:
+        return {int(r["step"]) + 1: float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+
+
+def adapter_weights(log_dir: str) -> dict[str, torch.Tensor]:
+    return load_file(Path(log_dir) / "adapter" / "adapter_model.safetensors")
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_model, tmp_path):
+    model_dir = tiny_model("llama")
+
+    full = cli(model_dir, tmp_path / "full")
+    full.trainer.fit(full.model, datamodule=full.datamodule)
+    assert len(full.datamodule.datasets["train"]) == 20  # 5 batches an epoch: step 4 is mid-epoch
+    assert full.trainer.global_step == MAX_STEPS
+    reference = train_losses(full.trainer.log_dir)
+    assert sorted(reference) == list(range(1, MAX_STEPS + 1))
+
+    first = cli(model_dir, tmp_path / "interrupted")
+    first.trainer.callbacks.append(KillBeforeStep(STOP_AT))
+    with pytest.raises(Killed):
+        first.trainer.fit(first.model, datamodule=first.datamodule)
+    assert first.trainer.global_step == STOP_AT
+    ckpt = tmp_path / "interrupted" / "checkpoints" / f"step={STOP_AT}.ckpt"
+    assert ckpt.is_file()
+    before = train_losses(first.trainer.log_dir)
+    assert sorted(before) == list(range(1, STOP_AT + 1))
+    state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert (state["epoch"], state["batches"]) == (0, STOP_AT)  # mid-epoch position of the train loader
+
+    resumed = cli(model_dir, tmp_path / "resumed")
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed.trainer.global_step == MAX_STEPS
+    assert resumed.trainer.current_epoch == full.trainer.current_epoch
+    after = train_losses(resumed.trainer.log_dir)
+    assert sorted(after) == list(range(STOP_AT + 1, MAX_STEPS + 1))  # every step after the resume, once
+
+    # Step by step: a repeated or skipped batch shifts the sequence and changes the losses.
+    for step in range(1, MAX_STEPS + 1):
+        got = before[step] if step <= STOP_AT else after[step]
+        assert got == pytest.approx(reference[step], rel=LOSS_RTOL), (step, got, reference[step])
+    assert len(set(round(v, 6) for v in reference.values())) == MAX_STEPS  # losses tell the batches apart
+
+    expected, got = adapter_weights(full.trainer.log_dir), adapter_weights(resumed.trainer.log_dir)
+    assert set(got) == set(expected) and len(expected) > 0
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=WEIGHT_ATOL, msg=name)
+    at_interrupt = load_file(tmp_path / "interrupted" / "checkpoints" / f"step={STOP_AT}-adapter"
+                             / "adapter_model.safetensors")
+    assert any(not torch.equal(at_interrupt[n], t) for n, t in expected.items())  # steps 5-8 did train
