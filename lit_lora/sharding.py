@@ -8,13 +8,19 @@ not sharded, so peft / transformers read the weights as usual)::
     state = gathered_state_dict(module)   # all ranks
     if trainer.is_global_zero:
         module.model.save_pretrained(out, state_dict=state)
+
+``DecoderLayerWrapPolicy`` is the FSDP auto-wrap policy of ``configs/strategies/fsdp.yaml``: one FSDP unit
+per transformer layer of whatever Hugging Face model is being trained (the classes its
+``_no_split_modules`` names, e.g. ``LlamaDecoderLayer``, ``GemmaDecoderLayer``, ``T5Block``), resolved
+when FSDP wraps the model, so one YAML fragment serves every architecture.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 
 def is_zero3_partitioned(model: torch.nn.Module) -> bool:
@@ -53,3 +59,56 @@ def gathered_state_dict(module) -> Optional[dict[str, torch.Tensor]]:
     if is_zero3_partitioned(module.model):
         return _zero3_state_dict(module.model, trainable_only=module.is_peft)
     return None
+
+
+# ---- FSDP auto-wrap policy -----------------------------------------------------------------------
+def layer_classes(model: torch.nn.Module) -> set[type]:
+    """Classes of the submodules that the Hugging Face models inside ``model`` name in ``_no_split_modules``.
+
+    Those are the units transformers never splits across devices: the decoder / encoder layers
+    (plus, for some models, e.g. RoBERTa's embeddings block). Raises when ``model`` names none.
+    """
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(type(module), "_no_split_modules", None) or ())
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not classes:
+        found = ", ".join(sorted(names)) or "none"
+        raise ValueError(
+            f"DecoderLayerWrapPolicy found no layer class to wrap in {type(model).__name__} (_no_split_modules: "
+            f"{found}); set trainer.strategy.init_args.auto_wrap_policy to a set of layer classes instead")
+    return classes
+
+
+class DecoderLayerWrapPolicy(ModuleWrapPolicy):
+    """FSDP ``auto_wrap_policy``: one unit per transformer layer, the classes resolved from the model itself.
+
+    ``torch``'s ``ModuleWrapPolicy`` with its class set filled in (``layer_classes``) from the root
+    module FSDP wraps. Frozen base weights and trainable LoRA weights share a unit, which FSDP
+    allows with ``use_orig_params=True`` (Lightning's default, kept in ``configs/strategies/fsdp.yaml``)::
+
+        strategy:
+          class_path: lightning.pytorch.strategies.FSDPStrategy
+          init_args:
+            auto_wrap_policy: {class_path: lit_lora.sharding.DecoderLayerWrapPolicy}
+            use_orig_params: true
+    """
+
+    def __init__(self) -> None:
+        super().__init__(set())
+
+    def resolve(self, root_module: torch.nn.Module) -> set[type]:
+        """Fill in (once) and return the layer classes of ``root_module``."""
+        if not self._module_classes:
+            self._module_classes = layer_classes(root_module)
+            self._module_classes_str = str(sorted(c.__name__ for c in self._module_classes))
+        return self._module_classes
+
+    def _run_policy(self, root_module: torch.nn.Module, ignored_modules: set, root_kwargs: dict[str, Any]):
+        self.resolve(root_module)
+        return super()._run_policy(root_module, ignored_modules, root_kwargs)
+
+    def __call__(self, module: torch.nn.Module, recurse: bool, *args: Any, **kwargs: Any) -> bool:
+        # the callable protocol: FSDP asks about the root module first
+        self.resolve(module)
+        return super().__call__(module, recurse, *args, **kwargs)
