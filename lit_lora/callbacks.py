@@ -113,7 +113,11 @@ class FinalExport(Callback):
 
 @torch.no_grad()
 def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_batches: Optional[int]) -> float:
-    """Label-token-weighted mean loss over the (first) validation dataloader."""
+    """Mean loss over the (first) validation dataloader, aggregated as Lightning aggregates ``val_loss``.
+
+    Each batch's mean loss is weighted by its number of rows, so the "tuned" figure equals the
+    ``val_loss`` in ``metrics.csv`` and ``lit-lora test``'s ``test_loss`` on the same rows.
+    """
     loader = trainer.datamodule.val_dataloader()
     if isinstance(loader, (list, tuple)):
         loader = loader[0]
@@ -124,8 +128,7 @@ def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_bat
         if limit_batches is not None and i >= limit_batches:
             break
         batch = move_data_to_device(batch, pl_module.device)
-        labels = batch.get("labels")
-        n = int((labels != -100).sum()) if labels is not None and labels.ndim == 2 else len(batch["input_ids"])
+        n = len(batch["input_ids"])
         total += float(pl_module(batch).loss) * n
         weight += n
     pl_module.train(was_training)

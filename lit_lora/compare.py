@@ -112,9 +112,13 @@ def compare(argv: list[str]) -> dict:
     args, rest = parse_args(argv)
     cli = LitLoraCLI(args=rest, run=False, save_config_callback=None)
     module, datamodule = cli.model, cli.datamodule
-    if not hasattr(module, "evaluation"):
-        raise SystemExit(f"lit-lora compare: {type(module).__name__} does not generate; use a CausalLMModule "
-                         "or Seq2SeqModule config")
+    from lit_lora.models.label_word import LabelWordModule
+
+    if not hasattr(module, "evaluation") or isinstance(module, LabelWordModule):
+        raise SystemExit(
+            f"lit-lora compare: {type(module).__name__} is scored by label metrics, not by generated text; "
+            "compare it with `lit-lora test --config …` (the base: an untrained adapter is the identity) and "
+            "`lit-lora test --config … --ckpt_path …` (fine-tuned). compare takes CausalLMModule / Seq2SeqModule configs")
     module.evaluation = dataclasses.replace(module.evaluation, generate=True,
                                             allow_train_overlap=args.allow_train_overlap)
     trainer_cfg = cli.config.get("trainer", {})
@@ -123,6 +127,7 @@ def compare(argv: list[str]) -> dict:
     trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if v is not None}
     run_dir = default_run_dir(args)
     out_dir = Path(args.out_dir) if args.out_dir else run_dir / "compare"
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     module.disable_adapter_in_eval = True  # the base model: adapter off (full fine-tuning: weights not yet loaded)
     base = evaluate(module, datamodule, trainer_kwargs, out_dir / "base", ckpt_path=None)

@@ -17,6 +17,7 @@ when FSDP wraps the model, so one YAML fragment serves every architecture.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Optional
 
 import torch
@@ -112,3 +113,27 @@ class DecoderLayerWrapPolicy(ModuleWrapPolicy):
         # the callable protocol: FSDP asks about the root module first
         self.resolve(module)
         return super().__call__(module, recurse, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def outside_zero3_init():
+    """Build a Hugging Face model with whole tensors even inside DeepSpeed ZeRO-3's ``zero.Init``.
+
+    Lightning calls ``configure_model`` inside ``deepspeed.zero.Init`` under ZeRO-3, where every new
+    parameter is partitioned at once (size 0 locally) and ``from_pretrained`` cannot load into it.
+    DeepSpeed's own ``shutdown_init_context`` / ``restore_init_context`` lift the patching for the
+    block; the ZeRO-3 engine partitions the finished model when it starts.
+    """
+    try:
+        from deepspeed.runtime.zero import partition_parameters
+    except ImportError:  # no DeepSpeed, no zero.Init
+        yield
+        return
+    active = partition_parameters.top_level_context is not None
+    if active:
+        partition_parameters.shutdown_init_context()
+    try:
+        yield
+    finally:
+        if active:
+            partition_parameters.restore_init_context()

@@ -84,3 +84,27 @@ def test_fsdp_wraps_each_decoder_layer_and_trains(tiny_model, tmp_path):
         assert all(p.grad is None for n, p in module.named_parameters() if "lora_" not in n)  # base stays frozen
     finally:
         dist.destroy_process_group()
+
+
+def test_models_are_built_outside_deepspeed_zero3_init(monkeypatch, tiny_model):
+    """Under ZeRO-3 Lightning calls configure_model inside zero.Init; from_pretrained must see whole tensors."""
+    from deepspeed.runtime.zero import partition_parameters
+
+    from lit_lora.adapters import LoRA
+    from lit_lora.models import CausalLMModule
+
+    events = []
+
+    class FakeInitContext:  # stands in for an active deepspeed.zero.Init (which needs CUDA)
+        def unpatch_init_and_builtins(self):
+            events.append("unpatched")
+
+        def patch_init_and_builtins(self):
+            events.append("patched")
+
+    monkeypatch.setattr(partition_parameters, "top_level_context", FakeInitContext())
+    module = CausalLMModule(tiny_model("llama"), adapter=LoRA(r=4))
+    original = module.load_base_model
+    module.load_base_model = lambda: (events.append("load"), original())[1]
+    module.configure_model()
+    assert events == ["unpatched", "load", "patched"]

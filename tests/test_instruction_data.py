@@ -142,3 +142,24 @@ def test_chat_template_renders_system_and_user_turns_and_labels_the_answer_only(
     assert text.count("<s>") == 1  # the template's BOS is not doubled
     answer = dm.tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
     assert "<|assistant|>" not in answer and answer.endswith("</s>")
+
+
+def test_rows_cut_at_max_length_are_counted_and_logged(tmp_path, tiny_model, caplog):
+    long_output = "```python\n" + "\n".join(f"x{i} = {i}" for i in range(60)) + "\n```"
+    rows = [row() for _ in range(6)] + [row(output=long_output)] * 3
+    dm = make_dm(tiny_model, write_jsonl(tmp_path / "d.jsonl", rows), max_length=160, val_fraction=0.3, seed=0)
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        dm.setup("fit")
+    assert sum(dm.truncated_counts.values()) == 3
+    assert "cut at max_length=160" in caplog.text
+    eos = dm.tokenizer.eos_token_id
+    for dataset in dm.datasets.values():
+        for ids in dataset["input_ids"]:
+            assert len(ids) <= 160
+            assert (ids[-1] == eos) == (len(ids) < 160)  # only the cut rows lost their closing EOS
+
+
+def test_missing_local_file_is_a_clear_error_not_a_hub_lookup(tiny_model, tmp_path):
+    dm = make_dm(tiny_model, str(tmp_path / "nope.jsonl"))
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl: no such file"):
+        dm.setup("fit")

@@ -98,3 +98,19 @@ def test_label_word_finetuning_beats_chance_both_ways(tiny_model):
             accuracy = float(trainer.callback_metrics[f"{name}/{method}/accuracy"])
             assert accuracy > majority + 0.1, f"{name} {method}: {accuracy:.3f} vs majority {majority:.3f}"
         assert f"{name}/generation/unparseable" in trainer.callback_metrics
+
+
+def test_evaluating_on_training_rows_fails_unless_allowed(tiny_model):
+    import dataclasses
+
+    from lit_lora.evaluation.overlap import TrainOverlapError
+
+    dm, module, trainer = make_run(tiny_model("llama"), 1)
+    dm.eval_sources = {"matched": "multinli_train.jsonl"}  # evaluate on the training file itself
+    dm.max_eval_samples = 8
+    with pytest.raises(TrainOverlapError, match=r"matched"):
+        trainer.validate(module, dm)
+    module.evaluation = dataclasses.replace(module.evaluation, allow_train_overlap=True, generate=False)
+    trainer.validate(module, dm)
+    assert module.extra_metrics["train_overlap"]["matched"]["count"] > 0
+    assert module.extra_metrics["train_overlap"]["matched"]["allowed"] is True

@@ -10,6 +10,7 @@ cannot train are never dropped silently: each is counted by reason and the count
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from collections import Counter
@@ -42,6 +43,12 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
         )
         tokenizer.pad_token = fallback
     return tokenizer
+
+
+def encoding_code_hash(cls: type) -> str:
+    """Hash of the source of every lit-lora class ``cls`` inherits from: changed code, fresh cache."""
+    sources = [inspect.getsource(klass) for klass in cls.__mro__ if klass.__module__.startswith("lit_lora")]
+    return hashlib.sha256("".join(sources).encode()).hexdigest()[:16]
 
 
 class TextDataModule(L.LightningDataModule):
@@ -115,10 +122,15 @@ class TextDataModule(L.LightningDataModule):
             if tokenizer_name_or_path else None
         self.datasets: dict[str, Dataset] = {}
         self.drop_counts: dict[str, Counter] = {}
+        self.truncated_counts: dict[str, int] = {}  # kept rows whose response was cut at max_length
 
     # ---- hooks a dataset implements ---------------------------------------------------------
     def encode_row(self, row: dict) -> dict:
-        """Model features of one raw row, or ``{"_drop": "reason"}`` for a row that cannot train."""
+        """Model features of one raw row, or ``{"_drop": "reason"}`` for a row that cannot train.
+
+        Features may carry ``"_truncated": True`` for a kept row that was cut at ``max_length``: such
+        rows are counted and logged, never shortened silently.
+        """
         raise NotImplementedError
 
     def check_rows(self, dataset: Dataset, where: str) -> None:
@@ -152,7 +164,7 @@ class TextDataModule(L.LightningDataModule):
         settings = {k: v for k, v in self.hparams.items() if k not in ("batch_size", "eval_batch_size", "num_workers",
                                                                     "group_by_length")}
         tokenizer = self.tokenizer
-        key = json.dumps([dataset._fingerprint, type(self).__qualname__, settings, split,
+        key = json.dumps([dataset._fingerprint, type(self).__qualname__, encoding_code_hash(type(self)), settings, split,
                           tokenizer.name_or_path, len(tokenizer), tokenizer.pad_token,
                           getattr(tokenizer, "chat_template", None)], sort_keys=True, default=str)
         return hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -168,18 +180,21 @@ class TextDataModule(L.LightningDataModule):
         self.drop_counts[split] = reasons
         if reasons:
             encoded = encoded.filter(lambda r: not r, input_columns="_drop")
+        self.truncated_counts[split] = truncated = sum(encoded["_truncated"])
         detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-        log.info("[lit-lora] %s: kept %d of %d rows%s", split, len(encoded), len(dataset),
-                 f"; dropped {sum(reasons.values())} ({detail})" if reasons else "")
+        log.info("[lit-lora] %s: kept %d of %d rows%s%s", split, len(encoded), len(dataset),
+                 f"; dropped {sum(reasons.values())} ({detail})" if reasons else "",
+                 f"; {truncated} kept rows cut at max_length={self.max_length} (response shortened)"
+                 if truncated else "")
         if len(encoded) == 0:
             raise ValueError(f"{self.source} ({split}): no row left to train on ({detail})")
-        return encoded.remove_columns("_drop")
+        return encoded.remove_columns(["_drop", "_truncated"])
 
     def _encode_with_drop(self, row: dict) -> dict:
         features = self.encode_row(row)
         if "_drop" in features:
-            return {**self.empty_features(), "_drop": features["_drop"]}
-        return {**features, "_drop": ""}
+            return {**self.empty_features(), "_drop": features["_drop"], "_truncated": False}
+        return {**features, "_drop": "", "_truncated": bool(features.pop("_truncated", False))}
 
     def empty_features(self) -> dict[str, Any]:
         """Placeholder features of a dropped row (same columns, so ``map`` keeps one schema)."""

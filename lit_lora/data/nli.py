@@ -147,8 +147,10 @@ class NLIDataModule(NLIRows, TextDataModule):
         if isinstance(label, str):
             return {"_drop": label}
         features = self.tokenizer(row["premise"], row["hypothesis"], truncation="longest_first",
-                                  max_length=self.max_length)
-        return {**{k: list(v) for k, v in features.items()}, "labels": label}
+                                  max_length=self.max_length, return_overflowing_tokens=False)
+        full_length = len(self.tokenizer(row["premise"], row["hypothesis"])["input_ids"])
+        return {**{k: list(v) for k, v in features.items()}, "labels": label,
+                "_truncated": full_length > self.max_length}
 
     def empty_features(self) -> dict[str, Any]:
         keys = self.tokenizer("a", "b").keys()

@@ -60,13 +60,15 @@ class SFTDataModule(TextDataModule):
         response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(prompt_ids) >= self.max_length:
             return {"_drop": "response truncated away"}
+        truncated = len(prompt_ids) + len(response_ids) > self.max_length
         response_ids = response_ids[: self.max_length - len(prompt_ids)]
         input_ids = prompt_ids + response_ids
         if self.train_on_prompt:
             labels = list(input_ids)
         else:
             labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
-        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels,
+                "_truncated": truncated}
 
     def tokenize_seq2seq(self, prompt: str, response: str) -> dict:
         """Encoder input and decoder labels of one pair (special tokens as the tokenizer adds them)."""

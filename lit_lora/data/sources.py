@@ -27,7 +27,10 @@ def local_files(source: str) -> Optional[list[str]]:
         if not files:
             raise FileNotFoundError(f"{source}: directory holds no {', '.join(BUILDERS)} files")
         return files
-    return None
+    if source.startswith(("/", "./", "../", "~")) or path.suffix in BUILDERS:
+        raise FileNotFoundError(f"{source}: no such file or directory (and it is not a bundled sample: "
+                                f"{', '.join(sorted(p.name for p in SAMPLES_DIR.glob('*.jsonl')))})")
+    return None  # a hub dataset id such as nyu-mll/multi_nli
 
 
 def load_rows(source: str, split: str = "train", subset: Optional[str] = None,

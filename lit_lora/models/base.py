@@ -21,10 +21,14 @@ from jsonargparse import lazy_instance
 from lit_lora.adapters import Adapter, LoRA, parameter_report
 from lit_lora.adapters.base import format_parameter_report, to_dtype
 from lit_lora.models.quantizable import plain_linear_layers
+from lit_lora.sharding import outside_zero3_init
 from lit_lora.optim import OptimizerSettings, build_optimizer
 
 log = logging.getLogger(__name__)
 
+# datamodule settings that decide which rows a run trained on
+TRAINING_SPLIT_KEYS = ("source", "split", "subset", "validation_source", "validation_split", "val_fraction",
+                       "max_samples", "sample_fraction", "seed", "cleaning", "eval_sources")
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "decoder_input_ids",
                     "decoder_attention_mask")
 
@@ -108,6 +112,10 @@ class FineTuneModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        with outside_zero3_init():
+            self._build_model()
+
+    def _build_model(self) -> None:
         model = self.load_base_model()
         if self.tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -152,7 +160,15 @@ class FineTuneModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["lit_lora"] = {"model_name_or_path": self.model_name_or_path, "method": self.adapter.method}
+        checkpoint["lit_lora"] = {"model_name_or_path": self.model_name_or_path, "method": self.adapter.method,
+                                  "data": self._training_split_settings()}
+
+    def _training_split_settings(self) -> dict:
+        """The datamodule settings that decide which rows were trained on (for the train-overlap check)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        hparams = dict(getattr(datamodule, "hparams", {}) or {})
+        return {k: hparams.get(k) for k in TRAINING_SPLIT_KEYS if k in hparams} | (
+            {"class": type(datamodule).__qualname__} if datamodule is not None else {})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = sorted(self.trainable_state_keys() - set(checkpoint.get("state_dict", {})))
@@ -161,6 +177,13 @@ class FineTuneModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} trainable weights of this {self.adapter.method} model "
                 f"(first: {missing[0]}); was it written with a different adapter configuration?"
             )
+        trained_on = checkpoint.get("lit_lora", {}).get("data")
+        now = self._training_split_settings()
+        changed = {k: (trained_on[k], now.get(k)) for k in trained_on or {} if now and trained_on[k] != now.get(k)}
+        if changed:
+            detail = ", ".join(f"{k}: trained with {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            log.warning("[lit-lora] the data settings differ from the ones this checkpoint was trained with (%s): "
+                        "the train-overlap check sees today's training split, not the checkpoint's", detail)
 
     # ---- export ---------------------------------------------------------------------------------
     def save_pretrained(self, out_dir: str | Path) -> Path:

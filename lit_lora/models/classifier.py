@@ -34,6 +34,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from lit_lora.models.base import MODEL_INPUT_KEYS, FineTuneModule
 from lit_lora.models.eval_sets import EvalSetMetrics
+from lit_lora.sharding import outside_zero3_init
 
 log = logging.getLogger("lit_lora")
 LABELS_FILE = "classifier_labels.json"
@@ -111,7 +112,7 @@ class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
         config = self.base_config()
         warn_on_relabelling(config, self.label_names, self.model_name_or_path)
         config.num_labels = len(self.label_names)
-        with torch.device("meta"):  # architecture only, no weights: which modules form the head
+        with outside_zero3_init(), torch.device("meta"):  # architecture only: which modules form the head
             self.head_modules = head_module_names(AutoModelForSequenceClassification.from_config(
                 config, trust_remote_code=self.trust_remote_code))
         if hasattr(self.adapter, "modules_to_save"):

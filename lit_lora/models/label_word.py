@@ -25,6 +25,7 @@ import torch
 from lit_lora.evaluation.generation import GenerationSettings, generate_texts
 from lit_lora.evaluation.labels import label_index
 from lit_lora.evaluation.likelihood import candidate_log_likelihoods
+from lit_lora.evaluation.overlap import check_overlap
 from lit_lora.models.causal_lm import CausalLMModule
 from lit_lora.models.eval_sets import EvalSetMetrics
 
@@ -81,8 +82,25 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
                 self.extra_metrics[name]["unparseable_examples"] = examples
         self.unparseable_examples = {}
 
+    def _check_eval_sets_overlap(self, stage: str) -> None:
+        """Fail (unless allowed) when any evaluated set repeats training prompts; the counts go in metrics.json."""
+        if not (stage == "test" or self.trainer.state.fn == "validate"):
+            return
+        dm = self.trainer.datamodule
+        datasets = getattr(dm, "datasets", {}) if dm is not None else {}
+        if "train" not in datasets or "prompt" not in datasets["train"].column_names:
+            return
+        overlaps = {}
+        for name, dataset in datasets.items():
+            if name != "train" and "prompt" in dataset.column_names:
+                overlap = check_overlap(datasets["train"]["prompt"], dataset["prompt"],
+                                        self.evaluation.allow_train_overlap, f"{getattr(dm, 'source', '')} ({name})")
+                overlaps[name] = overlap.to_dict()
+        self.extra_metrics["train_overlap"] = overlaps
+
     def on_validation_epoch_start(self) -> None:
         self.unparseable_examples = {}
+        self._check_eval_sets_overlap("val")
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._label_eval_step("val", batch, dataloader_idx)
@@ -92,6 +110,7 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
 
     def on_test_epoch_start(self) -> None:
         self.unparseable_examples = {}
+        self._check_eval_sets_overlap("test")
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._label_eval_step("test", batch, dataloader_idx)
