@@ -25,8 +25,8 @@ from torch import nn
 
 from lit_lora.adapters.base import count_parameters, to_dtype
 from lit_lora.architectures import HEADS, config_dtype, load_config, lookup, meta_model
-from lit_lora.memory import GIB, MemoryEstimate, Shape, activation_bytes, optimizer_state_bytes, \
-    quant_constant_bytes, tensor_bytes
+from lit_lora.memory import GIB, MemoryEstimate, Shape, activation_bytes, inference_activation_bytes, \
+    optimizer_state_bytes, quant_constant_bytes, tensor_bytes
 from lit_lora.models.quantizable import plain_linear_layers
 
 LOAD_ONLY_KWARGS = ("trust_remote_code", "dtype", "attn_implementation", "quantization_config", "device_map")
@@ -216,9 +216,13 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     shape = Shape.from_config(built.config, gated_mlp=is_gated(model))
     virtual = getattr(adapter, "num_virtual_tokens", 0) or 0
     eager = (module.attn_implementation or getattr(built.config, "_attn_implementation", None)) == "eager"
-    acts = activation_bytes(shape, batch, seq + virtual, value_bytes, checkpointing,
-                            lora_input_values(model, shape), target_seq, eager,
-                            logits=built.head in ("causal", "seq2seq"))
+    if trainable:
+        acts = activation_bytes(shape, batch, seq + virtual, value_bytes, checkpointing,
+                                lora_input_values(model, shape), target_seq, eager,
+                                logits=built.head in ("causal", "seq2seq"))
+    else:  # nothing trains (NoAdapter): a forward pass keeps no activations for backward
+        acts = inference_activation_bytes(shape, batch, seq + virtual, value_bytes,
+                                          logits=built.head in ("causal", "seq2seq"))
     estimate = MemoryEstimate(weights, quant, gradients, optimizer, acts, int(overhead_gib * GIB))
     assumptions = {"batch": batch, "seq": seq + virtual, "target_seq": target_seq if shape.decoder_layers else None,
                    "activation_bytes": value_bytes, "gradient_checkpointing": checkpointing,

@@ -125,6 +125,21 @@ def layer_values_per_token(shape: Shape, cross_attention: bool = False) -> int:
     return values
 
 
+def inference_activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int,
+                               logits: bool = True) -> dict[str, int]:
+    """Activation memory of a forward pass with nothing to train (evaluation, in-context prompting).
+
+    No layer keeps activations for a backward pass: one layer's values are live at a time
+    (``b * s * per_layer``), plus the KV cache of generation (``2 * L * b * s * kv_dim``) and the logits
+    in the compute dtype (``b * s * vocab``).
+    """
+    tokens = batch * seq
+    layers = shape.layers + (shape.decoder_layers or 0)
+    return {"layers": tokens * layer_values_per_token(shape) * value_bytes,
+            "kv_cache": 2 * layers * tokens * shape.kv_dim * value_bytes,
+            "logits": tokens * shape.vocab * value_bytes if logits else 0}
+
+
 def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, checkpointing: bool,
                      lora_input_values: int = 0, target_seq: Optional[int] = None, eager_attention: bool = False,
                      logits: bool = True) -> dict[str, int]:

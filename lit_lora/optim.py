@@ -77,6 +77,9 @@ def lr_lambda(scheduler: str, warmup_steps: int, total_steps: int):
 
 def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, trainer) -> dict:
     """Lightning's ``configure_optimizers`` return value, stepping the schedule every optimizer step."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("nothing to train: every weight is frozen (adapter NoAdapter?); evaluate with "
+                         "`lit-lora test` / `lit-lora incontext`, or choose a LoRA / QLoRA / full adapter to fit")
     optimizer = optimizer_class(settings.name)(
         param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas, eps=settings.eps
     )

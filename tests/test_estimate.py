@@ -151,3 +151,14 @@ def test_classifier_counts_take_labels_from_the_datamodule_and_train_the_head():
     assert (built.trainable, built.total) == reference.get_nb_trainable_parameters()
     head = sum(p.numel() for p in reference.base_model.model.classifier.modules_to_save.parameters())
     assert head == 1024 * 1024 + 1024 + 1024 * 3 + 3 and built.trainable > head
+
+
+def test_a_config_that_trains_nothing_is_estimated_as_inference(capsys):
+    from lit_lora.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "llama3_8b_incontext_multinli.yaml"
+    main(["estimate", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "trainable params: 0 ||" in out
+    assert "activations/kv_cache" in out  # a forward pass with a KV cache, not stored backward activations
+    assert "gradients              0.00 GiB" in out and "optimizer state        0.00 GiB" in out

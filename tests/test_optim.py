@@ -37,3 +37,11 @@ def test_warmup_then_schedule(scheduler):
     assert end == pytest.approx(1.0 if scheduler == "constant" else 0.0, abs=1e-6)
     if scheduler != "constant":
         assert factor(60) < factor(20)
+
+
+def test_a_fully_frozen_model_is_a_clear_error_at_fit():
+    from lit_lora.adapters import NoAdapter
+
+    model = NoAdapter().wrap(torch.nn.Linear(4, 4), "CAUSAL_LM")
+    with pytest.raises(ValueError, match="nothing to train"):
+        build_optimizer(OptimizerSettings(), model, None)

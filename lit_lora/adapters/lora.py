@@ -25,6 +25,16 @@ class FullFineTuning(Adapter):
         return model
 
 
+class NoAdapter(Adapter):
+    """The pretrained model as it is, every weight frozen: baselines and in-context (zero / k-shot) evaluation."""
+
+    method = "none"
+
+    def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
+        model.requires_grad_(False)
+        return model
+
+
 class LoRA(Adapter):
     """Low-rank adapters (peft ``LoraConfig``) on a frozen base.
 
