@@ -138,8 +138,8 @@ class GenerativeModule(FineTuneModule):
             log.warning("[lit-lora] %d of %d answers stopped at max_new_tokens=%d (not at EOS)", hit, len(rows),
                         self.evaluation.max_new_tokens)
         self.predictions = rows
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # every rank: log_dir broadcasts
         if self.trainer.is_global_zero:
-            run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             path = run_dir / self.evaluation.predictions_file
             with path.open("w") as f:
