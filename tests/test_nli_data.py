@@ -78,6 +78,7 @@ def test_pair_truncation_shortens_the_longer_side(tiny_model, tmp_path):
     assert len(ids) == 24
     hypothesis = dm.tokenizer("The knight is not laughing.", add_special_tokens=False)["input_ids"]
     assert ids[-len(hypothesis) - 1:-1] == hypothesis  # the short hypothesis survives whole
+    assert dm.truncated_counts == {"train": 2, "validation": 2}  # cut rows are counted, not hidden
 
 
 def test_bundled_validation_rows_never_repeat_training_rows():

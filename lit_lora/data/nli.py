@@ -146,11 +146,12 @@ class NLIDataModule(NLIRows, TextDataModule):
         label = self.row_label(row)
         if isinstance(label, str):
             return {"_drop": label}
-        features = self.tokenizer(row["premise"], row["hypothesis"], truncation="longest_first",
-                                  max_length=self.max_length, return_overflowing_tokens=False)
-        full_length = len(self.tokenizer(row["premise"], row["hypothesis"])["input_ids"])
-        return {**{k: list(v) for k, v in features.items()}, "labels": label,
-                "_truncated": full_length > self.max_length}
+        features = self.tokenizer(row["premise"], row["hypothesis"])
+        truncated = len(features["input_ids"]) > self.max_length
+        if truncated:  # counted by the base class; the longer side is shortened first
+            features = self.tokenizer(row["premise"], row["hypothesis"], truncation="longest_first",
+                                      max_length=self.max_length)
+        return {**{k: list(v) for k, v in features.items()}, "labels": label, "_truncated": truncated}
 
     def empty_features(self) -> dict[str, Any]:
         keys = self.tokenizer("a", "b").keys()

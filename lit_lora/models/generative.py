@@ -75,10 +75,14 @@ class GenerativeModule(FineTuneModule):
 
     def check_train_overlap(self, stage: str) -> dict | None:
         """Fail (unless allowed) when evaluated rows duplicate training rows; the overlap goes in metrics.json."""
+        return self.overlap_with_training(self._eval_split(stage))
+
+    def overlap_with_training(self, split: str) -> dict | None:
+        """The overlap of ``split``'s prompts with the training prompts (``None`` when there is nothing to compare)."""
         dm = self.trainer.datamodule
         datasets = getattr(dm, "datasets", {}) if dm is not None else {}
-        split = self._eval_split(stage)
-        if "train" not in datasets or split not in datasets or "prompt" not in datasets["train"].column_names:
+        if "train" not in datasets or split not in datasets or "prompt" not in datasets["train"].column_names \
+                or "prompt" not in datasets[split].column_names:
             return None
         overlap = check_overlap(datasets["train"]["prompt"], datasets[split]["prompt"],
                                 self.evaluation.allow_train_overlap, f"{getattr(dm, 'source', '')} ({split})")

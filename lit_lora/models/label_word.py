@@ -25,7 +25,6 @@ import torch
 from lit_lora.evaluation.generation import GenerationSettings, generate_texts
 from lit_lora.evaluation.labels import label_index
 from lit_lora.evaluation.likelihood import candidate_log_likelihoods
-from lit_lora.evaluation.overlap import check_overlap
 from lit_lora.models.causal_lm import CausalLMModule
 from lit_lora.models.eval_sets import EvalSetMetrics
 
@@ -83,20 +82,12 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
         self.unparseable_examples = {}
 
     def _check_eval_sets_overlap(self, stage: str) -> None:
-        """Fail (unless allowed) when any evaluated set repeats training prompts; the counts go in metrics.json."""
+        """Every evaluated set (e.g. matched and mismatched) against the training prompts."""
         if not (stage == "test" or self.trainer.state.fn == "validate"):
             return
-        dm = self.trainer.datamodule
-        datasets = getattr(dm, "datasets", {}) if dm is not None else {}
-        if "train" not in datasets or "prompt" not in datasets["train"].column_names:
-            return
-        overlaps = {}
-        for name, dataset in datasets.items():
-            if name != "train" and "prompt" in dataset.column_names:
-                overlap = check_overlap(datasets["train"]["prompt"], dataset["prompt"],
-                                        self.evaluation.allow_train_overlap, f"{getattr(dm, 'source', '')} ({name})")
-                overlaps[name] = overlap.to_dict()
-        self.extra_metrics["train_overlap"] = overlaps
+        names = [name for name in getattr(self.trainer.datamodule, "datasets", {}) if name != "train"]
+        overlaps = {name: self.overlap_with_training(name) for name in names}
+        self.extra_metrics["train_overlap"] = {name: o for name, o in overlaps.items() if o is not None}
 
     def on_validation_epoch_start(self) -> None:
         self.unparseable_examples = {}
