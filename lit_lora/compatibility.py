@@ -1,16 +1,23 @@
 """Which method × strategy × quantisation combinations work, checked when the config is read.
 
-    lit-lora fit --config configs/falcon7b_qlora_counselling.yaml --config configs/strategies/deepspeed_zero3.yaml
-    # -> IncompatibleConfig: QLoRA under DeepSpeed ZeRO-3 shards the packed 4-bit weights …
-    #    fix: set model.init_args.adapter.init_args.quant_storage: bfloat16 and model.init_args.dtype: bfloat16
+    lit-lora fit --config configs/falcon7b_qlora_counselling.yaml --config configs/strategies/deepspeed_zero3.yaml \
+        --model.init_args.adapter.init_args.quant_storage float16
+    # -> IncompatibleConfig: 4-bit QLoRA under DeepSpeed ZeRO-3 with precision bf16-mixed: every floating-point
+    #    parameter is cast to bfloat16, … fix: model.init_args.adapter.init_args.quant_storage: bfloat16 (or unset: uint8)
 
-The rules (each failure names the fix):
+The rules (each failure names the fix; the DeepSpeed ones are measured by ``tests/test_zero_cpu.py``,
+which runs real ZeRO-2 / ZeRO-3 engines on CPU):
   * DeepSpeed and FSDP need CUDA devices here (Lightning's DeepSpeedStrategy refuses other accelerators;
     FSDP on CPU is not supported by these configs): on a CPU use ``configs/strategies/ddp.yaml``.
-  * QLoRA 4-bit under ZeRO-3 / FSDP: the packed 4-bit weights are sharded like every other tensor, so
-    their storage dtype (``quant_storage``) must equal the dtype of the rest of the model (``dtype``).
-  * QLoRA 8-bit (LLM.int8) under ZeRO-3 / FSDP does not work (int8 weights cannot be flattened and
-    sharded): use 4-bit QLoRA with ``quant_storage``, or ZeRO-2 / DDP.
+  * QLoRA 4-bit under DeepSpeed or FSDP with 16-bit precision: both cast every floating-point parameter
+    to the precision's dtype, the packed 4-bit weights included, so a floating-point ``quant_storage``
+    other than that dtype is rewritten (float32 storage under bf16 crashes; float16 storage under bf16
+    trains on a silently wrong model). Under DeepSpeed the default storage (uint8) is never cast.
+  * QLoRA 4-bit under FSDP: FSDP flattens each unit's parameters into one tensor of one dtype, so the
+    storage dtype (``quant_storage``) must equal the dtype of the rest of the model (``dtype``).
+  * QLoRA 8-bit (LLM.int8) under FSDP does not work (int8 weights cannot join a floating-point flat
+    parameter): use 4-bit QLoRA with ``quant_storage``, or DeepSpeed / DDP. DeepSpeed ZeRO-3 gathers
+    parameters grouped by dtype, so 8-bit and uint8-stored 4-bit bases train under it.
   * Optimizer offload (ZeRO ``offload_optimizer``) runs DeepSpeed's CPU Adam; a bitsandbytes optimizer
     (``adamw_8bit``, ``paged_*``) cannot be offloaded: use ``optim.name: adamw``.
 """
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional
+
+import torch
 
 
 class IncompatibleConfig(ValueError):
@@ -39,11 +48,13 @@ class Setup:
     optimizer: str = "adamw"
     accelerator: str = "auto"
     cuda_available: bool = False
+    precision: Optional[str] = None      # the Trainer's, e.g. bf16-mixed, 16-mixed, 32-true
 
     @property
-    def sharded(self) -> bool:
-        """Parameters are sharded across ranks (ZeRO-3 or FSDP)."""
-        return self.strategy == "fsdp" or (self.strategy == "deepspeed" and self.zero_stage == 3)
+    def precision_dtype(self) -> Optional[str]:
+        """The 16-bit dtype that parameters are cast to under ``precision`` (None for 32-bit)."""
+        p = str(self.precision or "32")
+        return "bfloat16" if p.startswith("bf16") else "float16" if p.startswith("16") else None
 
     @property
     def strategy_name(self) -> str:
@@ -58,24 +69,39 @@ def problems(s: Setup) -> list[str]:
         found.append(f"{s.strategy_name} needs CUDA GPUs (accelerator={s.accelerator!r}, CUDA available: "
                      f"{s.cuda_available}); fix: run on GPUs with trainer.accelerator: gpu, or use "
                      "configs/strategies/ddp.yaml (DDP over gloo) on a CPU")
-    if s.method == "qlora" and s.sharded:
+    if s.method == "qlora" and s.bits != 8 and s.strategy in ("deepspeed", "fsdp") and s.precision_dtype \
+            and _is_float(s.quant_storage) and s.quant_storage != s.precision_dtype:
+        fix = f"model.init_args.adapter.init_args.quant_storage: {s.precision_dtype}"
+        fix += f" and model.init_args.dtype: {s.precision_dtype}" if s.strategy == "fsdp" else " (or unset: uint8)"
+        found.append(
+            f"4-bit QLoRA under {s.strategy_name} with precision {s.precision}: every floating-point parameter is cast "
+            f"to {s.precision_dtype}, which rewrites the packed 4-bit weights stored as {s.quant_storage} (a crash or "
+            f"a silently wrong model); fix: {fix}")
+    if s.method == "qlora" and s.strategy == "fsdp":
         if s.bits == 8:
-            found.append(f"8-bit QLoRA (LLM.int8) does not work under {s.strategy_name}: int8 weights cannot be "
-                         "sharded; fix: adapter bits: 4 with quant_storage equal to model dtype, or use "
-                         "configs/strategies/deepspeed_zero2.yaml / ddp.yaml")
+            found.append("8-bit QLoRA (LLM.int8) does not work under FSDP: int8 weights cannot join a floating-point "
+                         "flat parameter; fix: adapter bits: 4 with quant_storage equal to model dtype, or use "
+                         "configs/strategies/deepspeed_zero3.yaml / ddp.yaml")
         elif s.quant_storage is None or s.model_dtype in ("auto", None) or s.quant_storage != s.model_dtype:
-            dtype = s.quant_storage if s.quant_storage not in (None, "auto") else (
+            dtype = s.precision_dtype or (s.quant_storage if _is_float(s.quant_storage) else None) or (
                 s.model_dtype if s.model_dtype not in (None, "auto", "float32") else "bfloat16")
             found.append(
-                f"4-bit QLoRA under {s.strategy_name} shards the packed 4-bit weights with the rest of the model, "
-                f"so their storage dtype must equal the model dtype (quant_storage={s.quant_storage}, "
-                f"dtype={s.model_dtype}); fix: set model.init_args.adapter.init_args.quant_storage: {dtype} "
-                f"and model.init_args.dtype: {dtype}")
+                f"4-bit QLoRA under FSDP flattens the packed 4-bit weights with the rest of each layer into one "
+                f"tensor of one dtype, so their storage dtype must equal the model dtype (quant_storage="
+                f"{s.quant_storage}, dtype={s.model_dtype}); fix: set model.init_args.adapter.init_args.quant_storage: "
+                f"{dtype} and model.init_args.dtype: {dtype}")
     if s.strategy == "deepspeed" and s.offload_optimizer and s.optimizer != "adamw":
         found.append(f"ZeRO optimizer offload runs DeepSpeed's CPU Adam and cannot offload the bitsandbytes "
                      f"optimizer {s.optimizer!r}; fix: model.init_args.optim.name: adamw, or a strategy "
                      "without offload (configs/strategies/deepspeed_zero3.yaml)")
     return found
+
+
+def _is_float(dtype_name: Optional[str]) -> bool:
+    from lit_lora.adapters.base import to_dtype
+
+    dtype = to_dtype(dtype_name)
+    return isinstance(dtype, torch.dtype) and dtype.is_floating_point
 
 
 def check(s: Setup) -> None:
@@ -133,8 +159,6 @@ METHODS = {"FullFineTuning": "full", "LoRA": "lora", "QLoRA": "qlora"}
 
 def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
     """The ``Setup`` of a LightningCLI subcommand config (``cli.config.fit``)."""
-    import torch
-
     model_args = _get(_get(config, "model"), "init_args", {})
     adapter = _get(model_args, "adapter")
     adapter_class = (_get(adapter, "class_path") or "LoRA").rsplit(".", 1)[-1]
@@ -154,6 +178,7 @@ def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
         optimizer=_get(optim, "name", "adamw") or "adamw",
         accelerator=str(_get(trainer, "accelerator", "auto") or "auto"),
         cuda_available=torch.cuda.is_available() if cuda_available is None else cuda_available,
+        precision=None if _get(trainer, "precision") is None else str(_get(trainer, "precision")),
     )
 
 

@@ -50,15 +50,13 @@ def _fsdp_state_dict(module) -> dict[str, torch.Tensor]:
 
 def gathered_state_dict(module) -> Optional[dict[str, torch.Tensor]]:
     """Full state dict of ``module.model`` under ZeRO-3 / FSDP (collective: call on all ranks), else ``None``."""
-    trainer = getattr(module, "_trainer", None)
-    if trainer is None:
-        return None
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if isinstance(trainer.strategy, FSDPStrategy):
-        return _fsdp_state_dict(module)
     if is_zero3_partitioned(module.model):
         return _zero3_state_dict(module.model, trainable_only=module.is_peft)
+    trainer = getattr(module, "_trainer", None)
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if trainer is not None and isinstance(trainer.strategy, FSDPStrategy):
+        return _fsdp_state_dict(module)
     return None
 
 

@@ -39,6 +39,12 @@ CASES = {  # id -> (strategy fragment, ZeRO stage, adapter arguments)
                                                 "--model.init_args.adapter.init_args.quant_storage", "bfloat16",
                                                 "--model.init_args.adapter.init_args.compute_dtype", "bfloat16",
                                                 "--model.init_args.dtype", "bfloat16"]),
+    # accepted by lit_lora.compatibility on the evidence of tests/test_zero_cpu.py (ZeRO-3 on CPU); checked here on CUDA
+    "zero3-qlora-uint8-storage": ("deepspeed_zero3.yaml", 3, ["--model.init_args.adapter", "lit_lora.adapters.QLoRA",
+                                                              "--model.init_args.dtype", "float32"]),
+    "zero3-qlora8": ("deepspeed_zero3.yaml", 3, ["--model.init_args.adapter", "lit_lora.adapters.QLoRA",
+                                                 "--model.init_args.adapter.init_args.bits", "8",
+                                                 "--model.init_args.dtype", "bfloat16"]),
 }
 LORA = ["--model.init_args.adapter.init_args.r", "8", "--model.init_args.adapter.init_args.alpha", "16",
         "--model.init_args.adapter.init_args.dropout", "0.0",
@@ -79,13 +85,15 @@ def test_fit_arguments_parse_into_the_intended_strategy(case, tiny_model, tmp_pa
     assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
     config = yaml.safe_load(printed[printed.index("# lightning.pytorch"):])
-    _, stage, _ = CASES[case]
+    _, stage, adapter_args = CASES[case]
     assert config["trainer"]["strategy"]["init_args"]["stage"] == stage
     assert config["trainer"]["accelerator"] == "gpu" and config["trainer"]["max_steps"] == STEPS
     adapter = config["model"]["init_args"]["adapter"]
     if "qlora" in case:
+        given = dict(zip(adapter_args[::2], adapter_args[1::2]))
         assert adapter["class_path"].endswith("QLoRA")
-        assert adapter["init_args"]["quant_storage"] == config["model"]["init_args"]["dtype"] == "bfloat16"
+        assert adapter["init_args"]["quant_storage"] == given.get("--model.init_args.adapter.init_args.quant_storage")
+        assert adapter["init_args"]["bits"] == int(given.get("--model.init_args.adapter.init_args.bits", 4))
     else:
         assert adapter["class_path"].endswith(".LoRA")
 

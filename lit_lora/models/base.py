@@ -196,7 +196,7 @@ class FineTuneModule(L.LightningModule):
 
         out = Path(out_dir)
         state_dict = gathered_state_dict(self)
-        if self._trainer is not None and not self.trainer.is_global_zero:
+        if not self._writes_files():
             return out
         out.mkdir(parents=True, exist_ok=True)
         if state_dict is None:
@@ -206,6 +206,13 @@ class FineTuneModule(L.LightningModule):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out)
         return out
+
+    def _writes_files(self) -> bool:
+        """Global rank 0 writes: the trainer's rank, else the process group's (a module driven outside Lightning)."""
+        if self._trainer is not None:
+            return self.trainer.is_global_zero
+        dist = torch.distributed
+        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
     @property
     def is_peft(self) -> bool:
