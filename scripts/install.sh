@@ -17,4 +17,8 @@ if ! $PY -c "import deepspeed" 2>/dev/null; then
   $PY -m pip install "setuptools>=70" wheel
   $PY -m pip install --no-build-isolation "deepspeed>=0.16"
 fi
+# DeepSpeed compiles a small C++ op when it runs on a CPU (tests/test_zero_cpu.py): it needs a compiler
+if ! command -v c++ >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && apt-get install -y -qq g++
+fi
 $PY -m pip install -e ".[dev]"
