@@ -11,8 +11,9 @@ train loader, continues with the next unseen batch. Test it by hand on a running
     scancel --signal=USR1 <jobid>                       # what --signal=SIGUSR1@90 sends before the time limit
     scontrol update JobId=<jobid> StartTime=now         # release the requeued job (held with a BeginTime)
 
-Checkpoints are written atomically (temp file, fsync, rename): a kill during a save leaves the
-previous ``hpc_ckpt_N.ckpt`` as the newest complete one, never a truncated file that resume would pick.
+Checkpoints are written atomically (``lit_lora.checkpoint_io``: a file or, under DeepSpeed, a directory
+renamed into place when complete): a kill during a save leaves the previous ``hpc_ckpt_N.ckpt`` as
+the newest complete one, never a partial one that resume would pick.
 """
 
 from __future__ import annotations
@@ -21,46 +22,26 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from lit_lora.checkpoint_io import AtomicCheckpointIO, AtomicDirectorySave, remove_partial_checkpoints
 from lit_lora.launch_checks import check_requeued_resume
 
 log = logging.getLogger("lit_lora")
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a hidden temp file in the target directory, fsync, then ``os.replace``.
-
-    The temp name never contains ``hpc_ckpt_`` (Lightning picks the highest ``hpc_ckpt_*`` file on resume).
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        path = Path(path)
-        if "://" in str(path):  # remote filesystems: fsspec's own semantics
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
+def make_saves_atomic(strategy) -> None:
+    """Route ``strategy``'s checkpoint writes through ``lit_lora.checkpoint_io`` (once)."""
+    if isinstance(strategy, DeepSpeedStrategy):  # writes a directory itself, bypassing checkpoint_io
+        if not isinstance(strategy.save_checkpoint, AtomicDirectorySave):
+            strategy.save_checkpoint = AtomicDirectorySave(strategy.save_checkpoint, strategy)
+    elif type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 class Requeued(SystemExit):
@@ -73,7 +54,7 @@ class PreemptionCheckpoint(Callback):
     Args:
         enabled: Handle the requeue signal (only under SLURM with Lightning's ``auto_requeue`` on).
         requeue: Run ``scontrol requeue $SLURM_JOB_ID`` after saving (off: save and exit only).
-        atomic: Write every checkpoint of a plain ``torch.save`` strategy through ``AtomicCheckpointIO``.
+        atomic: Write every checkpoint atomically (``lit_lora.checkpoint_io``: files, and DeepSpeed directories).
     """
 
     def __init__(self, enabled: bool = True, requeue: bool = True, atomic: bool = True):
@@ -85,10 +66,12 @@ class PreemptionCheckpoint(Callback):
 
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.atomic and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.atomic:
+            make_saves_atomic(trainer.strategy)
         if stage != "fit":
             return
+        if trainer.is_global_zero:
+            remove_partial_checkpoints(trainer.default_root_dir)
         check_requeued_resume(trainer.ckpt_path, trainer.default_root_dir)
         environment = trainer._accelerator_connector.cluster_environment
         if self.enabled and isinstance(environment, SLURMEnvironment) and environment.auto_requeue:

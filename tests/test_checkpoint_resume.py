@@ -5,7 +5,7 @@ import torch
 
 from lit_lora.data.resumable import ResumableDataLoader
 from lit_lora.launch_checks import hpc_checkpoints
-from lit_lora.preemption import AtomicCheckpointIO
+from lit_lora.checkpoint_io import AtomicCheckpointIO
 
 
 def test_a_kill_during_save_leaves_no_checkpoint_that_resume_would_pick(tmp_path, monkeypatch):
@@ -53,3 +53,93 @@ def test_restored_loader_continues_with_the_next_unseen_batch():
 
     with pytest.raises(RuntimeError, match="same world size"):
         ResumableDataLoader(data, batch_size=4, seed=3, num_replicas=2, rank=0).load_state_dict(state)
+
+
+class OneProcess:  # the part of a Lightning strategy AtomicDirectorySave uses, for a single process
+    is_global_zero = True
+
+    def broadcast(self, obj):
+        return obj
+
+    def barrier(self, name=None):
+        pass
+
+
+def lightning_resume_version(directory):
+    """The ``hpc_ckpt_N`` version Lightning's SLURM auto-resume would pick in ``directory``."""
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    return _CheckpointConnector._CheckpointConnector__max_ckpt_version_in_folder(directory, "hpc_ckpt_")
+
+
+def write_shards(checkpoint, path, storage_options=None):
+    """Stands in for DeepSpeed's ``engine.save_checkpoint``: a directory of files written one by one."""
+    (path / "checkpoint").mkdir(parents=True)
+    for rank in range(2):
+        (path / "checkpoint" / f"zero_pp_rank_{rank}_model_states.pt").write_text(str(checkpoint["step"]))
+        if checkpoint.get("die_after_first_shard"):
+            raise KeyboardInterrupt  # the SIGKILL that follows a missed deadline
+    (path / "latest").write_text("checkpoint")
+
+
+def test_a_kill_during_a_directory_save_leaves_no_checkpoint_that_resume_would_pick(tmp_path):
+    from lit_lora.checkpoint_io import AtomicDirectorySave, remove_partial_checkpoints
+
+    save = AtomicDirectorySave(write_shards, OneProcess())
+    save({"step": 1}, tmp_path / "hpc_ckpt_1.ckpt")
+    assert (tmp_path / "hpc_ckpt_1.ckpt" / "latest").is_file()
+    with pytest.raises(KeyboardInterrupt):
+        save({"step": 2, "die_after_first_shard": True}, tmp_path / "hpc_ckpt_2.ckpt")
+    assert lightning_resume_version(tmp_path) == 1
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "hpc_ckpt_1.ckpt"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".partial-")
+    assert [p.name for p in remove_partial_checkpoints(tmp_path)] == leftovers
+    assert [p.name for p in tmp_path.iterdir()] == ["hpc_ckpt_1.ckpt"]
+
+
+def test_a_directory_save_replaces_an_older_one_of_the_same_name(tmp_path):
+    from lit_lora.checkpoint_io import AtomicDirectorySave
+
+    save = AtomicDirectorySave(write_shards, OneProcess())
+    save({"step": 1}, tmp_path / "last.ckpt")
+    save({"step": 2}, tmp_path / "last.ckpt")
+    assert (tmp_path / "last.ckpt" / "checkpoint" / "zero_pp_rank_1_model_states.pt").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_resume_checks_adapter_names_also_where_deepspeed_drops_the_state_dict(tiny_model):
+    """DeepSpeed restores weights itself and passes Lightning a checkpoint without "state_dict"."""
+    from lit_lora.adapters import LoRA
+    from lit_lora.models import CausalLMModule
+
+    def module(targets):
+        m = CausalLMModule(tiny_model("llama"), adapter=LoRA(r=4, target_modules=targets))
+        m.configure_model()
+        return m
+
+    saved_by = module(["q_proj", "v_proj"])
+    checkpoint = {"state_dict": saved_by.state_dict()}
+    saved_by.on_save_checkpoint(checkpoint)
+    deepspeed_client_state = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+
+    module(["q_proj", "v_proj"]).on_load_checkpoint(deepspeed_client_state)
+    module(["q_proj", "v_proj"]).on_load_checkpoint(checkpoint)
+    for other in (checkpoint, deepspeed_client_state):
+        with pytest.raises(RuntimeError, match="lacks .* trainable weights"):
+            module("all-linear").on_load_checkpoint(other)
+
+
+def test_preemption_callback_makes_every_strategys_saves_atomic():
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+    from lit_lora.checkpoint_io import AtomicDirectorySave
+    from lit_lora.preemption import make_saves_atomic
+
+    deepspeed = DeepSpeedStrategy(stage=3)
+    make_saves_atomic(deepspeed)
+    make_saves_atomic(deepspeed)  # setup runs again for validate / test: wrap once
+    assert isinstance(deepspeed.save_checkpoint, AtomicDirectorySave)
+    assert not isinstance(deepspeed.save_checkpoint.save, AtomicDirectorySave)
+    ddp = DDPStrategy()
+    make_saves_atomic(ddp)
+    assert isinstance(ddp.checkpoint_io, AtomicCheckpointIO)

@@ -143,3 +143,32 @@ def test_deepspeed_fit_saves_a_complete_adapter(case, tiny_model, tmp_path):
     loaded = get_peft_model_state_dict(model)
     for name, tensor in saved.items():
         torch.testing.assert_close(loaded[name].float(), tensor.float(), msg=name)
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    """Optimizer steps done (1-based) -> train_loss, from the CSVLogger's metrics.csv."""
+    with open(run_dir / "metrics.csv") as f:
+        return {int(r["step"]) + 1: float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["zero2-qlora", "zero3-lora"])
+def test_deepspeed_checkpoint_resumes_to_the_losses_of_the_whole_run(case, tiny_model, tmp_path):
+    """A run resumed (``--ckpt_path``) from its step-2 DeepSpeed checkpoint repeats steps 3-4 exactly.
+
+    The checkpoint holds no frozen weights (``exclude_frozen_parameters``) and DeepSpeed hands Lightning
+    a client state without ``state_dict``: lit-lora's resume check must accept it.
+    """
+    model_dir = tiny_model("llama")
+    every = ["--checkpoint.dirpath", str(tmp_path / "checkpoints"), "--checkpoint.filename", "{step}",
+             "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "-1"]
+    lit_lora(*fit_args(case, model_dir, tmp_path / "whole"), *every, cwd=tmp_path)
+    whole = losses_by_step(next((tmp_path / "whole").rglob("metrics.csv")).parent)
+    checkpoint = tmp_path / "checkpoints" / "step=2.ckpt"
+    assert (checkpoint / "latest").is_file() and not list(tmp_path.glob("checkpoints/.partial-*"))
+
+    lit_lora(*fit_args(case, model_dir, tmp_path / "resumed"), "--ckpt_path", str(checkpoint), cwd=tmp_path)
+    resumed = losses_by_step(next((tmp_path / "resumed").rglob("metrics.csv")).parent)
+    assert sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-3), (step, resumed, whole)

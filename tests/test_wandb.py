@@ -3,7 +3,6 @@
 import struct
 import time
 
-import pytest
 
 from lit_lora.tracking import REDACTED, WandbRun, redact
 

@@ -9,7 +9,9 @@ lit-lora module, and these tests check, on any machine:
 * the adapter ``save_pretrained`` writes under ZeRO-3 is complete (every tensor of an unsharded
   adapter, none empty, loadable by peft), where rank 0's shards saved as they are would be empty;
 * the compatibility rules for QLoRA under DeepSpeed (``lit_lora.compatibility``) match what the engine
-  really does: accepted combinations train on the same model, refused ones crash or train a wrong one.
+  really does: accepted combinations train on the same model, refused ones crash or train a wrong one;
+* a checkpoint written the way the strategy writes it (``exclude_frozen_parameters``, renamed into
+  place by ``checkpoint_io.AtomicDirectorySave``) resumes in a fresh engine to the same losses.
 """
 
 from __future__ import annotations
@@ -120,3 +122,23 @@ def test_refused_combination_really_fails_under_deepspeed(case, run_zero, tmp_pa
         assert result.returncode == 0, result.stderr[-5000:]
         facts = json.loads((tmp_path / "result.json").read_text())
         assert facts["losses"][0] != pytest.approx(facts["reference_loss"], rel=1e-2)
+
+
+RESUMED = {"zero3-lora": ACCEPTED["zero3-lora"],
+           "zero2-qlora4-bf16-storage": {**ACCEPTED["zero3-qlora4-bf16-storage"], "stage": 2}}
+
+
+@pytest.mark.parametrize("case", sorted(RESUMED))
+def test_checkpoint_and_resume_in_a_fresh_engine_equals_an_uninterrupted_run(case, run_zero, tmp_path):
+    """Saved as Lightning's DeepSpeedStrategy saves (frozen weights excluded, written atomically), loaded non-strictly."""
+    spec = {**RESUMED[case], "steps": 4}
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    for out, extra in ((whole, {}), (resumed, {"resume_after": 2})):
+        result = run_zero({**spec, **extra}, out)
+        assert result.returncode == 0, result.stderr[-5000:]
+    expected = json.loads((whole / "result.json").read_text())["losses"]
+    got = json.loads((resumed / "result.json").read_text())["losses"]
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert sorted(p.name for p in resumed.iterdir() if "ckpt" in p.name or p.name.startswith(".")) == \
+        ["hpc_ckpt_1.ckpt"]  # renamed into place, no partial directory left
+    assert (resumed / "hpc_ckpt_1.ckpt" / "latest").read_text().strip() == "checkpoint"

@@ -161,7 +161,7 @@ class FineTuneModule(L.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["lit_lora"] = {"model_name_or_path": self.model_name_or_path, "method": self.adapter.method,
-                                  "data": self._training_split_settings()}
+                                  "data": self._training_split_settings(), "trainable_keys": sorted(keep)}
 
     def _training_split_settings(self) -> dict:
         """The datamodule settings that decide which rows were trained on (for the train-overlap check)."""
@@ -171,7 +171,10 @@ class FineTuneModule(L.LightningModule):
             {"class": type(datamodule).__qualname__} if datamodule is not None else {})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        missing = sorted(self.trainable_state_keys() - set(checkpoint.get("state_dict", {})))
+        # DeepSpeed restores the weights itself and hands over a checkpoint without "state_dict":
+        # there the names recorded at save time stand in for it
+        saved = checkpoint.get("state_dict", checkpoint.get("lit_lora", {}).get("trainable_keys"))
+        missing = sorted(self.trainable_state_keys() - set(saved)) if saved is not None else []
         if missing:
             raise RuntimeError(
                 f"checkpoint lacks {len(missing)} trainable weights of this {self.adapter.method} model "

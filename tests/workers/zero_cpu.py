@@ -6,7 +6,9 @@ lit-lora module, so the ZeRO-specific parts are tested on any machine:
 
   1. ``configure_model`` inside ``deepspeed.zero.Init`` (Lightning's ZeRO-3 ``model_sharded_context``),
   2. ``deepspeed.initialize`` with a ZeRO config (the engine partitions and, with bf16, casts params),
-  3. a few optimizer steps on one repeated batch, then ``module.save_pretrained`` on every rank.
+  3. a few optimizer steps on one repeated batch, then ``module.save_pretrained`` on every rank;
+     with ``resume_after`` the run is checkpointed as Lightning's strategy does it (through
+     ``AtomicDirectorySave``, frozen weights excluded) and finished by a fresh engine loading it.
 
 The first loss is compared with the loss of the whole model before DeepSpeed saw it: DeepSpeed's
 mixed-precision cast of floating-point 4-bit storage shows up there as a wrong model.
@@ -27,6 +29,7 @@ import deepspeed
 import torch
 
 from lit_lora.adapters import LoRA, QLoRA
+from lit_lora.checkpoint_io import AtomicDirectorySave
 from lit_lora.models.causal_lm import CausalLMModule
 from lit_lora.sharding import is_zero3_partitioned
 
@@ -40,6 +43,39 @@ def build_module(spec: dict) -> CausalLMModule:
         adapter = QLoRA(**LORA, bits=spec.get("bits", 4), quant_storage=spec.get("quant_storage"),
                         compute_dtype=spec.get("compute_dtype", "bfloat16"), gradient_checkpointing=False)
     return CausalLMModule(model_name_or_path=spec["model"], adapter=adapter, dtype=spec.get("dtype", "float32"))
+
+
+class ProcessGroup:
+    """What ``AtomicDirectorySave`` needs of a Lightning strategy, from ``torch.distributed``."""
+
+    @property
+    def is_global_zero(self) -> bool:
+        return torch.distributed.get_rank() == 0
+
+    def broadcast(self, obj):
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self, name=None) -> None:
+        torch.distributed.barrier()
+
+
+def start_engine(module: CausalLMModule, config: dict):
+    trainable = [p for p in module.model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=module.model, optimizer=torch.optim.AdamW(trainable, lr=1e-2),
+                                      config=config)
+    return engine
+
+
+def train(engine, batch: torch.Tensor, steps: int) -> list[float]:
+    losses = []
+    for _ in range(steps):
+        loss = engine(input_ids=batch, labels=batch).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return losses
 
 
 def main(spec: dict) -> None:
@@ -59,16 +95,24 @@ def main(spec: dict) -> None:
     built_partitioned = is_zero3_partitioned(module.model)
     with torch.no_grad():  # the whole model before DeepSpeed touches it
         reference_loss = module.model(input_ids=batch, labels=batch).loss.item()
-    trainable = [p for p in module.model.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=module.model, optimizer=torch.optim.AdamW(trainable, lr=1e-2),
-                                      config=config)
+    engine = start_engine(module, config)
     engine_partitioned = is_zero3_partitioned(module.model)
-    losses = []
-    for _ in range(spec.get("steps", 3)):
-        loss = engine(input_ids=batch, labels=batch).loss
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
+    steps, stop = spec.get("steps", 3), spec.get("resume_after")
+    losses = train(engine, batch, stop or steps)
+    if stop is not None:  # checkpoint as Lightning's DeepSpeedStrategy does, then resume in a fresh engine
+        checkpoint = Path(spec["out"]) / "hpc_ckpt_1.ckpt"
+        AtomicDirectorySave(lambda state, path, _: engine.save_checkpoint(
+            path, client_state=state, tag="checkpoint", exclude_frozen_parameters=True), ProcessGroup())(
+            {"global_step": stop}, checkpoint)
+        torch.manual_seed(1)  # a different fresh adapter: only the checkpoint can make the runs agree
+        module = build_module(spec)
+        with init:
+            module.configure_model()
+        engine = start_engine(module, config)
+        _, client_state = engine.load_checkpoint(str(checkpoint), tag="checkpoint", load_module_strict=False,
+                                                 load_lr_scheduler_states=False)
+        assert client_state["global_step"] == stop
+        losses += train(engine, batch, steps - stop)
     module.save_pretrained(spec["out"])  # every rank: gathers under ZeRO-3, then rank 0 writes
     if rank == 0:
         module.model.save_pretrained(Path(spec["out"]) / "ungathered")  # the control: rank 0's shards as they are
