@@ -120,7 +120,8 @@ def outside_zero3_init():
     Lightning calls ``configure_model`` inside ``deepspeed.zero.Init`` under ZeRO-3, where every new
     parameter is partitioned at once (size 0 locally) and ``from_pretrained`` cannot load into it.
     DeepSpeed's own ``shutdown_init_context`` / ``restore_init_context`` lift the patching for the
-    block; the ZeRO-3 engine partitions the finished model when it starts.
+    block; the ZeRO-3 engine partitions the finished model when it starts (after moving it to the
+    GPU whole: the base weights must fit on one GPU, the training state is what ZeRO-3 shards).
     """
     try:
         from deepspeed.runtime.zero import partition_parameters

@@ -10,6 +10,8 @@ lit-lora module, and these tests check, on any machine:
   adapter, none empty, loadable by peft), where rank 0's shards saved as they are would be empty;
 * the compatibility rules for QLoRA under DeepSpeed (``lit_lora.compatibility``) match what the engine
   really does: accepted combinations train on the same model, refused ones crash or train a wrong one;
+* evaluation by generation finishes when ranks' answers end at different steps (every ZeRO-3 forward
+  is a collective: without ``synced_gpus`` the ranks' collectives mismatch);
 * a checkpoint written the way the strategy writes it (``exclude_frozen_parameters``, renamed into
   place by ``checkpoint_io.AtomicDirectorySave``) resumes in a fresh engine to the same losses.
 """
@@ -142,3 +144,10 @@ def test_checkpoint_and_resume_in_a_fresh_engine_equals_an_uninterrupted_run(cas
     assert sorted(p.name for p in resumed.iterdir() if "ckpt" in p.name or p.name.startswith(".")) == \
         ["hpc_ckpt_1.ckpt"]  # renamed into place, no partial directory left
     assert (resumed / "hpc_ckpt_1.ckpt" / "latest").read_text().strip() == "checkpoint"
+
+
+def test_generation_under_zero3_finishes_when_ranks_stop_at_different_steps(run_zero, tmp_path):
+    result = run_zero({**ACCEPTED["zero3-lora"], "generate": True}, tmp_path)
+    assert result.returncode == 0, result.stderr[-5000:]
+    lengths = json.loads((tmp_path / "result.json").read_text())["generated_lengths"]
+    assert len(lengths) == 2 and all(n > 0 for rank in lengths for n in rank)

@@ -61,6 +61,16 @@ class Generated(NamedTuple):
     hit_limit: bool  # stopped at max_new_tokens, not at EOS
 
 
+def needs_synced_steps(model) -> bool:
+    """Under ZeRO-3 every forward gathers weights from all ranks, so a rank whose answers end first must
+    keep stepping until all are done (``synced_gpus``). transformers only detects this itself when
+    its own DeepSpeed integration is active, which Lightning's strategy does not set up."""
+    from lit_lora.sharding import is_zero3_partitioned
+
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_zero3_partitioned(model)
+
+
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], settings: GenerationSettings,
                    encoder_decoder: bool = False, add_special_tokens: bool = True,
@@ -84,7 +94,8 @@ def generate_texts(model, tokenizer, prompts: list[str], settings: GenerationSet
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(settings.seed)
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                 generation_config=settings.generation_config(tokenizer))
+                                 generation_config=settings.generation_config(tokenizer),
+                                 synced_gpus=needs_synced_steps(model))
     finally:
         model.train(was_training)
     new_tokens = out if encoder_decoder else out[:, input_ids.shape[1]:]  # (batch, new_len)

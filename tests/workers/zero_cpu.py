@@ -8,7 +8,8 @@ lit-lora module, so the ZeRO-specific parts are tested on any machine:
   2. ``deepspeed.initialize`` with a ZeRO config (the engine partitions and, with bf16, casts params),
   3. a few optimizer steps on one repeated batch, then ``module.save_pretrained`` on every rank;
      with ``resume_after`` the run is checkpointed as Lightning's strategy does it (through
-     ``AtomicDirectorySave``, frozen weights excluded) and finished by a fresh engine loading it.
+     ``AtomicDirectorySave``, frozen weights excluded) and finished by a fresh engine loading it;
+     with ``generate`` each rank then generates answers of a different length (evaluation under ZeRO-3).
 
 The first loss is compared with the loss of the whole model before DeepSpeed saw it: DeepSpeed's
 mixed-precision cast of floating-point 4-bit storage shows up there as a wrong model.
@@ -30,6 +31,8 @@ import torch
 
 from lit_lora.adapters import LoRA, QLoRA
 from lit_lora.checkpoint_io import AtomicDirectorySave
+from lit_lora.data.base import load_tokenizer
+from lit_lora.evaluation.generation import GenerationSettings, generate_texts
 from lit_lora.models.causal_lm import CausalLMModule
 from lit_lora.sharding import is_zero3_partitioned
 
@@ -113,11 +116,18 @@ def main(spec: dict) -> None:
                                                  load_lr_scheduler_states=False)
         assert client_state["global_step"] == stop
         losses += train(engine, batch, steps - stop)
+    if spec.get("generate"):  # answers of different lengths per rank: rank 0 stops first
+        settings = GenerationSettings(max_new_tokens=2 + 6 * rank)
+        tokenizer = load_tokenizer(spec["model"])
+        answers = generate_texts(module.model, tokenizer, ["def add(a, b):", "Hello"], settings)
+        lengths = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(lengths, [len(tokenizer(a.text)["input_ids"]) for a in answers])
     module.save_pretrained(spec["out"])  # every rank: gathers under ZeRO-3, then rank 0 writes
     if rank == 0:
         module.model.save_pretrained(Path(spec["out"]) / "ungathered")  # the control: rank 0's shards as they are
         result = dict(built_partitioned=built_partitioned, engine_partitioned=engine_partitioned,
-                      reference_loss=reference_loss, losses=losses, world_size=torch.distributed.get_world_size())
+                      reference_loss=reference_loss, losses=losses, world_size=torch.distributed.get_world_size(),
+                      generated_lengths=lengths if spec.get("generate") else None)
         (Path(spec["out"]) / "result.json").write_text(json.dumps(result))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
