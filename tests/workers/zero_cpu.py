@@ -23,6 +23,7 @@ Run with ``torchrun``; the spec is JSON, the result is written by rank 0 as JSON
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -135,3 +136,6 @@ def main(spec: dict) -> None:
 
 if __name__ == "__main__":
     main(json.loads(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown, where DeepSpeed's and gloo's native threads can abort the process
