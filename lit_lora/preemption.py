@@ -30,6 +30,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from lit_lora.checkpoint_io import AtomicCheckpointIO, AtomicDirectorySave, remove_partial_checkpoints
+from lit_lora.csv_history import ResumableCSVLogger
 from lit_lora.launch_checks import check_requeued_resume
 
 log = logging.getLogger("lit_lora")
@@ -80,6 +81,12 @@ class PreemptionCheckpoint(Callback):
             self.signum = environment.requeue_signal or signal.SIGUSR1
             signal.signal(self.signum, self._on_signal)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Continue a kept ``metrics.csv`` from the step training resumes at (nothing kept on a fresh start)."""
+        for logger in trainer.loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.keep_history_before(trainer.global_step)
+
     def _on_signal(self, signum, frame) -> None:
         self.requested = True
 
@@ -96,6 +103,9 @@ class PreemptionCheckpoint(Callback):
             print(f"[lit-lora] preemption: saved {path} at global step {trainer.global_step}", flush=True)
             if self.requeue:
                 self._requeue()
+        # the loop logs this step's metrics only after on_train_batch_end: log them now, as it would
+        trainer._logger_connector.on_batch_end()
+        trainer._logger_connector.update_train_step_metrics()
         for logger in trainer.loggers:
             logger.finalize("preempted")
         raise Requeued(0)
@@ -117,7 +127,8 @@ def pin_log_dir(trainer_config: Any, env: Optional[dict] = None) -> None:
     Lightning's default logger numbers its directory, so a requeued job would write its config,
     checkpoints and adapter to ``version_1`` while its checkpoint sits beside ``version_0``. With the
     sbatch scripts' ``default_root_dir=runs/<exp>/<SLURM_JOB_ID>`` every restart shares one run directory.
-    Only the default logger (``logger: true`` / unset) is replaced; a configured logger is left alone.
+    Only the default logger (``logger: true`` / unset) is replaced, by a ``ResumableCSVLogger`` that
+    continues ``metrics.csv`` across restarts; a configured logger is left alone.
     """
     env = os.environ if env is None else env
     if not env.get("SLURM_JOB_ID") or trainer_config.get("logger") not in (None, True):
@@ -125,6 +136,6 @@ def pin_log_dir(trainer_config: Any, env: Optional[dict] = None) -> None:
     from jsonargparse import Namespace
 
     root = trainer_config.get("default_root_dir") or os.getcwd()
-    trainer_config["logger"] = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+    trainer_config["logger"] = Namespace(class_path="lit_lora.csv_history.ResumableCSVLogger",
                                          init_args=Namespace(save_dir=str(root), name="", version="",
                                                              flush_logs_every_n_steps=1))

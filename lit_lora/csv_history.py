@@ -1,0 +1,75 @@
+"""A CSV logger whose ``metrics.csv`` survives a SLURM requeue: the resumed job continues the history.
+
+Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts, so a requeued job (same
+run directory, see ``preemption.pin_log_dir``) would keep only the steps after its checkpoint, and
+``lit-lora compare`` would plot half a loss curve. ``ResumableCSVLogger`` keeps the file; when training
+starts, ``PreemptionCheckpoint`` calls ``keep_history_before(trainer.global_step)``, which drops the
+rows the resumed run will log again (all of them for a fresh start, as Lightning does)::
+
+    logger = ResumableCSVLogger(save_dir="runs/demo/1234", name="", version="")
+    logger.keep_history_before(500)   # rows of steps < 500 stay (and validation rows of step 500)
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+log = logging.getLogger("lit_lora")
+
+
+class _KeepingExperimentWriter(ExperimentWriter):
+    """Lightning's writer, minus deleting ``metrics.csv`` at start; the existing header seeds its columns."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` that continues an existing ``metrics.csv`` instead of deleting it (same arguments)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def keep_history_before(self, step: int) -> int:
+        """Drop rows logged at ``step`` or later (validation rows of ``step`` itself stay); returns rows kept."""
+        path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
+        if not os.path.isfile(path):
+            return 0
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fieldnames, rows = reader.fieldnames or [], list(reader)
+        kept = [r for r in rows if _before(r, step)]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
+        if step > 0:
+            log.info("[lit-lora] %s: continuing the %d rows logged before step %d (%d later rows dropped)",
+                     path, len(kept), step, len(rows) - len(kept))
+        return len(kept)
+
+
+def _before(row: dict, step: int) -> bool:
+    """Whether a ``metrics.csv`` row belongs to the history before a resume at ``step``."""
+    logged_at = int(float(row.get("step") or 0))
+    if step == 0:
+        return False
+    if logged_at < step:
+        return True
+    # validation at the resume step ran before the checkpoint; training rows at it are the next step's
+    return logged_at == step and not any(k.startswith("train") and row[k] not in ("", None) for k in row)

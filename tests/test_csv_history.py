@@ -1,0 +1,48 @@
+"""``metrics.csv`` across a requeue: the resumed job continues the history instead of deleting it."""
+
+import csv
+
+from lit_lora.csv_history import ResumableCSVLogger
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def first_job(run_dir):
+    """Steps 0-5 of training, validation after step 4 (logged at step 4), then preempted."""
+    logger = ResumableCSVLogger(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=1)
+    for step in range(6):
+        logger.log_metrics({"train_loss": 10.0 - step}, step=step)
+    logger.log_metrics({"val_loss": 7.5}, step=4)
+    logger.save()
+    return run_dir / "metrics.csv"
+
+
+def test_requeued_job_continues_metrics_csv_from_its_checkpoint_step(tmp_path):
+    path = first_job(tmp_path)
+    assert len(rows(path)) == 7
+
+    resumed = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", flush_logs_every_n_steps=1)
+    resumed.log_hyperparams({"lr": 0.1})  # what Lightning does first: the writer must not delete the file
+    assert len(rows(path)) == 7
+    assert resumed.keep_history_before(4) == 5  # train steps 0-3 and the validation logged at step 4
+    for step in (4, 5, 6):
+        resumed.log_metrics({"train_loss": 6.0 - step, "lr-AdamW": 0.1}, step=step)  # a new column too
+    resumed.save()
+
+    history = rows(path)
+    train = [(int(r["step"]), float(r["train_loss"])) for r in history if r["train_loss"]]
+    assert train == [(0, 10.0), (1, 9.0), (2, 8.0), (3, 7.0), (4, 2.0), (5, 1.0), (6, 0.0)]  # none twice
+    assert [r["val_loss"] for r in history if r["val_loss"]] == ["7.5"]
+    assert set(history[0]) == {"step", "train_loss", "val_loss", "lr-AdamW"}
+
+
+def test_a_fresh_start_in_the_same_directory_begins_an_empty_history(tmp_path):
+    path = first_job(tmp_path)
+    fresh = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="")
+    assert fresh.keep_history_before(0) == 0
+    fresh.log_metrics({"train_loss": 3.0}, step=0)
+    fresh.save()
+    assert [r["train_loss"] for r in rows(path)] == ["3.0"]
