@@ -10,7 +10,9 @@ under a hidden temporary name first and renamed when complete:
   every rank writes into the temp directory, a barrier, global rank 0 renames it, a barrier.
 
 Temporary names start with ``.partial-`` and never contain ``hpc_ckpt_`` (Lightning parses the digits
-of any name containing it). ``PreemptionCheckpoint`` installs both and removes partial leftovers of a
+of any name containing it). This guards against a killed process (preemption past its grace time),
+not a power loss: DeepSpeed's shard files are not fsynced. Global rank 0 renames the directory, so the
+checkpoint directory must be on a filesystem all nodes share (as the sbatch scripts' run directory is). ``PreemptionCheckpoint`` installs both and removes partial leftovers of a
 killed job when the requeued one starts::
 
     from lit_lora.checkpoint_io import AtomicCheckpointIO
@@ -65,10 +67,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def replace_directory(src: Path, dst: Path) -> None:
-    """Rename the complete directory ``src`` to ``dst``, replacing an older ``dst`` (e.g. ``last.ckpt``)."""
+    """Rename the complete directory ``src`` to ``dst``, replacing an older ``dst`` (e.g. ``last.ckpt``).
+
+    Two renames: a kill between them leaves the older copy as ``.partial-old-<id>.<name>``, which
+    ``remove_partial_checkpoints`` moves back to ``<name>``.
+    """
     old = None
     if dst.exists():
-        old = dst.with_name(f"{PARTIAL_PREFIX}old-{uuid.uuid4().hex}.tmp")
+        old = dst.with_name(f"{PARTIAL_PREFIX}old-{uuid.uuid4().hex}.{dst.name}")
         os.replace(dst, old)
     os.replace(src, dst)
     _fsync_directory(dst.parent)
@@ -101,9 +107,19 @@ class AtomicDirectorySave:
 
 
 def remove_partial_checkpoints(directory: Union[str, Path]) -> list[Path]:
-    """Delete the ``.partial-*`` leftovers of saves a kill interrupted; returns (and logs) what was removed."""
+    """Delete the ``.partial-*`` leftovers of saves a kill interrupted; returns (and logs) what was removed.
+
+    An older copy whose replacement never arrived (``replace_directory`` interrupted) is moved back.
+    """
     directory = Path(directory)
-    removed = sorted(directory.glob(f"{PARTIAL_PREFIX}*")) if directory.is_dir() else []
+    if not directory.is_dir():
+        return []
+    for old in sorted(directory.glob(f"{PARTIAL_PREFIX}old-*")):
+        name = old.name.split(".", 2)[-1]  # .partial-old-<id>.<name>
+        if not (directory / name).exists():
+            os.replace(old, directory / name)
+            log.warning("[lit-lora] restored %s: the save replacing it was interrupted", directory / name)
+    removed = sorted(directory.glob(f"{PARTIAL_PREFIX}*"))
     for path in removed:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     if removed:

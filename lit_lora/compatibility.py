@@ -70,7 +70,7 @@ def problems(s: Setup) -> list[str]:
                      f"{s.cuda_available}); fix: run on GPUs with trainer.accelerator: gpu, or use "
                      "configs/strategies/ddp.yaml (DDP over gloo) on a CPU")
     if s.method == "qlora" and s.bits != 8 and s.strategy in ("deepspeed", "fsdp") and s.precision_dtype \
-            and _is_float(s.quant_storage) and s.quant_storage != s.precision_dtype:
+            and _is_float(s.quant_storage) and not _same_dtype(s.quant_storage, s.precision_dtype):
         fix = f"model.init_args.adapter.init_args.quant_storage: {s.precision_dtype}"
         fix += f" and model.init_args.dtype: {s.precision_dtype}" if s.strategy == "fsdp" else " (or unset: uint8)"
         found.append(
@@ -82,7 +82,8 @@ def problems(s: Setup) -> list[str]:
             found.append("8-bit QLoRA (LLM.int8) does not work under FSDP: int8 weights cannot join a floating-point "
                          "flat parameter; fix: adapter bits: 4 with quant_storage equal to model dtype, or use "
                          "configs/strategies/deepspeed_zero3.yaml / ddp.yaml")
-        elif s.quant_storage is None or s.model_dtype in ("auto", None) or s.quant_storage != s.model_dtype:
+        elif s.quant_storage is None or s.model_dtype in ("auto", None) or not _same_dtype(s.quant_storage,
+                                                                                               s.model_dtype):
             dtype = s.precision_dtype or (s.quant_storage if _is_float(s.quant_storage) else None) or (
                 s.model_dtype if s.model_dtype not in (None, "auto", "float32") else "bfloat16")
             found.append(
@@ -102,6 +103,13 @@ def _is_float(dtype_name: Optional[str]) -> bool:
 
     dtype = to_dtype(dtype_name)
     return isinstance(dtype, torch.dtype) and dtype.is_floating_point
+
+
+def _same_dtype(a: Optional[str], b: Optional[str]) -> bool:
+    """``bf16`` and ``bfloat16`` name one dtype."""
+    from lit_lora.adapters.base import to_dtype
+
+    return to_dtype(a) == to_dtype(b)
 
 
 def check(s: Setup) -> None:

@@ -3,11 +3,12 @@
 Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts, so a requeued job (same
 run directory, see ``preemption.pin_log_dir``) would keep only the steps after its checkpoint, and
 ``lit-lora compare`` would plot half a loss curve. ``ResumableCSVLogger`` keeps the file; when training
-starts, ``PreemptionCheckpoint`` calls ``keep_history_before(trainer.global_step)``, which drops the
-rows the resumed run will log again (all of them for a fresh start, as Lightning does)::
+starts, ``PreemptionCheckpoint`` (always present in ``lit-lora fit``; the logger is meant to be used
+with it) calls ``keep_history_before(trainer.global_step)``, which drops the rows the resumed run will
+log again (all of them for a fresh start, as Lightning does)::
 
     logger = ResumableCSVLogger(save_dir="runs/demo/1234", name="", version="")
-    logger.keep_history_before(500)   # rows of steps < 500 stay (and validation rows of step 500)
+    logger.keep_history_before(500)   # the rows of the first 500 optimizer steps stay
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class ResumableCSVLogger(CSVLogger):
 
     @rank_zero_only
     def keep_history_before(self, step: int) -> int:
-        """Drop rows logged at ``step`` or later (validation rows of ``step`` itself stay); returns rows kept."""
+        """Drop rows logged at ``step`` or later (after the checkpoint); returns the number of rows kept."""
         path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
         if not os.path.isfile(path):
             return 0
@@ -66,10 +67,6 @@ class ResumableCSVLogger(CSVLogger):
 
 def _before(row: dict, step: int) -> bool:
     """Whether a ``metrics.csv`` row belongs to the history before a resume at ``step``."""
-    logged_at = int(float(row.get("step") or 0))
-    if step == 0:
-        return False
-    if logged_at < step:
-        return True
-    # validation at the resume step ran before the checkpoint; training rows at it are the next step's
-    return logged_at == step and not any(k.startswith("train") and row[k] not in ("", None) for k in row)
+    # Lightning logs step k's training row and the validation after it under k - 1, so a checkpoint
+    # after ``step`` optimizer steps covers exactly the rows logged under 0 … step - 1
+    return int(float(row.get("step") or 0)) < step

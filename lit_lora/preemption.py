@@ -71,8 +71,6 @@ class PreemptionCheckpoint(Callback):
             make_saves_atomic(trainer.strategy)
         if stage != "fit":
             return
-        if trainer.is_global_zero:
-            remove_partial_checkpoints(trainer.default_root_dir)
         check_requeued_resume(trainer.ckpt_path, trainer.default_root_dir)
         environment = trainer._accelerator_connector.cluster_environment
         if self.enabled and isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
@@ -80,6 +78,14 @@ class PreemptionCheckpoint(Callback):
             # save-inside-the-handler for this signal (it skips signals that already have a handler).
             self.signum = environment.requeue_signal or signal.SIGUSR1
             signal.signal(self.signum, self._on_signal)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Delete what killed saves left behind: in the run directory and every checkpoint directory."""
+        if trainer.is_global_zero:
+            dirs = {trainer.default_root_dir, *(c.dirpath for c in trainer.checkpoint_callbacks if c.dirpath)}
+            for directory in dirs:
+                remove_partial_checkpoints(directory)
+        trainer.strategy.barrier("lit_lora_partials_removed")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Continue a kept ``metrics.csv`` from the step training resumes at (nothing kept on a fresh start)."""

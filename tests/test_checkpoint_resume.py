@@ -143,3 +143,29 @@ def test_preemption_callback_makes_every_strategys_saves_atomic():
     ddp = DDPStrategy()
     make_saves_atomic(ddp)
     assert isinstance(ddp.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_an_interrupted_replacement_gets_the_older_copy_back(tmp_path, monkeypatch):
+    import os
+
+    from lit_lora import checkpoint_io
+    from lit_lora.checkpoint_io import AtomicDirectorySave, remove_partial_checkpoints
+
+    save = AtomicDirectorySave(write_shards, OneProcess())
+    save({"step": 1}, tmp_path / "last.ckpt")
+    renames, real_replace = [], os.replace
+
+    def killed_after_first_rename(src, dst):
+        if renames:
+            raise KeyboardInterrupt
+        renames.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_io.os, "replace", killed_after_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save({"step": 2}, tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    assert not (tmp_path / "last.ckpt").exists()
+    remove_partial_checkpoints(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert (tmp_path / "last.ckpt" / "checkpoint" / "zero_pp_rank_0_model_states.pt").read_text() == "1"

@@ -34,6 +34,19 @@ def test_qlora_under_fsdp_needs_one_dtype_per_flat_parameter():
     check(Setup(**fsdp, quant_storage="bfloat16", model_dtype="bfloat16"))
 
 
+def test_8bit_qlora_is_refused_under_fsdp_only_and_deepspeed_needs_cuda():
+    assert "8-bit QLoRA" in problems(Setup(method="qlora", bits=8, strategy="fsdp", **GPU))[0]
+    assert problems(Setup(method="qlora", bits=8, strategy="deepspeed", zero_stage=3, precision="bf16-mixed",
+                          **GPU)) == []  # tests/test_zero_cpu.py: trains under a real ZeRO-3 engine
+    assert "needs CUDA" in problems(Setup(method="lora", strategy="deepspeed", zero_stage=2, accelerator="cpu"))[0]
+    assert problems(Setup(method="qlora", bits=8, strategy="ddp", accelerator="cpu")) == []
+
+
+def test_dtype_aliases_name_the_same_dtype():
+    check(Setup(method="qlora", bits=4, quant_storage="bf16", model_dtype="bfloat16", strategy="fsdp",
+                precision="bf16-true", **GPU))
+
+
 def test_offload_refuses_bitsandbytes_optimizers():
     s = Setup(strategy="deepspeed", zero_stage=3, offload_optimizer=True, optimizer="paged_adamw_8bit", **GPU)
     assert "optim.name: adamw" in problems(s)[0]

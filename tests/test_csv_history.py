@@ -11,23 +11,24 @@ def rows(path):
 
 
 def first_job(run_dir):
-    """Steps 0-5 of training, validation after step 4 (logged at step 4), then preempted."""
+    """Six optimizer steps (logged under 0-5), validation after the fourth (logged under 3), then preempted."""
     logger = ResumableCSVLogger(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=1)
     for step in range(6):
         logger.log_metrics({"train_loss": 10.0 - step}, step=step)
-    logger.log_metrics({"val_loss": 7.5}, step=4)
+    logger.log_metrics({"val_loss": 7.5}, step=3)
+    logger.log_metrics({"val_loss": 5.5}, step=5)  # after the checkpoint: the resumed run validates again
     logger.save()
     return run_dir / "metrics.csv"
 
 
 def test_requeued_job_continues_metrics_csv_from_its_checkpoint_step(tmp_path):
     path = first_job(tmp_path)
-    assert len(rows(path)) == 7
+    assert len(rows(path)) == 8
 
     resumed = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", flush_logs_every_n_steps=1)
     resumed.log_hyperparams({"lr": 0.1})  # what Lightning does first: the writer must not delete the file
-    assert len(rows(path)) == 7
-    assert resumed.keep_history_before(4) == 5  # train steps 0-3 and the validation logged at step 4
+    assert len(rows(path)) == 8
+    assert resumed.keep_history_before(4) == 5  # the checkpoint after 4 steps: rows logged under 0-3
     for step in (4, 5, 6):
         resumed.log_metrics({"train_loss": 6.0 - step, "lr-AdamW": 0.1}, step=step)  # a new column too
     resumed.save()

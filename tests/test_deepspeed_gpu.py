@@ -110,9 +110,7 @@ def reference_adapter(model_dir: str, out: Path) -> dict[str, torch.Tensor]:
 
 
 def train_losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train_loss")]
-    return [float(r["train_loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+    return [loss for _, loss in sorted(losses_by_step(run_dir).items())]
 
 
 @pytest.mark.gpu

@@ -156,9 +156,13 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(setup):
                                                text=True).stdout:
         assert time.time() < deadline, f"job was not requeued:\n{log.read_text()[-3000:]}"
         time.sleep(0.5)
-    # release the held job only once the first instance has left the nodes (else: "credential revoked")
+    requeued_at = time.time()
+    # release the held job only once the first instance has left the nodes, and not within the second
+    # of the requeue: slurmd refuses a credential issued in the same second as a revocation
+    # ("Job credential revoked"), which is why SLURM itself holds a requeued job for a while
     while job_state(job) != "PENDING" or "comp" in subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True,
-                                                                   text=True).stdout:
+                                                                   text=True).stdout \
+            or time.time() < requeued_at + 2:
         assert time.time() < deadline + 120, f"requeued job never became pending:\n{log.read_text()[-3000:]}"
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)

@@ -114,12 +114,12 @@ def test_accepted_combination_trains_and_saves_a_complete_adapter(case, run_zero
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refused_combination_really_fails_under_deepspeed(case, run_zero, tmp_path):
     spec, failure = REFUSED[case]
-    with pytest.raises(IncompatibleConfig, match=f"quant_storage: {'bfloat16'}"):
+    with pytest.raises(IncompatibleConfig, match="quant_storage: bfloat16"):
         check(setup_of(spec))
     result = run_zero(spec, tmp_path)
     if failure == "crash":
         assert result.returncode != 0
-        assert "RuntimeError" in result.stderr
+        assert "is invalid for input of size" in result.stderr  # the cast packed weights no longer reshape
     else:  # trains, silently, on a model whose 4-bit weights were rewritten
         assert result.returncode == 0, result.stderr[-5000:]
         facts = json.loads((tmp_path / "result.json").read_text())
@@ -149,5 +149,6 @@ def test_checkpoint_and_resume_in_a_fresh_engine_equals_an_uninterrupted_run(cas
 def test_generation_under_zero3_finishes_when_ranks_stop_at_different_steps(run_zero, tmp_path):
     result = run_zero({**ACCEPTED["zero3-lora"], "generate": True}, tmp_path)
     assert result.returncode == 0, result.stderr[-5000:]
-    lengths = json.loads((tmp_path / "result.json").read_text())["generated_lengths"]
-    assert len(lengths) == 2 and all(n > 0 for rank in lengths for n in rank)
+    per_rank = json.loads((tmp_path / "result.json").read_text())["generated_lengths"]  # [(limit, hit it)] a rank
+    assert per_rank[0][0][0] < per_rank[1][0][0]
+    assert any(hit for _, hit in per_rank[1])  # rank 1 kept generating after rank 0 had stopped

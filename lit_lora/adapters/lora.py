@@ -103,7 +103,8 @@ class QLoRA(LoRA):
         quant_type: 4-bit data type, ``nf4`` or ``fp4``.
         double_quant: Quantize the quantization constants too (saves ~0.4 bit per weight).
         compute_dtype: Dtype the 4-bit layers compute in (``bfloat16``, ``float16``, ``float32``).
-        quant_storage: Storage dtype of packed 4-bit weights; must equal the model dtype under FSDP / ZeRO-3.
+        quant_storage: Storage dtype of packed 4-bit weights (default uint8). Under FSDP it must equal the model
+            dtype; under 16-bit DeepSpeed / FSDP a floating-point one must be the precision's (see compatibility).
         gradient_checkpointing: Passed to peft's ``prepare_model_for_kbit_training``.
     """
 

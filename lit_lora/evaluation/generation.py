@@ -95,7 +95,7 @@ def generate_texts(model, tokenizer, prompts: list[str], settings: GenerationSet
             torch.manual_seed(settings.seed)
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                  generation_config=settings.generation_config(tokenizer),
-                                 synced_gpus=needs_synced_steps(model))
+                                 synced_gpus=True if needs_synced_steps(model) else None)  # None: transformers decides (FSDP)
     finally:
         model.train(was_training)
     new_tokens = out if encoder_decoder else out[:, input_ids.shape[1]:]  # (batch, new_len)

@@ -122,7 +122,7 @@ def main(spec: dict) -> None:
         tokenizer = load_tokenizer(spec["model"])
         answers = generate_texts(module.model, tokenizer, ["def add(a, b):", "Hello"], settings)
         lengths = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(lengths, [len(tokenizer(a.text)["input_ids"]) for a in answers])
+        torch.distributed.all_gather_object(lengths, [(settings.max_new_tokens, a.hit_limit) for a in answers])
     module.save_pretrained(spec["out"])  # every rank: gathers under ZeRO-3, then rank 0 writes
     if rank == 0:
         module.model.save_pretrained(Path(spec["out"]) / "ungathered")  # the control: rank 0's shards as they are
