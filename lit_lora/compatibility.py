@@ -29,6 +29,8 @@ from typing import Any, Optional
 
 import torch
 
+from lit_lora.adapters.base import to_dtype
+
 
 class IncompatibleConfig(ValueError):
     """A method / strategy / quantisation combination that cannot train, with the fix in the message."""
@@ -99,16 +101,12 @@ def problems(s: Setup) -> list[str]:
 
 
 def _is_float(dtype_name: Optional[str]) -> bool:
-    from lit_lora.adapters.base import to_dtype
-
     dtype = to_dtype(dtype_name)
     return isinstance(dtype, torch.dtype) and dtype.is_floating_point
 
 
 def _same_dtype(a: Optional[str], b: Optional[str]) -> bool:
     """``bf16`` and ``bfloat16`` name one dtype."""
-    from lit_lora.adapters.base import to_dtype
-
     return to_dtype(a) == to_dtype(b)
 
 

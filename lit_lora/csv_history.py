@@ -55,6 +55,8 @@ class ResumableCSVLogger(CSVLogger):
             reader = csv.DictReader(f)
             fieldnames, rows = reader.fieldnames or [], list(reader)
         kept = [r for r in rows if _before(r, step)]
+        if len(kept) == len(rows):
+            return len(kept)
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
