@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 
 from lit_lora.adapters.base import to_dtype
 
@@ -183,7 +184,7 @@ def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
         offload_optimizer=offload,
         optimizer=_get(optim, "name", "adamw") or "adamw",
         accelerator=str(_get(trainer, "accelerator", "auto") or "auto"),
-        cuda_available=torch.cuda.is_available() if cuda_available is None else cuda_available,
+        cuda_available=CUDAAccelerator.is_available() if cuda_available is None else cuda_available,
         precision=None if _get(trainer, "precision") is None else str(_get(trainer, "precision")),
     )
 

@@ -1,10 +1,15 @@
 """An interrupted run resumed from its mid-epoch checkpoint equals the same run left uninterrupted.
 
 Both runs parse ``configs/demo.yaml`` through the CLI (tiny Llama, LoRA, dropout 0, cosine schedule
-over ``max_steps``). 20 training rows at batch size 4 make 5 batches an epoch, so the checkpoint at
-step 4 sits in the middle of epoch 0 and the resumed steps 5-8 cross into epoch 1 (a new sampler
-epoch). The interrupted run keeps the same ``max_steps`` (the schedule depends on it) and is killed
-between steps 4 and 5, after the step-4 checkpoint is written; the resumed run passes ``ckpt_path``.
+over ``max_steps``). 20 training rows at batch size 4 make 5 batches an epoch. Two interruptions:
+
+* after step 4, in the middle of epoch 0: the resumed steps 5-8 finish epoch 0 and cross into
+  epoch 1 (a new sampler epoch);
+* after step 5, the last batch of epoch 0: the checkpoint records a finished epoch, and the resumed
+  run must start epoch 1 at its first batch (not skip into it by the 5 batches of epoch 0).
+
+The interrupted run keeps the same ``max_steps`` (the schedule depends on it) and is killed right
+after the checkpoint is written; the resumed run passes ``ckpt_path``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from safetensors.torch import load_file
 from lit_lora.cli import LitLoraCLI
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_STEPS, STOP_AT, EVERY = 8, 4, 4
+MAX_STEPS = 8
+BATCHES_PER_EPOCH = 5
 LOSS_RTOL = 1e-5      # per-step training loss, relative
 WEIGHT_ATOL = 1e-6    # final LoRA weights, absolute (float32 on CPU: the same ops in the same order)
 
@@ -40,20 +46,21 @@ class KillBeforeStep(Callback):
             raise Killed(f"killed after step {self.step}")
 
 
-def cli(model_dir: str, root: Path, *extra: str) -> LitLoraCLI:
-    """The ``lit-lora fit`` CLI of the demo config on a tiny model, built but not run."""
+def cli(model_dir: str, root: Path, every: int, *extra: str) -> LitLoraCLI:
+    """The ``lit-lora fit`` CLI of the demo config on a tiny model, built but not run; it validates and
+    checkpoints every ``every`` steps."""
     args = [
         "--config", str(REPO / "configs/demo.yaml"),
         "--model.init_args.model_name_or_path", model_dir,
         "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
         "--data.init_args.batch_size", "4", "--data.init_args.max_length", "256",
         "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
-        "--trainer.val_check_interval", str(EVERY), "--trainer.limit_val_batches", "1",
+        "--trainer.val_check_interval", str(every), "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root),
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
         "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
-        "--checkpoint.every_n_train_steps", str(EVERY), "--checkpoint.save_top_k", "-1",
+        "--checkpoint.every_n_train_steps", str(every), "--checkpoint.save_top_k", "-1",
         "--baseline.enabled", "false",
         *extra,
     ]
@@ -70,38 +77,39 @@ def adapter_weights(log_dir: str) -> dict[str, torch.Tensor]:
     return load_file(Path(log_dir) / "adapter" / "adapter_model.safetensors")
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_model, tmp_path):
+@pytest.mark.parametrize("stop_at", [4, BATCHES_PER_EPOCH], ids=["mid-epoch", "end-of-epoch"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, tiny_model, tmp_path):
     model_dir = tiny_model("llama")
 
-    full = cli(model_dir, tmp_path / "full")
+    full = cli(model_dir, tmp_path / "full", stop_at)
     full.trainer.fit(full.model, datamodule=full.datamodule)
-    assert len(full.datamodule.datasets["train"]) == 20  # 5 batches an epoch: step 4 is mid-epoch
+    assert len(full.datamodule.datasets["train"]) == 4 * BATCHES_PER_EPOCH
     assert full.trainer.global_step == MAX_STEPS
     reference = train_losses(full.trainer.log_dir)
     assert sorted(reference) == list(range(1, MAX_STEPS + 1))
 
-    first = cli(model_dir, tmp_path / "interrupted")
-    first.trainer.callbacks.append(KillBeforeStep(STOP_AT))
+    first = cli(model_dir, tmp_path / "interrupted", stop_at)
+    first.trainer.callbacks.append(KillBeforeStep(stop_at))
     with pytest.raises(Killed):
         first.trainer.fit(first.model, datamodule=first.datamodule)
-    assert first.trainer.global_step == STOP_AT
-    ckpt = tmp_path / "interrupted" / "checkpoints" / f"step={STOP_AT}.ckpt"
+    assert first.trainer.global_step == stop_at
+    ckpt = tmp_path / "interrupted" / "checkpoints" / f"step={stop_at}.ckpt"
     assert ckpt.is_file()
     before = train_losses(first.trainer.log_dir)
-    assert sorted(before) == list(range(1, STOP_AT + 1))
+    assert sorted(before) == list(range(1, stop_at + 1))
     state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
-    assert (state["epoch"], state["batches"]) == (0, STOP_AT)  # mid-epoch position of the train loader
+    assert (state["epoch"], state["batches"]) == (0, stop_at)  # position of the train loader in epoch 0
 
-    resumed = cli(model_dir, tmp_path / "resumed")
+    resumed = cli(model_dir, tmp_path / "resumed", stop_at)
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
     assert resumed.trainer.global_step == MAX_STEPS
     assert resumed.trainer.current_epoch == full.trainer.current_epoch
     after = train_losses(resumed.trainer.log_dir)
-    assert sorted(after) == list(range(STOP_AT + 1, MAX_STEPS + 1))  # every step after the resume, once
+    assert sorted(after) == list(range(stop_at + 1, MAX_STEPS + 1))  # every step after the resume, once
 
     # Step by step: a repeated or skipped batch shifts the sequence and changes the losses.
     for step in range(1, MAX_STEPS + 1):
-        got = before[step] if step <= STOP_AT else after[step]
+        got = before[step] if step <= stop_at else after[step]
         assert got == pytest.approx(reference[step], rel=LOSS_RTOL), (step, got, reference[step])
     assert len(set(round(v, 6) for v in reference.values())) == MAX_STEPS  # losses tell the batches apart
 
@@ -109,6 +117,6 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_model, tmp
     assert set(got) == set(expected) and len(expected) > 0
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=WEIGHT_ATOL, msg=name)
-    at_interrupt = load_file(tmp_path / "interrupted" / "checkpoints" / f"step={STOP_AT}-adapter"
+    at_interrupt = load_file(tmp_path / "interrupted" / "checkpoints" / f"step={stop_at}-adapter"
                              / "adapter_model.safetensors")
     assert any(not torch.equal(at_interrupt[n], t) for n, t in expected.items())  # steps 5-8 did train

@@ -29,6 +29,7 @@ class ResumableSampler(DistributedSampler):
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.skip = 0
+        self.skip_epoch: Optional[int] = None  # the epoch ``skip`` was counted in
 
     order = "random"  # saved in the loader state: a resume must draw the same kind of order
 
@@ -36,9 +37,16 @@ class ResumableSampler(DistributedSampler):
         """This rank's indices for ``self.epoch`` (a seeded permutation, sharded as ``DistributedSampler`` does)."""
         return list(super().__iter__())
 
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Start the next iteration ``samples`` into ``epoch``. If Lightning moves on to the next epoch
+        instead (the checkpoint was written after the epoch's last batch), that epoch starts at its beginning."""
+        self.set_epoch(epoch)
+        self.skip, self.skip_epoch = samples, epoch
+
     def __iter__(self) -> Iterator[int]:
         indices = self.epoch_indices()
-        skip, self.skip = self.skip, 0  # only the first iteration after a restore is shortened
+        skip = self.skip if self.epoch == self.skip_epoch else 0
+        self.skip, self.skip_epoch = 0, None  # only the first iteration after a restore is shortened
         return iter(indices[skip:])
 
 
@@ -85,8 +93,7 @@ class ResumableDataLoader(DataLoader):
         if state.get("order", self.sampler.order) != self.sampler.order:
             raise RuntimeError(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
                                "one: a mid-epoch resume needs the same data.group_by_length")
-        self.sampler.set_epoch(int(state["epoch"]))
-        self.sampler.skip = int(state["batches"]) * self.batch_size
+        self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.batch_size)
 
 
 def train_loader(dataset: Dataset, batch_size: int, seed: int, trainer: Optional[Any] = None,

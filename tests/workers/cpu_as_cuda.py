@@ -1,0 +1,71 @@
+"""``lit-lora`` with Lightning's CUDA-only strategies running on CPU processes (tests only).
+
+Lightning's ``DeepSpeedStrategy`` (and ``FSDPStrategy``) refuse any accelerator but CUDA, while
+DeepSpeed (its CPU accelerator, gloo) and torch's FSDP run on a CPU. This entry point registers
+``CPUAsCUDAAccelerator`` as Lightning's ``cuda`` accelerator: a ``CUDAAccelerator`` whose devices are
+CPU processes. Everything else is the real code path of a GPU run: lit-lora's CLI and checks, the
+strategy fragment from ``configs/strategies/``, Lightning's strategy and launcher, DeepSpeed's engine,
+checkpointing and the adapter save. What it cannot show is what only CUDA does (kernels, NCCL, memory).
+
+Arguments are ``lit-lora``'s::
+
+    DS_ACCELERATOR=cpu python tests/workers/cpu_as_cuda.py fit --config configs/demo.yaml \\
+        --config configs/strategies/deepspeed_zero3.yaml --trainer.devices 2 ...
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Union
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed picks its accelerator at import
+
+import torch  # noqa: E402
+from lightning.pytorch.accelerators import AcceleratorRegistry, CUDAAccelerator  # noqa: E402
+
+
+class CPUAsCUDAAccelerator(CUDAAccelerator):
+    """Lightning's CUDA accelerator with CPU devices: ``cpu:<local rank>`` instead of ``cuda:<local rank>``."""
+
+    def setup_device(self, device: torch.device) -> None:
+        pass  # nothing to select: every rank is a CPU process
+
+    def setup(self, trainer) -> None:
+        pass  # no CUDA_VISIBLE_DEVICES to log, no CUDA cache to clear
+
+    def teardown(self) -> None:
+        pass
+
+    def get_device_stats(self, device) -> dict:
+        return {}
+
+    @staticmethod
+    def parse_devices(devices: Union[int, str, list[int]]) -> list[int]:
+        return list(devices) if isinstance(devices, (list, tuple)) else list(range(int(devices)))
+
+    @staticmethod
+    def get_parallel_devices(devices: list[int]) -> list[torch.device]:
+        # an index keeps code that reads ``root_device.index`` (DeepSpeed's device_rank) working
+        return [torch.device("cpu", i) for i in devices]
+
+    @staticmethod
+    def auto_device_count() -> int:
+        return 1
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+
+def present_cpu_as_cuda() -> None:
+    """``accelerator: gpu`` now selects ``CPUAsCUDAAccelerator`` (Lightning and lit-lora ask the same class)."""
+    AcceleratorRegistry.register("cuda", CPUAsCUDAAccelerator, description="CPU processes as CUDA", override=True)
+    CUDAAccelerator.is_available = staticmethod(lambda: True)
+
+
+if __name__ == "__main__":
+    present_cpu_as_cuda()
+    from lit_lora.cli import main
+
+    main(sys.argv[1:])
