@@ -27,6 +27,13 @@ def tiny_model(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def torch_extensions_dir(tmp_path_factory) -> str:
+    """A private ``TORCH_EXTENSIONS_DIR``: DeepSpeed JIT-builds a small CPU op once per test session here,
+    and a fresh directory never meets a stale build lock left by a killed process."""
+    return str(tmp_path_factory.mktemp("torch_extensions"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip ``gpu`` tests where no CUDA device is present (the only hardware-based skip)."""
     import torch

@@ -84,18 +84,24 @@ def fit_args(case: str, model_dir: str, root: Path, device: str = "cuda") -> lis
     ]
 
 
-def lit_lora(*args: str, cwd: Path, device: str = "cuda") -> subprocess.CompletedProcess:
-    """``lit-lora <args>`` in a fresh process; on ``cpu`` through ``tests/workers/cpu_as_cuda.py``."""
-    if device == "cuda":
-        command, env = [sys.executable, "-m", "lit_lora.cli"], os.environ
-    else:
-        command = [sys.executable, str(CPU_AS_CUDA)]
-        env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-               # DeepSpeed JIT-builds a small CPU op; a private build dir never meets a stale lock
-               "TORCH_EXTENSIONS_DIR": str(cwd / "torch_extensions")}
-    result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"lit-lora {' '.join(args[:1])} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
+@pytest.fixture
+def lit_lora(torch_extensions_dir):
+    """``lit_lora(*args, cwd=…, device=…)``: ``lit-lora <args>`` in a fresh process; on ``cpu`` through
+    ``tests/workers/cpu_as_cuda.py``."""
+
+    def run(*args: str, cwd: Path, device: str) -> subprocess.CompletedProcess:
+        if device == "cuda":
+            command, env = [sys.executable, "-m", "lit_lora.cli"], os.environ
+        else:
+            command = [sys.executable, str(CPU_AS_CUDA)]
+            env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+                   "TORCH_EXTENSIONS_DIR": torch_extensions_dir}
+        result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, \
+            f"lit-lora {' '.join(args[:1])} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        return result
+
+    return run
 
 
 @pytest.mark.parametrize("device", sorted(DEVICES))
@@ -140,7 +146,7 @@ def train_losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.parametrize("device", ON)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_deepspeed_fit_saves_a_complete_adapter(case, device, tiny_model, tmp_path):
+def test_deepspeed_fit_saves_a_complete_adapter(case, device, tiny_model, lit_lora, tmp_path):
     from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
@@ -186,7 +192,7 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
 
 @pytest.mark.parametrize("device", ON)
 @pytest.mark.parametrize("case", ["zero2-qlora", "zero3-lora"])
-def test_deepspeed_checkpoint_resumes_to_the_losses_of_the_whole_run(case, device, tiny_model, tmp_path):
+def test_deepspeed_checkpoint_resumes_to_the_losses_of_the_whole_run(case, device, tiny_model, lit_lora, tmp_path):
     """A run resumed (``--ckpt_path``) from its step-2 DeepSpeed checkpoint repeats steps 3-4 exactly.
 
     The checkpoint holds no frozen weights (``exclude_frozen_parameters``) and DeepSpeed hands Lightning

@@ -1,8 +1,8 @@
 """Real DeepSpeed ZeRO-2 / ZeRO-3 engines on CPU (2 ranks, gloo) around lit-lora's model code.
 
-Lightning's DeepSpeedStrategy only runs on CUDA (``tests/test_deepspeed_gpu.py`` covers it there);
-DeepSpeed itself runs on a CPU. ``tests/workers/zero_cpu.py`` does what the strategy does with a
-lit-lora module, and these tests check, on any machine:
+``tests/test_deepspeed_strategy.py`` runs ``lit-lora fit`` with Lightning's DeepSpeedStrategy end to
+end; here ``tests/workers/zero_cpu.py`` drives the engine directly, as the strategy does, so that the
+tests can look inside it and compare with runs DeepSpeed never saw. They check, on any machine:
 
 * the model is built whole inside ``deepspeed.zero.Init`` (``sharding.outside_zero3_init``) and
   partitioned by the engine;
@@ -53,11 +53,10 @@ def setup_of(spec: dict) -> Setup:
 
 
 @pytest.fixture(scope="module")
-def run_zero(tiny_model, tmp_path_factory):
+def run_zero(tiny_model, torch_extensions_dir):
     """``run_zero(spec, out)`` -> the finished ``torchrun`` process of 2 CPU ranks."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           # DeepSpeed JIT-builds a small CPU op; a private build dir never meets a stale lock
-           "TORCH_EXTENSIONS_DIR": str(tmp_path_factory.mktemp("torch_extensions"))}
+           "TORCH_EXTENSIONS_DIR": torch_extensions_dir}
     model = tiny_model("llama")
 
     def run(spec: dict, out: Path) -> subprocess.CompletedProcess:
