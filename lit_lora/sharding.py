@@ -121,7 +121,8 @@ def outside_zero3_init():
     parameter is partitioned at once (size 0 locally) and ``from_pretrained`` cannot load into it.
     DeepSpeed's own ``shutdown_init_context`` / ``restore_init_context`` lift the patching for the
     block; the ZeRO-3 engine partitions the finished model when it starts (after moving it to the
-    GPU whole: the base weights must fit on one GPU, the training state is what ZeRO-3 shards).
+    GPU whole). Bases that can be loaded into partitions are (``partitioned_loading``); what is built
+    here whole is the adapter, and a base that cannot (quantized, or a classifier with a head copy).
     """
     try:
         from deepspeed.runtime.zero import partition_parameters
@@ -136,3 +137,48 @@ def outside_zero3_init():
     finally:
         if active:
             partition_parameters.restore_init_context()
+
+
+def zero3_config(module) -> Optional[dict]:
+    """The DeepSpeed config of ``module``'s trainer when it runs ZeRO stage 3, else ``None``."""
+    trainer = getattr(module, "_trainer", None)
+    config = getattr(getattr(trainer, "strategy", None), "config", None)
+    if not isinstance(config, dict) or int(config.get("zero_optimization", {}).get("stage", 0)) != 3:
+        return None
+    return config
+
+
+@contextlib.contextmanager
+def partitioned_loading(config: dict):
+    """Load a Hugging Face model under ZeRO-3 straight into partitions: each rank keeps 1/N of it.
+
+    Yields an ``HfDeepSpeedConfig``, which makes ``from_pretrained`` load each weight into its partition
+    (``transformers.integrations.is_deepspeed_zero3_enabled``); keep it alive as long as the model is
+    used, generation and peft read it too. Inside Lightning's ``zero.Init`` the patching is redone
+    under transformers' ``prevent_arange_dtype_change``: zero.Init casts ``torch.arange`` to bf16 /
+    fp16 otherwise, and RoPE position tables built in bf16 are wrong past position 256.
+    """
+    from deepspeed.runtime.zero import partition_parameters
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+    hf_config = HfDeepSpeedConfig(config)
+    if partition_parameters.top_level_context is None:  # no zero.Init open: transformers opens its own
+        yield hf_config
+        return
+    partition_parameters.shutdown_init_context()
+    try:
+        with prevent_arange_dtype_change():
+            partition_parameters.restore_init_context()
+            try:
+                yield hf_config
+            finally:
+                partition_parameters.shutdown_init_context()
+    finally:
+        partition_parameters.restore_init_context()
+
+
+def partitioned_share(model: torch.nn.Module) -> tuple[int, int]:
+    """(elements this rank holds, elements in all) of the ZeRO-3 partitioned parameters of ``model``."""
+    parts = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    return sum(p.ds_tensor.numel() for p in parts), sum(p.ds_numel for p in parts)

@@ -16,7 +16,8 @@ on two kinds of device:
 Each checks that the loss is finite and goes down on a repeated batch, and that the adapter written
 at the end (``<run dir>/adapter/adapter_model.safetensors``) is complete: every LoRA tensor of an
 unsharded adapter of the same configuration is there, none is empty (an ungathered ZeRO-3 shard
-would be), the shapes match, and plain ``peft.PeftModel.from_pretrained`` loads it. A run resumed
+would be), the shapes match, and plain ``peft.PeftModel.from_pretrained`` loads it. Under ZeRO-3 each
+rank loads only its partition of a LoRA base and starts from ZeRO-2's first loss. A run resumed
 from its step-2 DeepSpeed checkpoint repeats the losses of the whole run.
 The argument lists themselves are checked by ``--print_config``.
 """
@@ -27,6 +28,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,24 +86,25 @@ def fit_args(case: str, model_dir: str, root: Path, device: str = "cuda") -> lis
     ]
 
 
+def run_lit_lora(*args: str, cwd: Path, device: str, torch_extensions_dir: str) -> subprocess.CompletedProcess:
+    """``lit-lora <args>`` in a fresh process; on ``cpu`` through ``tests/workers/cpu_as_cuda.py``."""
+    if device == "cuda":
+        command, env = [sys.executable, "-m", "lit_lora.cli"], os.environ
+    else:
+        command = [sys.executable, str(CPU_AS_CUDA)]
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+               "TORCH_EXTENSIONS_DIR": torch_extensions_dir}
+    result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, \
+        f"lit-lora {' '.join(args[:1])} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
 @pytest.fixture
 def lit_lora(torch_extensions_dir):
-    """``lit_lora(*args, cwd=…, device=…)``: ``lit-lora <args>`` in a fresh process; on ``cpu`` through
-    ``tests/workers/cpu_as_cuda.py``."""
-
-    def run(*args: str, cwd: Path, device: str) -> subprocess.CompletedProcess:
-        if device == "cuda":
-            command, env = [sys.executable, "-m", "lit_lora.cli"], os.environ
-        else:
-            command = [sys.executable, str(CPU_AS_CUDA)]
-            env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-                   "TORCH_EXTENSIONS_DIR": torch_extensions_dir}
-        result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, \
-            f"lit-lora {' '.join(args[:1])} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-        return result
-
-    return run
+    """``lit_lora(*args, cwd=…, device=…)``: ``run_lit_lora`` with this session's DeepSpeed op build dir."""
+    return lambda *args, cwd, device: run_lit_lora(*args, cwd=cwd, device=device,
+                                                   torch_extensions_dir=torch_extensions_dir)
 
 
 @pytest.mark.parametrize("device", sorted(DEVICES))
@@ -144,17 +147,30 @@ def train_losses(run_dir: Path) -> list[float]:
     return [loss for _, loss in sorted(losses_by_step(run_dir).items())]
 
 
+@pytest.fixture(scope="module")
+def fitted(tiny_model, torch_extensions_dir, tmp_path_factory):
+    """``fitted(case, device)`` -> (run dir, stderr) of a finished ``lit-lora fit``, each run once per module."""
+    runs: dict = {}
+
+    def get(case: str, device: str) -> tuple[Path, str]:
+        if (case, device) not in runs:
+            cwd = tmp_path_factory.mktemp(f"{case}-{device}")
+            result = run_lit_lora(*fit_args(case, tiny_model("llama"), cwd / "run", device), cwd=cwd, device=device,
+                                  torch_extensions_dir=torch_extensions_dir)
+            runs[case, device] = (next((cwd / "run").rglob("metrics.csv")).parent, result.stderr)
+        return runs[case, device]
+
+    return get
+
+
 @pytest.mark.parametrize("device", ON)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_deepspeed_fit_saves_a_complete_adapter(case, device, tiny_model, lit_lora, tmp_path):
+def test_deepspeed_fit_saves_a_complete_adapter(case, device, tiny_model, fitted, tmp_path):
     from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
     model_dir = tiny_model("llama")
-    root = tmp_path / "run"
-    lit_lora(*fit_args(case, model_dir, root, device), cwd=tmp_path, device=device)
-
-    run_dir = next(root.rglob("metrics.csv")).parent
+    run_dir, _ = fitted(case, device)
     losses = train_losses(run_dir)
     assert len(losses) == STEPS and all(math.isfinite(v) for v in losses), losses
     assert losses[-1] < losses[0], losses  # the same rows every step: training must lower the loss
@@ -176,6 +192,29 @@ def test_deepspeed_fit_saves_a_complete_adapter(case, device, tiny_model, lit_lo
     loaded = get_peft_model_state_dict(model)
     for name, tensor in saved.items():
         torch.testing.assert_close(loaded[name].float(), tensor.float(), msg=name)
+
+
+PARTITION_LINE = re.compile(r"ZeRO-3: rank (\d+) loaded ([\d,]+) of ([\d,]+) base weights")
+
+
+@pytest.mark.parametrize("device", ON)
+@pytest.mark.parametrize("case", ["zero3-lora", "zero3-qlora"])
+def test_zero3_loads_the_base_into_partitions_unless_quantized(case, device, fitted):
+    """Under ZeRO-3 each rank loads only its partition of the base (the 4-bit base is loaded whole:
+    bitsandbytes quantizes whole weights), and the partitioned model starts exactly where the whole
+    one does: the first loss equals ZeRO-2's, whose ranks hold the whole model."""
+    run_dir, stderr = fitted(case, device)
+    shares = {int(r): (int(held.replace(",", "")), int(total.replace(",", "")))
+              for r, held, total in PARTITION_LINE.findall(stderr)}
+    if "qlora" in case:
+        assert shares == {}, shares
+        return
+    ranks = DEVICES[device]
+    assert sorted(shares) == list(range(ranks)), stderr[-3000:]
+    for held, total in shares.values():
+        assert total > 0 and total / ranks <= held < total / ranks + 1000, (held, total)  # 1/N, plus padding
+    whole_run_dir, _ = fitted(case.replace("zero3", "zero2"), device)
+    assert train_losses(run_dir)[0] == pytest.approx(train_losses(whole_run_dir)[0], rel=1e-6)
 
 
 def validation_rows(run_dir: Path) -> list[dict[str, float]]:
@@ -212,3 +251,22 @@ def test_deepspeed_checkpoint_resumes_to_the_losses_of_the_whole_run(case, devic
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(whole[step], rel=1e-3), (step, resumed, whole)
+
+
+def test_zero3_trains_a_sequence_classifier_from_a_whole_loaded_base(tiny_model, lit_lora, tmp_path):
+    """configs/nli_roberta_lora.yaml under ZeRO-3 on 2 CPU ranks: the classifier's base is loaded whole
+    (``loads_zero3_partitions = False``: a partitioned head copy would be 16-bit beside float32 LoRA
+    weights, which ZeRO-3 refuses), partitioned by the engine, and trains and validates."""
+    lit_lora("fit", "--config", str(REPO / "configs/nli_roberta_lora.yaml"),
+             "--config", str(REPO / "configs/strategies/deepspeed_zero3.yaml"),
+             "--model.init_args.model_name_or_path", tiny_model("roberta"), "--data.init_args.batch_size", "4",
+             "--trainer.devices", "2", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+             "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+             cwd=tmp_path, device="cpu")
+    run_dir = next((tmp_path / "run").rglob("metrics.csv")).parent
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r.get("train_loss")] == [0, 1]
+    assert any(r.get("val_matched/accuracy") for r in rows)
+    assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size > 0

@@ -4,8 +4,8 @@
 end; here ``tests/workers/zero_cpu.py`` drives the engine directly, as the strategy does, so that the
 tests can look inside it and compare with runs DeepSpeed never saw. They check, on any machine:
 
-* the model is built whole inside ``deepspeed.zero.Init`` (``sharding.outside_zero3_init``) and
-  partitioned by the engine;
+* a model built whole inside ``deepspeed.zero.Init`` (``sharding.outside_zero3_init``: the path of a
+  quantized base) is partitioned by the engine;
 * the adapter ``save_pretrained`` writes under ZeRO-3 is complete (every tensor of an unsharded
   adapter, none empty, loadable by peft), where rank 0's shards saved as they are would be empty;
 * the compatibility rules for QLoRA under DeepSpeed (``lit_lora.compatibility``) match what the engine

@@ -21,7 +21,7 @@ from jsonargparse import lazy_instance
 from lit_lora.adapters import Adapter, LoRA, parameter_report
 from lit_lora.adapters.base import format_parameter_report, to_dtype
 from lit_lora.models.quantizable import plain_linear_layers
-from lit_lora.sharding import outside_zero3_init
+from lit_lora.sharding import outside_zero3_init, partitioned_share, partitioned_loading, zero3_config
 from lit_lora.optim import OptimizerSettings, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class FineTuneModule(L.LightningModule):
 
     task_type: ClassVar[str] = "CAUSAL_LM"
     auto_model_class: ClassVar[Any] = None
+    loads_zero3_partitions: ClassVar[bool] = True  # see configure_model
 
     def __init__(
         self,
@@ -110,13 +111,27 @@ class FineTuneModule(L.LightningModule):
             return self.auto_model_class.from_pretrained(self.model_name_or_path, **kwargs)
 
     def configure_model(self) -> None:
+        """Build base model + adapter. Under ZeRO-3 (Lightning calls this inside ``deepspeed.zero.Init``)
+        the base is loaded straight into partitions, each rank keeping 1/N of it (``sharding.partitioned_loading``);
+        a quantized base (bitsandbytes quantizes whole weights) or a class with ``loads_zero3_partitions``
+        False is loaded whole and partitioned by the engine. The adapter is always added outside ``zero.Init``: peft initialises its new weights in
+        place (LoRA's B to zero), which a partitioned parameter would ignore."""
         if self.model is not None:
             return
+        zero3 = zero3_config(self)
+        sharded = zero3 is not None and self.loads_zero3_partitions and self.adapter.quantization_config() is None
+        if sharded:
+            with partitioned_loading(zero3) as hf_deepspeed_config:
+                base = self.load_base_model()
+            self._hf_deepspeed_config = hf_deepspeed_config  # transformers and peft look for it while the model lives
         with outside_zero3_init():
-            self._build_model()
+            self._build_model(base if sharded else self.load_base_model())
+        if sharded:
+            held, total = partitioned_share(self.model)
+            log.info("[lit-lora] ZeRO-3: rank %d loaded %s of %s base weights (its partition)",
+                     self.global_rank, f"{held:,}", f"{total:,}")
 
-    def _build_model(self) -> None:
-        model = self.load_base_model()
+    def _build_model(self, model: torch.nn.Module) -> None:
         if self.tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         if self.gradient_checkpointing:

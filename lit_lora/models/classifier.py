@@ -81,6 +81,9 @@ class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
 
     task_type: ClassVar[str] = "SEQ_CLS"
     auto_model_class: ClassVar[Any] = AutoModelForSequenceClassification
+    # Under ZeRO-3 the base is loaded whole: peft copies a partitioned head in the 16-bit dtype while
+    # LoRA weights stay float32, and ZeRO-3 refuses trainable parameters of mixed dtypes.
+    loads_zero3_partitions: ClassVar[bool] = False
 
     def __init__(self, *args, label_names: Optional[list[str]] = None, **kwargs):
         super().__init__(*args, **kwargs)
