@@ -1,7 +1,8 @@
 """``lit-lora`` with Lightning's CUDA-only strategies running on CPU processes (tests only).
 
-Lightning's ``DeepSpeedStrategy`` (and ``FSDPStrategy``) refuse any accelerator but CUDA, while
-DeepSpeed (its CPU accelerator, gloo) and torch's FSDP run on a CPU. This entry point registers
+Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA, while DeepSpeed itself runs on
+a CPU (its CPU accelerator, gloo). (torch's FSDP does not: it refuses to start without a non-CPU
+accelerator, so ``FSDPStrategy`` cannot be run this way.) This entry point registers
 ``CPUAsCUDAAccelerator`` as Lightning's ``cuda`` accelerator: a ``CUDAAccelerator`` whose devices are
 CPU processes. Everything else is the real code path of a GPU run: lit-lora's CLI and checks, the
 strategy fragment from ``configs/strategies/``, Lightning's strategy and launcher, DeepSpeed's engine,
