@@ -141,11 +141,12 @@ def outside_zero3_init():
 
 def zero3_config(module) -> Optional[dict]:
     """The DeepSpeed config of ``module``'s trainer when it runs ZeRO stage 3, else ``None``."""
-    trainer = getattr(module, "_trainer", None)
-    config = getattr(getattr(trainer, "strategy", None), "config", None)
-    if not isinstance(config, dict) or int(config.get("zero_optimization", {}).get("stage", 0)) != 3:
-        return None
-    return config
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = getattr(getattr(module, "_trainer", None), "strategy", None)
+    if isinstance(strategy, DeepSpeedStrategy) and isinstance(strategy.config, dict) and strategy.zero_stage_3:
+        return strategy.config
+    return None
 
 
 @contextlib.contextmanager

@@ -111,11 +111,15 @@ class FineTuneModule(L.LightningModule):
             return self.auto_model_class.from_pretrained(self.model_name_or_path, **kwargs)
 
     def configure_model(self) -> None:
-        """Build base model + adapter. Under ZeRO-3 (Lightning calls this inside ``deepspeed.zero.Init``)
-        the base is loaded straight into partitions, each rank keeping 1/N of it (``sharding.partitioned_loading``);
-        a quantized base (bitsandbytes quantizes whole weights) or a class with ``loads_zero3_partitions``
-        False is loaded whole and partitioned by the engine. The adapter is always added outside ``zero.Init``: peft initialises its new weights in
-        place (LoRA's B to zero), which a partitioned parameter would ignore."""
+        """Build base model + adapter.
+
+        Under ZeRO-3 (Lightning calls this inside ``deepspeed.zero.Init``) the base is loaded straight
+        into partitions, each rank keeping 1/N of it (``sharding.partitioned_loading``). A quantized base
+        (bitsandbytes quantizes whole weights), or any base of a class with ``loads_zero3_partitions``
+        False, is loaded whole and partitioned by the engine. The adapter is always added outside
+        ``zero.Init``: peft initialises its new weights in place (LoRA's B to zero), which a partitioned
+        parameter would ignore.
+        """
         if self.model is not None:
             return
         zero3 = zero3_config(self)
