@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from lit_lora.adapters import FullFineTuning, LoRA, QLoRA
+from lit_lora.adapters import FullFineTuning, LoRA, PrefixTuning, QLoRA
 from lit_lora.data import InstructionDataModule
 from lit_lora.models import CausalLMModule
 from lit_lora.optim import OptimizerSettings
@@ -34,11 +34,12 @@ def overfit(model_dir, adapter, steps=30, lr=1e-2, dtype="float32"):
     return before, mean_loss(module, data.train_dataloader()), module
 
 
-@pytest.mark.parametrize("adapter", [FullFineTuning(), LoRA(r=8, alpha=16, dropout=0.0),
-                                     QLoRA(r=8, alpha=16, dropout=0.0, compute_dtype="float32")],
-                         ids=["full", "lora", "qlora-nf4-double-quant"])
-def test_each_method_lowers_the_loss_on_llama(tiny_model, adapter):
-    before, after, module = overfit(tiny_model("llama"), adapter, lr=3e-3 if adapter.method == "full" else 1e-2)
+@pytest.mark.parametrize("adapter, lr", [(FullFineTuning(), 3e-3), (LoRA(r=8, alpha=16, dropout=0.0), 1e-2),
+                                         (QLoRA(r=8, alpha=16, dropout=0.0, compute_dtype="float32"), 1e-2),
+                                         (PrefixTuning(num_virtual_tokens=8), 3e-2)],
+                         ids=["full", "lora", "qlora-nf4-double-quant", "prefix-tuning"])
+def test_each_method_lowers_the_loss_on_llama(tiny_model, adapter, lr):
+    before, after, module = overfit(tiny_model("llama"), adapter, lr=lr)
     assert after < before - 1.0, (before, after)
     if adapter.method == "qlora":
         import bitsandbytes as bnb

@@ -50,8 +50,10 @@ METHODS = {
     "qlora": (lambda: QLoRA(r=8, alpha=16, dropout=0.0, compute_dtype="float32", gradient_checkpointing=False), 3e-3),
     "p_tuning": (lambda: PTuning(num_virtual_tokens=4, encoder_hidden_size=64), 1e-2),
     "prompt_tuning": (lambda: PromptTuning(num_virtual_tokens=4), 1e-2),
-    "prefix_tuning": (lambda: PrefixTuning(num_virtual_tokens=4), 1e-2),
 }
+# Prefix tuning is not here: peft 0.21 cannot inject prefixes into any sequence-classification model on
+# transformers >= 5.24 (it looks for a past_key_values argument); tests/test_prefix_tuning.py checks that
+# lit-lora refuses it before loading weights and trains it on the architectures that take prefixes.
 
 
 @pytest.mark.parametrize("arch, method", [("roberta", m) for m in METHODS] + [

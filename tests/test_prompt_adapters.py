@@ -1,7 +1,7 @@
 """Prompt adapters build the peft configs they claim and train only virtual tokens (+ the head)."""
 
 import pytest
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from lit_lora.adapters import PrefixTuning, PromptTuning, PTuning
 
@@ -10,7 +10,6 @@ from lit_lora.adapters import PrefixTuning, PromptTuning, PTuning
     (PTuning(num_virtual_tokens=5, reparameterization="MLP", encoder_hidden_size=16), "P_TUNING", "mlp_head"),
     (PTuning(num_virtual_tokens=5, reparameterization="LSTM", encoder_hidden_size=16), "P_TUNING", "lstm_head"),
     (PromptTuning(num_virtual_tokens=5), "PROMPT_TUNING", None),
-    (PrefixTuning(num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16), "PREFIX_TUNING", "transform"),
 ])
 def test_prompt_adapter_wraps_and_freezes_the_base(tiny_model, adapter, peft_type, encoder_part):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model("roberta"), num_labels=3)
@@ -23,6 +22,17 @@ def test_prompt_adapter_wraps_and_freezes_the_base(tiny_model, adapter, peft_typ
     assert any(n.startswith("prompt_encoder.") for n in trainable)
     if encoder_part:
         assert any(encoder_part in n for n in trainable)
+
+
+def test_prefix_tuning_wraps_a_causal_lm_and_freezes_it(tiny_model):
+    """Prefix tuning on an architecture that takes prefixes (tests/test_prefix_tuning.py lists them)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"))
+    wrapped = PrefixTuning(num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16).wrap(model, "CAUSAL_LM")
+    config = wrapped.peft_config["default"]
+    assert config.peft_type.value == "PREFIX_TUNING" and config.num_virtual_tokens == 5
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("prompt_encoder.") for n in trainable)
+    assert any("transform" in n for n in trainable)  # the prefix projection MLP
 
 
 def test_prompt_tuning_text_init_uses_the_models_tokenizer(tiny_model):

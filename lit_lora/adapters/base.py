@@ -43,6 +43,9 @@ class Adapter:
         """A ``transformers.BitsAndBytesConfig`` to load the base with, or ``None``."""
         return None
 
+    def check_base(self, config, model_class: type, task_type: str, **kwargs) -> None:
+        """Raise before any weights are loaded when this method cannot train ``model_class`` built from ``config``."""
+
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         """Return the trainable model built around ``model`` (peft's ``TaskType`` name in ``task_type``)."""
         raise NotImplementedError

@@ -10,10 +10,11 @@ classification head; ``SequenceClassifierModule`` names the head modules in ``mo
 
 from __future__ import annotations
 
-import inspect
+import copy
 from typing import Literal, Optional
 
 from torch import nn
+from transformers import PretrainedConfig
 
 from lit_lora.adapters.base import Adapter
 
@@ -101,8 +102,10 @@ class PTuning(_PromptLearning):
 class PrefixTuning(_PromptLearning):
     """Prefix tuning (Li & Liang, 2021): trained key/value prefixes in every attention layer.
 
-    peft feeds the prefixes through the model's ``past_key_values`` input, so only architectures
-    whose forward takes one are supported; others fail here with the architecture named.
+    peft feeds the prefixes to the model as a key/value cache; whether an architecture takes them
+    is checked by behaviour before its weights are loaded (``prefix_support_problem``). With peft
+    0.21 on transformers 5.24 causal LMs (Llama, Gemma, Phi) and T5 take them; Falcon and every
+    sequence-classification model do not, and fail with the architecture named.
 
     Args:
         num_virtual_tokens: Prefix length.
@@ -119,20 +122,101 @@ class PrefixTuning(_PromptLearning):
         self.prefix_projection = prefix_projection
         self.encoder_hidden_size = encoder_hidden_size
 
+    def check_base(self, config: PretrainedConfig, model_class: type, task_type: str, **kwargs) -> None:
+        problem = prefix_support_problem(config, model_class, task_type, **kwargs)
+        if problem is not None:
+            name = _concrete_name(model_class, config)
+            raise ValueError(
+                f"PrefixTuning: {name} ({config.model_type}) takes no past_key_values prefixes from peft "
+                f"{_version('peft')} on transformers {_version('transformers')} ({problem}); "
+                f"use PTuning, PromptTuning or LoRA for this architecture"
+            )
+
+    def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
+        self.check_base(model.config, type(model), task_type)
+        return super().wrap(model, task_type)
+
     def peft_config(self, task_type: str, model: nn.Module):
         from peft import PrefixTuningConfig
 
-        check_prefix_support(model)
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens,
                                   prefix_projection=self.prefix_projection,
                                   encoder_hidden_size=self.encoder_hidden_size, modules_to_save=self.modules_to_save)
 
 
-def check_prefix_support(model: nn.Module) -> None:
-    """Fail unless the model's backbone accepts ``past_key_values`` (how peft injects the prefixes)."""
-    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None) or model
-    if "past_key_values" not in inspect.signature(backbone.forward).parameters:
-        raise ValueError(
-            f"PrefixTuning: {type(model).__name__} ({model.config.model_type}) takes no past_key_values, "
-            f"which peft's prefix tuning needs; use PTuning, PromptTuning or LoRA for this architecture"
-        )
+def prefix_support_problem(config: PretrainedConfig, model_class: type, task_type: str, **kwargs) -> Optional[str]:
+    """``None`` when peft's prefixes reach this architecture's attention, else what went wrong.
+
+    Behaviour, not signatures: a one-layer copy of the architecture with random weights (hidden sizes
+    and head layout kept, MLP and vocabulary shrunk) is wrapped with peft's ``PrefixTuningConfig``,
+    run, its prefixes perturbed, and run again; the prefixes work when the output moves. The global
+    RNG is left as it was; the answer is cached per architecture.
+
+        prefix_support_problem(AutoConfig.from_pretrained(path), AutoModelForCausalLM, "CAUSAL_LM")  # None
+    """
+    key = (config.to_json_string(use_diff=False), model_class, task_type, repr(sorted(kwargs.items())))
+    if key not in _PROBED:
+        _PROBED[key] = _probe_prefixes(config, model_class, task_type, kwargs)
+    return _PROBED[key]
+
+
+_PROBED: dict = {}
+
+
+def _probe_prefixes(config, model_class, task_type, kwargs) -> Optional[str]:
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+
+    probe_config = _one_layer_copy(config)
+    build = getattr(model_class, "from_config", None) or model_class._from_config
+    inputs = {"input_ids": torch.tensor([[3, 4, 5, 6]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    if task_type == "SEQ_2_SEQ_LM":
+        inputs["decoder_input_ids"] = torch.tensor([[0, 3]])
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), torch.device("cpu"):
+            torch.manual_seed(0)
+            model = get_peft_model(build(probe_config, **kwargs).eval(),
+                                   PrefixTuningConfig(task_type=task_type, num_virtual_tokens=2))
+            before = model(**inputs).logits
+            for parameter in model.prompt_encoder.parameters():
+                parameter.add_(torch.randn_like(parameter))
+            after = model(**inputs).logits
+    except Exception as error:  # any failure means peft cannot inject prefixes here; the message says which
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+    if torch.allclose(before, after):
+        return "the prefixes do not change the output"
+    return None
+
+
+def _one_layer_copy(config: PretrainedConfig) -> PretrainedConfig:
+    """The architecture at its smallest that still shows how attention takes a cache."""
+    probe = copy.deepcopy(config)
+    for key in ("num_hidden_layers", "num_decoder_layers"):
+        if getattr(probe, key, None):
+            setattr(probe, key, 1)
+    if isinstance(getattr(probe, "layer_types", None), list):
+        probe.layer_types = probe.layer_types[:1]
+    for key in ("intermediate_size", "ffn_hidden_size", "d_ff", "n_inner"):
+        if getattr(probe, key, None):
+            setattr(probe, key, 16)
+    probe.vocab_size = 64
+    for key, token_id in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 2),
+                          ("decoder_start_token_id", 0), ("sep_token_id", 2)):
+        if hasattr(probe, key):
+            setattr(probe, key, token_id)
+    return probe
+
+
+def _concrete_name(model_class: type, config: PretrainedConfig) -> str:
+    """``RobertaForSequenceClassification`` for ``AutoModelForSequenceClassification`` and a RoBERTa config."""
+    mapping = getattr(model_class, "_model_mapping", None)
+    try:
+        return mapping[type(config)].__name__ if mapping is not None else model_class.__name__
+    except (KeyError, ValueError):
+        return model_class.__name__
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

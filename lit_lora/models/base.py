@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, Optional
 import lightning as L
 import torch
 from jsonargparse import lazy_instance
+from transformers import AutoConfig
 
 from lit_lora.adapters import Adapter, LoRA, parameter_report
 from lit_lora.adapters.base import format_parameter_report, to_dtype
@@ -122,6 +123,7 @@ class FineTuneModule(L.LightningModule):
         """
         if self.model is not None:
             return
+        self.check_adapter_fits_base()
         zero3 = zero3_config(self)
         sharded = zero3 is not None and self.loads_zero3_partitions and self.adapter.quantization_config() is None
         if sharded:
@@ -134,6 +136,14 @@ class FineTuneModule(L.LightningModule):
             held, total = partitioned_share(self.model)
             log.info("[lit-lora] ZeRO-3: rank %d loaded %s of %s base weights (its partition)",
                      self.global_rank, f"{held:,}", f"{total:,}")
+
+    def check_adapter_fits_base(self) -> None:
+        """Let the adapter refuse the architecture from its config alone, before any weights are read."""
+        arch = self.architecture_kwargs()
+        config = AutoConfig.from_pretrained(self.model_name_or_path, **arch)
+        with outside_zero3_init():  # a probe model of the adapter's must not be partitioned
+            self.adapter.check_base(config, self.auto_model_class, self.task_type,
+                                    trust_remote_code=arch.get("trust_remote_code", False))
 
     def _build_model(self, model: torch.nn.Module) -> None:
         if self.tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
