@@ -94,17 +94,22 @@ def test_models_are_built_outside_deepspeed_zero3_init(monkeypatch, tiny_model):
     from lit_lora.models import CausalLMModule
 
     events = []
+    state = {"patched": True}  # zero.Init is active when Lightning calls configure_model
 
     class FakeInitContext:  # stands in for an active deepspeed.zero.Init (which needs CUDA)
         def unpatch_init_and_builtins(self):
+            state["patched"] = False
             events.append("unpatched")
 
         def patch_init_and_builtins(self):
+            state["patched"] = True
             events.append("patched")
 
     monkeypatch.setattr(partition_parameters, "top_level_context", FakeInitContext())
     module = CausalLMModule(tiny_model("llama"), adapter=LoRA(r=4))
     original = module.load_base_model
-    module.load_base_model = lambda: (events.append("load"), original())[1]
+    module.load_base_model = lambda: (events.append("load while patched" if state["patched"] else "load"), original())[1]
     module.configure_model()
-    assert events == ["unpatched", "load", "patched"]
+    assert events.count("load") == 1 and "load while patched" not in events, events
+    assert events[-1] == "patched"  # zero.Init is restored for whatever Lightning builds next
+    assert events.count("unpatched") == events.count("patched")
