@@ -3,7 +3,8 @@
 Lightning's own SIGUSR1 handler saves ``hpc_ckpt_N.ckpt`` from inside the signal handler, i.e. at
 whatever line the signal interrupts (possibly between ``optimizer.step()`` and the progress counters,
 or in the middle of a DDP collective on one rank only). ``PreemptionCheckpoint`` only records the
-signal; at the next ``on_train_batch_end`` all ranks agree (an ``any`` reduction) and save the same
+signal; at the end of the next optimizer step (after the last micro-batch of an accumulation window,
+so no partly accumulated gradient is lost) all ranks agree (an ``any`` reduction) and save the same
 step, global rank 0 runs ``scontrol requeue``, and every rank exits. The requeued job finds
 ``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (Lightning's SLURM auto-resume) and, with the resumable
 train loader, continues with the next unseen batch. Test it by hand on a running job::
@@ -64,6 +65,7 @@ class PreemptionCheckpoint(Callback):
         self.atomic = atomic
         self.requested = False
         self.signum: Optional[int] = None
+        self._step_before_batch: Optional[int] = None
 
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -97,9 +99,14 @@ class PreemptionCheckpoint(Callback):
         self.requested = True
 
     # ---- the step boundary -----------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
+        self._step_before_batch = trainer.global_step
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         if self.signum is None:
             return
+        if trainer.global_step == self._step_before_batch:
+            return  # inside an accumulation window: saving now would lose the partly accumulated gradient
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_lora.data.resumable import ResumableDataLoader
+from lit_lora.data.resumable import ResumableDataLoader, optimizer_step_windows
 from lit_lora.launch_checks import hpc_checkpoints
 from lit_lora.checkpoint_io import AtomicCheckpointIO
 
@@ -31,6 +31,8 @@ class Progress:  # the part of the Trainer the loader reads
 
         self.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(
             batch_progress=SimpleNamespace(current=SimpleNamespace(ready=0))))
+        self.accumulate_grad_batches = 1  # optimizer-step windows of one batch
+        self.num_training_batches = float("inf")
 
 
 def test_restored_loader_continues_with_the_next_unseen_batch():
@@ -169,3 +171,16 @@ def test_an_interrupted_replacement_gets_the_older_copy_back(tmp_path, monkeypat
     remove_partial_checkpoints(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     assert (tmp_path / "last.ckpt" / "checkpoint" / "zero_pp_rank_0_model_states.pt").read_text() == "1"
+
+
+def test_batches_carry_the_labels_of_their_whole_optimizer_step():
+    """Windows follow Lightning's accumulation: after batch indices k-1, 2k-1 … and the epoch's last batch,
+    also when a resume starts inside a window."""
+    batches = [{"labels": torch.tensor([i])} for i in range(10)]
+    windows = [[int(l) for l in b["step_labels"]] for b in optimizer_step_windows(batches, accumulate=4)]
+    assert windows == [[0, 1, 2, 3]] * 4 + [[4, 5, 6, 7]] * 4 + [[8, 9]] * 2
+    resumed = [{"labels": torch.tensor([i])} for i in range(6, 10)]  # a resume at batch 6 of the epoch
+    windows = [[int(l) for l in b["step_labels"]] for b in optimizer_step_windows(resumed, 4, first=6)]
+    assert windows == [[6, 7]] * 2 + [[8, 9]] * 2
+    limited = [[int(l) for l in b["step_labels"]] for b in optimizer_step_windows(batches, 4, limit=6)]
+    assert limited[:6] == [[0, 1, 2, 3]] * 4 + [[4, 5]] * 2  # limit_train_batches ends the last step early

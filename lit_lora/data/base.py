@@ -23,14 +23,20 @@ from torch.utils.data import DataLoader
 from lit_lora.data.collators import PadCollator
 from lit_lora.data.resumable import train_loader
 from lit_lora.data.sources import load_rows, take_subset
+from lit_lora.model_source import resolve_model_path
 
 log = logging.getLogger("lit_lora")
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"):
-    """``AutoTokenizer`` with a pad token: the EOS token is borrowed (with a warning) when there is none."""
+    """``AutoTokenizer`` with a pad token: the EOS token is borrowed (with a warning) when there is none.
+
+    ``name_or_path`` is resolved first (``lit_lora.model_source``): a relative path is also looked for
+    in the installed package, and one that names nothing stops with one line saying what was tried.
+    """
     from transformers import AutoTokenizer
 
+    name_or_path = resolve_model_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
@@ -77,6 +83,8 @@ class TextDataModule(L.LightningDataModule):
     """
 
     required_columns: ClassVar[tuple[str, ...]] = ()
+    # required columns the rows are read as text from: strings, or nulls read as empty (checked on load)
+    text_columns: ClassVar[tuple[str, ...]] = ()
     default_source: ClassVar[Optional[str]] = None
     padding_side: ClassVar[str] = "right"
 
@@ -142,11 +150,11 @@ class TextDataModule(L.LightningDataModule):
 
     # ---- loading ------------------------------------------------------------------------------
     def load_raw_splits(self) -> dict[str, Dataset]:
-        train = self.clean_rows(load_rows(self.source, self.split, self.subset, self.required_columns),
-                                f"{self.source} (train)")
+        train = self.clean_rows(load_rows(self.source, self.split, self.subset, self.required_columns,
+                                          self.text_columns), f"{self.source} (train)")
         if self.validation_source or self.validation_split:
             val = load_rows(self.validation_source or self.source, self.validation_split or "train",
-                            self.subset, self.required_columns)
+                            self.subset, self.required_columns, self.text_columns)
             val = self.clean_rows(val, f"{self.validation_source or self.source} (validation)")
             train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
         else:

@@ -30,6 +30,7 @@ class CounsellingDataModule(SFTDataModule):
     """
 
     required_columns: ClassVar[tuple[str, ...]] = ("Context", "Response")
+    text_columns: ClassVar[tuple[str, ...]] = ("Context", "Response")
     default_source: ClassVar[Optional[str]] = "counselling.jsonl"
 
     def __init__(self, *args, instruction: str = INSTRUCTION, dedupe_contexts: bool = True, **kwargs):

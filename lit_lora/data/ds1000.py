@@ -35,6 +35,7 @@ class DS1000DataModule(SFTDataModule):
     """
 
     required_columns: ClassVar[tuple[str, ...]] = ("prompt", "reference_code", "metadata")
+    text_columns: ClassVar[tuple[str, ...]] = ("prompt", "reference_code")
     default_source: ClassVar[Optional[str]] = "ds1000.jsonl"
 
     def __init__(self, *args, libraries: Optional[list[str]] = None, split: str = "test",

@@ -18,6 +18,7 @@ class InstructionDataModule(SFTDataModule):
     """
 
     required_columns: ClassVar[tuple[str, ...]] = ("instruction", "input", "output")
+    text_columns: ClassVar[tuple[str, ...]] = ("instruction", "input", "output")  # null input = no input
     default_source: ClassVar[Optional[str]] = "python_codes_25k.jsonl"
 
     def format_example(self, row: dict) -> Example:

@@ -3,9 +3,11 @@
     lit-lora fit --config configs/nli_roberta_lora.yaml                            # bundled samples
     lit-lora fit --config configs/nli_roberta_lora.yaml --data.init_args.source nyu-mll/multi_nli
 
-Labels are the hub's integers (0 entailment, 1 neutral, 2 contradiction) or those names as strings.
-SNLI marks pairs without a gold label with -1: they are dropped and counted. Any other label is an
-error that names the file, the row and the value, raised in ``setup`` before training starts.
+Labels are the hub's integers (0 entailment, 1 neutral, 2 contradiction) or those names as strings;
+a float that is an integer counts as it (``1.0``: pandas reads a CSV label column with a blank cell as
+floats). SNLI marks pairs without a gold label with -1, and a blank label (an empty CSV cell, a null)
+is no gold label in either dataset: such pairs are dropped and counted. Any other label is an error
+that names the file, the data row and its line, and the value, raised in ``setup`` before tokenisation.
 
 MultiNLI is evaluated on ``validation_matched`` and ``validation_mismatched`` separately (two
 validation dataloaders, metrics named ``val_matched/…`` and ``val_mismatched/…``).
@@ -13,16 +15,29 @@ validation dataloaders, metrics named ``val_matched/…`` and ``val_mismatched/�
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Optional, Union
 
 from datasets import Dataset
 
 from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import PadCollator
+from lit_lora.data.file_errors import describe_row
 from lit_lora.data.sources import load_rows, local_files, take_subset
 
 LABEL_NAMES = ("entailment", "neutral", "contradiction")
 NO_GOLD_LABEL = -1
+
+
+def is_blank(value: Any) -> bool:
+    """No label at all: null, NaN (how pandas reads an empty CSV cell) or an empty string."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) \
+        or (isinstance(value, str) and not value.strip())
+
+
+def integral(value: Any) -> Any:
+    """``1.0`` as ``1`` (a CSV label column with a blank cell is read as floats); any other value as it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class NLIRows:
@@ -38,6 +53,7 @@ class NLIRows:
     """
 
     label_names: list[str] = list(LABEL_NAMES)
+    text_columns: ClassVar[tuple[str, ...]] = ("premise", "hypothesis")
     default_eval: ClassVar[dict[str, tuple[str, str]]] = {}
     no_gold_label: ClassVar[Optional[int]] = None
 
@@ -60,9 +76,9 @@ class NLIRows:
         return {}
 
     def load_checked(self, source: str, split: str, name: str) -> Dataset:
-        rows = load_rows(source, split, self.subset, self.required_columns)
+        rows = load_rows(source, split, self.subset, self.required_columns, self.text_columns)
         where = f"{source} ({name})"
-        self.check_rows(rows, where)  # before any subset, so row numbers are the file's
+        self.check_rows(rows, where, source)  # before any subset, so row numbers are the file's
         return self.clean_rows(rows, where)
 
     def load_raw_splits(self) -> dict[str, Dataset]:
@@ -86,7 +102,8 @@ class NLIRows:
 
     # ---- labels --------------------------------------------------------------------------------
     def label_id(self, value: Any) -> Optional[int]:
-        """Class index of a raw label (int or label name); ``None`` if it is not a valid label."""
+        """Class index of a raw label (int, integral float or label name); ``None`` if it is not a valid label."""
+        value = integral(value)
         if isinstance(value, str):
             value = value.strip().lower()
             if value in self.label_names:
@@ -99,20 +116,32 @@ class NLIRows:
             return None
         return value if 0 <= value < len(self.label_names) else None
 
-    def check_rows(self, dataset: Dataset, where: str) -> None:
-        """Fail on the first label that is neither a class nor the documented "no gold label" value."""
-        allowed = ", ".join(f"{i} ({n})" for i, n in enumerate(self.label_names))
+    def no_gold_reason(self, value: Any) -> Optional[str]:
+        """The drop reason of a label that says "no gold label" (a blank, or the dataset's value), else None."""
+        if is_blank(value):
+            return "no gold label (blank)"
+        if self.no_gold_label is not None and integral(value) == self.no_gold_label:
+            return f"no gold label ({self.no_gold_label})"
+        return None
+
+    def check_rows(self, dataset: Dataset, where: str, source: Optional[str] = None) -> None:
+        """Fail on the first label that is neither a class nor "no gold label"; with ``source`` (rows in file
+        order) the message also gives the row's line."""
+        allowed = [f"{i} ({n})" for i, n in enumerate(self.label_names)]
         if self.no_gold_label is not None:
-            allowed += f", or {self.no_gold_label} (no gold label)"
+            allowed.append(f"{self.no_gold_label} (no gold label)")
+        allowed.append("a blank (no gold label)")
         for i, value in enumerate(dataset["label"]):
-            if self.label_id(value) is None and value != self.no_gold_label:
-                raise ValueError(f"{where}: row {i} (0-based), field 'label': {value!r} is not a label; "
-                                 f"expected {allowed}")
+            if self.label_id(value) is None and self.no_gold_reason(value) is None:
+                at = describe_row(local_files(source) if source else None, i)
+                raise ValueError(f"{where}: {at}, field 'label': {value!r} is not a label; "
+                                 f"expected {', '.join(allowed[:-1])} or {allowed[-1]}")
 
     def row_label(self, row: dict) -> Union[int, str]:
         """The class index of ``row``, or a drop reason for a row without a gold label / text."""
-        if row["label"] == self.no_gold_label:
-            return f"no gold label ({self.no_gold_label})"
+        reason = self.no_gold_reason(row["label"])
+        if reason:
+            return reason
         if not (row["premise"] or "").strip() or not (row["hypothesis"] or "").strip():
             return "empty premise or hypothesis"
         return self.label_id(row["label"])

@@ -14,11 +14,18 @@ permutation and starts right after the last trained batch::
 
 The sampler is a ``DistributedSampler`` (rank / world size from the trainer), so Lightning does not
 replace it under DDP, and the order depends only on ``seed + epoch``, never on the global RNG.
+
+Batches come in optimizer steps: the loader reads the micro-batches of one step (``accumulate_grad_batches``
+of them, aligned with Lightning's accumulation) before yielding the first, and gives each the labels of
+the whole step as ``batch["step_labels"]``, the divisor of the token-normalised loss
+(``lit_lora.models.token_loss``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+import itertools
+import math
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -42,6 +49,10 @@ class ResumableSampler(DistributedSampler):
         instead (the checkpoint was written after the epoch's last batch), that epoch starts at its beginning."""
         self.set_epoch(epoch)
         self.skip, self.skip_epoch = samples, epoch
+
+    def pending_skip(self) -> int:
+        """Samples the next iteration skips (a mid-epoch resume), 0 otherwise."""
+        return self.skip if self.epoch == self.skip_epoch else 0
 
     def __iter__(self) -> Iterator[int]:
         indices = self.epoch_indices()
@@ -72,6 +83,15 @@ class ResumableDataLoader(DataLoader):
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self.trainer: Optional[Any] = None
 
+    def __iter__(self) -> Iterator[Any]:
+        # read before the inner iterator starts: iterating the sampler consumes its resume position
+        first = self.sampler.pending_skip() // self.batch_size
+        accumulate, limit = 1, len(self)
+        if self.trainer is not None:
+            accumulate = self.trainer.accumulate_grad_batches
+            limit = min(limit, self.trainer.num_training_batches)  # limit_train_batches
+        return optimizer_step_windows(super().__iter__(), accumulate, first, limit)
+
     def batches_trained(self) -> int:
         if self.trainer is None:
             return 0
@@ -94,6 +114,30 @@ class ResumableDataLoader(DataLoader):
             raise RuntimeError(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
                                "one: a mid-epoch resume needs the same data.group_by_length")
         self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.batch_size)
+
+
+def optimizer_step_windows(batches: Iterable[Any], accumulate: int, first: int = 0,
+                           limit: float = math.inf) -> Iterator[Any]:
+    """Yield ``batches`` (batch ``first`` onwards of an epoch of ``limit``), each dict batch carrying the
+    ``labels`` of every micro-batch of its optimizer step as ``step_labels``.
+
+    Steps end where Lightning's accumulation ends them: after batch indices ``accumulate - 1``,
+    ``2 * accumulate - 1`` … and after the epoch's last batch.
+    """
+    iterator = iter(batches)
+    index = first
+    while True:
+        end = index - index % accumulate + accumulate
+        size = min(end, limit) - index if index < limit else accumulate  # past the limit: Lightning stops pulling
+        window = list(itertools.islice(iterator, int(size)))
+        if not window:
+            return
+        labels = [b.get("labels") if isinstance(b, dict) else None for b in window]
+        for batch in window:
+            if isinstance(batch, dict) and all(label is not None for label in labels):
+                batch["step_labels"] = labels
+            yield batch
+        index += len(window)
 
 
 def train_loader(dataset: Dataset, batch_size: int, seed: int, trainer: Optional[Any] = None,

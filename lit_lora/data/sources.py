@@ -2,6 +2,15 @@
 
     from lit_lora.data.sources import load_rows
     rows = load_rows("lit_lora/data/samples/python_codes_25k.jsonl", required=["instruction", "output"])
+
+``datasets`` reads the files; what it cannot read, or reads into the wrong type, stops here with a
+``DataFileError`` (``lit_lora.data.file_errors``) that names the file, line and field, before any tokenisation:
+
+    codes.jsonl: line 3, column 71: invalid JSON (Expecting ':' delimiter)
+    codes.jsonl: line 4, field 'input': byte 0xe9 is not UTF-8 (save the file as UTF-8)
+    codes.jsonl: column 'output' holds int64 values; expected text (a string, or null for empty); first at data row 0 (0-based; line 1): 7
+
+Data rows are counted from 0 in load order (files one after another), lines from 1 in the file.
 """
 
 from __future__ import annotations
@@ -9,7 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Value, load_dataset
+
+from lit_lora.data.file_errors import TEXT_DTYPES, TEXT_FILES, check_text_columns, check_utf8, unreadable
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -34,15 +45,15 @@ def local_files(source: str) -> Optional[list[str]]:
 
 
 def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
-              required: Sequence[str] = ()) -> Dataset:
-    """Rows of ``source`` (hub id, file, directory or bundled sample name) with ``required`` columns checked."""
+              required: Sequence[str] = (), text_columns: Sequence[str] = ()) -> Dataset:
+    """Rows of ``source`` (hub id, file, directory or bundled sample name) with ``required`` columns checked.
+
+    ``text_columns`` must hold strings (or nulls, read as empty): a column of numbers or lists is an
+    error naming its first such row, raised here rather than as an ``AttributeError`` mid-tokenisation.
+    """
     files = local_files(source)
     if files is not None:
-        suffixes = {Path(f).suffix for f in files}
-        unknown = suffixes - set(BUILDERS)
-        if unknown or len({BUILDERS[s] for s in suffixes}) != 1:
-            raise ValueError(f"{source}: expected files of one kind among {', '.join(BUILDERS)}, got {sorted(suffixes)}")
-        dataset = load_dataset(BUILDERS[suffixes.pop()], data_files=files, split="train")
+        dataset = load_local(source, files, text_columns)
         where = files[0] if len(files) == 1 else source
     else:
         dataset = load_dataset(source, subset, split=split)
@@ -53,6 +64,37 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
             f"{where}: missing column {', '.join(repr(c) for c in missing)} "
             f"(required: {', '.join(required)}; found: {', '.join(dataset.column_names)})"
         )
+    check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], where, files)
+    return dataset
+
+
+# ---- local files ------------------------------------------------------------------------------------
+def load_local(source: str, files: list[str], text_columns: Sequence[str] = ()) -> Dataset:
+    """``datasets``' reading of local files, with what it cannot read named by file and line."""
+    suffixes = {Path(f).suffix for f in files}
+    unknown = suffixes - set(BUILDERS)
+    if unknown or len({BUILDERS[s] for s in suffixes}) != 1:
+        raise ValueError(f"{source}: expected files of one kind among {', '.join(BUILDERS)}, got {sorted(suffixes)}")
+    builder = BUILDERS[suffixes.pop()]
+    for path in files:
+        if Path(path).suffix in TEXT_FILES:
+            check_utf8(path)
+    # CSV has no types: keep text columns as written ("042" stays "042", not the int 42)
+    options = {"converters": {c: str for c in text_columns}} if builder == "csv" and text_columns else {}
+    try:
+        dataset = load_dataset(builder, data_files=files, split="train", **options)
+    except Exception as err:  # DatasetGenerationError, ArrowInvalid, pandas' ParserError, ...
+        raise unreadable(source, files, err) from err
+    return text_as_strings(dataset, text_columns) if builder == "csv" else dataset
+
+
+def text_as_strings(dataset: Dataset, text_columns: Sequence[str]) -> Dataset:
+    """An all-empty CSV text column comes back as float nulls: make it the (empty) text it is."""
+    for column in text_columns:
+        feature = dataset.features.get(column)
+        if isinstance(feature, Value) and feature.dtype not in TEXT_DTYPES \
+                and dataset.data.column(column).null_count == len(dataset):
+            dataset = dataset.cast_column(column, Value("string"))
     return dataset
 
 

@@ -21,7 +21,9 @@ from transformers import AutoConfig
 
 from lit_lora.adapters import Adapter, LoRA, parameter_report
 from lit_lora.adapters.base import format_parameter_report, to_dtype
+from lit_lora.model_source import resolve_model_path
 from lit_lora.models.quantizable import plain_linear_layers
+from lit_lora.models.token_loss import label_count, step_label_count, summed_loss
 from lit_lora.sharding import outside_zero3_init, partitioned_share, partitioned_loading, zero3_config
 from lit_lora.optim import OptimizerSettings, build_optimizer
 
@@ -65,7 +67,8 @@ class FineTuneModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
-        self.model_name_or_path = model_name_or_path
+        # a local path as found (also inside the package); a hub id is checked when loading (estimate needs none)
+        self.model_name_or_path = resolve_model_path(model_name_or_path, check_hub=False)
         self.adapter = adapter
         self.optim = optim
         self.dtype_name = dtype
@@ -75,6 +78,8 @@ class FineTuneModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.model: Optional[torch.nn.Module] = None
         self.parameter_counts: dict = {}
+        self._step_loss_sum: Optional[torch.Tensor] = None  # this optimizer step's summed token losses so far
+        self._step_batches = 0
         # Frozen weights are not in our checkpoints; on_load_checkpoint checks the trainable ones instead.
         self.strict_loading = False
 
@@ -106,10 +111,11 @@ class FineTuneModule(L.LightningModule):
 
     def load_base_model(self) -> torch.nn.Module:
         kwargs = self.load_kwargs()
+        path = resolve_model_path(self.model_name_or_path)
         if "quantization_config" not in kwargs:
-            return self.auto_model_class.from_pretrained(self.model_name_or_path, **kwargs)
+            return self.auto_model_class.from_pretrained(path, **kwargs)
         with plain_linear_layers():  # e.g. Falcon's nn.Linear subclass would otherwise stay unquantized
-            return self.auto_model_class.from_pretrained(self.model_name_or_path, **kwargs)
+            return self.auto_model_class.from_pretrained(path, **kwargs)
 
     def configure_model(self) -> None:
         """Build base model + adapter.
@@ -140,7 +146,7 @@ class FineTuneModule(L.LightningModule):
     def check_adapter_fits_base(self) -> None:
         """Let the adapter refuse the architecture from its config alone, before any weights are read."""
         arch = self.architecture_kwargs()
-        config = AutoConfig.from_pretrained(self.model_name_or_path, **arch)
+        config = AutoConfig.from_pretrained(resolve_model_path(self.model_name_or_path), **arch)
         with outside_zero3_init():  # a probe model of the adapter's must not be partitioned
             self.adapter.check_base(config, self.auto_model_class, self.task_type,
                                     trust_remote_code=arch.get("trust_remote_code", False))
@@ -156,13 +162,48 @@ class FineTuneModule(L.LightningModule):
         self.parameter_counts = parameter_report(self.model)
 
     # ---- training -------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> Any:
-        return self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS})
+    def forward(self, batch: dict, **kwargs: Any) -> Any:
+        return self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, **kwargs)
+
+    shifts_labels: ClassVar[bool] = True  # a causal LM's position t predicts token t + 1
+
+    def loss_terms(self, batch: dict, **forward_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss summed over the batch's label positions, their count); see ``token_loss``."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"} if self.shifts_labels else batch
+        logits = self(inputs, **forward_kwargs).logits  # a causal LM given no labels computes no loss of its own
+        return summed_loss(logits, batch["labels"], self.shifts_labels), label_count(batch["labels"], self.shifts_labels)
+
+    def training_forward_kwargs(self) -> dict:
+        """No KV cache in a training forward (it is built for generation and only costs memory here)."""
+        return {"use_cache": False}
+
+    def on_train_epoch_start(self) -> None:
+        self._step_loss_sum, self._step_batches = None, 0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
+        """Token losses summed, over the label tokens of the whole optimizer step on every rank.
+
+        Lightning divides the returned loss by ``accumulate_grad_batches`` and data-parallel training
+        averages gradients over ranks; both are undone so the step's gradient is that of
+        (sum of token losses) / (label tokens of the step).
+        """
+        summed, count = self.loss_terms(batch, **self.training_forward_kwargs())
+        step_labels = batch.get("step_labels")
+        local = step_label_count(step_labels, self.shifts_labels) if step_labels else count
+        step_tokens = self.trainer.strategy.reduce(local.to(summed.device).float(), reduce_op="sum").clamp(min=1)
+        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches if step_labels else self.trainer.world_size
+        self._log_step_loss(summed.detach(), step_tokens, len(step_labels) if step_labels else 1, batch)
+        return summed * scale / step_tokens
+
+    def _log_step_loss(self, summed: torch.Tensor, step_tokens: torch.Tensor, step_batches: int, batch: dict) -> None:
+        """Log ``train_loss`` once per optimizer step: the step's token-weighted mean, however it was split."""
+        self._step_loss_sum = summed if self._step_loss_sum is None else self._step_loss_sum + summed
+        self._step_batches += 1
+        if self._step_batches < step_batches:
+            return
+        total = self.trainer.strategy.reduce(self._step_loss_sum.float(), reduce_op="sum")
+        self.log("train_loss", total / step_tokens, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self._step_loss_sum, self._step_batches = None, 0
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         loss = self(batch).loss

@@ -151,16 +151,25 @@ class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
                              f"is frozen; nothing would learn the new labels")
 
     # ---- forward and steps ----------------------------------------------------------------------
-    def model_inputs(self, batch: dict) -> dict:
+    def accepted_inputs(self) -> set[str]:
+        """The base model's forward arguments (RoBERTa takes ``token_type_ids``, Llama does not)."""
         if self._accepted_inputs is None:
             inner = self.model.get_base_model() if self.is_peft else self.model
             self._accepted_inputs = set(inspect.signature(inner.forward).parameters)
+        return self._accepted_inputs
+
+    def model_inputs(self, batch: dict) -> dict:
         if self.align_left:
             batch = left_align(batch)
-        return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS and k in self._accepted_inputs}
+        return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS and k in self.accepted_inputs()}
 
-    def forward(self, batch: dict) -> Any:
-        return self.model(**self.model_inputs(batch))
+    shifts_labels: ClassVar[bool] = False  # one label per row: the token-normalised loss becomes row-normalised
+
+    def forward(self, batch: dict, **kwargs: Any) -> Any:
+        return self.model(**self.model_inputs(batch), **kwargs)
+
+    def training_forward_kwargs(self) -> dict:
+        return {"use_cache": False} if "use_cache" in self.accepted_inputs() else {}
 
     def _eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
         output = self(batch)

@@ -98,10 +98,8 @@ class GenerativeModule(FineTuneModule):
         return self._score_batch(batch, stage)
 
     def _score_batch(self, batch: dict, stage: str) -> None:
-        loss = self(batch).loss
-        self.log(f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=batch["input_ids"].shape[0])
-        labels = batch.get("labels")
-        self.text_metrics.update_loss(loss, int((labels != -100).sum()) if labels is not None else 1)
+        summed, count = self.loss_terms(batch)
+        self.text_metrics.update_loss(summed / count.clamp(min=1), int(count))  # token-weighted over the whole set
         if not self._generates(stage):
             return
         if "reference" not in batch:
@@ -120,9 +118,9 @@ class GenerativeModule(FineTuneModule):
                                      "hit_max_new_tokens": out.hit_limit, "group": group})
 
     def _end(self, stage: str) -> None:
-        metrics = self.text_metrics.compute()  # synchronised across ranks
-        metrics.pop("loss", None)  # logged per step as f"{stage}_loss"
-        self.log_dict({f"{stage}_{k}": v for k, v in metrics.items()}, sync_dist=False)
+        metrics = self.text_metrics.compute()  # synchronised across ranks; loss and perplexity token-weighted
+        for name, value in metrics.items():
+            self.log(f"{stage}_{name}", value, prog_bar=stage == "val" and name == "loss", sync_dist=False)
         if not self.predictions and not self._generates(stage):
             return
         rows = gather_rows(self.predictions)

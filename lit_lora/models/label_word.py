@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import nn
+from torchmetrics import MeanMetric
 
 from lit_lora.evaluation.generation import GenerationSettings, generate_texts
 from lit_lora.evaluation.labels import label_index
@@ -45,6 +47,7 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
         super().__init__(*args, evaluation=evaluation, **kwargs)
         self.label_names = list(label_names) if label_names else None
         self.init_eval_metrics()
+        self.eval_losses = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MeanMetric weighted by label tokens
         self.unparseable_examples: dict[str, list] = {}
 
     def configure_model(self) -> None:
@@ -57,8 +60,8 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
 
     def _label_eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
         name = self.eval_set_name(stage, dataloader_idx)
-        loss = self(batch).loss
-        self.log(f"{name}/loss", loss, sync_dist=True, batch_size=batch["input_ids"].shape[0], add_dataloader_idx=False)
+        summed, count = self.loss_terms(batch)
+        self.eval_loss_for(stage, dataloader_idx).update(summed / count.clamp(min=1), weight=count)
         gold = torch.tensor([self.label_names.index(r) for r in batch["reference"]], device=self.device)
         scores = candidate_log_likelihoods(self.model, self.tokenizer, batch["prompt"], self.label_names,
                                            add_special_tokens=self._prompt_has_special_tokens())
@@ -74,7 +77,18 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
             if pred == -1 and len(examples) < MAX_EXAMPLES:
                 examples.append({"answer": answer.text, "gold": reference})
 
+    def eval_loss_for(self, stage: str, dataloader_idx: int) -> MeanMetric:
+        """The label-token-weighted loss of one evaluation set (summed across ranks by torchmetrics)."""
+        key = f"{stage}_{dataloader_idx}"
+        if key not in self.eval_losses:
+            self.eval_losses[key] = MeanMetric().to(self.device)
+        return self.eval_losses[key]
+
     def _log_label_metrics(self, stage: str) -> None:
+        for key in [k for k in self.eval_losses if k.startswith(f"{stage}_")]:
+            name = self.eval_set_name(stage, int(key.split("_", 1)[1]))
+            self.log(f"{name}/loss", self.eval_losses[key].compute(), add_dataloader_idx=False)
+            self.eval_losses[key].reset()
         self.log_eval_metrics(stage)
         for name, examples in self.unparseable_examples.items():
             if name in self.extra_metrics:

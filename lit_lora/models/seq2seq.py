@@ -22,3 +22,4 @@ class Seq2SeqModule(GenerativeModule):
     task_type: ClassVar[str] = "SEQ_2_SEQ_LM"
     auto_model_class: ClassVar[Any] = AutoModelForSeq2SeqLM
     encoder_decoder: ClassVar[bool] = True
+    shifts_labels: ClassVar[bool] = False  # the decoder's position t predicts labels[t] (the model shifts its inputs)

@@ -1,0 +1,190 @@
+"""What is wrong with a local data file, named by file, line and field (used by ``sources.load_rows``).
+
+    from lit_lora.data.file_errors import check_utf8, json_problem
+    check_utf8("rows.jsonl")       # DataFileError: rows.jsonl: line 4, field 'input': byte 0xe9 is not UTF-8 ...
+    json_problem("rows.jsonl")     # "line 3, column 71: invalid JSON (Expecting ':' delimiter)" or None
+
+Data rows are counted from 0 in load order (files one after another), lines from 1 in the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import pyarrow as pa
+from datasets import Dataset, Value
+
+TEXT_FILES = (".json", ".jsonl", ".csv")
+TEXT_DTYPES = ("string", "large_string", "null")
+ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte that is not UTF-8
+
+
+class DataFileError(ValueError):
+    """Local data that cannot become rows, or rows of the wrong type; the message names file, line and field."""
+
+
+def check_utf8(path: str) -> None:
+    """Fail on the first bytes that are not UTF-8: arrow's JSON reader keeps them, so without this they
+    surface as a bare ``UnicodeDecodeError`` mid-tokenisation (and pandas' CSV error names no line)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                field = field_with_bad_bytes(path, raw)
+                at = f", field {field!r}" if field else ""
+                raise DataFileError(f"{path}: line {lineno}{at}: byte 0x{raw[err.start]:02x} is not UTF-8 "
+                                    f"(save the file as UTF-8)") from None
+
+
+def field_with_bad_bytes(path: str, raw: bytes) -> Optional[str]:
+    """The column of ``raw`` (one line of ``path``) that holds the bytes that are not UTF-8, if it can be told."""
+    line = raw.decode("utf-8", errors="surrogateescape")
+    if Path(path).suffix == ".csv":
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            header = next(csv.reader(f), [])
+        values = next(csv.reader([line]), [])
+        fields = zip(header, values) if len(values) == len(header) else ()
+    else:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        fields = row.items() if isinstance(row, dict) else ()
+    return next((name for name, value in fields
+                 if ESCAPED_BYTE.search(json.dumps(value, ensure_ascii=False))), None)
+
+
+def unreadable(source: str, files: list[str], err: Exception) -> DataFileError:
+    """The error for files ``datasets`` failed on: the first problem found by reading them again with
+    ``json`` / ``csv``, else ``datasets``' own innermost message, named by file."""
+    cause = innermost(err)
+    for path in files:
+        suffix = Path(path).suffix
+        problem = json_problem(path) if suffix in (".json", ".jsonl") else csv_problem(path) if suffix == ".csv" else None
+        if problem:
+            return DataFileError(f"{path}: {problem}")
+    return DataFileError(f"{source}: datasets could not read it ({type(cause).__name__}: {cause})")
+
+
+def innermost(err: BaseException) -> BaseException:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def json_problem(path: str) -> Optional[str]:
+    """What keeps a JSON / JSON-lines file from being rows, as ``line N[, field F]: ...``; None if nothing is."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):  # one JSON document: an array of rows
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            return f"line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
+        return None
+    first_kind: dict[str, tuple[str, int]] = {}
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {lineno}, column {err.colno}: invalid JSON ({err.msg})"
+        if not isinstance(row, dict):
+            return f"line {lineno}: a JSON {json_kind(row)} where each line must be an object (one row)"
+        for field, kind in ((f, json_kind(v)) for f, v in row.items()):
+            seen_kind, seen_line = first_kind.setdefault(field, (kind, lineno)) if kind != "null" else (kind, 0)
+            if kind != seen_kind:  # datasets reads a column of mixed types, but not in a file with blank lines
+                return (f"line {lineno}, field {field!r}: a JSON {kind} where line {seen_line} holds a {seen_kind} "
+                        f"(give the field one type)")
+    return None
+
+
+def json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    kinds = {str: "string", int: "number", float: "number", list: "array", dict: "object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def csv_problem(path: str) -> Optional[str]:
+    """A CSV row with more fields than the header (pandas' error names no file), as ``line N: ...``."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        start = reader.line_num + 1
+        for record in reader:
+            if len(record) > len(header):
+                return f"line {start}: {len(record)} fields where the header has {len(header)}"
+            start = reader.line_num + 1
+    return None
+
+
+def check_text_columns(dataset: Dataset, columns: Sequence[str], where: str,
+                       files: Optional[Sequence[str]] = None) -> None:
+    """Fail on a text column that holds anything but strings and nulls, naming its first such row."""
+    for column in columns:
+        feature = dataset.features[column]
+        if isinstance(feature, Value) and feature.dtype in TEXT_DTYPES:
+            continue
+        values = list(dataset[column])
+        index = next((i for i, v in enumerate(values) if v is not None and not isinstance(v, str)), None)
+        if index is None:
+            continue
+        arrow_type = dataset.data.schema.field(column).type
+        if isinstance(arrow_type, pa.ExtensionType) or any(isinstance(v, str) for v in values):
+            found = f"{type(values[index]).__name__} values among strings"  # datasets' Json: mixed types
+        else:
+            found = f"{arrow_type} values"
+        raise DataFileError(f"{where}: column {column!r} holds {found}; expected text (a string, or null for "
+                            f"empty); first at {describe_row(files, index)}: {values[index]!r}")
+
+
+def describe_row(files: Optional[Sequence[str]], index: int) -> str:
+    """``data row 4 (0-based; line 6)``: where data row ``index`` of local ``files`` is, for an error message."""
+    located = locate_row(files, index) if files else None
+    if located is None:
+        return f"data row {index} (0-based)"
+    path, lineno = located
+    return f"data row {index} (0-based; line {lineno}{'' if len(files) == 1 else f' of {path}'})"
+
+
+def locate_row(files: Sequence[str], index: int) -> Optional[tuple[str, int]]:
+    """(file, 1-based line) of data row ``index`` (0-based, files in load order); None where lines are not rows."""
+    for path in files:
+        lines = row_lines(path)
+        if lines is None:
+            return None
+        if index < len(lines):
+            return path, lines[index]
+        index -= len(lines)
+    return None
+
+
+def row_lines(path: str) -> Optional[list[int]]:
+    """The 1-based line where each data row of a JSON-lines or CSV file starts (blank lines hold none);
+    None for a file whose lines are not rows (parquet, a JSON array)."""
+    suffix = Path(path).suffix
+    if suffix == ".csv":
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            reader = csv.reader(f)
+            starts, start = [], 1
+            for record in reader:
+                if record:
+                    starts.append(start)
+                start = reader.line_num + 1
+        return starts[1:]  # the header is no data row
+    if suffix not in TEXT_FILES:
+        return None
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    if text.lstrip().startswith("["):
+        return None
+    return [n for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+

@@ -1,0 +1,83 @@
+"""Where ``model_name_or_path`` points: a local model directory, or a hub id that can be loaded.
+
+    from lit_lora.model_source import resolve_model_path
+    resolve_model_path("lit_lora/assets/tiny-llama")   # -> ".../site-packages/lit_lora/assets/tiny-llama" from any directory
+    resolve_model_path("no-such/dir")                  # -> ModelNotFoundError, one line:
+    # model_name_or_path 'no-such/dir': not a local directory (looked in /home/me/no-such/dir) and not in the
+    # Hugging Face cache (/home/me/.cache/huggingface/hub), which is all there is with HF_HUB_OFFLINE=1
+
+A relative path is looked for in the working directory, then, if it starts with ``lit_lora/``, inside
+the installed package: a config naming the bundled ``lit_lora/assets/tiny-llama`` (``configs/demo.yaml``)
+runs from any directory. A hub id is passed on as it is; only offline (``HF_HUB_OFFLINE=1``) can lit-lora
+tell beforehand that it will not load, from the local cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ModelNotFoundError(SystemExit):
+    """``model_name_or_path`` names no local directory and no loadable hub model; the message says what was tried.
+
+    A ``SystemExit`` (like argparse's usage errors) on purpose: the model and the datamodule are built by
+    jsonargparse, which turns any ``Exception`` raised there into a "Does not validate against any of the
+    Union subtypes" report with the cause a hundred lines up. This one passes through and ends
+    ``lit-lora`` with its one line (exit status 1); in Python, catch it as ``ModelNotFoundError``.
+    """
+
+
+def resolve_model_path(name_or_path: str, check_hub: bool = True) -> str:
+    """The local model directory ``name_or_path`` names, or ``name_or_path`` itself as a hub id.
+
+    ``check_hub=False`` skips the offline cache look-up, for code that only needs the name (``estimate``
+    reads known architectures from its registry, without the hub).
+    """
+    candidates = local_candidates(name_or_path)
+    found = next((c for c in candidates if c.is_dir()), None)
+    if found is not None:
+        return name_or_path if found == candidates[0] else str(found)
+    looked = f"not a local directory (looked in {', '.join(str(c.absolute()) for c in candidates)})"
+    if not is_hub_id(name_or_path):
+        raise ModelNotFoundError(f"model_name_or_path {name_or_path!r}: {looked}, and not a hub id ('org/name')")
+    if check_hub and hub_offline() and not in_hub_cache(name_or_path):
+        from huggingface_hub import constants
+
+        raise ModelNotFoundError(f"model_name_or_path {name_or_path!r}: {looked} and not in the Hugging Face cache "
+                                 f"({constants.HF_HUB_CACHE}), which is all there is with HF_HUB_OFFLINE=1")
+    return name_or_path
+
+
+def local_candidates(name_or_path: str) -> list[Path]:
+    """Where a local ``name_or_path`` may be: as given (relative to the working directory), then in the package."""
+    path = Path(name_or_path).expanduser()
+    candidates = [path]
+    if not path.is_absolute() and path.parts[:1] == (PACKAGE_DIR.name,):
+        candidates.append(PACKAGE_DIR.joinpath(*path.parts[1:]))
+    return candidates
+
+
+def is_hub_id(name: str) -> bool:
+    """``name`` has the form of a hub repository id (``org/name`` or ``name``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """The model's ``config.json`` is in the local hub cache (what ``from_pretrained`` reads offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)

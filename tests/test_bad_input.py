@@ -1,0 +1,210 @@
+"""Bad input stops with one error naming the file, the line and the field, before any tokenisation.
+
+Each file is written in its dataset's exact schema (python-codes-25k: instruction, input, output, text;
+SNLI / MultiNLI: premise, hypothesis, label[, genre]) with one thing wrong in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_lora.data import InstructionDataModule
+from lit_lora.data.nli import MultiNLIDataModule, SNLIDataModule
+
+pytestmark = pytest.mark.faults
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "demo.yaml")
+
+
+def code_row(i: int = 0, **fields) -> dict:
+    row = {"instruction": f"Add a and b ({i}).", "input": "", "output": "```python\na + b\n```", "text": "Add a + b"}
+    return {**row, **fields}
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def instruction_dm(tiny_model, source: str, **kwargs) -> InstructionDataModule:
+    return InstructionDataModule(source=source, tokenizer_name_or_path=tiny_model("llama"), val_fraction=0.25, **kwargs)
+
+
+def setup_error(dm, kind=ValueError) -> str:
+    """The message ``dm.setup()`` stops with; nothing may have been tokenised by then."""
+    with pytest.raises(kind) as info:
+        dm.setup("fit")
+    assert not dm.datasets, "the error came after tokenisation started"
+    return str(info.value)
+
+
+# ---- 1. malformed JSON, bytes that are not UTF-8 ------------------------------------------------------
+def test_malformed_json_line_names_the_file_and_the_line(tmp_path, tiny_model):
+    lines = [json.dumps(code_row(i)) for i in range(6)]
+    lines[2] = lines[2][:-1] + ', "text" "no colon"}'  # line 3
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "codes.jsonl", lines)))
+    assert f"{tmp_path / 'codes.jsonl'}: line 3, column " in message and "invalid JSON" in message
+
+    lines = [json.dumps(code_row(i)) for i in range(6)]
+    lines[4] = json.dumps([code_row(4)])  # line 5 is valid JSON but not one row
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "rows.jsonl", lines)))
+    assert "rows.jsonl: line 5: a JSON array where each line must be an object (one row)" in message
+
+
+def test_malformed_json_document_names_its_line(tmp_path, tiny_model):
+    text = json.dumps([code_row(i) for i in range(6)], indent=1).replace('"output": "```python', '"output" "```python', 1)
+    (tmp_path / "codes.json").write_text(text)
+    bad_line = next(n for n, line in enumerate(text.split("\n"), 1) if '"output" "' in line)
+    message = setup_error(instruction_dm(tiny_model, str(tmp_path / "codes.json")))
+    assert f"codes.json: line {bad_line}, column " in message and "invalid JSON" in message
+
+
+def test_bytes_that_are_not_utf8_name_file_line_and_field(tmp_path, tiny_model):
+    lines = [json.dumps(code_row(i)).encode() for i in range(6)]
+    lines[3] = json.dumps(code_row(3, input="caf__")).encode().replace(b"caf__", b"caf\xe9")  # latin-1 é, line 4
+    (tmp_path / "latin1.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    message = setup_error(instruction_dm(tiny_model, str(tmp_path / "latin1.jsonl")))
+    assert "latin1.jsonl: line 4, field 'input': byte 0xe9 is not UTF-8" in message
+
+    csv = b"premise,hypothesis,label\nA dog runs.,A dog moves.,0\nA man sings.,Nobody sings.,2\nThe caf\xe9 is open.,It is open.,0\n"
+    (tmp_path / "snli.csv").write_bytes(csv)
+    dm = SNLIDataModule(source=str(tmp_path / "snli.csv"), tokenizer_name_or_path=tiny_model("llama"))
+    assert "snli.csv: line 4, field 'premise': byte 0xe9 is not UTF-8" in setup_error(dm)
+
+
+# ---- 2. a text column of the wrong type ----------------------------------------------------------------
+@pytest.mark.parametrize("output, found", [(7, "int64"), ([1, 2], "list")])
+def test_text_column_of_another_type_names_column_types_and_first_row(tmp_path, tiny_model, output, found):
+    lines = [json.dumps(code_row(i, output=output)) for i in range(6)]
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "codes.jsonl", lines)))
+    assert "codes.jsonl: column 'output' holds " in message and found in message
+    assert "expected text (a string, or null for empty)" in message
+    assert f"first at data row 0 (0-based; line 1): {output!r}" in message
+
+
+def test_mixed_types_name_the_first_offending_line_and_null_input_stays_allowed(tmp_path, tiny_model):
+    lines = [json.dumps(code_row(i, input=None)) for i in range(6)]  # null input = empty input, as before
+    lines[4] = json.dumps(code_row(4, output=42))
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "mixed.jsonl", lines)))
+    assert "mixed.jsonl: column 'output' holds int values among strings" in message
+    assert "first at data row 4 (0-based; line 5): 42" in message
+    assert "'input'" not in message
+
+    # datasets cannot read mixed types in a file with a blank line at all: the field is named all the same
+    lines.insert(2, "")
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "blank_line.jsonl", lines)))
+    assert "blank_line.jsonl: line 6, field 'output': a JSON number where line 1 holds a string" in message
+
+
+def test_csv_text_columns_stay_text(tmp_path, tiny_model):
+    """CSV has no types: a column of numbers, or an empty one, is still text (pandas would make it int / float)."""
+    rows = "".join(f"Return the number {i}.,,{i}{i},x\n" for i in range(8))
+    (tmp_path / "codes.csv").write_text("instruction,input,output,text\n" + rows)
+    dm = instruction_dm(tiny_model, str(tmp_path / "codes.csv"))
+    dm.setup("fit")
+    references = sorted(list(dm.datasets["train"]["reference"]) + list(dm.datasets["validation"]["reference"]))
+    assert references == [f"{i}{i}" for i in range(8)]
+
+
+# ---- 3. NLI labels: blank cells, float labels, the right row -----------------------------------------
+def snli_csv(path: Path, labels: list[str]) -> str:
+    pairs = [("A dog runs in the park.", "A dog moves."), ("A man sings.", "Nobody sings."),
+             ("A cat eats fish.", "A cat is eating."), ("Two kids play.", "The kids sleep.")]
+    lines = ["premise,hypothesis,label"]
+    lines += [f"{p} ({i}),{h},{label}" for i, (label, (p, h)) in enumerate(zip(labels, pairs * 4))]
+    return write_lines(path, lines)
+
+
+def test_blank_label_cell_is_no_gold_label_and_float_labels_are_their_int(tmp_path, tiny_model):
+    labels = ["0", "1", "", "2", "-1", "0", "1", "2", "0", "1"]  # a blank cell makes pandas read floats
+    dm = SNLIDataModule(source=snli_csv(tmp_path / "snli.csv", labels), tokenizer_name_or_path=tiny_model("llama"),
+                        val_fraction=0.25)
+    dm.setup("fit")
+    counts = dm.drop_counts["train"] + dm.drop_counts["validation"]
+    assert counts == {"no gold label (blank)": 1, "no gold label (-1)": 1}
+    kept = list(dm.datasets["train"]["labels"]) + list(dm.datasets["validation"]["labels"])
+    assert sorted(kept) == [0, 0, 0, 1, 1, 1, 2, 2]
+
+    # MultiNLI has no -1, but a blank cell is no gold label there too
+    lines = ["premise,hypothesis,label,genre"] + [f"A dog runs ({i}).,A dog moves.,{'' if i == 3 else i % 3},fiction"
+                                                  for i in range(8)]
+    dm = MultiNLIDataModule(source=write_lines(tmp_path / "mnli.csv", lines), tokenizer_name_or_path=tiny_model("llama"),
+                            val_fraction=0.25)
+    dm.setup("fit")
+    assert (dm.drop_counts["train"] + dm.drop_counts["validation"]) == {"no gold label (blank)": 1}
+
+
+def test_non_integral_label_names_file_row_and_line(tmp_path, tiny_model):
+    labels = ["0", "", "1.5", "2", "1", "0"]
+    dm = SNLIDataModule(source=snli_csv(tmp_path / "snli.csv", labels), tokenizer_name_or_path=tiny_model("llama"))
+    message = setup_error(dm)
+    assert "snli.csv (train): data row 2 (0-based; line 4), field 'label': 1.5 is not a label" in message
+
+
+def test_unknown_label_after_a_blank_line_names_the_right_line(tmp_path, tiny_model):
+    rows = [{"premise": f"The dog is running {i}.", "hypothesis": "A dog is running.", "label": i % 3}
+            for i in range(6)]
+    rows[3]["label"] = 7
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(1, "")
+    dm = SNLIDataModule(source=write_lines(tmp_path / "snli.jsonl", lines), tokenizer_name_or_path=tiny_model("llama"))
+    assert "snli.jsonl (train): data row 3 (0-based; line 5), field 'label': 7 is not a label" in setup_error(dm)
+
+    rows[3]["label"] = "maybe"  # a string among ints
+    dm = SNLIDataModule(source=write_jsonl_rows(tmp_path / "named.jsonl", rows), tokenizer_name_or_path=tiny_model("llama"))
+    assert "named.jsonl (train): data row 3 (0-based; line 4), field 'label': 'maybe' is not a label" in setup_error(dm)
+
+
+def write_jsonl_rows(path: Path, rows: list[dict]) -> str:
+    return write_lines(path, [json.dumps(r) for r in rows])
+
+
+# ---- 4. model_name_or_path -----------------------------------------------------------------------------
+def lit_lora(*args, cwd=ROOT):
+    """``lit-lora`` as a user runs it (the one installed beside this Python when no environment is activated)."""
+    exe = shutil.which("lit-lora") or str(Path(sys.executable).with_name("lit-lora"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_missing_model_directory_is_one_short_line_naming_it(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    result = lit_lora("fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+                      "--model.init_args.model_name_or_path", missing)
+    assert result.returncode != 0
+    assert "Union" not in result.stderr and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if missing in line]
+    assert line.startswith(f"model_name_or_path {missing!r}: not a local directory")
+
+
+def test_hub_id_missing_offline_says_what_was_tried(tmp_path, monkeypatch):
+    from lit_lora.cli import main
+    from lit_lora.model_source import ModelNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError) as info:
+        main(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+              "--model.init_args.model_name_or_path", "no-such-org/no-such-model"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("model_name_or_path 'no-such-org/no-such-model': not a local directory (looked in "
+                              f"{tmp_path / 'no-such-org' / 'no-such-model'})")
+    assert "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_demo_config_runs_from_another_directory(tmp_path):
+    """The demo's relative ``lit_lora/assets/tiny-llama`` is found in the installed package from any directory."""
+    result = lit_lora("fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                      "--trainer.max_steps", "1", "--trainer.val_check_interval", "1",
+                      "--trainer.enable_progress_bar", "false", "--baseline.enabled", "false",
+                      "--data.init_args.max_samples", "8", "--data.init_args.batch_size", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trainable params:" in result.stdout + result.stderr

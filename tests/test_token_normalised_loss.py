@@ -1,0 +1,61 @@
+"""One optimizer step's gradient does not depend on how its rows are split: one batch of 8, four
+micro-batches of 2 (accumulation) or two ranks of 4 (DDP, gloo) give the same gradient and the same
+logged ``train_loss``, because the loss is summed over label tokens and divided by the label tokens of
+the whole step (``lit_lora.models.token_loss``). Rows of very different lengths make a per-micro-batch
+mean differ from that by far more than the tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = 8
+
+
+def write_rows(path: Path) -> Path:
+    """Eight rows whose answers range from 2 to about 250 tokens."""
+    with path.open("w") as f:
+        for i in range(ROWS):
+            body = "\n".join(f"    total += {j} * value" for j in range(1 + i ** 3 // 4))
+            output = f"def f{i}(value):\n    total = 0\n{body}\n    return total"
+            f.write(json.dumps({"instruction": f"Write function number {i}.", "input": "", "output": output,
+                                "text": ""}) + "\n")
+    return path
+
+
+def first_step(model_dir: str, data: Path, out: Path, batch_size: int, accumulate: int, devices: int):
+    """Run ``lit-lora fit`` for one optimizer step; return its gradients and logged train_loss."""
+    env = {**os.environ, "GRAD_DUMP": str(out), "PYTHONPATH": str(ROOT / "tests" / "workers")}
+    args = ["lit-lora", "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
+            "--model.init_args.model_name_or_path", model_dir,
+            "--data.init_args.source", str(data), "--data.init_args.validation_source", str(data),
+            "--data.init_args.batch_size", str(batch_size), "--data.init_args.max_length", "512",
+            "--trainer.accumulate_grad_batches", str(accumulate), "--trainer.devices", str(devices),
+            "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(out.parent / out.stem), "--baseline.enabled", "false",
+            "--trainer.callbacks+=grad_dump.FirstStepGradients"]
+    if devices > 1:
+        args += ["--trainer.strategy", "ddp"]
+    result = subprocess.run(["timeout", "-k", "5", "300", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(out), torch.load(str(out) + ".loss")
+
+
+def test_one_step_is_the_same_however_its_rows_are_split(tiny_model, tmp_path):
+    data = write_rows(tmp_path / "rows.jsonl")
+    model = tiny_model("llama")
+    whole, whole_loss = first_step(model, data, tmp_path / "whole.pt", batch_size=ROWS, accumulate=1, devices=1)
+    accumulated, acc_loss = first_step(model, data, tmp_path / "acc.pt", batch_size=2, accumulate=4, devices=1)
+    ranks, ranks_loss = first_step(model, data, tmp_path / "ddp.pt", batch_size=4, accumulate=1, devices=2)
+    assert set(whole) == set(accumulated) == set(ranks) and whole
+    assert any(g.abs().max() > 1e-3 for g in whole.values())  # a real gradient, not zeros
+    for name, grad in whole.items():
+        torch.testing.assert_close(accumulated[name], grad, rtol=0, atol=1e-6, msg=f"accumulation: {name}")
+        torch.testing.assert_close(ranks[name], grad, rtol=0, atol=1e-6, msg=f"2 ranks: {name}")
+    assert acc_loss == pytest.approx(whole_loss, rel=1e-5) and ranks_loss == pytest.approx(whole_loss, rel=1e-5)
