@@ -10,7 +10,6 @@ In YAML they are top-level keys (``checkpoint:``, ``export:``, ``baseline:``), e
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import resource
@@ -25,7 +24,10 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.export import merge_and_save
+from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError, check_finite_weights
+from lit_lora.strict_json import dumps
 
 log = logging.getLogger("lit_lora")
 
@@ -41,13 +43,19 @@ class AdapterCheckpoint(ModelCheckpoint):
 
     The ``.ckpt`` resumes training (trainable weights, optimizer, loop state); the ``-adapter``
     directory is what ``peft.PeftModel.from_pretrained`` (or ``from_pretrained`` for full fine-tuning)
-    loads. Both are removed together when ``save_top_k`` rotates a checkpoint out.
+    loads. Both are removed together when ``save_top_k`` rotates a checkpoint out. Neither is written
+    from NaN / inf weights, nor (``save_on_exception``) when the run stopped on a non-finite loss.
     """
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        check_finite_weights(trainer.lightning_module, f"checkpoint {filepath}", trainer)
         super()._save_checkpoint(trainer, filepath)
         # every rank: under ZeRO-3 / FSDP the adapter is gathered (a collective) before rank 0 writes it
         trainer.lightning_module.save_pretrained(adapter_dir_for(filepath))
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (NonFiniteTrainingError, NonFiniteWeightsError)):
+            super().on_exception(trainer, pl_module, exception)
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
@@ -86,6 +94,7 @@ class FinalExport(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        check_finite_weights(pl_module, f"the final export {run_dir / self.dirname}", trainer)
         out = pl_module.save_pretrained(run_dir / self.dirname)  # every rank: gathers under ZeRO-3 / FSDP
         if not trainer.is_global_zero:
             return
@@ -107,32 +116,35 @@ class FinalExport(Callback):
                                     type(pl_module).auto_model_class, self.merge_dtype, pl_module.tokenizer,
                                     **pl_module.architecture_kwargs())
             summary["merged_dir"] = str(merged)
-        (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / "run_summary.json").write_text(dumps(summary, indent=2))
         print(f"[lit-lora] saved {pl_module.adapter.method} weights to {out}")
 
 
 @torch.no_grad()
 def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_batches: Optional[int]) -> float:
-    """Mean loss over the (first) validation dataloader, aggregated as Lightning aggregates ``val_loss``.
+    """Loss over the (first) validation dataloader, computed as ``val_loss`` is: summed over label tokens
+    (rows for a classifier) and divided by their count, across ranks, each row counted once.
 
-    Each batch's mean loss is weighted by its number of rows, so the "tuned" figure equals the
-    ``val_loss`` in ``metrics.csv`` and ``lit-lora test``'s ``test_loss`` on the same rows.
+    So the "tuned" figure equals the ``val_loss`` in ``metrics.csv`` and ``lit-lora test``'s ``test_loss``
+    on the same rows, whatever the batch size and the number of ranks.
     """
     loader = trainer.datamodule.val_dataloader()
     if isinstance(loader, (list, tuple)):
         loader = loader[0]
     was_training = pl_module.training
     pl_module.eval()
-    total, weight = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
+    count = torch.zeros((), dtype=torch.float64, device=pl_module.device)
     for i, batch in enumerate(loader):
         if limit_batches is not None and i >= limit_batches:
             break
-        batch = move_data_to_device(batch, pl_module.device)
-        n = len(batch["input_ids"])
-        total += float(pl_module(batch).loss) * n
-        weight += n
+        summed, n = pl_module.loss_terms(without_uncounted_labels(move_data_to_device(batch, pl_module.device)))
+        total += summed.double()
+        count += n
     pl_module.train(was_training)
-    return total / max(weight, 1)
+    total = trainer.strategy.reduce(total, reduce_op="sum")  # every rank calls this hook: a safe collective
+    count = trainer.strategy.reduce(count, reduce_op="sum")
+    return float(total / count.clamp(min=1))
 
 
 class BaselineComparison(Callback):
@@ -172,7 +184,7 @@ class BaselineComparison(Callback):
         if not trainer.is_global_zero:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "before_after.json").write_text(json.dumps(result, indent=2))
+        (run_dir / "before_after.json").write_text(dumps(result, indent=2))
         if self.base_loss is None:
             print(f"[lit-lora] validation loss: tuned {tuned:.4f} (base not measured on a resumed full fine-tune)")
             return
@@ -204,7 +216,7 @@ class MetricsWriter(Callback):
         scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
         result = {"stage": stage, "ckpt_path": trainer.ckpt_path, "metrics": scalars,
                   "details": getattr(pl_module, "extra_metrics", {})}
-        (run_dir / self.filename).write_text(json.dumps(result, indent=2, default=str))
+        (run_dir / self.filename).write_text(dumps(result, indent=2, default=str))
         print(f"[lit-lora] wrote {stage} metrics to {run_dir / self.filename}")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

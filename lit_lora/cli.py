@@ -6,6 +6,10 @@
 
 The tokenizer name follows ``model.init_args.model_name_or_path`` and the tokenizer object built by
 the datamodule is handed to the model (``link_arguments``): neither is repeated in a YAML.
+
+``fit --ckpt_path`` refuses a checkpoint trained with other model settings than the config (see
+``lit_lora.ckpt_settings``; ``--resume_with_checkpoint_settings true`` resumes with the checkpoint's), and
+``finite_guard:`` stops a run at a NaN / inf loss or gradient (see ``lit_lora.finite_guard``).
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
+from lit_lora.ckpt_settings import SWITCH, check_resume_settings
 from lit_lora.compatibility import check_config
 from lit_lora.data.base import TextDataModule
+from lit_lora.finite_guard import FiniteGuard
 from lit_lora.launch_checks import check_allocation
+from lit_lora.model_source import ModelNotFoundError, resolve_model_path
 from lit_lora.models.base import FineTuneModule
 from lit_lora.preemption import PreemptionCheckpoint, pin_log_dir
 from lit_lora.tracking import WandbRun, fill_save_dirs
@@ -39,15 +46,33 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(BaselineComparison, "baseline")
         parser.add_lightning_class_args(MetricsWriter, "metrics")
         parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_lightning_class_args(FiniteGuard, "finite_guard")
+        parser.add_argument(f"--{SWITCH}", type=bool, default=False,
+                            help="With --ckpt_path: resume with the model settings stored in the checkpoint when "
+                                 "they differ from the config's (otherwise fit stops and lists them)")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
         # class names of classification data; skipped for a datamodule / module without label_names
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
 
+    def parse_arguments(self, parser, args) -> None:
+        """Keep the ``model`` section as given: LightningCLI then swaps in a ``--ckpt_path``'s hyperparameters."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        given = self.config[subcommand].get("model") if subcommand else None
+        self._given_model = given.clone() if given is not None else None
+
     def before_instantiate_classes(self) -> None:
-        """Fail on an impossible strategy / method combination or a mismatched SLURM allocation, early."""
+        """Fail on a checkpoint with other model settings, an impossible strategy / method combination or a
+        mismatched SLURM allocation, early."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if self.subcommand:
+            check_resume_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"),
+                                  self.subcommand, accept=bool(config.get(SWITCH)))
         trainer = config.trainer
+        model_args = config.get("model", {}).get("init_args") or {}
+        if model_args.get("model_name_or_path"):
+            resolve_model_path(model_args["model_name_or_path"])  # one clear line now, not a jsonargparse report later
         check_config(config)
         check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
         fill_save_dirs(trainer)
@@ -84,7 +109,10 @@ def main(args: list[str] | None = None) -> None:
 
         importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
         return
-    LitLoraCLI(args=args)
+    try:
+        LitLoraCLI(args=args)
+    except ModelNotFoundError as err:
+        sys.exit(f"lit-lora: {err}")
 
 
 if __name__ == "__main__":

@@ -62,14 +62,11 @@ def load_adapter_dir(module, adapter_dir: str) -> None:
     """Put the weights of a peft adapter directory (or a full model directory) into ``module``."""
     path = Path(adapter_dir)
     if (path / "adapter_config.json").is_file():
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
+        from lit_lora.adapters.loading import load_adapter_weights
 
         if not module.is_peft:
             raise ValueError(f"{path} is a peft adapter but the config's adapter is {module.adapter.method}")
-        result = set_peft_model_state_dict(module.model, load_peft_weights(str(path)))
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"{path}: adapter weights do not fit this model ({result.unexpected_keys[:3]} …)")
+        load_adapter_weights(module.model, path)  # strict: missing or unexpected tensors are an error
     elif (path / "config.json").is_file():
         module.model = None
         module.model_name_or_path = str(path)

@@ -1,7 +1,8 @@
 """Merge a saved LoRA adapter into its base and save a plain transformers model.
 
 The base is reloaded unquantized in ``dtype`` (merging into 4-bit weights would round the update
-away), the adapter is applied with plain peft, and ``merge_and_unload`` folds it in::
+away), the adapter is applied with plain peft (strictly: a missing or unexpected tensor is an error, and
+so is a NaN / inf weight), and ``merge_and_unload`` folds it in::
 
     python -c "from lit_lora.export import merge_and_save; from transformers import AutoModelForCausalLM; \
 merge_and_save('base/', 'runs/demo/adapter', 'runs/demo/merged', AutoModelForCausalLM)"
@@ -12,15 +13,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_lora.adapters.base import to_dtype
+from lit_lora.adapters.loading import load_peft_model
+from lit_lora.finite_guard import non_finite_error, non_finite_names
 
 
 def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str | Path, auto_model_class,
                    dtype: str = "float32", tokenizer=None, **load_kwargs) -> Path:
     """``load_kwargs`` rebuild the same head as in training (e.g. ``num_labels``, ``id2label``)."""
-    from peft import PeftModel
+    from peft import get_peft_model_state_dict
 
     base = auto_model_class.from_pretrained(base_name_or_path, dtype=to_dtype(dtype), **load_kwargs)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    model = load_peft_model(base, adapter_dir)
+    bad = non_finite_names(get_peft_model_state_dict(model).items())
+    if bad:  # a NaN / inf adapter would merge into a model that outputs NaN
+        raise non_finite_error(bad, f"a merged model from {adapter_dir}")
+    merged = model.merge_and_unload()
     out = Path(out_dir)
     merged.save_pretrained(out)
     if tokenizer is not None:

@@ -19,13 +19,12 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class ModelNotFoundError(SystemExit):
+class ModelNotFoundError(FileNotFoundError):
     """``model_name_or_path`` names no local directory and no loadable hub model; the message says what was tried.
 
-    A ``SystemExit`` (like argparse's usage errors) on purpose: the model and the datamodule are built by
-    jsonargparse, which turns any ``Exception`` raised there into a "Does not validate against any of the
-    Union subtypes" report with the cause a hundred lines up. This one passes through and ends
-    ``lit-lora`` with its one line (exit status 1); in Python, catch it as ``ModelNotFoundError``.
+    ``lit-lora`` checks the path before it builds anything (``LitLoraCLI.before_instantiate_classes``) and
+    prints this one line: raised later, inside jsonargparse's instantiation, it would end in a "Does not
+    validate against any of the Union subtypes" report with the cause a hundred lines up.
     """
 
 

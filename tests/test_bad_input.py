@@ -182,17 +182,17 @@ def test_missing_model_directory_is_one_short_line_naming_it(tmp_path):
     assert result.returncode != 0
     assert "Union" not in result.stderr and "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if missing in line]
-    assert line.startswith(f"model_name_or_path {missing!r}: not a local directory")
+    assert line.startswith(f"lit-lora: model_name_or_path {missing!r}: not a local directory")
 
 
 def test_hub_id_missing_offline_says_what_was_tried(tmp_path, monkeypatch):
-    from lit_lora.cli import main
+    from lit_lora.cli import LitLoraCLI
     from lit_lora.model_source import ModelNotFoundError
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelNotFoundError) as info:
-        main(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
-              "--model.init_args.model_name_or_path", "no-such-org/no-such-model"])
+    with pytest.raises(ModelNotFoundError) as info:  # raised before anything is built
+        LitLoraCLI(args=["--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+                         "--model.init_args.model_name_or_path", "no-such-org/no-such-model"], run=False)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("model_name_or_path 'no-such-org/no-such-model': not a local directory (looked in "

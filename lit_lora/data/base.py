@@ -21,6 +21,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from lit_lora.data.collators import PadCollator
+from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
 from lit_lora.data.resumable import train_loader
 from lit_lora.data.sources import load_rows, take_subset
 from lit_lora.model_source import resolve_model_path
@@ -219,8 +220,13 @@ class TextDataModule(L.LightningDataModule):
         return PadCollator(pad_token_id=self.tokenizer.pad_token_id, padding_side=self.padding_side)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, collate_fn=self.collate_fn(), num_workers=self.num_workers)
+        dataset, sampler = self.datasets[split], None
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if not shuffle and world > 1:  # every row evaluated once, repeats flagged (lit_lora/data/eval_sharding.py)
+            dataset, sampler = CountedRows(dataset), CountedEvalSampler(dataset, world, self.trainer.global_rank)
+        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle and sampler is None, sampler=sampler, collate_fn=self.collate_fn(),
+                          num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         # seeded order that a mid-epoch checkpoint resumes exactly (see lit_lora/data/resumable.py)

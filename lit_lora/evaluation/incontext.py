@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from lit_lora.evaluation.generation import generate_texts
 from lit_lora.evaluation.labels import parse_label
 from lit_lora.evaluation.overlap import normalize_input
+from lit_lora.strict_json import dumps
 
 
 def example_pairs(datamodule, rows) -> list[tuple[str, str]]:
@@ -123,7 +123,7 @@ def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: O
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / f"predictions_{k}shot.jsonl").open("w") as f:
             for record in records:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps(record) + "\n")
     return results
 
 
@@ -143,5 +143,5 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     results = evaluate_incontext(module, cli.datamodule, args.shots, args.seed, args.split, args.max_rows,
                                  cli.datamodule.eval_batch_size, out_dir)
-    (out_dir / "incontext.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    (out_dir / "incontext.json").write_text(dumps(results, indent=2))
+    print(dumps(results, indent=2))

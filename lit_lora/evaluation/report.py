@@ -12,12 +12,12 @@ wrong (and the reverse) are listed in full. When evaluated rows were trained on,
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Optional
 
 from lit_lora.evaluation.text_metrics import normalize_answer
+from lit_lora.strict_json import dumps
 
 HIGHER_IS_BETTER = {"loss": False, "perplexity": False, "hit_max_new_tokens": False}
 
@@ -113,7 +113,7 @@ def to_markdown(report: dict) -> str:
               f"- training wall time: {run.get('train_wall_time_s', 'not recorded')} s; training peak memory: "
               f"{run.get('train_peak_memory_mib', 'not recorded')} MiB ({run.get('train_peak_memory_kind', '')})",
               f"- evaluation peak memory: {run.get('eval_peak_memory_mib')} MiB ({run.get('eval_peak_memory_kind')})",
-              f"- generation: {json.dumps(report['settings'])}", "", "## Metrics", ""]
+              f"- generation: {dumps(report['settings'])}", "", "## Metrics", ""]
     lines += _table(report["metrics"])
     for group, rows in report["per_group"].items():
         lines += ["", f"### {group}", ""] + _table(rows)
@@ -165,6 +165,6 @@ def plot_loss_curve(metrics_csv: Path, out_png: Path) -> Optional[Path]:
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.json").write_text(dumps(report, indent=2, default=str))
     (out / "report.md").write_text(to_markdown(report))
     return out / "report.md", out / "report.json"

@@ -32,8 +32,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from lit_lora.data.eval_sharding import counted_indices, without_uncounted_labels
 from lit_lora.models.base import MODEL_INPUT_KEYS, FineTuneModule
 from lit_lora.models.eval_sets import EvalSetMetrics
+from lit_lora.models.token_loss import label_count, summed_loss
 from lit_lora.sharding import outside_zero3_init
 
 log = logging.getLogger("lit_lora")
@@ -172,11 +174,12 @@ class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
         return {"use_cache": False} if "use_cache" in self.accepted_inputs() else {}
 
     def _eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
-        output = self(batch)
-        name = self.eval_set_name(stage, dataloader_idx)
-        self.metrics_for(stage, dataloader_idx).update(output.logits.argmax(-1), batch["labels"])
-        self.log(f"{name}/loss", output.loss, sync_dist=True, batch_size=batch["labels"].shape[0],
-                 add_dataloader_idx=False)
+        batch = without_uncounted_labels(batch)  # rows a padding rank repeats are run but not counted
+        logits = self(batch).logits
+        keep = counted_indices(batch).to(logits.device)
+        self.metrics_for(stage, dataloader_idx).update(logits.argmax(-1)[keep], batch["labels"][keep])
+        self.update_eval_loss(stage, dataloader_idx, summed_loss(logits, batch["labels"], shift=False),
+                              label_count(batch["labels"], shift=False))
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch, dataloader_idx)

@@ -1,9 +1,11 @@
 """Per-evaluation-set classification metrics for a LightningModule (MultiNLI matched / mismatched apart).
 
-A module mixes in ``EvalSetMetrics``, calls ``metrics_for(stage, dataloader_idx, kind)`` in its steps
-and ``log_eval_metrics(stage)`` at the end of the epoch. Names say which set and which method::
+A module mixes in ``EvalSetMetrics``, calls ``metrics_for(stage, dataloader_idx, kind)`` and
+``update_eval_loss(stage, dataloader_idx, summed, count)`` in its steps and ``log_eval_metrics(stage)`` at
+the end of the epoch. Names say which set and which method::
 
     val/accuracy                       one validation set
+    val_matched/loss                   its loss, weighted by label tokens (or rows), whatever the batch size
     val_matched/f1_macro               MultiNLI: names from the datamodule's ``eval_names``
     test_mismatched/generation/unparseable
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from lit_lora.evaluation.classification import ClassificationMetrics
 
@@ -26,6 +30,7 @@ class EvalSetMetrics:
 
     def init_eval_metrics(self) -> None:
         self.eval_metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>_<kind>" -> ClassificationMetrics
+        self.eval_losses = nn.ModuleDict()   # "<stage>_<dataloader idx>" -> MeanMetric weighted by label count
         self.extra_metrics: dict = {}       # written under "details" of metrics.json by MetricsWriter
 
     def resolve_label_names(self) -> list[str]:
@@ -57,8 +62,19 @@ class EvalSetMetrics:
             self.eval_metrics[key] = ClassificationMetrics(self.label_names, allow_unparseable).to(self.device)
         return self.eval_metrics[key]
 
+    def update_eval_loss(self, stage: str, dataloader_idx: int, summed: torch.Tensor, count: torch.Tensor) -> None:
+        """Add a batch's summed loss over ``count`` labels to its evaluation set's weighted mean."""
+        key = f"{stage}_{dataloader_idx}"
+        if key not in self.eval_losses:
+            self.eval_losses[key] = MeanMetric().to(self.device)
+        self.eval_losses[key].update(summed / count.clamp(min=1), weight=count)
+
     def log_eval_metrics(self, stage: str) -> None:
         """Compute (counts summed across processes by torchmetrics), log scalars, keep details, reset."""
+        for key in [k for k in self.eval_losses if k.startswith(f"{stage}_")]:
+            name = self.eval_set_name(stage, int(key.split("_", 1)[1]))
+            self.log(f"{name}/loss", self.eval_losses[key].compute(), add_dataloader_idx=False)
+            self.eval_losses[key].reset()
         for key in [k for k in self.eval_metrics if k.startswith(f"{stage}_")]:
             _, idx, kind = key.split("_", 2)
             name = self.eval_set_name(stage, int(idx)) + (f"/{kind}" if kind else "")

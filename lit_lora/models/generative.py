@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import torch
 
+from lit_lora.data.eval_sharding import counted_indices, without_uncounted_labels
 from lit_lora.evaluation.generation import GenerationSettings, generate_texts
 from lit_lora.evaluation.overlap import check_overlap
 from lit_lora.evaluation.text_metrics import TextMetrics, score_rows
@@ -98,7 +99,7 @@ class GenerativeModule(FineTuneModule):
         return self._score_batch(batch, stage)
 
     def _score_batch(self, batch: dict, stage: str) -> None:
-        summed, count = self.loss_terms(batch)
+        summed, count = self.loss_terms(without_uncounted_labels(batch))  # a padding rank's repeats add nothing
         self.text_metrics.update_loss(summed / count.clamp(min=1), int(count))  # token-weighted over the whole set
         if not self._generates(stage):
             return
@@ -110,20 +111,25 @@ class GenerativeModule(FineTuneModule):
                               encoder_decoder=self.encoder_decoder,
                               add_special_tokens=self.encoder_decoder or getattr(dm, "template", None) != "chat",
                               max_length=getattr(dm, "max_length", None))
-        preds = [o.text for o in outs]
-        self.text_metrics.update(preds, batch["reference"], [o.hit_limit for o in outs])
-        groups = batch.get("group") or [""] * len(preds)
-        for prompt, ref, out, group in zip(batch["prompt"], batch["reference"], outs, groups):
+        keep = counted_indices(batch).tolist()
+        outs = [outs[i] for i in keep]
+        prompts, refs = [batch["prompt"][i] for i in keep], [batch["reference"][i] for i in keep]
+        groups = [batch["group"][i] for i in keep] if batch.get("group") else [""] * len(keep)
+        for prompt, ref, out, group in zip(prompts, refs, outs, groups):
             self.predictions.append({"prompt": prompt, "reference": ref, "prediction": out.text,
                                      "hit_max_new_tokens": out.hit_limit, "group": group})
 
     def _end(self, stage: str) -> None:
-        metrics = self.text_metrics.compute()  # synchronised across ranks; loss and perplexity token-weighted
+        """Loss and perplexity (token-weighted, summed across ranks); generation metrics of every rank's rows."""
+        metrics = self.text_metrics.compute()
+        rows = gather_rows(self.predictions) if self._generates(stage) else []
+        if rows:  # scored once on the gathered rows: each rank's share may differ by one row
+            metrics.update(score_rows([r["prediction"] for r in rows], [r["reference"] for r in rows],
+                                      [r["hit_max_new_tokens"] for r in rows]))
         for name, value in metrics.items():
             self.log(f"{stage}_{name}", value, prog_bar=stage == "val" and name == "loss", sync_dist=False)
-        if not self.predictions and not self._generates(stage):
+        if not self._generates(stage):
             return
-        rows = gather_rows(self.predictions)
         for i, row in enumerate(rows):
             row["index"] = i
         groups = defaultdict(list)

@@ -21,9 +21,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
-from torchmetrics import MeanMetric
 
+from lit_lora.data.eval_sharding import counted_indices, without_uncounted_labels
 from lit_lora.evaluation.generation import GenerationSettings, generate_texts
 from lit_lora.evaluation.labels import label_index
 from lit_lora.evaluation.likelihood import candidate_log_likelihoods
@@ -47,7 +46,6 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
         super().__init__(*args, evaluation=evaluation, **kwargs)
         self.label_names = list(label_names) if label_names else None
         self.init_eval_metrics()
-        self.eval_losses = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MeanMetric weighted by label tokens
         self.unparseable_examples: dict[str, list] = {}
 
     def configure_model(self) -> None:
@@ -60,35 +58,26 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
 
     def _label_eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
         name = self.eval_set_name(stage, dataloader_idx)
-        summed, count = self.loss_terms(batch)
-        self.eval_loss_for(stage, dataloader_idx).update(summed / count.clamp(min=1), weight=count)
+        self.update_eval_loss(stage, dataloader_idx, *self.loss_terms(without_uncounted_labels(batch)))
+        keep = counted_indices(batch)  # rows a padding rank repeats are run but not counted
         gold = torch.tensor([self.label_names.index(r) for r in batch["reference"]], device=self.device)
         scores = candidate_log_likelihoods(self.model, self.tokenizer, batch["prompt"], self.label_names,
                                            add_special_tokens=self._prompt_has_special_tokens())
-        self.metrics_for(stage, dataloader_idx, "likelihood").update(scores.argmax(-1), gold)
+        self.metrics_for(stage, dataloader_idx, "likelihood").update(scores.argmax(-1)[keep], gold[keep])
         if not self._generates(stage):
             return
         answers = generate_texts(self.model, self.tokenizer, batch["prompt"], self.evaluation,
                                  add_special_tokens=self._prompt_has_special_tokens())
         predicted = torch.tensor([label_index(a.text, self.label_names) for a in answers], device=self.device)
-        self.metrics_for(stage, dataloader_idx, "generation", allow_unparseable=True).update(predicted, gold)
+        self.metrics_for(stage, dataloader_idx, "generation", allow_unparseable=True).update(predicted[keep],
+                                                                                              gold[keep])
         examples = self.unparseable_examples.setdefault(f"{name}/generation", [])
-        for answer, pred, reference in zip(answers, predicted.tolist(), batch["reference"]):
+        for i in keep.tolist():
+            answer, pred, reference = answers[i], int(predicted[i]), batch["reference"][i]
             if pred == -1 and len(examples) < MAX_EXAMPLES:
                 examples.append({"answer": answer.text, "gold": reference})
 
-    def eval_loss_for(self, stage: str, dataloader_idx: int) -> MeanMetric:
-        """The label-token-weighted loss of one evaluation set (summed across ranks by torchmetrics)."""
-        key = f"{stage}_{dataloader_idx}"
-        if key not in self.eval_losses:
-            self.eval_losses[key] = MeanMetric().to(self.device)
-        return self.eval_losses[key]
-
     def _log_label_metrics(self, stage: str) -> None:
-        for key in [k for k in self.eval_losses if k.startswith(f"{stage}_")]:
-            name = self.eval_set_name(stage, int(key.split("_", 1)[1]))
-            self.log(f"{name}/loss", self.eval_losses[key].compute(), add_dataloader_idx=False)
-            self.eval_losses[key].reset()
         self.log_eval_metrics(stage)
         for name, examples in self.unparseable_examples.items():
             if name in self.extra_metrics:

@@ -1,0 +1,86 @@
+"""``--ckpt_path`` with other model settings than the config: an error listing them, not a silent swap.
+
+Given ``--ckpt_path``, LightningCLI replaces the ``model:`` section of the config with the hyperparameters
+stored in the checkpoint (``LightningCLI._parse_ckpt_path``), so ``fit`` would train the checkpoint's base,
+adapter and optimizer settings whatever the config and command line say. ``fit`` stops instead, unless
+``--resume_with_checkpoint_settings true`` says to go on with the checkpoint's (they are what the run's
+``config.yaml`` then records). ``validate`` / ``test`` / ``predict`` need the checkpoint's architecture
+to load its weights: they go on and log what was replaced. Trainer and data settings are not compared
+(``max_steps`` is meant to change on a resume)::
+
+    lit-lora fit --config configs/demo.yaml --ckpt_path runs/demo/…/last.ckpt --model.init_args.adapter.init_args.r 4
+    # -> CheckpointSettingsMismatch: --ckpt_path runs/demo/…/last.ckpt was trained with other model settings …
+    #      model.init_args.adapter.init_args.r: config 4, checkpoint 16
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+log = logging.getLogger("lit_lora")
+
+SWITCH = "resume_with_checkpoint_settings"
+# model settings a resume must not change silently (keys under ``model``); evaluation / dtype settings may differ
+COMPARED = ("class_path", "init_args.model_name_or_path", "init_args.adapter", "init_args.optim")
+TRAINING_ONLY = ("init_args.optim",)  # irrelevant to validate / test / predict
+
+
+class CheckpointSettingsMismatch(ValueError):
+    """``--ckpt_path`` was trained with other model settings than the config given."""
+
+
+def _as_dict(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def _flatten(value: Any, prefix: str, out: dict) -> dict:
+    value = _as_dict(value)
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _flatten(sub, f"{prefix}.{key}", out)
+    else:
+        out[prefix] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def model_settings(model_config: Any, keys: tuple[str, ...] = COMPARED) -> dict[str, Any]:
+    """``{"model.init_args.adapter.init_args.r": 16, …}``: the compared settings of a ``model`` config."""
+    model = _as_dict(model_config) or {}
+    out: dict[str, Any] = {}
+    for key in keys:
+        node: Any = model
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        _flatten(node, f"model.{key}", out)
+    return out
+
+
+def differences(given: Any, used: Any, keys: tuple[str, ...] = COMPARED) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ between the config given and the one LightningCLI took from the checkpoint."""
+    a, b = model_settings(given, keys), model_settings(used, keys)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _listing(diff: dict[str, tuple[Any, Any]]) -> str:
+    return "\n".join(f"  {key}: config {given!r}, checkpoint {stored!r}" for key, (given, stored) in diff.items())
+
+
+def check_resume_settings(given_model: Any, used_model: Any, ckpt_path: Optional[str], subcommand: str,
+                          accept: bool = False) -> None:
+    """Raise on ``fit`` when the checkpoint's model settings replaced different ones, unless ``accept``; else log."""
+    if not ckpt_path or given_model is None or used_model is None:
+        return
+    training = subcommand == "fit"
+    keys = COMPARED if training else tuple(k for k in COMPARED if k not in TRAINING_ONLY)
+    diff = differences(given_model, used_model, keys)
+    if not diff:
+        return
+    if training and not accept:
+        raise CheckpointSettingsMismatch(
+            f"--ckpt_path {ckpt_path} was trained with other model settings than this config, and resuming "
+            f"would train with the checkpoint's, not yours:\n{_listing(diff)}\n"
+            f"Set these keys to the checkpoint's values, or pass --{SWITCH} true to resume with the "
+            "checkpoint's settings (the run's config.yaml records them), or drop --ckpt_path to start a new run")
+    log.warning("[lit-lora] %s with the model settings stored in %s, not the config's:\n%s",
+                "resuming" if training else f"{subcommand} runs", ckpt_path, _listing(diff))
