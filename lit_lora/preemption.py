@@ -12,9 +12,23 @@ train loader, continues with the next unseen batch. Test it by hand on a running
     scancel --signal=USR1 <jobid>                       # what --signal=SIGUSR1@90 sends before the time limit
     scontrol update JobId=<jobid> StartTime=now         # release the requeued job (held with a BeginTime)
 
+SIGTERM (what SLURM sends when it cancels, times out or preempts a job, ``KillWait`` seconds before
+SIGKILL) is handled the same way, except that the job is not requeued: after ``scancel`` a requeue from
+inside the job succeeds and would bring the cancelled job back. A job preempted with ``PreemptMode=REQUEUE``
+is requeued by SLURM itself and resumes from the checkpoint; ``requeue_on_sigterm: true`` requeues anyway.
+
+Under SLURM the handlers are installed when the callback is built, before the data is tokenised and the
+model loaded: a signal then is kept, and the job saves at the end of its first optimizer step (requeueing
+as above). Only a signal during the CLI's imports and argument parsing, before that, still kills the job.
+Outside SLURM nothing is installed and Lightning's own SIGTERM handling applies.
+
 Checkpoints are written atomically (``lit_lora.checkpoint_io``: a file or, under DeepSpeed, a directory
 renamed into place when complete): a kill during a save leaves the previous ``hpc_ckpt_N.ckpt`` as
 the newest complete one, never a partial one that resume would pick.
+
+At the start of ``fit`` the run directory is checked (``lit_lora.launch_checks``): a requeued job must find
+a checkpoint (or ``start_fresh_if_no_checkpoint: true``), the run directory must not lie inside the data or
+the model directory, and a fresh run must not overwrite an earlier run's results there.
 """
 
 from __future__ import annotations
@@ -23,7 +37,9 @@ import logging
 import os
 import signal
 import subprocess
-from typing import Any, Optional
+import sys
+import threading
+from typing import Any, Iterable, Optional
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -32,7 +48,8 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from lit_lora.checkpoint_io import AtomicCheckpointIO, AtomicDirectorySave, remove_partial_checkpoints
 from lit_lora.csv_history import ResumableCSVLogger
-from lit_lora.launch_checks import check_requeued_resume
+from lit_lora.launch_checks import RunDirectoryConflict, check_fresh_run_dir, check_requeued_resume, \
+    check_run_location
 
 log = logging.getLogger("lit_lora")
 
@@ -50,36 +67,102 @@ class Requeued(SystemExit):
     """Raised on every rank after the preemption checkpoint is saved; exits the process with status 0."""
 
 
+def under_slurm(env: Optional[dict] = None) -> bool:
+    """Launched as a SLURM task: Lightning's ``SLURMEnvironment.detect()``, without its warning about ``srun``."""
+    env = os.environ if env is None else env
+    return "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def fit_ckpt_path(trainer: Trainer) -> Optional[str]:
+    """The checkpoint the running ``fit`` restores, known already in ``setup``.
+
+    Lightning sets ``trainer.ckpt_path`` only when it restores, after the ``setup`` hooks; until then the
+    path it chose (``fit(ckpt_path=...)``, or ``hpc_ckpt_N.ckpt`` by SLURM auto-resume) is the ``ckpt_path``
+    argument of ``Trainer._run``, read here from the call stack.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is Trainer._run.__code__ and frame.f_locals.get("self") is trainer:
+            return frame.f_locals.get("ckpt_path")
+        frame = frame.f_back
+    return trainer.ckpt_path
+
+
+def signal_names(signals: Iterable[int]) -> str:
+    return ", ".join(sorted(signal.Signals(s).name for s in signals))
+
+
 class PreemptionCheckpoint(Callback):
-    """On SLURM's requeue signal: save ``hpc_ckpt_N.ckpt`` at the next step boundary, requeue, exit.
+    """On SLURM's requeue signal or SIGTERM: save ``hpc_ckpt_N.ckpt`` at the next step boundary, requeue, exit.
 
     Args:
-        enabled: Handle the requeue signal (only under SLURM with Lightning's ``auto_requeue`` on).
+        enabled: Handle the requeue signal and SIGTERM (only under SLURM with Lightning's ``auto_requeue`` on).
         requeue: Run ``scontrol requeue $SLURM_JOB_ID`` after saving (off: save and exit only).
         atomic: Write every checkpoint atomically (``lit_lora.checkpoint_io``: files, and DeepSpeed directories).
+        requeue_on_sigterm: Requeue after SIGTERM too (off: save and exit; SLURM also sends SIGTERM on ``scancel``).
+        start_fresh_if_no_checkpoint: A requeued job that finds no ``hpc_ckpt_N.ckpt`` (its node failed before
+            the first save) starts again from step 0 with a warning, instead of stopping with an error.
     """
 
-    def __init__(self, enabled: bool = True, requeue: bool = True, atomic: bool = True):
+    def __init__(self, enabled: bool = True, requeue: bool = True, atomic: bool = True,
+                 requeue_on_sigterm: bool = False, start_fresh_if_no_checkpoint: bool = False):
         self.enabled = enabled
         self.requeue = requeue
         self.atomic = atomic
+        self.requeue_on_sigterm = requeue_on_sigterm
+        self.start_fresh_if_no_checkpoint = start_fresh_if_no_checkpoint
         self.requested = False
+        self.received: set[int] = set()
         self.signum: Optional[int] = None
         self._step_before_batch: Optional[int] = None
+        self._replaced: dict[int, Any] = {}  # signal -> the handler ours replaced, put back when fit ends
+        if enabled and under_slurm():
+            # now, not in setup: tokenisation and model loading come first, and a signal then must not kill the job
+            self._take((signal.SIGUSR1, signal.SIGTERM))
 
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.atomic:
             make_saves_atomic(trainer.strategy)
         if stage != "fit":
+            self._release(redeliver=True)
             return
-        check_requeued_resume(trainer.ckpt_path, trainer.default_root_dir)
+        self._check_run_dir(trainer, pl_module)
         environment = trainer._accelerator_connector.cluster_environment
         if self.enabled and isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
             # Installed before Lightning registers its handlers, so Lightning does not add its own
             # save-inside-the-handler for this signal (it skips signals that already have a handler).
             self.signum = environment.requeue_signal or signal.SIGUSR1
-            signal.signal(self.signum, self._on_signal)
+            handled = (self.signum, signal.SIGTERM)
+            self._release([s for s in self._replaced if s not in handled], redeliver=True)
+            self._take(handled)
+            if self.requested:
+                log.info("[lit-lora] preemption: %s received before training started; saving hpc_ckpt_N.ckpt at the "
+                         "end of the first optimizer step, then stopping", signal_names(self.received))
+        else:
+            self._release(redeliver=True)
+
+    def _check_run_dir(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Refuse a run directory that would mix with the data, the model or an earlier run (rank 0 decides)."""
+        ckpt_path = fit_ckpt_path(trainer)
+        fresh_restart = check_requeued_resume(ckpt_path, trainer.default_root_dir,
+                                              start_fresh=self.start_fresh_if_no_checkpoint)
+        run_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast: called on every rank
+        datamodule = trainer.datamodule
+        inputs = [("data", "data.source", getattr(datamodule, "source", None)),
+                  ("data", "data.validation_source", getattr(datamodule, "validation_source", None)),
+                  ("model", "model.model_name_or_path", getattr(pl_module, "model_name_or_path", None))]
+        problem = None
+        if trainer.is_global_zero:
+            try:
+                check_run_location({"trainer.default_root_dir": trainer.default_root_dir, "trainer.log_dir": run_dir},
+                                   inputs)
+                check_fresh_run_dir(run_dir, resuming=ckpt_path is not None or fresh_restart)
+            except RunDirectoryConflict as err:
+                problem = str(err)
+        problem = trainer.strategy.broadcast(problem)  # every rank stops, not rank 0 alone
+        if problem:
+            raise RunDirectoryConflict(problem)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Delete what killed saves left behind: in the run directory and every checkpoint directory."""
@@ -94,9 +177,73 @@ class PreemptionCheckpoint(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.keep_history_before(trainer.global_step)
+        self._take_sigterm_back(trainer)
 
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._take_sigterm_back(trainer)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and self.requested and self.signum is not None:
+            log.info("[lit-lora] preemption: %s received after the last optimizer step; the run finished instead",
+                     signal_names(self.received))
+        self._release()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Put the replaced handlers back, also in what Lightning's teardown (which follows) restores."""
+        originals = trainer._signal_connector._original_handlers
+        for signum, previous in self._replaced.items():
+            if signum in originals and previous is not None:
+                originals[signum] = previous
+        self._release()
+
+    # ---- signals ---------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
         self.requested = True
+        self.received.add(signum)
+
+    def _take(self, signals: Iterable[int]) -> None:
+        """Record ``signals`` from now on (in the main thread only, where Python runs signal handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in signals:
+            self._replaced.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, self._on_signal)
+
+    def _release(self, signals: Optional[Iterable[int]] = None, redeliver: bool = False) -> None:
+        """Put back the handlers ours replaced; ``redeliver``: a signal recorded for nothing goes to them now."""
+        for signum in list(self._replaced if signals is None else signals):
+            if signum not in self._replaced:
+                continue
+            previous = self._replaced.pop(signum)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+            if redeliver and signum in self.received:
+                self.received.discard(signum)
+                self.requested = bool(self.received)
+                signal.raise_signal(signum)
+
+    def _take_sigterm_back(self, trainer: Trainer) -> None:
+        """Replace the SIGTERM handler Lightning registers after ``setup`` by ours again.
+
+        Lightning's stops ``fit`` after the current batch, mid accumulation window and without a checkpoint;
+        it calls ours too, so a SIGTERM until now is recorded here and saved at the next step boundary.
+        """
+        if self.signum is None or signal.SIGTERM not in self._replaced:
+            return
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            trainer._signal_connector.received_sigterm = False
+
+    def _should_requeue(self, path: str) -> bool:
+        """Requeue after the requeue signal; after SIGTERM alone only with ``requeue_on_sigterm``."""
+        if not self.requeue:
+            return False
+        if self.received == {signal.SIGTERM} and not self.requeue_on_sigterm:
+            log.warning("[lit-lora] preemption: not requeueing after SIGTERM: SLURM sends it when it cancels "
+                        "(scancel), times out or preempts the job, and a requeue would bring a cancelled job back. "
+                        "A job preempted with PreemptMode=REQUEUE comes back by itself and resumes; otherwise "
+                        "resubmit with --ckpt_path %s (preemption.requeue_on_sigterm: true requeues)", path)
+            return False
+        return True
 
     # ---- the step boundary -----------------------------------------------------------------------
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
@@ -114,7 +261,7 @@ class PreemptionCheckpoint(Callback):
         trainer.strategy.barrier("lit_lora_preemption_saved")
         if trainer.is_global_zero:
             print(f"[lit-lora] preemption: saved {path} at global step {trainer.global_step}", flush=True)
-            if self.requeue:
+            if self._should_requeue(path):
                 self._requeue()
         # the loop logs this step's metrics only after on_train_batch_end: log them now, as it would
         trainer._logger_connector.on_batch_end()

@@ -3,13 +3,20 @@
     lit-lora fit --config configs/demo.yaml --config configs/loggers/wandb.yaml
     WANDB_MODE=offline lit-lora fit …      # no server: real run files under <run dir>/wandb, `wandb sync` later
 
-``WandbRun`` is Lightning's ``WandbLogger`` plus three things: the run id is kept in
+``WandbRun`` is Lightning's ``WandbLogger`` plus four things: the run id is kept in
 ``<save_dir>/wandb_run_id`` so a requeued job (same run directory) continues the same run; every
-hyperparameter is passed through ``redact``; and the whole CLI config is logged as the run config.
+hyperparameter is passed through ``redact``; the whole CLI config is logged as the run config; and a
+W&B server that cannot be reached within ``init_timeout`` seconds does not stop the run: it logs to an
+offline run of the same id instead, with a warning naming the ``wandb sync <dir>`` that uploads it later::
+
+    [lit-lora] W&B server https://api.wandb.ai not reachable within 60 s (CommError: ...); logging run 1a2b3c4d
+    offline to runs/exp/123/wandb/offline-run-20250101_120000-1a2b3c4d: upload it later with
+    `wandb sync runs/exp/123/wandb/offline-run-20250101_120000-1a2b3c4d`
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +24,9 @@ from typing import Any, Mapping, Optional
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+log = logging.getLogger("lit_lora")
 
 REDACTED = "***redacted***"
 SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "apikey", "credential")
@@ -69,15 +79,48 @@ class WandbRun(WandbLogger):
         offline: Write the run locally only (``wandb sync <dir>`` uploads it later); also ``WANDB_MODE=offline``.
         save_dir: Where ``wandb/`` and the run id file go; the CLI fills in ``trainer.default_root_dir``.
         log_model: Upload checkpoints as W&B artifacts (``False``, ``True`` = at the end, ``all``).
+        init_timeout: Seconds to wait for the W&B server at start; unreachable by then, the run logs offline
+            (``wandb sync`` later) instead of stopping. wandb's account look-up before it adds up to 10 s.
+            ``None``: wandb's own (``WANDB_INIT_TIMEOUT``, else 90).
     """
 
     def __init__(self, project: str = "lit-lora", entity: Optional[str] = None, name: Optional[str] = None,
                  group: Optional[str] = None, tags: Optional[list[str]] = None, notes: Optional[str] = None,
-                 offline: bool = False, save_dir: Optional[str] = None, log_model: bool | str = False):
+                 offline: bool = False, save_dir: Optional[str] = None, log_model: bool | str = False,
+                 init_timeout: Optional[float] = 60.0):
         save_dir = save_dir or os.getcwd()
         run_id = self.run_id_for(save_dir)
+        settings = {} if init_timeout is None else {"settings": {"init_timeout": float(init_timeout)}}
         super().__init__(project=project, entity=entity, name=name, group=group, tags=tags, notes=notes,
-                         offline=offline, save_dir=save_dir, id=run_id, log_model=log_model)
+                         offline=offline, save_dir=save_dir, id=run_id, log_model=log_model, **settings)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        """The W&B run; an offline one of the same id when the server cannot be reached (see the module doc)."""
+        if self._experiment is not None or self._offline:
+            return super().experiment
+        from wandb.errors import AuthenticationError, CommError
+
+        try:
+            return super().experiment
+        except (CommError, TimeoutError) as err:
+            if isinstance(err, AuthenticationError):  # reached, but the key is wrong: for the user to fix
+                raise
+            return self._start_offline(err)
+
+    def _start_offline(self, error: BaseException):
+        """Start this run offline after ``error``; wandb's service still holds the failed online start: restart it."""
+        import wandb
+
+        wandb.teardown()
+        self._wandb_init["mode"] = "offline"
+        run = super().experiment
+        sync_dir = run.settings.sync_dir
+        log.warning("[lit-lora] W&B server %s not reachable within %s s (%s: %s); logging run %s offline to %s: "
+                    "upload it later with `wandb sync %s`", run.settings.base_url, run.settings.init_timeout,
+                    type(error).__name__, (str(error).splitlines() or [''])[0], run.id, sync_dir, sync_dir)
+        return run
 
     @staticmethod
     def run_id_for(save_dir: str) -> str:

@@ -1,0 +1,273 @@
+"""Cluster faults that must end in a clean stop or a resumable job, never a crash or an overwritten run.
+
+* W&B unreachable: the run logs to an offline W&B run (``wandb sync`` later), on the first start and after a requeue.
+* SIGTERM, and a preemption signal that arrives before training (during tokenisation): checkpoint at the
+  next optimizer-step boundary, exit, and the requeued job continues from there.
+* A requeued job without a checkpoint starts fresh only when ``preemption.start_fresh_if_no_checkpoint`` says so.
+* A run directory inside the data or the model directory, or a fresh run into a used run directory: refused at start.
+
+Runs go through ``LitLoraCLI`` on ``configs/demo.yaml`` with a tiny Llama, 1–3 optimizer steps, in the SLURM
+layout (``SLURM_*`` set, so the logger is pinned to ``default_root_dir`` as under ``slurm/launch.sh``).
+Real signals are sent to this process; a safety net handler catches any that lit-lora does not take, so
+pytest is never killed, and every test restores the handlers it found.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from lightning.pytorch import Callback
+
+from lit_lora.cli import LitLoraCLI
+from lit_lora.launch_checks import MissingResumeCheckpoint, RunDirectoryConflict, check_run_location, \
+    hpc_checkpoints
+from lit_lora.preemption import PreemptionCheckpoint, Requeued
+
+pytestmark = pytest.mark.faults
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "lit_lora" / "data" / "samples" / "python_codes_25k.jsonl"
+JOB_ID = "4242"
+SLURM_ENV = {"SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "lit-lora", "SLURM_NTASKS": "1",
+             "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_RESTART_COUNT": "0"}
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+# ---- fixtures and helpers ---------------------------------------------------------------------------
+@pytest.fixture
+def signal_net():
+    """Signals no lit-lora handler took (a recording handler instead of the default kill); handlers restored after."""
+    before = {s: signal.getsignal(s) for s in PREEMPTION_SIGNALS}
+    caught: list[int] = []
+    for s in PREEMPTION_SIGNALS:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+@pytest.fixture
+def slurm(monkeypatch, signal_net):
+    """This process as task 0 of a one-task SLURM job; ``slurm(restarts=1)`` makes it the requeued job."""
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+
+    def restart(restarts: int) -> None:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+
+    return restart
+
+
+def cli(model_dir: str, root: Path, *extra: str, steps: int = 2) -> LitLoraCLI:
+    """The demo config, 9 training rows in batches of 2 (5 batches an epoch), no validation."""
+    args = ["--config", str(REPO / "configs/demo.yaml"), "--model.init_args.model_name_or_path", model_dir,
+            "--data.init_args.max_samples", "12", "--data.init_args.val_fraction", "0.25",
+            "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
+            "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1",
+            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(root),
+            "--baseline.enabled", "false", "--preemption.requeue", "false", *extra]
+    return LitLoraCLI(args=args, run=False)
+
+
+def fit(run: LitLoraCLI, ckpt_path=None) -> None:
+    run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=ckpt_path)
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return sorted(int(r["step"]) for r in csv.DictReader(f) if r.get("train_loss"))
+
+
+class SendAtBatch(Callback):
+    """Send ``signum`` to this process while batch ``index`` of the first epoch trains (as SLURM would)."""
+
+    def __init__(self, signum: int, index: int):
+        self.signum, self.index = signum, index
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0 and batch_idx == self.index:
+            os.kill(os.getpid(), self.signum)
+
+
+def messages(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records)
+
+
+# ---- W&B --------------------------------------------------------------------------------------------
+def offline_runs(run_dir: Path, run_id: str) -> list[Path]:
+    found = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
+    return sorted(p for p in found if (p / f"run-{run_id}.wandb").is_file())
+
+
+def test_unreachable_wandb_falls_back_to_an_offline_run_that_a_requeue_continues(tiny_model, tmp_path, monkeypatch,
+                                                                               caplog):
+    import wandb
+
+    from lit_lora.tracking import WandbRun
+
+    for key, value in {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0" * 40,
+                       "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+                       "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+                       "WANDB_DATA_DIR": str(tmp_path / "wandb-data")}.items():
+        monkeypatch.setenv(key, value)
+    root = tmp_path / "run"
+    caplog.set_level(logging.WARNING, logger="lit_lora")
+    wandb.teardown()  # a fresh process's wandb: its settings are read from the environment above, not kept
+    try:
+        started = time.monotonic()
+        run = cli(tiny_model("llama"), root, "--trainer.logger", "lit_lora.tracking.WandbRun",
+                  "--trainer.logger.init_args.init_timeout", "3", steps=1)
+        fit(run)
+        assert time.monotonic() - started < 60  # wandb's own default waits 90 s (+10 s grace), then crashes
+        assert run.trainer.global_step == 1
+        wandb.finish()  # what the end of the process does
+
+        run_id = (root / "wandb_run_id").read_text().strip()
+        (first,) = offline_runs(root, run_id)
+        assert f"wandb sync {first}" in messages(caplog) and "http://127.0.0.1:9" in messages(caplog)
+
+        caplog.clear()
+        requeued = WandbRun(save_dir=str(root), init_timeout=3)  # the requeued job: same run directory
+        assert requeued.experiment.id == run_id
+        requeued.experiment.log({"resumed": 1.0})
+        requeued.experiment.finish()
+        second = [p for p in offline_runs(root, run_id) if p != first]
+        assert len(second) == 1 and f"wandb sync {second[0]}" in messages(caplog)
+    finally:
+        wandb.finish()
+        wandb.teardown()
+
+
+# ---- signals ----------------------------------------------------------------------------------------
+def test_sigterm_mid_window_checkpoints_at_the_step_end_and_the_requeued_job_continues(tiny_model, tmp_path, slurm,
+                                                                                    signal_net):
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    first = cli(model, root, "--trainer.accumulate_grad_batches", "2", steps=3)
+    first.trainer.callbacks.append(SendAtBatch(signal.SIGTERM, index=2))  # 1st micro-batch of step 2
+    with pytest.raises(Requeued):
+        fit(first)
+    assert signal_net == []  # taken by lit-lora, not by the safety net
+    assert first.trainer.global_step == 2  # the window of batches 2-3 finished before the save
+    assert [p.name for p in hpc_checkpoints(root)] == ["hpc_ckpt_1.ckpt"]
+
+    slurm(restarts=1)
+    resumed = cli(model, root, "--trainer.accumulate_grad_batches", "2", steps=3)
+    fit(resumed)  # Lightning's SLURM auto-resume picks hpc_ckpt_1.ckpt
+    assert resumed.trainer.global_step == 3
+    assert logged_steps(root) == [0, 1, 2]  # every step once across the requeue
+
+
+@pytest.mark.parametrize("signum, requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)],
+                         ids=["SIGUSR1", "SIGTERM"])
+def test_a_signal_during_tokenisation_checkpoints_at_the_first_step(tiny_model, tmp_path, slurm, signal_net, caplog,
+                                                                    monkeypatch, signum, requeued):
+    """SIGUSR1 requeues; SIGTERM (also what ``scancel`` sends) saves and stops without requeueing."""
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    caplog.set_level(logging.INFO, logger="lit_lora")
+    requeues = []
+    monkeypatch.setattr(PreemptionCheckpoint, "_requeue", staticmethod(lambda: requeues.append(JOB_ID)))
+    first = cli(model, root, "--preemption.requeue", "true", steps=3)
+    tokenise = first.datamodule.setup
+
+    def signalled_while_tokenising(stage=None):
+        os.kill(os.getpid(), signum)  # before the Trainer (and Lightning's own handlers) set anything up
+        tokenise(stage)
+
+    first.datamodule.setup = signalled_while_tokenising
+    with pytest.raises(Requeued):
+        fit(first)
+    assert signal_net == []
+    assert first.trainer.global_step == 1
+    assert [p.name for p in hpc_checkpoints(root)] == ["hpc_ckpt_1.ckpt"]
+    assert f"{signal.Signals(signum).name} received before training started" in messages(caplog)
+    assert requeues == ([JOB_ID] if requeued else [])
+    assert requeued or "not requeueing after SIGTERM" in messages(caplog)
+
+    slurm(restarts=1)
+    resumed = cli(model, root, steps=3)
+    fit(resumed)
+    assert resumed.trainer.global_step == 3 and logged_steps(root) == [0, 1, 2]
+
+
+def test_requeued_job_without_checkpoint_starts_fresh_only_when_asked(tiny_model, tmp_path, slurm, caplog):
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    root.mkdir()
+    (root / "slurm.out").write_text("[lit-lora] job 4242 restart 0\n")
+    (root / "config.yaml").write_text("# written by the first start, whose node failed before any save\n")
+    slurm(restarts=1)
+    with pytest.raises(MissingResumeCheckpoint, match="preemption.start_fresh_if_no_checkpoint"):
+        fit(cli(model, root, steps=1))
+
+    caplog.set_level(logging.WARNING, logger="lit_lora")
+    fresh = cli(model, root, "--preemption.start_fresh_if_no_checkpoint", "true", steps=1)
+    fit(fresh)
+    assert fresh.trainer.global_step == 1
+    assert "starting again from step 0" in messages(caplog)
+
+    checkpoint = tmp_path / "step-1.ckpt"
+    fresh.trainer.save_checkpoint(checkpoint)
+    resumed = cli(model, root, steps=2)  # a requeued job pointed at a checkpoint by hand, as the error suggests
+    fit(resumed, ckpt_path=str(checkpoint))
+    assert resumed.trainer.global_step == 2 and logged_steps(root) == [0, 1]
+
+
+# ---- run directories --------------------------------------------------------------------------------
+def test_hub_ids_files_and_bundled_samples_are_no_input_directories(tmp_path):
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    run_dirs = {"trainer.default_root_dir": tmp_path / "runs", "trainer.log_dir": tmp_path}
+    check_run_location(run_dirs, [("data", "data.source", "python_codes_25k.jsonl"),
+                                  ("data", "data.source", str(tmp_path / "train.jsonl")),
+                                  ("data", "data.source", "nyu-mll/multi_nli"), ("data", "data.source", None),
+                                  ("model", "model.model_name_or_path", "meta-llama/Meta-Llama-3-8B")])
+    with pytest.raises(RunDirectoryConflict, match=r"inside the data directory .* \(data.source\)"):
+        check_run_location(run_dirs, [("data", "data.source", str(tmp_path))])
+
+
+@pytest.mark.parametrize("inside", ["data", "model"])
+def test_a_run_directory_inside_the_data_or_the_model_directory_is_refused(tiny_model, tmp_path, slurm, inside):
+    data, model = tmp_path / "data", tmp_path / "model"
+    data.mkdir()
+    (data / "codes.jsonl").write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:40]))
+    shutil.copytree(tiny_model("llama"), model)
+    root = data if inside == "data" else model / "runs"
+    model_files = sorted(p.name for p in model.iterdir())
+
+    run = cli(str(model), root, "--data.init_args.source", str(data), steps=1)
+    with pytest.raises(RunDirectoryConflict) as error:
+        fit(run)
+    message = str(error.value)
+    assert str(root.resolve()) in message and str((data if inside == "data" else model).resolve()) in message
+    assert sorted(p.name for p in data.iterdir()) == ["codes.jsonl"]  # the next run still reads only data
+    assert sorted(p.name for p in model.iterdir() if p.name != "runs") == model_files
+    assert not (model / "runs").exists() or not any((model / "runs").iterdir())
+
+
+def test_a_fresh_run_into_a_used_run_directory_is_refused_and_a_resume_is_not(tiny_model, tmp_path, slurm):
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    first = cli(model, root, steps=1)
+    fit(first)
+    kept = {p: p.read_bytes() for p in [root / "config.yaml", root / "metrics.csv",
+                                        *(root / "adapter").iterdir()]}
+    checkpoint = tmp_path / "first-run-step-1.ckpt"  # e.g. from checkpoint.every_n_train_steps
+    first.trainer.save_checkpoint(checkpoint)
+
+    with pytest.raises(RunDirectoryConflict, match="--ckpt_path") as error:
+        fit(cli(model, root, steps=1))
+    assert str(root.resolve()) in str(error.value)
+    assert {p: p.read_bytes() for p in kept} == kept  # config, metrics and adapter of the first run untouched
+
+    resumed = cli(model, root, steps=2)
+    fit(resumed, ckpt_path=str(checkpoint))
+    assert resumed.trainer.global_step == 2 and logged_steps(root) == [0, 1]
