@@ -15,9 +15,15 @@ the datamodule is handed to the model (``link_arguments``): neither is repeated 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
+from pathlib import Path
 
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
+
+from lit_lora import console
 
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
 from lit_lora.ckpt_settings import SWITCH, check_resume_settings
@@ -38,7 +44,20 @@ class LitLoraCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        if not console.verbose():  # lit-lora prints its own parameter counts; the table ends in "Total FLOPs: 0"
+            kwargs.setdefault("trainer_defaults", {"enable_model_summary": False})
+        self._started = time.perf_counter()
         super().__init__(FineTuneModule, TextDataModule, *args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs):
+        """Lightning's trainer with lit-lora's step-based progress bar, unless the config brings a bar or turns it off."""
+        config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        trainer_config = config.get("trainer") or {}
+        callbacks = list(trainer_config.get("callbacks") or [])
+        if trainer_config.get("enable_progress_bar", True) is not False and \
+                not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, console.StepProgressBar()])
+        return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AdapterCheckpoint, "checkpoint")
@@ -83,6 +102,13 @@ class LitLoraCLI(LightningCLI):
             if isinstance(logger, WandbRun):
                 logger.log_config(self.config.get(self.subcommand))
 
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            saved = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "config.yaml"
+            given = self.config.get(self.subcommand).get("config") or []
+            config_path = str(saved) if saved.exists() else (str(given[-1]) if given else None)
+            print(console.fit_summary(self.trainer, config_path, self._started), flush=True)
+
 
 def configure_logging() -> None:
     logger = logging.getLogger("lit_lora")
@@ -102,8 +128,17 @@ EXTRA_COMMANDS = {
 
 
 def main(args: list[str] | None = None) -> None:
-    configure_logging()
+    """``lit-lora <command> …``; ``--verbose`` anywhere keeps every library message (``lit_lora.console``)."""
     argv = sys.argv[1:] if args is None else list(args)
+    if "--verbose" in argv:  # inherited by the processes of other ranks through the environment
+        os.environ[console.VERBOSE_ENV] = "1"
+        argv.remove("--verbose")
+        if args is None:
+            sys.argv.remove("--verbose")
+        else:
+            args = argv
+    configure_logging()
+    console.quiet_libraries()
     if argv and argv[0] in EXTRA_COMMANDS:
         import importlib
 

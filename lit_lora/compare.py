@@ -109,9 +109,7 @@ def compare(argv: list[str]) -> dict:
     args, rest = parse_args(argv)
     cli = LitLoraCLI(args=rest, run=False, save_config_callback=None)
     module, datamodule = cli.model, cli.datamodule
-    from lit_lora.models.label_word import LabelWordModule
-
-    if not hasattr(module, "evaluation") or isinstance(module, LabelWordModule):
+    if not getattr(module, "compares_generated_text", False):
         raise SystemExit(
             f"lit-lora compare: {type(module).__name__} is scored by label metrics, not by generated text; "
             "compare it with `lit-lora test --config …` (the base: an untrained adapter is the identity) and "

@@ -18,6 +18,7 @@ when FSDP wraps the model, so one YAML fragment serves every architecture.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Optional
 
 import torch
@@ -124,9 +125,10 @@ def outside_zero3_init():
     GPU whole). Bases that can be loaded into partitions are (``partitioned_loading``); what is built
     here whole is the adapter, and a base that cannot (quantized, or a classifier with a head copy).
     """
-    try:
-        from deepspeed.runtime.zero import partition_parameters
-    except ImportError:  # no DeepSpeed, no zero.Init
+    # zero.Init can only be active once DeepSpeed is imported: not importing it otherwise keeps runs
+    # without DeepSpeed free of its import cost and its console output
+    partition_parameters = sys.modules.get("deepspeed.runtime.zero.partition_parameters")
+    if partition_parameters is None:
         yield
         return
     active = partition_parameters.top_level_context is not None

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 # datamodule settings that decide which rows a run trained on
 TRAINING_SPLIT_KEYS = ("source", "split", "subset", "validation_source", "validation_split", "val_fraction",
                        "max_samples", "sample_fraction", "seed", "cleaning", "eval_sources")
+# position_ids: packed rows restart at 0, which is how transformers keeps them apart (lit_lora/data/packing.py)
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "decoder_input_ids",
-                    "decoder_attention_mask")
+                    "decoder_attention_mask", "position_ids")
 
 
 class FineTuneModule(L.LightningModule):
@@ -53,6 +54,7 @@ class FineTuneModule(L.LightningModule):
     task_type: ClassVar[str] = "CAUSAL_LM"
     auto_model_class: ClassVar[Any] = None
     loads_zero3_partitions: ClassVar[bool] = True  # see configure_model
+    compares_generated_text: ClassVar[bool] = False  # `lit-lora compare` scores its generated answers
 
     def __init__(
         self,
@@ -163,6 +165,8 @@ class FineTuneModule(L.LightningModule):
 
     # ---- training -------------------------------------------------------------------------------
     def forward(self, batch: dict, **kwargs: Any) -> Any:
+        if "position_ids" in batch and "attention_mask" not in batch:
+            kwargs["use_cache"] = False  # packed rows: with a KV cache transformers would not mask across them
         return self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, **kwargs)
 
     shifts_labels: ClassVar[bool] = True  # a causal LM's position t predicts token t + 1

@@ -48,6 +48,7 @@ class GenerativeModule(FineTuneModule):
     """
 
     encoder_decoder: ClassVar[bool] = False
+    compares_generated_text: ClassVar[bool] = True
 
     def __init__(self, *args, evaluation: GenerationSettings = GenerationSettings(), **kwargs):
         super().__init__(*args, **kwargs)

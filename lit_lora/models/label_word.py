@@ -18,7 +18,7 @@ Label names come from the datamodule as for ``SequenceClassifierModule``.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
@@ -39,6 +39,8 @@ class LabelWordModule(EvalSetMetrics, CausalLMModule):
         label_names: The label words in label-index order; linked from the datamodule by the CLI.
         evaluation: Generation settings; ``generate: false`` keeps the likelihood evaluation only.
     """
+
+    compares_generated_text: ClassVar[bool] = False  # scored by label metrics
 
     def __init__(self, *args, label_names: Optional[list[str]] = None,
                  evaluation: GenerationSettings = GenerationSettings(max_new_tokens=8, during_validation=True),

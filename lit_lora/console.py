@@ -1,0 +1,125 @@
+"""A console that talks like a tool: quiet libraries, step-based progress, and a closing summary.
+
+Third-party messages a user cannot act on are filtered narrowly, each by its own text and the
+module that emits it; every warning lit-lora raises itself stays. ``--verbose`` (or
+``LIT_LORA_VERBOSE=1``) brings everything back, Lightning's model table included::
+
+    lit-lora fit --config configs/demo.yaml             # step 120/200 … loss, tokens/s, ETA; then a summary
+    lit-lora fit --config configs/demo.yaml --verbose   # every library message as well
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+VERBOSE_ENV = "LIT_LORA_VERBOSE"
+
+# (message regex, module regex) of warnings.warn calls that say nothing a lit-lora user can act on
+NOISE_WARNINGS = [
+    (r"Starting from v1\.9\.0, `tensorboardX` has been removed", r"lightning\.pytorch"),  # CSVLogger is the default
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch"),  # Lightning vs newer torch
+    (r"`is_gradient_checkpointing` is deprecated", r"transformers"),  # peft calls the old name
+]
+# (logger name, message start) of log records of the same kind
+NOISE_LOG_RECORDS = [
+    ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),  # an advertisement
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),  # an optional CPU kernel
+]
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false", "False")
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_libraries() -> None:
+    """Install the filters above (a no-op with ``LIT_LORA_VERBOSE=1``); child processes inherit the switch."""
+    if verbose():
+        return
+    for message, module in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+    for name, prefix in NOISE_LOG_RECORDS:
+        logging.getLogger(name).addFilter(_DropMessages(prefix))
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, counting optimizer steps when the run is defined by ``max_steps``
+    (``step 120/200``, loss, tokens/s, ETA) and epochs otherwise; no ``v_num`` either way."""
+
+    def __init__(self, refresh_rate: int = 1):
+        super().__init__(refresh_rate=refresh_rate)
+        self._tokens = 0
+        self._started: Optional[float] = None
+
+    @staticmethod
+    def _by_steps(trainer: Trainer) -> bool:
+        return trainer.max_steps is not None and trainer.max_steps > 0
+
+    def get_metrics(self, trainer: Trainer, pl_module: Any) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        if self._started and self._tokens:
+            items["tokens/s"] = f"{self._tokens / max(time.perf_counter() - self._started, 1e-9):,.0f}"
+        return items
+
+    def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
+        if not self._by_steps(trainer):
+            return super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        if bar.total != trainer.max_steps:  # once per fit, not per epoch
+            bar.reset(total=trainer.max_steps)
+            bar.n = trainer.global_step  # a resumed run starts where it stopped
+            self._started = time.perf_counter()
+        bar.set_description("step")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if isinstance(batch, dict) and "attention_mask" in batch:
+            self._tokens += int(batch["attention_mask"].sum())
+        elif isinstance(batch, dict) and "input_ids" in batch:
+            self._tokens += int(batch["input_ids"].numel())
+        if not self._by_steps(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        if trainer.global_step != bar.n and not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+
+def fit_summary(trainer: Trainer, config_path: Optional[str], started: float) -> str:
+    """What a finished ``fit`` produced and what to run next, in a few lines."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
+                      if k in ("train_loss", "val_loss") or k.endswith(("accuracy", "f1_macro", "bleu")))
+    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path \
+        if trainer.checkpoint_callback is not None else ""
+    config = config_path or "<config>"
+    lines = [f"[lit-lora] done: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s"
+             + (f"; {shown}" if shown else "")]
+    for name, path in (("adapter", run_dir / "adapter"), ("metrics", run_dir / "metrics.csv"),
+                       ("before/after", run_dir / "before_after.json"), ("config", run_dir / "config.yaml")):
+        if path.exists():
+            lines.append(f"  {name:<13}{path}")
+    if ckpt:
+        lines.append(f"  {'checkpoint':<13}{ckpt}")
+        lines.append(f"  next: lit-lora test --config {config} --ckpt_path {ckpt}")
+        lines.append(f"        lit-lora compare --config {config} --ckpt_path {ckpt}   # base vs fine-tuned report")
+    lines.append("        merge LoRA into the base: add --export.merge true to the fit command")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""The console talks like a tool: no library noise a user cannot act on, a step-based progress bar
+for a step-based run, and a closing summary; ``--verbose`` brings the library messages back."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE = {
+    "tensorboardX": "`tensorboardX` has been removed",
+    "LitLogger tip": "seamless cloud logging",
+    "DeepSpeed accelerator": "Setting accelerator to CPU",
+    "bitsandbytes CPU kernel": "Failed to load CPU gemm_4bit_forward",
+    "transformers FutureWarning": "`is_gradient_checkpointing` is deprecated",
+    "pytree deprecation": "isinstance(treespec, LeafSpec)",
+    "model summary": "Total FLOPs",
+}
+
+
+def demo(tmp_path: Path, *extra: str) -> str:
+    """``lit-lora fit`` on the demo config for 2 steps, as a user runs it; stdout and stderr together."""
+    args = ["lit-lora", "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.max_steps", "2",
+            "--trainer.val_check_interval", "2", "--data.init_args.max_samples", "20",
+            "--data.init_args.batch_size", "4", "--trainer.default_root_dir", str(tmp_path), *extra]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "LIT_LORA_VERBOSE"}
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return (result.stdout + result.stderr).replace("\r", "\n")
+
+
+def test_demo_console_is_quiet_and_step_based(tmp_path):
+    out = demo(tmp_path / "quiet")
+    assert [name for name, text in NOISE.items() if text in out] == []
+    assert "v_num" not in out
+    assert re.search(r"step: 100%\|.*\| 2/2 .*train_loss=", out), out[-2000:]
+    assert "[lit-lora] done: 2 steps" in out and "next: lit-lora test --config" in out
+
+    loud = demo(tmp_path / "verbose", "--verbose")
+    shown = [name for name, text in NOISE.items() if text in loud]
+    assert {"tensorboardX", "LitLogger tip", "model summary"} <= set(shown), shown
