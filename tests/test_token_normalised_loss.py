@@ -16,6 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 8
+pytestmark = pytest.mark.faults
 
 
 def write_rows(path: Path) -> Path:
