@@ -103,11 +103,12 @@ class LitLoraCLI(LightningCLI):
                 logger.log_config(self.config.get(self.subcommand))
 
     def after_fit(self) -> None:
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # every rank: log_dir broadcasts
         if self.trainer.is_global_zero:
-            saved = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "config.yaml"
+            saved = run_dir / "config.yaml"
             given = self.config.get(self.subcommand).get("config") or []
             config_path = str(saved) if saved.exists() else (str(given[-1]) if given else None)
-            print(console.fit_summary(self.trainer, config_path, self._started), flush=True)
+            print(console.fit_summary(self.trainer, run_dir, config_path, self._started), flush=True)
 
 
 def configure_logging() -> None:
@@ -124,6 +125,8 @@ EXTRA_COMMANDS = {
     "compare": "lit_lora.compare",    # base model vs fine-tuned model report
     "estimate": "lit_lora.estimate",  # parameters and memory from the architecture alone
     "incontext": "lit_lora.evaluation.incontext",  # zero- / k-shot prompting, no training
+    "sweep": "lit_lora.sweep",        # a grid of settings / seeds: one run per point (local or a SLURM array), a report
+    "configs": "lit_lora.configs_command",  # the bundled reference configs: `configs list`, `configs copy NAME`
 }
 
 

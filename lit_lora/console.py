@@ -102,12 +102,11 @@ class StepProgressBar(TQDMProgressBar):
             bar.refresh()
 
 
-def fit_summary(trainer: Trainer, config_path: Optional[str], started: float) -> str:
+def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], started: float) -> str:
     """What a finished ``fit`` produced and what to run next, in a few lines."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
                       if k in ("train_loss", "val_loss") or k.endswith(("accuracy", "f1_macro", "bleu")))
-    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
     ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path \
         if trainer.checkpoint_callback is not None else ""
     config = config_path or "<config>"
