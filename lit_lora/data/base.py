@@ -20,8 +20,9 @@ import lightning as L
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from lit_lora.data.collators import PadCollator
+from lit_lora.data.collators import PackCollator, PadCollator
 from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
+from lit_lora.data.packing import flattens, model_packing_refusal, packed_train_loader, packing_summary
 from lit_lora.data.resumable import train_loader
 from lit_lora.data.sources import load_rows, take_subset
 from lit_lora.model_source import resolve_model_path
@@ -77,7 +78,14 @@ class TextDataModule(L.LightningDataModule):
         max_length: Longest tokenised row; longer rows are truncated (and counted) as the dataset defines.
         batch_size: Training batch size per device.
         group_by_length: Batch training rows of similar length together (less padding; seeded, resumable,
-            sharded across ranks: ``lit_lora.data.length_grouping``); the default is a seeded random order.
+            sharded across ranks: ``lit_lora.data.length_grouping``); ``false`` draws a seeded random order.
+            On by default for SFT data (``SFTDataModule``), off here for classification rows.
+        packing: Pack training rows into sequences of at most ``max_length`` tokens, with no attention across
+            rows (``lit_lora.data.packing``; causal-LM SFT data only; replaces ``group_by_length``).
+            Validation and test batches stay unpacked.
+        max_tokens_per_batch: With ``packing``, the token budget of a batch, which replaces the row count: a batch
+            holds ``max_tokens_per_batch // max_length`` packed sequences (default: ``max_length × batch_size``,
+            i.e. ``batch_size`` sequences).
         eval_batch_size: Validation / test batch size per device (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         tokenizer_name_or_path: Set from ``model.model_name_or_path`` by the CLI; not a YAML key there.
@@ -104,6 +112,8 @@ class TextDataModule(L.LightningDataModule):
         max_length: int = 512,
         batch_size: int = 8,
         group_by_length: bool = False,
+        packing: bool = False,
+        max_tokens_per_batch: Optional[int] = None,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         tokenizer_name_or_path: Optional[str] = None,
@@ -125,6 +135,13 @@ class TextDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.batch_size = batch_size
         self.group_by_length = group_by_length
+        self.packing = packing
+        self.max_tokens_per_batch = max_tokens_per_batch or max_length * batch_size
+        if packing and self.max_tokens_per_batch < max_length:
+            raise ValueError(f"max_tokens_per_batch ({max_tokens_per_batch}) must hold one packed sequence of "
+                             f"max_length ({max_length}) tokens")
+        if max_tokens_per_batch is not None and not packing:
+            log.warning("[lit-lora] max_tokens_per_batch applies to packed batches only; set packing: true to use it")
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.tokenizer = load_tokenizer(tokenizer_name_or_path, padding_side=self.padding_side) \
@@ -144,6 +161,11 @@ class TextDataModule(L.LightningDataModule):
 
     def check_rows(self, dataset: Dataset, where: str) -> None:
         """Raise (naming ``where`` and the row) on input that is an error rather than a skip."""
+
+    def packing_refusal(self) -> Optional[str]:
+        """Why this dataset's rows cannot be packed (``None``: they can); ``SFTDataModule`` packs causal-LM rows."""
+        return (f"packing: true needs a causal LM; {type(self).__name__} holds classification rows "
+                "(one label per row), not prompt → response text")
 
     def clean_rows(self, dataset: Dataset, where: str) -> Dataset:
         """Filter / rewrite raw rows before the split (e.g. dedupe, so no duplicate crosses train and validation)."""
@@ -170,8 +192,9 @@ class TextDataModule(L.LightningDataModule):
 
     def cache_fingerprint(self, dataset: Dataset, split: str) -> str:
         """Key of the tokenised cache: the raw data, this class, its settings and the tokenizer."""
-        settings = {k: v for k, v in self.hparams.items() if k not in ("batch_size", "eval_batch_size", "num_workers",
-                                                                    "group_by_length")}
+        batching = ("batch_size", "eval_batch_size", "num_workers", "group_by_length", "packing",
+                    "max_tokens_per_batch")
+        settings = {k: v for k, v in self.hparams.items() if k not in batching}
         tokenizer = self.tokenizer
         key = json.dumps([dataset._fingerprint, type(self).__qualname__, encoding_code_hash(type(self)), settings, split,
                           tokenizer.name_or_path, len(tokenizer), tokenizer.pad_token,
@@ -212,8 +235,42 @@ class TextDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.datasets:
             return
+        if self.packing:
+            self.check_packing()
         for split, dataset in self.load_raw_splits().items():
             self.datasets[split] = self.encode_split(dataset, split)
+        if self.packing:
+            self.log_packing()
+
+    def check_packing(self) -> None:
+        """Refuse ``packing: true`` before any row is read where packed rows would not train correctly."""
+        from transformers import AutoConfig
+
+        reason = self.packing_refusal()
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        path = getattr(module, "model_name_or_path", None) or (self.tokenizer and self.tokenizer.name_or_path)
+        if reason is None and path:
+            config = AutoConfig.from_pretrained(resolve_model_path(path),
+                                                trust_remote_code=getattr(module, "trust_remote_code", False))
+            reason = model_packing_refusal(config, getattr(module, "adapter", None))
+        if reason is not None:
+            raise ValueError(f"{reason}: set packing: false")
+
+    def log_packing(self) -> None:
+        """One line with the packed plan of the training rows, so the saving shows."""
+        lengths = [len(ids) for ids in self.datasets["train"]["input_ids"]]
+        plan = packing_summary(lengths, self.max_length, self.sequences_per_batch)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        log.info("[lit-lora] packing: %d train rows -> %d packed sequences of <= %d tokens, fill %.1f%% "
+                 "(non-pad tokens / slots); %d batches of <= %d sequences (max_tokens_per_batch %d) per epoch%s",
+                 plan["rows"], plan["sequences"], self.max_length, 100 * plan["fill"], plan["batches"],
+                 self.sequences_per_batch, self.max_tokens_per_batch,
+                 f", {-(-plan['batches'] // world)} per rank" if world > 1 else "")
+
+    @property
+    def sequences_per_batch(self) -> int:
+        """Packed sequences in a batch: as many ``max_length`` slots as the token budget holds."""
+        return self.max_tokens_per_batch // self.max_length
 
     # ---- batching -----------------------------------------------------------------------------
     def collate_fn(self):
@@ -228,9 +285,20 @@ class TextDataModule(L.LightningDataModule):
                           shuffle=shuffle and sampler is None, sampler=sampler, collate_fn=self.collate_fn(),
                           num_workers=self.num_workers)
 
+    def packed_collate_fn(self) -> PackCollator:
+        """Stacked packed sequences, or one flattened row for FlashAttention (``lit_lora.data.packing.flattens``)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        config = getattr(getattr(module, "model", None), "config", None)  # built by now: what the model really runs
+        attn = getattr(config, "_attn_implementation", None) or getattr(module, "attn_implementation", None)
+        return PackCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flattens(attn))
+
     def train_dataloader(self) -> DataLoader:
         # seeded order that a mid-epoch checkpoint resumes exactly (see lit_lora/data/resumable.py)
         train = self.datasets["train"]
+        if self.packing:
+            return packed_train_loader(train, [len(ids) for ids in train["input_ids"]], self.max_length,
+                                       self.sequences_per_batch, self.seed, self.packed_collate_fn(),
+                                       trainer=self.trainer, num_workers=self.num_workers)
         lengths = [len(ids) for ids in train["input_ids"]] if self.group_by_length else None
         return train_loader(train, self.batch_size, self.seed, self.trainer, lengths=lengths,
                             collate_fn=self.collate_fn(), num_workers=self.num_workers)

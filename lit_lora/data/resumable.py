@@ -54,11 +54,13 @@ class ResumableSampler(DistributedSampler):
         """Samples the next iteration skips (a mid-epoch resume), 0 otherwise."""
         return self.skip if self.epoch == self.skip_epoch else 0
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: the epoch is read at the first index drawn, not when the iterator is made. Lightning makes
+        # the train iterator before it sets the next epoch when resuming from a checkpoint written at an epoch's end.
         indices = self.epoch_indices()
         skip = self.skip if self.epoch == self.skip_epoch else 0
         self.skip, self.skip_epoch = 0, None  # only the first iteration after a restore is shortened
-        return iter(indices[skip:])
+        yield from indices[skip:]
 
 
 class ResumableDataLoader(DataLoader):
@@ -67,15 +69,17 @@ class ResumableDataLoader(DataLoader):
     The position is the trainer's count of training batches started in this epoch
     (``batch_progress.current.ready``): a checkpoint written at ``on_train_batch_end`` or after
     validation counts exactly the batches whose step ran. Prefetched but untrained batches do not count.
+    A ``sampler`` that yields whole batches goes with ``batch_size=None`` (one sample per batch).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 lengths: Optional[Sequence[int]] = None, **kwargs: Any):
+    def __init__(self, dataset: Dataset, batch_size: Optional[int], seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0, lengths: Optional[Sequence[int]] = None, sampler: Optional[ResumableSampler] = None,
+                 **kwargs: Any):
         kwargs.pop("shuffle", None)
-        kwargs.pop("sampler", None)
-        if lengths is None:
+        # a given sampler may yield whole batches (packing, with batch_size=None: lit_lora/data/packing.py)
+        if sampler is None and lengths is None:
             sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        else:  # batches of similar lengths (lit_lora/data/length_grouping.py)
+        elif sampler is None:  # batches of similar lengths (lit_lora/data/length_grouping.py)
             from lit_lora.data.length_grouping import LengthGroupedSampler
 
             sampler = LengthGroupedSampler(dataset, lengths, batch_size, num_replicas=num_replicas, rank=rank,
@@ -84,13 +88,19 @@ class ResumableDataLoader(DataLoader):
         self.trainer: Optional[Any] = None
 
     def __iter__(self) -> Iterator[Any]:
-        # read before the inner iterator starts: iterating the sampler consumes its resume position
-        first = self.sampler.pending_skip() // self.batch_size
+        # A generator, like the sampler's: the position is read when the first batch is drawn, after Lightning
+        # has set the epoch, and before the inner iterator starts (iterating the sampler consumes the position).
+        first = self.sampler.pending_skip() // self.samples_per_batch
         accumulate, limit = 1, len(self)
         if self.trainer is not None:
             accumulate = self.trainer.accumulate_grad_batches
             limit = min(limit, self.trainer.num_training_batches)  # limit_train_batches
-        return optimizer_step_windows(super().__iter__(), accumulate, first, limit)
+        yield from optimizer_step_windows(super().__iter__(), accumulate, first, limit)
+
+    @property
+    def samples_per_batch(self) -> int:
+        """Sampler items per batch: ``batch_size``, or 1 where the sampler yields whole batches."""
+        return self.batch_size or 1
 
     def batches_trained(self) -> int:
         if self.trainer is None:
@@ -107,13 +117,14 @@ class ResumableDataLoader(DataLoader):
                 f"the checkpoint was written by {state['num_replicas']} data-parallel ranks, this run has "
                 f"{self.sampler.num_replicas}: a mid-epoch resume needs the same world size (nodes × devices)"
             )
+        if state.get("order", self.sampler.order) != self.sampler.order:
+            raise RuntimeError(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
+                               "one: a mid-epoch resume needs the same data.group_by_length, data.packing, "
+                               "data.max_length and data.max_tokens_per_batch")
         if state.get("batch_size", self.batch_size) != self.batch_size:
             raise RuntimeError(f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: "
                                "a mid-epoch resume needs the same data.batch_size")
-        if state.get("order", self.sampler.order) != self.sampler.order:
-            raise RuntimeError(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
-                               "one: a mid-epoch resume needs the same data.group_by_length")
-        self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.batch_size)
+        self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.samples_per_batch)
 
 
 def optimizer_step_windows(batches: Iterable[Any], accumulate: int, first: int = 0,
@@ -144,7 +155,8 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int, trainer: Optional
                  **kwargs: Any) -> ResumableDataLoader:
     """A ``ResumableDataLoader`` sharded over the trainer's data-parallel ranks (one rank without a trainer).
 
-    ``lengths=[…]`` (one per row) groups rows of similar length into batches (``LengthGroupedSampler``).
+    ``lengths=[…]`` (one per row) groups rows of similar length into batches (``LengthGroupedSampler``);
+    packed batches have their own loader (``lit_lora.data.packing.packed_train_loader``).
     """
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     loader = ResumableDataLoader(dataset, batch_size=batch_size, seed=seed, num_replicas=world, rank=rank, **kwargs)

@@ -9,6 +9,12 @@ For an encoder-decoder model (T5 / CodeT5; detected from the model config, or ``
 the prompt is the encoder input and the response the labels (padding → -100). Every row also keeps
 its ``prompt``, full ``reference`` response and ``group`` (e.g. a DS-1000 library) as strings, so that
 generation-based evaluation compares against the untruncated answer.
+
+Training batches group rows of similar length by default (``group_by_length: true``: less padding, still
+seeded and resumable mid-epoch); a causal LM can pack rows instead (``packing: true``, see
+``lit_lora.data.packing``)::
+
+    lit-lora fit --config configs/demo.yaml --data.init_args.packing true --data.init_args.max_tokens_per_batch 4096
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ class SFTDataModule(TextDataModule):
     """Supervised fine-tuning data for a causal LM (see ``TextDataModule`` for the shared settings).
 
     Args:
+        group_by_length: Batch rows of similar length together (default here; see ``TextDataModule``);
+            ``false`` draws a seeded random order.
         template: ``alpaca`` (instruction / input / response), ``chat`` (the tokenizer's chat template) or ``plain``.
         system_prompt: System turn of the chat template.
         train_on_prompt: Put the prompt tokens in the loss too (default: response only).
@@ -32,9 +40,10 @@ class SFTDataModule(TextDataModule):
             ``None`` reads ``is_encoder_decoder`` from the model config.
     """
 
-    def __init__(self, *args, template: str = "alpaca", system_prompt: Optional[str] = None,
-                 train_on_prompt: bool = False, encoder_decoder: Optional[bool] = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, group_by_length: bool = True, template: str = "alpaca",
+                 system_prompt: Optional[str] = None, train_on_prompt: bool = False,
+                 encoder_decoder: Optional[bool] = None, **kwargs):
+        super().__init__(*args, group_by_length=group_by_length, **kwargs)
         self.template = template
         self.system_prompt = system_prompt
         self.train_on_prompt = train_on_prompt
@@ -44,6 +53,12 @@ class SFTDataModule(TextDataModule):
             config = AutoConfig.from_pretrained(self.tokenizer.name_or_path)
             encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         self.encoder_decoder = bool(encoder_decoder)
+
+    def packing_refusal(self) -> Optional[str]:
+        if self.encoder_decoder:
+            return (f"packing: true needs a causal LM; {type(self).__name__} is tokenised for an encoder-decoder "
+                    "model (prompt -> encoder, response -> decoder), whose rows cannot share a sequence")
+        return None
 
     def row_group(self, row: dict) -> str:
         """The group a row is reported under (e.g. its library); ``""`` for none."""

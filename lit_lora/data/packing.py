@@ -1,0 +1,179 @@
+"""Packed training batches for causal-LM SFT: several rows per sequence, no attention across rows.
+
+    lit-lora fit --config configs/demo.yaml --data.init_args.packing true
+
+Rows are packed into sequences of at most ``max_length`` tokens by best-fit decreasing (as TRL's BFD:
+rows sorted by length, longest first, each put in the fullest sequence it fits); here rows 4 and 3 share
+a sequence of 8 tokens::
+
+    >>> best_fit_decreasing([5, 3, 4, 2, 6], capacity=8)
+    [[4, 3], [0, 1], [2]]
+
+In a packed batch ``position_ids`` restart at 0 for every row, the first label of every row is -100
+(nothing is predicted across a row boundary) and there is no ``attention_mask``: from the restarting
+positions transformers builds a block-causal mask for sdpa / eager (``masking_utils.find_packed_sequence_indices``)
+and FlashAttention runs varlen (``modeling_flash_attention_utils._is_packed_sequence``), so no row sees
+another. A batch holds ``max_tokens_per_batch // max_length`` packed sequences (the last one fewer; the
+default budget ``max_length × batch_size`` makes that ``batch_size``), stacked as ``(sequences, longest)``
+for sdpa / eager and joined into one row for FlashAttention, whose varlen path needs a batch of one
+(``flattens``). Validation and test batches stay unpacked.
+
+The plan of an epoch is a function of ``(seed, epoch)`` and the row lengths only: ties between rows of
+equal length are broken by a seeded permutation and the sequences are shuffled with it, so a mid-epoch
+resume rebuilds the same plan and ``ResumableSampler``'s ``skip`` drops the batches already trained. Global
+batches are dealt to ranks in turn (rank ``r`` takes batches ``r``, ``r + world`` …), padded by repeating
+the first ones as ``DistributedSampler`` pads rows. The number of sequences, hence of batches, does not
+depend on the tie-breaking, so every epoch has the same length.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from lit_lora.data.resumable import ResumableDataLoader, ResumableSampler
+
+# model types whose packed rows were checked to match the rows run alone (tests/test_packing.py);
+# a new one is added here after that test passes for it
+PACKING_ARCHITECTURES = ("llama", "gemma", "phi", "falcon")
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int,
+                        order: Optional[Sequence[int]] = None) -> list[list[int]]:
+    """Row indices packed into bins of at most ``capacity`` tokens: longest row first, each into the fullest
+    bin with room. ``order`` breaks ties between rows of equal length (default: index order)."""
+    rows = sorted(range(len(lengths)) if order is None else order, key=lambda i: -lengths[i])  # stable
+    bins: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (tokens left, bin) of every bin not full, ascending
+    for i in rows:
+        n = int(lengths[i])
+        if n > capacity:
+            raise ValueError(f"packing: row {i} has {n} tokens, more than a packed sequence holds ({capacity})")
+        at = bisect.bisect_left(room, (n, -1))  # the least room that still fits n: the fullest such bin
+        if at == len(room):
+            bins.append([i])
+            left, b = capacity - n, len(bins) - 1
+        else:
+            left, b = room.pop(at)
+            bins[b].append(i)
+            left -= n
+        if left > 0:
+            bisect.insort(room, (left, b))
+    return bins
+
+
+def flattens(attn_implementation: Optional[str]) -> bool:
+    """FlashAttention finds packed rows from ``position_ids`` only in a batch of one row (transformers'
+    ``_is_packed_sequence``), so its batches are flattened; sdpa / eager stack the packed sequences, which
+    keeps their attention at ``sequences × max_length²`` instead of ``(sequences × max_length)²``."""
+    return "flash" in str(attn_implementation or "")
+
+
+def model_packing_refusal(config: Any, adapter: Any = None) -> Optional[str]:
+    """Why a model (its config) and adapter cannot train on packed rows, or ``None`` when they can."""
+    model_type = getattr(config, "model_type", "?")
+    if getattr(config, "is_encoder_decoder", False):
+        return f"packing: true needs a causal LM; {model_type} is an encoder-decoder model"
+    if model_type not in PACKING_ARCHITECTURES:
+        return (f"packing: true keeps rows apart only where that was verified ({', '.join(PACKING_ARCHITECTURES)}: "
+                f"PACKING_ARCHITECTURES in lit_lora/data/packing.py, tests/test_packing.py), not {model_type}")
+    from lit_lora.adapters.prompt import _PromptLearning
+
+    if isinstance(adapter, _PromptLearning):  # peft drops position_ids (prompt / p-tuning) or adds a KV prefix
+        return (f"packing: true does not work with {adapter.method}: peft puts virtual tokens before the rows and "
+                "drops position_ids or adds a KV-cache prefix, so packed rows would attend to each other")
+    return None
+
+
+class PackedSampler(ResumableSampler):
+    """This rank's packed batches of an epoch, each a list of packed sequences (lists of row indices).
+
+    Args:
+        dataset: The rows (only its length is used).
+        lengths: Tokens of each row, in dataset order.
+        max_length: Tokens a packed sequence holds.
+        sequences_per_batch: Packed sequences per batch (``max_tokens_per_batch // max_length``).
+        num_replicas: Data-parallel world size.
+        rank: This process's data-parallel rank.
+        seed: Seed of the plan (plus the epoch).
+    """
+
+    def __init__(self, dataset: Dataset, lengths: Sequence[int], max_length: int, sequences_per_batch: int,
+                 num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if len(lengths) != len(dataset):
+            raise ValueError(f"packing: {len(lengths)} lengths for {len(dataset)} rows")
+        if sequences_per_batch < 1:
+            raise ValueError(f"packing: sequences_per_batch must be >= 1, got {sequences_per_batch}")
+        self.lengths = [int(n) for n in lengths]
+        self.max_length = max_length
+        self.sequences_per_batch = sequences_per_batch
+        # a resume must rebuild the same plan: the settings that shape it are part of the saved order
+        self.order = f"packed(max_length={max_length}, sequences_per_batch={sequences_per_batch})"
+        self.num_sequences = len(best_fit_decreasing(self.lengths, max_length))  # the same every epoch
+        self.num_batches = math.ceil(self.num_sequences / sequences_per_batch)  # global, every rank's together
+        self.num_samples = math.ceil(self.num_batches / num_replicas)  # this rank's batches
+        self.total_size = self.num_samples * num_replicas
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def sequences(self, epoch: int) -> list[list[int]]:
+        """The packed sequences of ``epoch`` in training order."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + epoch)
+        ties = torch.randperm(len(self.lengths), generator=generator).tolist()
+        packed = best_fit_decreasing(self.lengths, self.max_length, order=ties)
+        return [packed[i] for i in torch.randperm(len(packed), generator=generator).tolist()]
+
+    def global_batches(self, epoch: int) -> list[list[list[int]]]:
+        """Every rank's batches of ``epoch``, padded by repetition to a multiple of the world size."""
+        packed, k = self.sequences(epoch), self.sequences_per_batch
+        batches = [packed[s:s + k] for s in range(0, len(packed), k)]
+        while len(batches) < self.total_size:  # as DistributedSampler pads: repeat the first ones
+            batches += batches[:self.total_size - len(batches)]
+        return batches
+
+    def epoch_indices(self) -> list[list[list[int]]]:
+        return self.global_batches(self.epoch)[self.rank::self.num_replicas]
+
+
+class PackedRows(Dataset):
+    """Rows fetched a batch at a time: ``rows[[[0, 4], [2]]]`` -> ``[[row 0, row 4], [row 2]]``."""
+
+    def __init__(self, rows: Any):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, batch: list[list[int]]) -> list[list[dict]]:
+        return [[self.rows[i] for i in sequence] for sequence in batch]
+
+
+def packing_summary(lengths: Sequence[int], max_length: int, sequences_per_batch: int, seed: int = 0) -> dict:
+    """Rows, packed sequences, fill ratio (non-pad tokens / slots) and batches of the packed plan."""
+    sequences = len(best_fit_decreasing(lengths, max_length))
+    return {"rows": len(lengths), "sequences": sequences, "fill": sum(lengths) / (sequences * max_length),
+            "batches": math.ceil(sequences / sequences_per_batch)}
+
+
+def packed_train_loader(dataset: Any, lengths: Sequence[int], max_length: int, sequences_per_batch: int,
+                        seed: int, collate_fn: Any, trainer: Optional[Any] = None,
+                        num_workers: int = 0) -> ResumableDataLoader:
+    """A resumable loader of packed batches, sharded over the trainer's data-parallel ranks.
+
+    The sampler yields whole batches (``batch_size=None``): Lightning sees a ``DistributedSampler`` and leaves
+    it in place under DDP, and the loader's position stays the count of batches trained.
+    """
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    sampler = PackedSampler(dataset, lengths, max_length, sequences_per_batch, num_replicas=world, rank=rank,
+                            seed=seed)
+    loader = ResumableDataLoader(PackedRows(dataset), batch_size=None, seed=seed, num_replicas=world, rank=rank,
+                                 sampler=sampler, collate_fn=collate_fn, num_workers=num_workers)
+    loader.trainer = trainer
+    return loader

@@ -1,0 +1,536 @@
+"""Packed SFT batches (``data.packing``): best-fit decreasing, no attention across rows, resumable, same gradient.
+
+* the plan: every row once per epoch across ranks, sequences within ``max_length``, batches within the token
+  budget, a function of (seed, epoch) only, resumed mid-epoch after the last trained batch;
+* no contamination: for Llama, Gemma, Phi and Falcon (sdpa and eager; FlashAttention 2 on a GPU) every row's
+  logits and summed loss inside a packed batch equal the row run alone;
+* through ``lit-lora fit``: a packed run trains, an interrupted one resumes step for step, and one optimizer
+  step's gradient is the same packed and unpacked (the loss is token-normalised).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from safetensors.torch import load_file
+
+from lit_lora.data import InstructionDataModule
+from lit_lora.data.collators import IGNORE_INDEX, PackCollator
+from lit_lora.data.packing import PackedRows, PackedSampler, best_fit_decreasing, flattens, model_packing_refusal
+from lit_lora.data.resumable import ResumableDataLoader
+from lit_lora.models.token_loss import label_count, summed_loss
+
+REPO = Path(__file__).resolve().parents[1]
+CAUSAL = ("llama", "gemma", "phi", "falcon")
+
+
+# ---- the plan --------------------------------------------------------------------------------------------
+def reference_bfd(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing written the slow, obvious way."""
+    bins: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fits = [b for b in range(len(bins)) if sum(lengths[j] for j in bins[b]) + lengths[i] <= capacity]
+        if fits:
+            bins[max(fits, key=lambda b: (sum(lengths[j] for j in bins[b]), -b))].append(i)
+        else:
+            bins.append([i])
+    return bins
+
+
+def random_lengths(n: int, seed: int = 0, longest: int = 256) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(1, longest) for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_best_fit_decreasing_matches_the_obvious_algorithm(seed):
+    lengths = random_lengths(300, seed)
+    bins = best_fit_decreasing(lengths, 256)
+    assert bins == reference_bfd(lengths, 256)
+    assert sorted(i for b in bins for i in b) == list(range(300))
+    assert all(sum(lengths[i] for i in b) <= 256 for b in bins)
+    assert len(bins) <= 1.25 * sum(lengths) / 256 + 1  # near the lower bound, far from one row per sequence
+    with pytest.raises(ValueError, match="more than a packed sequence holds"):
+        best_fit_decreasing([10, 300], 256)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_row_once_per_epoch_across_ranks_within_the_budget(world):
+    n, max_length, per_batch = 501, 256, 3
+    lengths = random_lengths(n, seed=4)
+    samplers = [PackedSampler(range(n), lengths, max_length, per_batch, num_replicas=world, rank=r, seed=7)
+                for r in range(world)]
+    shards = [list(s) for s in samplers]
+    assert len({len(shard) for shard in shards}) == 1 and len(shards[0]) == len(samplers[0])  # ranks step together
+    batches = [b for shard in shards for b in shard]
+    assert all(1 <= len(b) <= per_batch for b in batches)
+    assert all(sum(lengths[i] for i in seq) <= max_length for b in batches for seq in b)
+    drawn = [i for b in batches for seq in b for i in seq]
+    assert sorted(set(drawn)) == list(range(n))
+    unique = samplers[0].global_batches(0)[:samplers[0].num_batches]  # before the padding for the world size
+    assert sorted(i for b in unique for seq in b for i in seq) == list(range(n))  # each row exactly once
+
+
+def test_plan_depends_on_seed_and_epoch_only():
+    lengths = random_lengths(400, seed=5, longest=60)  # many ties: the permutation decides among them
+    a, b = (PackedSampler(range(400), lengths, 128, 2, seed=5) for _ in range(2))
+    random.seed(1)
+    torch.manual_seed(1)
+    first = list(a)
+    random.seed(2)
+    torch.manual_seed(2)
+    assert list(b) == first
+    a.set_epoch(1)
+    second = list(a)
+    assert second != first and len(second) == len(first)
+    assert sorted(i for x in second for s in x for i in s) == sorted(i for x in first for s in x for i in s)
+    assert list(PackedSampler(range(400), lengths, 128, 2, seed=6)) != first
+
+
+def fake_trainer(batches_done: int):
+    progress = SimpleNamespace(current=SimpleNamespace(ready=batches_done))
+    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_mid_epoch_resume_rebuilds_the_plan_and_skips_the_trained_batches(rank):
+    n, world = 300, 2
+    lengths = random_lengths(n, seed=2, longest=100)
+    rows = [{"input_ids": [i] * n_tokens, "labels": [i] * n_tokens} for i, n_tokens in enumerate(lengths)]
+
+    def loader():
+        sampler = PackedSampler(rows, lengths, 128, 2, num_replicas=world, rank=rank, seed=11)
+        return ResumableDataLoader(PackedRows(rows), batch_size=None, sampler=sampler,
+                                   collate_fn=PackCollator(pad_token_id=0))
+
+    def keys(batches):
+        return [b["input_ids"].tolist() for b in batches]
+
+    uninterrupted = loader()
+    uninterrupted.sampler.set_epoch(2)
+    expected = keys(uninterrupted)
+    assert len(expected) == len(uninterrupted) > 6
+
+    interrupted = loader()
+    interrupted.sampler.set_epoch(2)
+    interrupted.trainer = fake_trainer(batches_done=5)
+    state = interrupted.state_dict()
+    assert state["order"].startswith("packed") and (state["epoch"], state["batches"]) == (2, 5)
+
+    resumed = loader()  # a fresh process: epoch 0 until the state is loaded
+    resumed.load_state_dict(state)
+    assert keys(resumed) == expected[5:]
+    assert keys(resumed) == expected  # the following iteration is the whole epoch again
+
+
+def test_resume_from_an_epochs_end_starts_the_next_epoch_whole():
+    """Lightning makes the train iterator before it sets the next epoch when the checkpoint closed an epoch:
+    the position must be read when the first batch is drawn, and the step windows start with the epoch."""
+    lengths = random_lengths(200, seed=3, longest=100)
+    rows = [{"input_ids": [i] * n, "labels": [i] * n} for i, n in enumerate(lengths)]
+
+    def loader(trainer):
+        made = ResumableDataLoader(PackedRows(rows), batch_size=None, collate_fn=PackCollator(pad_token_id=0),
+                                   sampler=PackedSampler(rows, lengths, 128, 2, seed=1))
+        made.trainer = trainer
+        return made
+
+    whole = loader(None)
+    whole.sampler.set_epoch(1)
+    expected = [b["input_ids"].tolist() for b in whole]
+    limit, accumulate = len(expected) - 1, 3  # limit_train_batches one short of the epoch
+    trainer = SimpleNamespace(accumulate_grad_batches=accumulate, num_training_batches=limit,
+                              **vars(fake_trainer(len(expected))))
+    state = loader(trainer).state_dict()  # written after the last batch of epoch 0
+    resumed = loader(trainer)
+    resumed.load_state_dict(state)
+    batches = iter(resumed)  # as Lightning's setup_data does, still in epoch 0
+    resumed.sampler.set_epoch(1)
+    got = [b for _, b in zip(range(limit), batches)]  # Lightning stops pulling at the limit
+    assert [b["input_ids"].tolist() for b in got] == expected[:limit]
+    windows = [len(b["step_labels"]) for b in got]
+    assert windows == [min(accumulate, limit - i // accumulate * accumulate) for i in range(limit)]
+
+
+def test_resume_refuses_another_packing_or_an_unpacked_order():
+    lengths = random_lengths(40, longest=60)
+    packed = ResumableDataLoader(PackedRows(list(range(40))), batch_size=None,
+                                 sampler=PackedSampler(range(40), lengths, 128, 2))
+    packed.trainer = fake_trainer(3)
+    for other in (ResumableDataLoader(list(range(40)), batch_size=4, lengths=lengths),
+                  ResumableDataLoader(PackedRows(list(range(40))), batch_size=None,
+                                      sampler=PackedSampler(range(40), lengths, 128, 3))):
+        with pytest.raises(RuntimeError, match="data.packing"):
+            other.load_state_dict(packed.state_dict())
+
+
+# ---- the batch -------------------------------------------------------------------------------------------
+def test_collator_restarts_positions_and_masks_each_rows_first_label():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prompt": "p"},
+            {"input_ids": [8, 9], "labels": [8, 9], "prompt": "q"},
+            {"input_ids": [3, 4], "labels": [3, 4], "prompt": "r"}]
+    stacked = PackCollator(pad_token_id=0)([[rows[0], rows[1]], [rows[2]]])
+    assert set(stacked) == {"input_ids", "labels", "position_ids"}  # no attention_mask: the positions separate rows
+    assert stacked["input_ids"].tolist() == [[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]]
+    assert stacked["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]  # padding is a block of its own
+    assert stacked["labels"].tolist() == [[-100, 6, 7, -100, 9], [-100, 4, -100, -100, -100]]
+    flat = PackCollator(pad_token_id=0, flatten=True)([[rows[0], rows[1]], [rows[2]]])
+    assert flat["input_ids"].tolist() == [[5, 6, 7, 8, 9, 3, 4]]
+    assert flat["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1]]
+    assert flat["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, 4]]
+    assert flattens("flash_attention_2") and flattens("kernels-community/flash-attn3")
+    assert not flattens("sdpa") and not flattens("eager") and not flattens(None)
+
+
+def test_sft_data_groups_by_length_by_default_and_classification_data_does_not(tiny_model):
+    from lit_lora.data import MultiNLIDataModule
+
+    assert InstructionDataModule(tokenizer_name_or_path=tiny_model("llama")).group_by_length
+    assert not InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), group_by_length=False).group_by_length
+    assert not MultiNLIDataModule(tokenizer_name_or_path=tiny_model("roberta")).group_by_length
+
+
+def test_packed_datamodule_batches_every_label_once_within_the_budget(tiny_model, caplog):
+    kwargs = dict(tokenizer_name_or_path=tiny_model("llama"), max_samples=60, max_length=512, batch_size=4)
+    dm = InstructionDataModule(packing=True, **kwargs)
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        dm.setup("fit")
+    assert dm.max_tokens_per_batch == 512 * 4
+    train = dm.datasets["train"]
+    line = next(r.getMessage() for r in caplog.records if "packing:" in r.getMessage())
+    assert f"{len(train)} train rows -> " in line and "fill" in line and "% (non-pad tokens / slots)" in line
+
+    batches = list(dm.train_dataloader())
+    assert all("attention_mask" not in b and b["input_ids"].numel() <= dm.max_tokens_per_batch for b in batches)
+    assert all(b["input_ids"].shape[1] <= 512 for b in batches)
+    rows = sum(int((b["position_ids"][:, 1:] < b["position_ids"][:, :-1]).sum()) + len(b["position_ids"])
+               for b in batches)  # row starts: each sequence's first token and every restart
+    padding_blocks = sum(int(((b["input_ids"] == dm.tokenizer.pad_token_id) & (b["position_ids"] == 0)).sum())
+                         for b in batches)
+    assert rows - padding_blocks == len(train)
+    # every label token of every row is in the loss once, none across a row boundary
+    assert sum(int(label_count(b["labels"], shift=True)) for b in batches) == \
+        sum(int(label_count(torch.tensor([labels]), shift=True)) for labels in train["labels"])
+    assert all(len(b["step_labels"]) == 1 and b["step_labels"][0] is b["labels"] for b in batches)
+
+    unpacked = InstructionDataModule(**kwargs)
+    unpacked.setup("fit")
+    unpacked_batches = list(unpacked.train_dataloader())
+    assert len(batches) < len(unpacked_batches) / 2  # fewer, fuller batches than length-grouped rows
+    assert "attention_mask" in next(iter(dm.val_dataloader()))  # validation stays unpacked
+    assert not dm.packed_collate_fn().flatten  # no model: stacked sequences
+    for runs, flat in (("flash_attention_2", True), ("sdpa", False)):  # what the built model runs decides
+        dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(
+            attn_implementation=None, model=SimpleNamespace(config=SimpleNamespace(_attn_implementation=runs))))
+        assert dm.packed_collate_fn().flatten is flat
+
+
+def test_packing_is_refused_where_rows_would_see_each_other(tiny_model):
+    from transformers import GPT2Config, LlamaConfig
+
+    from lit_lora.adapters import LoRA
+    from lit_lora.adapters.prompt import PrefixTuning, PromptTuning
+    from lit_lora.data import MultiNLIDataModule
+
+    with pytest.raises(ValueError, match="packing: true needs a causal LM; MultiNLIDataModule holds classification "
+                                         "rows.*set packing: false"):
+        MultiNLIDataModule(tokenizer_name_or_path=tiny_model("roberta"), packing=True).setup("fit")
+    with pytest.raises(ValueError, match="packing: true needs a causal LM; .*encoder-decoder.*set packing: false"):
+        InstructionDataModule(tokenizer_name_or_path=tiny_model("t5"), packing=True).setup("fit")
+    with pytest.raises(ValueError, match="packing: true needs a causal LM; .*encoder-decoder.*set packing: false"):
+        InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), encoder_decoder=True,
+                              packing=True).setup("fit")
+    with pytest.raises(ValueError, match="must hold one packed sequence"):
+        InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), packing=True, max_length=256,
+                              max_tokens_per_batch=100)
+    dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), packing=True)
+    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(  # the model the CLI pairs it with
+        model_name_or_path=tiny_model("llama"), trust_remote_code=False, adapter=PromptTuning()))
+    with pytest.raises(ValueError, match="does not work with prompt_tuning.*set packing: false"):
+        dm.setup("fit")
+    assert "not gpt2" in model_packing_refusal(GPT2Config())
+    assert "prompt_tuning" in model_packing_refusal(LlamaConfig(), PromptTuning())
+    assert "prefix_tuning" in model_packing_refusal(LlamaConfig(), PrefixTuning())
+    assert model_packing_refusal(LlamaConfig(), LoRA()) is None
+
+
+# ---- no contamination ------------------------------------------------------------------------------------
+ROW_LENGTHS = (37, 12, 50, 23, 8, 61, 30, 19)
+CAPACITY = 64
+
+
+def packed_rows(seed: int = 0) -> tuple[list[dict], list[list[int]]]:
+    """Rows of random tokens (some with a prompt masked out of the labels) and their best-fit plan."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for i, n in enumerate(ROW_LENGTHS):
+        ids = torch.randint(3, 500, (n,), generator=generator).tolist()
+        prompt = n // 3 if i % 2 else 0
+        rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+    plan = best_fit_decreasing([len(r["input_ids"]) for r in rows], CAPACITY)
+    assert len(plan) < len(rows) and any(len(sequence) > 2 for sequence in plan)  # rows do share sequences
+    return rows, plan
+
+
+def row_spans(plan: list[list[int]], flatten: bool) -> dict[int, tuple[int, int]]:
+    """row -> (batch row, first position) in the collated batch."""
+    spans, offset = {}, 0
+    for s, sequence in enumerate(plan):
+        offset = offset if flatten else 0
+        for i in sequence:
+            spans[i] = (0 if flatten else s, offset)
+            offset += ROW_LENGTHS[i]
+    return spans
+
+
+def summed_loss64(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``summed_loss`` (causal shift) in float64."""
+    logits, labels = logits[:, :-1].double(), labels[:, 1:].to(logits.device)  # position t predicts t + 1
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def worst_row_error(model, rows, plan, flatten: bool, device: str = "cpu", with_positions: bool = True):
+    """Largest |logit| difference and |summed loss| difference between a row packed and the row alone."""
+    batch = PackCollator(pad_token_id=0, flatten=flatten)([[rows[i] for i in sequence] for sequence in plan])
+    inputs = {"input_ids": batch["input_ids"].to(device)}
+    if with_positions:
+        inputs["position_ids"] = batch["position_ids"].to(device)
+    with torch.no_grad():
+        packed = model(**inputs, use_cache=False).logits.float()  # (sequences, longest, vocab)
+        logit_error = loss_error = 0.0
+        total = 0.0
+        for i, (b, start) in row_spans(plan, flatten).items():
+            ids, labels = torch.tensor([rows[i]["input_ids"]]), torch.tensor([rows[i]["labels"]])
+            alone = model(input_ids=ids.to(device), use_cache=False).logits.float()  # (1, length, vocab)
+            inside = packed[b:b + 1, start:start + ids.shape[1]]
+            logit_error = max(logit_error, float((inside - alone).abs().max()))
+            packed_labels = batch["labels"][b:b + 1, start:start + ids.shape[1]]
+            # summed in float64: a float32 sum near 300 nats has a resolution of 3e-5, coarser than the tolerance
+            row_loss, inside_loss = summed_loss64(alone, labels), summed_loss64(inside, packed_labels)
+            loss_error = max(loss_error, abs(float(inside_loss - row_loss)))
+            total += float(row_loss)
+        # the whole batch: no token predicted across a row boundary, no label lost
+        whole = float(summed_loss(packed, batch["labels"].to(device), shift=True))
+        assert int(label_count(batch["labels"], shift=True)) == \
+            sum(int(label_count(torch.tensor([r["labels"]]), shift=True)) for r in rows)
+    return logit_error, loss_error, abs(whole - total) / max(abs(total), 1.0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_a_packed_row_equals_the_row_alone(arch, attn, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation=attn,
+                                                 dtype=torch.float32).eval()
+    rows, plan = packed_rows()
+    for flatten in (False, True):
+        logits, loss, whole = worst_row_error(model, rows, plan, flatten)
+        print(f"{arch} {attn} {'flattened' if flatten else 'stacked'}: logits {logits:.1e}, summed loss {loss:.1e}")
+        assert logits < 1e-5 and loss < 1e-5 and whole < 1e-6, (arch, attn, flatten, logits, loss, whole)
+    # the same batch without restarting positions is one causal sequence: later rows see earlier ones
+    contaminated, _, _ = worst_row_error(model, rows, plan, flatten=False, with_positions=False)
+    assert contaminated > 1e-2, contaminated
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_a_packed_row_equals_the_row_alone_with_flash_attention(arch, tiny_model):
+    """FlashAttention 2 (varlen from position_ids, one flattened row), float16 on a CUDA GPU: half-precision
+    noise, not fp32's 1e-5, so the bounds are looser, and far below what a row seeing another costs."""
+    pytest.importorskip("flash_attn", reason="flash_attention_2 needs the flash-attn package")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation="flash_attention_2",
+                                                 dtype=torch.float16).to("cuda").eval()
+    assert model.config._attn_implementation == "flash_attention_2"
+    rows, plan = packed_rows()
+    assert flattens(model.config._attn_implementation)  # the layout the datamodule picks for it
+    logits, loss, whole = worst_row_error(model, rows, plan, flatten=True, device="cuda")
+    print(f"{arch} flash_attention_2 flattened: logits {logits:.1e}, summed loss {loss:.1e}")
+    assert logits < 2e-2 and loss < 1e-1 and whole < 1e-3, (arch, logits, loss, whole)
+    contaminated, _, _ = worst_row_error(model, rows, plan, flatten=True, device="cuda", with_positions=False)
+    assert contaminated > 0.5, contaminated
+
+
+# ---- through lit-lora fit ---------------------------------------------------------------------------------
+MAX_STEPS = 8
+BATCHES_PER_EPOCH = 5
+PACKED = ("--data.init_args.packing", "true", "--data.init_args.max_length", "384",
+          "--data.init_args.max_tokens_per_batch", "768")  # 20 rows -> 10 sequences -> 5 batches of 2
+
+
+class Killed(Exception):
+    """Stands in for the process dying between two optimizer steps."""
+
+
+class KillBeforeStep(Callback):
+    """Raise at the start of the batch that would run optimizer step ``step + 1``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Killed(f"killed after step {self.step}")
+
+
+class BatchLayout(Callback):
+    """Record the keys and shape of every training batch."""
+
+    def __init__(self):
+        self.seen: list[tuple] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append((tuple(sorted(batch)), tuple(batch["input_ids"].shape)))
+
+
+class FirstStepGradients(Callback):
+    """Keep the gradients of the first optimizer step (after accumulation, before the update)."""
+
+    def __init__(self):
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == 0:
+            self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
+                          if p.requires_grad and p.grad is not None}
+
+
+def cli(model_dir: str, root: Path, every: int, *extra: str):
+    """The ``lit-lora fit`` CLI of the demo config on a tiny model, built but not run; it validates and
+    checkpoints every ``every`` steps."""
+    from lit_lora.cli import LitLoraCLI
+
+    args = [
+        "--config", str(REPO / "configs/demo.yaml"),
+        "--model.init_args.model_name_or_path", model_dir,
+        "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
+        "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
+        "--trainer.val_check_interval", str(every), "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
+        "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
+        "--checkpoint.every_n_train_steps", str(every), "--checkpoint.save_top_k", "-1",
+        "--baseline.enabled", "false",
+        *extra,
+    ]
+    return LitLoraCLI(args=args, run=False)
+
+
+def train_losses(log_dir: str) -> dict[int, float]:
+    """step (1-based, = optimizer steps done) -> train_loss from the CSVLogger's metrics.csv."""
+    with open(Path(log_dir) / "metrics.csv") as f:
+        return {int(r["step"]) + 1: float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+
+
+def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_a_packed_run_trains_through_the_cli(tiny_model, tmp_path, caplog):
+    layout = BatchLayout()
+    run = cli(tiny_model("llama"), tmp_path / "run", 4, *PACKED, "--trainer.max_steps", "6")
+    run.trainer.callbacks.append(layout)
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        run.trainer.fit(run.model, datamodule=run.datamodule)
+    assert run.trainer.global_step == 6
+    assert "packing: 20 train rows -> 10 packed sequences of <= 384 tokens" in caplog.text
+    assert len(run.trainer.train_dataloader) == BATCHES_PER_EPOCH
+    assert layout.seen
+    assert all(keys == ("input_ids", "labels", "position_ids", "step_labels") for keys, _ in layout.seen)
+    assert all(rows * length <= 768 for _, (rows, length) in layout.seen)
+    losses = train_losses(run.trainer.log_dir)
+    assert sorted(losses) == list(range(1, 7)) and all(0 < v < 100 for v in losses.values())
+    trained = adapter_weights(Path(run.trainer.log_dir) / "adapter")
+    assert any("lora_B" in n and t.abs().max() > 0 for n, t in trained.items())  # LoRA B starts at zero
+
+
+@pytest.mark.parametrize("stop_at,accumulate,position", [(4, 1, (0, 4)), (BATCHES_PER_EPOCH, 1, (0, 5)),
+                                                         (4, 2, (1, 2))],
+                         ids=["mid-epoch", "end-of-epoch", "accumulate-2"])
+def test_interrupted_packed_run_resumes_step_for_step(stop_at, accumulate, position, tiny_model, tmp_path):
+    model_dir = tiny_model("llama")
+    extra = (*PACKED, "--trainer.accumulate_grad_batches", str(accumulate))
+
+    full = cli(model_dir, tmp_path / "full", stop_at, *extra)
+    full.trainer.fit(full.model, datamodule=full.datamodule)
+    assert full.trainer.global_step == MAX_STEPS
+    reference = train_losses(full.trainer.log_dir)
+    assert sorted(reference) == list(range(1, MAX_STEPS + 1))
+
+    first = cli(model_dir, tmp_path / "interrupted", stop_at, *extra)
+    first.trainer.callbacks.append(KillBeforeStep(stop_at))
+    with pytest.raises(Killed):
+        first.trainer.fit(first.model, datamodule=first.datamodule)
+    ckpt = tmp_path / "interrupted" / "checkpoints" / f"step={stop_at}.ckpt"
+    before = train_losses(first.trainer.log_dir)
+    state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert (state["epoch"], state["batches"]) == position and state["order"].startswith("packed")
+
+    resumed = cli(model_dir, tmp_path / "resumed", stop_at, *extra)
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed.trainer.global_step == MAX_STEPS
+    after = train_losses(resumed.trainer.log_dir)
+    assert sorted(after) == list(range(stop_at + 1, MAX_STEPS + 1))  # every step after the resume, once
+
+    # step by step: a repeated or skipped batch shifts the sequence and changes the losses
+    for step in range(1, MAX_STEPS + 1):
+        got = before[step] if step <= stop_at else after[step]
+        assert got == pytest.approx(reference[step], rel=1e-5), (step, got, reference[step])
+    assert len(set(round(v, 6) for v in reference.values())) == MAX_STEPS  # losses tell the batches apart
+    expected = adapter_weights(Path(full.trainer.log_dir) / "adapter")
+    got = adapter_weights(Path(resumed.trainer.log_dir) / "adapter")
+    assert set(got) == set(expected) and expected
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def write_rows(path: Path, n: int = 8) -> Path:
+    """Rows whose answers range from a few to about 250 tokens."""
+    with path.open("w") as f:
+        for i in range(n):
+            body = "\n".join(f"    total += {j} * value" for j in range(1 + i ** 3 // 4))
+            output = f"def f{i}(value):\n    total = 0\n{body}\n    return total"
+            f.write(json.dumps({"instruction": f"Write function number {i}.", "input": "", "output": output,
+                                "text": ""}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("budget,accumulate,train_on_prompt", [(4096, 1, "false"), (512, 8, "true")],
+                         ids=["one-batch", "accumulated-every-token"])
+def test_one_step_has_the_same_gradient_packed_and_unpacked(budget, accumulate, train_on_prompt, tiny_model,
+                                                            tmp_path):
+    """With ``train_on_prompt`` every row's first label is a token: only the packed -100 keeps the row before
+    from predicting it."""
+    data = write_rows(tmp_path / "rows.jsonl")
+
+    def first_step(name: str, *extra: str):
+        grads = FirstStepGradients()
+        run = cli(tiny_model("llama"), tmp_path / name, 1, "--data.init_args.source", str(data),
+                  "--data.init_args.validation_source", str(data), "--data.init_args.max_samples", "100",
+                  "--data.init_args.max_length", "512", "--data.init_args.train_on_prompt", train_on_prompt,
+                  "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *extra)
+        run.trainer.callbacks.append(grads)
+        run.trainer.fit(run.model, datamodule=run.datamodule)
+        return grads.grads, run
+
+    unpacked, _ = first_step("unpacked", "--data.init_args.batch_size", "8")
+    packed, run = first_step("packed", "--data.init_args.packing", "true", "--data.init_args.batch_size", "8",
+                             "--data.init_args.max_tokens_per_batch", str(budget),
+                             "--trainer.accumulate_grad_batches", str(accumulate))
+    batches = len(run.trainer.train_dataloader)
+    assert (batches == 1) if accumulate == 1 else (1 < batches <= accumulate)  # one step covers every row
+    assert set(packed) == set(unpacked) and any(g.abs().max() > 1e-3 for g in unpacked.values())
+    for name, grad in unpacked.items():
+        torch.testing.assert_close(packed[name], grad, rtol=0, atol=1e-5, msg=name)
