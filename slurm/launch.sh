@@ -3,17 +3,41 @@
 #   (called by slurm/*.sbatch; not submitted directly)
 # Environment knobs: LIT_LORA_STRATEGY (a configs/strategies/*.yaml fragment), LIT_LORA_RUNS (default runs),
 # MASTER_ADDR / MASTER_PORT (default: the first node of the allocation, a port derived from the job id).
+# Job arrays over a sweep (`lit-lora sweep … --slurm` submits `sbatch --array=… <script> runs/<sweep>/points.txt`):
+# with SLURM_ARRAY_TASK_ID set and a *.txt list instead of a config, task N runs the config on line N + 1 of
+# the list in that config's directory (runs/<sweep>/<point>/: log.txt, and sweep_status.json with the exit status).
 set -euo pipefail
 if [ $# -lt 1 ] || [ ! -f "$1" ]; then
   echo "usage: sbatch slurm/<script>.sbatch configs/<exp>.yaml [lit-lora fit arguments …]" >&2
+  echo "       sbatch --array=0-N slurm/<script>.sbatch runs/<sweep>/points.txt   (lit-lora sweep --slurm)" >&2
   exit 2
 fi
 CONFIG=$1; shift
-EXP=$(basename "$CONFIG" .yaml)
-RUN_DIR=${LIT_LORA_RUNS:-runs}/$EXP/${SLURM_JOB_ID}
+if [ -n "${SLURM_ARRAY_TASK_ID:-}" ] && [[ "$CONFIG" == *.txt ]]; then
+  POINTS=$CONFIG
+  CONFIG=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$POINTS")
+  if [ -z "$CONFIG" ] || [ ! -f "$CONFIG" ]; then
+    echo "[lit-lora] array task $SLURM_ARRAY_TASK_ID: line $((SLURM_ARRAY_TASK_ID + 1)) of $POINTS names no config file: '$CONFIG'" >&2
+    exit 2
+  fi
+  RUN_DIR=$(dirname "$CONFIG")
+  LOG=$RUN_DIR/log.txt
+  TASK="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+  write_status() {  # runs/<sweep>/<point>/sweep_status.json, read by `lit-lora sweep report`
+    printf '{"runner": "slurm", "job": "%s", "restart": %s, "host": "%s", %s}\n' \
+      "$TASK" "${SLURM_RESTART_COUNT:-0}" "$(hostname -s)" "$1" > "$RUN_DIR/sweep_status.json"
+  }
+  write_status "\"started\": \"$(date -Iseconds)\""
+  # the exit status (0 also after a preemption save: the requeued task starts by rewriting the file)
+  trap 'rc=$?; write_status "\"returncode\": $rc, \"ended\": \"$(date -Iseconds)\""' EXIT
+else
+  EXP=$(basename "$CONFIG" .yaml)
+  RUN_DIR=${LIT_LORA_RUNS:-runs}/$EXP/${SLURM_JOB_ID}
+  LOG=$RUN_DIR/slurm.out
+fi
 mkdir -p "$RUN_DIR"
 # the job log, also after a requeue (--open-mode=append)
-exec > >(tee -a "$RUN_DIR/slurm.out") 2>&1
+exec > >(tee -a "$LOG") 2>&1
 
 export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}

@@ -1,0 +1,128 @@
+"""One resolved ``lit-lora fit`` config per sweep point, by lit-lora's own parser (``--print_config``).
+
+    from lit_lora.sweep.resolve import resolve_point, pin_run
+    text, dropped = resolve_point(["configs/demo.yaml"], [],
+                                  {"model.init_args.adapter": "lit_lora.adapters.FullFineTuning"})
+    config = pin_run(text, "runs/demo/adapter=FullFineTuning", sweep="demo", point="adapter=FullFineTuning")
+
+``resolve_point`` parses ``fit --config … <base overrides> --KEY V …`` exactly as ``lit-lora fit`` does, so a
+class path override drops the ``init_args`` the new class does not accept, as LightningCLI does, and a value
+that ``fit`` would refuse is an error naming the point. A grid key that lies under a swept class path and is
+not accepted by the point's class (``r`` of ``FullFineTuning``) is left out of that point (``dropped``).
+
+``pin_run`` makes the point's run directory its own: ``trainer.default_root_dir`` is the point directory,
+and a ``ResumableCSVLogger`` logging straight into it is the first logger (so ``trainer.log_dir`` is the
+point directory, locally and under SLURM, and ``metrics.csv``, ``config.yaml``, ``run_summary.json``,
+``before_after.json`` and ``adapter/`` land there, a requeued array task continuing the same files).
+Configured loggers stay after it; a ``WandbRun`` gets the sweep name as its group and, when it has
+none, the point name as its run name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_lora.sweep.grid import override_args
+
+CSV_LOGGER = "lit_lora.csv_history.ResumableCSVLogger"
+CSV_LOGGERS = (CSV_LOGGER, "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger",
+               "pytorch_lightning.loggers.CSVLogger")
+
+
+class PointConfigError(ValueError):
+    """``lit-lora fit`` would refuse this point's arguments; the message is the parser's error."""
+
+
+class _Writes(io.TextIOBase):
+    """A stdout that keeps each ``write`` apart: jsonargparse prints the config in one write, right before it
+    exits, while imports during parsing (DeepSpeed's accelerator detection) may log lines to stdout first."""
+
+    def __init__(self):
+        self.writes: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+
+def print_config(args: list[str]) -> str:
+    """What ``lit-lora fit <args> --print_config`` prints, run in this process (no model is built)."""
+    from lit_lora.cli import LitLoraCLI
+
+    out, err = _Writes(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*args parameter is intended")
+        try:
+            LitLoraCLI(args=["fit", *args, "--print_config"])
+        except SystemExit as stop:
+            code = stop.code or 0
+    printed = next((w for w in reversed(out.writes) if w.strip()), "")
+    if code != 0 or not printed:
+        text = err.getvalue()
+        message = text[text.rfind("error:"):] if "error:" in text else text[-2000:]
+        raise PointConfigError(message.strip() or f"exit status {code}")
+    return printed
+
+
+def resolve_point(configs: list[str], base_args: list[str], overrides: dict[str, str]) -> tuple[str, list[str]]:
+    """The resolved config text of one point and the grid keys left out as not applicable (see the module doc)."""
+    head = [arg for config in configs for arg in ("--config", config)] + list(base_args)
+    kept = dict(overrides)
+    dropped: list[str] = []
+    while True:
+        try:
+            return print_config(head + override_args(kept)), dropped
+        except PointConfigError as err:
+            # keys under a swept class path that the chosen class does not accept: not applicable to this point
+            nested = [k for k in kept if any(k.startswith(parent + ".") for parent in kept)]
+            refused = [k for k in nested if re.search(rf"Option '{re.escape(k.rsplit('.', 1)[1])}' is not accepted",
+                                                      str(err))]
+            if not refused:
+                raise
+            dropped.extend(refused)
+            for key in refused:
+                del kept[key]
+
+
+def _entries(logger: Any) -> list:
+    if logger in (None, True, False):
+        return []
+    return list(logger) if isinstance(logger, list) else [logger]
+
+
+def pin_run(config_text: str, run_dir: str | Path, sweep: str, point: str) -> dict:
+    """The resolved config with the point's run directory and loggers (see the module doc)."""
+    config = yaml.safe_load(config_text)
+    trainer = config.setdefault("trainer", {})
+    run_dir = str(run_dir)
+    trainer["default_root_dir"] = run_dir
+    csv_logger = {"class_path": CSV_LOGGER,
+                  "init_args": {"save_dir": run_dir, "name": "", "version": "", "flush_logs_every_n_steps": 1}}
+    others = []
+    for entry in _entries(trainer.get("logger")):
+        class_path = entry.get("class_path", "") if isinstance(entry, dict) else ""
+        if class_path in CSV_LOGGERS:
+            continue  # replaced by the pinned one
+        if class_path.endswith("WandbRun"):
+            init_args = entry.setdefault("init_args", {})
+            init_args["group"] = sweep
+            init_args["name"] = init_args.get("name") or point
+            init_args["save_dir"] = run_dir  # its own wandb_run_id per point, never one shared by the sweep
+        others.append(entry)
+    trainer["logger"] = [csv_logger, *others] if others else csv_logger
+    return config
+
+
+def config_yaml(config: dict, header: list[str]) -> str:
+    return "".join(f"# {line}\n" for line in header) + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)

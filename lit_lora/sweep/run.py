@@ -1,0 +1,342 @@
+"""``lit-lora sweep --config … --grid KEY=V1,V2 …``: write one config per point, then run them here or on SLURM.
+
+    lit-lora sweep --config configs/demo.yaml --grid model.init_args.adapter.init_args.r=4,16 --seeds 2 \
+        --trainer.max_steps 20 --trainer.val_check_interval 10
+    # [lit-lora] sweep demo: 4 points in runs/demo (sweep.json, points.txt, <point>/point.yaml)
+    # [lit-lora] sweep demo: 1/4 r=4-seed=0 finished in 35 s (val_loss 2.8721)
+    # …
+    # [lit-lora] sweep demo: 4 finished; report: runs/demo/report.md, runs/demo/report.csv
+    lit-lora sweep … --slurm --partition debug --max_parallel 2   # one job array, at most 2 tasks at a time
+
+Arguments other than the sweep's own (``--model.init_args.…``, ``--trainer.…``) are base overrides given
+to every point, as ``lit-lora fit`` takes them. Locally each point runs as ``lit-lora fit --config
+<point>/point.yaml`` in a subprocess (stdout and stderr to ``<point>/log.txt``), so a failing point does not
+stop the sweep; the exit status is 1 when any point failed. Rerunning the same command resumes the sweep:
+finished points (``lit_lora.sweep.state``) are skipped, and a point that failed or was interrupted starts
+again from step 0 in its own directory, the earlier attempt moved to ``<point>/attempts/N/``.
+
+With ``--slurm``, every unfinished point that SLURM does not already run is submitted as ONE job array
+(``sbatch --array=<indices>%<max_parallel> slurm/single_node.sbatch runs/<sweep>/points.txt``): array task N
+reads line N of ``points.txt`` (``slurm/launch.sh``) and runs the usual ``srun lit-lora fit`` in the point's
+directory, with the usual preemption checkpoint and requeue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
+from lit_lora.sweep.resolve import PointConfigError, config_yaml, pin_run, resolve_point
+from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, \
+    STATUS_FILE, load_sweep, log_tail, move_earlier_attempt, point_state, save_sweep, slurm_tasks
+from lit_lora.strict_json import dumps
+
+DEFAULT_SCRIPT = "slurm/single_node.sbatch"
+
+
+def say(sweep: str, message: str) -> None:
+    print(f"[lit-lora] sweep {sweep}: {message}", flush=True)
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# ---- arguments -------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="lit-lora sweep", allow_abbrev=False, description=__doc__.splitlines()[0],
+        epilog="Other arguments (--model.…, --trainer.…, --data.…) are given to every point as to lit-lora fit. "
+               "--slurm comes last: what follows it goes to sbatch, except --max_parallel K (at most K array tasks "
+               f"at a time) and --script PATH (default {DEFAULT_SCRIPT}). `lit-lora sweep report DIR` writes the "
+               "report of a sweep directory.")
+    parser.add_argument("--config", action="append", required=True, help="base config (repeat for fragments)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,…",
+                        help="a swept config key (dotted, as lit-lora fit takes it) and its values; repeat per key")
+    parser.add_argument("--seeds", type=int, help="add seed_everything 0 … N-1 as an axis")
+    parser.add_argument("--name", help="sweep name (default: the first config's file name)")
+    parser.add_argument("--runs_dir", default="runs", help="the sweep goes to <runs_dir>/<name>/")
+    parser.add_argument("--dry_run", action="store_true", help="write the configs and sweep.json only; run nothing")
+    argv, slurm = list(argv), None
+    if "--slurm" in argv:
+        cut = argv.index("--slurm")
+        argv, slurm = argv[:cut], argv[cut + 1:]
+    args, rest = parser.parse_known_args(argv)
+    if rest and not rest[0].startswith("--"):
+        parser.error(f"unexpected argument {rest[0]!r} (base overrides are --KEY VALUE pairs)")
+    args.slurm = slurm is not None
+    args.max_parallel, args.script, args.sbatch = None, DEFAULT_SCRIPT, []
+    if slurm is not None:
+        slurm_parser = argparse.ArgumentParser(prog="lit-lora sweep … --slurm", allow_abbrev=False, add_help=False)
+        slurm_parser.add_argument("--max_parallel", type=int)
+        slurm_parser.add_argument("--script", default=DEFAULT_SCRIPT)
+        known, args.sbatch = slurm_parser.parse_known_args(slurm)
+        args.max_parallel, args.script = known.max_parallel, known.script
+        if args.max_parallel is not None and args.max_parallel < 1:
+            parser.error("--max_parallel must be 1 or more")
+    return args, rest
+
+
+# ---- the sweep directory ---------------------------------------------------------------------------
+def resolve_points(points: list[Point], configs: list[str], base_args: list[str],
+                   sweep: str) -> list[tuple[Point, str]]:
+    """Each point's resolved config text; a key its class does not accept is left out, duplicates then dropped."""
+    keys = list(points[0].overrides) if points else []
+    label_of = axis_labels(keys)
+    resolved, seen = [], set()
+    for point in points:
+        try:
+            text, dropped = resolve_point(configs, base_args, point.overrides)
+        except PointConfigError as err:
+            raise SystemExit(f"lit-lora sweep {sweep}: point {point.name}: lit-lora fit refuses its arguments:\n{err}")
+        if dropped:
+            point.not_applicable = dropped
+            point.overrides = {k: v for k, v in point.overrides.items() if k not in dropped}
+            point.labels = {lab: v for lab, v in point.labels.items() if lab not in {label_of[k] for k in dropped}}
+            point.name = point_name(point.labels)
+        identity = tuple(sorted(point.overrides.items()))
+        if identity in seen:
+            continue
+        seen.add(identity)
+        resolved.append((point, text))
+    return resolved
+
+
+def write_sweep(args: argparse.Namespace, base_args: list[str]) -> tuple[Path, dict, list[dict]]:
+    """Expand, resolve and write ``sweep.json``, ``points.txt`` and every ``<point>/point.yaml``."""
+    axes = [parse_axis(spec) for spec in args.grid]
+    if args.seeds:
+        if any(a.key == SEED_KEY for a in axes):
+            raise SystemExit("lit-lora sweep: give seeds as --seeds N or as --grid seed_everything=…, not both")
+        axes.append(seed_axis(args.seeds))
+    name = args.name or Path(args.config[0]).stem
+    if not name or "/" in name or name in (".", ".."):
+        raise SystemExit(f"lit-lora sweep: --name {name!r} is not a directory name")
+    sweep_dir = Path(args.runs_dir) / name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    labels = axis_labels([a.key for a in axes])
+    resolved = resolve_points(expand(axes), args.config, base_args, name)
+
+    sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
+    known = {p["name"]: p for p in sweep["points"]}
+    next_index = 1 + max((p["index"] for p in sweep["points"]), default=-1)
+    tasks = slurm_tasks(sweep) if sweep["slurm"] else {}
+    current = []
+    for point, text in resolved:
+        entry = known.get(point.name)
+        if entry is None:
+            entry = {"index": next_index, "name": point.name}
+            next_index += 1
+            sweep["points"].append(entry)
+            known[point.name] = entry
+        run_dir = (sweep_dir / point.name).resolve()
+        config = pin_run(text, run_dir, sweep=name, point=point.name)
+        settings = ", ".join(f"{k}={v}" for k, v in point.overrides.items()) or "the base config"
+        header = [f"lit-lora sweep {name}, point {point.name}: {settings}",
+                  f"run alone: lit-lora fit --config {run_dir / POINT_CONFIG}"]
+        text = config_yaml(config, header)
+        path = run_dir / POINT_CONFIG
+        previous = path.read_text() if path.is_file() else None
+        state = point_state(sweep_dir, {**entry, "run_dir": point.name}, tasks.get(entry["index"]))
+        if previous is not None and previous != text and state.state in (FINISHED, RUNNING, PENDING):
+            say(name, f"point {point.name} is {state.state} with other settings than this sweep's now (base config "
+                      f"or overrides changed): keeping that run and its point.yaml; give the sweep another --name, "
+                      f"or move {run_dir} away, to run it with the new settings")
+        elif previous != text:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        entry.update({"overrides": point.overrides, "labels": point.labels, "not_applicable": point.not_applicable,
+                      "config": f"{point.name}/{POINT_CONFIG}", "run_dir": point.name})
+        current.append(entry)
+    sweep["points"].sort(key=lambda p: p["index"])
+    sweep.update({"name": name, "configs": list(args.config), "base_args": list(base_args),
+                  "axes": [{"key": a.key, "label": labels[a.key], "values": list(a.values)} for a in axes],
+                  "updated": now()})
+    sweep = {k: sweep[k] for k in ("name", "configs", "base_args", "axes", "updated", "points", "slurm")}
+    save_sweep(sweep_dir, sweep)
+    lines = [str((sweep_dir / p["config"]).resolve()) for p in sweep["points"]]
+    (sweep_dir / POINTS_FILE).write_text("\n".join(lines) + "\n")
+    return sweep_dir, sweep, current
+
+
+# ---- local -------------------------------------------------------------------------------------------
+def run_point(run_dir: Path, config: Path) -> int:
+    """``lit-lora fit --config <config>`` in a subprocess, output to ``log.txt``; the exit status."""
+    cmd = [sys.executable, "-m", "lit_lora.cli", "fit", "--config", str(config)]
+    status = {"runner": "local", "host": socket.gethostname(), "started": now()}
+    started = time.perf_counter()
+    with open(run_dir / LOG_FILE, "w") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ,
+                                                                                "TOKENIZERS_PARALLELISM": "false"})
+        try:
+            import psutil
+
+            status["pid_started_ts"] = psutil.Process(proc.pid).create_time()
+        except Exception:
+            pass
+        status["pid"] = proc.pid
+        (run_dir / STATUS_FILE).write_text(dumps(status, indent=2) + "\n")
+        try:
+            returncode = proc.wait()
+        except BaseException:  # Ctrl-C: the point is interrupted (no exit status), the sweep stops
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    status.update(returncode=returncode, ended=now(), wall_s=round(time.perf_counter() - started, 1))
+    (run_dir / STATUS_FILE).write_text(dumps(status, indent=2) + "\n")
+    return returncode
+
+
+def headline(run_dir: Path) -> str:
+    """`` (tuned_val_loss 1.2345)`` or the last validation metric, for the progress line."""
+    from lit_lora.sweep.report import point_metrics
+
+    metrics = point_metrics(run_dir)
+    for key in ("tuned_val_loss", "val_loss"):
+        if metrics.get(key) is not None:
+            return f" ({key} {metrics[key]:.4f})"
+    return ""
+
+
+def run_local(sweep_dir: Path, sweep: dict, points: list[dict]) -> int:
+    name, total = sweep["name"], len(points)
+    tasks = slurm_tasks(sweep) if sweep.get("slurm") else {}
+    failed = 0
+    for number, point in enumerate(points, 1):
+        run_dir = sweep_dir / point["run_dir"]
+        prefix = f"{number}/{total} {point['name']}"
+        state = point_state(sweep_dir, point, tasks.get(point["index"]))
+        if state.state == FINISHED:
+            say(name, f"{prefix} finished earlier, skipped")
+            continue
+        if state.state in (RUNNING, PENDING):
+            say(name, f"{prefix} is {state.state} ({state.detail}), skipped")
+            continue
+        moved = move_earlier_attempt(run_dir)
+        if moved:
+            say(name, f"{prefix}: the earlier attempt ({state.state}) moved to {moved}")
+        say(name, f"{prefix} running (log: {run_dir / LOG_FILE})")
+        started = time.perf_counter()
+        run_point(run_dir, run_dir / POINT_CONFIG)
+        seconds = time.perf_counter() - started
+        state = point_state(sweep_dir, point)
+        if state.state == FINISHED:
+            say(name, f"{prefix} finished in {seconds:.0f} s{headline(run_dir)}")
+        else:
+            failed += 1
+            tail = "\n".join("    " + line for line in log_tail(state.log, 8).splitlines())
+            say(name, f"{prefix} FAILED ({state.detail}) after {seconds:.0f} s; log: {state.log}\n{tail}")
+    return failed
+
+
+# ---- SLURM -------------------------------------------------------------------------------------------
+def array_spec(indices: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``."""
+    parts, ordered = [], sorted(indices)
+    start = prev = ordered[0]
+    for i in ordered[1:] + [None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(parts)
+
+
+def submit(sweep_dir: Path, sweep: dict, points: list[dict], args: argparse.Namespace) -> int:
+    name = sweep["name"]
+    script = Path(args.script)
+    if not script.is_file():
+        raise SystemExit(f"lit-lora sweep --slurm: {script} not found: run from the lit-lora repository root or "
+                         "pass --script path/to/<script>.sbatch (after --slurm)")
+    root = script.resolve().parent.parent  # the sbatch scripts run <submit dir>/slurm/launch.sh
+    if not (root / "slurm" / "launch.sh").is_file():
+        raise SystemExit(f"lit-lora sweep --slurm: {root / 'slurm' / 'launch.sh'} not found beside {script}")
+    tasks = slurm_tasks(sweep)
+    todo = []
+    for point in points:
+        state = point_state(sweep_dir, point, tasks.get(point["index"]))
+        if state.state in (FINISHED, RUNNING, PENDING):
+            say(name, f"{point['name']} is {state.state}{f' ({state.detail})' if state.detail else ''}, not submitted")
+            continue
+        moved = move_earlier_attempt(sweep_dir / point["run_dir"])
+        if moved:
+            say(name, f"{point['name']}: the earlier attempt ({state.state}) moved to {moved}")
+        todo.append(point["index"])
+    if not todo:
+        say(name, "nothing to submit")
+        return 0
+    array = array_spec(todo) + (f"%{args.max_parallel}" if args.max_parallel else "")
+    sweep_abs = sweep_dir.resolve()
+    cmd = ["sbatch", "--parsable", f"--array={array}", f"--job-name={name}", f"--output={sweep_abs}/slurm-%A_%a.out",
+           *args.sbatch, str(script.resolve()), str(sweep_abs / POINTS_FILE)]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"lit-lora sweep --slurm: sbatch failed ({result.returncode}): {result.stderr.strip()}\n"
+                         f"  {shlex.join(cmd)}")
+    job_id = result.stdout.strip().split(";")[0]
+    sweep["slurm"].append({"job_id": job_id, "indices": todo, "array": array, "submitted": now(),
+                           "command": cmd, "submit_dir": str(root)})
+    save_sweep(sweep_dir, sweep)
+    by_index = {p["index"]: p["name"] for p in points}
+    say(name, f"submitted {len(todo)} point(s) as SLURM array job {job_id} (--array={array}) from {root}")
+    for index in todo:
+        print(f"  {job_id}_{index}  {by_index[index]}")
+    first = by_index[todo[0]]
+    print(f"  watch:   squeue -r -j {job_id}\n"
+          f"  logs:    tail -f {sweep_dir / first / LOG_FILE}\n"
+          f"  report:  lit-lora sweep report {sweep_dir}   (any time: finished, running, pending, failed points)\n"
+          f"  cancel:  scancel {job_id}", flush=True)
+    return 0
+
+
+# ---- the command -------------------------------------------------------------------------------------
+def sweep(argv: list[str]) -> int:
+    args, base_args = parse_args(argv)
+    try:
+        sweep_dir, data, points = write_sweep(args, base_args)
+    except ValueError as err:
+        raise SystemExit(f"lit-lora sweep: {err}")
+    name = data["name"]
+    skipped = sum(len(p["not_applicable"]) > 0 for p in points)
+    say(name, f"{len(points)} point(s) in {sweep_dir} (sweep.json, {POINTS_FILE}, <point>/{POINT_CONFIG})"
+              + (f"; {skipped} without a swept key their class does not accept" if skipped else ""))
+    if args.dry_run:
+        for point in points:
+            print(f"  {point['index']:>3}  {point['name']:<40} {sweep_dir / point['config']}")
+        return 0
+    if args.slurm:
+        return submit(sweep_dir, data, points, args)
+    failed = run_local(sweep_dir, data, points)
+    from lit_lora.sweep.report import write_report
+
+    md, csv_path = write_report(sweep_dir)
+    tasks = slurm_tasks(data) if data.get("slurm") else {}
+    counts: dict[str, int] = {}
+    for point in points:
+        state = point_state(sweep_dir, point, tasks.get(point["index"])).state
+        counts[state] = counts.get(state, 0) + 1
+    summary = ", ".join(f"{n} {s.upper() if s == FAILED else s}" for s, n in counts.items())
+    say(name, f"{summary}; report: {md}, {csv_path}")
+    return 1 if failed or counts.get(FAILED) or counts.get(INTERRUPTED) else 0
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    code = sweep(sys.argv[1:] if argv is None else list(argv))
+    if code:
+        raise SystemExit(code)

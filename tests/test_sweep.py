@@ -1,0 +1,265 @@
+"""``lit-lora sweep`` (grid, names, resolved configs, local runs that resume, the report) and ``lit-lora configs``.
+
+    python -m pytest tests/test_sweep.py
+
+The local sweep trains a tiny random Llama for 2 steps per point; one point has an impossible learning
+rate and must be reported as failed with the end of its log, and a rerun must not retrain finished points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_lora.sweep.grid import axis_labels, expand, parse_axis, seed_axis, split_values, value_label
+from lit_lora.sweep.report import direction
+from lit_lora.sweep.run import array_spec
+from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, point_state
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "demo.yaml")
+ADAPTER, R, LR = "model.init_args.adapter", "model.init_args.adapter.init_args.r", "model.init_args.optim.lr"
+TINY_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+            "--baseline.limit_batches", "1", "--data.init_args.max_samples", "40", "--data.init_args.batch_size", "4",
+            "--trainer.enable_progress_bar", "false"]
+
+
+def sweep_cmd(*args: str, cwd=ROOT, check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    result = subprocess.run([sys.executable, "-m", "lit_lora.cli", "sweep", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lit-lora sweep {' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+# ---- the grid ------------------------------------------------------------------------------------------
+def test_grid_expansion_seeds_and_names():
+    axes = [parse_axis(f"{R}=4,16"), parse_axis(f"--{LR}=1e-3,3e-3"), seed_axis(3)]
+    points = expand(axes)
+    assert len(points) == 2 * 2 * 3
+    assert [p.name for p in points[:4]] == ["r=4-lr=0.001-seed=0", "r=4-lr=0.001-seed=1", "r=4-lr=0.001-seed=2",
+                                            "r=4-lr=0.003-seed=0"]
+    assert points[0].overrides == {R: "4", LR: "1e-3", "seed_everything": "0"}
+    assert len({p.name for p in points}) == len(points)
+    # class paths show their class; commas inside brackets do not split; clashing last parts grow
+    methods = parse_axis(f"{ADAPTER}=lit_lora.adapters.LoRA,lit_lora.adapters.FullFineTuning,lit_lora.adapters.PTuning")
+    assert [p.name for p in expand([methods])] == ["adapter=LoRA", "adapter=FullFineTuning", "adapter=PTuning"]
+    assert split_values("[q_proj, v_proj],all-linear") == ["[q_proj, v_proj]", "all-linear"]
+    assert axis_labels([LR, "data.init_args.lr"]) == {LR: "optim.lr", "data.init_args.lr": "data.lr"}
+    assert value_label("FacebookAI/roberta-large") == "FacebookAI_roberta-large" and value_label("3e-5") == "3e-05"
+    assert [p.name for p in expand([])] == ["base"]
+    with pytest.raises(ValueError):
+        parse_axis("model.init_args.optim.lr")
+    with pytest.raises(ValueError):
+        expand([parse_axis(f"{R}=4"), parse_axis(f"{R}=8")])
+    assert array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and array_spec([3]) == "3"
+    assert direction("val_loss") == "min" and direction("val_matched/accuracy") == "max"
+    assert direction("test_bleu") == "max" and direction("val_perplexity") == "min" and direction("epoch") is None
+
+
+def test_class_path_axis_resolves_like_lightning_cli(tmp_path):
+    """Changing the adapter class drops init_args the class does not take; a swept key the class does not
+    accept is left out of that point (FullFineTuning has no r), and the duplicates that leaves are merged."""
+    out = sweep_cmd("--config", DEMO, "--config", str(ROOT / "configs" / "loggers" / "wandb.yaml"),
+                    "--grid", f"{ADAPTER}=lit_lora.adapters.LoRA,lit_lora.adapters.FullFineTuning",
+                    "--grid", f"{R}=2,4", "--seeds", "2", "--runs_dir", str(tmp_path), "--name", "methods",
+                    "--dry_run", "--trainer.max_steps", "3").stdout
+    sweep_dir = tmp_path / "methods"
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    names = [p["name"] for p in sweep["points"]]
+    assert names == ["adapter=LoRA-r=2-seed=0", "adapter=LoRA-r=2-seed=1", "adapter=LoRA-r=4-seed=0",
+                     "adapter=LoRA-r=4-seed=1", "adapter=FullFineTuning-seed=0", "adapter=FullFineTuning-seed=1"], out
+    full = yaml.safe_load((sweep_dir / "adapter=FullFineTuning-seed=1" / "point.yaml").read_text())
+    assert full["model"]["init_args"]["adapter"] == {"class_path": "lit_lora.adapters.FullFineTuning", "init_args": {}}
+    assert full["seed_everything"] == 1 and full["trainer"]["max_steps"] == 3
+    assert sweep["points"][4]["not_applicable"] == [R]
+    lora = yaml.safe_load((sweep_dir / "adapter=LoRA-r=4-seed=0" / "point.yaml").read_text())
+    assert lora["model"]["init_args"]["adapter"]["init_args"]["r"] == 4
+    assert lora["model"]["init_args"]["adapter"]["init_args"]["alpha"] == 32  # the rest of the base config stays
+    # the run directory is the point directory, for every logger; W&B runs grouped by sweep
+    run_dir = str((sweep_dir / "adapter=LoRA-r=4-seed=0").resolve())
+    assert lora["trainer"]["default_root_dir"] == run_dir
+    csv_logger, wandb = lora["trainer"]["logger"]
+    assert csv_logger["class_path"] == "lit_lora.csv_history.ResumableCSVLogger"
+    assert csv_logger["init_args"]["save_dir"] == run_dir and csv_logger["init_args"]["version"] == ""
+    assert wandb["init_args"]["group"] == "methods" and wandb["init_args"]["name"] == "adapter=LoRA-r=4-seed=0"
+    assert wandb["init_args"]["save_dir"] == run_dir
+    lines = (sweep_dir / "points.txt").read_text().splitlines()
+    assert lines == [str((sweep_dir / p["config"]).resolve()) for p in sweep["points"]]
+    # each written config is accepted back by lit-lora fit
+    from lit_lora.sweep.resolve import print_config
+
+    assert yaml.safe_load(print_config(["--config", str(sweep_dir / "adapter=LoRA-r=4-seed=0" / "point.yaml")]))[
+        "model"]["init_args"]["adapter"]["init_args"]["r"] == 4
+
+
+def test_a_value_fit_refuses_is_an_error_before_anything_runs(tmp_path):
+    result = sweep_cmd("--config", DEMO, "--grid", "trainer.max_steps=2,two", "--runs_dir", str(tmp_path),
+                       check=False)
+    assert result.returncode != 0
+    assert "point max_steps=two" in result.stderr and "trainer.max_steps" in result.stderr
+
+
+# ---- states ---------------------------------------------------------------------------------------------
+def test_point_states(tmp_path):
+    point = {"index": 0, "name": "p", "run_dir": "p"}
+    run_dir = tmp_path / "p"
+    run_dir.mkdir()
+    assert point_state(tmp_path, point).state == NOT_STARTED
+    (run_dir / "log.txt").write_text("starting\n")
+    assert point_state(tmp_path, point).state == INTERRUPTED
+    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "local", "returncode": 1}))
+    state = point_state(tmp_path, point)
+    assert state.state == FAILED and "exit status 1" in state.detail and state.log == run_dir / "log.txt"
+    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "local", "returncode": 0}))
+    assert point_state(tmp_path, point).state == FAILED  # exited 0 without the final files
+    (run_dir / "adapter").mkdir()
+    (run_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
+    (run_dir / "run_summary.json").write_text(json.dumps({"adapter_dir": str(run_dir / "adapter")}))
+    assert point_state(tmp_path, point).state == FINISHED
+    # a SLURM task that SLURM reports as failed is failed, whatever files it left
+    (run_dir / "sweep_status.json").unlink()
+    assert point_state(tmp_path, point, ("7_0", "CANCELLED")).state == FAILED
+    assert point_state(tmp_path, point, ("7_0", "PENDING")).state == "pending"
+
+
+# ---- a local sweep -------------------------------------------------------------------------------------
+def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
+    model = tiny_model("llama")
+    args = ["--config", DEMO, "--grid", f"{LR}=3e-3,-1", "--seeds", "2", "--runs_dir", str(tmp_path),
+            "--name", "lr", "--model.init_args.model_name_or_path", model, *TINY_RUN]
+    first = sweep_cmd(*args, check=False)
+    out = first.stdout
+    assert first.returncode == 1, out + first.stderr  # a point failed; the sweep still ran every point
+    sweep_dir = tmp_path / "lr"
+    finished = ["lr=0.003-seed=0", "lr=0.003-seed=1"]
+    failed = ["lr=-1-seed=0", "lr=-1-seed=1"]
+    for name in finished:
+        run_dir = sweep_dir / name
+        assert f"{name} finished in" in out
+        # everything the run writes lands in the point directory itself (the pinned run directory)
+        for produced in ("config.yaml", "metrics.csv", "run_summary.json", "before_after.json", "log.txt",
+                         "adapter/adapter_model.safetensors"):
+            assert (run_dir / produced).exists(), (produced, sorted(p.name for p in run_dir.iterdir()))
+        assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == 2
+        assert json.loads((run_dir / "sweep_status.json").read_text())["returncode"] == 0
+    for name in failed:
+        assert f"{name} FAILED (exit status 1)" in out and "Invalid learning rate" in out
+    seed1 = yaml.safe_load((sweep_dir / "lr=0.003-seed=1" / "config.yaml").read_text())
+    assert seed1["seed_everything"] == 1
+
+    rows = list(csv.DictReader((sweep_dir / "report.csv").open()))
+    points = json.loads((sweep_dir / "sweep.json").read_text())["points"]
+    assert [r["point"] for r in rows] == [p["name"] for p in points]
+    assert {r["point"]: r["state"] for r in rows} == {**dict.fromkeys(finished, "finished"),
+                                                      **dict.fromkeys(failed, "failed")}
+    for row in rows:
+        if row["state"] == "finished":
+            assert float(row["tuned_val_loss"]) > 0 and float(row["val_loss"]) > 0 and int(row["trainable_params"]) > 0
+            assert float(row["wall_time_s"]) > 0 and float(row["peak_memory_mib"]) > 0 and row["lr"] == "0.003"
+    report = (sweep_dir / "report.md").read_text()
+    assert "## Mean ± std over seeds" in report and "| lr=0.003 | 2 |" in report
+    assert "★" in report
+    assert "### lr=-1-seed=0: failed (exit status 1)" in report and "Invalid learning rate: -1.0" in report
+    assert "(plots/vs_lr.png)" not in report  # one finished value of lr: nothing to plot against
+    adapter = sweep_dir / "lr=0.003-seed=0" / "adapter" / "adapter_model.safetensors"
+    trained_at = adapter.stat().st_mtime_ns
+
+    # rerun: finished points are skipped, failed ones start again (the earlier attempt kept)
+    second = sweep_cmd(*args, check=False)
+    assert second.returncode == 1
+    for name in finished:
+        assert f"{name} finished earlier, skipped" in second.stdout
+    assert adapter.stat().st_mtime_ns == trained_at
+    for name in failed:
+        assert f"{name}: the earlier attempt (failed) moved to" in second.stdout
+        assert "Invalid learning rate" in (sweep_dir / name / "attempts" / "1" / "log.txt").read_text()
+        assert "Invalid learning rate" in (sweep_dir / name / "log.txt").read_text()
+
+    # adding a value extends the same sweep: only the new point trains (and the failed one retries); a plot appears
+    args[args.index(f"{LR}=3e-3,-1")] = f"{LR}=3e-3,-1,1e-2"
+    args[args.index("--seeds") + 1] = "1"
+    third = sweep_cmd(*args, check=False)
+    assert "lr=0.01-seed=0 finished in" in third.stdout and "lr=0.003-seed=0 finished earlier, skipped" in third.stdout
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [p["name"] for p in sweep["points"]] == [*finished, *failed, "lr=0.01-seed=0"]
+    assert len(list(csv.DictReader((sweep_dir / "report.csv").open()))) == len(sweep["points"]) == 5
+    assert "(plots/vs_lr.png)" in (sweep_dir / "report.md").read_text()
+    assert (sweep_dir / "plots" / "vs_lr.png").stat().st_size > 0
+
+    report_out = sweep_cmd("report", str(sweep_dir)).stdout
+    assert "report.md" in report_out and "lr=-1-seed=0: failed (exit status 1)" in report_out
+
+
+# ---- lit-lora configs ----------------------------------------------------------------------------------
+def run_main(module_main, *args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        module_main(list(args))
+    return out.getvalue()
+
+
+def test_configs_list_and_copy_give_configs_fit_accepts(tmp_path):
+    from lit_lora.cli import main
+    from lit_lora.configs_command import available
+    from lit_lora.sweep.resolve import print_config
+
+    listing = run_main(main, "configs", "list")
+    names = list(available())
+    assert "demo" in names and "roberta_large_lora_multinli" in names and "loggers/wandb" in names
+    for name in names:
+        assert name in listing
+    assert "Demo: LoRA on a tiny Llama-architecture model" in listing  # the first header line
+
+    demo = tmp_path / "demo.yaml"
+    run_main(main, "configs", "copy", "demo", str(demo))
+    assert demo.read_text() == (ROOT / "configs" / "demo.yaml").read_text()
+    with pytest.raises(SystemExit, match="exists; pass --force"):
+        run_main(main, "configs", "copy", "demo", str(demo))
+    run_main(main, "configs", "copy", "demo", str(demo), "--force")
+    for name in names:
+        target = tmp_path / "copies"
+        target.mkdir(exist_ok=True)
+        run_main(main, "configs", "copy", name, str(target) + "/")
+        copy = target / (name.rsplit("/", 1)[-1] + ".yaml")
+        assert copy.is_file()
+        # a fragment (logger, strategy) goes on top of a full config, as the README shows
+        args = ["--config", str(copy)] if "/" not in name else ["--config", str(demo), "--config", str(copy)]
+        printed = yaml.safe_load(print_config(args))
+        assert printed["model"]["class_path"].startswith("lit_lora.models."), name
+    with pytest.raises(SystemExit, match="did you mean demo"):
+        run_main(main, "configs", "copy", "dmeo")
+
+
+def test_configs_ship_inside_the_package(tmp_path):
+    """A wheel built from the repository holds every config as a file under lit_lora/configs/."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "configs", src / "configs")
+    shutil.copytree(ROOT / "lit_lora", src / "lit_lora", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(dist)!r})"],
+                   cwd=src, check=True, capture_output=True, timeout=300)
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        packaged = {n.removeprefix("lit_lora/configs/"): zf.read(n) for n in zf.namelist()
+                    if n.startswith("lit_lora/configs/") and n.endswith(".yaml")}
+    repo = {p.relative_to(ROOT / "configs").as_posix(): p.read_bytes() for p in (ROOT / "configs").rglob("*.yaml")}
+    assert packaged == repo
