@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The GPU checks and the GPU throughput bench, for one lent H100 / H200 with no network, in under 8 minutes.
+#
+#   bash bench/gpu.sh                    # results in $OUT if set, else bench/results/
+#   bash bench/gpu.sh --dry-run          # any machine: prints the steps, runs the CPU-safe parts of the bench
+#   bash bench/gpu.sh --layers 32        # the whole Llama-3-8B shape instead of 8 of its 32 layers (slower)
+#
+# Installs nothing; uses $PYTHON, else .venv/bin/python, else python / python3 on PATH. Steps, each with a
+# timeout cut from one time budget (--budget, default 450 s), each failure reported loudly (FAILED ... and the
+# end of its log), and the next step run anyway:
+#   1. env:         GPU, driver and package versions                     -> env.log
+#   2. pytest_gpu:  python -m pytest -m gpu -q                           -> pytest_gpu.log, pytest_gpu.xml
+#   3. throughput:  bench/gpu_throughput.py: LoRA bf16 and QLoRA NF4 on a random-init Llama-3-8B-shaped model,
+#                   seq 2048, packing when supported: tokens/s, MFU, CUDA peak memory vs lit-lora estimate
+#                                                                        -> throughput.log, gpu_throughput.{json,md}
+# summary.txt lists every step's exit status. Exit status: 0 when every step passed, 1 otherwise.
+set -u -o pipefail
+
+cd "$(dirname "$0")/.." || exit 2
+BUDGET=450
+DRY=0
+LAYERS=8
+STEPS=15
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --layers) LAYERS=${2:?--layers needs a number}; shift ;;
+    --steps) STEPS=${2:?--steps needs a number}; shift ;;
+    --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+for n in "$LAYERS" "$STEPS" "$BUDGET"; do
+  case "$n" in
+    ''|*[!0-9]*) echo "gpu.sh: --layers, --steps and --budget take whole numbers, got '$n'" >&2; exit 2 ;;
+  esac
+done
+
+OUT_DIR=${OUT:-bench/results}
+mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || { echo "gpu.sh: cannot create $OUT_DIR" >&2; exit 2; }
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
+else PY=$(command -v python || command -v python3 || echo python)
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+SUMMARY=$OUT_DIR/summary.txt
+: > "$SUMMARY"
+START=$SECONDS
+FAILURES=0
+
+left() { echo $(( BUDGET - (SECONDS - START) )); }
+note() { echo "[gpu.sh +$(( SECONDS - START ))s] $*" | tee -a "$SUMMARY"; }
+
+# step NAME CAP COMMAND...: run COMMAND with a timeout of min(CAP, budget left - 15 s), output to NAME.log.
+step() {
+  local name=$1 cap=$2 remaining t rc
+  shift 2
+  remaining=$(left)
+  t=$(( cap < remaining - 15 ? cap : remaining - 15 ))
+  if [ "$t" -lt 20 ]; then
+    note "FAILED $name: not run, only $remaining s of the ${BUDGET} s budget left"
+    FAILURES=$((FAILURES + 1))
+    return
+  fi
+  note "start $name (timeout ${t}s): $*"
+  timeout -k 15 "$t" "$@" > "$OUT_DIR/$name.log" 2>&1
+  rc=$?
+  if [ "$rc" -eq 0 ]; then
+    note "ok $name"
+  else
+    [ "$rc" -eq 124 ] && note "FAILED $name: timed out after ${t}s" || note "FAILED $name: exit $rc"
+    FAILURES=$((FAILURES + 1))
+    echo "----- last lines of $OUT_DIR/$name.log -----"
+    tail -n 25 "$OUT_DIR/$name.log"
+    echo "-----"
+  fi
+}
+
+env_report() {
+  echo "date: $(date -u +%FT%TZ)  host: $(hostname)  python: $PY"
+  command -v nvidia-smi > /dev/null && nvidia-smi || echo "nvidia-smi: not found"
+  "$PY" - <<'PY'
+import importlib, sys
+print("python", sys.version.split()[0])
+for name in ("torch", "transformers", "peft", "lightning", "bitsandbytes", "datasets", "accelerate", "flash_attn"):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name} {getattr(module, '__version__', '?')}")
+    except Exception as err:  # noqa: BLE001
+        print(f"{name}: not importable ({type(err).__name__}: {err})")
+import torch
+cuda = torch.cuda.is_available()
+print("cuda available:", cuda, "| device:", torch.cuda.get_device_name(0) if cuda else "-")
+PY
+}
+
+note "gpu.sh: out=$OUT_DIR python=$PY layers=$LAYERS steps=$STEPS budget=${BUDGET}s dry_run=$DRY"
+export -f env_report
+export PY
+step env 60 bash -c env_report
+if [ "$DRY" -eq 1 ]; then
+  note "dry run: would run: $PY -m pytest -m gpu -q -p no:cacheprovider --junitxml=$OUT_DIR/pytest_gpu.xml"
+  step throughput 300 "$PY" bench/gpu_throughput.py --dry-run --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS"
+else
+  step pytest_gpu 210 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT_DIR/pytest_gpu.xml"
+  remaining=$(left)
+  step throughput "$remaining" "$PY" bench/gpu_throughput.py --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS" \
+    --budget-s $(( remaining - 40 ))
+fi
+[ -f "$OUT_DIR/gpu_throughput.md" ] && cat "$OUT_DIR/gpu_throughput.md"
+note "done in $(( SECONDS - START )) s: $FAILURES step(s) failed; logs and results in $OUT_DIR"
+[ "$FAILURES" -eq 0 ]

@@ -1,0 +1,39 @@
+"""A Lightning callback that measures a ``lit-lora fit`` run for the benches (see ``bench/measure.py``).
+
+    PYTHONPATH=bench BENCH_RESULT=/tmp/r.json lit-lora fit --config configs/demo.yaml \
+        --trainer.callbacks+=lit_probe.Probe ...
+
+Step ``k`` starts at ``on_train_batch_start`` (its batch fetched and on the device) and ends at
+``on_train_batch_end`` (after the optimizer step). The result is written at the end of the last step,
+before Lightning saves a checkpoint or lit-lora exports the adapter.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import Callback
+
+from measure import StepMeter, token_counts, write_result
+
+
+class Probe(Callback):
+    def __init__(self) -> None:
+        self.meter: StepMeter | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.meter = StepMeter(trainer.max_steps, cuda=pl_module.device.type == "cuda")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.meter.step_begin(trainer.global_step + 1, token_counts(batch))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # already counts this batch's optimizer step
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self.meter.step_end(step, loss)
+        if step == trainer.max_steps and trainer.is_global_zero:
+            datamodule = trainer.datamodule
+            write_result(self.meter.result(
+                tool="lit-lora",
+                packing=bool(getattr(datamodule, "packing", False)),
+                group_by_length=bool(getattr(datamodule, "group_by_length", False)),
+                train_rows=len(datamodule.datasets["train"]) if getattr(datamodule, "datasets", None) else None,
+            ))

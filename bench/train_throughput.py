@@ -1,0 +1,329 @@
+"""Training throughput of lit-lora against HF Trainer + PEFT and a plain PyTorch loop, on CPU, interleaved.
+
+    python bench/train_throughput.py                # ~30M-parameter Llama, 60 steps, 3 rounds (a quiet machine)
+    python bench/train_throughput.py --quick        # smoke run: tiny model, 4 steps, 1 round
+
+The data are instruction rows made from Python's standard library (``bench/stdlib_rows.py``, python-codes-25k
+schema); the model is a Llama-architecture ``LlamaConfig`` with random weights and a byte-level BPE tokenizer
+trained on those rows (``lit_lora.tiny``), saved to a temporary directory. Every contender trains the same
+model with the same settings (LoRA r=16, alpha 32, dropout 0 on all linear layers; AdamW lr 3e-4, constant,
+no weight decay, gradient norm clipped at 1.0; batch 8, max_length 512, ``--steps`` optimizer steps, seed 42) on
+the same training split (lit-lora's tokenisation of it):
+
+    lit-lora              lit-lora fit (CLI, configs/demo.yaml + overrides), length-grouped batches (its default)
+    lit-lora packing      the same with --data.init_args.packing true (skipped when the CLI does not accept it)
+    lit-lora random       the same with --data.init_args.group_by_length false (random order, dynamic padding)
+    HF                    peft + transformers.Trainer, DataCollatorForSeq2Seq dynamic padding (the reference)
+    HF grouped            the same with length-grouped batches
+    HF flatten            the same with DataCollatorWithFlattening (padding-free)
+    plain                 the same peft model and batches in a hand-written PyTorch loop
+
+Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
+process measures itself (``bench/measure.py``): real tokens/s from the start of step 2 to the end of the last
+step, padding fraction, peak RSS, launch-to-first-step time and the loss at steps 1, 10 and the last. A table
+per round, then medians over rounds and the median of same-round tokens/s ratios against "HF".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # the bench modules, and the working tree's lit_lora
+
+from stdlib_rows import describe, stdlib_rows, write_jsonl  # noqa: E402
+
+REFERENCE = "HF"
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    tool: str  # "lit" or one of bench/hf_peft.py's kinds
+    args: tuple[str, ...] = field(default_factory=tuple)
+
+
+CONTENDERS = (
+    Contender("lit-lora", "lit"),
+    Contender("lit-lora packing", "lit", ("--data.init_args.packing", "true")),
+    Contender("lit-lora random", "lit", ("--data.init_args.group_by_length", "false")),
+    Contender("HF", "hf"),
+    Contender("HF grouped", "hf_grouped"),
+    Contender("HF flatten", "hf_flatten"),
+    Contender("plain", "plain"),
+)
+
+
+@dataclass
+class Settings:
+    model: Path
+    data: Path
+    work: Path
+    steps: int
+    batch_size: int = 8
+    max_length: int = 512
+    lr: float = 3e-4
+    seed: int = 42
+    timeout: int = 3600
+
+
+# ---- setup --------------------------------------------------------------------------------------------
+def child_env(work: Path) -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false",
+               HF_DATASETS_CACHE=str(work / "datasets-cache"))
+    # the bench modules (lit_probe, measure) and the working tree's lit_lora, whether or not it is installed
+    paths = [str(BENCH), str(ROOT), *env.get("PYTHONPATH", "").split(os.pathsep)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    return env
+
+
+def build_model(rows: list[dict], out: Path, hidden: int, layers: int, vocab_size: int) -> tuple[Path, int]:
+    """A random-init Llama + BPE tokenizer trained on the rows (``lit_lora.tiny``); returns (path, parameters)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lit_lora.tiny import build_tiny_model
+
+    texts = [f"{r['instruction']}\n{r['output']}" for r in rows]
+    path = build_tiny_model("llama", out, texts=texts, vocab_size=vocab_size, hidden=hidden, layers=layers, seed=0)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).parameters())
+    return path, params
+
+
+def warm_tokenisation(settings: Settings) -> str:
+    """Tokenise once before any timed process (datasets caches it for all of them); describe the split."""
+    from lit_lora.data import InstructionDataModule
+
+    dm = InstructionDataModule(source=str(settings.data), max_length=settings.max_length,
+                               batch_size=settings.batch_size, seed=settings.seed,
+                               tokenizer_name_or_path=str(settings.model))
+    dm.setup("fit")
+    lengths = sorted(len(ids) for ids in dm.datasets["train"]["input_ids"])
+    return (f"train split {len(lengths)} rows, tokens per row median {lengths[len(lengths) // 2]}, "
+            f"max {lengths[-1]}, {dm.truncated_counts.get('train', 0)} cut at max_length={settings.max_length}")
+
+
+def lit_lora_command() -> list[str]:
+    """The ``lit-lora`` entry point beside this Python, or ``python -m lit_lora.cli``."""
+    script = Path(sys.executable).parent / "lit-lora"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lit_lora.cli"]
+
+
+def lit_args(settings: Settings, run_dir: Path) -> list[str]:
+    """``lit-lora fit`` on configs/demo.yaml, pointed at the bench model and data, with the shared settings."""
+    return [
+        "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
+        "--model.init_args.model_name_or_path", str(settings.model),
+        "--model.init_args.adapter.init_args.r", "16", "--model.init_args.adapter.init_args.alpha", "32",
+        "--model.init_args.adapter.init_args.dropout", "0.0",
+        "--model.init_args.adapter.init_args.target_modules", "all-linear",
+        "--model.init_args.optim.lr", str(settings.lr), "--model.init_args.optim.scheduler", "constant",
+        "--model.init_args.optim.warmup_steps", "0", "--model.init_args.optim.weight_decay", "0.0",
+        "--data.init_args.source", str(settings.data), "--data.init_args.seed", str(settings.seed),
+        "--data.init_args.max_length", str(settings.max_length),
+        "--data.init_args.batch_size", str(settings.batch_size),
+        "--seed_everything", str(settings.seed), "--trainer.max_steps", str(settings.steps),
+        "--trainer.gradient_clip_val", "1.0", "--trainer.limit_val_batches", "0", "--baseline.enabled", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir),
+        "--trainer.callbacks+=lit_probe.Probe",
+    ]
+
+
+def packing_supported(settings: Settings) -> bool:
+    """Whether ``lit-lora fit`` accepts ``--data.init_args.packing`` (checked with ``--print_config``)."""
+    args = lit_args(settings, settings.work / "print-config") + ["--data.init_args.packing", "true", "--print_config"]
+    done = subprocess.run(lit_lora_command() + args, cwd=ROOT, env=child_env(settings.work), capture_output=True,
+                          text=True)
+    return done.returncode == 0
+
+
+def command(contender: Contender, settings: Settings, run_dir: Path) -> list[str]:
+    if contender.tool == "lit":
+        return lit_lora_command() + lit_args(settings, run_dir) + list(contender.args)
+    return [sys.executable, str(BENCH / "hf_peft.py"), contender.tool, "--model", str(settings.model),
+            "--data", str(settings.data), "--steps", str(settings.steps), "--batch-size", str(settings.batch_size),
+            "--max-length", str(settings.max_length), "--lr", str(settings.lr), "--seed", str(settings.seed),
+            "--output-dir", str(run_dir)]
+
+
+# ---- running ------------------------------------------------------------------------------------------
+def run_contender(contender: Contender, settings: Settings, round_index: int) -> dict:
+    """One fresh process of ``contender``; its measured result, or ``{"error": …}``."""
+    slug = contender.name.replace(" ", "-")
+    run_dir = settings.work / "runs" / f"{slug}-round{round_index + 1}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / "result.json"
+    env = child_env(settings.work)
+    env.update(BENCH_RESULT=str(result_path), BENCH_LAUNCH_TIME=repr(time.time()))
+    try:
+        done = subprocess.run(command(contender, settings, run_dir), cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=settings.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {settings.timeout} s"}
+    (run_dir / "stdout.log").write_text(done.stdout)
+    (run_dir / "stderr.log").write_text(done.stderr)
+    if done.returncode != 0 or not result_path.exists():
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        print(f"  {contender.name}: exit {done.returncode}, no result; last lines of stderr:\n{tail}", flush=True)
+        return {"error": f"exit {done.returncode} (see {run_dir / 'stderr.log'})"}
+    return json.loads(result_path.read_text())
+
+
+def rotated(items: list, k: int) -> list:
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+# ---- reporting ----------------------------------------------------------------------------------------
+def fmt(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def loss_cells(result: dict, steps: int) -> list[str]:
+    loss = result.get("loss") or {}
+    return [fmt(loss.get(str(s)), ".4f") for s in (1, 10, steps)]
+
+
+HEADER = ["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "loss@1", "loss@10",
+          "loss@last", "step-1 tokens"]
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def round_table(results: dict[str, dict], order: list[str], steps: int) -> str:
+    rows = [HEADER]
+    for name in order:
+        r = results.get(name, {})
+        if "error" in r or not r:
+            rows.append([name, r.get("error", "skipped") if r else "skipped"] + [""] * (len(HEADER) - 2))
+            continue
+        rows.append([name, fmt(r.get("tokens_per_s"), ".0f"), fmt(r.get("padding"), ".1%"),
+                     fmt(r.get("peak_rss_mib"), ".0f"), fmt(r.get("launch_to_step1_s"), ".1f"),
+                     *loss_cells(r, steps), fmt(r.get("step1_tokens"), "d")])
+    return table(rows)
+
+
+def median_of(values: list) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summary_table(rounds: list[dict[str, dict]], names: list[str]) -> str:
+    rows = [["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", f"tokens/s ÷ {REFERENCE}",
+             "rounds"]]
+    for name in names:
+        ok = [r[name] for r in rounds if name in r and "error" not in r[name]]
+        ratios = [r[name]["tokens_per_s"] / r[REFERENCE]["tokens_per_s"] for r in rounds
+                  if name in r and REFERENCE in r and "error" not in r[name] and "error" not in r[REFERENCE]
+                  and r[name].get("tokens_per_s") and r[REFERENCE].get("tokens_per_s")]
+        rows.append([name, fmt(median_of([x.get("tokens_per_s") for x in ok]), ".0f"),
+                     fmt(median_of([x.get("padding") for x in ok]), ".1%"),
+                     fmt(median_of([x.get("peak_rss_mib") for x in ok]), ".0f"),
+                     fmt(median_of([x.get("launch_to_step1_s") for x in ok]), ".1f"),
+                     fmt(median_of(ratios), ".2f"), str(len(ok))])
+    return table(rows)
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=None, help="rows of stdlib data (default 4000; --quick 400)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60; --quick 4)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick 1)")
+    parser.add_argument("--hidden", type=int, default=None, help="model hidden size (default 512; --quick 64)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="model layers (default 9: 29.6M parameters; --quick 2)")
+    parser.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary (default 8192; --quick 512)")
+    parser.add_argument("--only", default=None, help="comma-separated contender names to run (default: all)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep model, data and run logs here")
+    parser.add_argument("--json-out", type=Path, default=None, help="write every result to this JSON file")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds before a contender process is stopped")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 4 steps, 1 round")
+    args = parser.parse_args(argv)
+    defaults = dict(rows=400, steps=4, rounds=1, hidden=64, layers=2, vocab_size=512) if args.quick else \
+        dict(rows=4000, steps=60, rounds=3, hidden=512, layers=9, vocab_size=8192)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def chosen_contenders(only: Optional[str]) -> list[Contender]:
+    if not only:
+        return list(CONTENDERS)
+    names = [n.strip() for n in only.split(",")]
+    unknown = [n for n in names if n not in {c.name for c in CONTENDERS}]
+    if unknown:
+        sys.exit(f"unknown contender(s) {unknown}; choose among {[c.name for c in CONTENDERS]}")
+    return [c for c in CONTENDERS if c.name in names]
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lit-lora-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        bench(args, work)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"model, data, logs and results.json kept in {work}")
+
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    os.environ.update(child_env(work))  # this process tokenises once too (the warm-up), into the same cache
+    rows = stdlib_rows(args.rows)
+    data = write_jsonl(rows, work / "rows.jsonl")
+    print(f"data: {describe(rows)} -> {data}", flush=True)
+    model, params = build_model(rows, work / "model", args.hidden, args.layers, args.vocab_size)
+    print(f"model: random-init LlamaForCausalLM, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab_size}:"
+          f" {params / 1e6:.1f}M parameters -> {model}", flush=True)
+    settings = Settings(model=model, data=data, work=work, steps=args.steps, timeout=args.timeout)
+    print(f"tokenised: {warm_tokenisation(settings)}", flush=True)
+    contenders = chosen_contenders(args.only)
+    if any(c.name == "lit-lora packing" for c in contenders) and not packing_supported(settings):
+        print("note: lit-lora fit does not accept --data.init_args.packing here; skipping 'lit-lora packing'")
+        contenders = [c for c in contenders if c.name != "lit-lora packing"]
+    print(f"settings: {args.steps} steps, batch {settings.batch_size}, max_length {settings.max_length}, "
+          f"lr {settings.lr} constant, LoRA r=16 alpha 32 dropout 0 all-linear, grad clip 1.0, seed {settings.seed}; "
+          f"tokens/s timed from the start of step 2 to the end of step {args.steps}; {args.rounds} round(s)",
+          flush=True)
+    names = [c.name for c in contenders]
+    rounds: list[dict[str, dict]] = []
+    for k in range(args.rounds):
+        order = rotated(contenders, k)
+        print(f"\nround {k + 1}/{args.rounds}: {', '.join(c.name for c in order)}", flush=True)
+        results = {c.name: run_contender(c, settings, k) for c in order}
+        rounds.append(results)
+        print(round_table(results, [c.name for c in order], args.steps), flush=True)
+    print(f"\nsummary: medians over {args.rounds} round(s)\n{summary_table(rounds, names)}")
+    report = {"settings": {**vars(args), "workdir": str(work), "parameters": params, "python": sys.version.split()[0],
+                           "contenders": names}, "rounds": rounds}
+    (work / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
