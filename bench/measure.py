@@ -9,7 +9,9 @@ A contender calls ``StepMeter.step_begin`` once its step's batch is in hand (bef
 * ``padding``: pad slots / all slots over every batch of the run (packed and flattened batches included);
 * ``peak_rss_mib``: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end of the last step;
 * ``launch_to_step1_s``: wall time from the process launch (``$BENCH_LAUNCH_TIME``, set by the parent right
-  before it starts the process) to the end of the first optimizer step;
+  before it starts the process) to the end of the first optimizer step, and ``launch_to_step1_start_s`` to its
+  start (imports, data and model set-up: what a tool costs before it computes anything; the first step's own
+  work depends on its batch, e.g. length grouping puts the longest batch first);
 * ``loss``: the training loss at steps 1, 10 and the last step, as the tool itself reports it;
 * on CUDA, ``cuda_peak_allocated_gib`` / ``cuda_peak_reserved_gib`` (``torch.cuda.max_memory_*``).
 
@@ -90,6 +92,7 @@ class StepMeter:
         self.losses: dict[int, Any] = {}
         self.window_start: Optional[float] = None
         self.window_end: Optional[float] = None
+        self.step1_start: Optional[float] = None
         self.step1_end: Optional[float] = None
         self.steps_done = 0
 
@@ -98,6 +101,8 @@ class StepMeter:
             torch.cuda.synchronize()
 
     def step_begin(self, step: int, counts: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if step == 1:
+            self.step1_start = time.time()
         if step == self.warmup_steps + 1:
             self._sync()
             self.window_start = time.perf_counter()
@@ -136,6 +141,7 @@ class StepMeter:
             "step1_tokens": real.get(1),
             "peak_rss_mib": peak_rss_mib(),
             "launch_to_step1_s": self.step1_end - launched if self.step1_end and launched else None,
+            "launch_to_step1_start_s": self.step1_start - launched if self.step1_start and launched else None,
             "loss": {str(s): as_float(v) for s, v in sorted(self.losses.items())},
         }
         if self.cuda:

@@ -160,6 +160,18 @@ def command(contender: Contender, settings: Settings, run_dir: Path) -> list[str
             "--output-dir", str(run_dir)]
 
 
+def warm_lit_lora(settings: Settings) -> None:
+    """One untimed one-step ``lit-lora fit``: fills the tokenised cache exactly as the timed runs key it."""
+    args = lit_args(settings, settings.work / "runs" / "warm-up")
+    args[args.index("--trainer.max_steps") + 1] = "1"
+    args.remove("--trainer.callbacks+=lit_probe.Probe")
+    done = subprocess.run(lit_lora_command() + args, cwd=ROOT, env=child_env(settings.work), capture_output=True,
+                          text=True, timeout=settings.timeout)
+    if done.returncode != 0:
+        print(f"note: the lit-lora warm-up run failed (exit {done.returncode}); the first lit-lora run tokenises",
+              flush=True)
+
+
 # ---- running ------------------------------------------------------------------------------------------
 def run_contender(contender: Contender, settings: Settings, round_index: int) -> dict:
     """One fresh process of ``contender``; its measured result, or ``{"error": …}``."""
@@ -198,8 +210,8 @@ def loss_cells(result: dict, steps: int) -> list[str]:
     return [fmt(loss.get(str(s)), ".4f") for s in (1, 10, steps)]
 
 
-HEADER = ["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "loss@1", "loss@10",
-          "loss@last", "step-1 tokens"]
+HEADER = ["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "launch→step1 start s", "loss@1",
+          "loss@10", "loss@last", "step-1 tokens"]
 
 
 def table(rows: list[list[str]]) -> str:
@@ -219,7 +231,8 @@ def round_table(results: dict[str, dict], order: list[str], steps: int) -> str:
             continue
         rows.append([name, fmt(r.get("tokens_per_s"), ".0f"), fmt(r.get("padding"), ".1%"),
                      fmt(r.get("peak_rss_mib"), ".0f"), fmt(r.get("launch_to_step1_s"), ".1f"),
-                     *loss_cells(r, steps), fmt(r.get("step1_tokens"), "d")])
+                     fmt(r.get("launch_to_step1_start_s"), ".1f"), *loss_cells(r, steps),
+                     fmt(r.get("step1_tokens"), "d")])
     return table(rows)
 
 
@@ -229,8 +242,8 @@ def median_of(values: list) -> Optional[float]:
 
 
 def summary_table(rounds: list[dict[str, dict]], names: list[str]) -> str:
-    rows = [["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", f"tokens/s ÷ {REFERENCE}",
-             "rounds"]]
+    rows = [["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "launch→step1 start s",
+             f"tokens/s ÷ {REFERENCE}", "rounds"]]
     for name in names:
         ok = [r[name] for r in rounds if name in r and "error" not in r[name]]
         ratios = [r[name]["tokens_per_s"] / r[REFERENCE]["tokens_per_s"] for r in rounds
@@ -240,7 +253,45 @@ def summary_table(rounds: list[dict[str, dict]], names: list[str]) -> str:
                      fmt(median_of([x.get("padding") for x in ok]), ".1%"),
                      fmt(median_of([x.get("peak_rss_mib") for x in ok]), ".0f"),
                      fmt(median_of([x.get("launch_to_step1_s") for x in ok]), ".1f"),
+                     fmt(median_of([x.get("launch_to_step1_start_s") for x in ok]), ".1f"),
                      fmt(median_of(ratios), ".2f"), str(len(ok))])
+    return table(rows)
+
+
+def same_round_ratio(rounds: list[dict[str, dict]], numerator, denominator, key: str) -> Optional[float]:
+    """Median over rounds of ``key`` of the best of ``numerator`` / the best of ``denominator`` in that round."""
+    def best(results: dict, names: tuple[str, ...]) -> Optional[float]:
+        values = [results[n].get(key) for n in names if n in results and "error" not in results[n]]
+        values = [v for v in values if v is not None]
+        return (max(values) if key == "tokens_per_s" else min(values)) if values else None
+
+    ratios = []
+    for results in rounds:
+        top, bottom = best(results, numerator), best(results, denominator)
+        if top is not None and bottom:
+            ratios.append(top / bottom)
+    return median_of(ratios)
+
+
+# (what is compared, numerator contenders, denominator contenders, measure): the issue's targets
+TARGETS = (
+    ("lit-lora default ÷ HF default, tokens/s (target ≥ 2.0)", ("lit-lora",), ("HF",), "tokens_per_s"),
+    ("lit-lora best ÷ HF best, tokens/s (target ≥ 1.2)", ("lit-lora", "lit-lora packing"),
+     ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
+    ("lit-lora random ÷ plain (same batches), tokens/s (target ≥ 0.97)", ("lit-lora random",), ("plain",),
+     "tokens_per_s"),
+    ("lit-lora random ÷ HF (same batches), peak RSS (target ≤ 1.0)", ("lit-lora random",), ("HF",), "peak_rss_mib"),
+    ("lit-lora ÷ HF grouped, launch→step1 (both longest batch first)", ("lit-lora",), ("HF grouped",),
+     "launch_to_step1_s"),
+    ("lit-lora ÷ HF, launch→step1 (target ≤ 1.5)", ("lit-lora",), ("HF",), "launch_to_step1_s"),
+    ("lit-lora ÷ HF, launch→step1 start", ("lit-lora",), ("HF",), "launch_to_step1_start_s"),
+)
+
+
+def targets_table(rounds: list[dict[str, dict]]) -> str:
+    rows = [["ratio (median of same-round ratios)", "value"]]
+    for label, top, bottom, key in TARGETS:
+        rows.append([label, fmt(same_round_ratio(rounds, top, bottom, key), ".2f")])
     return table(rows)
 
 
@@ -302,6 +353,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     settings = Settings(model=model, data=data, work=work, steps=args.steps, timeout=args.timeout)
     print(f"tokenised: {warm_tokenisation(settings)}", flush=True)
     contenders = chosen_contenders(args.only)
+    if any(c.tool == "lit" for c in contenders):
+        warm_lit_lora(settings)
     if any(c.name == "lit-lora packing" for c in contenders) and not packing_supported(settings):
         print("note: lit-lora fit does not accept --data.init_args.packing here; skipping 'lit-lora packing'")
         contenders = [c for c in contenders if c.name != "lit-lora packing"]
@@ -318,6 +371,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         rounds.append(results)
         print(round_table(results, [c.name for c in order], args.steps), flush=True)
     print(f"\nsummary: medians over {args.rounds} round(s)\n{summary_table(rounds, names)}")
+    print(f"\n{targets_table(rounds)}")
     report = {"settings": {**vars(args), "workdir": str(work), "parameters": params, "python": sys.version.split()[0],
                            "contenders": names}, "rounds": rounds}
     (work / "results.json").write_text(json.dumps(report, indent=2, default=str))
