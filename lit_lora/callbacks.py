@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -47,6 +47,8 @@ class AdapterCheckpoint(ModelCheckpoint):
     from NaN / inf weights, nor (``save_on_exception``) when the run stopped on a non-finite loss.
     """
 
+    # _save_checkpoint / _remove_checkpoint: private ModelCheckpoint methods, listed in
+    # lit_lora.cluster.lightning_compat.PRIVATE_API (tests/test_lightning_compat.py checks they still exist)
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         check_finite_weights(trainer.lightning_module, f"checkpoint {filepath}", trainer)
         super()._save_checkpoint(trainer, filepath)

@@ -9,7 +9,8 @@ the datamodule is handed to the model (``link_arguments``): neither is repeated 
 
 ``fit --ckpt_path`` refuses a checkpoint trained with other model settings than the config (see
 ``lit_lora.ckpt_settings``; ``--resume_with_checkpoint_settings true`` resumes with the checkpoint's), and
-``finite_guard:`` stops a run at a NaN / inf loss or gradient (see ``lit_lora.finite_guard``).
+``finite_guard:`` stops a run at a NaN / inf loss or gradient (see ``lit_lora.finite_guard``). The cluster
+runtime (SLURM preemption and requeue, atomic checkpoints, run-directory checks, W&B) is ``lit_lora.cluster``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,20 @@ from lit_lora.ckpt_settings import SWITCH, check_resume_settings
 from lit_lora.compatibility import check_config
 from lit_lora.data.base import TextDataModule
 from lit_lora.finite_guard import FiniteGuard
-from lit_lora.launch_checks import check_allocation
+from lit_lora.cluster.csv_history import pin_log_dir
+from lit_lora.cluster.launch_checks import check_allocation
+from lit_lora.cluster.preemption import PreemptionCheckpoint
+from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
+from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
 from lit_lora.model_source import ModelNotFoundError, resolve_model_path
 from lit_lora.models.base import FineTuneModule
-from lit_lora.preemption import PreemptionCheckpoint, pin_log_dir
-from lit_lora.tracking import WandbRun, fill_save_dirs
+
+
+def as_list(value) -> list:
+    """A config's ``callbacks`` (none, one or a list) as a new list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 class LitLoraCLI(LightningCLI):
@@ -50,14 +60,22 @@ class LitLoraCLI(LightningCLI):
         super().__init__(FineTuneModule, TextDataModule, *args, **kwargs)
 
     def instantiate_trainer(self, **kwargs):
-        """Lightning's trainer with lit-lora's step-based progress bar, unless the config brings a bar or turns it off."""
+        """Lightning's trainer with lit-lora's step-based progress bar (unless the config brings a bar or turns it
+        off), the cluster runtime's callbacks (``lit_lora.cluster.runtime``) and atomic checkpoint writes."""
         config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
-        trainer_config = config.get("trainer") or {}
-        callbacks = list(trainer_config.get("callbacks") or [])
-        if trainer_config.get("enable_progress_bar", True) is not False and \
-                not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs.setdefault("callbacks", [*callbacks, console.StepProgressBar()])
-        return super().instantiate_trainer(**kwargs)
+        if "callbacks" not in kwargs:
+            trainer_config = config.get("trainer") or {}
+            callbacks = as_list(trainer_config.get("callbacks"))
+            if trainer_config.get("enable_progress_bar", True) is not False and \
+                    not any(isinstance(c, ProgressBar) for c in callbacks):
+                callbacks.append(console.StepProgressBar())
+            kwargs["callbacks"] = callbacks
+        preemption = config.get("preemption")
+        # before the `preemption` callback, which LightningCLI appends after these
+        kwargs["callbacks"] = [*as_list(kwargs["callbacks"]), *runtime_callbacks(preemption)]
+        trainer = super().instantiate_trainer(**kwargs)
+        install_atomic_saves(trainer, preemption)
+        return trainer
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AdapterCheckpoint, "checkpoint")

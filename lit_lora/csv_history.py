@@ -1,74 +1,10 @@
-"""A CSV logger whose ``metrics.csv`` survives a SLURM requeue: the resumed job continues the history.
+"""Moved to ``lit_lora.cluster.csv_history``; kept so existing configs keep working.
 
-Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts, so a requeued job (same
-run directory, see ``preemption.pin_log_dir``) would keep only the steps after its checkpoint, and
-``lit-lora compare`` would plot half a loss curve. ``ResumableCSVLogger`` keeps the file; when training
-starts, ``PreemptionCheckpoint`` (always present in ``lit-lora fit``; the logger is meant to be used
-with it) calls ``keep_history_before(trainer.global_step)``, which drops the rows the resumed run will
-log again (all of them for a fresh start, as Lightning does)::
-
-    logger = ResumableCSVLogger(save_dir="runs/demo/1234", name="", version="")
-    logger.keep_history_before(500)   # the rows of the first 500 optimizer steps stay
+That module holds the CSV logger that survives a requeue. Class paths such as ``lit_lora.csv_history.X`` in YAML
+(and imports from here) resolve to the same objects as ``lit_lora.cluster.csv_history.X``; new code imports
+from ``lit_lora.cluster.csv_history``.
 """
 
-from __future__ import annotations
+from lit_lora.cluster.csv_history import CSVHistoryResume, ResumableCSVLogger, pin_log_dir
 
-import csv
-import logging
-import os
-
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-log = logging.getLogger("lit_lora")
-
-
-class _KeepingExperimentWriter(ExperimentWriter):
-    """Lightning's writer, minus deleting ``metrics.csv`` at start; the existing header seeds its columns."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
-
-
-class ResumableCSVLogger(CSVLogger):
-    """``CSVLogger`` that continues an existing ``metrics.csv`` instead of deleting it (same arguments)."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _KeepingExperimentWriter(log_dir=self.log_dir)
-        return self._experiment
-
-    @rank_zero_only
-    def keep_history_before(self, step: int) -> int:
-        """Drop rows logged at ``step`` or later (after the checkpoint); returns the number of rows kept."""
-        path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
-        if not os.path.isfile(path):
-            return 0
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            fieldnames, rows = reader.fieldnames or [], list(reader)
-        kept = [r for r in rows if _before(r, step)]
-        if len(kept) == len(rows):
-            return len(kept)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(kept)
-        if step > 0:
-            log.info("[lit-lora] %s: continuing the %d rows logged before step %d (%d later rows dropped)",
-                     path, len(kept), step, len(rows) - len(kept))
-        return len(kept)
-
-
-def _before(row: dict, step: int) -> bool:
-    """Whether a ``metrics.csv`` row belongs to the history before a resume at ``step``."""
-    # Lightning logs step k's training row and the validation after it under k - 1, so a checkpoint
-    # after ``step`` optimizer steps covers exactly the rows logged under 0 … step - 1
-    return int(float(row.get("step") or 0)) < step
+__all__ = ["CSVHistoryResume", "ResumableCSVLogger", "pin_log_dir"]

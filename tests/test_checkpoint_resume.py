@@ -1,11 +1,15 @@
 """Atomic checkpoint writes and the resumable train loader's position."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from lit_lora.cluster.checkpoint_io import AtomicCheckpointIO
+from lit_lora.cluster.launch_checks import hpc_checkpoints
 from lit_lora.data.resumable import ResumableDataLoader, optimizer_step_windows
-from lit_lora.launch_checks import hpc_checkpoints
-from lit_lora.checkpoint_io import AtomicCheckpointIO
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_kill_during_save_leaves_no_checkpoint_that_resume_would_pick(tmp_path, monkeypatch):
@@ -85,7 +89,7 @@ def write_shards(checkpoint, path, storage_options=None):
 
 
 def test_a_kill_during_a_directory_save_leaves_no_checkpoint_that_resume_would_pick(tmp_path):
-    from lit_lora.checkpoint_io import AtomicDirectorySave, remove_partial_checkpoints
+    from lit_lora.cluster.checkpoint_io import AtomicDirectorySave, remove_partial_checkpoints
 
     save = AtomicDirectorySave(write_shards, OneProcess())
     save({"step": 1}, tmp_path / "hpc_ckpt_1.ckpt")
@@ -100,7 +104,7 @@ def test_a_kill_during_a_directory_save_leaves_no_checkpoint_that_resume_would_p
 
 
 def test_a_directory_save_replaces_an_older_one_of_the_same_name(tmp_path):
-    from lit_lora.checkpoint_io import AtomicDirectorySave
+    from lit_lora.cluster.checkpoint_io import AtomicDirectorySave
 
     save = AtomicDirectorySave(write_shards, OneProcess())
     save({"step": 1}, tmp_path / "last.ckpt")
@@ -131,15 +135,15 @@ def test_resume_checks_adapter_names_also_where_deepspeed_drops_the_state_dict(t
             module("all-linear").on_load_checkpoint(other)
 
 
-def test_preemption_callback_makes_every_strategys_saves_atomic():
+def test_every_strategys_saves_are_made_atomic():
     from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
-    from lit_lora.checkpoint_io import AtomicDirectorySave
-    from lit_lora.preemption import make_saves_atomic
+    from lit_lora.cluster.checkpoint_io import AtomicDirectorySave
+    from lit_lora.cluster.checkpoint_io import make_saves_atomic
 
     deepspeed = DeepSpeedStrategy(stage=3)
     make_saves_atomic(deepspeed)
-    make_saves_atomic(deepspeed)  # setup runs again for validate / test: wrap once
+    make_saves_atomic(deepspeed)  # a second call must not wrap twice
     assert isinstance(deepspeed.save_checkpoint, AtomicDirectorySave)
     assert not isinstance(deepspeed.save_checkpoint.save, AtomicDirectorySave)
     ddp = DDPStrategy()
@@ -147,11 +151,35 @@ def test_preemption_callback_makes_every_strategys_saves_atomic():
     assert isinstance(ddp.checkpoint_io, AtomicCheckpointIO)
 
 
+def test_the_cli_installs_atomic_saves_and_the_runtime_callbacks_before_preemption(tiny_model, tmp_path):
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from lit_lora.cli import LitLoraCLI
+    from lit_lora.cluster.checkpoint_io import PartialCheckpointCleanup
+    from lit_lora.cluster.csv_history import CSVHistoryResume
+    from lit_lora.cluster.launch_checks import RunDirectoryCheck
+    from lit_lora.cluster.preemption import PreemptionCheckpoint
+
+    def trainer(*extra):
+        args = ["--config", str(REPO / "configs/demo.yaml"), "--model.init_args.model_name_or_path",
+                tiny_model("llama"), "--trainer.default_root_dir", str(tmp_path), *extra]
+        return LitLoraCLI(args=args, run=False).trainer
+
+    built = trainer("--preemption.start_fresh_if_no_checkpoint", "true")
+    assert type(built.strategy.checkpoint_io) is AtomicCheckpointIO
+    kinds = [type(c) for c in built.callbacks]
+    order = [kinds.index(k) for k in (RunDirectoryCheck, PartialCheckpointCleanup, CSVHistoryResume,
+                                      PreemptionCheckpoint)]
+    assert order == sorted(order)  # the checks run before the preemption callback's setup, as before the split
+    assert built.callbacks[order[0]].start_fresh_if_no_checkpoint
+    assert type(trainer("--preemption.atomic", "false").strategy.checkpoint_io) is TorchCheckpointIO
+
+
 def test_an_interrupted_replacement_gets_the_older_copy_back(tmp_path, monkeypatch):
     import os
 
-    from lit_lora import checkpoint_io
-    from lit_lora.checkpoint_io import AtomicDirectorySave, remove_partial_checkpoints
+    from lit_lora.cluster import checkpoint_io
+    from lit_lora.cluster.checkpoint_io import AtomicDirectorySave, remove_partial_checkpoints
 
     save = AtomicDirectorySave(write_shards, OneProcess())
     save({"step": 1}, tmp_path / "last.ckpt")

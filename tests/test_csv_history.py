@@ -2,7 +2,7 @@
 
 import csv
 
-from lit_lora.csv_history import ResumableCSVLogger
+from lit_lora.cluster.csv_history import ResumableCSVLogger
 
 
 def rows(path):

@@ -26,9 +26,9 @@ import pytest
 from lightning.pytorch import Callback
 
 from lit_lora.cli import LitLoraCLI
-from lit_lora.launch_checks import MissingResumeCheckpoint, RunDirectoryConflict, check_run_location, \
+from lit_lora.cluster.launch_checks import MissingResumeCheckpoint, RunDirectoryConflict, check_run_location, \
     hpc_checkpoints
-from lit_lora.preemption import PreemptionCheckpoint, Requeued
+from lit_lora.cluster.preemption import PreemptionCheckpoint, Requeued
 
 pytestmark = pytest.mark.faults
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_unreachable_wandb_falls_back_to_an_offline_run_that_a_requeue_continues
                                                                                caplog):
     import wandb
 
-    from lit_lora.tracking import WandbRun
+    from lit_lora.cluster.tracking import WandbRun
 
     for key, value in {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0" * 40,
                        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
@@ -127,7 +127,7 @@ def test_unreachable_wandb_falls_back_to_an_offline_run_that_a_requeue_continues
     wandb.teardown()  # a fresh process's wandb: its settings are read from the environment above, not kept
     try:
         started = time.monotonic()
-        run = cli(tiny_model("llama"), root, "--trainer.logger", "lit_lora.tracking.WandbRun",
+        run = cli(tiny_model("llama"), root, "--trainer.logger", "lit_lora.cluster.tracking.WandbRun",
                   "--trainer.logger.init_args.init_timeout", "3", steps=1)
         fit(run)
         assert time.monotonic() - started < 60  # wandb's own default waits 90 s (+10 s grace), then crashes

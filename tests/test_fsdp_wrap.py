@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from lit_lora.adapters import LoRA
+from lit_lora.cluster.sharding import DecoderLayerWrapPolicy, layer_classes
 from lit_lora.models import CausalLMModule
-from lit_lora.sharding import DecoderLayerWrapPolicy, layer_classes
 
 REPO = Path(__file__).resolve().parents[1]
 FSDP_YAML = REPO / "configs/strategies/fsdp.yaml"
@@ -39,7 +39,7 @@ def test_fragment_parses_with_the_cli_and_builds_the_policy(capsys):
     assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
     strategy = yaml.safe_load(printed[printed.index("# lightning.pytorch"):])["trainer"]["strategy"]
-    assert strategy["init_args"]["auto_wrap_policy"]["class_path"] == "lit_lora.sharding.DecoderLayerWrapPolicy"
+    assert strategy["init_args"]["auto_wrap_policy"]["class_path"] == "lit_lora.cluster.sharding.DecoderLayerWrapPolicy"
 
     parser = ArgumentParser()  # the Trainer's strategy argument, instantiated as the CLI does
     parser.add_argument("--strategy", type=Union[str, Strategy])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lit_lora.launch_checks import AllocationMismatch, MissingResumeCheckpoint, check_allocation, \
+from lit_lora.cluster.launch_checks import AllocationMismatch, MissingResumeCheckpoint, check_allocation, \
     check_requeued_resume
 
 SLURM = {"SLURM_JOB_ID": "42", "SLURM_JOB_NAME": "lit-lora", "SLURM_NTASKS": "4"}

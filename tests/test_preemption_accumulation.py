@@ -16,7 +16,7 @@ import pytest
 from lightning.pytorch import Callback
 
 from lit_lora.cli import LitLoraCLI
-from lit_lora.preemption import PreemptionCheckpoint, Requeued
+from lit_lora.cluster.preemption import PreemptionCheckpoint, Requeued
 
 pytestmark = pytest.mark.faults
 REPO = Path(__file__).resolve().parents[1]

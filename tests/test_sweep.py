@@ -92,7 +92,7 @@ def test_class_path_axis_resolves_like_lightning_cli(tmp_path):
     run_dir = str((sweep_dir / "adapter=LoRA-r=4-seed=0").resolve())
     assert lora["trainer"]["default_root_dir"] == run_dir
     csv_logger, wandb = lora["trainer"]["logger"]
-    assert csv_logger["class_path"] == "lit_lora.csv_history.ResumableCSVLogger"
+    assert csv_logger["class_path"] == "lit_lora.cluster.csv_history.ResumableCSVLogger"
     assert csv_logger["init_args"]["save_dir"] == run_dir and csv_logger["init_args"]["version"] == ""
     assert wandb["init_args"]["group"] == "methods" and wandb["init_args"]["name"] == "adapter=LoRA-r=4-seed=0"
     assert wandb["init_args"]["save_dir"] == run_dir

@@ -4,7 +4,7 @@ import struct
 import time
 
 
-from lit_lora.tracking import REDACTED, WandbRun, redact
+from lit_lora.cluster.tracking import REDACTED, WandbRun, redact
 
 
 def test_redaction_keeps_ordinary_keys():

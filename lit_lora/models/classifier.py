@@ -32,11 +32,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from lit_lora.cluster.lightning_compat import attached_trainer
+from lit_lora.cluster.sharding import outside_zero3_init
 from lit_lora.data.eval_sharding import counted_indices, without_uncounted_labels
 from lit_lora.models.base import MODEL_INPUT_KEYS, FineTuneModule
 from lit_lora.models.eval_sets import EvalSetMetrics
 from lit_lora.models.token_loss import label_count, summed_loss
-from lit_lora.sharding import outside_zero3_init
 
 log = logging.getLogger("lit_lora")
 LABELS_FILE = "classifier_labels.json"
@@ -207,7 +208,7 @@ class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
     def save_pretrained(self, out_dir: str | Path) -> Path:
         """The model or adapter, plus ``classifier_labels.json`` (a peft adapter directory has no config)."""
         out = super().save_pretrained(out_dir)
-        if self._trainer is None or self.trainer.is_global_zero:
+        if attached_trainer(self) is None or self.trainer.is_global_zero:
             labels = {"num_labels": len(self.label_names), "id2label": dict(enumerate(self.label_names)),
                       "label2id": {n: i for i, n in enumerate(self.label_names)}, "head_modules": self.head_modules}
             (out / LABELS_FILE).write_text(json.dumps(labels, indent=2))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.evaluation.classification import ClassificationMetrics
 
 
@@ -35,7 +36,8 @@ class EvalSetMetrics:
 
     def resolve_label_names(self) -> list[str]:
         """``label_names`` as given (CLI link) or from ``trainer.datamodule``; both must agree."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        datamodule = trainer.datamodule if trainer is not None else None
         from_data = getattr(datamodule, "label_names", None)
         if self.label_names is None and from_data:
             self.label_names = list(from_data)

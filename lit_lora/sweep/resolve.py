@@ -31,8 +31,9 @@ import yaml
 
 from lit_lora.sweep.grid import override_args
 
-CSV_LOGGER = "lit_lora.csv_history.ResumableCSVLogger"
-CSV_LOGGERS = (CSV_LOGGER, "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger",
+CSV_LOGGER = "lit_lora.cluster.csv_history.ResumableCSVLogger"
+CSV_LOGGERS = (CSV_LOGGER, "lit_lora.csv_history.ResumableCSVLogger",  # the path before lit_lora.cluster
+               "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger",
                "pytorch_lightning.loggers.CSVLogger")
 
 

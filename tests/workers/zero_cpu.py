@@ -31,11 +31,11 @@ import deepspeed
 import torch
 
 from lit_lora.adapters import LoRA, QLoRA
-from lit_lora.checkpoint_io import AtomicDirectorySave
+from lit_lora.cluster.checkpoint_io import AtomicDirectorySave
+from lit_lora.cluster.sharding import is_zero3_partitioned
 from lit_lora.data.base import load_tokenizer
 from lit_lora.evaluation.generation import GenerationSettings, generate_texts
 from lit_lora.models.causal_lm import CausalLMModule
-from lit_lora.sharding import is_zero3_partitioned
 
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
 

@@ -1,0 +1,169 @@
+"""Weights & Biases from YAML: one run per job, secrets redacted, the same run after a SLURM requeue.
+
+    lit-lora fit --config configs/demo.yaml --config configs/loggers/wandb.yaml
+    WANDB_MODE=offline lit-lora fit …      # no server: real run files under <run dir>/wandb, `wandb sync` later
+
+``WandbRun`` is Lightning's ``WandbLogger`` plus four things: the run id is kept in
+``<save_dir>/wandb_run_id`` so a requeued job (same run directory) continues the same run; every
+hyperparameter is passed through ``redact``; the whole CLI config is logged as the run config; and a
+W&B server that cannot be reached within ``init_timeout`` seconds does not stop the run: it logs to an
+offline run of the same id instead, with a warning naming the ``wandb sync <dir>`` that uploads it later::
+
+    [lit-lora] W&B server https://api.wandb.ai not reachable within 60 s (CommError: ...); logging run 1a2b3c4d
+    offline to runs/exp/123/wandb/offline-run-20250101_120000-1a2b3c4d: upload it later with
+    `wandb sync runs/exp/123/wandb/offline-run-20250101_120000-1a2b3c4d`
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from lit_lora.cluster.lightning_compat import started_experiment, wandb_init_settings, wandb_offline
+
+log = logging.getLogger("lit_lora")
+
+REDACTED = "***redacted***"
+SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "apikey", "credential")
+RUN_ID_FILE = "wandb_run_id"
+
+
+def is_secret(key: str, value: Any) -> bool:
+    """A string value under a key with a secret-looking word: ``hf_token``, ``api_key``, ``db_password`` …
+
+    Words are the key's parts split on ``_ . - /`` and camelCase, so ``tokenizer_name_or_path`` and
+    ``max_new_tokens`` are kept, and numbers / booleans (``pad_token_id: 0``) are never secrets.
+    """
+    if not isinstance(value, str) or not value:
+        return False
+    words = re.split(r"[_\.\-/\s]+|(?<=[a-z])(?=[A-Z])", str(key))
+    return any(w.lower() in SECRET_WORDS for w in words)
+
+
+def redact(params: Any, key: str = "") -> Any:
+    """Copy of nested dicts / lists with every secret value replaced by ``REDACTED``."""
+    if isinstance(params, Mapping):
+        return {k: redact(v, str(k)) for k, v in params.items()}
+    if isinstance(params, (list, tuple)):
+        return type(params)(redact(v, key) for v in params)
+    return REDACTED if is_secret(key, params) else params
+
+
+def _namespace_to_dict(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {k: _namespace_to_dict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_namespace_to_dict(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+class WandbRun(WandbLogger):
+    """Lightning's ``WandbLogger`` with a run id kept in the run directory and secrets redacted.
+
+    Args:
+        project: W&B project.
+        entity: W&B team or user (``None``: your default entity).
+        name: Display name of the run (default: W&B's generated name).
+        group: Group runs together, e.g. one experiment's seeds or a sweep.
+        tags: Tags to filter runs by.
+        notes: A longer description of the run.
+        offline: Write the run locally only (``wandb sync <dir>`` uploads it later); also ``WANDB_MODE=offline``.
+        save_dir: Where ``wandb/`` and the run id file go; the CLI fills in ``trainer.default_root_dir``.
+        log_model: Upload checkpoints as W&B artifacts (``False``, ``True`` = at the end, ``all``).
+        init_timeout: Seconds to wait for the W&B server at start; unreachable by then, the run logs offline
+            (``wandb sync`` later) instead of stopping. wandb's account look-up before it adds up to 10 s.
+            ``None``: wandb's own (``WANDB_INIT_TIMEOUT``, else 90).
+    """
+
+    def __init__(self, project: str = "lit-lora", entity: Optional[str] = None, name: Optional[str] = None,
+                 group: Optional[str] = None, tags: Optional[list[str]] = None, notes: Optional[str] = None,
+                 offline: bool = False, save_dir: Optional[str] = None, log_model: bool | str = False,
+                 init_timeout: Optional[float] = 60.0):
+        save_dir = save_dir or os.getcwd()
+        run_id = self.run_id_for(save_dir)
+        settings = {} if init_timeout is None else {"settings": {"init_timeout": float(init_timeout)}}
+        super().__init__(project=project, entity=entity, name=name, group=group, tags=tags, notes=notes,
+                         offline=offline, save_dir=save_dir, id=run_id, log_model=log_model, **settings)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        """The W&B run; an offline one of the same id when the server cannot be reached (see the module doc)."""
+        if started_experiment(self) is not None or wandb_offline(self):
+            return super().experiment
+        from wandb.errors import AuthenticationError, CommError
+
+        try:
+            return super().experiment
+        except (CommError, TimeoutError) as err:
+            if isinstance(err, AuthenticationError):  # reached, but the key is wrong: for the user to fix
+                raise
+            return self._start_offline(err)
+
+    def _start_offline(self, error: BaseException):
+        """Start this run offline after ``error``; wandb's service still holds the failed online start: restart it."""
+        import wandb
+
+        wandb.teardown()
+        wandb_init_settings(self)["mode"] = "offline"
+        run = super().experiment
+        sync_dir = run.settings.sync_dir
+        log.warning("[lit-lora] W&B server %s not reachable within %s s (%s: %s); logging run %s offline to %s: "
+                    "upload it later with `wandb sync %s`", run.settings.base_url, run.settings.init_timeout,
+                    type(error).__name__, (str(error).splitlines() or [''])[0], run.id, sync_dir, sync_dir)
+        return run
+
+    @staticmethod
+    def run_id_for(save_dir: str) -> str:
+        """The id stored in ``save_dir/wandb_run_id``; a new one (written by global rank 0) when there is none."""
+        path = Path(save_dir) / RUN_ID_FILE
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+        from wandb.sdk.lib.runid import generate_id
+
+        run_id = generate_id()
+        if rank_zero_only.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(run_id + "\n")
+        return run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        if hasattr(params, "as_dict") or not isinstance(params, Mapping):
+            params = _namespace_to_dict(params) if hasattr(params, "as_dict") else vars(params)
+        super().log_hyperparams(redact(dict(params)))
+
+    def log_config(self, config: Any) -> None:
+        """Log the full CLI config (a jsonargparse Namespace) under ``config/…``, redacted."""
+        self.log_hyperparams({"config": _namespace_to_dict(config)})
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if status == "preempted" and started_experiment(self) is not None:
+            # the requeued job resumes this run id; mark the gap instead of a clean finish
+            started_experiment(self).mark_preempting()
+
+
+def fill_save_dirs(trainer_config: Any) -> None:
+    """Point every ``WandbRun`` without ``save_dir`` at ``trainer.default_root_dir`` (its run directory)."""
+    loggers = trainer_config.get("logger")
+    if not isinstance(loggers, list):
+        loggers = [loggers]
+    root = trainer_config.get("default_root_dir") or os.getcwd()
+    for entry in loggers:
+        class_path = getattr(entry, "class_path", None) if entry is not None else None
+        if class_path and class_path.endswith("WandbRun"):
+            if entry.init_args.get("save_dir") is None:
+                entry.init_args["save_dir"] = str(root)
