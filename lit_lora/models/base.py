@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from lit_lora.adapters import Adapter, LoRA, parameter_report
 from lit_lora.adapters.base import format_parameter_report, to_dtype
 from lit_lora.model_source import resolve_model_path
+from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
 from lit_lora.models.quantizable import plain_linear_layers
 from lit_lora.models.token_loss import label_count, step_label_count, summed_loss
 from lit_lora.sharding import outside_zero3_init, partitioned_share, partitioned_loading, zero3_config
@@ -82,6 +83,7 @@ class FineTuneModule(L.LightningModule):
         self.parameter_counts: dict = {}
         self._step_loss_sum: Optional[torch.Tensor] = None  # this optimizer step's summed token losses so far
         self._step_batches = 0
+        self._logged_loss_path: Optional[tuple] = None
         # Frozen weights are not in our checkpoints; on_load_checkpoint checks the trainable ones instead.
         self.strict_loading = False
 
@@ -170,12 +172,43 @@ class FineTuneModule(L.LightningModule):
         return self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, **kwargs)
 
     shifts_labels: ClassVar[bool] = True  # a causal LM's position t predicts token t + 1
+    label_only_loss: ClassVar[bool] = True  # LM head on labelled positions only, in chunks (label_only_loss.py)
+    label_only_chunk: ClassVar[Optional[int]] = None  # positions per chunk; None: sized to the vocabulary
+
+    def loss_path(self) -> tuple[Optional[LabelOnlyHead], str]:
+        """The head ``loss_terms`` runs on labelled positions only, or ``None`` for full logits; and why.
+
+        Label-only needs a causal LM whose head ``find_label_only_head`` accepts, outside FSDP (which
+        shards the head's weight); seq2seq and classifier modules keep their full-logits loss.
+        """
+        if not (self.label_only_loss and self.shifts_labels and self.task_type == "CAUSAL_LM"):
+            return None, f"{type(self).__name__} computes its loss from full logits"
+        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
+        if "FSDP" in strategy or "ModelParallel" in strategy:
+            return None, f"{strategy} shards the LM head"
+        return find_label_only_head(self.model)
 
     def loss_terms(self, batch: dict, **forward_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss summed over the batch's label positions, their count); see ``token_loss``."""
+        labels = batch["labels"]
+        count = label_count(labels, self.shifts_labels)
+        head = self._label_only_head()
         inputs = {k: v for k, v in batch.items() if k != "labels"} if self.shifts_labels else batch
+        if head is not None:
+            with head_input(head.linear) as caught:
+                self(inputs, **forward_kwargs)
+            return summed_label_only_loss(caught.hidden, labels, head, self.label_only_chunk), count
         logits = self(inputs, **forward_kwargs).logits  # a causal LM given no labels computes no loss of its own
-        return summed_loss(logits, batch["labels"], self.shifts_labels), label_count(batch["labels"], self.shifts_labels)
+        return summed_loss(logits, labels, self.shifts_labels), count
+
+    def _label_only_head(self) -> Optional[LabelOnlyHead]:
+        """``loss_path``'s head, its choice logged (debug level) when it first differs from the last one."""
+        head, why = self.loss_path()
+        choice = ("label-only chunked LM head" if head is not None else "full logits", why)
+        if getattr(self, "_logged_loss_path", None) != choice:
+            log.debug("[lit-lora] loss: %s (%s)", *choice)
+            self._logged_loss_path = choice
+        return head
 
     def training_forward_kwargs(self) -> dict:
         """No KV cache in a training forward (it is built for generation and only costs memory here)."""
