@@ -1,6 +1,6 @@
 """Generation speed of lit-lora's batched evaluation generation against one ``generate`` call per row, on CPU.
 
-    python bench/generation.py                  # ~30M random-init Llama, 64 prompts, 64 new tokens, batch 64 and 8
+    python bench/generation.py                  # ~30M random-init Llama, 64 prompts, 64 new tokens, batches 64 and 8
     python bench/generation.py --quick          # smoke run: tiny model, 16 prompts, 16 new tokens
 
 The prompts are alpaca-template prompts of instruction rows made from Python's standard library
@@ -8,12 +8,17 @@ The prompts are alpaca-template prompts of instruction rows made from Python's s
 random-init Llama (``--model DIR`` reuses one) with a LoRA adapter (r=16, all linear layers), as evaluation
 generates with the peft model. Greedy decoding, ``max_new_tokens`` new tokens, KV cache on.
 
-    batched   ``lit_lora.evaluation.generation.generate_texts``: one ``generate`` call per batch of prompts,
-              left padding (what ``lit-lora test`` runs), for each ``--batch-sizes`` value
+    sorted    what ``lit-lora test`` runs: one ``lit_lora.evaluation.generation.generate_texts`` call on every
+              prompt, which sorts them by token length (longest first) and answers them in ``generate`` calls of
+              ``generation_batch_size`` = each ``--batch-sizes`` value (within the default token budget
+              ``generation_batch_tokens``), left padding, answers back in prompt order
+    in order  batches of the same size in dataset order, one ``generate_texts`` call each (lit-lora's evaluation
+              before it sorted: one call per loader batch); only for sizes under the prompt count
     per row   one ``model.generate`` call per prompt, no padding, the same generation config
 
-Reported: rows/s of each (median of ``--repeats`` passes, after one warm-up call), the ratio batched / per row,
-and whether the greedy outputs are identical: every row whose batched text differs from its per-row text is listed.
+Reported: rows/s of each (median of ``--repeats`` passes, after one warm-up call), the ratio to per row, the
+``generate`` calls and the share of pad tokens in the prompt batches, and whether the greedy outputs are
+identical: every row whose batched text differs from its per-row text is listed.
 """
 
 from __future__ import annotations
@@ -56,14 +61,39 @@ def prompts_of(rows: list[dict], tokenizer) -> list[str]:
     return [render_prompt("alpaca", tokenizer, r["instruction"], r["input"]) for r in rows]
 
 
-def batched(model, tokenizer, prompts: list[str], settings, batch_size: int, max_length: int) -> list[str]:
+def batched(model, tokenizer, prompts: list[str], settings, batch_size: int, max_length: int,
+            sort: bool = True) -> list[str]:
+    """``sort``: one ``generate_texts`` call on every prompt (sorted, batched by ``generation_batch_size``);
+    otherwise one call per ``batch_size`` prompts in dataset order."""
+    from dataclasses import replace
+
     from lit_lora.evaluation.generation import generate_texts
 
+    settings = replace(settings, generation_batch_size=batch_size)
+    step = len(prompts) if sort else batch_size
     texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        outs = generate_texts(model, tokenizer, prompts[start:start + batch_size], settings, max_length=max_length)
+    for start in range(0, len(prompts), step):
+        outs = generate_texts(model, tokenizer, prompts[start:start + step], settings, max_length=max_length)
         texts += [o.text for o in outs]
     return texts
+
+
+def batch_plan(lengths: list[int], settings, batch_size: int, sort: bool) -> dict:
+    """The ``generate`` calls and the share of pad tokens in their prompt batches (each padded to its longest)."""
+    from dataclasses import replace
+
+    from lit_lora.evaluation.generation import batch_sizes
+
+    if sort:
+        lengths = sorted(lengths, reverse=True)
+        sizes = batch_sizes(lengths, replace(settings, generation_batch_size=batch_size))
+    else:
+        sizes = [min(batch_size, len(lengths) - s) for s in range(0, len(lengths), batch_size)]
+    slots = start = 0
+    for rows in sizes:
+        slots += rows * max(lengths[start:start + rows])
+        start += rows
+    return {"calls": len(sizes), "pad_share": 1 - sum(lengths) / slots}
 
 
 def per_row(model, tokenizer, prompts: list[str], settings, max_length: int) -> list[dict]:
@@ -166,13 +196,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         answers, one_seconds = timed(lambda: per_row(model, tokenizer, prompts, settings, args.max_length),
                                      args.repeats)
         reference = [a["text"] for a in answers]
-        results = {"per_row": {"seconds": one_seconds, "rows_per_s": len(prompts) / one_seconds}}
-        for size in args.batch_sizes:
-            texts, seconds = timed(lambda: batched(model, tokenizer, prompts, settings, size, args.max_length),
+        lengths = [len(ids) for ids in tokenizer(prompts, truncation=True, max_length=args.max_length)["input_ids"]]
+        results = {"per_row": {"seconds": one_seconds, "rows_per_s": len(prompts) / one_seconds,
+                               "calls": len(prompts), "pad_share": 0.0}}
+        runs = [(size, sort) for size in args.batch_sizes for sort in (True, False) if sort or size < len(prompts)]
+        for size, sort in runs:
+            texts, seconds = timed(lambda: batched(model, tokenizer, prompts, settings, size, args.max_length, sort),
                                    args.repeats)
-            results[f"batched_{size}"] = {"seconds": seconds, "rows_per_s": len(prompts) / seconds,
-                                          "ratio_vs_per_row": one_seconds / seconds,
-                                          "differing_rows": differences(reference, texts)}
+            results[f"{'sorted' if sort else 'in_order'}_{size}"] = {
+                "seconds": seconds, "rows_per_s": len(prompts) / seconds, "ratio_vs_per_row": one_seconds / seconds,
+                **batch_plan(lengths, settings, size, sort), "differing_rows": differences(reference, texts)}
         results["per_row"]["new_tokens"] = [a["new_tokens"] for a in answers]
         results["per_row"]["hit_limit"] = sum(a["hit_limit"] for a in answers)
         print(report(results, len(prompts), args.max_new_tokens))
@@ -183,16 +216,18 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def report(results: dict, prompts: int, max_new_tokens: int) -> str:
-    lines = [f"{'method':<12}{'rows/s':>10}{'seconds':>10}{'× per row':>11}  greedy outputs vs per row"]
+    lines = [f"{'method':<14}{'rows/s':>9}{'seconds':>9}{'× per row':>11}{'calls':>7}{'pad %':>7}"
+             "  greedy outputs vs per row"]
     one = results["per_row"]
-    lines.append(f"{'per row':<12}{one['rows_per_s']:>10.2f}{one['seconds']:>10.2f}{1.0:>11.2f}  (reference)")
+    lines.append(f"{'per row':<14}{one['rows_per_s']:>9.2f}{one['seconds']:>9.2f}{1.0:>11.2f}{one['calls']:>7}"
+                 f"{0.0:>7.1f}  (reference)")
     for name, r in results.items():
         if name == "per_row":
             continue
         diff = r["differing_rows"]
         same = "identical" if not diff else f"{len(diff)} of {prompts} rows differ"
-        lines.append(f"{name.replace('_', ' '):<12}{r['rows_per_s']:>10.2f}{r['seconds']:>10.2f}"
-                     f"{r['ratio_vs_per_row']:>11.2f}  {same}")
+        lines.append(f"{name.replace('_', ' '):<14}{r['rows_per_s']:>9.2f}{r['seconds']:>9.2f}"
+                     f"{r['ratio_vs_per_row']:>11.2f}{r['calls']:>7}{100 * r['pad_share']:>7.1f}  {same}")
         for d in diff:
             lines.append(f"    row {d['row']}: from char {d['first_difference_at_char']}: per row {d['per_row']!r}"
                          f" | batched {d['batched']!r}")

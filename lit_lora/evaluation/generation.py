@@ -4,13 +4,18 @@
     outs = generate_texts(model, tokenizer, ["def add(a, b):"], GenerationSettings(max_new_tokens=32))
     outs[0].text, outs[0].hit_limit   # the completion, and whether it stopped at max_new_tokens
 
-Prompts are generated a batch per ``model.generate`` call, never one example per call. A completion
-that ends because it reached ``max_new_tokens`` (not an EOS) is flagged ``hit_limit`` and counted in
-the metrics, so a cut-off answer is never passed off as a finished one.
+Prompts are generated a batch per ``model.generate`` call, never one example per call: sorted by token
+length, longest first (a batch pads only to its own longest prompt, and a batch that does not fit in memory
+is the first one), cut into batches of ``generation_batch_size`` rows within ``generation_batch_tokens``, and
+the answers returned in the order of the prompts. Greedy answers match one-prompt-at-a-time answers (left
+padding is masked out; only a numerical near-tie between two tokens could flip). A completion that ends
+because it reached ``max_new_tokens`` (not an EOS) is flagged ``hit_limit`` and counted in the metrics, so a
+cut-off answer is never passed off as a finished one.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -33,6 +38,11 @@ class GenerationSettings:
         seed: Seed of sampling, so a sampled evaluation can be repeated.
         allow_train_overlap: Evaluate even when evaluated rows duplicate training rows (the report then says so).
         predictions_file: JSONL of every prompt, reference and prediction, written beside ``metrics.json``.
+        generation_batch_size: Most prompts in one ``generate`` call. Evaluation answers an epoch's prompts at its
+            end, longest first, in batches of this size, whatever ``data.eval_batch_size`` (the loss batches).
+        generation_batch_tokens: Most token slots in one call, rows x (longest prompt + ``max_new_tokens``) x
+            ``num_beams``, the KV cache the batch fills: a batch of long prompts holds fewer rows
+            (at least one). ``null``: only ``generation_batch_size`` limits a batch.
     """
 
     generate: bool = True
@@ -46,6 +56,8 @@ class GenerationSettings:
     seed: int = 0
     allow_train_overlap: bool = False
     predictions_file: str = "predictions.jsonl"
+    generation_batch_size: int = 64
+    generation_batch_tokens: Optional[int] = 16384
 
     def generation_config(self, tokenizer):
         from transformers import GenerationConfig
@@ -71,33 +83,91 @@ def needs_synced_steps(model) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_zero3_partitioned(model)
 
 
+def batch_sizes(lengths: list[int], settings: GenerationSettings) -> list[int]:
+    """Rows of each ``generate`` call over prompt ``lengths`` sorted longest first: at most
+    ``generation_batch_size``, and within ``generation_batch_tokens`` (a batch's first prompt is its longest)."""
+    sizes: list[int] = []
+    start, most = 0, max(1, settings.generation_batch_size)
+    while start < len(lengths):
+        rows = min(most, len(lengths) - start)
+        if settings.generation_batch_tokens:
+            slots = (lengths[start] + settings.max_new_tokens) * max(1, settings.num_beams)
+            rows = max(1, min(rows, settings.generation_batch_tokens // slots))
+        sizes.append(rows)
+        start += rows
+    return sizes
+
+
+def agreed_lengths(lengths: list[int]) -> list[int]:
+    """Under torch.distributed, the longest of every rank's i-th longest prompt, so every rank plans the same
+    batches: ranks whose forwards gather weights (ZeRO-3, FSDP) must call ``generate`` together, as often."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return lengths
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, lengths)
+    return [max(column) for column in itertools.zip_longest(*parts, fillvalue=0)]
+
+
+def padded(rows: list[list[int]], pad_id: int, left: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (rows, longest row), padded on the left or the right."""
+    width = max(len(r) for r in rows)
+    if pad_id is None and any(len(r) < width for r in rows):
+        raise ValueError("the tokenizer has no pad token to batch prompts of different lengths with")
+    ids, mask = [], []
+    for r in rows:
+        pad = width - len(r)
+        ids.append([pad_id] * pad + r if left else r + [pad_id] * pad)
+        mask.append([0] * pad + [1] * len(r) if left else [1] * len(r) + [0] * pad)
+    return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+
+
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], settings: GenerationSettings,
                    encoder_decoder: bool = False, add_special_tokens: bool = True,
                    max_length: Optional[int] = None) -> list[Generated]:
-    """Answers to ``prompts``, generated in one batched ``generate`` call with the KV cache.
+    """Answers to ``prompts`` in their order, generated longest prompt first in batched ``generate`` calls.
 
     Causal models get left padding (every prompt ends where its answer starts); encoder-decoder models
     get right-padded encoder input. ``add_special_tokens`` must match how the prompt was tokenised in
-    training (a chat-template prompt already carries BOS).
+    training (a chat-template prompt already carries BOS). Under torch.distributed every rank calls this
+    (the ranks agree on the batches).
     """
+    encoded = tokenizer(prompts, add_special_tokens=add_special_tokens, truncation=max_length is not None,
+                        max_length=max_length)["input_ids"] if prompts else []
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: equal lengths keep their order
+    sizes = batch_sizes(agreed_lengths([len(encoded[i]) for i in order]), settings)
     if not prompts:
         return []
     device = next(model.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens,
-                    padding_side="right" if encoder_decoder else "left",
-                    truncation=max_length is not None, max_length=max_length)
-    input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (batch, prompt_len)
+    results: list[Optional[Generated]] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(settings.seed)
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                 generation_config=settings.generation_config(tokenizer),
-                                 synced_gpus=True if needs_synced_steps(model) else None)  # None: transformers decides (FSDP)
+            start = 0
+            for rows in sizes:
+                if start >= len(order):
+                    break
+                batch = order[start:start + rows]
+                answers = generate_batch(model, tokenizer, [encoded[i] for i in batch], settings, encoder_decoder)
+                for i, answer in zip(batch, answers):
+                    results[i] = answer
+                start += rows
     finally:
         model.train(was_training)
+    return results
+
+
+def generate_batch(model, tokenizer, rows: list[list[int]], settings: GenerationSettings,
+                   encoder_decoder: bool) -> list[Generated]:
+    """One ``generate`` call on tokenised prompts, padded to the longest; the decoded answers in row order."""
+    input_ids, attention_mask = padded(rows, tokenizer.pad_token_id, left=not encoder_decoder,
+                                       device=next(model.parameters()).device)  # (batch, prompt_len)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                         generation_config=settings.generation_config(tokenizer),
+                         synced_gpus=True if needs_synced_steps(model) else None)  # None: transformers decides (FSDP)
     new_tokens = out if encoder_decoder else out[:, input_ids.shape[1]:]  # (batch, new_len)
     results = []
     for row in new_tokens.tolist():

@@ -1,9 +1,11 @@
 """Generation-based evaluation for the modules that write text (causal LMs and encoder-decoders).
 
 At ``lit-lora test`` (and ``validate``, or every validation with ``during_validation``) each batch is
-scored for loss and answered with one batched ``generate`` call; BLEU, ROUGE, exact match and
-perplexity go to the logger and ``metrics.json`` (per group, e.g. DS-1000 library, under
-``details``), and every prompt / reference / prediction to ``predictions.jsonl`` beside it::
+scored for loss and its prompts are kept; at the end of the epoch each rank answers its prompts, longest
+first, in batched ``generate`` calls of ``evaluation.generation_batch_size`` rows (``generate_texts``), and
+the answers go back in loader order. BLEU, ROUGE, exact match and perplexity go to the logger and
+``metrics.json`` (per group, e.g. DS-1000 library, under ``details``), and every prompt / reference /
+prediction to ``predictions.jsonl`` beside it::
 
     model:
       init_args:
@@ -14,6 +16,7 @@ perplexity go to the logger and ``metrics.json`` (per group, e.g. DS-1000 librar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import defaultdict
@@ -23,7 +26,7 @@ from typing import ClassVar
 import torch
 
 from lit_lora.data.eval_sharding import counted_indices, without_uncounted_labels
-from lit_lora.evaluation.generation import GenerationSettings, generate_texts
+from lit_lora.evaluation.generation import Generated, GenerationSettings, generate_texts
 from lit_lora.evaluation.overlap import check_overlap
 from lit_lora.evaluation.text_metrics import TextMetrics, score_rows
 from lit_lora.models.base import FineTuneModule
@@ -55,6 +58,7 @@ class GenerativeModule(FineTuneModule):
         self.evaluation = evaluation
         self.text_metrics = TextMetrics()
         self.predictions: list[dict] = []
+        self.queued: list[dict] = []  # this epoch's rows to answer at its end (``queue_prompts``)
         self.extra_metrics: dict = {}
         self.disable_adapter_in_eval = False  # set by `lit-lora compare` to score the base model
 
@@ -71,6 +75,7 @@ class GenerativeModule(FineTuneModule):
     def _start(self, stage: str) -> None:
         self.text_metrics.reset()
         self.predictions = []
+        self.queued = []
         self.extra_metrics = {}
         if stage == "test" or self.trainer.state.fn == "validate":
             self.extra_metrics["train_overlap"] = self.check_train_overlap(stage)
@@ -92,12 +97,42 @@ class GenerativeModule(FineTuneModule):
             log.warning("[lit-lora] EVALUATED ON TRAINING ROWS: %s (allow_train_overlap is on)", overlap.sentence())
         return overlap.to_dict()
 
+    # ---- generation at the end of the epoch -----------------------------------------------------------
+    def evaluated_model(self):
+        """Within: the model as evaluated (the base alone while ``lit-lora compare`` scores the baseline)."""
+        if self.disable_adapter_in_eval and self.is_peft:
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    def prompt_has_special_tokens(self) -> bool:
+        """Tokenise prompts with BOS / EOS as training did (a chat-template prompt carries BOS already)."""
+        return self.encoder_decoder or getattr(self.trainer.datamodule, "template", None) != "chat"
+
+    def queue_prompts(self, batch: dict, **columns: list) -> None:
+        """Keep ``batch``'s prompts, with ``columns`` (a value a row), to answer at the end of the epoch. Rows
+        a padding rank repeats are kept too (``counted`` False): every rank answers as many rows, in as many
+        ``generate`` calls, which ranks that gather weights in every forward (ZeRO-3, FSDP) need."""
+        counted = set(counted_indices(batch).tolist())
+        for i, prompt in enumerate(batch["prompt"]):
+            self.queued.append({"prompt": prompt, "counted": i in counted, **{k: v[i] for k, v in columns.items()}})
+
+    def answer_queued(self, max_length: int | None = None) -> list[tuple[dict, Generated]]:
+        """Every queued row with its answer, in the order queued (``generate_texts`` sorts and batches them)."""
+        queued, self.queued = self.queued, []
+        if queued and self.trainer.is_global_zero:
+            world = self.trainer.world_size
+            log.info("[lit-lora] generating %d answers%s, longest prompt first, up to %d per generate call",
+                     len(queued), " on each rank" if world > 1 else "", self.evaluation.generation_batch_size)
+        with self.evaluated_model():
+            answers = generate_texts(self.model, self.tokenizer, [r["prompt"] for r in queued], self.evaluation,
+                                     encoder_decoder=self.encoder_decoder,
+                                     add_special_tokens=self.prompt_has_special_tokens(), max_length=max_length)
+        return list(zip(queued, answers))
+
     # ---- steps --------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, stage: str) -> None:
-        if self.disable_adapter_in_eval and self.is_peft:
-            with self.model.disable_adapter():
-                return self._score_batch(batch, stage)
-        return self._score_batch(batch, stage)
+        with self.evaluated_model():
+            self._score_batch(batch, stage)
 
     def _score_batch(self, batch: dict, stage: str) -> None:
         summed, count = self.loss_terms(without_uncounted_labels(batch))  # a padding rank's repeats add nothing
@@ -107,22 +142,22 @@ class GenerativeModule(FineTuneModule):
         if "reference" not in batch:
             raise ValueError(f"{type(self.trainer.datamodule).__name__} rows carry no 'prompt' / 'reference' "
                              "text to generate from; set model.init_args.evaluation.generate: false")
-        dm = self.trainer.datamodule
-        outs = generate_texts(self.model, self.tokenizer, batch["prompt"], self.evaluation,
-                              encoder_decoder=self.encoder_decoder,
-                              add_special_tokens=self.encoder_decoder or getattr(dm, "template", None) != "chat",
-                              max_length=getattr(dm, "max_length", None))
-        keep = counted_indices(batch).tolist()
-        outs = [outs[i] for i in keep]
-        prompts, refs = [batch["prompt"][i] for i in keep], [batch["reference"][i] for i in keep]
-        groups = [batch["group"][i] for i in keep] if batch.get("group") else [""] * len(keep)
-        for prompt, ref, out, group in zip(prompts, refs, outs, groups):
-            self.predictions.append({"prompt": prompt, "reference": ref, "prediction": out.text,
-                                     "hit_max_new_tokens": out.hit_limit, "group": group})
+        self.queue_prompts(batch, reference=batch["reference"],
+                           group=batch.get("group") or [""] * len(batch["prompt"]))
+
+    def _answer(self) -> None:
+        """The queued rows' answers; the counted ones become this rank's predictions, in loader order."""
+        for row, out in self.answer_queued(max_length=getattr(self.trainer.datamodule, "max_length", None)):
+            if row["counted"]:
+                self.predictions.append({"prompt": row["prompt"], "reference": row["reference"],
+                                         "prediction": out.text, "hit_max_new_tokens": out.hit_limit,
+                                         "group": row["group"]})
 
     def _end(self, stage: str) -> None:
         """Loss and perplexity (token-weighted, summed across ranks); generation metrics of every rank's rows."""
         metrics = self.text_metrics.compute()
+        if self._generates(stage):
+            self._answer()
         rows = gather_rows(self.predictions) if self._generates(stage) else []
         if rows:  # scored once on the gathered rows: each rank's share may differ by one row
             metrics.update(score_rows([r["prediction"] for r in rows], [r["reference"] for r in rows],
@@ -165,6 +200,8 @@ class GenerativeModule(FineTuneModule):
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
             self._end("val")
+        elif self._generates("val"):
+            self._answer()  # generation runs once before training, as the first validation will run it
 
     def on_test_epoch_start(self) -> None:
         self._start("test")
