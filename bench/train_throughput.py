@@ -118,9 +118,9 @@ def warm_tokenisation(settings: Settings) -> str:
 
 
 def lit_lora_command() -> list[str]:
-    """The ``lit-lora`` entry point beside this Python, or ``python -m lit_lora.cli``."""
+    """The ``lit-lora`` entry point beside this Python, or ``python -m lit_lora.commands``."""
     script = Path(sys.executable).parent / "lit-lora"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "lit_lora.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lit_lora.commands"]
 
 
 def lit_args(settings: Settings, run_dir: Path) -> list[str]:

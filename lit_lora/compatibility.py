@@ -1,6 +1,6 @@
 """Which method × strategy × quantisation combinations work, checked when the config is read.
 
-    lit-lora fit --config configs/falcon7b_qlora_counselling.yaml --config configs/strategies/deepspeed_zero3.yaml \
+    lit-lora fit --config configs/dialogue/falcon7b_qlora_counselling.yaml --config configs/strategies/deepspeed_zero3.yaml \
         --model.init_args.adapter.init_args.quant_storage float16
     # -> IncompatibleConfig: 4-bit QLoRA under DeepSpeed ZeRO-3 with precision bf16-mixed: every floating-point
     #    parameter is cast to bfloat16, … fix: model.init_args.adapter.init_args.quant_storage: bfloat16 (or unset: uint8)
@@ -24,13 +24,14 @@ which runs real ZeRO-2 / ZeRO-3 engines on CPU):
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 
-from lit_lora.adapters.base import to_dtype
+from lit_lora.adapters.base import Adapter, AdapterSpec, to_dtype
 
 
 class IncompatibleConfig(ValueError):
@@ -41,9 +42,9 @@ class IncompatibleConfig(ValueError):
 class Setup:
     """The facts of a config that decide compatibility (see ``from_config``)."""
 
-    method: str = "lora"                 # full, lora, qlora, prompt_tuning, …
-    bits: Optional[int] = None           # 4 or 8 for QLoRA
-    quant_storage: Optional[str] = None  # bnb_4bit_quant_storage
+    method: str = "lora"                 # AdapterSpec.method: full, lora, qlora, prompt_tuning, …
+    bits: Optional[int] = None           # AdapterSpec.bits: 4 or 8 for a quantized base (QLoRA)
+    quant_storage: Optional[str] = None  # AdapterSpec.storage_dtype (bnb_4bit_quant_storage)
     model_dtype: str = "auto"
     strategy: str = "auto"               # auto, ddp, fsdp, deepspeed
     zero_stage: Optional[int] = None
@@ -52,6 +53,11 @@ class Setup:
     accelerator: str = "auto"
     cuda_available: bool = False
     precision: Optional[str] = None      # the Trainer's, e.g. bf16-mixed, 16-mixed, 32-true
+
+    @property
+    def quantized(self) -> bool:
+        """A bitsandbytes-quantized base (QLoRA, or any adapter whose spec has ``bits``)."""
+        return self.bits is not None
 
     @property
     def precision_dtype(self) -> Optional[str]:
@@ -72,7 +78,7 @@ def problems(s: Setup) -> list[str]:
         found.append(f"{s.strategy_name} needs CUDA GPUs (accelerator={s.accelerator!r}, CUDA available: "
                      f"{s.cuda_available}); fix: run on GPUs with trainer.accelerator: gpu, or use "
                      "configs/strategies/ddp.yaml (DDP over gloo) on a CPU")
-    if s.method == "qlora" and s.bits != 8 and s.strategy in ("deepspeed", "fsdp") and s.precision_dtype \
+    if s.quantized and s.bits != 8 and s.strategy in ("deepspeed", "fsdp") and s.precision_dtype \
             and _is_float(s.quant_storage) and not _same_dtype(s.quant_storage, s.precision_dtype):
         fix = f"model.init_args.adapter.init_args.quant_storage: {s.precision_dtype}"
         fix += f" and model.init_args.dtype: {s.precision_dtype}" if s.strategy == "fsdp" else " (or unset: uint8)"
@@ -80,7 +86,7 @@ def problems(s: Setup) -> list[str]:
             f"4-bit QLoRA under {s.strategy_name} with precision {s.precision}: every floating-point parameter is cast "
             f"to {s.precision_dtype}, which rewrites the packed 4-bit weights stored as {s.quant_storage} (a crash or "
             f"a silently wrong model); fix: {fix}")
-    if s.method == "qlora" and s.strategy == "fsdp":
+    if s.quantized and s.strategy == "fsdp":
         if s.bits == 8:
             found.append("8-bit QLoRA (LLM.int8) does not work under FSDP: int8 weights cannot join a floating-point "
                          "flat parameter; fix: adapter bits: 4 with quant_storage equal to model dtype, or use "
@@ -161,23 +167,32 @@ def _strategy(strategy: Any) -> tuple[str, Optional[int], bool]:
     return class_path.rsplit(".", 1)[-1].lower(), None, False
 
 
-METHODS = {"FullFineTuning": "full", "LoRA": "lora", "QLoRA": "qlora"}
+def adapter_spec(adapter: Any) -> AdapterSpec:
+    """The ``AdapterSpec`` of a config's adapter: an ``Adapter``'s own, or that of the ``class_path`` /
+    ``init_args`` entry, instantiated (an adapter holds settings only; nothing is loaded). No adapter: LoRA's,
+    the modules' default."""
+    if isinstance(adapter, Adapter):
+        return adapter.spec()
+    class_path = _get(adapter, "class_path") or "lit_lora.adapters.LoRA"
+    module_name, _, name = class_path.rpartition(".")
+    adapter_class = getattr(importlib.import_module(module_name or "lit_lora.adapters"), name)
+    init_args = _get(adapter, "init_args") or {}
+    init_args = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
+    return adapter_class(**init_args).spec()
 
 
 def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
-    """The ``Setup`` of a LightningCLI subcommand config (``cli.config.fit``)."""
+    """The ``Setup`` of a LightningCLI subcommand config (``cli.config.fit``); the adapter's facts come from its
+    ``AdapterSpec``."""
     model_args = _get(_get(config, "model"), "init_args", {})
-    adapter = _get(model_args, "adapter")
-    adapter_class = (_get(adapter, "class_path") or "LoRA").rsplit(".", 1)[-1]
-    adapter_args = _get(adapter, "init_args", {}) or {}
-    method = METHODS.get(adapter_class, adapter_class.lower())
+    spec = adapter_spec(_get(model_args, "adapter"))
     optim = _get(model_args, "optim")
     trainer = _get(config, "trainer")
     family, stage, offload = _strategy(_get(trainer, "strategy", "auto"))
     return Setup(
-        method=method,
-        bits=int(_get(adapter_args, "bits", 4)) if method == "qlora" else None,
-        quant_storage=_get(adapter_args, "quant_storage"),
+        method=spec.method,
+        bits=spec.bits,
+        quant_storage=spec.storage_dtype,
         model_dtype=_get(model_args, "dtype", "auto") or "auto",
         strategy=family,
         zero_stage=stage,

@@ -1,22 +1,24 @@
-"""``lit-lora estimate``: parameters and GPU memory of a config, without weights or a download.
+"""Parameters and GPU memory of a config, without weights or a download (``lit-lora estimate``).
 
-The config is parsed by the same LightningCLI parser as ``lit-lora fit`` (so any lit-lora YAML works,
-fragments and ``--key value`` overrides included); only the model module is instantiated, which loads
-nothing. The full-size architecture is built on the meta device from ``lit_lora.architectures`` (or a
-local / hub config), quantized on the meta device exactly as ``from_pretrained`` would, wrapped by the
-configured adapter with peft, and counted the way peft counts. Memory comes from ``lit_lora.memory``.
-
-    lit-lora estimate --config configs/gemma2b_qlora_python_codes.yaml --gpu_memory_gib 24
+    lit-lora estimate --config configs/code/gemma2b_qlora_python_codes.yaml --gpu_memory_gib 24
     lit-lora estimate --config configs/demo.yaml --model.init_args.model_name_or_path microsoft/phi-2
+
+    from lit_lora.adapters import QLoRA
+    from lit_lora.estimate import build
+    from lit_lora.models import CausalLMModule
+    built = build(CausalLMModule("google/gemma-2b", adapter=QLoRA(r=16)))
+    built.trainable, built.total, built.quantized_values
+
+The command (``lit_lora.commands.estimate``) reads the config as ``fit`` does and instantiates only the module,
+which loads nothing. ``build`` builds the full-size architecture on the meta device with the one model builder
+of training (``lit_lora.models.builder``: the architecture from ``lit_lora.architectures`` or a local / hub
+config, quantized on the meta device exactly as ``from_pretrained`` would, wrapped by the configured adapter
+with peft) and counts it the way peft counts. What the adapter is comes from its ``AdapterSpec``; memory
+formulas are ``lit_lora.memory``.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import math
-import sys
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -24,43 +26,16 @@ import torch
 from torch import nn
 
 from lit_lora.adapters.base import count_parameters, to_dtype
-from lit_lora.architectures import HEADS, config_dtype, load_config, lookup, meta_model
+from lit_lora.architectures import HEADS, lookup
 from lit_lora.memory import GIB, MemoryEstimate, Shape, activation_bytes, inference_activation_bytes, \
     optimizer_state_bytes, quant_constant_bytes, tensor_bytes
-from lit_lora.models.quantizable import plain_linear_layers
-
-LOAD_ONLY_KWARGS = ("trust_remote_code", "dtype", "attn_implementation", "quantization_config", "device_map")
+from lit_lora.models import builder
 
 
 # ---- the config ---------------------------------------------------------------------------------------
-def parse_config(argv: list[str]):
-    """The parsed (not instantiated) config of ``lit-lora fit <argv>``."""
-    from lit_lora.cli import LitLoraCLI
-
-    class ParseOnly(LitLoraCLI):
-        def instantiate_classes(self) -> None:  # keep the parsed namespace; build nothing
-            pass
-
-        def _set_seed(self) -> None:  # nothing runs, nothing to seed
-            pass
-
-        def before_instantiate_classes(self) -> None:  # hardware checks are for the machine that trains
-            pass
-
-    with warnings.catch_warnings():  # LightningCLI warns when args= is given from a command line
-        warnings.filterwarnings("ignore", message=".*args parameter is intended")
-        return ParseOnly(args=argv, run=False).config
-
-
 def instantiate_model(cfg) -> Any:
-    """The LightningModule of the config (its ``__init__`` loads no weights; ``configure_model`` does)."""
-    from jsonargparse import ArgumentParser
-
-    from lit_lora.models.base import FineTuneModule
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(FineTuneModule, "model")
-    return parser.instantiate(parser.parse_object({"model": cfg.model.as_dict()})).model
+    """The LightningModule of a parsed config (its ``__init__`` loads no weights; ``configure_model`` does)."""
+    return builder.module_from_config(cfg.model)
 
 
 # ---- the model on the meta device ---------------------------------------------------------------------
@@ -69,31 +44,6 @@ def head_of(module) -> str:
         if module.auto_model_class is auto_class:
             return head
     raise ValueError(f"{type(module).__name__} loads {module.auto_model_class}, which estimate cannot build")
-
-
-def quantize_on_meta(model: nn.Module, quantization_config) -> list[nn.Module]:
-    """Swap linear layers for bitsandbytes ones as ``from_pretrained`` does, with packed meta weights.
-
-    transformers' own quantizer chooses the layers (``preprocess_model``); the weights are then given the
-    shape and dtype bitsandbytes stores them in: 4-bit values packed two a byte into ``quant_storage``
-    (``(ceil(n / 2 / itemsize), 1)``), 8-bit values as int8. Returns the quantized layers.
-    """
-    import bitsandbytes as bnb
-    from transformers.quantizers import AutoHfQuantizer
-
-    quantizer = AutoHfQuantizer.from_config(quantization_config, pre_quantized=False)
-    quantizer.preprocess_model(model=model, device_map={"": "meta"})
-    layers = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
-    for layer in layers:
-        weight = layer.weight
-        if isinstance(layer, bnb.nn.Linear4bit):
-            storage = quantization_config.bnb_4bit_quant_storage
-            packed = math.ceil(weight.numel() / (2 * torch.empty((), dtype=storage).element_size()))
-            weight.data = torch.empty((packed, 1), dtype=storage, device="meta")
-        else:
-            weight.data = torch.empty(weight.shape, dtype=torch.int8, device="meta")
-    quantizer.postprocess_model(model)
-    return layers
 
 
 @dataclass
@@ -105,69 +55,36 @@ class Built:
     head: str
     trainable: int
     total: int
-    quantized_values: int = 0
+    quantized_layers: list[int] = field(default_factory=list)  # weight values of each quantized layer
     quantized_rows: int = 0
     notes: list[str] = field(default_factory=list)
 
-
-def prepare_classifier(module, config, data_class_path: Optional[str]) -> None:
-    """What ``SequenceClassifierModule.configure_model`` sets before loading: label names (the CLI links them
-    from the datamodule, whose class defines them), the head modules (trained in full via ``modules_to_save``
-    and kept out of quantization)."""
-    if not hasattr(module, "head_modules"):
-        return
-    import copy
-    import importlib
-
-    from lit_lora.models.classifier import head_module_names
-
-    if not module.label_names and data_class_path:
-        package, _, name = data_class_path.rpartition(".")
-        module.label_names = list(getattr(getattr(importlib.import_module(package), name), "label_names", None) or [])
-    if not module.label_names:
-        raise ValueError(f"{type(module).__name__}: no label_names in the model config nor on the datamodule "
-                         f"{data_class_path}; set model.init_args.label_names")
-    config.num_labels = len(module.label_names)
-    module.head_modules = head_module_names(meta_model(config, "sequence_classification"))
-    if hasattr(module.adapter, "modules_to_save"):
-        module.adapter = copy.copy(module.adapter)
-        module.adapter.modules_to_save = sorted(set(module.adapter.modules_to_save or []) | set(module.head_modules))
+    @property
+    def quantized_values(self) -> int:
+        return sum(self.quantized_layers)
 
 
 def build(module, data_class_path: Optional[str] = None) -> Built:
-    """The configured model at full size on the meta device, adapted as ``configure_model`` adapts it."""
-    config = load_config(module.model_name_or_path, module.trust_remote_code)
+    """The configured model at full size on the meta device, built by ``models.builder`` as ``configure_model``
+    builds it (``data_class_path``: the datamodule whose ``label_names`` the CLI would link to the module)."""
+    builder.link_label_names(module, data_class_path)
     head = head_of(module)
-    prepare_classifier(module, config, data_class_path)
-    for key, value in module.load_kwargs().items():  # e.g. num_labels of a classification head
-        if key not in LOAD_ONLY_KWARGS:
-            setattr(config, key, value)
-    if getattr(module, "tokenizer", None) is None and getattr(config, "pad_token_id", None) is None:
-        config.pad_token_id = getattr(config, "eos_token_id", None)
-    dtype = config_dtype(config) if module.dtype_name == "auto" else to_dtype(module.dtype_name)
-    quantization = module.adapter.quantization_config()
-    with plain_linear_layers() if quantization is not None else contextlib.nullcontext():
-        model = meta_model(config, head, dtype)  # built as configure_model builds a quantized base
-    quantized_values = quantized_rows = 0
+    config = builder.architecture(module, meta=True)
+    base = builder.load_base(module, config, meta=True)
+    layers = builder.quantized_layers(base)
     notes = []
-    if quantization is not None:
-        for layer in quantize_on_meta(model, quantization):
-            quantized_values += layer.in_features * layer.out_features
-            quantized_rows += layer.out_features
-        if not quantized_values:
-            notes.append(f"WARNING: bitsandbytes quantizes no layer of {type(model).__name__}; "
-                         "the base stays at full precision (as it would in lit-lora fit)")
-    if module.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    with torch.device("meta"):
-        model = module.adapter.wrap(model, module.task_type)
+    if module.adapter.spec().quantized and not layers:
+        notes.append(f"WARNING: bitsandbytes quantizes no layer of {type(base).__name__}; "
+                     "the base stays at full precision (as it would in lit-lora fit)")
+    model = builder.adapt(module, base, meta=True)
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
         trainable, total = model.get_nb_trainable_parameters()
     else:
         trainable, total = count_parameters(model)
-    return Built(model, config, head, trainable, total, quantized_values, quantized_rows, notes)
+    return Built(model, config, head, trainable, total, [m.in_features * m.out_features for m in layers],
+                 sum(m.out_features for m in layers), notes)
 
 
 # ---- memory ----------------------------------------------------------------------------------------------
@@ -192,29 +109,36 @@ def lora_input_values(model: nn.Module, shape: Shape) -> int:
     return total // max(shape.layers + shape.decoder_layers, 1)
 
 
+def weight_bytes(model: nn.Module) -> int:
+    """Parameters (each once, tied ones too) and buffers at their storage dtype: a packed 4-bit weight as stored."""
+    return (sum(tensor_bytes(p) for p in {id(p): p for p in model.parameters()}.values())
+            + sum(tensor_bytes(b) for b in model.buffers()))
+
+
+def quant_bytes(built: Built, adapter) -> int:
+    """The bitsandbytes constants of the quantized layers (``quant_state`` / ``SCB``), which are not parameters."""
+    if not built.quantized_layers:
+        return 0
+    spec = adapter.spec()
+    return quant_constant_bytes(built.quantized_layers, spec.bits, spec.double_quant, built.quantized_rows)
+
+
 def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq: int,
                     overhead_gib: float) -> tuple[MemoryEstimate, dict]:
     """The memory parts of the run, and the assumptions behind them (printed with the numbers)."""
-    model = built.model
-    weights = sum(tensor_bytes(p) for p in {id(p): p for p in model.parameters()}.values())
-    weights += sum(tensor_bytes(b) for b in model.buffers())
-    adapter = module.adapter
-    quant = 0
-    if built.quantized_values:
-        quant = quant_constant_bytes(built.quantized_values, adapter.bits, adapter.double_quant,
-                                     built.quantized_rows)
+    model, adapter, spec = built.model, module.adapter, module.adapter.spec()
+    weights, quant = weight_bytes(model), quant_bytes(built, adapter)
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradients = sum(tensor_bytes(p) for p in trainable)
     optimizer = optimizer_state_bytes(trainable, module.optim.name)
 
     precision = str(cfg.trainer.precision or "32-true")
-    compute = getattr(adapter, "compute_dtype", None)
+    compute = spec.compute_dtype
     value_bytes = 2 if "16" in precision else (torch.empty((), dtype=to_dtype(compute)).element_size()
                                                if compute else model_compute_bytes(model))
-    checkpointing = bool(module.gradient_checkpointing or getattr(adapter, "gradient_checkpointing", False)
-                         and built.quantized_values)
+    checkpointing = bool(module.gradient_checkpointing or spec.kbit_checkpointing and built.quantized_values)
     shape = Shape.from_config(built.config, gated_mlp=is_gated(model))
-    virtual = getattr(adapter, "num_virtual_tokens", 0) or 0
+    virtual = spec.virtual_tokens
     eager = (module.attn_implementation or getattr(built.config, "_attn_implementation", None)) == "eager"
     if trainable:
         acts = activation_bytes(shape, batch, seq + virtual, value_bytes, checkpointing,
@@ -286,27 +210,3 @@ def report(module, built: Built, estimate: MemoryEstimate, assumptions: dict, gp
         " gradient accumulation adds no memory; formulas in lit_lora/memory.py",
     ]
     return "\n".join(lines)
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="lit-lora estimate", description=__doc__.splitlines()[0],
-        epilog="Every other argument (--config, --model.init_args.…, --data.init_args.…) is parsed as by lit-lora fit.")
-    parser.add_argument("--gpu_memory_gib", type=float, default=80.0, help="GPU memory to check the total against")
-    parser.add_argument("--batch_size", type=int, help="per-device batch size (default: data.batch_size)")
-    parser.add_argument("--seq_len", type=int, help="tokens per row (default: the data's max length)")
-    parser.add_argument("--overhead_gib", type=float, default=1.0, help="CUDA context and allocator slack")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(rest)
-    module = instantiate_model(cfg)
-    built = build(module, cfg.data.class_path if cfg.get("data") else None)
-    data = data_settings(cfg)
-    batch = args.batch_size or data["batch_size"]
-    seq = args.seq_len or data["seq"]
-    target = args.seq_len or data["target_seq"]
-    estimate, assumptions = memory_estimate(built, module, cfg, batch, seq, target, args.overhead_gib)
-    print(report(module, built, estimate, assumptions, args.gpu_memory_gib))
-
-
-if __name__ == "__main__":
-    main()

@@ -24,11 +24,13 @@ import torch
 GIB = 2**30
 
 # bitsandbytes block sizes: 4-bit weights keep one absmax per 64 values; double quantization stores those
-# absmax values in 8 bits with one fp32 constant per 256 of them; 8-bit optimizers keep one fp32 absmax per
-# 256 state values and a 256-entry fp32 quantization map per state, and only for tensors of at least 4096
-# values (smaller ones keep 32-bit state).
+# absmax values in 8 bits with one fp32 constant per 256 of them (``quant_constant_bytes``); 8-bit optimizers
+# keep one fp32 absmax per 256 state values and a 256-entry fp32 quantization map per state, and only for
+# tensors of at least 4096 values (smaller ones keep 32-bit state).
 NF4_BLOCK = 64
 DOUBLE_QUANT_BLOCK = 256
+FOUR_BIT_CODE = 16  # fp32 entries of the NF4 / FP4 code table in every 4-bit layer's quant_state
+DOUBLE_QUANT_CODE = 256  # fp32 entries of the 8-bit map of the double-quantized absmax, one copy a layer
 OPTIM_8BIT_BLOCK = 256
 OPTIM_8BIT_QMAP = 256
 OPTIM_8BIT_MIN_SIZE = 4096
@@ -38,20 +40,28 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def quant_constant_bytes(quantized_values: int, bits: int, double_quant: bool, rows: int = 0) -> int:
-    """Bytes of the constants that dequantize bitsandbytes weights (not counted as parameters).
+def quant_constant_bytes(layer_values: int | Iterable[int], bits: int, double_quant: bool, rows: int = 0) -> int:
+    """Bytes of the constants that dequantize bitsandbytes weights (not counted as parameters), summed over
+    the quantized layers: ``layer_values`` holds each layer's weight count (an int is one layer).
 
-    4-bit (NF4 / FP4): one fp32 absmax per block of 64 values = 4/64 byte a value (0.5 bit);
-    with double quantization the absmax is stored in 8 bits (1/64 byte a value) plus one fp32
-    constant per 256 blocks (4/16384 byte a value), ~0.127 bit a value.
-    8-bit (LLM.int8): one fp32 scale per output row (``rows``).
+    4-bit (NF4 / FP4), a layer of n values in b = ceil(n / 64) blocks: one fp32 absmax a block (4b bytes,
+    0.5 bit a value) and its own copy of the 16-entry fp32 code table (64 bytes). With double quantization
+    the absmax values are stored in 8 bits (b bytes) less their fp32 mean (4 bytes), in blocks of 256 with
+    one fp32 absmax each (4 ceil(b / 256)) and a copy of the 256-entry fp32 map (1,024 bytes): ~0.127 bit a
+    value plus 1,092 bytes a layer. Each term is per layer, as ``QuantState`` stores it (bitsandbytes 0.50).
+    8-bit (LLM.int8): one fp32 scale per output row (``rows``: the rows of all quantized layers).
     """
     if bits == 8:
         return 4 * rows
-    blocks = math.ceil(quantized_values / NF4_BLOCK)
-    if not double_quant:
-        return 4 * blocks
-    return blocks + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCK)
+    total = 0
+    for values in [layer_values] if isinstance(layer_values, int) else layer_values:
+        blocks = math.ceil(values / NF4_BLOCK)
+        total += 4 * FOUR_BIT_CODE
+        if double_quant:
+            total += blocks + 4 + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCK) + 4 * DOUBLE_QUANT_CODE
+        else:
+            total += 4 * blocks
+    return total
 
 
 def optimizer_state_bytes(trainable: Iterable[torch.Tensor], name: str) -> int:

@@ -8,7 +8,7 @@
 # the list in that config's directory (runs/<sweep>/<point>/: log.txt, and sweep_status.json with the exit status).
 set -euo pipefail
 if [ $# -lt 1 ] || [ ! -f "$1" ]; then
-  echo "usage: sbatch slurm/<script>.sbatch configs/<exp>.yaml [lit-lora fit arguments …]" >&2
+  echo "usage: sbatch slurm/<script>.sbatch configs/<group>/<exp>.yaml [lit-lora fit arguments …]" >&2
   echo "       sbatch --array=0-N slurm/<script>.sbatch runs/<sweep>/points.txt   (lit-lora sweep --slurm)" >&2
   exit 2
 fi

@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny models of real architectures, built once per test session, offline."""
+"""Shared fixtures: tiny models of real architectures, built once per test session, offline.
+
+The shared helpers (running the CLI in this process or a fresh one, on several ranks; reading metrics.csv;
+tiny trainers) are ``tests/harness.py``: ``from harness import …`` (``tests/`` is on ``sys.path`` through
+pyproject's ``pythonpath``). A test never imports another test module.
+"""
 
 from __future__ import annotations
 

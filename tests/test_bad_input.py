@@ -7,21 +7,16 @@ SNLI / MultiNLI: premise, hypothesis, label[, genre]) with one thing wrong in it
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness import DEMO, build_cli, run_cli_subprocess
 
 from lit_lora.data import InstructionDataModule
 from lit_lora.data.nli import MultiNLIDataModule, SNLIDataModule
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
 def code_row(i: int = 0, **fields) -> dict:
@@ -167,18 +162,11 @@ def write_jsonl_rows(path: Path, rows: list[dict]) -> str:
     return write_lines(path, [json.dumps(r) for r in rows])
 
 
-# ---- 4. model_name_or_path -----------------------------------------------------------------------------
-def lit_lora(*args, cwd=ROOT):
-    """``lit-lora`` as a user runs it (the one installed beside this Python when no environment is activated)."""
-    exe = shutil.which("lit-lora") or str(Path(sys.executable).with_name("lit-lora"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
+# ---- 4. model_name_or_path (``lit-lora`` as a user runs it: the entry point installed beside this Python) ----
 def test_missing_model_directory_is_one_short_line_naming_it(tmp_path):
     missing = str(tmp_path / "no-such-model")
-    result = lit_lora("fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
-                      "--model.init_args.model_name_or_path", missing)
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+                                 "--model.init_args.model_name_or_path", missing], check=False)
     assert result.returncode != 0
     assert "Union" not in result.stderr and "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if missing in line]
@@ -186,13 +174,12 @@ def test_missing_model_directory_is_one_short_line_naming_it(tmp_path):
 
 
 def test_hub_id_missing_offline_says_what_was_tried(tmp_path, monkeypatch):
-    from lit_lora.cli import LitLoraCLI
     from lit_lora.model_source import ModelNotFoundError
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelNotFoundError) as info:  # raised before anything is built
-        LitLoraCLI(args=["--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
-                         "--model.init_args.model_name_or_path", "no-such-org/no-such-model"], run=False)
+        build_cli(["--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+                   "--model.init_args.model_name_or_path", "no-such-org/no-such-model"], run=False)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("model_name_or_path 'no-such-org/no-such-model': not a local directory (looked in "
@@ -202,9 +189,10 @@ def test_hub_id_missing_offline_says_what_was_tried(tmp_path, monkeypatch):
 
 def test_demo_config_runs_from_another_directory(tmp_path):
     """The demo's relative ``lit_lora/assets/tiny-llama`` is found in the installed package from any directory."""
-    result = lit_lora("fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
-                      "--trainer.max_steps", "1", "--trainer.val_check_interval", "1",
-                      "--trainer.enable_progress_bar", "false", "--baseline.enabled", "false",
-                      "--data.init_args.max_samples", "8", "--data.init_args.batch_size", "4", cwd=tmp_path)
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                                 "--trainer.max_steps", "1", "--trainer.val_check_interval", "1",
+                                 "--trainer.enable_progress_bar", "false", "--baseline.enabled", "false",
+                                 "--data.init_args.max_samples", "8", "--data.init_args.batch_size", "4"],
+                                cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trainable params:" in result.stdout + result.stderr

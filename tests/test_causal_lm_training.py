@@ -1,37 +1,10 @@
 """Full, LoRA and QLoRA each lower the loss of tiny real-architecture models on a tiny overfit set."""
 
-import lightning as L
 import pytest
-import torch
+from harness import overfit
 
 from lit_lora.adapters import FullFineTuning, LoRA, PrefixTuning, QLoRA
-from lit_lora.data import InstructionDataModule
 from lit_lora.models import CausalLMModule
-from lit_lora.optim import OptimizerSettings
-
-
-@torch.no_grad()
-def mean_loss(module, loader):
-    module.eval()
-    losses = [float(module(batch).loss) for batch in loader]
-    module.train()
-    return sum(losses) / len(losses)
-
-
-def overfit(model_dir, adapter, steps=30, lr=1e-2, dtype="float32"):
-    """Train ``steps`` steps on 8 rows; return (loss before, loss after, module)."""
-    L.seed_everything(0)
-    data = InstructionDataModule(tokenizer_name_or_path=model_dir, max_samples=10, val_fraction=0.2,
-                                 batch_size=8, max_length=128)
-    module = CausalLMModule(model_dir, adapter=adapter, optim=OptimizerSettings(lr=lr, scheduler="constant"),
-                            dtype=dtype, tokenizer=data.tokenizer)
-    data.setup("fit")
-    module.configure_model()
-    before = mean_loss(module, data.train_dataloader())
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, datamodule=data)
-    return before, mean_loss(module, data.train_dataloader()), module
 
 
 @pytest.mark.parametrize("adapter, lr", [(FullFineTuning(), 3e-3), (LoRA(r=8, alpha=16, dropout=0.0), 1e-2),

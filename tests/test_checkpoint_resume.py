@@ -1,15 +1,12 @@
 """Atomic checkpoint writes and the resumable train loader's position."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from harness import DEMO, build_cli
 
 from lit_lora.cluster.checkpoint_io import AtomicCheckpointIO
 from lit_lora.cluster.launch_checks import hpc_checkpoints
 from lit_lora.data.resumable import ResumableDataLoader, optimizer_step_windows
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_kill_during_save_leaves_no_checkpoint_that_resume_would_pick(tmp_path, monkeypatch):
@@ -154,16 +151,15 @@ def test_every_strategys_saves_are_made_atomic():
 def test_the_cli_installs_atomic_saves_and_the_runtime_callbacks_before_preemption(tiny_model, tmp_path):
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from lit_lora.cli import LitLoraCLI
     from lit_lora.cluster.checkpoint_io import PartialCheckpointCleanup
     from lit_lora.cluster.csv_history import CSVHistoryResume
     from lit_lora.cluster.launch_checks import RunDirectoryCheck
     from lit_lora.cluster.preemption import PreemptionCheckpoint
 
     def trainer(*extra):
-        args = ["--config", str(REPO / "configs/demo.yaml"), "--model.init_args.model_name_or_path",
-                tiny_model("llama"), "--trainer.default_root_dir", str(tmp_path), *extra]
-        return LitLoraCLI(args=args, run=False).trainer
+        args = ["--config", DEMO, "--model.init_args.model_name_or_path", tiny_model("llama"),
+                "--trainer.default_root_dir", str(tmp_path), *extra]
+        return build_cli(args, run=False).trainer
 
     built = trainer("--preemption.start_fresh_if_no_checkpoint", "true")
     assert type(built.strategy.checkpoint_io) is AtomicCheckpointIO

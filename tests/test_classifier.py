@@ -7,6 +7,7 @@ from collections import Counter
 import lightning as L
 import pytest
 import torch
+from harness import quiet_trainer
 
 from lit_lora.adapters import FullFineTuning, LoRA, PrefixTuning, PromptTuning, PTuning, QLoRA
 from lit_lora.data.nli import MultiNLIDataModule
@@ -36,9 +37,8 @@ def fit_and_score(path, adapter, lr, steps=300):
     dm = MultiNLIDataModule(tokenizer_name_or_path=path, batch_size=16, max_length=64)
     module = SequenceClassifierModule(model_name_or_path=path, adapter=adapter, tokenizer=dm.tokenizer,
                                       optim=OptimizerSettings(lr=lr, warmup_steps=0))
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        val_check_interval=steps, check_val_every_n_epoch=None)
+    trainer = quiet_trainer(max_steps=steps, num_sanity_val_steps=0, val_check_interval=steps,
+                            check_val_every_n_epoch=None)
     trainer.fit(module, dm)
     gold = Counter(dm.datasets["matched"]["labels"])
     return float(trainer.callback_metrics["val_matched/accuracy"]), max(gold.values()) / sum(gold.values()), module

@@ -1,82 +1,65 @@
 """The `lit-lora` entry point: the demo config end to end, --print_config round trip, lean checkpoints."""
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import torch
 import yaml
+from harness import DEMO, run_cli_subprocess, version_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "demo.yaml")
 SMALL = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
          "--data.init_args.max_samples", "40", "--data.init_args.batch_size", "4"]
 
 
-def lit_lora(*args, cwd=ROOT, check=True):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run(["lit-lora", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"lit-lora {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-def run_dir_of(root: Path) -> Path:
-    (run_dir,) = sorted((root / "lightning_logs").iterdir())
-    return run_dir
-
-
 def test_demo_config_runs_end_to_end_through_the_entry_point(tmp_path):
-    result = lit_lora("fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL)
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL])
     out = result.stdout + result.stderr
     assert "trainable params:" in out and "trainable%:" in out
     assert "validation loss: base" in out and "-> tuned" in out
-    run_dir = run_dir_of(tmp_path)
-    adapter = run_dir / "adapter"
+    run = version_dir(tmp_path)
+    adapter = run / "adapter"
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
-    before_after = json.loads((run_dir / "before_after.json").read_text())
+    before_after = json.loads((run / "before_after.json").read_text())
     assert before_after["tuned_val_loss"] < before_after["base_val_loss"]
-    summary = json.loads((run_dir / "run_summary.json").read_text())
+    summary = json.loads((run / "run_summary.json").read_text())
     assert summary["global_step"] == 4 and summary["trainable_params"] < summary["total_params"]
 
     # checkpoints hold the trainable weights only, each with its peft-format twin
-    (ckpt,) = (run_dir / "checkpoints").glob("*.ckpt")
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert state and all("lora_" in k for k in state)
     assert (ckpt.with_name(ckpt.stem + "-adapter") / "adapter_model.safetensors").exists()
 
     # `lit-lora test --ckpt_path` rebuilds the base, loads the adapter and writes metrics.json
-    lit_lora("test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "test"), *SMALL,
-             "--ckpt_path", str(ckpt))
-    metrics = json.loads((run_dir_of(tmp_path / "test") / "metrics.json").read_text())
+    run_cli_subprocess(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "test"), *SMALL,
+                        "--ckpt_path", str(ckpt)])
+    metrics = json.loads((version_dir(tmp_path / "test") / "metrics.json").read_text())
     assert abs(metrics["metrics"]["test_loss"] - before_after["tuned_val_loss"]) < 1e-5  # one aggregation
 
     # other data settings than the checkpoint's: the overlap check could miss trained rows, so say so
-    other = lit_lora("test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "other"), *SMALL,
-                     "--data.init_args.max_samples", "30", "--ckpt_path", str(ckpt))
+    other = run_cli_subprocess(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "other"),
+                                *SMALL, "--data.init_args.max_samples", "30", "--ckpt_path", str(ckpt)])
     assert "max_samples: trained with 40, now 30" in other.stderr
 
 
 def test_print_config_round_trips(tmp_path):
-    printed = lit_lora("fit", "--config", DEMO, "--print_config").stdout
+    printed = run_cli_subprocess(["fit", "--config", DEMO, "--print_config"]).stdout
     config = yaml.safe_load(printed)
     assert config["model"]["init_args"]["adapter"]["class_path"] == "lit_lora.adapters.LoRA"
     assert "tokenizer_name_or_path" not in config["data"]["init_args"]  # linked, never repeated
     path = tmp_path / "printed.yaml"
     path.write_text(printed)
-    assert lit_lora("fit", "--config", str(path), "--print_config").stdout == printed
+    assert run_cli_subprocess(["fit", "--config", str(path), "--print_config"]).stdout == printed
 
 
 def test_every_key_is_documented_in_help():
-    help_text = lit_lora("fit", "--model.help", "lit_lora.models.CausalLMModule").stdout
+    help_text = run_cli_subprocess(["fit", "--model.help", "lit_lora.models.CausalLMModule"]).stdout
     assert "Hub id" in help_text  # model_name_or_path's docstring reaches the CLI
-    adapter_help = lit_lora("fit", "--model.adapter.help", "lit_lora.adapters.QLoRA").stdout
+    adapter_help = run_cli_subprocess(["fit", "--model.adapter.help", "lit_lora.adapters.QLoRA"]).stdout
     assert "double_quant" in adapter_help and "Quantize the quantization constants" in adapter_help
 
 
 def test_bad_target_module_fails_before_training(tmp_path):
-    result = lit_lora("fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                      "--model.init_args.adapter.init_args.target_modules", "[q_proj, v_prj]", check=False)
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+                                 "--model.init_args.adapter.init_args.target_modules", "[q_proj, v_prj]"], check=False)
     assert result.returncode != 0
     assert "'v_prj' matches no module" in result.stderr and "v_proj" in result.stderr

@@ -1,13 +1,12 @@
 """Method × strategy × quantisation rules, and the strategy fragments parsed by DeepSpeed's own config parser."""
 
-from pathlib import Path
-
 import pytest
 import yaml
+from harness import CONFIGS, DEMO, run_cli
 
 from lit_lora.compatibility import IncompatibleConfig, Setup, check, from_config, problems
 
-STRATEGIES = Path(__file__).resolve().parents[1] / "configs" / "strategies"
+STRATEGIES = CONFIGS / "strategies"
 GPU = dict(accelerator="gpu", cuda_available=True)
 
 
@@ -78,9 +77,6 @@ def test_deepspeed_fragments_pass_deepspeeds_config_parser(fragment):
 
 
 def test_cli_refuses_deepspeed_on_cpu_before_building_anything(tiny_model):
-    from lit_lora.cli import main
-
-    root = Path(__file__).resolve().parents[1]
     with pytest.raises(IncompatibleConfig, match="ddp.yaml"):
-        main(["fit", "--config", str(root / "configs/demo.yaml"), "--config",
-              str(STRATEGIES / "deepspeed_zero3.yaml"), "--model.init_args.model_name_or_path", tiny_model("llama")])
+        run_cli(["fit", "--config", DEMO, "--config", str(STRATEGIES / "deepspeed_zero3.yaml"),
+                 "--model.init_args.model_name_or_path", tiny_model("llama")])

@@ -3,12 +3,11 @@ for a step-based run, and a closing summary; ``--verbose`` brings the library me
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import DEMO, output, run_cli_subprocess
+
 NOISE = {
     "tensorboardX": "`tensorboardX` has been removed",
     "LitLogger tip": "seamless cloud logging",
@@ -22,14 +21,13 @@ NOISE = {
 
 def demo(tmp_path: Path, *extra: str) -> str:
     """``lit-lora fit`` on the demo config for 2 steps, as a user runs it; stdout and stderr together."""
-    args = ["lit-lora", "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.max_steps", "2",
+    args = ["fit", "--config", DEMO, "--trainer.max_steps", "2",
             "--trainer.val_check_interval", "2", "--data.init_args.max_samples", "20",
             "--data.init_args.batch_size", "4", "--trainer.default_root_dir", str(tmp_path), *extra]
     tmp_path.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "LIT_LORA_VERBOSE"}
-    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = run_cli_subprocess(args, cwd=tmp_path, env={"LIT_LORA_VERBOSE": None}, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    return (result.stdout + result.stderr).replace("\r", "\n")
+    return output(result)
 
 
 def test_demo_console_is_quiet_and_step_based(tmp_path):

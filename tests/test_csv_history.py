@@ -1,13 +1,13 @@
 """``metrics.csv`` across a requeue: the resumed job continues the history instead of deleting it."""
 
-import csv
+from harness import metrics_rows
 
 from lit_lora.cluster.csv_history import ResumableCSVLogger
 
 
 def rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of the metrics.csv at ``path``."""
+    return metrics_rows(path.parent)
 
 
 def first_job(run_dir):

@@ -24,22 +24,19 @@ The argument lists themselves are checked by ``--print_config``.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from harness import (CONFIGS, DEMO, deepspeed_on_cpu_env, metrics_dir, metrics_rows, read_losses, run_cli,
+                     run_cli_subprocess, validation_rows)
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-CPU_AS_CUDA = REPO / "tests" / "workers" / "cpu_as_cuda.py"
 STEPS = 4
 ROWS = 8  # training rows: one global batch, repeated every step
 CASES = {  # id -> (strategy fragment, ZeRO stage, adapter arguments)
@@ -72,7 +69,7 @@ def fit_args(case: str, model_dir: str, root: Path, device: str = "cuda") -> lis
     strategy, _, adapter = CASES[case]
     ranks = DEVICES[device]
     return [
-        "fit", "--config", str(REPO / "configs/demo.yaml"), "--config", str(REPO / "configs/strategies" / strategy),
+        "fit", "--config", DEMO, "--config", str(CONFIGS / "strategies" / strategy),
         "--model.init_args.model_name_or_path", model_dir, *adapter, *LORA,
         "--model.init_args.optim.lr", "1e-2", "--model.init_args.optim.warmup_steps", "0",
         "--model.init_args.optim.scheduler", "constant",
@@ -89,15 +86,8 @@ def fit_args(case: str, model_dir: str, root: Path, device: str = "cuda") -> lis
 def run_lit_lora(*args: str, cwd: Path, device: str, torch_extensions_dir: str) -> subprocess.CompletedProcess:
     """``lit-lora <args>`` in a fresh process; on ``cpu`` through ``tests/workers/cpu_as_cuda.py``."""
     if device == "cuda":
-        command, env = [sys.executable, "-m", "lit_lora.cli"], os.environ
-    else:
-        command = [sys.executable, str(CPU_AS_CUDA)]
-        env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-               "TORCH_EXTENSIONS_DIR": torch_extensions_dir}
-    result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, \
-        f"lit-lora {' '.join(args[:1])} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
+        return run_cli_subprocess(args, via="module", cwd=cwd)
+    return run_cli_subprocess(args, via="cpu_as_cuda", cwd=cwd, env=deepspeed_on_cpu_env(torch_extensions_dir))
 
 
 @pytest.fixture
@@ -111,10 +101,8 @@ def lit_lora(torch_extensions_dir):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fit_arguments_parse_into_the_intended_strategy(case, device, tiny_model, tmp_path, capsys):
     """The cases' arguments are valid CLI input and select the ZeRO stage, ranks and 4-bit storage meant."""
-    from lit_lora.cli import main
-
     with pytest.raises(SystemExit) as exit_:
-        main([*fit_args(case, tiny_model("llama"), tmp_path, device), "--print_config"])
+        run_cli([*fit_args(case, tiny_model("llama"), tmp_path, device), "--print_config"])
     assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
     config = yaml.safe_load(printed[printed.index("# lightning.pytorch"):])
@@ -144,7 +132,7 @@ def reference_adapter(model_dir: str, out: Path) -> dict[str, torch.Tensor]:
 
 
 def train_losses(run_dir: Path) -> list[float]:
-    return [loss for _, loss in sorted(losses_by_step(run_dir).items())]
+    return [loss for _, loss in sorted(read_losses(run_dir).items())]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +145,7 @@ def fitted(tiny_model, torch_extensions_dir, tmp_path_factory):
             cwd = tmp_path_factory.mktemp(f"{case}-{device}")
             result = run_lit_lora(*fit_args(case, tiny_model("llama"), cwd / "run", device), cwd=cwd, device=device,
                                   torch_extensions_dir=torch_extensions_dir)
-            runs[case, device] = (next((cwd / "run").rglob("metrics.csv")).parent, result.stderr)
+            runs[case, device] = (metrics_dir(cwd / "run"), result.stderr)
         return runs[case, device]
 
     return get
@@ -217,18 +205,6 @@ def test_zero3_loads_the_base_into_partitions_unless_quantized(case, device, fit
     assert train_losses(run_dir)[0] == pytest.approx(train_losses(whole_run_dir)[0], rel=1e-6)
 
 
-def validation_rows(run_dir: Path) -> list[dict[str, float]]:
-    """The metrics.csv rows that hold a validation loss, as floats."""
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f) if r.get("val_loss")]
-
-
-def losses_by_step(run_dir: Path) -> dict[int, float]:
-    """Optimizer steps done (1-based) -> train_loss, from the CSVLogger's metrics.csv."""
-    with open(run_dir / "metrics.csv") as f:
-        return {int(r["step"]) + 1: float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
-
-
 @pytest.mark.parametrize("device", ON)
 @pytest.mark.parametrize("case", ["zero2-qlora", "zero3-lora"])
 def test_deepspeed_checkpoint_resumes_to_the_losses_of_the_whole_run(case, device, tiny_model, lit_lora, tmp_path):
@@ -241,32 +217,31 @@ def test_deepspeed_checkpoint_resumes_to_the_losses_of_the_whole_run(case, devic
     every = ["--checkpoint.dirpath", str(tmp_path / "checkpoints"), "--checkpoint.filename", "{step}",
              "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "-1"]
     lit_lora(*fit_args(case, model_dir, tmp_path / "whole", device), *every, cwd=tmp_path, device=device)
-    whole = losses_by_step(next((tmp_path / "whole").rglob("metrics.csv")).parent)
+    whole = read_losses(metrics_dir(tmp_path / "whole"))
     checkpoint = tmp_path / "checkpoints" / "step=2.ckpt"
     assert (checkpoint / "latest").is_file() and not list(tmp_path.glob("checkpoints/.partial-*"))
 
     lit_lora(*fit_args(case, model_dir, tmp_path / "resumed", device), "--ckpt_path", str(checkpoint),
              cwd=tmp_path, device=device)
-    resumed = losses_by_step(next((tmp_path / "resumed").rglob("metrics.csv")).parent)
+    resumed = read_losses(metrics_dir(tmp_path / "resumed"))
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(whole[step], rel=1e-3), (step, resumed, whole)
 
 
 def test_zero3_trains_a_sequence_classifier_from_a_whole_loaded_base(tiny_model, lit_lora, tmp_path):
-    """configs/nli_roberta_lora.yaml under ZeRO-3 on 2 CPU ranks: the classifier's base is loaded whole
+    """configs/tutorials/nli_roberta_lora.yaml under ZeRO-3 on 2 CPU ranks: the classifier's base is loaded whole
     (``loads_zero3_partitions = False``: a partitioned head copy would be 16-bit beside float32 LoRA
     weights, which ZeRO-3 refuses), partitioned by the engine, and trains and validates."""
-    lit_lora("fit", "--config", str(REPO / "configs/nli_roberta_lora.yaml"),
-             "--config", str(REPO / "configs/strategies/deepspeed_zero3.yaml"),
+    lit_lora("fit", "--config", str(CONFIGS / "tutorials" / "nli_roberta_lora.yaml"),
+             "--config", str(CONFIGS / "strategies" / "deepspeed_zero3.yaml"),
              "--model.init_args.model_name_or_path", tiny_model("roberta"), "--data.init_args.batch_size", "4",
              "--trainer.devices", "2", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
              "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
              cwd=tmp_path, device="cpu")
-    run_dir = next((tmp_path / "run").rglob("metrics.csv")).parent
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    run_dir = metrics_dir(tmp_path / "run")
+    rows = metrics_rows(run_dir)
     assert [int(r["step"]) for r in rows if r.get("train_loss")] == [0, 1]
     assert any(r.get("val_matched/accuracy") for r in rows)
     assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size > 0

@@ -11,7 +11,7 @@ from lit_lora.architectures import REGISTRY, UnknownArchitectureError, load_conf
 from lit_lora.memory import Shape, activation_bytes, optimizer_state_bytes, quant_constant_bytes, tensor_bytes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GEMMA_CONFIG = CONFIGS / "gemma2b_qlora_python_codes.yaml"
+GEMMA_CONFIG = CONFIGS / "code" / "gemma2b_qlora_python_codes.yaml"
 
 
 @pytest.mark.parametrize("model_id", sorted(REGISTRY))
@@ -46,7 +46,8 @@ def test_unknown_model_without_hub_is_a_clear_error(monkeypatch):
 
 
 def estimate_for(config: Path | str, *overrides: str):
-    from lit_lora.estimate import build, instantiate_model, parse_config
+    from lit_lora.commands.experiment import parse_experiment as parse_config
+    from lit_lora.estimate import build, instantiate_model
 
     cfg = parse_config(["--config", str(config), *overrides])
     module = instantiate_model(cfg)
@@ -105,7 +106,10 @@ def test_optimizer_state_bytes_match_the_real_optimizer(name):
 
 def test_quant_constants_and_activation_formulas_move_the_right_way():
     n = 4096 * 4096
-    assert quant_constant_bytes(n, 4, double_quant=True) < quant_constant_bytes(n, 4, double_quant=False) == n // 16
+    # one fp32 absmax per 64 values, plus the layer's 16-entry fp32 code table
+    single = quant_constant_bytes(n, 4, double_quant=False)
+    assert quant_constant_bytes(n, 4, double_quant=True) < single == n // 16 + 64
+    assert quant_constant_bytes([n, n], 4, double_quant=True) == 2 * quant_constant_bytes(n, 4, double_quant=True)
     shape = Shape.from_config(REGISTRY["meta-llama/Meta-Llama-3-8B-Instruct"].config(), gated_mlp=True)
     assert (shape.kv_dim, shape.q_dim, shape.layers) == (1024, 4096, 32)
     full = activation_bytes(shape, 4, 512, 2, checkpointing=False)
@@ -135,9 +139,10 @@ def test_classifier_counts_take_labels_from_the_datamodule_and_train_the_head():
     """RoBERTa-large LoRA for MultiNLI: 3 labels from the datamodule class, the head in modules_to_save."""
     from peft import LoraConfig, get_peft_model
 
-    from lit_lora.estimate import build, instantiate_model, parse_config
+    from lit_lora.commands.experiment import parse_experiment as parse_config
+    from lit_lora.estimate import build, instantiate_model
 
-    config_path = Path(__file__).resolve().parents[1] / "configs" / "roberta_large_lora_multinli.yaml"
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "nli" / "roberta_large_lora_multinli.yaml"
     cfg = parse_config(["--config", str(config_path)])
     module = instantiate_model(cfg)
     assert module.label_names is None  # linked from the datamodule at instantiation by the CLI
@@ -156,7 +161,7 @@ def test_classifier_counts_take_labels_from_the_datamodule_and_train_the_head():
 def test_a_config_that_trains_nothing_is_estimated_as_inference(capsys):
     from lit_lora.cli import main
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "llama3_8b_incontext_multinli.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "nli" / "llama3_8b_incontext_multinli.yaml"
     main(["estimate", "--config", str(config)])
     out = capsys.readouterr().out
     assert "trainable params: 0 ||" in out

@@ -7,19 +7,17 @@ metrics and ``predictions.jsonl`` must agree across the three."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from harness import DEMO, run_cli_subprocess, version_dir
 
 pytestmark = pytest.mark.faults
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = 7
 
 
 def validate(model_dir: str, root: Path, batch_size: int, devices: int) -> tuple[dict, list[dict]]:
-    args = ["lit-lora", "validate", "--config", str(ROOT / "configs" / "demo.yaml"),
+    args = ["validate", "--config", DEMO,
             "--model.init_args.model_name_or_path", model_dir,
             "--trainer.devices", str(devices), "--trainer.default_root_dir", str(root),
             "--trainer.enable_progress_bar", "false", "--data.init_args.max_samples", "70",
@@ -27,12 +25,11 @@ def validate(model_dir: str, root: Path, batch_size: int, devices: int) -> tuple
             "--model.init_args.evaluation.max_new_tokens", "8"]
     if devices > 1:
         args += ["--trainer.strategy", "ddp"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run(["timeout", "-k", "5", "300", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = run_cli_subprocess(args, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
-    (run_dir,) = (root / "lightning_logs").iterdir()
-    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    run = version_dir(root)
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     return metrics, predictions
 
 

@@ -14,67 +14,33 @@ after the checkpoint is written; the resumed run passes ``ckpt_path``.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
-from safetensors.torch import load_file
+from harness import KillBeforeStep, Killed, adapter_tensors, demo_cli, fit, read_losses
 
-from lit_lora.cli import LitLoraCLI
-
-REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 8
 BATCHES_PER_EPOCH = 5
 LOSS_RTOL = 1e-5      # per-step training loss, relative
 WEIGHT_ATOL = 1e-6    # final LoRA weights, absolute (float32 on CPU: the same ops in the same order)
 
 
-class Killed(Exception):
-    """Stands in for the process dying between two optimizer steps."""
-
-
-class KillBeforeStep(Callback):
-    """Raise at the start of the batch that would run optimizer step ``step + 1``."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise Killed(f"killed after step {self.step}")
-
-
-def cli(model_dir: str, root: Path, every: int, *extra: str) -> LitLoraCLI:
+def cli(model_dir: str, root: Path, every: int, *extra: str):
     """The ``lit-lora fit`` CLI of the demo config on a tiny model, built but not run; it validates and
     checkpoints every ``every`` steps."""
-    args = [
-        "--config", str(REPO / "configs/demo.yaml"),
-        "--model.init_args.model_name_or_path", model_dir,
+    return demo_cli(
+        model_dir, root,
         "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
         "--data.init_args.batch_size", "4", "--data.init_args.max_length", "256",
         "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
         "--trainer.val_check_interval", str(every), "--trainer.limit_val_batches", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.default_root_dir", str(root),
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
         "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
         "--checkpoint.every_n_train_steps", str(every), "--checkpoint.save_top_k", "-1",
         "--baseline.enabled", "false",
         *extra,
-    ]
-    return LitLoraCLI(args=args, run=False)
-
-
-def train_losses(log_dir: str) -> dict[int, float]:
-    """step (1-based, = optimizer steps done) -> train_loss from the CSVLogger's metrics.csv."""
-    with open(Path(log_dir) / "metrics.csv") as f:
-        return {int(r["step"]) + 1: float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
-
-
-def adapter_weights(log_dir: str) -> dict[str, torch.Tensor]:
-    return load_file(Path(log_dir) / "adapter" / "adapter_model.safetensors")
+    )
 
 
 @pytest.mark.parametrize("stop_at", [4, BATCHES_PER_EPOCH], ids=["mid-epoch", "end-of-epoch"])
@@ -82,29 +48,29 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, tiny_m
     model_dir = tiny_model("llama")
 
     full = cli(model_dir, tmp_path / "full", stop_at)
-    full.trainer.fit(full.model, datamodule=full.datamodule)
+    fit(full)
     assert len(full.datamodule.datasets["train"]) == 4 * BATCHES_PER_EPOCH
     assert full.trainer.global_step == MAX_STEPS
-    reference = train_losses(full.trainer.log_dir)
+    reference = read_losses(full.trainer.log_dir)
     assert sorted(reference) == list(range(1, MAX_STEPS + 1))
 
     first = cli(model_dir, tmp_path / "interrupted", stop_at)
     first.trainer.callbacks.append(KillBeforeStep(stop_at))
     with pytest.raises(Killed):
-        first.trainer.fit(first.model, datamodule=first.datamodule)
+        fit(first)
     assert first.trainer.global_step == stop_at
     ckpt = tmp_path / "interrupted" / "checkpoints" / f"step={stop_at}.ckpt"
     assert ckpt.is_file()
-    before = train_losses(first.trainer.log_dir)
+    before = read_losses(first.trainer.log_dir)
     assert sorted(before) == list(range(1, stop_at + 1))
     state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert (state["epoch"], state["batches"]) == (0, stop_at)  # position of the train loader in epoch 0
 
     resumed = cli(model_dir, tmp_path / "resumed", stop_at)
-    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    fit(resumed, ckpt_path=str(ckpt))
     assert resumed.trainer.global_step == MAX_STEPS
     assert resumed.trainer.current_epoch == full.trainer.current_epoch
-    after = train_losses(resumed.trainer.log_dir)
+    after = read_losses(resumed.trainer.log_dir)
     assert sorted(after) == list(range(stop_at + 1, MAX_STEPS + 1))  # every step after the resume, once
 
     # Step by step: a repeated or skipped batch shifts the sequence and changes the losses.
@@ -113,10 +79,10 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, tiny_m
         assert got == pytest.approx(reference[step], rel=LOSS_RTOL), (step, got, reference[step])
     assert len(set(round(v, 6) for v in reference.values())) == MAX_STEPS  # losses tell the batches apart
 
-    expected, got = adapter_weights(full.trainer.log_dir), adapter_weights(resumed.trainer.log_dir)
+    expected = adapter_tensors(Path(full.trainer.log_dir) / "adapter")
+    got = adapter_tensors(Path(resumed.trainer.log_dir) / "adapter")
     assert set(got) == set(expected) and len(expected) > 0
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=WEIGHT_ATOL, msg=name)
-    at_interrupt = load_file(tmp_path / "interrupted" / "checkpoints" / f"step={stop_at}-adapter"
-                             / "adapter_model.safetensors")
+    at_interrupt = adapter_tensors(tmp_path / "interrupted" / "checkpoints" / f"step={stop_at}-adapter")
     assert any(not torch.equal(at_interrupt[n], t) for n, t in expected.items())  # steps 5-8 did train

@@ -14,7 +14,6 @@ pytest is never killed, and every test restores the handlers it found.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import SAMPLES, demo_cli, fit, logged_steps
 from lightning.pytorch import Callback
 
 from lit_lora.cli import LitLoraCLI
@@ -31,8 +31,7 @@ from lit_lora.cluster.launch_checks import MissingResumeCheckpoint, RunDirectory
 from lit_lora.cluster.preemption import PreemptionCheckpoint, Requeued
 
 pytestmark = pytest.mark.faults
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "lit_lora" / "data" / "samples" / "python_codes_25k.jsonl"
+SAMPLE = SAMPLES / "python_codes_25k.jsonl"
 JOB_ID = "4242"
 SLURM_ENV = {"SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "lit-lora", "SLURM_NTASKS": "1",
              "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost",
@@ -71,23 +70,12 @@ def slurm(monkeypatch, signal_net):
 
 def cli(model_dir: str, root: Path, *extra: str, steps: int = 2) -> LitLoraCLI:
     """The demo config, 9 training rows in batches of 2 (5 batches an epoch), no validation."""
-    args = ["--config", str(REPO / "configs/demo.yaml"), "--model.init_args.model_name_or_path", model_dir,
-            "--data.init_args.max_samples", "12", "--data.init_args.val_fraction", "0.25",
-            "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
-            "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1",
-            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(root),
-            "--baseline.enabled", "false", "--preemption.requeue", "false", *extra]
-    return LitLoraCLI(args=args, run=False)
-
-
-def fit(run: LitLoraCLI, ckpt_path=None) -> None:
-    run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=ckpt_path)
-
-
-def logged_steps(run_dir: Path) -> list[int]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return sorted(int(r["step"]) for r in csv.DictReader(f) if r.get("train_loss"))
+    return demo_cli(model_dir, root,
+                    "--data.init_args.max_samples", "12", "--data.init_args.val_fraction", "0.25",
+                    "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
+                    "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1",
+                    "--trainer.limit_val_batches", "0", "--baseline.enabled", "false", "--preemption.requeue", "false",
+                    *extra)
 
 
 class SendAtBatch(Callback):

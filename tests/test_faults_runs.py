@@ -14,23 +14,20 @@ from typing import Optional
 import pytest
 import torch
 import yaml
+from harness import DEMO, REPO, run_cli, version_dir
 from lightning.pytorch import Callback
-
-from lit_lora.cli import main
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "demo.yaml")
-OTHER_MODEL = str(ROOT / "lit_lora" / "assets" / "tiny-llama")
+OTHER_MODEL = str(REPO / "lit_lora" / "assets" / "tiny-llama")
 SMALL = ["--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false", "--data.init_args.max_samples", "40",
          "--data.init_args.batch_size", "4", "--baseline.enabled", "false"]
 
 
 def fit(model: str, root: Path, *extra: str) -> None:
-    main(["fit", "--config", DEMO, "--model.init_args.model_name_or_path", model,
-          "--trainer.default_root_dir", str(root), *SMALL, *extra])
+    run_cli(["fit", "--config", DEMO, "--model.init_args.model_name_or_path", model,
+             "--trainer.default_root_dir", str(root), *SMALL, *extra])
 
 
 def strict_json(text: str):
@@ -93,7 +90,7 @@ def poison(**init_args) -> str:
 @pytest.fixture
 def clis(monkeypatch) -> list:
     """The LitLoraCLI objects ``main`` builds in this test (to look at the trainer and modules they ran)."""
-    import lit_lora.cli as cli_module
+    import lit_lora.commands.train as cli_module
 
     made = []
     monkeypatch.setattr(cli_module, "LitLoraCLI", type("Recorded", (cli_module.LitLoraCLI,), {
@@ -135,8 +132,7 @@ def test_bad_batches_are_skipped_up_to_the_limit_and_logged(tiny_model, tmp_path
     assert "batch 1" in skips[0] and "1 of 2" in skips[0] and "2 of 2" in skips[1]
     grads = poisoner(clis[0].trainer.callbacks)
     assert grads.changed == {0: True, 1: False, 2: True, 3: False, 4: True}  # skipped steps leave the weights alone
-    (run_dir,) = (tmp_path / "lightning_logs").iterdir()
-    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (version_dir(tmp_path) / "adapter" / "adapter_model.safetensors").is_file()
     for path, tensors in adapter_tensors(tmp_path).items():
         assert all(torch.isfinite(t).all() for t in tensors.values()), path
     written_json(tmp_path)
@@ -207,12 +203,12 @@ def test_resume_with_checkpoint_settings_runs_and_records_what_ran(trained, tmp_
     said = caplog.text
     assert clis[0].datamodule.tokenizer.name_or_path == model  # the linked tokenizer follows the checkpoint too
     assert "model.init_args.adapter.init_args.r: config 4, checkpoint 16" in said
-    (run_dir,) = (tmp_path / "lightning_logs").iterdir()
-    ran = yaml.safe_load((run_dir / "config.yaml").read_text())
+    run = version_dir(tmp_path)
+    ran = yaml.safe_load((run / "config.yaml").read_text())
     init = ran["model"]["init_args"]
     assert init["model_name_or_path"] == model and init["adapter"]["init_args"]["r"] == 16
     assert init["optim"]["lr"] == 0.003 and ran["resume_with_checkpoint_settings"] is True
-    summary = strict_json((run_dir / "run_summary.json").read_text())
+    summary = strict_json((run / "run_summary.json").read_text())
     assert summary["model_name_or_path"] == model and summary["global_step"] == 3
 
 
@@ -265,9 +261,9 @@ def test_compare_refuses_an_adapter_dir_with_missing_tensors(trained, tmp_path):
     model, run_dir, _ = trained
     adapter, missing, total = damaged_adapter(run_dir, tmp_path / "adapter")
     with pytest.raises(ValueError, match=rf"{len(missing)} of {total} adapter tensors missing") as err:
-        main(["compare", "--config", DEMO, "--model.init_args.model_name_or_path", model,
-              "--adapter_dir", str(adapter), "--out_dir", str(tmp_path / "compare"),
-              "--data.init_args.max_samples", "40", "--data.init_args.max_eval_samples", "2",
-              "--model.init_args.evaluation.max_new_tokens", "2"])
+        run_cli(["compare", "--config", DEMO, "--model.init_args.model_name_or_path", model,
+                 "--adapter_dir", str(adapter), "--out_dir", str(tmp_path / "compare"),
+                 "--data.init_args.max_samples", "40", "--data.init_args.max_eval_samples", "2",
+                 "--model.init_args.evaluation.max_new_tokens", "2"])
     assert missing[0] in str(err.value)
     assert not (tmp_path / "compare" / "report.json").exists()

@@ -6,19 +6,18 @@ decoder layer of a peft-wrapped tiny model, and forward / backward must work thr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Union
 
 import pytest
 import torch
 import yaml
+from harness import CONFIGS, DEMO, run_cli
 
 from lit_lora.adapters import LoRA
 from lit_lora.cluster.sharding import DecoderLayerWrapPolicy, layer_classes
 from lit_lora.models import CausalLMModule
 
-REPO = Path(__file__).resolve().parents[1]
-FSDP_YAML = REPO / "configs/strategies/fsdp.yaml"
+FSDP_YAML = CONFIGS / "strategies" / "fsdp.yaml"
 DECODER_LAYER = {"llama": "LlamaDecoderLayer", "gemma": "GemmaDecoderLayer"}
 
 
@@ -32,10 +31,8 @@ def test_fragment_parses_with_the_cli_and_builds_the_policy(capsys):
     from jsonargparse import ArgumentParser
     from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
-    from lit_lora.cli import main
-
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--config", str(FSDP_YAML), "--print_config"])
+        run_cli(["fit", "--config", DEMO, "--config", str(FSDP_YAML), "--print_config"])
     assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
     strategy = yaml.safe_load(printed[printed.index("# lightning.pytorch"):])["trainer"]["strategy"]

@@ -5,6 +5,7 @@ import shutil
 import lightning as L
 import pytest
 import torch
+from harness import quiet_trainer
 
 from lit_lora.adapters import LoRA
 from lit_lora.data.nli_prompts import MultiNLILabelWordDataModule, SNLILabelWordDataModule
@@ -70,9 +71,8 @@ def make_run(path, steps):
     dm = MultiNLILabelWordDataModule(tokenizer_name_or_path=path, batch_size=16, max_length=128)
     module = LabelWordModule(model_name_or_path=path, adapter=LoRA(r=8, alpha=16, dropout=0.0), tokenizer=dm.tokenizer,
                              optim=OptimizerSettings(lr=3e-3, warmup_steps=0))
-    trainer = L.Trainer(max_steps=max(steps, 1), accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        val_check_interval=max(steps, 1), check_val_every_n_epoch=None, limit_train_batches=None)
+    trainer = quiet_trainer(max_steps=max(steps, 1), num_sanity_val_steps=0, val_check_interval=max(steps, 1),
+                            check_val_every_n_epoch=None, limit_train_batches=None)
     return dm, module, trainer
 
 

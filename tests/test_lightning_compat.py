@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning
 import pytest
+from harness import REPO, quiet_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
@@ -25,12 +26,10 @@ from lit_lora.cluster import lightning_compat
 from lit_lora.cluster.launch_checks import hpc_checkpoints
 
 COMPAT_FILE = Path(lightning_compat.__file__)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_trainer(root: Path, **kwargs) -> Trainer:
-    return Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, default_root_dir=str(root), **kwargs)
+    return quiet_trainer(devices=1, default_root_dir=str(root), **kwargs)
 
 
 def resolve(owner: str):

@@ -1,23 +1,23 @@
-"""End to end through the CLI: `lit-lora fit` then `lit-lora test` on configs/nli_roberta_lora.yaml writes metrics.json."""
+"""End to end through the CLI: `lit-lora fit` then `lit-lora test` on configs/tutorials/nli_roberta_lora.yaml
+writes metrics.json."""
 
 import json
-from pathlib import Path
 
-from lit_lora.cli import main
+from harness import config, run_cli
 
-CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "nli_roberta_lora.yaml")
+CONFIG = config("tutorials/nli_roberta_lora")
 
 
 def test_fit_then_test_writes_matched_and_mismatched_metrics(tiny_model, tmp_path):
     common = ["--config", CONFIG, "--model.init_args.model_name_or_path", tiny_model("roberta"),
               "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
-    main(["fit", *common, "--trainer.max_steps", "20", "--trainer.val_check_interval", "10"])
+    run_cli(["fit", *common, "--trainer.max_steps", "20", "--trainer.val_check_interval", "10"])
     run = tmp_path / "lightning_logs" / "version_0"
     labels = json.loads((run / "adapter" / "classifier_labels.json").read_text())
     assert labels["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
     assert (run / "config.yaml").read_text().count("label_names") == 0  # linked, not a config key
 
-    main(["test", *common, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    run_cli(["test", *common, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     written = json.loads((tmp_path / "lightning_logs" / "version_1" / "metrics.json").read_text())
     assert written["stage"] == "test"
     for name in ("test_matched", "test_mismatched"):

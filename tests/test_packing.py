@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import random
 from pathlib import Path
@@ -19,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from harness import KillBeforeStep, Killed, adapter_tensors, demo_cli, fit, read_losses, write_code_rows
 from lightning.pytorch import Callback
-from safetensors.torch import load_file
 
 from lit_lora.data import InstructionDataModule
 from lit_lora.data.collators import IGNORE_INDEX, PackCollator
@@ -28,7 +26,6 @@ from lit_lora.data.packing import PackedRows, PackedSampler, best_fit_decreasing
 from lit_lora.data.resumable import ResumableDataLoader
 from lit_lora.models.token_loss import label_count, summed_loss
 
-REPO = Path(__file__).resolve().parents[1]
 CAUSAL = ("llama", "gemma", "phi", "falcon")
 
 
@@ -369,21 +366,6 @@ PACKED = ("--data.init_args.packing", "true", "--data.init_args.max_length", "38
           "--data.init_args.max_tokens_per_batch", "768")  # 20 rows -> 10 sequences -> 5 batches of 2
 
 
-class Killed(Exception):
-    """Stands in for the process dying between two optimizer steps."""
-
-
-class KillBeforeStep(Callback):
-    """Raise at the start of the batch that would run optimizer step ``step + 1``."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise Killed(f"killed after step {self.step}")
-
-
 class BatchLayout(Callback):
     """Record the keys and shape of every training batch."""
 
@@ -409,33 +391,17 @@ class FirstStepGradients(Callback):
 def cli(model_dir: str, root: Path, every: int, *extra: str):
     """The ``lit-lora fit`` CLI of the demo config on a tiny model, built but not run; it validates and
     checkpoints every ``every`` steps."""
-    from lit_lora.cli import LitLoraCLI
-
-    args = [
-        "--config", str(REPO / "configs/demo.yaml"),
-        "--model.init_args.model_name_or_path", model_dir,
+    return demo_cli(
+        model_dir, root,
         "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
         "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
         "--trainer.val_check_interval", str(every), "--trainer.limit_val_batches", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.default_root_dir", str(root),
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
         "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
         "--checkpoint.every_n_train_steps", str(every), "--checkpoint.save_top_k", "-1",
         "--baseline.enabled", "false",
         *extra,
-    ]
-    return LitLoraCLI(args=args, run=False)
-
-
-def train_losses(log_dir: str) -> dict[int, float]:
-    """step (1-based, = optimizer steps done) -> train_loss from the CSVLogger's metrics.csv."""
-    with open(Path(log_dir) / "metrics.csv") as f:
-        return {int(r["step"]) + 1: float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
-
-
-def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path / "adapter_model.safetensors")
+    )
 
 
 def test_a_packed_run_trains_through_the_cli(tiny_model, tmp_path, caplog):
@@ -443,16 +409,16 @@ def test_a_packed_run_trains_through_the_cli(tiny_model, tmp_path, caplog):
     run = cli(tiny_model("llama"), tmp_path / "run", 4, *PACKED, "--trainer.max_steps", "6")
     run.trainer.callbacks.append(layout)
     with caplog.at_level(logging.INFO, logger="lit_lora"):
-        run.trainer.fit(run.model, datamodule=run.datamodule)
+        fit(run)
     assert run.trainer.global_step == 6
     assert "packing: 20 train rows -> 10 packed sequences of <= 384 tokens" in caplog.text
     assert len(run.trainer.train_dataloader) == BATCHES_PER_EPOCH
     assert layout.seen
     assert all(keys == ("input_ids", "labels", "position_ids", "step_labels") for keys, _ in layout.seen)
     assert all(rows * length <= 768 for _, (rows, length) in layout.seen)
-    losses = train_losses(run.trainer.log_dir)
+    losses = read_losses(run.trainer.log_dir)
     assert sorted(losses) == list(range(1, 7)) and all(0 < v < 100 for v in losses.values())
-    trained = adapter_weights(Path(run.trainer.log_dir) / "adapter")
+    trained = adapter_tensors(Path(run.trainer.log_dir) / "adapter")
     assert any("lora_B" in n and t.abs().max() > 0 for n, t in trained.items())  # LoRA B starts at zero
 
 
@@ -464,24 +430,24 @@ def test_interrupted_packed_run_resumes_step_for_step(stop_at, accumulate, posit
     extra = (*PACKED, "--trainer.accumulate_grad_batches", str(accumulate))
 
     full = cli(model_dir, tmp_path / "full", stop_at, *extra)
-    full.trainer.fit(full.model, datamodule=full.datamodule)
+    fit(full)
     assert full.trainer.global_step == MAX_STEPS
-    reference = train_losses(full.trainer.log_dir)
+    reference = read_losses(full.trainer.log_dir)
     assert sorted(reference) == list(range(1, MAX_STEPS + 1))
 
     first = cli(model_dir, tmp_path / "interrupted", stop_at, *extra)
     first.trainer.callbacks.append(KillBeforeStep(stop_at))
     with pytest.raises(Killed):
-        first.trainer.fit(first.model, datamodule=first.datamodule)
+        fit(first)
     ckpt = tmp_path / "interrupted" / "checkpoints" / f"step={stop_at}.ckpt"
-    before = train_losses(first.trainer.log_dir)
+    before = read_losses(first.trainer.log_dir)
     state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert (state["epoch"], state["batches"]) == position and state["order"].startswith("packed")
 
     resumed = cli(model_dir, tmp_path / "resumed", stop_at, *extra)
-    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    fit(resumed, ckpt_path=str(ckpt))
     assert resumed.trainer.global_step == MAX_STEPS
-    after = train_losses(resumed.trainer.log_dir)
+    after = read_losses(resumed.trainer.log_dir)
     assert sorted(after) == list(range(stop_at + 1, MAX_STEPS + 1))  # every step after the resume, once
 
     # step by step: a repeated or skipped batch shifts the sequence and changes the losses
@@ -489,22 +455,11 @@ def test_interrupted_packed_run_resumes_step_for_step(stop_at, accumulate, posit
         got = before[step] if step <= stop_at else after[step]
         assert got == pytest.approx(reference[step], rel=1e-5), (step, got, reference[step])
     assert len(set(round(v, 6) for v in reference.values())) == MAX_STEPS  # losses tell the batches apart
-    expected = adapter_weights(Path(full.trainer.log_dir) / "adapter")
-    got = adapter_weights(Path(resumed.trainer.log_dir) / "adapter")
+    expected = adapter_tensors(Path(full.trainer.log_dir) / "adapter")
+    got = adapter_tensors(Path(resumed.trainer.log_dir) / "adapter")
     assert set(got) == set(expected) and expected
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
-
-
-def write_rows(path: Path, n: int = 8) -> Path:
-    """Rows whose answers range from a few to about 250 tokens."""
-    with path.open("w") as f:
-        for i in range(n):
-            body = "\n".join(f"    total += {j} * value" for j in range(1 + i ** 3 // 4))
-            output = f"def f{i}(value):\n    total = 0\n{body}\n    return total"
-            f.write(json.dumps({"instruction": f"Write function number {i}.", "input": "", "output": output,
-                                "text": ""}) + "\n")
-    return path
 
 
 @pytest.mark.parametrize("budget,accumulate,train_on_prompt", [(4096, 1, "false"), (512, 8, "true")],
@@ -513,7 +468,7 @@ def test_one_step_has_the_same_gradient_packed_and_unpacked(budget, accumulate, 
                                                             tmp_path):
     """With ``train_on_prompt`` every row's first label is a token: only the packed -100 keeps the row before
     from predicting it."""
-    data = write_rows(tmp_path / "rows.jsonl")
+    data = write_code_rows(tmp_path / "rows.jsonl")
 
     def first_step(name: str, *extra: str):
         grads = FirstStepGradients()
@@ -522,7 +477,7 @@ def test_one_step_has_the_same_gradient_packed_and_unpacked(budget, accumulate, 
                   "--data.init_args.max_length", "512", "--data.init_args.train_on_prompt", train_on_prompt,
                   "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *extra)
         run.trainer.callbacks.append(grads)
-        run.trainer.fit(run.model, datamodule=run.datamodule)
+        fit(run)
         return grads.grads, run
 
     unpacked, _ = first_step("unpacked", "--data.init_args.batch_size", "8")

@@ -8,38 +8,29 @@ remaining micro-batches only. 20 rows at batch size 2 make 10 batches an epoch; 
 
 from __future__ import annotations
 
-import csv
 import signal
 from pathlib import Path
 
 import pytest
+from harness import demo_cli, fit, read_losses
 from lightning.pytorch import Callback
 
 from lit_lora.cli import LitLoraCLI
 from lit_lora.cluster.preemption import PreemptionCheckpoint, Requeued
 
 pytestmark = pytest.mark.faults
-REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 5
 ACCUMULATE = 4
 
 
 def cli(model_dir: str, root: Path) -> LitLoraCLI:
-    args = ["--config", str(REPO / "configs/demo.yaml"), "--model.init_args.model_name_or_path", model_dir,
-            "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
-            "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
-            "--trainer.accumulate_grad_batches", str(ACCUMULATE), "--trainer.max_steps", str(MAX_STEPS),
-            "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.default_root_dir", str(root),
-            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
-            "--baseline.enabled", "false", "--preemption.requeue", "false"]
-    return LitLoraCLI(args=args, run=False)
-
-
-def train_losses(log_dir: str) -> dict[int, float]:
-    with open(Path(log_dir) / "metrics.csv") as f:
-        return {int(r["step"]) + 1: float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+    return demo_cli(model_dir, root,
+                    "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
+                    "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
+                    "--trainer.accumulate_grad_batches", str(ACCUMULATE), "--trainer.max_steps", str(MAX_STEPS),
+                    "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
+                    "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
+                    "--baseline.enabled", "false", "--preemption.requeue", "false")
 
 
 class SignalAtBatch(Callback):
@@ -62,21 +53,21 @@ def preemption_callback(run: LitLoraCLI) -> PreemptionCheckpoint:
 def test_signal_mid_window_saves_at_the_step_end_and_resumes_exactly(tiny_model, tmp_path):
     model_dir = tiny_model("llama")
     full = cli(model_dir, tmp_path / "full")
-    full.trainer.fit(full.model, datamodule=full.datamodule)
-    reference = train_losses(full.trainer.log_dir)
+    fit(full)
+    reference = read_losses(full.trainer.log_dir)
     assert sorted(reference) == list(range(1, MAX_STEPS + 1))
 
     first = cli(model_dir, tmp_path / "preempted")
     first.trainer.callbacks.append(SignalAtBatch(5, preemption_callback(first)))  # 2nd micro-batch of step 2
     with pytest.raises(Requeued):
-        first.trainer.fit(first.model, datamodule=first.datamodule)
+        fit(first)
     assert first.trainer.global_step == 2  # the window of batches 5-8 finished before the save
     (ckpt,) = (tmp_path / "preempted").glob("hpc_ckpt_*.ckpt")
-    before = train_losses(first.trainer.log_dir)
+    before = read_losses(first.trainer.log_dir)
 
     resumed = cli(model_dir, tmp_path / "resumed")
-    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
-    after = train_losses(resumed.trainer.log_dir)
+    fit(resumed, ckpt_path=str(ckpt))
+    after = read_losses(resumed.trainer.log_dir)
     assert sorted(before) == [1, 2] and sorted(after) == list(range(3, MAX_STEPS + 1))
     for step in range(1, MAX_STEPS + 1):
         got = before[step] if step <= 2 else after[step]

@@ -1,17 +1,12 @@
 """Saved adapters load with plain peft / transformers and give the trained model's logits."""
 
-import sys
-from pathlib import Path
-
 import torch
+from harness import overfit
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_causal_lm_training import overfit  # noqa: E402
-
-from lit_lora.adapters import FullFineTuning, LoRA  # noqa: E402
-from lit_lora.export import merge_and_save  # noqa: E402
+from lit_lora.adapters import FullFineTuning, LoRA
+from lit_lora.export import merge_and_save
 
 
 def logits_of(model, input_ids):

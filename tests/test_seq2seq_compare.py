@@ -1,15 +1,12 @@
-"""End to end through the CLI: LoRA on a tiny T5 (configs/codet5_lora.yaml), then `lit-lora compare`."""
+"""End to end through the CLI: LoRA on a tiny T5 (configs/tutorials/codet5_lora.yaml), then `lit-lora compare`."""
 
 import json
-from pathlib import Path
 
 import pytest
+from harness import SAMPLES, config, run_cli
 
-from lit_lora.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "codet5_lora.yaml")
-SAMPLE = str(ROOT / "lit_lora" / "data" / "samples" / "python_codes_25k.jsonl")
+CONFIG = config("tutorials/codet5_lora")
+SAMPLE = str(SAMPLES / "python_codes_25k.jsonl")
 
 
 def data_args(model):
@@ -22,17 +19,17 @@ def data_args(model):
 def trained(tiny_model, tmp_path_factory):
     model = tiny_model("t5")
     root = tmp_path_factory.mktemp("codet5")
-    main(["fit", *data_args(model), "--trainer.max_epochs", "6", "--trainer.default_root_dir", str(root),
-          "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
-          "--model.init_args.optim.lr", "0.01"])
+    run_cli(["fit", *data_args(model), "--trainer.max_epochs", "6", "--trainer.default_root_dir", str(root),
+             "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+             "--model.init_args.optim.lr", "0.01"])
     run = root / "lightning_logs" / "version_0"
     return model, run
 
 
 def compare(model, run, out, *extra):
-    main(["compare", *data_args(model), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--out_dir", str(out),
-          "--right_if", "0.01", "--model.init_args.evaluation.max_new_tokens", "32", "--trainer.accelerator", "cpu",
-          *extra])
+    run_cli(["compare", *data_args(model), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--out_dir",
+             str(out), "--right_if", "0.01", "--model.init_args.evaluation.max_new_tokens", "32",
+             "--trainer.accelerator", "cpu", *extra])
     return json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
 
 

@@ -9,7 +9,6 @@ uninterrupted run: same steps, same losses within 1e-4 (same batches in the same
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
@@ -17,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import REPO, logged_steps, read_losses
 
 pytestmark = pytest.mark.slurm
-REPO = Path(__file__).resolve().parents[1]
 LOSS_TOLERANCE = 1e-4
 
 if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
@@ -78,12 +77,6 @@ def wait_done(job: str, log: Path, timeout: float = 240) -> str:
     pytest.fail(f"job {job} still {job_state(job)} after {timeout}s; log:\n{log.read_text()[-3000:] if log.exists() else ''}")
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    """step -> train_loss from the CSVLogger's metrics.csv."""
-    rows = csv.DictReader((run_dir / "metrics.csv").open())
-    return {int(r["step"]): float(r["train_loss"]) for r in rows if r.get("train_loss")}
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
@@ -102,7 +95,7 @@ def assert_trained_once(run_dir: Path, log: Path, ranks: int, steps: int) -> Non
     assert text.count("saved lora weights to") == 1, text[-3000:]  # the adapter is written by rank 0 only
     assert text.count("[lit-lora] train: kept") == ranks, text[-3000:]  # every rank built its data
     assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size > 0
-    assert max(losses(run_dir)) == steps - 1
+    assert max(read_losses(run_dir)) == steps  # optimizer steps done
     import json
 
     assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == steps
@@ -145,7 +138,7 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(setup):
     job = submit("single_node.sbatch", config(steps), runs, *args)
     run_dir, log = runs / f"tiny_{steps}" / job, runs / f"slurm-{job}.out"
     deadline = time.time() + 180
-    while not ((run_dir / "metrics.csv").exists() and losses(run_dir) and max(losses(run_dir)) >= 5):
+    while not ((run_dir / "metrics.csv").exists() and read_losses(run_dir) and max(read_losses(run_dir)) >= 6):
         assert job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), log.read_text()[-3000:]
         assert time.time() < deadline, "training did not start"
         time.sleep(0.2)
@@ -177,9 +170,8 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(setup):
     assert text.count("saved lora weights to") == 1
     # metrics.csv continues across the requeue: every step once, the steps before the checkpoint
     # from the first job and the rest from the resumed one
-    expected, resumed = losses(runs / f"tiny_{steps}" / reference), losses(run_dir)
-    assert sorted(expected) == list(range(steps))
-    logged_steps = [int(r["step"]) for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("train_loss")]
-    assert sorted(logged_steps) == list(range(steps))  # none repeated, none skipped
+    expected, resumed = read_losses(runs / f"tiny_{steps}" / reference), read_losses(run_dir)
+    assert sorted(expected) == list(range(1, steps + 1))
+    assert logged_steps(run_dir) == list(range(steps))  # none repeated, none skipped
     for step in resumed:
         assert abs(resumed[step] - expected[step]) <= LOSS_TOLERANCE, (step, resumed[step], expected[step])

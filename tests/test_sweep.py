@@ -12,36 +12,27 @@ import contextlib
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import yaml
+from harness import CONFIGS, DEMO, REPO, run_cli, run_cli_subprocess
 
 from lit_lora.sweep.grid import axis_labels, expand, parse_axis, seed_axis, split_values, value_label
 from lit_lora.sweep.report import direction
 from lit_lora.sweep.run import array_spec
 from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, point_state
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "demo.yaml")
 ADAPTER, R, LR = "model.init_args.adapter", "model.init_args.adapter.init_args.r", "model.init_args.optim.lr"
 TINY_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
             "--baseline.limit_batches", "1", "--data.init_args.max_samples", "40", "--data.init_args.batch_size", "4",
             "--trainer.enable_progress_bar", "false"]
 
 
-def sweep_cmd(*args: str, cwd=ROOT, check=True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "lit_lora.cli", "sweep", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"lit-lora sweep {' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
-    return result
+def sweep_cmd(*args: str, cwd=REPO, check=True) -> subprocess.CompletedProcess:
+    return run_cli_subprocess(["sweep", *args], via="module", cwd=cwd, timeout=900, check=check)
 
 
 # ---- the grid ------------------------------------------------------------------------------------------
@@ -72,7 +63,7 @@ def test_grid_expansion_seeds_and_names():
 def test_class_path_axis_resolves_like_lightning_cli(tmp_path):
     """Changing the adapter class drops init_args the class does not take; a swept key the class does not
     accept is left out of that point (FullFineTuning has no r), and the duplicates that leaves are merged."""
-    out = sweep_cmd("--config", DEMO, "--config", str(ROOT / "configs" / "loggers" / "wandb.yaml"),
+    out = sweep_cmd("--config", DEMO, "--config", str(CONFIGS / "loggers" / "wandb.yaml"),
                     "--grid", f"{ADAPTER}=lit_lora.adapters.LoRA,lit_lora.adapters.FullFineTuning",
                     "--grid", f"{R}=2,4", "--seeds", "2", "--runs_dir", str(tmp_path), "--name", "methods",
                     "--dry_run", "--trainer.max_steps", "3").stdout
@@ -99,7 +90,7 @@ def test_class_path_axis_resolves_like_lightning_cli(tmp_path):
     lines = (sweep_dir / "points.txt").read_text().splitlines()
     assert lines == [str((sweep_dir / p["config"]).resolve()) for p in sweep["points"]]
     # each written config is accepted back by lit-lora fit
-    from lit_lora.sweep.resolve import print_config
+    from lit_lora.commands.experiment import print_config
 
     assert yaml.safe_load(print_config(["--config", str(sweep_dir / "adapter=LoRA-r=4-seed=0" / "point.yaml")]))[
         "model"]["init_args"]["adapter"]["init_args"]["r"] == 4
@@ -204,43 +195,50 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
 
 
 # ---- lit-lora configs ----------------------------------------------------------------------------------
-def run_main(module_main, *args: str) -> str:
+def run_main(*args: str) -> str:
+    """``lit-lora <args>`` in this process (``harness.run_cli``); what it printed."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        module_main(list(args))
+        run_cli(args)
     return out.getvalue()
 
 
 def test_configs_list_and_copy_give_configs_fit_accepts(tmp_path):
-    from lit_lora.cli import main
-    from lit_lora.configs_command import available
-    from lit_lora.sweep.resolve import print_config
+    from lit_lora.commands.configs import GROUPS, available, group_of, is_fragment
+    from lit_lora.commands.experiment import print_config
 
-    listing = run_main(main, "configs", "list")
+    listing = run_main("configs", "list")
     names = list(available())
-    assert "demo" in names and "roberta_large_lora_multinli" in names and "loggers/wandb" in names
+    assert "demo" in names and "nli/roberta_large_lora_multinli" in names and "loggers/wandb" in names
+    assert "tutorials/nli_roberta_lora" in names and "code/gemma2b_qlora_python_codes" in names
     for name in names:
         assert name in listing
     assert "Demo: LoRA on a tiny Llama-architecture model" in listing  # the first header line
+    # one heading a group, in GROUPS order, before its configs
+    headings = [line.split()[0] for line in listing.splitlines() if line and not line.startswith(" ")]
+    assert headings == [f"{g}/" if g else "configs/" for g in GROUPS if any(group_of(n) == g for n in names)]
+    assert [group_of(n) for n in names] == sorted((group_of(n) for n in names), key=list(GROUPS).index)
 
     demo = tmp_path / "demo.yaml"
-    run_main(main, "configs", "copy", "demo", str(demo))
-    assert demo.read_text() == (ROOT / "configs" / "demo.yaml").read_text()
+    run_main("configs", "copy", "demo", str(demo))
+    assert demo.read_text() == (CONFIGS / "demo.yaml").read_text()
     with pytest.raises(SystemExit, match="exists; pass --force"):
-        run_main(main, "configs", "copy", "demo", str(demo))
-    run_main(main, "configs", "copy", "demo", str(demo), "--force")
+        run_main("configs", "copy", "demo", str(demo))
+    run_main("configs", "copy", "demo", str(demo), "--force")
+    run_main("configs", "copy", "roberta_large_lora_multinli", str(tmp_path / "by_stem.yaml"))  # no group needed
+    assert (tmp_path / "by_stem.yaml").read_text() == (CONFIGS / "nli" / "roberta_large_lora_multinli.yaml").read_text()
     for name in names:
         target = tmp_path / "copies"
         target.mkdir(exist_ok=True)
-        run_main(main, "configs", "copy", name, str(target) + "/")
+        run_main("configs", "copy", name, str(target) + "/")
         copy = target / (name.rsplit("/", 1)[-1] + ".yaml")
         assert copy.is_file()
         # a fragment (logger, strategy) goes on top of a full config, as the README shows
-        args = ["--config", str(copy)] if "/" not in name else ["--config", str(demo), "--config", str(copy)]
+        args = ["--config", str(demo), "--config", str(copy)] if is_fragment(name) else ["--config", str(copy)]
         printed = yaml.safe_load(print_config(args))
         assert printed["model"]["class_path"].startswith("lit_lora.models."), name
     with pytest.raises(SystemExit, match="did you mean demo"):
-        run_main(main, "configs", "copy", "dmeo")
+        run_main("configs", "copy", "dmeo")
 
 
 def test_configs_ship_inside_the_package(tmp_path):
@@ -250,9 +248,9 @@ def test_configs_ship_inside_the_package(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "configs", src / "configs")
-    shutil.copytree(ROOT / "lit_lora", src / "lit_lora", symlinks=True,
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(CONFIGS, src / "configs")
+    shutil.copytree(REPO / "lit_lora", src / "lit_lora", symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(dist)!r})"],
@@ -261,5 +259,9 @@ def test_configs_ship_inside_the_package(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         packaged = {n.removeprefix("lit_lora/configs/"): zf.read(n) for n in zf.namelist()
                     if n.startswith("lit_lora/configs/") and n.endswith(".yaml")}
-    repo = {p.relative_to(ROOT / "configs").as_posix(): p.read_bytes() for p in (ROOT / "configs").rglob("*.yaml")}
+    repo = {p.relative_to(CONFIGS).as_posix(): p.read_bytes() for p in CONFIGS.rglob("*.yaml")}
     assert packaged == repo
+    from lit_lora.commands.configs import GROUPS
+
+    assert "demo.yaml" in packaged  # the top level, and every group folder `lit-lora configs list` names
+    assert {name.split("/")[0] for name in packaged if "/" in name} == {group for group in GROUPS if group}

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from harness import run_cli_subprocess
 
 from lit_lora.sweep.state import FAILED, FINISHED, PENDING, RUNNING, load_sweep, point_states
 
 pytestmark = pytest.mark.slurm
-REPO = Path(__file__).resolve().parents[1]
 
 if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
     pytestmark = [pytest.mark.slurm, pytest.mark.skip(reason="no SLURM cluster (run .ci/slurm_up.sh as root)")]
@@ -37,13 +35,9 @@ SBATCH = ["--slurm", "--gres=none", "--cpus-per-task=1", "--nodes=1", "--ntasks-
 
 
 def lit_lora(*args: str) -> subprocess.CompletedProcess:
-    # the array tasks run `srun lit-lora …`: the entry point of this environment must be on their PATH
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
-           "MASTER_ADDR": "127.0.0.1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, "-m", "lit_lora.cli", *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    # the array tasks run `srun lit-lora …`: the entry point of this environment must be on their PATH (the
+    # harness puts this Python's bin/ first)
+    return run_cli_subprocess(args, via="module", env={"MASTER_ADDR": "127.0.0.1"})
 
 
 def wait_until_settled(sweep_dir: Path, timeout: float = 420) -> dict:

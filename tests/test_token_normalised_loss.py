@@ -6,34 +6,19 @@ mean differ from that by far more than the tolerance."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from harness import DEMO, WORKERS, run_cli_subprocess, write_code_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = 8
 pytestmark = pytest.mark.faults
 
 
-def write_rows(path: Path) -> Path:
-    """Eight rows whose answers range from 2 to about 250 tokens."""
-    with path.open("w") as f:
-        for i in range(ROWS):
-            body = "\n".join(f"    total += {j} * value" for j in range(1 + i ** 3 // 4))
-            output = f"def f{i}(value):\n    total = 0\n{body}\n    return total"
-            f.write(json.dumps({"instruction": f"Write function number {i}.", "input": "", "output": output,
-                                "text": ""}) + "\n")
-    return path
-
-
 def first_step(model_dir: str, data: Path, out: Path, batch_size: int, accumulate: int, devices: int):
     """Run ``lit-lora fit`` for one optimizer step; return its gradients and logged train_loss."""
-    env = {**os.environ, "GRAD_DUMP": str(out), "PYTHONPATH": str(ROOT / "tests" / "workers")}
-    args = ["lit-lora", "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
+    args = ["fit", "--config", DEMO,
             "--model.init_args.model_name_or_path", model_dir,
             "--data.init_args.source", str(data), "--data.init_args.validation_source", str(data),
             "--data.init_args.batch_size", str(batch_size), "--data.init_args.max_length", "512",
@@ -43,13 +28,14 @@ def first_step(model_dir: str, data: Path, out: Path, batch_size: int, accumulat
             "--trainer.callbacks+=grad_dump.FirstStepGradients"]
     if devices > 1:
         args += ["--trainer.strategy", "ddp"]
-    result = subprocess.run(["timeout", "-k", "5", "300", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = run_cli_subprocess(args, env={"GRAD_DUMP": str(out), "PYTHONPATH": str(WORKERS)}, timeout=300,
+                                check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     return torch.load(out), torch.load(str(out) + ".loss")
 
 
 def test_one_step_is_the_same_however_its_rows_are_split(tiny_model, tmp_path):
-    data = write_rows(tmp_path / "rows.jsonl")
+    data = write_code_rows(tmp_path / "rows.jsonl", ROWS)
     model = tiny_model("llama")
     whole, whole_loss = first_step(model, data, tmp_path / "whole.pt", batch_size=ROWS, accumulate=1, devices=1)
     accumulated, acc_loss = first_step(model, data, tmp_path / "acc.pt", batch_size=2, accumulate=4, devices=1)

@@ -19,17 +19,15 @@ tests can look inside it and compare with runs DeepSpeed never saw. They check, 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness import deepspeed_on_cpu_env, import_worker, run_ranks
 from safetensors.torch import load_file
 
 from lit_lora.compatibility import IncompatibleConfig, Setup, check
 
-WORKER = Path(__file__).resolve().parent / "workers" / "zero_cpu.py"
 ACCEPTED = {  # id -> worker spec (model and out filled in per test)
     "zero3-lora": dict(stage=3, adapter="lora"),
     "zero3-qlora4-bf16-storage": dict(stage=3, adapter="qlora", dtype="bfloat16", quant_storage="bfloat16", bf16=True),
@@ -54,16 +52,13 @@ def setup_of(spec: dict) -> Setup:
 
 @pytest.fixture(scope="module")
 def run_zero(tiny_model, torch_extensions_dir):
-    """``run_zero(spec, out)`` -> the finished ``torchrun`` process of 2 CPU ranks."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "TORCH_EXTENSIONS_DIR": torch_extensions_dir}
+    """``run_zero(spec, out)`` -> the finished ``torchrun`` process of 2 CPU ranks (``tests/workers/zero_cpu.py``)."""
+    env = deepspeed_on_cpu_env(torch_extensions_dir)
     model = tiny_model("llama")
 
     def run(spec: dict, out: Path) -> subprocess.CompletedProcess:
         full = {**spec, "model": model, "out": str(out)}
-        return subprocess.run(["timeout", "-k", "5", "300", sys.executable, "-m", "torch.distributed.run",
-                               "--standalone", "--nproc_per_node", "2", str(WORKER), json.dumps(full)],
-                              env=env, capture_output=True, text=True)
+        return run_ranks("zero_cpu", json.dumps(full), ranks=2, env=env, timeout=300)
 
     return run
 
@@ -72,10 +67,7 @@ def unsharded_adapter_shapes(model: str, spec: dict) -> dict[str, tuple]:
     """Key -> shape of the adapter the same configuration saves without DeepSpeed."""
     from peft import get_peft_model_state_dict
 
-    sys.path.insert(0, str(WORKER.parent))
-    from zero_cpu import build_module
-
-    module = build_module({**spec, "model": model})
+    module = import_worker("zero_cpu").build_module({**spec, "model": model})
     module.configure_model()
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(module.model).items()}
 

@@ -1,9 +1,9 @@
 """Fine-tuning methods: one class per method, each builds its peft config (and quantization config)."""
 
-from lit_lora.adapters.base import Adapter, check_target_modules, count_parameters, parameter_report
+from lit_lora.adapters.base import Adapter, AdapterSpec, check_target_modules, count_parameters, parameter_report
 from lit_lora.adapters.lora import FullFineTuning, LoRA, NoAdapter, QLoRA
 
-__all__ = ["Adapter", "FullFineTuning", "LoRA", "NoAdapter", "QLoRA", "check_target_modules", "count_parameters",
+__all__ = ["Adapter", "AdapterSpec", "FullFineTuning", "LoRA", "NoAdapter", "QLoRA", "check_target_modules", "count_parameters",
            "parameter_report"]
 from lit_lora.adapters.prompt import PrefixTuning, PromptTuning, PTuning  # noqa: E402
 

@@ -2,19 +2,25 @@
 
 An ``Adapter`` turns a freshly loaded transformers model into the model that trains:
 ``quantization_config()`` says how to load the base (``None`` = unquantized), ``wrap()`` freezes
-what must stay frozen and attaches the peft layers. Methods are chosen in YAML by class path::
+what must stay frozen and attaches the peft layers, ``spec()`` says what the method is (``AdapterSpec``: the
+compatibility rules and the memory estimate read it, never class names). Methods are chosen in YAML by class path::
 
     model:
       init_args:
         adapter:
           class_path: lit_lora.adapters.LoRA
           init_args: {r: 8, alpha: 16, target_modules: all-linear}
+
+    >>> from lit_lora.adapters import QLoRA
+    >>> QLoRA(bits=4, quant_storage="bfloat16").spec().storage_dtype
+    'bfloat16'
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -34,10 +40,50 @@ def to_dtype(name: Optional[str]) -> Optional[torch.dtype]:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}") from None
 
 
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What a fine-tuning method is, for the code that plans around it (``Adapter.spec()``).
+
+    Attributes:
+        method: ``full``, ``none``, ``lora``, ``qlora``, ``prompt_tuning``, ``p_tuning``, ``prefix_tuning`` …
+        bits: 4 or 8 when the base is loaded bitsandbytes-quantized, else ``None``.
+        storage_dtype: Storage dtype of packed 4-bit weights (``bnb_4bit_quant_storage``; ``None``: uint8).
+        compute_dtype: Dtype the quantized layers compute in (``None``: the model's).
+        double_quant: The 4-bit quantization constants are quantized too.
+        trains_base: Every weight of the base model trains (full fine-tuning).
+        trains_head: A new classification head trains (in full, or through ``modules_to_save``).
+        virtual_tokens: Tokens a prompt method puts in front of every row (0: none).
+        kbit_checkpointing: peft's ``prepare_model_for_kbit_training`` turns on gradient checkpointing.
+    """
+
+    method: str
+    bits: Optional[int] = None
+    storage_dtype: Optional[str] = None
+    compute_dtype: Optional[str] = None
+    double_quant: bool = False
+    trains_base: bool = False
+    trains_head: bool = True
+    virtual_tokens: int = 0
+    kbit_checkpointing: bool = False
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+
 class Adapter:
     """Base class of every fine-tuning method (full, LoRA, QLoRA, prompt-based)."""
 
     method: str = "base"
+
+    def spec(self) -> AdapterSpec:
+        """What this method is (see ``AdapterSpec``); subclasses fill in their fields."""
+        return AdapterSpec(method=self.method)
+
+    def with_trained_modules(self, names: Sequence[str]) -> "Adapter":
+        """This adapter training ``names`` (e.g. a new classification head) in full as well: a copy with them in
+        ``modules_to_save`` for a method that has it; unchanged for one that trains everything or nothing."""
+        return self
 
     def quantization_config(self):
         """A ``transformers.BitsAndBytesConfig`` to load the base with, or ``None``."""

@@ -8,17 +8,21 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+import copy
+from typing import Literal, Optional, Sequence, Union
 
 from torch import nn
 
-from lit_lora.adapters.base import Adapter, check_target_modules, to_dtype
+from lit_lora.adapters.base import Adapter, AdapterSpec, check_target_modules, to_dtype
 
 
 class FullFineTuning(Adapter):
     """Every weight of the model trains; no peft wrapper."""
 
     method = "full"
+
+    def spec(self) -> AdapterSpec:
+        return AdapterSpec(method=self.method, trains_base=True)
 
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         model.requires_grad_(True)
@@ -29,6 +33,9 @@ class NoAdapter(Adapter):
     """The pretrained model as it is, every weight frozen: baselines and in-context (zero / k-shot) evaluation."""
 
     method = "none"
+
+    def spec(self) -> AdapterSpec:
+        return AdapterSpec(method=self.method, trains_head=False)
 
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         model.requires_grad_(False)
@@ -71,6 +78,11 @@ class LoRA(Adapter):
         self.use_rslora = use_rslora
         self.use_dora = use_dora
         self.modules_to_save = modules_to_save
+
+    def with_trained_modules(self, names: Sequence[str]) -> "LoRA":
+        adapter = copy.copy(self)
+        adapter.modules_to_save = sorted(set(self.modules_to_save or []) | set(names))
+        return adapter
 
     def peft_config(self, task_type: str):
         from peft import LoraConfig
@@ -128,6 +140,11 @@ class QLoRA(LoRA):
         self.compute_dtype = compute_dtype
         self.quant_storage = quant_storage
         self.gradient_checkpointing = gradient_checkpointing
+
+    def spec(self) -> AdapterSpec:
+        return AdapterSpec(method=self.method, bits=self.bits, storage_dtype=self.quant_storage,
+                           compute_dtype=self.compute_dtype, double_quant=self.double_quant,
+                           kbit_checkpointing=self.gradient_checkpointing)
 
     def quantization_config(self):
         from transformers import BitsAndBytesConfig

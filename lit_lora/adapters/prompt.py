@@ -11,12 +11,12 @@ classification head; ``SequenceClassifierModule`` names the head modules in ``mo
 from __future__ import annotations
 
 import copy
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from torch import nn
 from transformers import PretrainedConfig
 
-from lit_lora.adapters.base import Adapter
+from lit_lora.adapters.base import Adapter, AdapterSpec
 
 
 class _PromptLearning(Adapter):
@@ -27,6 +27,14 @@ class _PromptLearning(Adapter):
             raise ValueError(f"{type(self).__name__}: num_virtual_tokens must be >= 1, got {num_virtual_tokens}")
         self.num_virtual_tokens = num_virtual_tokens
         self.modules_to_save = modules_to_save
+
+    def spec(self) -> AdapterSpec:
+        return AdapterSpec(method=self.method, virtual_tokens=self.num_virtual_tokens)
+
+    def with_trained_modules(self, names: Sequence[str]) -> "_PromptLearning":
+        adapter = copy.copy(self)
+        adapter.modules_to_save = sorted(set(self.modules_to_save or []) | set(names))
+        return adapter
 
     def peft_config(self, task_type: str, model: nn.Module):
         raise NotImplementedError

@@ -21,6 +21,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from lit_lora.data.collators import PackCollator, PadCollator
+from lit_lora.data.contract import TRAINING_SPLIT_KEYS, DataContract
 from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
 from lit_lora.data.packing import flattens, model_packing_refusal, packed_train_loader, packing_summary
 from lit_lora.data.resumable import train_loader
@@ -89,6 +90,8 @@ class TextDataModule(L.LightningDataModule):
         eval_batch_size: Validation / test batch size per device (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         tokenizer_name_or_path: Set from ``model.model_name_or_path`` by the CLI; not a YAML key there.
+        trust_remote_code: Run tokenizer code shipped with the checkpoint; set from the model's
+            ``trust_remote_code`` by the CLI (the model owns the setting); not a YAML key there.
     """
 
     required_columns: ClassVar[tuple[str, ...]] = ()
@@ -96,6 +99,8 @@ class TextDataModule(L.LightningDataModule):
     text_columns: ClassVar[tuple[str, ...]] = ()
     default_source: ClassVar[Optional[str]] = None
     padding_side: ClassVar[str] = "right"
+    encoder_decoder: bool = False  # classification rows; SFTDataModule tokenises for either kind of model
+    eval_names: tuple[str, ...] = ("validation",)  # names of the validation dataloaders (NLI: matched, mismatched)
 
     def __init__(
         self,
@@ -117,6 +122,7 @@ class TextDataModule(L.LightningDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         tokenizer_name_or_path: Optional[str] = None,
+        trust_remote_code: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -144,7 +150,8 @@ class TextDataModule(L.LightningDataModule):
             log.warning("[lit-lora] max_tokens_per_batch applies to packed batches only; set packing: true to use it")
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.tokenizer = load_tokenizer(tokenizer_name_or_path, padding_side=self.padding_side) \
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path, trust_remote_code, padding_side=self.padding_side) \
             if tokenizer_name_or_path else None
         self.datasets: dict[str, Dataset] = {}
         self.drop_counts: dict[str, Counter] = {}
@@ -195,6 +202,8 @@ class TextDataModule(L.LightningDataModule):
         batching = ("batch_size", "eval_batch_size", "num_workers", "group_by_length", "packing",
                     "max_tokens_per_batch")
         settings = {k: v for k, v in self.hparams.items() if k not in batching}
+        if "encoder_decoder" in settings:  # as decided for the paired module, not the argument (None: ask it)
+            settings["encoder_decoder"] = self.encoder_decoder
         tokenizer = self.tokenizer
         key = json.dumps([dataset._fingerprint, type(self).__qualname__, encoding_code_hash(type(self)), settings, split,
                           tokenizer.name_or_path, len(tokenizer), tokenizer.pad_token,
@@ -241,6 +250,29 @@ class TextDataModule(L.LightningDataModule):
             self.datasets[split] = self.encode_split(dataset, split)
         if self.packing:
             self.log_packing()
+
+    # ---- what the module is told (lit_lora.data.contract) ----------------------------------------
+    @property
+    def prompt_has_special_tokens(self) -> bool:
+        """Whether prompt text already carries BOS; classification pairs get the tokenizer's special tokens."""
+        return False
+
+    def split_prompts(self, split: str) -> Optional[list[str]]:
+        """The ``prompt`` column of a tokenised split, or ``None`` when the split or the column is absent."""
+        dataset = self.datasets.get(split)
+        return dataset["prompt"] if dataset is not None and "prompt" in dataset.column_names else None
+
+    def contract(self) -> DataContract:
+        """What this data decided, for the module (``DataContract``); complete once ``setup`` has run."""
+        hparams = dict(self.hparams)
+        settings = {k: hparams.get(k) for k in TRAINING_SPLIT_KEYS if k in hparams}
+        label_names = getattr(self, "label_names", None)
+        return DataContract(
+            tokenizer=self.tokenizer, prompt_has_special_tokens=self.prompt_has_special_tokens,
+            max_length=self.max_length, encoder_decoder=bool(self.encoder_decoder),
+            label_names=tuple(label_names) if label_names else None, eval_names=tuple(self.eval_names),
+            splits=tuple(self.datasets), training_settings={**settings, "class": type(self).__qualname__},
+            source=str(self.source), data_class=type(self).__name__, prompts=self.split_prompts)
 
     def check_packing(self) -> None:
         """Refuse ``packing: true`` before any row is read where packed rows would not train correctly."""

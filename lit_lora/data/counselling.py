@@ -1,6 +1,6 @@
 """Mental-health counselling conversations: ``Context`` (what the person wrote) → ``Response`` (the counsellor's).
 
-    lit-lora fit --config configs/counselling_qlora.yaml --data.init_args.source Amod/mental_health_counseling_conversations
+    lit-lora fit --config configs/dialogue/falcon7b_qlora_counselling.yaml --data.init_args.source Amod/mental_health_counseling_conversations
 
 The published data repeats many contexts with several counsellors' answers: keep ``dedupe_contexts``
 on (the default) so that no context sits in both the training and the evaluated split.

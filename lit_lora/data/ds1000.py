@@ -1,6 +1,6 @@
 """DS-1000 (data-science code QA): ``prompt`` → ``reference_code``, ``metadata.library`` names the library.
 
-    lit-lora fit --config configs/ds1000_qlora.yaml --data.init_args.libraries '[Pandas, Numpy]'
+    lit-lora fit --config configs/code/phi15_qlora_ds1000.yaml --data.init_args.libraries '[Pandas, Numpy]'
 
 DS-1000 is published as a single ``test`` split of 1000 problems; lit-lora holds out a seeded
 validation fraction of it (``val_fraction``). Generation metrics are reported per library.

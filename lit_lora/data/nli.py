@@ -1,7 +1,7 @@
 """MultiNLI and SNLI for a sequence classifier: (premise, hypothesis) pairs → entailment / neutral / contradiction.
 
-    lit-lora fit --config configs/nli_roberta_lora.yaml                            # bundled samples
-    lit-lora fit --config configs/nli_roberta_lora.yaml --data.init_args.source nyu-mll/multi_nli
+    lit-lora fit --config configs/tutorials/nli_roberta_lora.yaml                            # bundled samples
+    lit-lora fit --config configs/tutorials/nli_roberta_lora.yaml --data.init_args.source nyu-mll/multi_nli
 
 Labels are the hub's integers (0 entailment, 1 neutral, 2 contradiction) or those names as strings;
 a float that is an integer counts as it (``1.0``: pandas reads a CSV label column with a blank cell as

@@ -1,7 +1,7 @@
 """MultiNLI and SNLI as prompt → label word, for fine-tuning a causal LM to answer with the label.
 
-    lit-lora fit --config configs/nli_llama_label_word.yaml
-    lit-lora fit --config configs/nli_llama_label_word.yaml --data.init_args.template chat \\
+    lit-lora fit --config configs/tutorials/nli_llama_label_word.yaml
+    lit-lora fit --config configs/tutorials/nli_llama_label_word.yaml --data.init_args.template chat \\
         --data.init_args.system_prompt "You classify natural language inference pairs."
 
 The prompt is the instruction plus ``Premise: …`` / ``Hypothesis: …`` (``plain`` or ``alpaca``

@@ -1,6 +1,6 @@
 """python-codes-25k (instruction, input, output, text) with optional code cleaning, for causal or seq2seq models.
 
-    lit-lora fit --config configs/codet5_lora.yaml --data.init_args.cleaning.dedupe true
+    lit-lora fit --config configs/tutorials/codet5_lora.yaml --data.init_args.cleaning.dedupe true
 
 The same class serves a causal LM and an encoder-decoder (CodeT5 / T5): the tokenisation follows
 the model (``SFTDataModule.encoder_decoder``).

@@ -5,8 +5,10 @@ this class tokenises ``prompt + response + EOS`` and labels the response only (`
 labels everything). A row whose response would be truncated away entirely is dropped and counted:
 a row with no trainable token never reaches the loss.
 
-For an encoder-decoder model (T5 / CodeT5; detected from the model config, or ``encoder_decoder: true``)
-the prompt is the encoder input and the response the labels (padding → -100). Every row also keeps
+For an encoder-decoder model (T5 / CodeT5: declared by the module class it trains, ``Seq2SeqModule``, read at
+``setup`` through ``lit_lora.data.contract.declared_encoder_decoder``; or ``encoder_decoder: true``) the prompt is
+the encoder input and the response the labels (padding → -100). Whether a prompt already carries BOS (a causal
+LM's chat template) is decided here, once, and handed to the module in the ``DataContract``. Every row also keeps
 its ``prompt``, full ``reference`` response and ``group`` (e.g. a DS-1000 library) as strings, so that
 generation-based evaluation compares against the untruncated answer.
 
@@ -23,6 +25,7 @@ from typing import Any, Optional, Union
 
 from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import IGNORE_INDEX
+from lit_lora.data.contract import declared_encoder_decoder, prompt_carries_special_tokens
 
 Example = Union[tuple[str, str], str]  # (prompt, response), or a drop reason
 
@@ -37,7 +40,7 @@ class SFTDataModule(TextDataModule):
         system_prompt: System turn of the chat template.
         train_on_prompt: Put the prompt tokens in the loss too (default: response only).
         encoder_decoder: Tokenise for an encoder-decoder model (prompt → encoder, response → labels);
-            ``None`` reads ``is_encoder_decoder`` from the model config.
+            ``None``: as the module declares (``Seq2SeqModule``), decided at ``setup``; causal without one.
     """
 
     def __init__(self, *args, group_by_length: bool = True, template: str = "alpaca",
@@ -47,12 +50,18 @@ class SFTDataModule(TextDataModule):
         self.template = template
         self.system_prompt = system_prompt
         self.train_on_prompt = train_on_prompt
-        if encoder_decoder is None and self.tokenizer is not None:
-            from transformers import AutoConfig
+        self.encoder_decoder_arg = encoder_decoder
+        self.encoder_decoder = bool(encoder_decoder)  # until setup asks the module (None)
 
-            config = AutoConfig.from_pretrained(self.tokenizer.name_or_path)
-            encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-        self.encoder_decoder = bool(encoder_decoder)
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Tokenise for the module this data is paired with: its class declares whether it is an encoder-decoder."""
+        if not self.datasets and self.encoder_decoder_arg is None:
+            self.encoder_decoder = bool(declared_encoder_decoder(self.trainer))
+        super().setup(stage)
+
+    @property
+    def prompt_has_special_tokens(self) -> bool:
+        return prompt_carries_special_tokens(self.template, self.encoder_decoder)
 
     def packing_refusal(self) -> Optional[str]:
         if self.encoder_decoder:
@@ -70,8 +79,8 @@ class SFTDataModule(TextDataModule):
     def tokenize_example(self, prompt: str, response: str) -> dict:
         """Features of one prompt / response pair, or ``{"_drop": reason}``."""
         tok = self.tokenizer
-        # a chat-template prompt already carries its special tokens (BOS included)
-        prompt_ids = tok(prompt, add_special_tokens=self.template != "chat")["input_ids"]
+        # a chat-template prompt already carries its special tokens (BOS included): the contract's one decision
+        prompt_ids = tok(prompt, add_special_tokens=not self.prompt_has_special_tokens)["input_ids"]
         response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(prompt_ids) >= self.max_length:
             return {"_drop": "response truncated away"}

@@ -1,6 +1,10 @@
 """In-context evaluation with no training: zero-shot and k-shot prompts built from a DataModule.
 
-    lit-lora incontext --config configs/<exp>.yaml --shots 0 1 3 --max_rows 100
+    lit-lora incontext --config configs/<exp>.yaml --shots 0 1 3 --max_rows 100   # lit_lora.commands.incontext
+
+    from lit_lora.evaluation.incontext import build_prompts, evaluate_incontext
+    records = build_prompts(datamodule, k=1, seed=0, max_rows=10)   # prompts with one training demonstration
+    results = evaluate_incontext(module, datamodule, [0, 1], 0, None, 10, 8, Path("runs/incontext"))
 
 Demonstrations are drawn (seeded, per evaluated row) from the *training* split only, and a
 demonstration whose normalised input equals the evaluated row's is never used, so a prompt never
@@ -12,15 +16,13 @@ turns; otherwise they are concatenated as prompt + answer blocks. Generation dat
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import random
-import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from lit_lora.data.contract import prompt_carries_special_tokens
 from lit_lora.evaluation.generation import generate_texts
 from lit_lora.evaluation.labels import parse_label
 from lit_lora.evaluation.overlap import normalize_input
@@ -116,7 +118,8 @@ def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: O
             chat = bool(getattr(datamodule.tokenizer, "chat_template", None))
             outs += generate_texts(module.model, datamodule.tokenizer, batch, settings,
                                    encoder_decoder=module.encoder_decoder,
-                                   add_special_tokens=module.encoder_decoder or not chat)
+                                   add_special_tokens=not prompt_carries_special_tokens("chat" if chat else "plain",
+                                                                                        module.encoder_decoder))
         for record, out in zip(records, outs):
             record.update(prediction=out.text, hit_max_new_tokens=out.hit_limit)
         results[f"{k}-shot"] = score(datamodule, records, [o.text for o in outs])
@@ -125,23 +128,3 @@ def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: O
             for record in records:
                 f.write(dumps(record) + "\n")
     return results
-
-
-def main(argv: list[str] | None = None) -> None:
-    from lit_lora.cli import LitLoraCLI
-
-    parser = argparse.ArgumentParser(prog="lit-lora incontext", allow_abbrev=False, description=__doc__.splitlines()[0])
-    parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 3])
-    parser.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
-    parser.add_argument("--split", help="evaluated split (default: the first that is not train)")
-    parser.add_argument("--max_rows", type=int, help="evaluate only the first N rows")
-    parser.add_argument("--out_dir", default="runs/incontext")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    cli = LitLoraCLI(args=rest, run=False, save_config_callback=None)
-    module = cli.model
-    module.evaluation = dataclasses.replace(module.evaluation, generate=True)
-    out_dir = Path(args.out_dir)
-    results = evaluate_incontext(module, cli.datamodule, args.shots, args.seed, args.split, args.max_rows,
-                                 cli.datamodule.eval_batch_size, out_dir)
-    (out_dir / "incontext.json").write_text(dumps(results, indent=2))
-    print(dumps(results, indent=2))

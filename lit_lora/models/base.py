@@ -6,6 +6,16 @@ loaded straight onto each rank's device and ``--print_config`` never touches wei
 
 Checkpoints hold only the trainable parameters (plus optimizer and loop state): a frozen base is
 rebuilt from ``model_name_or_path`` on load, so a LoRA checkpoint of a 7B model is megabytes, not gigabytes.
+
+What the data decided (tokenizer, BOS, ``max_length``, label and evaluation-set names …) arrives once per stage
+as a ``DataContract`` (``setup`` -> ``connect``; ``lit_lora.data.contract``). Validation and test are written
+here once and hand each call to ``self.evaluator`` (``evaluator_class``; ``lit_lora.evaluation.evaluators``)::
+
+    >>> from lit_lora.models import CausalLMModule, SequenceClassifierModule
+    >>> type(CausalLMModule("lit_lora/assets/tiny-llama").evaluator).__name__
+    'GenerationEvaluator'
+    >>> type(SequenceClassifierModule("lit_lora/assets/tiny-llama").evaluator).__name__
+    'ClassificationEvaluator'
 """
 
 from __future__ import annotations
@@ -17,22 +27,20 @@ from typing import Any, ClassVar, Literal, Optional
 import lightning as L
 import torch
 from jsonargparse import lazy_instance
-from transformers import AutoConfig
 
 from lit_lora.adapters import Adapter, LoRA, parameter_report
 from lit_lora.adapters.base import format_parameter_report, to_dtype
+from lit_lora.data.contract import TRAINING_SPLIT_KEYS, DataContract, contract_of  # noqa: F401 (old path of the keys)
+from lit_lora.evaluation.evaluators import Evaluator, LossEvaluator
 from lit_lora.model_source import resolve_model_path
+from lit_lora.models import builder
 from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
-from lit_lora.models.quantizable import plain_linear_layers
 from lit_lora.models.token_loss import label_count, step_label_count, summed_loss
 from lit_lora.sharding import outside_zero3_init, partitioned_share, partitioned_loading, zero3_config
 from lit_lora.optim import OptimizerSettings, build_optimizer
 
 log = logging.getLogger(__name__)
 
-# datamodule settings that decide which rows a run trained on
-TRAINING_SPLIT_KEYS = ("source", "split", "subset", "validation_source", "validation_split", "val_fraction",
-                       "max_samples", "sample_fraction", "seed", "cleaning", "eval_sources")
 # position_ids: packed rows restart at 0, which is how transformers keeps them apart (lit_lora/data/packing.py)
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "decoder_input_ids",
                     "decoder_attention_mask", "position_ids")
@@ -49,13 +57,15 @@ class FineTuneModule(L.LightningModule):
         attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2``; ``None`` lets transformers choose.
         trust_remote_code: Run modelling code shipped with the checkpoint (off: only transformers' own classes).
         gradient_checkpointing: Recompute activations in backward to save memory.
-        tokenizer: Set by the CLI from the datamodule (``link_arguments``); not a YAML key.
+        tokenizer: Set by the CLI from the datamodule (``link_arguments``), and by ``connect`` from the data
+            contract; not a YAML key.
     """
 
     task_type: ClassVar[str] = "CAUSAL_LM"
     auto_model_class: ClassVar[Any] = None
     loads_zero3_partitions: ClassVar[bool] = True  # see configure_model
-    compares_generated_text: ClassVar[bool] = False  # `lit-lora compare` scores its generated answers
+    evaluator_class: ClassVar[type[Evaluator]] = LossEvaluator  # how validation / test evaluate (self.evaluator)
+    encoder_decoder: ClassVar[bool] = False  # the model side of the data's tokenisation (lit_lora.data.contract)
 
     def __init__(
         self,
@@ -79,6 +89,7 @@ class FineTuneModule(L.LightningModule):
         self.trust_remote_code = trust_remote_code
         self.gradient_checkpointing = gradient_checkpointing
         self.tokenizer = tokenizer
+        self.data_contract: Optional[DataContract] = None  # what the data decided; set by connect
         self.model: Optional[torch.nn.Module] = None
         self.parameter_counts: dict = {}
         self._step_loss_sum: Optional[torch.Tensor] = None  # this optimizer step's summed token losses so far
@@ -86,6 +97,7 @@ class FineTuneModule(L.LightningModule):
         self._logged_loss_path: Optional[tuple] = None
         # Frozen weights are not in our checkpoints; on_load_checkpoint checks the trainable ones instead.
         self.strict_loading = False
+        self.evaluator = self.evaluator_class()  # a child module: its metrics follow the device, sync across ranks
 
     # ---- building -------------------------------------------------------------------------------
     def load_kwargs(self) -> dict:
@@ -113,13 +125,12 @@ class FineTuneModule(L.LightningModule):
             return device.index if device.type == "cuda" else device.type
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def prepare_architecture(self, config) -> None:
+        """Set what the module derives from the architecture before the base is loaded (``models.builder``
+        calls it, for training and for ``estimate`` alike); a classifier sizes and names its head here."""
+
     def load_base_model(self) -> torch.nn.Module:
-        kwargs = self.load_kwargs()
-        path = resolve_model_path(self.model_name_or_path)
-        if "quantization_config" not in kwargs:
-            return self.auto_model_class.from_pretrained(path, **kwargs)
-        with plain_linear_layers():  # e.g. Falcon's nn.Linear subclass would otherwise stay unquantized
-            return self.auto_model_class.from_pretrained(path, **kwargs)
+        return builder.load_base(self)  # e.g. Falcon's nn.Linear subclass is quantized too (plain_linear_layers)
 
     def configure_model(self) -> None:
         """Build base model + adapter.
@@ -133,7 +144,7 @@ class FineTuneModule(L.LightningModule):
         """
         if self.model is not None:
             return
-        self.check_adapter_fits_base()
+        builder.architecture(self)  # the module's settings on the architecture; the adapter may refuse it
         zero3 = zero3_config(self)
         sharded = zero3 is not None and self.loads_zero3_partitions and self.adapter.quantization_config() is None
         if sharded:
@@ -147,23 +158,25 @@ class FineTuneModule(L.LightningModule):
             log.info("[lit-lora] ZeRO-3: rank %d loaded %s of %s base weights (its partition)",
                      self.global_rank, f"{held:,}", f"{total:,}")
 
-    def check_adapter_fits_base(self) -> None:
-        """Let the adapter refuse the architecture from its config alone, before any weights are read."""
-        arch = self.architecture_kwargs()
-        config = AutoConfig.from_pretrained(resolve_model_path(self.model_name_or_path), **arch)
-        with outside_zero3_init():  # a probe model of the adapter's must not be partitioned
-            self.adapter.check_base(config, self.auto_model_class, self.task_type,
-                                    trust_remote_code=arch.get("trust_remote_code", False))
-
     def _build_model(self, model: torch.nn.Module) -> None:
-        if self.tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
-        if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        self.model = self.adapter.wrap(model, self.task_type)
+        self.model = builder.adapt(self, model)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as they are
         self.parameter_counts = parameter_report(self.model)
+
+    # ---- the data (lit_lora.data.contract) --------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Take the data's contract once per stage: after ``datamodule.setup``, before ``configure_model``."""
+        self.connect(contract_of(self.trainer))
+
+    def connect(self, contract: DataContract) -> None:
+        """Keep what the data decided; from here on the module reads ``self.data_contract``, never the datamodule."""
+        if contract.encoder_decoder != self.encoder_decoder:
+            kind = "an encoder-decoder" if contract.encoder_decoder else "a causal LM"
+            raise ValueError(f"{contract.data_class} rows are tokenised for {kind} (data encoder_decoder: "
+                             f"{contract.encoder_decoder}) but {type(self).__name__} is not one; drop the data's "
+                             f"encoder_decoder setting (the module class decides it)")
+        self.data_contract = contract
+        self.tokenizer = contract.tokenizer if contract.tokenizer is not None else self.tokenizer
 
     # ---- training -------------------------------------------------------------------------------
     def forward(self, batch: dict, **kwargs: Any) -> Any:
@@ -242,13 +255,42 @@ class FineTuneModule(L.LightningModule):
         self.log("train_loss", total / step_tokens, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self._step_loss_sum, self._step_batches = None, 0
 
+    # ---- evaluation: the hooks once, the work in self.evaluator (lit_lora.evaluation.evaluators) ------------------
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.start(self, "val")
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        loss = self(batch).loss
-        self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        self.evaluator.step(self, batch, "val", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.evaluator.end(self, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluator.start(self, "test")
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        loss = self(batch).loss
-        self.log("test_loss", loss, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        self.evaluator.step(self, batch, "test", dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.evaluator.end(self, "test")
+
+    @property
+    def extra_metrics(self) -> dict:
+        """The evaluator's non-scalar results (``details`` in ``metrics.json``)."""
+        return self.evaluator.extra_metrics
+
+    @extra_metrics.setter
+    def extra_metrics(self, value: dict) -> None:
+        self.evaluator.extra_metrics = value
+
+    @property
+    def predictions(self) -> list[dict]:
+        """The rows the last evaluation generated (prompt, reference, prediction …); empty when it generates none."""
+        return self.evaluator.predictions
+
+    @predictions.setter
+    def predictions(self, value: list[dict]) -> None:
+        self.evaluator.predictions = value
 
     def configure_optimizers(self):
         return build_optimizer(self.optim, self.model, self.trainer)
@@ -271,11 +313,8 @@ class FineTuneModule(L.LightningModule):
                                   "data": self._training_split_settings(), "trainable_keys": sorted(keep)}
 
     def _training_split_settings(self) -> dict:
-        """The datamodule settings that decide which rows were trained on (for the train-overlap check)."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        hparams = dict(getattr(datamodule, "hparams", {}) or {})
-        return {k: hparams.get(k) for k in TRAINING_SPLIT_KEYS if k in hparams} | (
-            {"class": type(datamodule).__qualname__} if datamodule is not None else {})
+        """The data settings that decide which rows were trained on (for the train-overlap check); ``{}`` unconnected."""
+        return dict(self.data_contract.training_settings) if self.data_contract is not None else {}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # DeepSpeed restores the weights itself and hands over a checkpoint without "state_dict":

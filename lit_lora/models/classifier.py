@@ -1,7 +1,7 @@
 """Sequence classification (``AutoModelForSequenceClassification``): RoBERTa-style encoders and decoder LLMs.
 
-    lit-lora fit  --config configs/nli_roberta_lora.yaml
-    lit-lora test --config configs/nli_roberta_lora.yaml --ckpt_path runs/nli_roberta_lora/.../last.ckpt
+    lit-lora fit  --config configs/tutorials/nli_roberta_lora.yaml
+    lit-lora test --config configs/tutorials/nli_roberta_lora.yaml --ckpt_path runs/nli_roberta_lora/.../last.ckpt
 
 Encoders classify from their first token; decoder LLMs (Llama, Gemma, Phi …ForSequenceClassification)
 from the last token that is not padding, found from ``config.pad_token_id`` (set here from the
@@ -10,8 +10,9 @@ tokenizer), which is right for left- and right-padded batches alike.
 Label names (hence ``num_labels``, ``id2label``, ``label2id``) come from the datamodule. The CLI links
 ``data.label_names`` to ``model.init_args.label_names`` at instantiation; jsonargparse skips that link
 for a datamodule without ``label_names`` or a module without the argument, so one link serves every
-module and datamodule pair. Built outside the CLI, the module reads ``trainer.datamodule.label_names``
-in ``configure_model`` when ``label_names`` is not given, and fails when neither names any.
+module and datamodule pair. Built outside the CLI, the module takes them from the data contract in ``setup``
+(``lit_lora.models.labels``) when ``label_names`` is not given, and ``configure_model`` fails when neither names any.
+Evaluation is ``lit_lora.evaluation.evaluators.ClassificationEvaluator`` (per evaluation set).
 
 The classification head (the model's children other than its backbone, e.g. ``classifier`` for
 RoBERTa, ``score`` for Llama) is derived from the architecture: it is added to the adapter's
@@ -30,14 +31,13 @@ from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init
-from lit_lora.data.eval_sharding import counted_indices, without_uncounted_labels
+from lit_lora.evaluation.evaluators import ClassificationEvaluator
 from lit_lora.models.base import MODEL_INPUT_KEYS, FineTuneModule
-from lit_lora.models.eval_sets import EvalSetMetrics
-from lit_lora.models.token_loss import label_count, summed_loss
+from lit_lora.models.labels import LabelledModule
 
 log = logging.getLogger("lit_lora")
 LABELS_FILE = "classifier_labels.json"
@@ -74,7 +74,7 @@ def left_align(batch: dict) -> dict:
             for k, v in batch.items()}
 
 
-class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
+class SequenceClassifierModule(LabelledModule, FineTuneModule):
     """``AutoModelForSequenceClassification`` trained with any adapter; accuracy / precision / recall / F1.
 
     Args:
@@ -87,19 +87,17 @@ class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
     # Under ZeRO-3 the base is loaded whole: peft copies a partitioned head in the 16-bit dtype while
     # LoRA weights stay float32, and ZeRO-3 refuses trainable parameters of mixed dtypes.
     loads_zero3_partitions: ClassVar[bool] = False
+    evaluator_class: ClassVar[type] = ClassificationEvaluator
 
     def __init__(self, *args, label_names: Optional[list[str]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.label_names = list(label_names) if label_names else None
         self.head_modules: list[str] = []
         self.align_left = False
-        self.init_eval_metrics()
+        self.pools_last_token = False  # a decoder LM's head pools its last token (set from the architecture)
         self._accepted_inputs: Optional[set[str]] = None
 
     # ---- labels and building --------------------------------------------------------------------
-    def base_config(self):
-        return AutoConfig.from_pretrained(self.model_name_or_path, trust_remote_code=self.trust_remote_code)
-
     def load_kwargs(self) -> dict:
         kwargs = super().load_kwargs()
         kwargs["num_labels"] = len(self.label_names)
@@ -111,26 +109,29 @@ class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
             kwargs["quantization_config"] = quantization
         return kwargs
 
+    def prepare_architecture(self, config) -> None:
+        """The head of ``config``'s architecture for the label names: sized, named (``head_modules``), trained by
+        the adapter (``with_trained_modules``) and kept out of quantization (``load_kwargs``)."""
+        if not self.label_names:
+            raise ValueError(f"{type(self).__name__}: no label_names; pass them, or use a datamodule that "
+                             f"defines label_names (e.g. lit_lora.data.MultiNLIDataModule)")
+        warn_on_relabelling(config, self.label_names, self.model_name_or_path)
+        config.num_labels = len(self.label_names)
+        self.pools_last_token = pools_last_token(config.model_type)
+        with outside_zero3_init(), torch.device("meta"):  # architecture only: which modules form the head
+            self.head_modules = head_module_names(AutoModelForSequenceClassification.from_config(
+                config, trust_remote_code=self.trust_remote_code))
+        self.adapter = self.adapter.with_trained_modules(self.head_modules)
+
     def configure_model(self) -> None:
         if self.model is not None:
             return
         self.resolve_label_names()
-        config = self.base_config()
-        warn_on_relabelling(config, self.label_names, self.model_name_or_path)
-        config.num_labels = len(self.label_names)
-        with outside_zero3_init(), torch.device("meta"):  # architecture only: which modules form the head
-            self.head_modules = head_module_names(AutoModelForSequenceClassification.from_config(
-                config, trust_remote_code=self.trust_remote_code))
-        if hasattr(self.adapter, "modules_to_save"):
-            adapter = copy.copy(self.adapter)
-            adapter.modules_to_save = sorted(set(adapter.modules_to_save or []) | set(self.head_modules))
-            self.adapter = adapter
-        super().configure_model()
+        super().configure_model()  # models.builder: prepare_architecture, load, adapt
         self.set_pad_token_id()
         self.check_head_trainable()
         prompt_learning = self.is_peft and self.model.peft_config["default"].is_prompt_learning
-        self.align_left = prompt_learning and pools_last_token(config.model_type) \
-            and self.adapter.method != "prefix_tuning"
+        self.align_left = prompt_learning and self.pools_last_token and self.adapter.method != "prefix_tuning"
 
     def set_pad_token_id(self) -> None:
         """The decoder pools on ``config.pad_token_id``: it must be the tokenizer's pad token."""
@@ -173,26 +174,6 @@ class SequenceClassifierModule(EvalSetMetrics, FineTuneModule):
 
     def training_forward_kwargs(self) -> dict:
         return {"use_cache": False} if "use_cache" in self.accepted_inputs() else {}
-
-    def _eval_step(self, stage: str, batch: dict, dataloader_idx: int) -> None:
-        batch = without_uncounted_labels(batch)  # rows a padding rank repeats are run but not counted
-        logits = self(batch).logits
-        keep = counted_indices(batch).to(logits.device)
-        self.metrics_for(stage, dataloader_idx).update(logits.argmax(-1)[keep], batch["labels"][keep])
-        self.update_eval_loss(stage, dataloader_idx, summed_loss(logits, batch["labels"], shift=False),
-                              label_count(batch["labels"], shift=False))
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_eval_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.log_eval_metrics("test")
 
     # ---- saving ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

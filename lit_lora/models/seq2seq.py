@@ -1,10 +1,11 @@
 """Encoder-decoder models (T5, CodeT5, BART …) fine-tuned on input → output data.
 
     python -m lit_lora.tiny t5 /tmp/tiny-t5
-    lit-lora fit --config configs/codet5_lora.yaml --model.init_args.model_name_or_path /tmp/tiny-t5
+    lit-lora fit --config configs/tutorials/codet5_lora.yaml --model.init_args.model_name_or_path /tmp/tiny-t5
 
-The datamodules detect the encoder-decoder from the model config and tokenise the prompt as the
-encoder input and the answer as labels (padding → -100); the model shifts the labels right itself.
+The class declares itself an encoder-decoder (``encoder_decoder``); the SFT datamodules read that declaration at
+``setup`` (``lit_lora.data.contract``), never the model config, and tokenise the prompt as the encoder input and
+the answer as labels (padding → -100); the model shifts the labels right itself.
 """
 
 from __future__ import annotations

@@ -6,25 +6,9 @@
         --slurm --partition debug --max_parallel 2      # one SLURM job array; everything after --slurm is for sbatch
     lit-lora sweep report runs/demo                     # runs/demo/report.md, report.csv, plots/
 
-``lit_lora.sweep.grid`` expands the grid and names the points, ``lit_lora.sweep.resolve`` writes each point's
-config with lit-lora's own parser, ``lit_lora.sweep.run`` runs them (locally one after another, or as a
+The command (its options, then these steps) is ``lit_lora.commands.sweep``. ``lit_lora.sweep.grid`` expands the
+grid and names the points, ``lit_lora.sweep.resolve`` writes each point's config with lit-lora's own parser,
+``lit_lora.sweep.run`` runs them (locally one after another, or as a
 SLURM job array through ``slurm/launch.sh``), ``lit_lora.sweep.state`` tells which finished, and
 ``lit_lora.sweep.report`` collects their metrics. See docs/sweeps.md.
 """
-
-from __future__ import annotations
-
-import sys
-from typing import Optional
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "report":
-        from lit_lora.sweep.report import main as report_main
-
-        report_main(argv[1:])
-        return
-    from lit_lora.sweep.run import main as run_main
-
-    run_main(argv)

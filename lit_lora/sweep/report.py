@@ -18,16 +18,15 @@ against the trainable parameters), and lists every point that is not finished wi
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import re
-import statistics
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from lit_lora.sweep import plots as sweep_plots
 from lit_lora.sweep.grid import as_number
+from lit_lora.sweep.plots import mean_std
 from lit_lora.sweep.state import FINISHED, log_tail, load_sweep, point_states, read_json
 
 SUMMARY_KEYS = ("trainable_params", "total_params", "trainable_pct", "wall_time_s", "peak_memory_mib",
@@ -132,13 +131,6 @@ def groups_over_seeds(rows: list[dict]) -> list[dict]:
     return list(groups.values())
 
 
-def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 def fmt(value: Any) -> str:
     if value is None:
         return ""
@@ -160,103 +152,9 @@ def plot_metrics(metrics: list[str]) -> list[str]:
     return ranked[:PLOT_METRICS]
 
 
-def safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
-
-
 def draw_plots(groups: list[dict], labels: list[str], metrics: list[str], out_dir: Path) -> list[tuple[str, Path]]:
-    """Each metric against each swept value (one line per combination of the other axes, mean ± std over
-    seeds), and against the trainable parameters; returns (title, png path)."""
-    chosen = plot_metrics(metrics)
-    if not groups or not chosen:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*.png"):
-        old.unlink()
-    made = []
-
-    def stats(group: dict, metric: str):
-        return mean_std([r["metrics"].get(metric) for r in group["rows"]])
-
-    def figure(title: str):
-        cols = min(len(chosen), 2)
-        rows = math.ceil(len(chosen) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
-        for ax in axes.flat[len(chosen):]:
-            ax.set_visible(False)
-        fig.suptitle(title)
-        return fig, list(axes.flat)
-
-    for axis in [a for a in labels if a != "seed"]:
-        values = []
-        for g in groups:
-            if axis in g["labels"] and g["labels"][axis] not in values:
-                values.append(g["labels"][axis])
-        if len(values) < 2:
-            continue
-        numeric = all(as_number(v) is not None for v in values)
-        positions = {v: (float(as_number(v)) if numeric else i) for i, v in enumerate(values)}
-        fig, axes = figure(f"metrics vs {axis}")
-        series: dict[str, list[dict]] = {}
-        for g in groups:
-            if axis in g["labels"]:
-                rest = "-".join(f"{k}={v}" for k, v in g["labels"].items() if k != axis) or axis
-                series.setdefault(rest, []).append(g)
-        for ax, metric in zip(axes, chosen):
-            for label, members in series.items():
-                members = sorted(members, key=lambda g: positions[g["labels"][axis]])
-                points = [(positions[g["labels"][axis]], *stats(g, metric)) for g in members]
-                points = [p for p in points if p[1] is not None]
-                if not points:
-                    continue
-                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] or 0 for p in points],
-                            marker="o", capsize=3, label=label if len(series) > 1 else None)
-            ax.set_xlabel(axis)
-            ax.set_ylabel(metric)
-            if numeric:
-                finite = [p for p in positions.values() if p > 0]
-                if len(finite) == len(positions) and max(finite) / min(finite) >= 20:
-                    ax.set_xscale("log")
-                ordered = sorted(positions.items(), key=lambda kv: kv[1])
-                ax.set_xticks([p for _, p in ordered], [v for v, _ in ordered])
-            else:
-                ax.set_xticks(list(positions.values()), list(positions), rotation=20)
-            ax.grid(alpha=0.3)
-            if len(series) > 1:
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"vs_{safe(axis)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        made.append((f"metrics vs {axis}", path))
-
-    with_params = [g for g in groups if isinstance(g["rows"][0]["metrics"].get("trainable_params"), (int, float))]
-    if len({g["rows"][0]["metrics"]["trainable_params"] for g in with_params}) >= 2:
-        fig, axes = figure("metrics vs trainable parameters")
-        for ax, metric in zip(axes, chosen):
-            for g in with_params:
-                mean, std = stats(g, metric)
-                if mean is None:
-                    continue
-                x = g["rows"][0]["metrics"]["trainable_params"]
-                ax.errorbar([x], [mean], yerr=[std or 0], marker="o", capsize=3, color="tab:blue")
-                ax.annotate(g["name"], (x, mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
-            ax.set_xscale("log")
-            ax.margins(x=0.2, y=0.15)
-            ax.set_xlabel("trainable parameters")
-            ax.set_ylabel(metric)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / "vs_trainable_params.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        made.append(("metrics vs trainable parameters", path))
-    return made
+    """The report's plots (``lit_lora.sweep.plots``) of the ranked set-level metrics."""
+    return sweep_plots.draw_plots(groups, labels, plot_metrics(metrics), out_dir)
 
 
 # ---- report.csv / report.md ----------------------------------------------------------------------------
@@ -272,12 +170,10 @@ def write_csv(rows: list[dict], labels: list[str], metrics: list[str], path: Pat
             writer.writerow(values)
 
 
-def markdown(sweep: dict, rows: list[dict], labels: list[str], metrics: list[str], groups: list[dict],
-             plots: list[tuple[str, Path]], sweep_dir: Path, log_lines: int) -> str:
+def header_lines(sweep: dict, rows: list[dict], metrics: list[str], shown: list[str]) -> list[str]:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-    shown = [m for m in metrics if m.count("/") <= 1][:TABLE_METRICS]
     lines = [f"# Sweep `{sweep['name']}`", "",
              f"{len(rows)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".", "",
              "- config: " + " + ".join(f"`{c}`" for c in sweep.get("configs", [])),
@@ -287,54 +183,72 @@ def markdown(sweep: dict, rows: list[dict], labels: list[str], metrics: list[str
                for s in sweep.get("slurm", [])], ""]
     if len(shown) < len([m for m in metrics]):
         lines += [f"Columns: {len(shown)} of {len(metrics)} metrics; all are in [report.csv](report.csv).", ""]
+    return lines
+
+
+def points_lines(rows: list[dict], labels: list[str], shown: list[str]) -> list[str]:
     best = best_values(rows, shown)
     header = ["point", "state", *labels, *shown, "trainable params", "trainable %", "wall s", "peak MiB"]
-    lines += ["## Points", "", "Best finished point per metric in **bold** ★ (lowest loss, highest score; the "
-              "untrained base_val_loss is not ranked).", "",
-              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["## Points", "", "Best finished point per metric in **bold** ★ (lowest loss, highest score; the "
+             "untrained base_val_loss is not ranked).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         m = row["metrics"]
         cells = [f"[{row['point']}]({row['run_dir']}/)", row["state"], *[row["labels"].get(k, "n/a") for k in labels],
                  *[marked(m.get(k), best.get(k)) for k in shown], fmt(m.get("trainable_params")),
                  fmt(m.get("trainable_pct")), fmt(m.get("wall_time_s")), fmt(m.get("peak_memory_mib"))]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    if any(len(g["rows"]) > 1 for g in groups):
-        means = {g["name"]: {k: mean_std([r["metrics"].get(k) for r in g["rows"]]) for k in shown} for g in groups}
-        group_best = best_values([{"state": FINISHED, "name": g["name"]} for g in groups], shown,
-                                 value=lambda row, k: means[row["name"]][k][0])
-        lines += ["## Mean ± std over seeds", "", "Finished points that differ only by `seed`; std over seeds "
-                  "(sample standard deviation; — for one seed). Best mean in **bold** ★.", "",
-                  "| group | seeds | " + " | ".join(shown) + " |", "|" + "---|" * (len(shown) + 2)]
-        for g in groups:
-            cells = [g["name"], str(len(g["rows"]))]
-            for k in shown:
-                mean, std = means[g["name"]][k]
-                text = "" if mean is None else marked(mean, group_best.get(k)) + (f" ± {fmt(std)}" if std is not None
-                                                                                  else " ± —")
-                cells.append(text)
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+    return lines + [""]
+
+
+def seeds_lines(groups: list[dict], shown: list[str]) -> list[str]:
+    if not any(len(g["rows"]) > 1 for g in groups):
+        return []
+    means = {g["name"]: {k: mean_std([r["metrics"].get(k) for r in g["rows"]]) for k in shown} for g in groups}
+    group_best = best_values([{"state": FINISHED, "name": g["name"]} for g in groups], shown,
+                             value=lambda row, k: means[row["name"]][k][0])
+    lines = ["## Mean ± std over seeds", "", "Finished points that differ only by `seed`; std over seeds "
+             "(sample standard deviation; — for one seed). Best mean in **bold** ★.", "",
+             "| group | seeds | " + " | ".join(shown) + " |", "|" + "---|" * (len(shown) + 2)]
+    for g in groups:
+        cells = [g["name"], str(len(g["rows"]))]
+        for k in shown:
+            mean, std = means[g["name"]][k]
+            text = "" if mean is None else marked(mean, group_best.get(k)) + (f" ± {fmt(std)}" if std is not None
+                                                                              else " ± —")
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def unfinished_lines(rows: list[dict], sweep_dir: Path, log_lines: int) -> list[str]:
+    unfinished = [r for r in rows if r["state"] != FINISHED]
+    lines = ["## Not finished", ""] if unfinished else []
+    for row in unfinished:
+        detail = f" ({row['detail']})" if row["detail"] else ""
+        lines += [f"### {row['point']}: {row['state']}{detail}", ""]
+        log = row["log"]
+        if log is None:
+            lines += ["No log yet.", ""]
+            continue
+        try:
+            where = log.resolve().relative_to(sweep_dir.resolve()).as_posix()
+        except ValueError:
+            where = str(log)
+        lines += [f"Last lines of [{where}]({where}):", "", "```", log_tail(log, log_lines), "```", ""]
+    return lines
+
+
+def markdown(sweep: dict, rows: list[dict], labels: list[str], metrics: list[str], groups: list[dict],
+             plots: list[tuple[str, Path]], sweep_dir: Path, log_lines: int) -> str:
+    shown = [m for m in metrics if m.count("/") <= 1][:TABLE_METRICS]
+    lines = header_lines(sweep, rows, metrics, shown) + points_lines(rows, labels, shown) + seeds_lines(groups, shown)
     if plots:
         lines += ["## Plots", ""]
         for title, path in plots:
             rel = path.relative_to(sweep_dir).as_posix()
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
-    unfinished = [r for r in rows if r["state"] != FINISHED]
-    if unfinished:
-        lines += ["## Not finished", ""]
-        for row in unfinished:
-            detail = f" ({row['detail']})" if row["detail"] else ""
-            lines += [f"### {row['point']}: {row['state']}{detail}", ""]
-            log = row["log"]
-            if log is None:
-                lines += ["No log yet.", ""]
-                continue
-            try:
-                where = log.resolve().relative_to(sweep_dir.resolve()).as_posix()
-            except ValueError:
-                where = str(log)
-            lines += [f"Last lines of [{where}]({where}):", "", "```", log_tail(log, log_lines), "```", ""]
+    lines += unfinished_lines(rows, sweep_dir, log_lines)
     return "\n".join(lines)
 
 
@@ -355,26 +269,3 @@ def write_report(sweep_dir: str | Path, log_lines: int = LOG_LINES) -> tuple[Pat
     """``build_report``; returns the paths of ``report.md`` and ``report.csv``."""
     built = build_report(sweep_dir, log_lines)
     return built["md"], built["csv"]
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="lit-lora sweep report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", help="a sweep directory (runs/<sweep>, holding sweep.json)")
-    parser.add_argument("--log_lines", type=int, default=LOG_LINES, help="log lines shown per unfinished point")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        built = build_report(args.sweep_dir, args.log_lines)
-    except FileNotFoundError as err:
-        raise SystemExit(f"lit-lora sweep report: {err}")
-    rows = built["rows"]
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
-    plots = built["plots"]
-    print(f"[lit-lora] sweep {built['sweep']['name']}: {len(rows)} points ("
-          + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"); wrote {built['md']}, {built['csv']}"
-          + (f" and {', '.join(str(p) for p in plots)}" if plots else ""))
-    for row in rows:
-        if row["state"] != FINISHED:
-            print(f"  {row['point']}: {row['state']}" + (f" ({row['detail']})" if row["detail"] else "")
-                  + (f"; log: {row['log']}" if row["log"] else ""))

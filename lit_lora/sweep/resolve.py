@@ -1,8 +1,10 @@
-"""One resolved ``lit-lora fit`` config per sweep point, by lit-lora's own parser (``--print_config``).
+"""One resolved ``lit-lora fit`` config per sweep point, by lit-lora's own parser (``--print_config``, which the
+command hands in: ``lit_lora.commands.experiment.print_config``).
 
+    from lit_lora.commands.experiment import print_config
     from lit_lora.sweep.resolve import resolve_point, pin_run
     text, dropped = resolve_point(["configs/demo.yaml"], [],
-                                  {"model.init_args.adapter": "lit_lora.adapters.FullFineTuning"})
+                                  {"model.init_args.adapter": "lit_lora.adapters.FullFineTuning"}, print_config)
     config = pin_run(text, "runs/demo/adapter=FullFineTuning", sweep="demo", point="adapter=FullFineTuning")
 
 ``resolve_point`` parses ``fit --config … <base overrides> --KEY V …`` exactly as ``lit-lora fit`` does, so a
@@ -20,12 +22,9 @@ none, the point name as its run name.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -37,60 +36,31 @@ CSV_LOGGERS = (CSV_LOGGER, "lit_lora.csv_history.ResumableCSVLogger",  # the pat
                "pytorch_lightning.loggers.CSVLogger")
 
 
+PrintConfig = Callable[[list[str]], str]  # args -> what `lit-lora fit <args> --print_config` prints
+
+
 class PointConfigError(ValueError):
     """``lit-lora fit`` would refuse this point's arguments; the message is the parser's error."""
 
 
-class _Writes(io.TextIOBase):
-    """A stdout that keeps each ``write`` apart: jsonargparse prints the config in one write, right before it
-    exits, while imports during parsing (DeepSpeed's accelerator detection) may log lines to stdout first."""
-
-    def __init__(self):
-        self.writes: list[str] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.writes.append(text)
-        return len(text)
-
-
-def print_config(args: list[str]) -> str:
-    """What ``lit-lora fit <args> --print_config`` prints, run in this process (no model is built)."""
-    from lit_lora.cli import LitLoraCLI
-
-    out, err = _Writes(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*args parameter is intended")
-        try:
-            LitLoraCLI(args=["fit", *args, "--print_config"])
-        except SystemExit as stop:
-            code = stop.code or 0
-    printed = next((w for w in reversed(out.writes) if w.strip()), "")
-    if code != 0 or not printed:
-        text = err.getvalue()
-        message = text[text.rfind("error:"):] if "error:" in text else text[-2000:]
-        raise PointConfigError(message.strip() or f"exit status {code}")
-    return printed
-
-
-def resolve_point(configs: list[str], base_args: list[str], overrides: dict[str, str]) -> tuple[str, list[str]]:
-    """The resolved config text of one point and the grid keys left out as not applicable (see the module doc)."""
+def resolve_point(configs: list[str], base_args: list[str], overrides: dict[str, str],
+                  print_config: PrintConfig) -> tuple[str, list[str]]:
+    """The resolved config text of one point and the grid keys left out as not applicable (see the module doc);
+    ``print_config(args)`` is what ``lit-lora fit <args> --print_config`` prints (a ``ValueError`` when ``fit``
+    refuses the arguments): ``lit_lora.commands.experiment.print_config``."""
     head = [arg for config in configs for arg in ("--config", config)] + list(base_args)
     kept = dict(overrides)
     dropped: list[str] = []
     while True:
         try:
             return print_config(head + override_args(kept)), dropped
-        except PointConfigError as err:
+        except ValueError as err:
             # keys under a swept class path that the chosen class does not accept: not applicable to this point
             nested = [k for k in kept if any(k.startswith(parent + ".") for parent in kept)]
             refused = [k for k in nested if re.search(rf"Option '{re.escape(k.rsplit('.', 1)[1])}' is not accepted",
                                                       str(err))]
             if not refused:
-                raise
+                raise PointConfigError(str(err)) from err
             dropped.extend(refused)
             for key in refused:
                 del kept[key]

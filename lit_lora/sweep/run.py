@@ -32,11 +32,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
-from lit_lora.sweep.resolve import PointConfigError, config_yaml, pin_run, resolve_point
-from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, \
+from lit_lora.sweep.resolve import PointConfigError, PrintConfig, config_yaml, pin_run, resolve_point
+from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, \
     STATUS_FILE, load_sweep, log_tail, move_earlier_attempt, point_state, save_sweep, slurm_tasks
 from lit_lora.strict_json import dumps
 
@@ -51,51 +50,16 @@ def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-# ---- arguments -------------------------------------------------------------------------------------
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="lit-lora sweep", allow_abbrev=False, description=__doc__.splitlines()[0],
-        epilog="Other arguments (--model.…, --trainer.…, --data.…) are given to every point as to lit-lora fit. "
-               "--slurm comes last: what follows it goes to sbatch, except --max_parallel K (at most K array tasks "
-               f"at a time) and --script PATH (default {DEFAULT_SCRIPT}). `lit-lora sweep report DIR` writes the "
-               "report of a sweep directory.")
-    parser.add_argument("--config", action="append", required=True, help="base config (repeat for fragments)")
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,…",
-                        help="a swept config key (dotted, as lit-lora fit takes it) and its values; repeat per key")
-    parser.add_argument("--seeds", type=int, help="add seed_everything 0 … N-1 as an axis")
-    parser.add_argument("--name", help="sweep name (default: the first config's file name)")
-    parser.add_argument("--runs_dir", default="runs", help="the sweep goes to <runs_dir>/<name>/")
-    parser.add_argument("--dry_run", action="store_true", help="write the configs and sweep.json only; run nothing")
-    argv, slurm = list(argv), None
-    if "--slurm" in argv:
-        cut = argv.index("--slurm")
-        argv, slurm = argv[:cut], argv[cut + 1:]
-    args, rest = parser.parse_known_args(argv)
-    if rest and not rest[0].startswith("--"):
-        parser.error(f"unexpected argument {rest[0]!r} (base overrides are --KEY VALUE pairs)")
-    args.slurm = slurm is not None
-    args.max_parallel, args.script, args.sbatch = None, DEFAULT_SCRIPT, []
-    if slurm is not None:
-        slurm_parser = argparse.ArgumentParser(prog="lit-lora sweep … --slurm", allow_abbrev=False, add_help=False)
-        slurm_parser.add_argument("--max_parallel", type=int)
-        slurm_parser.add_argument("--script", default=DEFAULT_SCRIPT)
-        known, args.sbatch = slurm_parser.parse_known_args(slurm)
-        args.max_parallel, args.script = known.max_parallel, known.script
-        if args.max_parallel is not None and args.max_parallel < 1:
-            parser.error("--max_parallel must be 1 or more")
-    return args, rest
-
-
 # ---- the sweep directory ---------------------------------------------------------------------------
-def resolve_points(points: list[Point], configs: list[str], base_args: list[str],
-                   sweep: str) -> list[tuple[Point, str]]:
+def resolve_points(points: list[Point], configs: list[str], base_args: list[str], sweep: str,
+                   print_config: PrintConfig) -> list[tuple[Point, str]]:
     """Each point's resolved config text; a key its class does not accept is left out, duplicates then dropped."""
     keys = list(points[0].overrides) if points else []
     label_of = axis_labels(keys)
     resolved, seen = [], set()
     for point in points:
         try:
-            text, dropped = resolve_point(configs, base_args, point.overrides)
+            text, dropped = resolve_point(configs, base_args, point.overrides, print_config)
         except PointConfigError as err:
             raise SystemExit(f"lit-lora sweep {sweep}: point {point.name}: lit-lora fit refuses its arguments:\n{err}")
         if dropped:
@@ -111,8 +75,10 @@ def resolve_points(points: list[Point], configs: list[str], base_args: list[str]
     return resolved
 
 
-def write_sweep(args: argparse.Namespace, base_args: list[str]) -> tuple[Path, dict, list[dict]]:
-    """Expand, resolve and write ``sweep.json``, ``points.txt`` and every ``<point>/point.yaml``."""
+def write_sweep(args: argparse.Namespace, base_args: list[str],
+                print_config: PrintConfig) -> tuple[Path, dict, list[dict]]:
+    """Expand, resolve (``print_config``: see ``sweep.resolve``) and write ``sweep.json``, ``points.txt`` and every
+    ``<point>/point.yaml``; ``args``: the sweep's options (``lit_lora.commands.sweep``)."""
     axes = [parse_axis(spec) for spec in args.grid]
     if args.seeds:
         if any(a.key == SEED_KEY for a in axes):
@@ -124,7 +90,7 @@ def write_sweep(args: argparse.Namespace, base_args: list[str]) -> tuple[Path, d
     sweep_dir = Path(args.runs_dir) / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
     labels = axis_labels([a.key for a in axes])
-    resolved = resolve_points(expand(axes), args.config, base_args, name)
+    resolved = resolve_points(expand(axes), args.config, base_args, name, print_config)
 
     sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
     known = {p["name"]: p for p in sweep["points"]}
@@ -171,7 +137,7 @@ def write_sweep(args: argparse.Namespace, base_args: list[str]) -> tuple[Path, d
 # ---- local -------------------------------------------------------------------------------------------
 def run_point(run_dir: Path, config: Path) -> int:
     """``lit-lora fit --config <config>`` in a subprocess, output to ``log.txt``; the exit status."""
-    cmd = [sys.executable, "-m", "lit_lora.cli", "fit", "--config", str(config)]
+    cmd = [sys.executable, "-m", "lit_lora.commands", "fit", "--config", str(config)]
     status = {"runner": "local", "host": socket.gethostname(), "started": now()}
     started = time.perf_counter()
     with open(run_dir / LOG_FILE, "w") as log:
@@ -303,40 +269,3 @@ def submit(sweep_dir: Path, sweep: dict, points: list[dict], args: argparse.Name
           f"  report:  lit-lora sweep report {sweep_dir}   (any time: finished, running, pending, failed points)\n"
           f"  cancel:  scancel {job_id}", flush=True)
     return 0
-
-
-# ---- the command -------------------------------------------------------------------------------------
-def sweep(argv: list[str]) -> int:
-    args, base_args = parse_args(argv)
-    try:
-        sweep_dir, data, points = write_sweep(args, base_args)
-    except ValueError as err:
-        raise SystemExit(f"lit-lora sweep: {err}")
-    name = data["name"]
-    skipped = sum(len(p["not_applicable"]) > 0 for p in points)
-    say(name, f"{len(points)} point(s) in {sweep_dir} (sweep.json, {POINTS_FILE}, <point>/{POINT_CONFIG})"
-              + (f"; {skipped} without a swept key their class does not accept" if skipped else ""))
-    if args.dry_run:
-        for point in points:
-            print(f"  {point['index']:>3}  {point['name']:<40} {sweep_dir / point['config']}")
-        return 0
-    if args.slurm:
-        return submit(sweep_dir, data, points, args)
-    failed = run_local(sweep_dir, data, points)
-    from lit_lora.sweep.report import write_report
-
-    md, csv_path = write_report(sweep_dir)
-    tasks = slurm_tasks(data) if data.get("slurm") else {}
-    counts: dict[str, int] = {}
-    for point in points:
-        state = point_state(sweep_dir, point, tasks.get(point["index"])).state
-        counts[state] = counts.get(state, 0) + 1
-    summary = ", ".join(f"{n} {s.upper() if s == FAILED else s}" for s, n in counts.items())
-    say(name, f"{summary}; report: {md}, {csv_path}")
-    return 1 if failed or counts.get(FAILED) or counts.get(INTERRUPTED) else 0
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    code = sweep(sys.argv[1:] if argv is None else list(argv))
-    if code:
-        raise SystemExit(code)

@@ -1,14 +1,16 @@
 """``lit-lora configs``: the reference and tutorial configs that ship inside the package (``tune ls`` / ``tune cp``).
 
-    lit-lora configs list                          # name and first header line of every bundled config
+    lit-lora configs list                          # every bundled config, by group, with its first header line
     lit-lora configs copy demo                     # -> ./demo.yaml (refuses to overwrite without --force)
-    lit-lora configs copy roberta_large_lora_multinli my_exp.yaml
+    lit-lora configs copy nli/roberta_large_lora_multinli my_exp.yaml   # or just roberta_large_lora_multinli
     lit-lora configs copy loggers/wandb configs/   # a fragment, into a directory
     lit-lora fit --config demo.yaml
 
 The configs are ``lit_lora/configs/`` in the installed package (package data). In the repository that
-directory is a symlink to the top-level ``configs/``, so ``configs/<name>.yaml`` keeps working there.
-Fragments (``loggers/…``, ``strategies/…``) are added to a full config with a second ``--config``.
+directory is a symlink to the top-level ``configs/``, so ``configs/<group>/<name>.yaml`` keeps working there.
+They are grouped by workload (``GROUPS``): ``demo.yaml`` at the top, ``tutorials/`` (CPU, tiny models, minutes),
+then the reference experiments (``code/``, ``dialogue/``, ``nli/``: GPU, real models), and the fragments
+(``loggers/…``, ``strategies/…``), which are added to a full config with a second ``--config``.
 """
 
 from __future__ import annotations
@@ -21,22 +23,52 @@ from pathlib import Path
 from typing import Optional
 
 
+# Group (folder under configs/; "" is the top level) -> what its configs are, in the order `configs list` shows them.
+GROUPS = {
+    "": "start here: the demo, a tiny model on the CPU",
+    "tutorials": "small or tiny models, minutes on a CPU, no GPU needed",
+    "code": "reference experiments on a GPU: code generation (python-codes-25k, DS-1000)",
+    "dialogue": "reference experiments on a GPU: dialogue (counselling conversations)",
+    "nli": "reference experiments on a GPU: natural language inference (MultiNLI, SNLI)",
+    "loggers": "fragments: a logger, added with a second --config",
+    "strategies": "fragments: a distributed strategy, added with a second --config",
+}
+FRAGMENT_GROUPS = ("loggers", "strategies")
+
+
+def group_of(name: str) -> str:
+    """The group of a config name (``nli/phi2_qlora_snli`` -> ``nli``; ``demo`` -> ``""``)."""
+    return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def is_fragment(name: str) -> bool:
+    """Whether a config (name or path relative to the configs directory) is a fragment, not a complete config."""
+    return group_of(name.removesuffix(".yaml")).split("/")[0] in FRAGMENT_GROUPS
+
+
 def configs_dir() -> Path:
     """The bundled configs: ``lit_lora/configs`` of the installed package (else the repository's ``configs/``)."""
     packaged = Path(str(resources.files("lit_lora") / "configs"))
     if packaged.is_dir():
         return packaged
-    repo = Path(__file__).resolve().parent.parent / "configs"
+    repo = Path(__file__).resolve().parents[2] / "configs"
     if repo.is_dir():
         return repo
     raise FileNotFoundError(f"no bundled configs found (looked in {packaged} and {repo})")
 
 
 def available() -> dict[str, Path]:
-    """Config name (path under the configs directory, without ``.yaml``) -> file, full configs first."""
+    """Config name (path under the configs directory, without ``.yaml``) -> file, in ``GROUPS`` order (a folder
+    ``GROUPS`` does not name comes after the experiments, before the fragments)."""
     root = configs_dir()
-    files = sorted(root.rglob("*.yaml"), key=lambda p: (len(p.relative_to(root).parts), str(p.relative_to(root))))
-    return {p.relative_to(root).with_suffix("").as_posix(): p for p in files}
+    order = {group: i for i, group in enumerate(GROUPS)}
+    unknown = len(GROUPS) - len(FRAGMENT_GROUPS) - 0.5
+
+    def key(path: Path):
+        name = path.relative_to(root).with_suffix("").as_posix()
+        return order.get(group_of(name), unknown), name
+
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"), key=key)}
 
 
 def header_line(path: Path) -> str:
@@ -65,10 +97,18 @@ def find(name: str) -> Path:
 
 
 def list_configs() -> None:
+    """Every bundled config under a heading for its group: name (what ``copy`` takes) and first header line."""
     configs = available()
     width = max(len(k) for k in configs)
+    shown = None
     for name, path in configs.items():
-        print(f"{name:<{width}}  {header_line(path)}")
+        group = group_of(name)
+        if group != shown:
+            if shown is not None:
+                print()
+            print(f"{group + '/' if group else 'configs/'}  {GROUPS.get(group, '')}".rstrip())
+            shown = group
+        print(f"  {name:<{width}}  {header_line(path)}")
 
 
 def copy_config(name: str, dest: Optional[str], force: bool) -> Path:

@@ -1,0 +1,109 @@
+"""Every ``lit-lora`` command, in one table (``COMMANDS``): its module and its one-line help.
+
+    lit-lora                                  # the commands and what each does (also: lit-lora --help)
+    lit-lora fit --config configs/demo.yaml   # train (fit / validate / test / predict: lit_lora.commands.train)
+    lit-lora estimate --config configs/code/gemma2b_qlora_python_codes.yaml --gpu_memory_gib 24
+    lit-lora fit --config configs/demo.yaml --verbose   # --verbose anywhere keeps every library message
+
+    >>> from lit_lora.commands import COMMANDS
+    >>> COMMANDS["estimate"].module
+    'lit_lora.commands.estimate'
+
+A command module holds argument parsing and orchestration only and has ``main(argv)``; what it runs lives in
+the library (``lit_lora.evaluation``, ``lit_lora.estimate``, ``lit_lora.sweep`` …), which never imports this
+package. Every command that reads an experiment config reads it with ``lit_lora.commands.experiment``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+VERBOSE_ENV = "LIT_LORA_VERBOSE"  # lit_lora.console.VERBOSE_ENV (not imported here: Lightning takes seconds to load)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``lit-lora`` command: the module whose ``main(argv)`` runs it, and its help line.
+
+    ``with_name``: ``main`` gets the command name as ``argv[0]`` (the LightningCLI subcommands)."""
+
+    module: str
+    help: str
+    with_name: bool = False
+
+
+TRAIN = "lit_lora.commands.train"
+COMMANDS: dict[str, Command] = {
+    "fit": Command(TRAIN, "train with a config: --config FILE, --model.… / --data.… / --trainer.… overrides",
+                   with_name=True),
+    "validate": Command(TRAIN, "the validation loop of a config (--ckpt_path: a trained checkpoint)", with_name=True),
+    "test": Command(TRAIN, "the test loop of a config; writes metrics.json (--ckpt_path: a trained checkpoint)",
+                    with_name=True),
+    "predict": Command(TRAIN, "the predict loop of a config", with_name=True),
+    "compare": Command("lit_lora.commands.compare", "the base and the fine-tuned model on one split: a report"),
+    "estimate": Command("lit_lora.commands.estimate",
+                        "parameters and GPU memory of a config, from the architecture alone (no weights)"),
+    "incontext": Command("lit_lora.commands.incontext", "zero- / k-shot prompting of a config's data, no training"),
+    "sweep": Command("lit_lora.commands.sweep",
+                     "a grid of settings / seeds, one run per point (local or one SLURM array); `sweep report`"),
+    "configs": Command("lit_lora.commands.configs", "the bundled configs: `configs list`, `configs copy NAME`"),
+}
+
+
+def usage() -> str:
+    """``lit-lora``'s own help: the commands and their help lines."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: lit-lora <command> [--help] [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
+    lines += ["", "`lit-lora <command> --help` lists a command's options; --verbose keeps every library message."]
+    return "\n".join(lines)
+
+
+def configure_logging() -> None:
+    """``lit_lora`` log records at INFO to stderr, as bare messages."""
+    logger = logging.getLogger("lit_lora")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def take_verbose(argv: list[str], from_sys_argv: bool) -> list[str]:
+    """``argv`` without ``--verbose``; when given, ``LIT_LORA_VERBOSE=1`` (other ranks inherit it)."""
+    if "--verbose" not in argv:
+        return argv
+    os.environ[VERBOSE_ENV] = "1"
+    if from_sys_argv:
+        sys.argv.remove("--verbose")
+    return [arg for arg in argv if arg != "--verbose"]
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """``lit-lora <command> …``: the command's ``main`` with the arguments after the command name."""
+    from lit_lora.model_source import ModelNotFoundError
+
+    argv = take_verbose(sys.argv[1:] if args is None else list(args), from_sys_argv=args is None)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"lit-lora: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    from lit_lora import console
+
+    configure_logging()
+    console.quiet_libraries()
+    # given argv as the command line would be, LightningCLI would warn that args= is for use from Python
+    warnings.filterwarnings("ignore", message=".*args parameter is intended")
+    try:
+        importlib.import_module(command.module).main(argv if command.with_name else argv[1:])
+    except ModelNotFoundError as err:
+        sys.exit(f"lit-lora: {err}")

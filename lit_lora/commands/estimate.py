@@ -1,0 +1,40 @@
+"""``lit-lora estimate``: parameters and GPU memory of a config, without weights or a download.
+
+    lit-lora estimate --config configs/code/gemma2b_qlora_python_codes.yaml --gpu_memory_gib 24
+    lit-lora estimate --config configs/demo.yaml --model.init_args.model_name_or_path microsoft/phi-2
+
+The config is read as ``fit`` reads it (``lit_lora.commands.experiment``, any fragment and ``--key value``
+override included), with only the module built (it loads nothing) and no hardware checks: the machine that
+estimates need not be the one that trains. The model is built on the meta device by the builder training uses
+(``lit_lora.estimate.build``); the options below join the parser.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from lit_lora.commands.experiment import load_experiment
+from lit_lora.estimate import build, data_settings, memory_estimate, report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--gpu_memory_gib", type=float, default=80.0, help="GPU memory to check the total against")
+    parser.add_argument("--batch_size", type=Optional[int], default=None,
+                        help="per-device batch size (default: data.batch_size)")
+    parser.add_argument("--seq_len", type=Optional[int], default=None,
+                        help="tokens per row (default: the data's max length)")
+    parser.add_argument("--overhead_gib", type=float, default=1.0, help="CUDA context and allocator slack")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    experiment = load_experiment(sys.argv[1:] if argv is None else list(argv), add_arguments, build="model",
+                                 prog="lit-lora estimate")
+    options, module = experiment.config, experiment.module
+    built = build(module)
+    data = data_settings(options)
+    batch = options.batch_size or data["batch_size"]
+    seq = options.seq_len or data["seq"]
+    target = options.seq_len or data["target_seq"]
+    estimate, assumptions = memory_estimate(built, module, options, batch, seq, target, options.overhead_gib)
+    print(report(module, built, estimate, assumptions, options.gpu_memory_gib))

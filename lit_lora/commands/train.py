@@ -1,0 +1,137 @@
+"""``lit-lora fit / validate / test / predict``: the LightningCLI over every lit-lora module and datamodule.
+
+    lit-lora fit --config configs/demo.yaml
+    lit-lora fit --config configs/demo.yaml --print_config > my.yaml   # a config --config accepts back
+    lit-lora test --config configs/demo.yaml --ckpt_path runs/demo/.../checkpoints/last.ckpt
+
+    from lit_lora.commands.train import LitLoraCLI
+    cli = LitLoraCLI(args=["--config", "configs/demo.yaml"], run=False)   # built, nothing run
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+The tokenizer name follows ``model.init_args.model_name_or_path`` and the tokenizer object built by
+the datamodule is handed to the model (``link_arguments``): neither is repeated in a YAML. ``LitLoraCLI`` is
+also the parser of every other command that reads an experiment config (``lit_lora.commands.experiment``).
+
+``fit --ckpt_path`` refuses a checkpoint trained with other model settings than the config (see
+``lit_lora.ckpt_settings``; ``--resume_with_checkpoint_settings true`` resumes with the checkpoint's), and
+``finite_guard:`` stops a run at a NaN / inf loss or gradient (see ``lit_lora.finite_guard``). The cluster
+runtime (SLURM preemption and requeue, atomic checkpoints, run-directory checks, W&B) is ``lit_lora.cluster``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from lit_lora import console
+from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
+from lit_lora.ckpt_settings import SWITCH, check_resume_settings
+from lit_lora.compatibility import check_config
+from lit_lora.data.base import TextDataModule
+from lit_lora.finite_guard import FiniteGuard
+from lit_lora.cluster.csv_history import pin_log_dir
+from lit_lora.cluster.launch_checks import check_allocation
+from lit_lora.cluster.preemption import PreemptionCheckpoint
+from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
+from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
+from lit_lora.model_source import resolve_model_path
+from lit_lora.models.base import FineTuneModule
+
+
+def as_list(value) -> list:
+    """A config's ``callbacks`` (none, one or a list) as a new list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class LitLoraCLI(LightningCLI):
+    """LightningCLI over every lit-lora module and datamodule, with the export callbacks always on."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        if not console.verbose():  # lit-lora prints its own parameter counts; the table ends in "Total FLOPs: 0"
+            kwargs.setdefault("trainer_defaults", {"enable_model_summary": False})
+        self._started = time.perf_counter()
+        super().__init__(FineTuneModule, TextDataModule, *args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs):
+        """Lightning's trainer with lit-lora's step-based progress bar (unless the config brings a bar or turns it
+        off), the cluster runtime's callbacks (``lit_lora.cluster.runtime``) and atomic checkpoint writes."""
+        config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        if "callbacks" not in kwargs:
+            trainer_config = config.get("trainer") or {}
+            callbacks = as_list(trainer_config.get("callbacks"))
+            if trainer_config.get("enable_progress_bar", True) is not False and \
+                    not any(isinstance(c, ProgressBar) for c in callbacks):
+                callbacks.append(console.StepProgressBar())
+            kwargs["callbacks"] = callbacks
+        preemption = config.get("preemption")
+        # before the `preemption` callback, which LightningCLI appends after these
+        kwargs["callbacks"] = [*as_list(kwargs["callbacks"]), *runtime_callbacks(preemption)]
+        trainer = super().instantiate_trainer(**kwargs)
+        install_atomic_saves(trainer, preemption)
+        return trainer
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(AdapterCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalExport, "export")
+        parser.add_lightning_class_args(BaselineComparison, "baseline")
+        parser.add_lightning_class_args(MetricsWriter, "metrics")
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_lightning_class_args(FiniteGuard, "finite_guard")
+        parser.add_argument(f"--{SWITCH}", type=bool, default=False,
+                            help="With --ckpt_path: resume with the model settings stored in the checkpoint when "
+                                 "they differ from the config's (otherwise fit stops and lists them)")
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+        # the model owns trust_remote_code; its tokenizer is loaded with the same setting
+        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
+        parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
+        # class names of classification data; skipped for a datamodule / module without label_names
+        parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Keep the ``model`` section as given: LightningCLI then swaps in a ``--ckpt_path``'s hyperparameters."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        given = self.config[subcommand].get("model") if subcommand else None
+        self._given_model = given.clone() if given is not None else None
+
+    def before_instantiate_classes(self) -> None:
+        """Fail on a checkpoint with other model settings, an impossible strategy / method combination or a
+        mismatched SLURM allocation, early."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if self.subcommand:
+            check_resume_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"),
+                                  self.subcommand, accept=bool(config.get(SWITCH)))
+        trainer = config.trainer
+        model_args = config.get("model", {}).get("init_args") or {}
+        if model_args.get("model_name_or_path"):
+            resolve_model_path(model_args["model_name_or_path"])  # one clear line now, not a jsonargparse report later
+        check_config(config)
+        check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
+        fill_save_dirs(trainer)
+        pin_log_dir(trainer)
+
+    def before_fit(self) -> None:
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbRun):
+                logger.log_config(self.config.get(self.subcommand))
+
+    def after_fit(self) -> None:
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # every rank: log_dir broadcasts
+        if self.trainer.is_global_zero:
+            saved = run_dir / "config.yaml"
+            given = self.config.get(self.subcommand).get("config") or []
+            config_path = str(saved) if saved.exists() else (str(given[-1]) if given else None)
+            print(console.fit_summary(self.trainer, run_dir, config_path, self._started), flush=True)
+
+
+def main(argv: list[str]) -> None:
+    """``lit-lora <fit|validate|test|predict> …`` (``argv`` starts with the subcommand)."""
+    LitLoraCLI(args=list(argv))
