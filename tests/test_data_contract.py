@@ -155,6 +155,27 @@ def test_the_datamodule_tokenises_for_the_modules_kind_without_reading_the_model
     assert not causal.contract().encoder_decoder and -100 in causal.datasets["train"][0]["labels"]
 
 
+def test_packing_is_checked_by_asking_the_module_not_by_reading_the_model_config(tiny_model, monkeypatch):
+    from transformers import AutoConfig
+
+    from lit_lora.adapters.prompt import PromptTuning
+
+    real, readers = AutoConfig.from_pretrained, []
+
+    def record(*args, **kwargs):
+        readers.append(sys._getframe(1).f_globals.get("__name__", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", record)
+    path = tiny_model("llama")
+    dm = InstructionDataModule(tokenizer_name_or_path=path, max_samples=8, packing=True)
+    dm.trainer = SimpleNamespace(lightning_module=CausalLMModule(path, adapter=PromptTuning()))
+    with pytest.raises(ValueError, match="does not work with prompt_tuning.*set packing: false"):
+        dm.setup("fit")
+    assert "lit_lora.models.base" in readers  # the module answered from its own config
+    assert not [r for r in readers if r.startswith("lit_lora.data")]
+
+
 def test_a_module_refuses_data_tokenised_for_the_other_kind(tiny_model):
     dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), encoder_decoder=True, max_samples=8)
     dm.setup("fit")

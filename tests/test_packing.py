@@ -240,8 +240,12 @@ def test_packing_is_refused_where_rows_would_see_each_other(tiny_model):
     with pytest.raises(ValueError, match="packing: true needs a causal LM; MultiNLIDataModule holds classification "
                                          "rows.*set packing: false"):
         MultiNLIDataModule(tokenizer_name_or_path=tiny_model("roberta"), packing=True).setup("fit")
+    from lit_lora.models import CausalLMModule, Seq2SeqModule
+
+    dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("t5"), packing=True)
+    dm.trainer = SimpleNamespace(lightning_module=Seq2SeqModule(tiny_model("t5")))  # the model declares what it is
     with pytest.raises(ValueError, match="packing: true needs a causal LM; .*encoder-decoder.*set packing: false"):
-        InstructionDataModule(tokenizer_name_or_path=tiny_model("t5"), packing=True).setup("fit")
+        dm.setup("fit")
     with pytest.raises(ValueError, match="packing: true needs a causal LM; .*encoder-decoder.*set packing: false"):
         InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), encoder_decoder=True,
                               packing=True).setup("fit")
@@ -249,8 +253,8 @@ def test_packing_is_refused_where_rows_would_see_each_other(tiny_model):
         InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), packing=True, max_length=256,
                               max_tokens_per_batch=100)
     dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), packing=True)
-    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(  # the model the CLI pairs it with
-        model_name_or_path=tiny_model("llama"), trust_remote_code=False, adapter=PromptTuning()))
+    # the module the CLI pairs it with answers from its own model config and adapter
+    dm.trainer = SimpleNamespace(lightning_module=CausalLMModule(tiny_model("llama"), adapter=PromptTuning()))
     with pytest.raises(ValueError, match="does not work with prompt_tuning.*set packing: false"):
         dm.setup("fit")
     assert "not gpt2" in model_packing_refusal(GPT2Config())

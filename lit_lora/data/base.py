@@ -21,9 +21,9 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from lit_lora.data.collators import PackCollator, PadCollator
-from lit_lora.data.contract import TRAINING_SPLIT_KEYS, DataContract
+from lit_lora.data.contract import TRAINING_SPLIT_KEYS, DataContract, declared_packing_refusal
 from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
-from lit_lora.data.packing import flattens, model_packing_refusal, packed_train_loader, packing_summary
+from lit_lora.data.packing import flattens, packed_train_loader, packing_summary
 from lit_lora.data.resumable import train_loader
 from lit_lora.data.sources import load_rows, take_subset
 from lit_lora.model_source import resolve_model_path
@@ -275,16 +275,12 @@ class TextDataModule(L.LightningDataModule):
             source=str(self.source), data_class=type(self).__name__, prompts=self.split_prompts)
 
     def check_packing(self) -> None:
-        """Refuse ``packing: true`` before any row is read where packed rows would not train correctly."""
-        from transformers import AutoConfig
+        """Refuse ``packing: true`` before any row is read where packed rows would not train correctly.
 
-        reason = self.packing_refusal()
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        path = getattr(module, "model_name_or_path", None) or (self.tokenizer and self.tokenizer.name_or_path)
-        if reason is None and path:
-            config = AutoConfig.from_pretrained(resolve_model_path(path),
-                                                trust_remote_code=getattr(module, "trust_remote_code", False))
-            reason = model_packing_refusal(config, getattr(module, "adapter", None))
+        The data's own reason first (classification rows, encoder-decoder tokenisation), then the module's:
+        its model and adapter (``declared_packing_refusal``); the datamodule never reads the model's config.
+        """
+        reason = self.packing_refusal() or declared_packing_refusal(self.trainer)
         if reason is not None:
             raise ValueError(f"{reason}: set packing: false")
 

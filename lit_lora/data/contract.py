@@ -97,6 +97,17 @@ def contract_of(trainer) -> DataContract:
     return make()
 
 
+def declared_packing_refusal(trainer) -> Optional[str]:
+    """Why the module the trainer runs cannot train on packed rows (its model and adapter), or ``None``.
+
+    The module answers from its own model config (``FineTuneModule.packing_refusal``); without a module to ask
+    (a datamodule used on its own) nothing is refused here, and the data's own refusal still applies.
+    """
+    module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+    ask = getattr(module, "packing_refusal", None)
+    return ask() if callable(ask) else None
+
+
 def declared_encoder_decoder(trainer) -> Optional[bool]:
     """Whether the module the trainer runs declares itself an encoder-decoder (``None``: no module to ask)."""
     module = getattr(trainer, "lightning_module", None) if trainer is not None else None

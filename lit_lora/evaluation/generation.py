@@ -77,7 +77,7 @@ def needs_synced_steps(model) -> bool:
     """Under ZeRO-3 every forward gathers weights from all ranks, so a rank whose answers end first must
     keep stepping until all are done (``synced_gpus``). transformers only detects this itself when
     its own DeepSpeed integration is active, which Lightning's strategy does not set up."""
-    from lit_lora.sharding import is_zero3_partitioned
+    from lit_lora.cluster.sharding import is_zero3_partitioned
 
     dist = torch.distributed
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_zero3_partitioned(model)

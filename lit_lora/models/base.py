@@ -36,7 +36,8 @@ from lit_lora.model_source import resolve_model_path
 from lit_lora.models import builder
 from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
 from lit_lora.models.token_loss import label_count, step_label_count, summed_loss
-from lit_lora.sharding import outside_zero3_init, partitioned_share, partitioned_loading, zero3_config
+from lit_lora.cluster.lightning_compat import attached_trainer
+from lit_lora.cluster.sharding import outside_zero3_init, partitioned_share, partitioned_loading, zero3_config
 from lit_lora.optim import OptimizerSettings, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class FineTuneModule(L.LightningModule):
 
     def _load_device(self):
         """The device a quantized base is loaded on: this rank's device under any strategy."""
-        if self._trainer is not None:
+        if attached_trainer(self) is not None:
             device = self.trainer.strategy.root_device
             return device.index if device.type == "cuda" else device.type
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -188,6 +189,16 @@ class FineTuneModule(L.LightningModule):
     label_only_loss: ClassVar[bool] = True  # LM head on labelled positions only, in chunks (label_only_loss.py)
     label_only_chunk: ClassVar[Optional[int]] = None  # positions per chunk; None: sized to the vocabulary
 
+    def packing_refusal(self) -> Optional[str]:
+        """Why this model and adapter cannot train on packed rows, or ``None`` (asked by the datamodule)."""
+        from transformers import AutoConfig
+
+        from lit_lora.data.packing import model_packing_refusal
+
+        config = AutoConfig.from_pretrained(resolve_model_path(self.model_name_or_path),
+                                            trust_remote_code=self.trust_remote_code)
+        return model_packing_refusal(config, self.adapter)
+
     def loss_path(self) -> tuple[Optional[LabelOnlyHead], str]:
         """The head ``loss_terms`` runs on labelled positions only, or ``None`` for full logits; and why.
 
@@ -196,7 +207,7 @@ class FineTuneModule(L.LightningModule):
         """
         if not (self.label_only_loss and self.shifts_labels and self.task_type == "CAUSAL_LM"):
             return None, f"{type(self).__name__} computes its loss from full logits"
-        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
+        strategy = type(self.trainer.strategy).__name__ if attached_trainer(self) is not None else ""
         if "FSDP" in strategy or "ModelParallel" in strategy:
             return None, f"{strategy} shards the LM head"
         return find_label_only_head(self.model)
@@ -341,7 +352,7 @@ class FineTuneModule(L.LightningModule):
         Call it on every rank: under ZeRO-3 / FSDP the weights are gathered first (a collective),
         then global rank 0 writes, so the saved adapter is complete rather than empty shards.
         """
-        from lit_lora.sharding import gathered_state_dict
+        from lit_lora.cluster.sharding import gathered_state_dict
 
         out = Path(out_dir)
         state_dict = gathered_state_dict(self)
@@ -358,7 +369,7 @@ class FineTuneModule(L.LightningModule):
 
     def _writes_files(self) -> bool:
         """Global rank 0 writes: the trainer's rank, else the process group's (a module driven outside Lightning)."""
-        if self._trainer is not None:
+        if attached_trainer(self) is not None:
             return self.trainer.is_global_zero
         dist = torch.distributed
         return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
