@@ -41,7 +41,9 @@ from typing import Optional
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(ROOT)]  # the working tree's lit_lora
+sys.path[:0] = [str(BENCH), str(ROOT)]  # the bench modules, and the working tree's lit_lora
+
+from tables import fmt, table  # noqa: E402
 
 VARIANTS = ("full", "label-only")
 BATCHES = ("prompt-masked", "all-labelled")
@@ -131,18 +133,6 @@ def shared_args(args: argparse.Namespace) -> list[str]:
     out = ["--vocab", str(args.vocab), "--batch", str(args.batch), "--seq", str(args.seq),
            "--prompt-share", str(args.prompt_share), "--steps", str(args.steps)]
     return out + (["--chunk", str(args.chunk)] if args.chunk else [])
-
-
-def fmt(value: Optional[float], spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def round_table(results: dict) -> str:

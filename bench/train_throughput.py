@@ -44,6 +44,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # the bench modules, and the working tree's lit_lora
 
 from stdlib_rows import describe, stdlib_rows, write_jsonl  # noqa: E402
+from tables import fmt, table  # noqa: E402
 
 REFERENCE = "HF"
 
@@ -201,10 +202,6 @@ def rotated(items: list, k: int) -> list:
 
 
 # ---- reporting ----------------------------------------------------------------------------------------
-def fmt(value: Optional[float], spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def loss_cells(result: dict, steps: int) -> list[str]:
     loss = result.get("loss") or {}
     return [fmt(loss.get(str(s)), ".4f") for s in (1, 10, steps)]
@@ -212,14 +209,6 @@ def loss_cells(result: dict, steps: int) -> list[str]:
 
 HEADER = ["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "launch→step1 start s", "loss@1",
           "loss@10", "loss@last", "step-1 tokens"]
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def round_table(results: dict[str, dict], order: list[str], steps: int) -> str:

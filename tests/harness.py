@@ -87,6 +87,23 @@ def demo_cli(model_dir: str, root: Path, *extra: str):
     return build_cli(demo_args(model_dir, root, *extra), run=False)
 
 
+def resumable_demo_cli(model_dir: str, root: Path, every: int, max_steps: int, *extra: str):
+    """The demo ``lit-lora fit`` CLI on a tiny model, built but not run, for interrupt-and-resume tests: 25 rows,
+    ``max_steps`` steps, the loss logged to CSV every step, validation and a checkpoint (``{step}.ckpt`` under
+    ``root/checkpoints``) every ``every`` steps, no baseline evaluation."""
+    return demo_cli(
+        model_dir, root,
+        "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
+        "--trainer.max_steps", str(max_steps), "--trainer.log_every_n_steps", "1",
+        "--trainer.val_check_interval", str(every), "--trainer.limit_val_batches", "1",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
+        "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
+        "--checkpoint.every_n_train_steps", str(every), "--checkpoint.save_top_k", "-1",
+        "--baseline.enabled", "false",
+        *extra,
+    )
+
+
 def fit(cli, ckpt_path: Optional[str] = None) -> None:
     """Run a CLI built with ``run=False`` as ``lit-lora fit`` would (``ckpt_path``: resume from it)."""
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))

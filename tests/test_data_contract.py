@@ -212,3 +212,15 @@ def test_no_model_or_evaluation_code_reads_the_trainers_datamodule():
             if reads_datamodule(node) and not where.startswith(ALLOWED):
                 readers.append(f"{where}:{node.lineno}")
     assert readers == [], f"read the data through module.data_contract instead: {readers}"
+
+
+def test_no_data_code_reads_the_trainers_module():
+    """The other direction: the data asks the module only through the declarations in ``data/contract.py``."""
+    readers = []
+    for path in sorted((PACKAGE / "data").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "lightning_module" and path.name != "contract.py":
+                readers.append(f"{path.relative_to(PACKAGE).as_posix()}:{node.lineno}")
+            if isinstance(node, ast.Constant) and node.value == "lightning_module" and path.name != "contract.py":
+                readers.append(f"{path.relative_to(PACKAGE).as_posix()}:{node.lineno}")
+    assert readers == [], f"ask the module through a declared_… function in data/contract.py instead: {readers}"

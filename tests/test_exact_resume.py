@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import KillBeforeStep, Killed, adapter_tensors, demo_cli, fit, read_losses
+from harness import KillBeforeStep, Killed, adapter_tensors, fit, read_losses, resumable_demo_cli
 
 MAX_STEPS = 8
 BATCHES_PER_EPOCH = 5
@@ -27,20 +27,8 @@ WEIGHT_ATOL = 1e-6    # final LoRA weights, absolute (float32 on CPU: the same o
 
 
 def cli(model_dir: str, root: Path, every: int, *extra: str):
-    """The ``lit-lora fit`` CLI of the demo config on a tiny model, built but not run; it validates and
-    checkpoints every ``every`` steps."""
-    return demo_cli(
-        model_dir, root,
-        "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
-        "--data.init_args.batch_size", "4", "--data.init_args.max_length", "256",
-        "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
-        "--trainer.val_check_interval", str(every), "--trainer.limit_val_batches", "1",
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
-        "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
-        "--checkpoint.every_n_train_steps", str(every), "--checkpoint.save_top_k", "-1",
-        "--baseline.enabled", "false",
-        *extra,
-    )
+    return resumable_demo_cli(model_dir, root, every, MAX_STEPS,
+                              "--data.init_args.batch_size", "4", "--data.init_args.max_length", "256", *extra)
 
 
 @pytest.mark.parametrize("stop_at", [4, BATCHES_PER_EPOCH], ids=["mid-epoch", "end-of-epoch"])

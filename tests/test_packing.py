@@ -17,7 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from harness import KillBeforeStep, Killed, adapter_tensors, demo_cli, fit, read_losses, write_code_rows
+from harness import (KillBeforeStep, Killed, adapter_tensors, fit, read_losses, resumable_demo_cli,
+                     write_code_rows)
 from lightning.pytorch import Callback
 
 from lit_lora.data import InstructionDataModule
@@ -224,10 +225,16 @@ def test_packed_datamodule_batches_every_label_once_within_the_budget(tiny_model
     assert len(batches) < len(unpacked_batches) / 2  # fewer, fuller batches than length-grouped rows
     assert "attention_mask" in next(iter(dm.val_dataloader()))  # validation stays unpacked
     assert not dm.packed_collate_fn().flatten  # no model: stacked sequences
-    for runs, flat in (("flash_attention_2", True), ("sdpa", False)):  # what the built model runs decides
-        dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(
-            attn_implementation=None, model=SimpleNamespace(config=SimpleNamespace(_attn_implementation=runs))))
+    from lit_lora.models import CausalLMModule
+
+    for asked, flat in (("flash_attention_2", True), ("sdpa", False)):  # the module declares it
+        dm.trainer = SimpleNamespace(lightning_module=CausalLMModule(tiny_model("llama"), attn_implementation=asked))
         assert dm.packed_collate_fn().flatten is flat
+    module = CausalLMModule(tiny_model("llama"))  # built: what the model really runs decides
+    module.configure_model()
+    module.model.config._attn_implementation = "flash_attention_2"
+    dm.trainer = SimpleNamespace(lightning_module=module)
+    assert dm.packed_collate_fn().flatten
 
 
 def test_packing_is_refused_where_rows_would_see_each_other(tiny_model):
@@ -393,19 +400,7 @@ class FirstStepGradients(Callback):
 
 
 def cli(model_dir: str, root: Path, every: int, *extra: str):
-    """The ``lit-lora fit`` CLI of the demo config on a tiny model, built but not run; it validates and
-    checkpoints every ``every`` steps."""
-    return demo_cli(
-        model_dir, root,
-        "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
-        "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
-        "--trainer.val_check_interval", str(every), "--trainer.limit_val_batches", "1",
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
-        "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
-        "--checkpoint.every_n_train_steps", str(every), "--checkpoint.save_top_k", "-1",
-        "--baseline.enabled", "false",
-        *extra,
-    )
+    return resumable_demo_cli(model_dir, root, every, MAX_STEPS, *extra)
 
 
 def test_a_packed_run_trains_through_the_cli(tiny_model, tmp_path, caplog):

@@ -21,9 +21,10 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from lit_lora.data.collators import PackCollator, PadCollator
-from lit_lora.data.contract import TRAINING_SPLIT_KEYS, DataContract, declared_packing_refusal
+from lit_lora.data.contract import (TRAINING_SPLIT_KEYS, DataContract, declared_flattened_packing,
+                                    declared_packing_refusal)
 from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
-from lit_lora.data.packing import flattens, packed_train_loader, packing_summary
+from lit_lora.data.packing import packed_train_loader, packing_summary
 from lit_lora.data.resumable import train_loader
 from lit_lora.data.sources import load_rows, take_subset
 from lit_lora.model_source import resolve_model_path
@@ -314,11 +315,8 @@ class TextDataModule(L.LightningDataModule):
                           num_workers=self.num_workers)
 
     def packed_collate_fn(self) -> PackCollator:
-        """Stacked packed sequences, or one flattened row for FlashAttention (``lit_lora.data.packing.flattens``)."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        config = getattr(getattr(module, "model", None), "config", None)  # built by now: what the model really runs
-        attn = getattr(config, "_attn_implementation", None) or getattr(module, "attn_implementation", None)
-        return PackCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flattens(attn))
+        """Stacked packed sequences, or one flattened row where the module declares FlashAttention varlen."""
+        return PackCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=declared_flattened_packing(self.trainer))
 
     def train_dataloader(self) -> DataLoader:
         # seeded order that a mid-epoch checkpoint resumes exactly (see lit_lora/data/resumable.py)

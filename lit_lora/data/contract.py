@@ -97,20 +97,36 @@ def contract_of(trainer) -> DataContract:
     return make()
 
 
+def module_of(trainer):
+    """The LightningModule the trainer runs, or ``None``: the one place the data side looks at the model side."""
+    return getattr(trainer, "lightning_module", None) if trainer is not None else None
+
+
 def declared_packing_refusal(trainer) -> Optional[str]:
     """Why the module the trainer runs cannot train on packed rows (its model and adapter), or ``None``.
 
     The module answers from its own model config (``FineTuneModule.packing_refusal``); without a module to ask
     (a datamodule used on its own) nothing is refused here, and the data's own refusal still applies.
     """
-    module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+    module = module_of(trainer)
     ask = getattr(module, "packing_refusal", None)
     return ask() if callable(ask) else None
 
 
 def declared_encoder_decoder(trainer) -> Optional[bool]:
     """Whether the module the trainer runs declares itself an encoder-decoder (``None``: no module to ask)."""
-    module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+    module = module_of(trainer)
     if module is None:
         return None
     return bool(getattr(module, "encoder_decoder", False))
+
+
+def declared_flattened_packing(trainer) -> bool:
+    """Whether the module the trainer runs wants packed rows as one flattened row (FlashAttention varlen).
+
+    The module answers from the model it built (``FineTuneModule.flattens_packed_rows``); without a module to ask,
+    packed sequences are stacked, which every attention implementation reads correctly.
+    """
+    module = module_of(trainer)
+    ask = getattr(module, "flattens_packed_rows", None)
+    return bool(ask()) if callable(ask) else False

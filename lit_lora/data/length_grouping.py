@@ -21,12 +21,12 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from lit_lora.data.resumable import ResumableSampler
+from lit_lora.data.resumable import LengthAwareSampler
 
 MAX_MEGA_BATCH_MULT = 50  # transformers' LengthGroupedSampler default
 
 
-class LengthGroupedSampler(ResumableSampler):
+class LengthGroupedSampler(LengthAwareSampler):
     """A seeded, rank-sharded, resumable order whose batches hold rows of similar length.
 
     Args:
@@ -43,12 +43,8 @@ class LengthGroupedSampler(ResumableSampler):
 
     def __init__(self, dataset: Dataset, lengths: Sequence[int], batch_size: int, num_replicas: int = 1,
                  rank: int = 0, seed: int = 0, mega_batch_mult: Optional[int] = None):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        if len(lengths) != len(dataset):
-            raise ValueError(f"group_by_length: {len(lengths)} lengths for {len(dataset)} rows")
-        if batch_size < 1:
-            raise ValueError(f"group_by_length: batch_size must be >= 1, got {batch_size}")
-        self.lengths = [int(n) for n in lengths]
+        super().__init__(dataset, lengths, batch_size, "group_by_length", "batch_size",
+                         num_replicas=num_replicas, rank=rank, seed=seed)
         self.batch_size = batch_size
         self.global_batch = batch_size * num_replicas
         self.mega_batch_mult = mega_batch_mult or max(1, min(len(self.lengths) // (4 * self.global_batch),

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from lit_lora.data.resumable import ResumableDataLoader, ResumableSampler
+from lit_lora.data.resumable import LengthAwareSampler, ResumableDataLoader
 
 # model types whose packed rows were checked to match the rows run alone (tests/test_packing.py);
 # a new one is added here after that test passes for it
@@ -89,7 +89,7 @@ def model_packing_refusal(config: Any, adapter: Any = None) -> Optional[str]:
     return None
 
 
-class PackedSampler(ResumableSampler):
+class PackedSampler(LengthAwareSampler):
     """This rank's packed batches of an epoch, each a list of packed sequences (lists of row indices).
 
     Args:
@@ -104,12 +104,8 @@ class PackedSampler(ResumableSampler):
 
     def __init__(self, dataset: Dataset, lengths: Sequence[int], max_length: int, sequences_per_batch: int,
                  num_replicas: int = 1, rank: int = 0, seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        if len(lengths) != len(dataset):
-            raise ValueError(f"packing: {len(lengths)} lengths for {len(dataset)} rows")
-        if sequences_per_batch < 1:
-            raise ValueError(f"packing: sequences_per_batch must be >= 1, got {sequences_per_batch}")
-        self.lengths = [int(n) for n in lengths]
+        super().__init__(dataset, lengths, sequences_per_batch, "packing", "sequences_per_batch",
+                         num_replicas=num_replicas, rank=rank, seed=seed)
         self.max_length = max_length
         self.sequences_per_batch = sequences_per_batch
         # a resume must rebuild the same plan: the settings that shape it are part of the saved order

@@ -63,6 +63,22 @@ class ResumableSampler(DistributedSampler):
         yield from indices[skip:]
 
 
+class LengthAwareSampler(ResumableSampler):
+    """A resumable, rank-sharded, shuffled order that also reads each row's length (length grouping, packing).
+
+    ``setting`` names the option that chose the sampler, for errors: ``group_by_length`` or ``packing``.
+    """
+
+    def __init__(self, dataset: Dataset, lengths: Sequence[int], per_batch: int, setting: str, per_batch_name: str,
+                 num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if len(lengths) != len(dataset):
+            raise ValueError(f"{setting}: {len(lengths)} lengths for {len(dataset)} rows")
+        if per_batch < 1:
+            raise ValueError(f"{setting}: {per_batch_name} must be >= 1, got {per_batch}")
+        self.lengths = [int(n) for n in lengths]
+
+
 class ResumableDataLoader(DataLoader):
     """DataLoader over a ``ResumableSampler`` whose position is saved in Lightning checkpoints.
 

@@ -199,6 +199,14 @@ class FineTuneModule(L.LightningModule):
                                             trust_remote_code=self.trust_remote_code)
         return model_packing_refusal(config, self.adapter)
 
+    def flattens_packed_rows(self) -> bool:
+        """Whether packed rows should arrive as one flattened row: FlashAttention varlen reads the row boundaries
+        from ``position_ids`` (``lit_lora.data.packing.flattens``). Asked of the built model, what it really runs."""
+        from lit_lora.data.packing import flattens
+
+        config = getattr(self.model, "config", None)
+        return flattens(getattr(config, "_attn_implementation", None) or self.attn_implementation)
+
     def loss_path(self) -> tuple[Optional[LabelOnlyHead], str]:
         """The head ``loss_terms`` runs on labelled positions only, or ``None`` for full logits; and why.
 
