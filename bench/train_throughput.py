@@ -105,8 +105,9 @@ def build_model(rows: list[dict], out: Path, hidden: int, layers: int, vocab_siz
     return path, params
 
 
-def warm_tokenisation(settings: Settings) -> str:
-    """Tokenise once before any timed process (datasets caches it for all of them); describe the split."""
+def warm_tokenisation(settings: Settings) -> tuple[str, int]:
+    """Tokenise once before any timed process (datasets caches it for all of them); describe the split and
+    return its row count."""
     from lit_lora.data import InstructionDataModule
 
     dm = InstructionDataModule(source=str(settings.data), max_length=settings.max_length,
@@ -115,7 +116,8 @@ def warm_tokenisation(settings: Settings) -> str:
     dm.setup("fit")
     lengths = sorted(len(ids) for ids in dm.datasets["train"]["input_ids"])
     return (f"train split {len(lengths)} rows, tokens per row median {lengths[len(lengths) // 2]}, "
-            f"max {lengths[-1]}, {dm.truncated_counts.get('train', 0)} cut at max_length={settings.max_length}")
+            f"max {lengths[-1]}, {dm.truncated_counts.get('train', 0)} cut at max_length={settings.max_length}",
+            len(lengths))
 
 
 def lit_lora_command() -> list[str]:
@@ -289,6 +291,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=None, help="rows of stdlib data (default 4000; --quick 400)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60; --quick 4)")
+    parser.add_argument("--epoch", action="store_true",
+                        help="steps = one epoch of batch-8 batches of the training split (overrides --steps): every "
+                             "unpacked contender trains on every row once, so the length-grouped ones time the same "
+                             "rows in different batches")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick 1)")
     parser.add_argument("--hidden", type=int, default=None, help="model hidden size (default 512; --quick 64)")
     parser.add_argument("--layers", type=int, default=None,
@@ -340,7 +346,11 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     print(f"model: random-init LlamaForCausalLM, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab_size}:"
           f" {params / 1e6:.1f}M parameters -> {model}", flush=True)
     settings = Settings(model=model, data=data, work=work, steps=args.steps, timeout=args.timeout)
-    print(f"tokenised: {warm_tokenisation(settings)}", flush=True)
+    described, train_rows = warm_tokenisation(settings)
+    print(f"tokenised: {described}", flush=True)
+    if args.epoch:
+        args.steps = settings.steps = -(-train_rows // settings.batch_size)
+        print(f"--epoch: {args.steps} steps, every training row once (packing covers it in fewer and goes on)")
     contenders = chosen_contenders(args.only)
     if any(c.tool == "lit" for c in contenders):
         warm_lit_lora(settings)

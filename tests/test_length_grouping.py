@@ -56,6 +56,20 @@ def test_ranks_of_one_step_hold_similar_lengths_and_the_longest_batch_comes_firs
     assert sum(gaps) / len(gaps) < spread / 20
 
 
+def test_batches_come_in_shuffled_order_not_a_repeating_length_curriculum():
+    """Within a sorted mega-batch the batches run longest to shortest; lit-lora shuffles them (longest batch still
+    first), so the batch lengths of an epoch do not fall step after step."""
+    n, batch = 4000, 8
+    lengths = random_lengths(n, seed=2)
+    sampler = LengthGroupedSampler(range(n), lengths, batch, seed=5)
+    longest = [max(lengths[i] for i in b) for b in rank_batches(sampler, batch)]
+    assert longest[0] == max(lengths)
+    falls = sum(a > b for a, b in zip(longest[1:], longest[2:])) / (len(longest) - 2)
+    assert 0.35 < falls < 0.65, falls  # unshuffled mega-batches: nearly every step falls
+    assert sampler.mega_batch_mult == 4000 // (4 * batch)  # a quarter of the epoch per mega-batch (cap 200)
+    assert padded_fraction(rank_batches(sampler, batch), lengths) < 0.01
+
+
 def test_order_depends_on_seed_and_epoch_only():
     lengths = random_lengths(300)
     a = LengthGroupedSampler(range(300), lengths, 8, seed=5)

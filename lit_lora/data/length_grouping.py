@@ -2,12 +2,16 @@
 
     lit-lora fit --config configs/<exp>.yaml --data.init_args.group_by_length true
 
-The order is that of transformers' ``LengthGroupedSampler``, made data-parallel and resumable: a seeded
+The mega-batch scheme of transformers' ``LengthGroupedSampler``, made data-parallel and resumable: a seeded
 permutation of the rows (``seed + epoch``, never the global RNG) is cut into mega-batches of
-``mult × batch_size × world_size`` rows (``mult`` = 50, fewer for a small dataset); each mega-batch is
-sorted by length, longest first, and cut into global batches of ``batch_size × world_size`` rows; rank
-``r`` takes the ``r``-th slice of each global batch, so the ranks of one step hold rows of similar length.
-The full global batch with the longest row goes first: an out-of-memory error shows at the first step.
+``mult × batch_size × world_size`` rows (``mult`` = a quarter of the epoch's global batches, at most 200); each
+mega-batch is sorted by length and cut into global batches of ``batch_size × world_size`` rows; rank ``r`` takes
+the ``r``-th slice of each global batch, so the ranks of one step hold rows of similar length. Then the batches
+are shuffled with the same generator, as fairseq's and AllenNLP's bucketing iterators do: transformers keeps
+each mega-batch's batches longest to shortest, a length curriculum that repeats every ``mult`` steps, and the
+shuffle is what lets the mega-batches be large (less padding: 1-2% on instruction data where transformers'
+``mult`` = 50 leaves 2.5%) without making that cycle longer. The full global batch with the longest row goes
+first: an out-of-memory error shows at the first step.
 
 Each rank gets ``ceil(rows / world_size)`` indices (the permutation is padded by repetition, as
 ``DistributedSampler`` pads), disjoint across ranks apart from that padding. ``ResumableSampler``'s
@@ -23,7 +27,7 @@ from torch.utils.data import Dataset
 
 from lit_lora.data.resumable import LengthAwareSampler
 
-MAX_MEGA_BATCH_MULT = 50  # transformers' LengthGroupedSampler default
+MAX_MEGA_BATCH_MULT = 200  # global batches per sorted mega-batch, at most (transformers': 50, batches unshuffled)
 
 
 class LengthGroupedSampler(LengthAwareSampler):
@@ -36,7 +40,7 @@ class LengthGroupedSampler(LengthAwareSampler):
         num_replicas: Data-parallel world size.
         rank: This process's data-parallel rank.
         seed: Seed of the permutation (plus the epoch).
-        mega_batch_mult: Global batches per sorted mega-batch (default ``min(rows // (4 × global batch), 50)``, ≥ 1).
+        mega_batch_mult: Global batches per sorted mega-batch (default ``min(rows // (4 × global batch), 200)``, ≥ 1).
     """
 
     order = "length_grouped"
@@ -63,9 +67,11 @@ class LengthGroupedSampler(LengthAwareSampler):
         order = [i for start in range(0, len(order), size)
                  for i in sorted(order[start:start + size], key=lambda i: -self.lengths[i])]  # stable
         batches = [order[s:s + self.global_batch] for s in range(0, len(order), self.global_batch)]
-        full = [b for b in range(len(batches)) if len(batches[b]) == self.global_batch]  # a short one stays last
+        short = [batches.pop()] if batches and len(batches[-1]) < self.global_batch else []  # stays last
+        batches = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()] + short
+        full = batches[:len(batches) - len(short)]
         if full:
-            longest = max(full, key=lambda b: self.lengths[batches[b][0]])
+            longest = max(range(len(full)), key=lambda b: max(self.lengths[i] for i in full[b]))
             batches[0], batches[longest] = batches[longest], batches[0]
         return [i for batch in batches for i in batch]
 
