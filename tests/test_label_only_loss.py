@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import demo_cli
 from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config
 
 from lit_lora.adapters import FullFineTuning, LoRA, PrefixTuning, PromptTuning, PTuning, QLoRA
@@ -252,3 +253,15 @@ def test_the_path_is_logged_once_at_debug_level(tiny_model, caplog):
     records = [r for r in caplog.records if "loss:" in r.getMessage()]
     assert len(records) == 1 and records[0].levelno == logging.DEBUG
     assert "label-only" in records[0].getMessage()
+
+
+def test_the_label_only_head_is_a_config_option(tiny_model, tmp_path):
+
+    on = demo_cli(tiny_model("llama"), tmp_path / "on").model
+    assert on.label_only_loss and on.label_only_chunk is None
+    off = demo_cli(tiny_model("llama"), tmp_path / "off", "--model.init_args.label_only_loss", "false",
+                   "--model.init_args.label_only_chunk", "7").model
+    assert off.label_only_loss is False and off.label_only_chunk == 7
+    assert off.loss_path() == (None, "label_only_loss: false")
+    with pytest.raises(ValueError, match="label_only_chunk must be a positive number"):
+        demo_cli(tiny_model("llama"), tmp_path / "bad", "--model.init_args.label_only_chunk", "0")

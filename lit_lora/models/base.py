@@ -58,6 +58,10 @@ class FineTuneModule(L.LightningModule):
         attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2``; ``None`` lets transformers choose.
         trust_remote_code: Run modelling code shipped with the checkpoint (off: only transformers' own classes).
         gradient_checkpointing: Recompute activations in backward to save memory.
+        label_only_loss: Run the LM head only on labelled positions, in chunks, with the loss and its gradient
+            computed chunk by chunk (``models/label_only_loss.py``): no ``[tokens, vocab]`` logits are kept. Same
+            loss and gradients as full logits; causal LMs only (other heads always use full logits).
+        label_only_chunk: Positions per chunk of the label-only head; ``None`` sizes chunks to the vocabulary.
         tokenizer: Set by the CLI from the datamodule (``link_arguments``), and by ``connect`` from the data
             contract; not a YAML key.
     """
@@ -77,6 +81,8 @@ class FineTuneModule(L.LightningModule):
         attn_implementation: Optional[str] = None,
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        label_only_loss: bool = True,
+        label_only_chunk: Optional[int] = None,
         tokenizer: Any = None,
     ):
         super().__init__()
@@ -89,6 +95,10 @@ class FineTuneModule(L.LightningModule):
         self.attn_implementation = attn_implementation
         self.trust_remote_code = trust_remote_code
         self.gradient_checkpointing = gradient_checkpointing
+        if label_only_chunk is not None and label_only_chunk < 1:
+            raise ValueError(f"label_only_chunk must be a positive number of positions, got {label_only_chunk}")
+        self.label_only_loss = label_only_loss
+        self.label_only_chunk = label_only_chunk
         self.tokenizer = tokenizer
         self.data_contract: Optional[DataContract] = None  # what the data decided; set by connect
         self.model: Optional[torch.nn.Module] = None
@@ -186,8 +196,6 @@ class FineTuneModule(L.LightningModule):
         return self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, **kwargs)
 
     shifts_labels: ClassVar[bool] = True  # a causal LM's position t predicts token t + 1
-    label_only_loss: ClassVar[bool] = True  # LM head on labelled positions only, in chunks (label_only_loss.py)
-    label_only_chunk: ClassVar[Optional[int]] = None  # positions per chunk; None: sized to the vocabulary
 
     def packing_refusal(self) -> Optional[str]:
         """Why this model and adapter cannot train on packed rows, or ``None`` (asked by the datamodule)."""
@@ -213,7 +221,9 @@ class FineTuneModule(L.LightningModule):
         Label-only needs a causal LM whose head ``find_label_only_head`` accepts, outside FSDP (which
         shards the head's weight); seq2seq and classifier modules keep their full-logits loss.
         """
-        if not (self.label_only_loss and self.shifts_labels and self.task_type == "CAUSAL_LM"):
+        if not self.label_only_loss:
+            return None, "label_only_loss: false"
+        if not (self.shifts_labels and self.task_type == "CAUSAL_LM"):
             return None, f"{type(self).__name__} computes its loss from full logits"
         strategy = type(self.trainer.strategy).__name__ if attached_trainer(self) is not None else ""
         if "FSDP" in strategy or "ModelParallel" in strategy:
