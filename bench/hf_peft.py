@@ -10,7 +10,9 @@
                 restart at every example, no attention across examples);
 ``plain``       the same peft model and rows in a hand-written PyTorch loop: dynamic padding, the HF default
                 order (``torch.randperm`` with a generator seeded by ``seed``, which is what accelerate's
-                ``SeedableRandomSampler`` draws), ``torch.optim.AdamW``, gradient clipping, no framework.
+                ``SeedableRandomSampler`` draws), ``torch.optim.AdamW``, gradient clipping, no framework;
+``plain_grouped`` the same loop over lit-lora's length-grouped batches (``lit_lora.data.length_grouping``, seeded
+                ``seed + epoch`` as ``lit-lora fit`` seeds it): the batches of lit-lora's default, without lit-lora.
 
 Rows are tokenised by lit-lora's own ``InstructionDataModule`` (same split, tokens and labels as ``lit-lora fit``);
 measurement is ``bench/measure.py``'s, written to ``$BENCH_RESULT``.
@@ -26,7 +28,7 @@ import torch
 
 from measure import StepMeter, token_counts, write_result
 
-CONTENDERS = ("hf", "hf_grouped", "hf_flatten", "plain")
+CONTENDERS = ("hf", "hf_grouped", "hf_flatten", "plain", "plain_grouped")
 COLUMNS = ["input_ids", "attention_mask", "labels"]
 
 
@@ -117,17 +119,29 @@ def pad_batch(rows: list[dict], pad_token_id: int) -> dict:
             for key, fill in fills.items()}
 
 
-def run_plain(args, meter: StepMeter) -> dict:
+def epoch_order(train, args, grouped: bool, epoch: int) -> list[int]:
+    """The HF Trainer's random order (epoch 0; later epochs reuse it), or lit-lora's length-grouped one."""
+    if not grouped:
+        return torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    from lit_lora.data.length_grouping import LengthGroupedSampler
+
+    sampler = LengthGroupedSampler(train, [len(ids) for ids in train["input_ids"]], args.batch_size, seed=args.seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def run_plain(args, meter: StepMeter, grouped: bool = False) -> dict:
     tokenizer, train = tokenised_rows(args.model, args.data, args.max_length, args.batch_size, args.seed)
     model = peft_model(args.model, tokenizer, args.seed).to(args.device)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, sampler=order,
-                                         collate_fn=lambda rows: pad_batch(rows, tokenizer.pad_token_id))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     model.train()
-    step = 0
+    step, epoch = 0, 0
     while step < args.steps:  # epochs, should the rows run out
+        loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size,
+                                             sampler=epoch_order(train, args, grouped, epoch),
+                                             collate_fn=lambda rows: pad_batch(rows, tokenizer.pad_token_id))
+        epoch += 1
         for batch in loader:
             step += 1
             batch = {k: v.to(args.device) for k, v in batch.items()}
@@ -157,7 +171,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--output-dir", default="hf-bench-output", help="Trainer output_dir (nothing is saved)")
     args = parser.parse_args(argv)
     meter = StepMeter(args.steps, cuda=args.device.startswith("cuda"))
-    extra = run_plain(args, meter) if args.kind == "plain" else run_trainer(args.kind, args, meter)
+    if args.kind.startswith("plain"):
+        extra = run_plain(args, meter, grouped=args.kind == "plain_grouped")
+    else:
+        extra = run_trainer(args.kind, args, meter)
     write_result(meter.result(contender=args.kind, **extra))
 
 

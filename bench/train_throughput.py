@@ -13,10 +13,12 @@ the same training split (lit-lora's tokenisation of it):
     lit-lora              lit-lora fit (CLI, configs/demo.yaml + overrides), length-grouped batches (its default)
     lit-lora packing      the same with --data.init_args.packing true (skipped when the CLI does not accept it)
     lit-lora random       the same with --data.init_args.group_by_length false (random order, dynamic padding)
+    lit-lora full logits  the default with --model.init_args.label_only_loss false (LM head on every position)
     HF                    peft + transformers.Trainer, DataCollatorForSeq2Seq dynamic padding (the reference)
     HF grouped            the same with length-grouped batches
     HF flatten            the same with DataCollatorWithFlattening (padding-free)
     plain                 the same peft model and batches in a hand-written PyTorch loop
+    plain grouped         that loop over lit-lora's length-grouped batches (the default's batches, no lit-lora)
 
 Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
 process measures itself (``bench/measure.py``): real tokens/s from the start of step 2 to the end of the last
@@ -60,10 +62,12 @@ CONTENDERS = (
     Contender("lit-lora", "lit"),
     Contender("lit-lora packing", "lit", ("--data.init_args.packing", "true")),
     Contender("lit-lora random", "lit", ("--data.init_args.group_by_length", "false")),
+    Contender("lit-lora full logits", "lit", ("--model.init_args.label_only_loss", "false")),
     Contender("HF", "hf"),
     Contender("HF grouped", "hf_grouped"),
     Contender("HF flatten", "hf_flatten"),
     Contender("plain", "plain"),
+    Contender("plain grouped", "plain_grouped"),
 )
 
 
@@ -270,6 +274,10 @@ TARGETS = (
     ("lit-lora best ÷ HF best, tokens/s (target ≥ 1.2)", ("lit-lora", "lit-lora packing"),
      ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
     ("lit-lora random ÷ plain (same batches), tokens/s (target ≥ 0.97)", ("lit-lora random",), ("plain",),
+     "tokens_per_s"),
+    ("lit-lora ÷ plain grouped (same batches), tokens/s (target ≥ 0.97)", ("lit-lora",), ("plain grouped",),
+     "tokens_per_s"),
+    ("lit-lora ÷ lit-lora full logits (the label-only head), tokens/s", ("lit-lora",), ("lit-lora full logits",),
      "tokens_per_s"),
     ("lit-lora random ÷ HF (same batches), peak RSS (target ≤ 1.0)", ("lit-lora random",), ("HF",), "peak_rss_mib"),
     ("lit-lora ÷ HF grouped, launch→step1 (both longest batch first)", ("lit-lora",), ("HF grouped",),
