@@ -12,7 +12,9 @@
                 order (``torch.randperm`` with a generator seeded by ``seed``, which is what accelerate's
                 ``SeedableRandomSampler`` draws), ``torch.optim.AdamW``, gradient clipping, no framework;
 ``plain_grouped`` the same loop over lit-lora's length-grouped batches (``lit_lora.data.length_grouping``, seeded
-                ``seed + epoch`` as ``lit-lora fit`` seeds it): the batches of lit-lora's default, without lit-lora.
+                ``seed + epoch`` as ``lit-lora fit`` seeds it): the batches of lit-lora's default, without lit-lora;
+``plain_hf_grouped`` the same loop over transformers' ``LengthGroupedSampler`` (a generator seeded ``seed + epoch``;
+                the Trainer's draws from the global RNG instead, so its batches are others of the same kind).
 
 Rows are tokenised by lit-lora's own ``InstructionDataModule`` (same split, tokens and labels as ``lit-lora fit``);
 measurement is ``bench/measure.py``'s, written to ``$BENCH_RESULT``.
@@ -28,7 +30,7 @@ import torch
 
 from measure import StepMeter, token_counts, write_result
 
-CONTENDERS = ("hf", "hf_grouped", "hf_flatten", "plain", "plain_grouped")
+CONTENDERS = ("hf", "hf_grouped", "hf_flatten", "plain", "plain_grouped", "plain_hf_grouped")
 COLUMNS = ["input_ids", "attention_mask", "labels"]
 
 
@@ -119,18 +121,28 @@ def pad_batch(rows: list[dict], pad_token_id: int) -> dict:
             for key, fill in fills.items()}
 
 
-def epoch_order(train, args, grouped: bool, epoch: int) -> list[int]:
-    """The HF Trainer's random order (epoch 0; later epochs reuse it), or lit-lora's length-grouped one."""
-    if not grouped:
-        return torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    from lit_lora.data.length_grouping import LengthGroupedSampler
+def epoch_order(train, args, grouping: str, epoch: int) -> list[int]:
+    """The HF Trainer's random order (``""``: epoch 0; later epochs reuse it), or a length-grouped one:
+    lit-lora's (``"lit-lora"``) or transformers' sampler (``"transformers"``)."""
+    lengths = [len(ids) for ids in train["input_ids"]]
+    if grouping == "lit-lora":
+        from lit_lora.data.length_grouping import LengthGroupedSampler
 
-    sampler = LengthGroupedSampler(train, [len(ids) for ids in train["input_ids"]], args.batch_size, seed=args.seed)
-    sampler.set_epoch(epoch)
-    return list(sampler)
+        sampler = LengthGroupedSampler(train, lengths, args.batch_size, seed=args.seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+    if grouping == "transformers":
+        from transformers.trainer_pt_utils import LengthGroupedSampler as TransformersSampler
+
+        generator = torch.Generator().manual_seed(args.seed + epoch)
+        return list(TransformersSampler(args.batch_size, lengths=lengths, generator=generator))
+    return torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
 
 
-def run_plain(args, meter: StepMeter, grouped: bool = False) -> dict:
+GROUPING = {"plain": "", "plain_grouped": "lit-lora", "plain_hf_grouped": "transformers"}
+
+
+def run_plain(args, meter: StepMeter, grouping: str = "") -> dict:
     tokenizer, train = tokenised_rows(args.model, args.data, args.max_length, args.batch_size, args.seed)
     model = peft_model(args.model, tokenizer, args.seed).to(args.device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -139,7 +151,7 @@ def run_plain(args, meter: StepMeter, grouped: bool = False) -> dict:
     step, epoch = 0, 0
     while step < args.steps:  # epochs, should the rows run out
         loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size,
-                                             sampler=epoch_order(train, args, grouped, epoch),
+                                             sampler=epoch_order(train, args, grouping, epoch),
                                              collate_fn=lambda rows: pad_batch(rows, tokenizer.pad_token_id))
         epoch += 1
         for batch in loader:
@@ -171,8 +183,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--output-dir", default="hf-bench-output", help="Trainer output_dir (nothing is saved)")
     args = parser.parse_args(argv)
     meter = StepMeter(args.steps, cuda=args.device.startswith("cuda"))
-    if args.kind.startswith("plain"):
-        extra = run_plain(args, meter, grouped=args.kind == "plain_grouped")
+    if args.kind in GROUPING:
+        extra = run_plain(args, meter, grouping=GROUPING[args.kind])
     else:
         extra = run_trainer(args.kind, args, meter)
     write_result(meter.result(contender=args.kind, **extra))

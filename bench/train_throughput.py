@@ -19,6 +19,7 @@ the same training split (lit-lora's tokenisation of it):
     HF flatten            the same with DataCollatorWithFlattening (padding-free)
     plain                 the same peft model and batches in a hand-written PyTorch loop
     plain grouped         that loop over lit-lora's length-grouped batches (the default's batches, no lit-lora)
+    plain HF-grouped      that loop over transformers' LengthGroupedSampler order (seeded; the Trainer's is not)
 
 Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
 process measures itself (``bench/measure.py``): real tokens/s from the start of step 2 to the end of the last
@@ -68,6 +69,7 @@ CONTENDERS = (
     Contender("HF flatten", "hf_flatten"),
     Contender("plain", "plain"),
     Contender("plain grouped", "plain_grouped"),
+    Contender("plain HF-grouped", "plain_hf_grouped"),
 )
 
 
