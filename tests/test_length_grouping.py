@@ -106,7 +106,7 @@ def test_mid_epoch_resume_continues_after_the_last_trained_batch(rank):
     interrupted.sampler.set_epoch(2)
     interrupted.trainer = fake_trainer(batches_done=5)
     state = interrupted.state_dict()
-    assert state["order"] == "length_grouped" and state["epoch"] == 2
+    assert state["order"] == "length_grouped_shuffled" and state["epoch"] == 2
 
     resumed = loader()
     resumed.load_state_dict(state)
@@ -121,6 +121,9 @@ def test_resume_refuses_a_different_order():
     plain = ResumableDataLoader(list(range(40)), batch_size=4, seed=0)
     with pytest.raises(RuntimeError, match="group_by_length"):
         plain.load_state_dict(grouped.state_dict())
+    earlier = {**grouped.state_dict(), "order": "length_grouped"}  # the unshuffled order of earlier releases
+    with pytest.raises(RuntimeError, match="drew a length_grouped batch order.*draws that order the same way"):
+        ResumableDataLoader(list(range(40)), batch_size=4, seed=0, lengths=lengths).load_state_dict(earlier)
 
 
 def test_lengths_must_match_the_rows():

@@ -43,7 +43,8 @@ class LengthGroupedSampler(LengthAwareSampler):
         mega_batch_mult: Global batches per sorted mega-batch (default ``min(rows // (4 × global batch), 200)``, ≥ 1).
     """
 
-    order = "length_grouped"
+    # saved in the loader state; a checkpoint of the earlier, unshuffled order ("length_grouped") cannot resume here
+    order = "length_grouped_shuffled"
 
     def __init__(self, dataset: Dataset, lengths: Sequence[int], batch_size: int, num_replicas: int = 1,
                  rank: int = 0, seed: int = 0, mega_batch_mult: Optional[int] = None):
@@ -71,7 +72,7 @@ class LengthGroupedSampler(LengthAwareSampler):
         batches = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()] + short
         full = batches[:len(batches) - len(short)]
         if full:
-            longest = max(range(len(full)), key=lambda b: max(self.lengths[i] for i in full[b]))
+            longest = max(range(len(full)), key=lambda b: self.lengths[full[b][0]])  # each batch longest first
             batches[0], batches[longest] = batches[longest], batches[0]
         return [i for batch in batches for i in batch]
 

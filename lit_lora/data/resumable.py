@@ -136,7 +136,8 @@ class ResumableDataLoader(DataLoader):
         if state.get("order", self.sampler.order) != self.sampler.order:
             raise RuntimeError(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
                                "one: a mid-epoch resume needs the same data.group_by_length, data.packing, "
-                               "data.max_length and data.max_tokens_per_batch")
+                               "data.max_length and data.max_tokens_per_batch, and a lit-lora that draws that "
+                               "order the same way")
         if state.get("batch_size", self.batch_size) != self.batch_size:
             raise RuntimeError(f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: "
                                "a mid-epoch resume needs the same data.batch_size")
