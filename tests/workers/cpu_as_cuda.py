@@ -65,8 +65,28 @@ def present_cpu_as_cuda() -> None:
     CUDAAccelerator.is_available = staticmethod(lambda: True)
 
 
+def exit_without_teardown(code: int) -> None:
+    """Leave the process with ``code`` once the run is over, skipping interpreter teardown.
+
+    On CPU, DeepSpeed's shared-memory communication op and gloo keep native threads that can abort a
+    finished run at teardown ("terminate called without an active exception", exit -6) after every
+    file was written. GPU runs (NCCL) do not have these threads; this worker alone needs the exit.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     present_cpu_as_cuda()
     from lit_lora.cli import main
 
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except SystemExit as stop:  # a refused config exits through here: keep its message and code
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        exit_without_teardown(stop.code if isinstance(stop.code, int) else (1 if stop.code else 0))
+    exit_without_teardown(0)
