@@ -16,6 +16,9 @@
 ``plain_hf_grouped`` the same loop over transformers' ``LengthGroupedSampler`` (a generator seeded ``seed + epoch``;
                 the Trainer's draws from the global RNG instead, so its batches are others of the same kind).
 
+``--bf16``: bfloat16 mixed precision, as ``--trainer.precision bf16-mixed`` is in lit-lora: the Trainer's
+``bf16=True`` (``torch.autocast``), and ``torch.autocast(device, torch.bfloat16)`` around the plain loop's forward.
+
 Rows are tokenised by lit-lora's own ``InstructionDataModule`` (same split, tokens and labels as ``lit-lora fit``);
 measurement is ``bench/measure.py``'s, written to ``$BENCH_RESULT``.
 """
@@ -106,7 +109,7 @@ def run_trainer(kind: str, args, meter: StepMeter) -> dict:
         output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         report_to=[], save_strategy="no", logging_steps=1, dataloader_num_workers=0, use_cpu=args.device == "cpu",
-        seed=args.seed, **sampling_kwargs(kind == "hf_grouped"))
+        bf16=args.bf16, seed=args.seed, **sampling_kwargs(kind == "hf_grouped"))
     trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collate,
                       processing_class=tokenizer, callbacks=[Probe()])
     trainer.train()
@@ -158,7 +161,8 @@ def run_plain(args, meter: StepMeter, grouping: str = "") -> dict:
             step += 1
             batch = {k: v.to(args.device) for k, v in batch.items()}
             meter.step_begin(step, token_counts(batch))
-            loss = model(**batch).loss
+            with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -180,6 +184,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=42, help="model seed and data order (lit-lora's data.seed default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (autocast)")
     parser.add_argument("--output-dir", default="hf-bench-output", help="Trainer output_dir (nothing is saved)")
     args = parser.parse_args(argv)
     meter = StepMeter(args.steps, cuda=args.device.startswith("cuda"))

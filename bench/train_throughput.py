@@ -20,6 +20,8 @@ the same training split (lit-lora's tokenisation of it):
     plain                 the same peft model and batches in a hand-written PyTorch loop
     plain grouped         that loop over lit-lora's length-grouped batches (the default's batches, no lit-lora)
     plain HF-grouped      that loop over transformers' LengthGroupedSampler order (seeded; the Trainer's is not)
+    lit-lora bf16         the default with --trainer.precision bf16-mixed (fast where the CPU has AMX / AVX512-BF16)
+    HF grouped bf16       HF grouped with bf16=True; plain grouped bf16: plain grouped under torch.autocast bf16
 
 Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
 process measures itself (``bench/measure.py``): real tokens/s from the start of step 2 to the end of the last
@@ -70,6 +72,9 @@ CONTENDERS = (
     Contender("plain", "plain"),
     Contender("plain grouped", "plain_grouped"),
     Contender("plain HF-grouped", "plain_hf_grouped"),
+    Contender("lit-lora bf16", "lit", ("--trainer.precision", "bf16-mixed")),
+    Contender("HF grouped bf16", "hf_grouped", ("--bf16",)),
+    Contender("plain grouped bf16", "plain_grouped", ("--bf16",)),
 )
 
 
@@ -166,7 +171,7 @@ def command(contender: Contender, settings: Settings, run_dir: Path) -> list[str
     return [sys.executable, str(BENCH / "hf_peft.py"), contender.tool, "--model", str(settings.model),
             "--data", str(settings.data), "--steps", str(settings.steps), "--batch-size", str(settings.batch_size),
             "--max-length", str(settings.max_length), "--lr", str(settings.lr), "--seed", str(settings.seed),
-            "--output-dir", str(run_dir)]
+            "--output-dir", str(run_dir), *contender.args]
 
 
 def warm_lit_lora(settings: Settings) -> None:
@@ -273,8 +278,15 @@ def same_round_ratio(rounds: list[dict[str, dict]], numerator, denominator, key:
 # (what is compared, numerator contenders, denominator contenders, measure): the issue's targets
 TARGETS = (
     ("lit-lora default ÷ HF default, tokens/s (target ≥ 2.0)", ("lit-lora",), ("HF",), "tokens_per_s"),
-    ("lit-lora best ÷ HF best, tokens/s (target ≥ 1.2)", ("lit-lora", "lit-lora packing"),
+    ("lit-lora best ÷ HF best, both float32, tokens/s (target ≥ 1.2)", ("lit-lora", "lit-lora packing"),
      ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
+    ("lit-lora bf16 ÷ HF best float32, tokens/s (target ≥ 1.2)", ("lit-lora bf16",),
+     ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
+    ("lit-lora bf16 ÷ HF grouped bf16 (same precision), tokens/s", ("lit-lora bf16",), ("HF grouped bf16",),
+     "tokens_per_s"),
+    ("lit-lora bf16 ÷ plain grouped bf16 (same batches), tokens/s", ("lit-lora bf16",), ("plain grouped bf16",),
+     "tokens_per_s"),
+    ("lit-lora bf16 ÷ lit-lora (bf16-mixed ÷ float32), tokens/s", ("lit-lora bf16",), ("lit-lora",), "tokens_per_s"),
     ("lit-lora random ÷ plain (same batches), tokens/s (target ≥ 0.97)", ("lit-lora random",), ("plain",),
      "tokens_per_s"),
     ("lit-lora ÷ plain grouped (same batches), tokens/s (target ≥ 0.97)", ("lit-lora",), ("plain grouped",),

@@ -30,6 +30,7 @@ from lit_lora import console
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
 from lit_lora.ckpt_settings import SWITCH, check_resume_settings
 from lit_lora.compatibility import check_config
+from lit_lora.cpu_bf16 import log_bf16_hint
 from lit_lora.data.base import TextDataModule
 from lit_lora.finite_guard import FiniteGuard
 from lit_lora.cluster.csv_history import pin_log_dir
@@ -119,6 +120,7 @@ class LitLoraCLI(LightningCLI):
         pin_log_dir(trainer)
 
     def before_fit(self) -> None:
+        log_bf16_hint(self.trainer)
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbRun):
                 logger.log_config(self.config.get(self.subcommand))
