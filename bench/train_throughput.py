@@ -21,6 +21,7 @@ the same training split (lit-lora's tokenisation of it):
     plain grouped         that loop over lit-lora's length-grouped batches (the default's batches, no lit-lora)
     plain HF-grouped      that loop over transformers' LengthGroupedSampler order (seeded; the Trainer's is not)
     lit-lora bf16         the default with --trainer.precision bf16-mixed (fast where the CPU has AMX / AVX512-BF16)
+    lit-lora bf16 weights the same with the frozen base weights stored in bfloat16 (--model.init_args.dtype)
     HF grouped bf16       HF grouped with bf16=True; plain grouped bf16: plain grouped under torch.autocast bf16
 
 Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
@@ -73,6 +74,8 @@ CONTENDERS = (
     Contender("plain grouped", "plain_grouped"),
     Contender("plain HF-grouped", "plain_hf_grouped"),
     Contender("lit-lora bf16", "lit", ("--trainer.precision", "bf16-mixed")),
+    Contender("lit-lora bf16 weights", "lit", ("--model.init_args.dtype", "bfloat16",
+                                               "--trainer.precision", "bf16-mixed")),
     Contender("HF grouped bf16", "hf_grouped", ("--bf16",)),
     Contender("plain grouped bf16", "plain_grouped", ("--bf16",)),
 )
@@ -280,13 +283,18 @@ TARGETS = (
     ("lit-lora default ÷ HF default, tokens/s (target ≥ 2.0)", ("lit-lora",), ("HF",), "tokens_per_s"),
     ("lit-lora best ÷ HF best, both float32, tokens/s (target ≥ 1.2)", ("lit-lora", "lit-lora packing"),
      ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
-    ("lit-lora bf16 ÷ HF best float32, tokens/s (target ≥ 1.2)", ("lit-lora bf16",),
+    ("lit-lora best bf16 ÷ HF best float32, tokens/s (target ≥ 1.2)", ("lit-lora bf16", "lit-lora bf16 weights"),
      ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
+    ("lit-lora best ÷ HF best, any precision, tokens/s", ("lit-lora", "lit-lora packing", "lit-lora bf16",
+                                                          "lit-lora bf16 weights"),
+     ("HF", "HF grouped", "HF flatten", "HF grouped bf16"), "tokens_per_s"),
     ("lit-lora bf16 ÷ HF grouped bf16 (same precision), tokens/s", ("lit-lora bf16",), ("HF grouped bf16",),
      "tokens_per_s"),
     ("lit-lora bf16 ÷ plain grouped bf16 (same batches), tokens/s", ("lit-lora bf16",), ("plain grouped bf16",),
      "tokens_per_s"),
     ("lit-lora bf16 ÷ lit-lora (bf16-mixed ÷ float32), tokens/s", ("lit-lora bf16",), ("lit-lora",), "tokens_per_s"),
+    ("lit-lora bf16 weights ÷ lit-lora bf16 (bfloat16 base weights), tokens/s", ("lit-lora bf16 weights",),
+     ("lit-lora bf16",), "tokens_per_s"),
     ("lit-lora random ÷ plain (same batches), tokens/s (target ≥ 0.97)", ("lit-lora random",), ("plain",),
      "tokens_per_s"),
     ("lit-lora ÷ plain grouped (same batches), tokens/s (target ≥ 0.97)", ("lit-lora",), ("plain grouped",),

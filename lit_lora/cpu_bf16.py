@@ -1,8 +1,8 @@
 """Say so when a CPU run in float32 could run in bfloat16 at hardware speed.
 
-CPUs with AMX or AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and later) multiply bfloat16
-matrices several times faster than float32; ``--trainer.precision bf16-mixed`` (``torch.autocast``) uses
-them. lit-lora does not switch precision by itself, since a config must train the same numbers on every
+CPUs with AMX or AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later) multiply
+bfloat16 matrices several times faster than float32; ``--trainer.precision bf16-mixed`` (``torch.autocast``)
+uses them for every matrix product, while casts, attention and elementwise work keep most of a step's time. lit-lora does not switch precision by itself, since a config must train the same numbers on every
 machine, but at the start of a float32 CPU fit on such a CPU it prints the flag (see docs/benchmarks.md,
 "bfloat16 on a CPU", for what it gains on the training bench).
 
@@ -45,8 +45,8 @@ def bf16_hint(accelerator: str, precision: str, flags: list[str]) -> Optional[st
     """The hint for a fit on ``accelerator`` at ``precision`` (Lightning's names), or ``None`` when it has none."""
     if accelerator != "cpu" or precision != "32-true" or not flags:
         return None
-    return (f"this CPU computes bfloat16 natively ({', '.join(flags)}): add --trainer.precision bf16-mixed to "
-            "train several times faster (float32 stays the default, so a config trains the same numbers anywhere)")
+    return (f"this CPU computes bfloat16 natively ({', '.join(flags)}): --trainer.precision bf16-mixed uses it "
+            "for faster matrix products (float32 stays the default, so a config trains the same numbers anywhere)")
 
 
 def log_bf16_hint(trainer) -> None:

@@ -42,7 +42,7 @@ def fit_logs(tiny_model, tmp_path, caplog, monkeypatch, cpuinfo: str, *extra: st
 
 def test_fit_on_a_bf16_cpu_names_the_flag(tiny_model, tmp_path, caplog, monkeypatch):
     _, text = fit_logs(tiny_model, tmp_path, caplog, monkeypatch, SAPPHIRE_RAPIDS)
-    assert "natively (amx_bf16, avx512_bf16): add --trainer.precision bf16-mixed" in text
+    assert "natively (amx_bf16, avx512_bf16): --trainer.precision bf16-mixed uses it" in text
 
 
 def test_no_hint_without_native_bf16(tiny_model, tmp_path, caplog, monkeypatch):
