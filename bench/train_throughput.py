@@ -23,6 +23,7 @@ the same training split (lit-lora's tokenisation of it):
     lit-lora bf16         the default with --trainer.precision bf16-mixed (fast where the CPU has AMX / AVX512-BF16)
     lit-lora bf16 weights the same with the frozen base weights stored in bfloat16 (--model.init_args.dtype)
     HF grouped bf16       HF grouped with bf16=True; plain grouped bf16: plain grouped under torch.autocast bf16
+    HF grouped bf16 weights  HF grouped bf16 with the base weights loaded in bfloat16
 
 Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
 process measures itself (``bench/measure.py``): real tokens/s from the start of step 2 to the end of the last
@@ -77,6 +78,7 @@ CONTENDERS = (
     Contender("lit-lora bf16 weights", "lit", ("--model.init_args.dtype", "bfloat16",
                                                "--trainer.precision", "bf16-mixed")),
     Contender("HF grouped bf16", "hf_grouped", ("--bf16",)),
+    Contender("HF grouped bf16 weights", "hf_grouped", ("--bf16", "--dtype", "bfloat16")),
     Contender("plain grouped bf16", "plain_grouped", ("--bf16",)),
 )
 
@@ -287,7 +289,7 @@ TARGETS = (
      ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
     ("lit-lora best ÷ HF best, any precision, tokens/s", ("lit-lora", "lit-lora packing", "lit-lora bf16",
                                                           "lit-lora bf16 weights"),
-     ("HF", "HF grouped", "HF flatten", "HF grouped bf16"), "tokens_per_s"),
+     ("HF", "HF grouped", "HF flatten", "HF grouped bf16", "HF grouped bf16 weights"), "tokens_per_s"),
     ("lit-lora bf16 ÷ HF grouped bf16 (same precision), tokens/s", ("lit-lora bf16",), ("HF grouped bf16",),
      "tokens_per_s"),
     ("lit-lora bf16 ÷ plain grouped bf16 (same batches), tokens/s", ("lit-lora bf16",), ("plain grouped bf16",),
@@ -295,6 +297,8 @@ TARGETS = (
     ("lit-lora bf16 ÷ lit-lora (bf16-mixed ÷ float32), tokens/s", ("lit-lora bf16",), ("lit-lora",), "tokens_per_s"),
     ("lit-lora bf16 weights ÷ lit-lora bf16 (bfloat16 base weights), tokens/s", ("lit-lora bf16 weights",),
      ("lit-lora bf16",), "tokens_per_s"),
+    ("lit-lora bf16 weights ÷ HF grouped bf16 weights (same setting), tokens/s", ("lit-lora bf16 weights",),
+     ("HF grouped bf16 weights",), "tokens_per_s"),
     ("lit-lora random ÷ plain (same batches), tokens/s (target ≥ 0.97)", ("lit-lora random",), ("plain",),
      "tokens_per_s"),
     ("lit-lora ÷ plain grouped (same batches), tokens/s (target ≥ 0.97)", ("lit-lora",), ("plain grouped",),
