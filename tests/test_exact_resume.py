@@ -9,7 +9,8 @@ over ``max_steps``). 20 training rows at batch size 4 make 5 batches an epoch. T
   run must start epoch 1 at its first batch (not skip into it by the 5 batches of epoch 0).
 
 The interrupted run keeps the same ``max_steps`` (the schedule depends on it) and is killed right
-after the checkpoint is written; the resumed run passes ``ckpt_path``.
+after the checkpoint is written; the resumed run passes ``ckpt_path``. The mid-epoch case also runs under
+``bf16-mixed`` (CPU autocast), the setting lit-lora suggests on CPUs with native bfloat16.
 """
 
 from __future__ import annotations
@@ -26,23 +27,24 @@ LOSS_RTOL = 1e-5      # per-step training loss, relative
 WEIGHT_ATOL = 1e-6    # final LoRA weights, absolute (float32 on CPU: the same ops in the same order)
 
 
-def cli(model_dir: str, root: Path, every: int, *extra: str):
-    return resumable_demo_cli(model_dir, root, every, MAX_STEPS,
-                              "--data.init_args.batch_size", "4", "--data.init_args.max_length", "256", *extra)
+def cli(model_dir: str, root: Path, every: int, precision: str = "32-true"):
+    return resumable_demo_cli(model_dir, root, every, MAX_STEPS, "--data.init_args.batch_size", "4",
+                              "--data.init_args.max_length", "256", "--trainer.precision", precision)
 
 
-@pytest.mark.parametrize("stop_at", [4, BATCHES_PER_EPOCH], ids=["mid-epoch", "end-of-epoch"])
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, tiny_model, tmp_path):
+@pytest.mark.parametrize(("stop_at", "precision"), [(4, "32-true"), (BATCHES_PER_EPOCH, "32-true"), (4, "bf16-mixed")],
+                         ids=["mid-epoch", "end-of-epoch", "mid-epoch-bf16-mixed"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, precision, tiny_model, tmp_path):
     model_dir = tiny_model("llama")
 
-    full = cli(model_dir, tmp_path / "full", stop_at)
+    full = cli(model_dir, tmp_path / "full", stop_at, precision)
     fit(full)
     assert len(full.datamodule.datasets["train"]) == 4 * BATCHES_PER_EPOCH
     assert full.trainer.global_step == MAX_STEPS
     reference = read_losses(full.trainer.log_dir)
     assert sorted(reference) == list(range(1, MAX_STEPS + 1))
 
-    first = cli(model_dir, tmp_path / "interrupted", stop_at)
+    first = cli(model_dir, tmp_path / "interrupted", stop_at, precision)
     first.trainer.callbacks.append(KillBeforeStep(stop_at))
     with pytest.raises(Killed):
         fit(first)
@@ -54,7 +56,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, tiny_m
     state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert (state["epoch"], state["batches"]) == (0, stop_at)  # position of the train loader in epoch 0
 
-    resumed = cli(model_dir, tmp_path / "resumed", stop_at)
+    resumed = cli(model_dir, tmp_path / "resumed", stop_at, precision)
     fit(resumed, ckpt_path=str(ckpt))
     assert resumed.trainer.global_step == MAX_STEPS
     assert resumed.trainer.current_epoch == full.trainer.current_epoch
