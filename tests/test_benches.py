@@ -1,0 +1,70 @@
+"""Every CPU bench in ``bench/`` still runs in its smoke form, and what it measures stays comparable: contenders
+said to train on the same batches report the same first loss, batched generation answers as one call per row
+does, grouping pads less than random order, both LM heads give one loss. No timing is asserted (the benches print it; the machine is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from harness import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(script: str, *args: str, timeout: int = 600) -> str:
+    """``python bench/<script> <args>`` from the repository root; its stdout (fails with the end of stderr)."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"bench/{script} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def test_train_throughput_contenders_run_on_the_batches_they_claim(tmp_path):
+    # one contender per code path: lit-lora's CLI, the HF Trainer (bf16, bf16 base weights, flattening), the plain
+    # loop over lit-lora's grouping under autocast and in float32
+    names = ["lit-lora", "plain grouped", "plain grouped bf16", "HF grouped bf16 weights", "HF flatten"]
+    out = tmp_path / "results.json"
+    run_bench("train_throughput.py", "--quick", "--only", ",".join(names), "--json-out", str(out))
+    (results,) = json.loads(out.read_text())["rounds"]
+    assert sorted(results) == sorted(names)
+    for name, result in results.items():
+        assert "error" not in result, (name, result.get("error"))
+        assert result["tokens_per_s"] > 0 and result["steps"] == 4, (name, result)
+    # lit-lora's default and the plain loop over its grouping train the same first batch to the same loss
+    assert results["lit-lora"]["step1_tokens"] == results["plain grouped"]["step1_tokens"]
+    assert results["lit-lora"]["loss"]["1"] == pytest.approx(results["plain grouped"]["loss"]["1"], rel=1e-5)
+    assert results["plain grouped bf16"]["loss"]["1"] != results["plain grouped"]["loss"]["1"]  # autocast ran
+
+
+def test_generation_bench_batches_answer_as_per_row_calls(tmp_path):
+    out = tmp_path / "generation.json"
+    run_bench("generation.py", "--quick", "--json-out", str(out))
+    results = json.loads(out.read_text())["results"]
+    batched = {name: r for name, r in results.items() if name != "per_row"}
+    assert batched and all(r["differing_rows"] == [] for r in batched.values()), batched
+
+
+def test_padding_bench_orders_the_batchings():
+    out = run_bench("padding.py", "--rows", "400", "--epochs", "1")
+    padding = {line[:20].strip(): float(line[20:].split()[0].rstrip("%")) for line in out.splitlines()
+               if line[:20].strip() in ("lit-lora grouped", "transformers grouped", "random", "lit-lora packing")}
+    assert len(padding) == 4, out
+    assert padding["lit-lora grouped"] < padding["random"] and padding["lit-lora packing"] < padding["random"]
+
+
+def test_label_only_loss_bench_compares_equal_losses():
+    out = run_bench("label_only_loss.py", "--quick")
+    losses = {line.split("  ")[0].strip(): line.split()[-1] for line in out.splitlines()
+              if line.startswith(("prompt-masked / ", "all-labelled / "))}
+    assert len(losses) == 4, out
+    for batch in ("prompt-masked", "all-labelled"):  # both heads compute the same loss (printed to 5 decimals)
+        assert losses[f"{batch} / full"] == losses[f"{batch} / label-only"], losses
+
+
+def test_step_profile_bench_profiles_both_precisions():
+    out = run_bench("step_profile.py", "--quick", "--top", "3")
+    assert "float32:" in out and "bfloat16 autocast:" in out and "aten::mm" in out, out
