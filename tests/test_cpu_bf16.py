@@ -1,10 +1,12 @@
-"""A float32 CPU fit on a CPU with native bfloat16 says how to use it; ``--trainer.precision bf16-mixed`` trains
-on a CPU with float32 adapter weights (autocast computes in bfloat16, the weights and optimizer stay float32)."""
+"""A float32 CPU fit of a wide enough model on a CPU with native bfloat16 says how to use it;
+``--trainer.precision bf16-mixed`` trains on a CPU with float32 adapter weights (autocast computes in bfloat16,
+the weights and optimizer stay float32)."""
 
 from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from harness import adapter_tensors, build_cli, demo_args, read_losses, version_dir
 
@@ -13,6 +15,7 @@ from lit_lora import cpu_bf16
 SAPPHIRE_RAPIDS = "processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n\n" \
                   "processor : 1\nflags : fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
 SKYLAKE = "processor : 0\nflags : fpu sse avx2 avx512f avx512bw\n"
+HINT = "natively (amx_bf16, avx512_bf16): --trainer.precision bf16-mixed uses it"
 
 
 def test_flags_are_read_from_cpuinfo_text():
@@ -21,42 +24,60 @@ def test_flags_are_read_from_cpuinfo_text():
     assert cpu_bf16.native_bf16_flags("") == []
 
 
-def test_hint_only_for_a_float32_cpu_fit_on_a_bf16_cpu():
-    assert "--trainer.precision bf16-mixed" in cpu_bf16.bf16_hint("cpu", "32-true", ["amx_bf16"])
-    assert cpu_bf16.bf16_hint("cpu", "bf16-mixed", ["amx_bf16"]) is None  # already asked for
-    assert cpu_bf16.bf16_hint("cpu", "64-true", ["amx_bf16"]) is None  # a chosen precision is kept
-    assert cpu_bf16.bf16_hint("cpu", "32-true", []) is None  # no native bf16: autocast would be slower
-    assert cpu_bf16.bf16_hint("other", "32-true", ["amx_bf16"]) is None
+def test_hint_only_for_a_float32_cpu_fit_of_a_wide_model_on_a_bf16_cpu():
+    wide = cpu_bf16.MIN_HIDDEN_SIZE
+    assert "--trainer.precision bf16-mixed" in cpu_bf16.bf16_hint("cpu", "32-true", ["amx_bf16"], wide)
+    assert cpu_bf16.bf16_hint("cpu", "bf16-mixed", ["amx_bf16"], wide) is None  # already asked for
+    assert cpu_bf16.bf16_hint("cpu", "64-true", ["amx_bf16"], wide) is None  # a chosen precision is kept
+    assert cpu_bf16.bf16_hint("cpu", "32-true", [], wide) is None  # no native bf16: autocast would be slower
+    assert cpu_bf16.bf16_hint("other", "32-true", ["amx_bf16"], wide) is None
+    assert cpu_bf16.bf16_hint("cpu", "32-true", ["amx_bf16"], wide - 1) is None  # casts cost more than they gain
+    assert cpu_bf16.bf16_hint("cpu", "32-true", ["amx_bf16"], None) is None
 
 
-def fit_logs(tiny_model, tmp_path, caplog, monkeypatch, cpuinfo: str, *extra: str):
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory) -> str:
+    """A one-layer Llama as wide as the hint asks (``MIN_HIDDEN_SIZE``)."""
+    from lit_lora.tiny import build_tiny_model
+
+    return str(build_tiny_model("llama", tmp_path_factory.mktemp("wide-llama"), hidden=cpu_bf16.MIN_HIDDEN_SIZE,
+                                layers=1))
+
+
+def fit_logs(model_dir, tmp_path, caplog, monkeypatch, cpuinfo: str, *extra: str):
+    """``lit-lora fit`` of the demo config (2 steps) on ``model_dir`` with ``cpuinfo`` as /proc/cpuinfo."""
     info = tmp_path / "cpuinfo"
     info.write_text(cpuinfo)
     monkeypatch.setattr(cpu_bf16, "CPUINFO", info)
-    args = demo_args(tiny_model("llama"), tmp_path / "run", "--trainer.max_steps", "2", "--trainer.limit_val_batches",
-                     "0", "--baseline.enabled", "false", "--trainer.log_every_n_steps", "1", *extra)
+    args = demo_args(model_dir, tmp_path / "run", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+                     "--baseline.enabled", "false", "--trainer.log_every_n_steps", "1", *extra)
     with caplog.at_level(logging.INFO, logger="lit_lora"):
-        cli = build_cli(["fit", *args])  # as `lit-lora fit` runs: LightningCLI's before_fit, then fit
+        cli = build_cli(["fit", *args])  # as `lit-lora fit` runs it
     return cli, caplog.text
 
 
-def test_fit_on_a_bf16_cpu_names_the_flag(tiny_model, tmp_path, caplog, monkeypatch):
-    _, text = fit_logs(tiny_model, tmp_path, caplog, monkeypatch, SAPPHIRE_RAPIDS)
-    assert "natively (amx_bf16, avx512_bf16): --trainer.precision bf16-mixed uses it" in text
+def test_fit_of_a_wide_model_on_a_bf16_cpu_names_the_flag(wide_model, tmp_path, caplog, monkeypatch):
+    _, text = fit_logs(wide_model, tmp_path, caplog, monkeypatch, SAPPHIRE_RAPIDS)
+    assert text.count(HINT) == 1
 
 
-def test_no_hint_without_native_bf16(tiny_model, tmp_path, caplog, monkeypatch):
-    _, text = fit_logs(tiny_model, tmp_path, caplog, monkeypatch, SKYLAKE)
+def test_no_hint_without_native_bf16(wide_model, tmp_path, caplog, monkeypatch):
+    _, text = fit_logs(wide_model, tmp_path, caplog, monkeypatch, SKYLAKE)
     assert "bfloat16 natively" not in text
 
 
-def test_bf16_mixed_fit_on_cpu_keeps_float32_adapter_weights(tiny_model, tmp_path, caplog, monkeypatch):
-    cli, text = fit_logs(tiny_model, tmp_path, caplog, monkeypatch, SAPPHIRE_RAPIDS,
+def test_no_hint_for_a_narrow_model(tiny_model, tmp_path, caplog, monkeypatch):
+    _, text = fit_logs(tiny_model("llama"), tmp_path, caplog, monkeypatch, SAPPHIRE_RAPIDS)
+    assert "bfloat16 natively" not in text
+
+
+def test_bf16_mixed_fit_on_cpu_keeps_float32_adapter_weights(wide_model, tmp_path, caplog, monkeypatch):
+    cli, text = fit_logs(wide_model, tmp_path, caplog, monkeypatch, SAPPHIRE_RAPIDS,
                          "--trainer.precision", "bf16-mixed")
     assert "bfloat16 natively" not in text  # the flag is already there
     assert str(cli.trainer.precision) == "bf16-mixed"
     losses = read_losses(version_dir(tmp_path / "run"))
-    assert sorted(losses) and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert sorted(losses) == [1, 2] and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     trained = [p for p in cli.model.parameters() if p.requires_grad]
     assert trained and all(p.dtype == torch.float32 for p in trained)
     saved = adapter_tensors(version_dir(tmp_path / "run") / "adapter")

@@ -30,7 +30,7 @@ from lit_lora import console
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
 from lit_lora.ckpt_settings import SWITCH, check_resume_settings
 from lit_lora.compatibility import check_config
-from lit_lora.cpu_bf16 import log_bf16_hint
+from lit_lora.cpu_bf16 import Bf16Hint
 from lit_lora.data.base import TextDataModule
 from lit_lora.finite_guard import FiniteGuard
 from lit_lora.cluster.csv_history import pin_log_dir
@@ -63,7 +63,8 @@ class LitLoraCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """Lightning's trainer with lit-lora's step-based progress bar (unless the config brings a bar or turns it
-        off), the cluster runtime's callbacks (``lit_lora.cluster.runtime``) and atomic checkpoint writes."""
+        off), the cluster runtime's callbacks (``lit_lora.cluster.runtime``), the CPU bfloat16 hint
+        (``lit_lora.cpu_bf16``) and atomic checkpoint writes."""
         config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
         if "callbacks" not in kwargs:
             trainer_config = config.get("trainer") or {}
@@ -74,7 +75,7 @@ class LitLoraCLI(LightningCLI):
             kwargs["callbacks"] = callbacks
         preemption = config.get("preemption")
         # before the `preemption` callback, which LightningCLI appends after these
-        kwargs["callbacks"] = [*as_list(kwargs["callbacks"]), *runtime_callbacks(preemption)]
+        kwargs["callbacks"] = [*as_list(kwargs["callbacks"]), *runtime_callbacks(preemption), Bf16Hint()]
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_saves(trainer, preemption)
         return trainer
@@ -120,7 +121,6 @@ class LitLoraCLI(LightningCLI):
         pin_log_dir(trainer)
 
     def before_fit(self) -> None:
-        log_bf16_hint(self.trainer)
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbRun):
                 logger.log_config(self.config.get(self.subcommand))
