@@ -4,8 +4,12 @@
 #   bash bench/gpu.sh                    # results in $OUT if set, else bench/results/
 #   bash bench/gpu.sh --dry-run          # any machine: prints the steps, runs the CPU-safe parts of the bench
 #   bash bench/gpu.sh --layers 32        # the whole Llama-3-8B shape instead of 8 of its 32 layers (slower)
+#   bash bench/gpu.sh --wheels .whl      # an offline machine whose Python has PyTorch: the wheels that
+#                                        # bench/wheelhouse.py gathered for it go first on its path
 #
-# Installs nothing; uses $PYTHON, else .venv/bin/python, else python / python3 on PATH. Steps, each with a
+# Uses $PYTHON, else .venv/bin/python, else python / python3 on PATH, and installs nothing into it: --wheels DIR
+# installs DIR/*.whl into a temporary folder put ahead of that Python's packages (PYTHONPATH, with the
+# working tree, so `python -m lit_lora.cli` and the `lit-lora` command run this checkout). Steps, each with a
 # timeout cut from one time budget (--budget, default 450 s), each failure reported loudly (FAILED ... and the
 # end of its log), and the next step run anyway:
 #   1. env:         GPU, driver and package versions                     -> env.log
@@ -19,12 +23,14 @@ set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 BUDGET=450
 DRY=0
+WHEELS=
 LAYERS=8
 STEPS=15
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
+    --wheels) WHEELS=${2:?--wheels needs a folder of wheels}; shift ;;
     --layers) LAYERS=${2:?--layers needs a number}; shift ;;
     --steps) STEPS=${2:?--steps needs a number}; shift ;;
     --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
@@ -44,6 +50,17 @@ mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || { echo "gpu.sh: cannot
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
 else PY=$(command -v python || command -v python3 || echo python)
+fi
+# --wheels: the gathered wheels, unpacked without their dependency checks (the lock resolved them together)
+if [ -n "$WHEELS" ]; then
+  ls "$WHEELS"/*.whl > /dev/null 2>&1 || { echo "gpu.sh: no wheels in $WHEELS" >&2; exit 2; }
+  SITE=$(mktemp -d /tmp/lit-lora-site.XXXXXX)
+  "$PY" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl \
+    || { echo "gpu.sh: installing the wheels of $WHEELS failed" >&2; exit 2; }
+  mkdir -p "$SITE/bin"
+  printf '#!/bin/sh\nexec "%s" -m lit_lora.commands "$@"\n' "$PY" > "$SITE/bin/lit-lora"
+  chmod +x "$SITE/bin/lit-lora"
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 SUMMARY=$OUT_DIR/summary.txt
@@ -97,7 +114,7 @@ print("cuda available:", cuda, "| device:", torch.cuda.get_device_name(0) if cud
 PY
 }
 
-note "gpu.sh: out=$OUT_DIR python=$PY layers=$LAYERS steps=$STEPS budget=${BUDGET}s dry_run=$DRY"
+note "gpu.sh: out=$OUT_DIR python=$PY layers=$LAYERS steps=$STEPS budget=${BUDGET}s dry_run=$DRY wheels=${WHEELS:-none}${SITE:+ (installed in $SITE)}"
 export -f env_report
 export PY
 step env 60 bash -c env_report
