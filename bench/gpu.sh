@@ -20,6 +20,7 @@
 # summary.txt lists every step's exit status. Exit status: 0 when every step passed, 1 otherwise.
 set -u -o pipefail
 
+CALLER_DIR=$PWD
 cd "$(dirname "$0")/.." || exit 2
 BUDGET=450
 DRY=0
@@ -53,8 +54,10 @@ else PY=$(command -v python || command -v python3 || echo python)
 fi
 # --wheels: the gathered wheels, unpacked without their dependency checks (the lock resolved them together)
 if [ -n "$WHEELS" ]; then
+  case "$WHEELS" in /*) ;; *) WHEELS=$CALLER_DIR/$WHEELS ;; esac   # relative to where gpu.sh was called
   ls "$WHEELS"/*.whl > /dev/null 2>&1 || { echo "gpu.sh: no wheels in $WHEELS" >&2; exit 2; }
   SITE=$(mktemp -d /tmp/lit-lora-site.XXXXXX)
+  trap 'rm -rf "$SITE"' EXIT
   "$PY" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl \
     || { echo "gpu.sh: installing the wheels of $WHEELS failed" >&2; exit 2; }
   mkdir -p "$SITE/bin"
