@@ -102,6 +102,7 @@ step() {
 env_report() {
   echo "date: $(date -u +%FT%TZ)  host: $(hostname)  python: $PY"
   command -v nvidia-smi > /dev/null && nvidia-smi || echo "nvidia-smi: not found"
+  echo "lit-lora: $(command -v lit-lora || echo 'not on PATH (python -m lit_lora.commands)')"
   "$PY" - <<'PY'
 import importlib, sys
 print("python", sys.version.split()[0])

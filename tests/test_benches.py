@@ -1,13 +1,17 @@
 """Every CPU bench in ``bench/`` still runs in its smoke form, and what it measures stays comparable: contenders
 said to train on the same batches report the same first loss, batched generation answers as one call per row
-does, grouping pads less than random order, both LM heads give one loss. No timing is asserted (the benches print it; the machine is shared).
+does, grouping pads less than random order, both LM heads give one loss; the GPU script's CPU paths (``gpu.sh --dry-run``
+with carried wheels, ``gpu_throughput.py --cpu-smoke``) run to the end. No timing is asserted (the benches print it; the
+machine is shared).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from harness import REPO, subprocess_env
@@ -68,3 +72,52 @@ def test_label_only_loss_bench_compares_equal_losses():
 def test_step_profile_bench_profiles_both_precisions():
     out = run_bench("step_profile.py", "--quick", "--top", "3")
     assert "float32:" in out and "bfloat16 autocast:" in out and "aten::mm" in out, out
+
+
+def fake_wheel(out, name: str, version: str) -> None:
+    """A one-module wheel ``name`` at ``version`` (``import name; name.__version__``) in ``out``."""
+    unpacked = out / "src" / f"{name}-{version}"
+    info = unpacked / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (unpacked / f"{name}.py").write_text(f"__version__ = {version!r}\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    (info / "RECORD").write_text("")
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", str(out), str(unpacked)], check=True,
+                   capture_output=True)
+
+
+def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_both_variants(tmp_path):
+    """``bash bench/gpu.sh --wheels DIR --dry-run`` on a CPU: the wheels go ahead of the interpreter's packages
+    (a flash_attn the environment lacks is found), a ``lit-lora`` command is on the PATH, both variants are
+    estimated, and every step reports ok."""
+    wheels, out = tmp_path / "wheels", tmp_path / "out"
+    wheels.mkdir()
+    fake_wheel(wheels, "flash_attn", "0.0.1")
+    done = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--wheels", str(wheels), "--dry-run"],
+                          cwd=tmp_path, env=subprocess_env({"OUT": str(out), "PYTHON": sys.executable}),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    summary = (out / "summary.txt").read_text()
+    assert "ok env" in summary and "ok throughput" in summary and "FAILED" not in summary, summary
+    env_log = (out / "env.log").read_text()
+    assert "flash_attn 0.0.1" in env_log, env_log
+    site = re.search(r"lit-lora: (/tmp/lit-lora-site\.\w+)/bin/lit-lora", env_log)
+    assert site, env_log
+    variants = {v["variant"]: v for v in json.loads((out / "gpu_throughput.json").read_text())["variants"]}
+    assert sorted(variants) == ["lora_bf16", "qlora_nf4"]
+    assert all(v["estimate_total_gib"] > 1 for v in variants.values()), variants  # the 8-layer 8B shape
+    assert not Path(site.group(1)).exists()  # the temporary install is removed at exit
+
+
+def test_gpu_throughput_cpu_smoke_trains_both_variants_packed(tmp_path):
+    """``bench/gpu_throughput.py --cpu-smoke``: the GPU bench's whole path (data, tokenizer, model, ``lit-lora fit``
+    with packing for LoRA bf16 and QLoRA NF4, the measurements) on a tiny model."""
+    run_bench("gpu_throughput.py", "--cpu-smoke", "--steps", "3", "--warmup", "1", "--out", str(tmp_path))
+    setup = json.loads((tmp_path / "gpu_throughput.json").read_text())
+    assert setup["setup"]["packing"] is True
+    for variant in setup["variants"]:
+        assert variant["steps"] == 3 and variant["tokens_per_s"] > 0, variant
+        assert variant["packing"] and variant["padding"] < 0.1, variant
+        assert variant["estimate_total_gib"] > 0 and set(variant["loss"]) == {"1", "3"}, variant
+    assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "qlora_nf4"]
