@@ -6,6 +6,8 @@ change in what peft can inject shows up here first.
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
                           DistilBertConfig)
 
@@ -14,6 +16,9 @@ from lit_lora.adapters.prompt import prefix_support_problem
 from lit_lora.data.base import load_tokenizer
 from lit_lora.models.classifier import SequenceClassifierModule
 
+# Falcon's multi-query attention keeps one key/value head. transformers 5.25 gives FalconConfig the
+# num_key_value_heads that peft sizes its prefixes from; before it peft built one prefix per query head.
+FALCON_TAKES_PREFIXES = Version(transformers.__version__) >= Version("5.25")
 AUTO = {"CAUSAL_LM": AutoModelForCausalLM, "SEQ_2_SEQ_LM": AutoModelForSeq2SeqLM,
         "SEQ_CLS": AutoModelForSequenceClassification}
 
@@ -21,7 +26,7 @@ AUTO = {"CAUSAL_LM": AutoModelForCausalLM, "SEQ_2_SEQ_LM": AutoModelForSeq2SeqLM
 @pytest.mark.parametrize("arch, task_type, supported", [
     ("llama", "CAUSAL_LM", True), ("gemma", "CAUSAL_LM", True), ("phi", "CAUSAL_LM", True),
     ("t5", "SEQ_2_SEQ_LM", True),
-    ("falcon", "CAUSAL_LM", False),  # multi-query attention: peft builds one prefix per query head
+    ("falcon", "CAUSAL_LM", FALCON_TAKES_PREFIXES),
     ("roberta", "SEQ_CLS", False), ("llama", "SEQ_CLS", False),  # peft looks for a past_key_values argument
 ])
 def test_prefix_support_is_found_by_running_the_architecture(tiny_model, arch, task_type, supported):
