@@ -102,8 +102,10 @@ class StepProgressBar(TQDMProgressBar):
             bar.refresh()
 
 
-def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], started: float) -> str:
-    """What a finished ``fit`` produced and what to run next, in a few lines."""
+def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], started: float,
+                module: Optional[Any] = None) -> str:
+    """What a finished ``fit`` produced and what to run next, in a few lines (``compare`` only for a ``module``
+    whose evaluator compares generated text, as ``lit-lora compare`` requires)."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
                       if k in ("train_loss", "val_loss") or k.endswith(("accuracy", "f1_macro", "bleu")))
@@ -119,6 +121,7 @@ def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], sta
     if ckpt:
         lines.append(f"  {'checkpoint':<13}{ckpt}")
         lines.append(f"  next: lit-lora test --config {config} --ckpt_path {ckpt}")
-        lines.append(f"        lit-lora compare --config {config} --ckpt_path {ckpt}   # base vs fine-tuned report")
+        if getattr(getattr(module, "evaluator", None), "compares_generated_text", False):
+            lines.append(f"        lit-lora compare --config {config} --ckpt_path {ckpt}   # base vs fine-tuned report")
     lines.append("        merge LoRA into the base: add --export.merge true to the fit command")
     return "\n".join(lines)

@@ -1,10 +1,12 @@
 """The `lit-lora` entry point: the demo config end to end, --print_config round trip, lean checkpoints."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 import yaml
-from harness import DEMO, run_cli_subprocess, version_dir
+from harness import DEMO, run_cli, run_cli_subprocess, version_dir
 
 SMALL = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
          "--data.init_args.max_samples", "40", "--data.init_args.batch_size", "4"]
@@ -63,3 +65,14 @@ def test_bad_target_module_fails_before_training(tmp_path):
                                  "--model.init_args.adapter.init_args.target_modules", "[q_proj, v_prj]"], check=False)
     assert result.returncode != 0
     assert "'v_prj' matches no module" in result.stderr and "v_proj" in result.stderr
+
+
+def test_a_command_without_checkpoints_refuses_a_ckpt_path_but_reads_a_saved_run_config(tmp_path):
+    """A run's saved config.yaml holds fit's ``ckpt_path: null`` and ``weights_only: null``: every command reads
+    it. A ``--ckpt_path`` given to a command that loads no checkpoint is an error, not silently ignored."""
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(Path(DEMO).read_text() + "ckpt_path: null\nweights_only: null\n")
+    run_cli(["estimate", "--config", str(saved)])
+    with pytest.raises(SystemExit, match="does not use --ckpt_path"):
+        run_cli(["estimate", "--config", str(saved), "--ckpt_path", str(tmp_path / "last.ckpt")])

@@ -4,6 +4,7 @@ for a step-based run, and a closing summary; ``--verbose`` brings the library me
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from harness import DEMO, output, run_cli_subprocess
@@ -40,3 +41,18 @@ def test_demo_console_is_quiet_and_step_based(tmp_path):
     loud = demo(tmp_path / "verbose", "--verbose")
     shown = [name for name, text in NOISE.items() if text in loud]
     assert {"tensorboardX", "LitLogger tip", "model summary"} <= set(shown), shown
+
+
+def test_the_next_commands_it_prints_run_as_printed(tmp_path):
+    """The closing summary's ``next:`` commands (``test`` and ``compare`` on the run's saved config.yaml, which
+    holds fit's own ``ckpt_path`` / ``weights_only`` keys) run as a user would paste them."""
+    out = demo(tmp_path / "run")
+    commands = [line.split("#")[0].strip().removeprefix("next:").strip() for line in out.splitlines()
+                if line.strip().startswith(("next: lit-lora", "lit-lora compare"))]
+    assert [c.split()[1] for c in commands] == ["test", "compare"], out[-2000:]
+    for command in commands:
+        args = shlex.split(command)[1:]
+        assert "config.yaml" in args[args.index("--config") + 1]  # the run's saved config, overrides included
+        result = run_cli_subprocess(args, cwd=tmp_path, check=False)
+        assert result.returncode == 0, f"{command}\n{output(result)[-3000:]}"
+    assert list((tmp_path / "run").rglob("compare/report.md"))

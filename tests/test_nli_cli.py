@@ -8,10 +8,12 @@ from harness import config, run_cli
 CONFIG = config("tutorials/nli_roberta_lora")
 
 
-def test_fit_then_test_writes_matched_and_mismatched_metrics(tiny_model, tmp_path):
+def test_fit_then_test_writes_matched_and_mismatched_metrics(tiny_model, tmp_path, capsys):
     common = ["--config", CONFIG, "--model.init_args.model_name_or_path", tiny_model("roberta"),
               "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
     run_cli(["fit", *common, "--trainer.max_steps", "20", "--trainer.val_check_interval", "10"])
+    summary = capsys.readouterr().out
+    assert "next: lit-lora test --config" in summary and "lit-lora compare" not in summary  # compare refuses it
     run = tmp_path / "lightning_logs" / "version_0"
     labels = json.loads((run / "adapter" / "classifier_labels.json").read_text())
     assert labels["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}

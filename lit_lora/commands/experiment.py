@@ -62,8 +62,10 @@ def load_experiment(argv: list[str], add_arguments: Optional[Callable[[Any], Non
             super().add_arguments_to_parser(parser)
             if add_arguments is not None:
                 add_arguments(parser)
+            self.fit_only = accept_fit_arguments(parser)
 
         def before_instantiate_classes(self) -> None:
+            refuse_fit_arguments(self.config, self.fit_only, prog or "lit-lora")
             if check is not None:
                 check(self.config)
             if build == "all":  # model path, compatibility, SLURM allocation: for the machine that runs it
@@ -82,6 +84,27 @@ def load_experiment(argv: list[str], add_arguments: Optional[Callable[[Any], Non
     if build == "model":
         return Experiment(cli.config, model_of(cli.config))
     return Experiment(cli.config)
+
+
+# ``Trainer.fit``'s own arguments: the config.yaml a ``lit-lora fit`` run saves holds them (``ckpt_path: null``)
+FIT_ARGUMENTS = {"ckpt_path": Optional[str], "weights_only": Optional[bool]}
+
+
+def accept_fit_arguments(parser) -> list[str]:
+    """Let a run's saved config.yaml through: add the ``FIT_ARGUMENTS`` the command did not add itself; their names."""
+    present = {action.dest for action in parser._actions}
+    added = [name for name in FIT_ARGUMENTS if name not in present]
+    for name in added:
+        parser.add_argument(f"--{name}", type=FIT_ARGUMENTS[name], default=None,
+                            help=f"fit's {name}, accepted from a run's saved config.yaml; this command does not use it")
+    return added
+
+
+def refuse_fit_arguments(config, names: list[str], prog: str) -> None:
+    """A ``--ckpt_path`` given to a command that does not use one is an error, not a silent no-op."""
+    if "ckpt_path" in names and config.get("ckpt_path") is not None:
+        raise SystemExit(f"{prog}: this command does not use --ckpt_path ({config.get('ckpt_path')}); "
+                         "it is fit's, validate's and test's")
 
 
 def parse_experiment(argv: list[str], add_arguments: Optional[Callable[[Any], None]] = None) -> Any:

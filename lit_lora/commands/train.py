@@ -131,7 +131,7 @@ class LitLoraCLI(LightningCLI):
             saved = run_dir / "config.yaml"
             given = self.config.get(self.subcommand).get("config") or []
             config_path = str(saved) if saved.exists() else (str(given[-1]) if given else None)
-            print(console.fit_summary(self.trainer, run_dir, config_path, self._started), flush=True)
+            print(console.fit_summary(self.trainer, run_dir, config_path, self._started, self.model), flush=True)
 
 
 def main(argv: list[str]) -> None:
