@@ -86,4 +86,4 @@ def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, trainer
     total = trainer.estimated_stepping_batches if trainer is not None else 1
     total = int(total) if math.isfinite(total) else settings.warmup_steps + 1
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.scheduler, settings.warmup_steps, total))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}

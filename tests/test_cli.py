@@ -1,5 +1,6 @@
 """The `lit-lora` entry point: the demo config end to end, --print_config round trip, lean checkpoints."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -76,3 +77,12 @@ def test_a_command_without_checkpoints_refuses_a_ckpt_path_but_reads_a_saved_run
     run_cli(["estimate", "--config", str(saved)])
     with pytest.raises(SystemExit, match="does not use --ckpt_path"):
         run_cli(["estimate", "--config", str(saved), "--ckpt_path", str(tmp_path / "last.ckpt")])
+
+
+def test_the_learning_rate_is_logged_at_every_logged_step(tmp_path):
+    """metrics.csv (and so W&B) holds the learning rate: the demo's warm-up rises step by step."""
+    run_cli(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+             "--trainer.log_every_n_steps", "1"])
+    rows = list(csv.DictReader((version_dir(tmp_path) / "metrics.csv").open()))
+    lr = [float(row["lr"]) for row in rows if row.get("lr")]
+    assert len(lr) == 4 and lr == sorted(lr) and lr[0] < lr[-1], lr

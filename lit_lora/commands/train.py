@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from lit_lora import console
@@ -63,7 +63,7 @@ class LitLoraCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """Lightning's trainer with lit-lora's step-based progress bar (unless the config brings a bar or turns it
-        off), the cluster runtime's callbacks (``lit_lora.cluster.runtime``), the CPU bfloat16 hint
+        off), a learning-rate monitor (unless there is no logger), the cluster runtime's callbacks (``lit_lora.cluster.runtime``), the CPU bfloat16 hint
         (``lit_lora.cpu_bf16``) and atomic checkpoint writes."""
         config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
         if "callbacks" not in kwargs:
@@ -72,6 +72,9 @@ class LitLoraCLI(LightningCLI):
             if trainer_config.get("enable_progress_bar", True) is not False and \
                     not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(console.StepProgressBar())
+            if trainer_config.get("logger", True) is not False and \
+                    not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+                callbacks.append(LearningRateMonitor(logging_interval="step"))  # the "lr" curve of every logger
             kwargs["callbacks"] = callbacks
         preemption = config.get("preemption")
         # before the `preemption` callback, which LightningCLI appends after these
