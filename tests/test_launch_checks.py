@@ -1,6 +1,10 @@
 """SLURM allocation vs Trainer settings, and the requeued-job-without-checkpoint guard."""
 
+import re
+import subprocess
+
 import pytest
+from harness import REPO
 
 from lit_lora.cluster.launch_checks import AllocationMismatch, MissingResumeCheckpoint, check_allocation, \
     check_requeued_resume
@@ -29,3 +33,15 @@ def test_requeued_job_without_checkpoint_fails(tmp_path):
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"x")
     check_requeued_resume(None, tmp_path, env)
     check_requeued_resume(None, tmp_path / "empty", {**SLURM, "SLURM_RESTART_COUNT": "0"})
+
+
+def test_the_sbatch_log_folders_are_in_a_fresh_clone():
+    """sbatch opens ``#SBATCH --output`` before the script runs and fails the job, with no log at all, when its
+    folder is missing: each one the scripts name is tracked in git, so a fresh clone has it."""
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    folders = {match.rsplit("/", 1)[0] for script in (REPO / "slurm").glob("*.sbatch")
+               for match in re.findall(r"^#SBATCH --(?:output|error)=(\S+)", script.read_text(), flags=re.M)}
+    assert folders == {"runs"}, folders
+    for folder in folders:
+        assert any(path.startswith(f"{folder}/") for path in tracked), f"nothing tracked under {folder}/"
