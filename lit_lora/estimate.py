@@ -30,6 +30,7 @@ from lit_lora.architectures import HEADS, lookup
 from lit_lora.memory import GIB, MemoryEstimate, Shape, activation_bytes, inference_activation_bytes, \
     optimizer_state_bytes, quant_constant_bytes, tensor_bytes
 from lit_lora.models import builder
+from lit_lora.models.label_only_loss import default_chunk_size, find_label_only_head
 
 
 # ---- the config ---------------------------------------------------------------------------------------
@@ -140,10 +141,11 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     shape = Shape.from_config(built.config, gated_mlp=is_gated(model))
     virtual = spec.virtual_tokens
     eager = (module.attn_implementation or getattr(built.config, "_attn_implementation", None)) == "eager"
+    chunk = label_only_chunk(module, built, shape) if trainable else None  # generation runs the full head
     if trainable:
         acts = activation_bytes(shape, batch, seq + virtual, value_bytes, checkpointing,
                                 lora_input_values(model, shape), target_seq, eager,
-                                logits=built.head in ("causal", "seq2seq"))
+                                logits=built.head in ("causal", "seq2seq"), label_only_chunk=chunk)
     else:  # nothing trains (NoAdapter): a forward pass keeps no activations for backward
         acts = inference_activation_bytes(shape, batch, seq + virtual, value_bytes,
                                           logits=built.head in ("causal", "seq2seq"))
@@ -151,8 +153,21 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     assumptions = {"batch": batch, "seq": seq + virtual, "target_seq": target_seq if shape.decoder_layers else None,
                    "activation_bytes": value_bytes, "gradient_checkpointing": checkpointing,
                    "attention": "eager (scores kept)" if eager else "SDPA (no s x s scores kept)",
-                   "optimizer": module.optim.name, "precision": precision}
+                   "optimizer": module.optim.name, "precision": precision,
+                   "lm_head": f"label-only LM head ({chunk} positions a chunk)" if chunk
+                   else "full logits" if built.head in ("causal", "seq2seq") else "no LM head"}
     return estimate, assumptions
+
+
+def label_only_chunk(module, built: Built, shape: Shape) -> Optional[int]:
+    """Positions per chunk when training runs the LM head on labelled positions only (as ``FineTuneModule
+    .loss_path`` decides, on one device), else ``None``: the full ``[tokens, vocab]`` logits are counted."""
+    if built.head != "causal" or not getattr(module, "label_only_loss", False):
+        return None
+    head, _ = find_label_only_head(built.model, placed=False)
+    if head is None:
+        return None
+    return module.label_only_chunk or default_chunk_size(shape.vocab)
 
 
 def model_compute_bytes(model: nn.Module) -> int:
@@ -206,7 +221,8 @@ def report(module, built: Built, estimate: MemoryEstimate, assumptions: dict, gp
         f"assumptions: batch {a['batch']} per device, every row padded to {a['seq']} tokens"
         + (f" (target {a['target_seq']})" if a["target_seq"] else "")
         + f", {a['activation_bytes']}-byte activations (precision {a['precision']}),"
-        f" gradient checkpointing {'on' if a['gradient_checkpointing'] else 'off'}, {a['attention']};"
+        f" gradient checkpointing {'on' if a['gradient_checkpointing'] else 'off'}, {a['attention']},"
+        f" {a['lm_head']};"
         " gradient accumulation adds no memory; formulas in lit_lora/memory.py",
     ]
     return "\n".join(lines)

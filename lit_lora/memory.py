@@ -135,6 +135,18 @@ def layer_values_per_token(shape: Shape, cross_attention: bool = False) -> int:
     return values
 
 
+def label_only_head_bytes(shape: Shape, tokens: int, value_bytes: int, chunk_positions: int) -> int:
+    """What the label-only LM head (``models/label_only_loss.py``) holds instead of ``[tokens, vocab]`` logits.
+
+    The labelled rows of the final hidden states are gathered (``tokens * h``) and the gradient of those rows is
+    kept from the forward to the backward (``tokens * h`` again); one chunk at a time, its float32 logits,
+    turned into the softmax gradient in place, plus that gradient in the compute dtype
+    (``chunk * vocab * (4 + bytes)``). Every position is counted as labelled, as every row is counted as full.
+    """
+    chunk = min(chunk_positions, tokens)
+    return 2 * tokens * shape.hidden * value_bytes + chunk * shape.vocab * (4 + value_bytes)
+
+
 def inference_activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int,
                                logits: bool = True) -> dict[str, int]:
     """Activation memory of a forward pass with nothing to train (evaluation, in-context prompting).
@@ -152,7 +164,7 @@ def inference_activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: 
 
 def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, checkpointing: bool,
                      lora_input_values: int = 0, target_seq: Optional[int] = None, eager_attention: bool = False,
-                     logits: bool = True) -> dict[str, int]:
+                     logits: bool = True, label_only_chunk: Optional[int] = None) -> dict[str, int]:
     """Activation memory of one forward/backward at ``batch`` x ``seq`` (every row padded to ``seq``).
 
     Per layer and token: ``layer_values_per_token`` plus ``lora_input_values`` (each LoRA layer with dropout
@@ -163,7 +175,8 @@ def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, check
     SDPA / flash attention keep none. Logits: ``b * s * vocab`` values in the compute dtype plus their
     fp32 copy and fp32 log-softmax that the cross-entropy keeps (``4 + 4`` bytes). Encoder-decoder models
     count the encoder at ``seq`` and the decoder at ``target_seq``, whose cross-attention also keeps the
-    projected encoder keys and values (``2 * kv_dim`` a source token).
+    projected encoder keys and values (``2 * kv_dim`` a source token). ``label_only_chunk``: the LM head runs on
+    labelled positions in chunks of that many (``label_only_head_bytes``) instead.
     """
     def stack(layers: int, tokens: int, per_layer: int, extra_per_layer: int = 0) -> int:
         if checkpointing:
@@ -188,7 +201,9 @@ def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, check
             layer_values_per_token(shape, cross_attention=True) + lora_input_values,
             cross_kv + scores(target_seq, target_seq) + scores(target_seq, seq))
     parts["embeddings"] = 2 * out_tokens * shape.hidden * value_bytes
-    parts["logits"] = out_tokens * shape.vocab * (value_bytes + 8) if logits else 0
+    head = out_tokens * shape.vocab * (value_bytes + 8) if label_only_chunk is None else \
+        label_only_head_bytes(shape, out_tokens, value_bytes, label_only_chunk)
+    parts["logits"] = head if logits else 0
     return parts
 
 

@@ -167,3 +167,27 @@ def test_a_config_that_trains_nothing_is_estimated_as_inference(capsys):
     assert "trainable params: 0 ||" in out
     assert "activations/kv_cache" in out  # a forward pass with a KV cache, not stored backward activations
     assert "gradients              0.00 GiB" in out and "optimizer state        0.00 GiB" in out
+
+
+def test_logits_are_counted_as_the_label_only_head_keeps_them():
+    """A causal LM trains with the label-only chunked head by default: the estimate counts its gathered rows, their
+    gradient and one chunk of float32 logits, not ``[tokens, vocab]`` logits (Gemma's 256k vocabulary: 5 GiB of them
+    at 4 x 1024 tokens); ``label_only_loss: false`` and a seq2seq model count the full logits."""
+    from lit_lora.estimate import memory_estimate
+    from lit_lora.memory import label_only_head_bytes
+    from lit_lora.models.label_only_loss import default_chunk_size
+
+    def logits_part(config, *overrides):
+        cfg, module, built = estimate_for(config, *overrides)
+        estimate, assumptions = memory_estimate(built, module, cfg, 4, 1024, 256, 1.0)
+        return estimate.activations["logits"], assumptions, Shape.from_config(built.config, gated_mlp=True)
+
+    chunked, assumptions, shape = logits_part(GEMMA_CONFIG)
+    value_bytes = assumptions["activation_bytes"]
+    assert chunked == label_only_head_bytes(shape, 4 * 1024, value_bytes, default_chunk_size(shape.vocab))
+    assert assumptions["lm_head"].startswith("label-only LM head")
+    full, assumptions, _ = logits_part(GEMMA_CONFIG, "--model.init_args.label_only_loss", "false")
+    assert full == 4 * 1024 * shape.vocab * (value_bytes + 8) and assumptions["lm_head"] == "full logits"
+    assert chunked < full / 10
+    _, assumptions, _ = logits_part(CONFIGS / "code" / "codet5_base_lora_python_codes.yaml")
+    assert assumptions["lm_head"] == "full logits"  # Seq2SeqModule: the full-logits loss

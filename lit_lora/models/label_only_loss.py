@@ -63,8 +63,9 @@ def _transformers_model(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def find_label_only_head(model: nn.Module) -> tuple[Optional[LabelOnlyHead], str]:
-    """The head to run on labelled positions only, or ``None``; and why, for the log."""
+def find_label_only_head(model: nn.Module, placed: bool = True) -> tuple[Optional[LabelOnlyHead], str]:
+    """The head to run on labelled positions only, or ``None``; and why, for the log. ``placed=False``: the model
+    is built on the meta device (``lit-lora estimate``), so where its head weight lives is not checked."""
     base = _transformers_model(model)
     config = getattr(base, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -75,8 +76,9 @@ def find_label_only_head(model: nn.Module) -> tuple[Optional[LabelOnlyHead], str
     if type(head) is not nn.Linear:  # a LoRA layer, a peft ModulesToSaveWrapper, a bitsandbytes layer …
         return None, f"its LM head is a {type(head).__name__}, not a plain torch.nn.Linear"
     weight = head.weight
-    if hasattr(weight, "ds_id") or weight.device.type == "meta" or hasattr(head, "_hf_hook") \
-            or type(weight.data).__name__ == "DTensor" or tuple(weight.shape) != (head.out_features, head.in_features):
+    if placed and (hasattr(weight, "ds_id") or weight.device.type == "meta" or hasattr(head, "_hf_hook")
+                   or type(weight.data).__name__ == "DTensor"
+                   or tuple(weight.shape) != (head.out_features, head.in_features)):
         return None, "its LM head weight is sharded or offloaded"
     softcap = getattr(config, "final_logit_softcapping", None)
     return LabelOnlyHead(head, float(softcap) if softcap else None), f"{model_type} with a plain nn.Linear head"
