@@ -5,10 +5,10 @@
     from lit_lora.cli import LitLoraCLI, main                   # the same objects as in lit_lora.commands
 """
 
-from lit_lora.commands import COMMANDS, configure_logging, main
+from lit_lora.commands import COMMANDS, configure_logging, entry, main
 from lit_lora.commands.train import LitLoraCLI, as_list
 
-__all__ = ["COMMANDS", "LitLoraCLI", "as_list", "configure_logging", "main"]
+__all__ = ["COMMANDS", "LitLoraCLI", "as_list", "configure_logging", "entry", "main"]
 
 if __name__ == "__main__":
-    main()
+    entry()

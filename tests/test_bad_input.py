@@ -173,6 +173,23 @@ def test_missing_model_directory_is_one_short_line_naming_it(tmp_path):
     assert line.startswith(f"lit-lora: model_name_or_path {missing!r}: not a local directory")
 
 
+@pytest.mark.parametrize("via", ["entry_point", "module"])
+def test_a_bad_data_line_ends_the_command_with_one_line_naming_it(tmp_path, via):
+    """The ``lit-lora`` command prints an input error as its last line, without the tracebacks of pyarrow,
+    datasets and lit-lora chained before it; ``--verbose`` keeps them."""
+    rows = (Path(DEMO).parents[1] / "lit_lora" / "data" / "samples" / "python_codes_25k.jsonl").read_text()
+    data = write_lines(tmp_path / "codes.jsonl", [*rows.splitlines()[:2], '{"instruction": "x", "output": oops}'])
+    args = ["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--data.init_args.source", data]
+    result = run_cli_subprocess(args, via=via, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"lit-lora: DataFileError: {data}: line 3, column 32: invalid JSON (Expecting value)"
+    verbose = run_cli_subprocess([*args, "--verbose"], via=via, check=False)
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "DataFileError" in verbose.stderr
+
+
 def test_hub_id_missing_offline_says_what_was_tried(tmp_path, monkeypatch):
     from lit_lora.model_source import ModelNotFoundError
 

@@ -107,3 +107,32 @@ def main(args: Optional[list[str]] = None) -> None:
         importlib.import_module(command.module).main(argv if command.with_name else argv[1:])
     except ModelNotFoundError as err:
         sys.exit(f"lit-lora: {err}")
+
+
+def input_error_types() -> tuple[type, ...]:
+    """The errors that say what is wrong with a run's input (data file and line, config key, run directory,
+    checkpoint, allocation) or why it stopped (a non-finite loss): their message is the whole answer."""
+    from lit_lora.adapters.loading import AdapterMismatchError
+    from lit_lora.architectures import UnknownArchitectureError
+    from lit_lora.ckpt_settings import CheckpointSettingsMismatch
+    from lit_lora.cluster.launch_checks import AllocationMismatch, MissingResumeCheckpoint, RunDirectoryConflict
+    from lit_lora.compatibility import IncompatibleConfig
+    from lit_lora.data.file_errors import DataFileError
+    from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError
+    from lit_lora.sweep.resolve import PointConfigError
+
+    return (AdapterMismatchError, UnknownArchitectureError, CheckpointSettingsMismatch, AllocationMismatch,
+            MissingResumeCheckpoint, RunDirectoryConflict, IncompatibleConfig, DataFileError, NonFiniteTrainingError,
+            NonFiniteWeightsError, PointConfigError)
+
+
+def entry() -> None:
+    """The ``lit-lora`` command (and ``python -m lit_lora.commands``): ``main``, with an input error printed as
+    one line, ``lit-lora: <Error>: <message>``, and exit status 1; ``--verbose`` keeps its traceback. ``main``
+    itself raises, for callers in Python."""
+    try:
+        main()
+    except Exception as err:  # noqa: BLE001 - only the input errors are caught; anything else is re-raised
+        if os.environ.get(VERBOSE_ENV) == "1" or not isinstance(err, input_error_types()):
+            raise
+        sys.exit(f"lit-lora: {type(err).__name__}: {err}")

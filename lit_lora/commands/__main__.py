@@ -1,6 +1,6 @@
 """``python -m lit_lora.commands …`` is ``lit-lora …`` (sweep points run their ``fit`` this way)."""
 
-from lit_lora.commands import main
+from lit_lora.commands import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

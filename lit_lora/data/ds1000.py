@@ -14,6 +14,7 @@ from typing import ClassVar, Optional
 
 from datasets import Dataset
 
+from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.sft import Example, SFTDataModule
 
 log = logging.getLogger("lit_lora")
@@ -23,7 +24,7 @@ def library_of(row: dict, where: str = "DS-1000", index: int | None = None) -> s
     metadata = row.get("metadata")
     if not isinstance(metadata, dict) or not metadata.get("library"):
         at = f" row {index}" if index is not None else ""
-        raise ValueError(f"{where}{at}: field 'metadata' must be an object with a 'library' (got {metadata!r})")
+        raise DataFileError(f"{where}{at}: field 'metadata' must be an object with a 'library' (got {metadata!r})")
     return str(metadata["library"])
 
 

@@ -22,7 +22,7 @@ from datasets import Dataset
 
 from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import PadCollator
-from lit_lora.data.file_errors import describe_row
+from lit_lora.data.file_errors import DataFileError, describe_row
 from lit_lora.data.sources import load_rows, local_files, take_subset
 
 LABEL_NAMES = ("entailment", "neutral", "contradiction")
@@ -134,7 +134,7 @@ class NLIRows:
         for i, value in enumerate(dataset["label"]):
             if self.label_id(value) is None and self.no_gold_reason(value) is None:
                 at = describe_row(local_files(source) if source else None, i)
-                raise ValueError(f"{where}: {at}, field 'label': {value!r} is not a label; "
+                raise DataFileError(f"{where}: {at}, field 'label': {value!r} is not a label; "
                                  f"expected {', '.join(allowed[:-1])} or {allowed[-1]}")
 
     def row_label(self, row: dict) -> Union[int, str]:

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from datasets import Dataset, Value, load_dataset
 
-from lit_lora.data.file_errors import TEXT_DTYPES, TEXT_FILES, check_text_columns, check_utf8, unreadable
+from lit_lora.data.file_errors import TEXT_DTYPES, TEXT_FILES, DataFileError, check_text_columns, check_utf8, unreadable
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -60,7 +60,7 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
         where = f"{source} (split {split})"
     missing = [c for c in required if c not in dataset.column_names]
     if missing:
-        raise ValueError(
+        raise DataFileError(
             f"{where}: missing column {', '.join(repr(c) for c in missing)} "
             f"(required: {', '.join(required)}; found: {', '.join(dataset.column_names)})"
         )
