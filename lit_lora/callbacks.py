@@ -192,9 +192,15 @@ class BaselineComparison(Callback):
             return
         print(
             f"[lit-lora] validation loss: base {self.base_loss:.4f} -> tuned {tuned:.4f} "
-            f"(delta {tuned - self.base_loss:+.4f}); perplexity {math.exp(min(self.base_loss, 50)):.2f} -> "
-            f"{math.exp(min(tuned, 50)):.2f}"
+            f"(delta {tuned - self.base_loss:+.4f}); perplexity {perplexity_text(self.base_loss)} -> "
+            f"{perplexity_text(tuned)}"
         )
+
+
+def perplexity_text(loss: float) -> str:
+    """exp(loss) to two decimals, or in scientific notation past a million (an untrained model's is huge)."""
+    value = math.exp(min(loss, 50))
+    return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"
 
 
 class MetricsWriter(Callback):

@@ -56,3 +56,10 @@ def test_the_next_commands_it_prints_run_as_printed(tmp_path):
         result = run_cli_subprocess(args, cwd=tmp_path, check=False)
         assert result.returncode == 0, f"{command}\n{output(result)[-3000:]}"
     assert list((tmp_path / "run").rglob("compare/report.md"))
+
+
+def test_perplexity_is_printed_readably_however_large():
+    from lit_lora.callbacks import perplexity_text
+
+    assert perplexity_text(0.6) == "1.82" and perplexity_text(7.7053) == "2220.08"
+    assert perplexity_text(35.5) == "2.61e+15"  # an untrained T5: not 16 digits

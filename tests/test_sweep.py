@@ -213,7 +213,9 @@ def test_configs_list_and_copy_give_configs_fit_accepts(tmp_path):
     assert "tutorials/nli_roberta_lora" in names and "code/gemma2b_qlora_python_codes" in names
     for name in names:
         assert name in listing
-    assert "Demo: LoRA on a tiny Llama-architecture model" in listing  # the first header line
+    assert "Demo: LoRA on a tiny Llama-architecture model" in listing  # the first header sentence
+    described = [line.split(None, 1) for line in listing.splitlines() if line.startswith("  ")]
+    assert all(len(d) == 2 and d[1].endswith(".") for d in described), described  # whole sentences, never cut
     # one heading a group, in GROUPS order, before its configs
     headings = [line.split()[0] for line in listing.splitlines() if line and not line.startswith(" ")]
     assert headings == [f"{g}/" if g else "configs/" for g in GROUPS if any(group_of(n) == g for n in names)]

@@ -16,6 +16,7 @@ then the reference experiments (``code/``, ``dialogue/``, ``nli/``: GPU, real mo
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from importlib import resources
@@ -72,13 +73,16 @@ def available() -> dict[str, Path]:
 
 
 def header_line(path: Path) -> str:
-    """The first comment line of a config, without ``#``."""
+    """The first sentence of a config's leading comment, without ``#`` (it may run over several lines)."""
+    words: list[str] = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line.strip():
+        text = line.lstrip("#").strip()
+        if not line.startswith("#") or not text or line.startswith("#  "):  # code, a blank, an indented example
             break
-    return ""
+        words.append(text)
+    joined = " ".join(words)
+    end = next((m.end() for m in re.finditer(r"(?<!e\.g)\.(\s|$)", joined)), len(joined))
+    return joined[:end].strip()
 
 
 def find(name: str) -> Path:
