@@ -267,3 +267,13 @@ def test_configs_ship_inside_the_package(tmp_path):
 
     assert "demo.yaml" in packaged  # the top level, and every group folder `lit-lora configs list` names
     assert {name.split("/")[0] for name in packaged if "/" in name} == {group for group in GROUPS if group}
+
+
+def test_a_report_without_metrics_says_why_instead_of_ranking_nothing():
+    from lit_lora.sweep.report import points_lines
+
+    row = {"point": "r=4", "run_dir": "r=4", "state": "finished", "labels": {"r": "4"}, "metrics": {}}
+    text = "\n".join(points_lines([row], ["r"], []))
+    assert "No point logged a validation or test metric" in text and "Best finished point" not in text
+    assert "Best finished point" in "\n".join(points_lines([{**row, "metrics": {"val_loss": 1.0}}], ["r"],
+                                                            ["val_loss"]))

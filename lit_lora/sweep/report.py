@@ -189,8 +189,11 @@ def header_lines(sweep: dict, rows: list[dict], metrics: list[str], shown: list[
 def points_lines(rows: list[dict], labels: list[str], shown: list[str]) -> list[str]:
     best = best_values(rows, shown)
     header = ["point", "state", *labels, *shown, "trainable params", "trainable %", "wall s", "peak MiB"]
-    lines = ["## Points", "", "Best finished point per metric in **bold** ★ (lowest loss, highest score; the "
-             "untrained base_val_loss is not ranked).", "",
+    ranking = ("Best finished point per metric in **bold** ★ (lowest loss, highest score; the untrained "
+               "base_val_loss is not ranked)." if shown else
+               "No point logged a validation or test metric yet: validation runs every `trainer.val_check_interval` "
+               "steps, so a point with fewer `trainer.max_steps` has none; `lit-lora test` writes test metrics.")
+    lines = ["## Points", "", ranking, "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         m = row["metrics"]
