@@ -40,10 +40,11 @@ def records(path):
     return out
 
 
-def test_offline_run_logs_redacted_config_and_reuses_its_id(tmp_path, monkeypatch):
+def test_offline_run_logs_redacted_config_and_reuses_its_id(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     logger = WandbRun(save_dir=str(tmp_path), name="t", group="g", tags=["a"])
     logger.log_hyperparams({"hf_token": "hf_secret", "lr": 0.5, "params/trainable_params": 8192})
+    assert "anonymous setting" not in capsys.readouterr().err  # no wandb warning a user cannot act on
     logger.log_metrics({"tuned/val_loss": 1.25}, step=3)
     run_id = logger.experiment.id
     logger.experiment.finish()

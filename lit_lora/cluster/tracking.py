@@ -95,6 +95,8 @@ class WandbRun(WandbLogger):
         settings = {} if init_timeout is None else {"settings": {"init_timeout": float(init_timeout)}}
         super().__init__(project=project, entity=entity, name=name, group=group, tags=tags, notes=notes,
                          offline=offline, save_dir=save_dir, id=run_id, log_model=log_model, **settings)
+        if wandb_init_settings(self).get("anonymous", "") is None:  # Lightning passes None; wandb warns on any value
+            del wandb_init_settings(self)["anonymous"]
 
     @property
     @rank_zero_experiment
