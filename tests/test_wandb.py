@@ -2,6 +2,7 @@
 
 import struct
 import time
+from pathlib import Path
 
 
 from lit_lora.cluster.tracking import REDACTED, WandbRun, redact
@@ -61,3 +62,41 @@ def test_offline_run_logs_redacted_config_and_reuses_its_id(tmp_path, monkeypatc
     text = "\n".join(str(r) for r in found)
     assert "hf_secret" not in text and REDACTED in text
     assert "trainable_params" in text and "tuned/val_loss" in text and 'group: "g"' in text
+
+
+def test_a_held_run_starts_nothing_until_released_then_logs_what_waited(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbRun(save_dir=str(tmp_path), name="t")
+    logger.hold()
+    logger.log_hyperparams({"lr": 0.5, "api_key": "k-secret"})
+    logger.log_metrics({"train_loss": 2.0}, step=1)
+    assert logger.experiment is None  # Lightning's early trigger: no run yet
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "wandb_run_id").exists()
+
+    logger.release()
+    run_id = logger.experiment.id
+    logger.experiment.finish()
+    assert (tmp_path / "wandb_run_id").read_text().strip() == run_id
+    (file,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    for _ in range(100):  # wandb's service flushes the file asynchronously after finish()
+        found = records(file)
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            break
+        time.sleep(0.1)
+    text = "\n".join(str(r) for r in found)
+    assert "train_loss" in text and "k-secret" not in text and REDACTED in text
+
+
+def test_a_refused_fresh_run_leaves_no_wandb_run_behind(tmp_path):
+    """The second fresh ``fit`` into a W&B run's directory is refused before W&B starts a run of its own."""
+    from harness import DEMO, QUIET, run_cli_subprocess
+
+    args = ["fit", "--config", DEMO, "--config", str(Path(DEMO).parent / "loggers" / "wandb.yaml"), *QUIET,
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "1",
+            "--trainer.val_check_interval", "1", "--data.init_args.max_samples", "8", "--data.init_args.batch_size", "4"]
+    run_cli_subprocess(args, cwd=tmp_path)
+    first = sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(first) == 1
+    refused = run_cli_subprocess(args, cwd=tmp_path, check=False)
+    assert refused.returncode == 1 and "RunDirectoryConflict" in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*")) == first

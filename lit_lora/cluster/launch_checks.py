@@ -210,8 +210,13 @@ class RunDirectoryCheck(Callback):
         self.start_fresh_if_no_checkpoint = start_fresh_if_no_checkpoint
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self.check(trainer, pl_module)
+        for logger in trainer.loggers:  # a held W&B run (``WandbRun.hold``) starts only now, past the check
+            if callable(getattr(logger, "release", None)):
+                logger.release()
+
+    def check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ckpt_path = fit_ckpt_path(trainer)
         fresh_restart = check_requeued_resume(ckpt_path, trainer.default_root_dir,
                                               start_fresh=self.start_fresh_if_no_checkpoint)

@@ -3,9 +3,10 @@
     lit-lora fit --config configs/demo.yaml --config configs/loggers/wandb.yaml
     WANDB_MODE=offline lit-lora fit …      # no server: real run files under <run dir>/wandb, `wandb sync` later
 
-``WandbRun`` is Lightning's ``WandbLogger`` plus four things: the run id is kept in
+``WandbRun`` is Lightning's ``WandbLogger`` plus five things: the run id is kept in
 ``<save_dir>/wandb_run_id`` so a requeued job (same run directory) continues the same run; every
-hyperparameter is passed through ``redact``; the whole CLI config is logged as the run config; and a
+hyperparameter is passed through ``redact``; the whole CLI config is logged as the run config; the CLI holds
+the run (``hold``) until lit-lora's run-directory check has passed, so a refused run starts none; and a
 W&B server that cannot be reached within ``init_timeout`` seconds does not stop the run: it logs to an
 offline run of the same id instead, with a warning naming the ``wandb sync <dir>`` that uploads it later::
 
@@ -91,17 +92,40 @@ class WandbRun(WandbLogger):
                  offline: bool = False, save_dir: Optional[str] = None, log_model: bool | str = False,
                  init_timeout: Optional[float] = 60.0):
         save_dir = save_dir or os.getcwd()
-        run_id = self.run_id_for(save_dir)
+        stored = self.stored_run_id(save_dir)
+        run_id = stored or self.new_run_id()
         settings = {} if init_timeout is None else {"settings": {"init_timeout": float(init_timeout)}}
         super().__init__(project=project, entity=entity, name=name, group=group, tags=tags, notes=notes,
                          offline=offline, save_dir=save_dir, id=run_id, log_model=log_model, **settings)
+        self._unsaved_id_file = None if stored else Path(save_dir) / RUN_ID_FILE  # written when the run starts
+        self._held = False
+        self._held_calls: list[tuple[str, tuple]] = []
         if wandb_init_settings(self).get("anonymous", "") is None:  # Lightning passes None; wandb warns on any value
             del wandb_init_settings(self)["anonymous"]
+
+    def hold(self) -> None:
+        """Start no W&B run until ``release``: lit-lora checks the run directory first (``RunDirectoryCheck``), so
+        a refused run leaves nothing in W&B. Hyperparameters and metrics logged meanwhile wait for ``release``;
+        any other use of ``experiment`` meanwhile gets ``None`` and fails loudly."""
+        self._held = True
+
+    def release(self) -> None:
+        """Let the run start, and log what waited."""
+        self._held = False
+        calls, self._held_calls = self._held_calls, []
+        for name, args in calls:
+            getattr(self, name)(*args)
 
     @property
     @rank_zero_experiment
     def experiment(self):
         """The W&B run; an offline one of the same id when the server cannot be reached (see the module doc)."""
+        if self._held and started_experiment(self) is None:
+            return None  # Lightning's setup asks for it before the callbacks' setup, where the check runs
+        if self._unsaved_id_file is not None:  # a new run: keep its id for a requeued job
+            self._unsaved_id_file.parent.mkdir(parents=True, exist_ok=True)
+            self._unsaved_id_file.write_text(wandb_init_settings(self)["id"] + "\n")
+            self._unsaved_id_file = None
         if started_experiment(self) is not None or wandb_offline(self):
             return super().experiment
         from wandb.errors import AuthenticationError, CommError
@@ -127,24 +151,32 @@ class WandbRun(WandbLogger):
         return run
 
     @staticmethod
-    def run_id_for(save_dir: str) -> str:
-        """The id stored in ``save_dir/wandb_run_id``; a new one (written by global rank 0) when there is none."""
+    def stored_run_id(save_dir: str) -> Optional[str]:
+        """The id in ``save_dir/wandb_run_id`` (a requeued job's run), or ``None``."""
         path = Path(save_dir) / RUN_ID_FILE
-        if path.is_file() and path.read_text().strip():
-            return path.read_text().strip()
+        return (path.read_text().strip() or None) if path.is_file() else None
+
+    @staticmethod
+    def new_run_id() -> str:
         from wandb.sdk.lib.runid import generate_id
 
-        run_id = generate_id()
-        if rank_zero_only.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(run_id + "\n")
-        return run_id
+        return generate_id()
 
     @rank_zero_only
     def log_hyperparams(self, params) -> None:
         if hasattr(params, "as_dict") or not isinstance(params, Mapping):
             params = _namespace_to_dict(params) if hasattr(params, "as_dict") else vars(params)
+        if self._held:
+            self._held_calls.append(("log_hyperparams", (dict(params),)))
+            return
         super().log_hyperparams(redact(dict(params)))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        if self._held:
+            self._held_calls.append(("log_metrics", (dict(metrics), step)))
+            return
+        super().log_metrics(metrics, step)
 
     def log_config(self, config: Any) -> None:
         """Log the full CLI config (a jsonargparse Namespace) under ``config/…``, redacted."""

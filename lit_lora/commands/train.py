@@ -81,6 +81,9 @@ class LitLoraCLI(LightningCLI):
         kwargs["callbacks"] = [*as_list(kwargs["callbacks"]), *runtime_callbacks(preemption), Bf16Hint()]
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_saves(trainer, preemption)
+        for logger in trainer.loggers:  # RunDirectoryCheck releases it: a refused run starts no W&B run
+            if isinstance(logger, WandbRun):
+                logger.hold()
         return trainer
 
     def add_arguments_to_parser(self, parser) -> None:
