@@ -181,7 +181,7 @@ def test_a_bad_data_line_ends_the_command_with_one_line_naming_it(tmp_path, via)
     data = write_lines(tmp_path / "codes.jsonl", [*rows.splitlines()[:2], '{"instruction": "x", "output": oops}'])
     args = ["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
             "--data.init_args.source", data]
-    result = run_cli_subprocess(args, via=via, check=False)
+    result = run_cli_subprocess(args, via=via, env={"LIT_LORA_VERBOSE": None}, check=False)  # not inherited
     assert result.returncode == 1
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == \

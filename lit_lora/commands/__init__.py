@@ -132,7 +132,17 @@ def entry() -> None:
     itself raises, for callers in Python."""
     try:
         main()
+        close_process_group()
     except Exception as err:  # noqa: BLE001 - only the input errors are caught; anything else is re-raised
         if os.environ.get(VERBOSE_ENV) == "1" or not isinstance(err, input_error_types()):
             raise
         sys.exit(f"lit-lora: {type(err).__name__}: {err}")
+
+
+def close_process_group() -> None:
+    """Leave a finished multi-process run's process group before the interpreter exits: gloo's threads, left
+    running, can abort the exit ("terminate called without an active exception") after the work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
