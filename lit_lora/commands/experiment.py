@@ -92,12 +92,19 @@ FIT_ARGUMENTS = {"ckpt_path": Optional[str], "weights_only": Optional[bool]}
 
 def accept_fit_arguments(parser) -> list[str]:
     """Let a run's saved config.yaml through: add the ``FIT_ARGUMENTS`` the command did not add itself; their names."""
-    present = {action.dest for action in parser._actions}
-    added = [name for name in FIT_ARGUMENTS if name not in present]
+    added = [name for name in FIT_ARGUMENTS if not _has_key(parser, name)]
     for name in added:
         parser.add_argument(f"--{name}", type=FIT_ARGUMENTS[name], default=None,
                             help=f"fit's {name}, accepted from a run's saved config.yaml; this command does not use it")
     return added
+
+
+def _has_key(parser, key: str) -> bool:
+    try:
+        parser.get_default(key)
+    except KeyError:  # jsonargparse: "No action for key"
+        return False
+    return True
 
 
 def refuse_fit_arguments(config, names: list[str], prog: str) -> None:
