@@ -53,3 +53,33 @@ def test_qlora_really_quantizes_falcon_linear_layers(tiny_model):
     quantized = [m for m in module.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 4 * 2  # query_key_value, dense, dense_h_to_4h, dense_4h_to_h in each of 2 layers
     assert after < before - 1.0
+
+
+def test_no_forward_that_only_scores_builds_a_kv_cache(tiny_model, tmp_path, monkeypatch):
+    """Training steps, validation and the baseline evaluation pass ``use_cache=False``: a KV cache is built for
+    generation and only costs memory in a forward that scores. Generation itself keeps its cache."""
+    from harness import demo_cli, fit
+    from transformers import GenerationMixin, LlamaForCausalLM
+
+    calls, generating = [], []
+    forward, generate = LlamaForCausalLM.forward, GenerationMixin.generate
+
+    def recording_forward(self, *args, **kwargs):
+        if not generating:
+            calls.append((self.training, kwargs.get("use_cache", "not given")))
+        return forward(self, *args, **kwargs)
+
+    def marked_generate(self, *args, **kwargs):
+        generating.append(True)
+        try:
+            return generate(self, *args, **kwargs)
+        finally:
+            generating.pop()
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", recording_forward)
+    monkeypatch.setattr(GenerationMixin, "generate", marked_generate)
+    cli = demo_cli(tiny_model("llama"), tmp_path, "--data.init_args.max_samples", "24",
+                   "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1")
+    fit(cli)
+    assert {training for training, _ in calls} == {True, False}, calls  # training steps, baseline and validation
+    assert {use_cache for _, use_cache in calls} == {False}, calls

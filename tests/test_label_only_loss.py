@@ -120,7 +120,7 @@ def loss_and_grads(module: CausalLMModule, batch: dict, label_only_path: bool):
     module.label_only_loss = label_only_path
     assert (module.loss_path()[0] is not None) == label_only_path, module.loss_path()
     module.zero_grad(set_to_none=True)
-    summed, count = module.loss_terms(batch, **module.training_forward_kwargs())
+    summed, count = module.loss_terms(batch)
     (summed * 0.7).backward()
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
     return summed.detach(), count, grads

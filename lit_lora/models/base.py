@@ -231,7 +231,11 @@ class FineTuneModule(L.LightningModule):
         return find_label_only_head(self.model)
 
     def loss_terms(self, batch: dict, **forward_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the loss summed over the batch's label positions, their count); see ``token_loss``."""
+        """(the loss summed over the batch's label positions, their count); see ``token_loss``.
+
+        Training, validation and the baseline all score through here, with ``loss_forward_kwargs`` unless the
+        caller overrides them."""
+        forward_kwargs = {**self.loss_forward_kwargs(), **forward_kwargs}
         labels = batch["labels"]
         count = label_count(labels, self.shifts_labels)
         head = self._label_only_head()
@@ -252,8 +256,9 @@ class FineTuneModule(L.LightningModule):
             self._logged_loss_path = choice
         return head
 
-    def training_forward_kwargs(self) -> dict:
-        """No KV cache in a training forward (it is built for generation and only costs memory here)."""
+    def loss_forward_kwargs(self) -> dict:
+        """No KV cache in a forward that only scores (training, validation loss): the cache is built for generation
+        and only costs memory here."""
         return {"use_cache": False}
 
     def on_train_epoch_start(self) -> None:
@@ -266,7 +271,7 @@ class FineTuneModule(L.LightningModule):
         averages gradients over ranks; both are undone so the step's gradient is that of
         (sum of token losses) / (label tokens of the step).
         """
-        summed, count = self.loss_terms(batch, **self.training_forward_kwargs())
+        summed, count = self.loss_terms(batch)
         step_labels = batch.get("step_labels")
         local = step_label_count(step_labels, self.shifts_labels) if step_labels else count
         step_tokens = self.trainer.strategy.reduce(local.to(summed.device).float(), reduce_op="sum").clamp(min=1)

@@ -172,7 +172,7 @@ class SequenceClassifierModule(LabelledModule, FineTuneModule):
     def forward(self, batch: dict, **kwargs: Any) -> Any:
         return self.model(**self.model_inputs(batch), **kwargs)
 
-    def training_forward_kwargs(self) -> dict:
+    def loss_forward_kwargs(self) -> dict:
         return {"use_cache": False} if "use_cache" in self.accepted_inputs() else {}
 
     # ---- saving ---------------------------------------------------------------------------------
