@@ -190,6 +190,18 @@ def test_a_bad_data_line_ends_the_command_with_one_line_naming_it(tmp_path, via)
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "DataFileError" in verbose.stderr
 
 
+def test_a_refused_packing_setting_ends_the_command_with_one_line(tmp_path):
+    """A packing budget below one sequence is a config error the user fixes: one line naming both keys."""
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+                                 "--data.init_args.packing", "true", "--data.init_args.max_tokens_per_batch", "100"],
+                                env={"LIT_LORA_VERBOSE": None}, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "lit-lora: IncompatibleConfig: data.max_tokens_per_batch (100) must hold one packed sequence of "
+        "data.max_length (256) tokens")
+
+
 def test_hub_id_missing_offline_says_what_was_tried(tmp_path, monkeypatch):
     from lit_lora.model_source import ModelNotFoundError
 

@@ -241,33 +241,38 @@ def test_packing_is_refused_where_rows_would_see_each_other(tiny_model):
     from transformers import GPT2Config, LlamaConfig
 
     from lit_lora.adapters import LoRA
+    from lit_lora.compatibility import IncompatibleConfig
     from lit_lora.adapters.prompt import PrefixTuning, PromptTuning
     from lit_lora.data import MultiNLIDataModule
 
-    with pytest.raises(ValueError, match="packing: true needs a causal LM; MultiNLIDataModule holds classification "
+    with pytest.raises(IncompatibleConfig, match="packing: true needs a causal LM; MultiNLIDataModule holds classification "
                                          "rows.*set packing: false"):
         MultiNLIDataModule(tokenizer_name_or_path=tiny_model("roberta"), packing=True).setup("fit")
     from lit_lora.models import CausalLMModule, Seq2SeqModule
 
     dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("t5"), packing=True)
     dm.trainer = SimpleNamespace(lightning_module=Seq2SeqModule(tiny_model("t5")))  # the model declares what it is
-    with pytest.raises(ValueError, match="packing: true needs a causal LM; .*encoder-decoder.*set packing: false"):
+    with pytest.raises(IncompatibleConfig, match="packing: true needs a causal LM; .*encoder-decoder.*set packing: false"):
         dm.setup("fit")
-    with pytest.raises(ValueError, match="packing: true needs a causal LM; .*encoder-decoder.*set packing: false"):
+    with pytest.raises(IncompatibleConfig, match="packing: true needs a causal LM; .*encoder-decoder.*set packing: false"):
         InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), encoder_decoder=True,
                               packing=True).setup("fit")
-    with pytest.raises(ValueError, match="must hold one packed sequence"):
+    with pytest.raises(IncompatibleConfig, match="max_tokens_per_batch .100. must hold one packed sequence"):
         InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), packing=True, max_length=256,
-                              max_tokens_per_batch=100)
+                              max_tokens_per_batch=100).setup("fit")
     dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), packing=True)
     # the module the CLI pairs it with answers from its own model config and adapter
     dm.trainer = SimpleNamespace(lightning_module=CausalLMModule(tiny_model("llama"), adapter=PromptTuning()))
-    with pytest.raises(ValueError, match="does not work with prompt_tuning.*set packing: false"):
+    with pytest.raises(IncompatibleConfig, match="does not work with prompt_tuning.*set packing: false"):
         dm.setup("fit")
     assert "not gpt2" in model_packing_refusal(GPT2Config())
     assert "prompt_tuning" in model_packing_refusal(LlamaConfig(), PromptTuning())
     assert "prefix_tuning" in model_packing_refusal(LlamaConfig(), PrefixTuning())
     assert model_packing_refusal(LlamaConfig(), LoRA()) is None
+    from transformers import FalconConfig
+
+    assert model_packing_refusal(FalconConfig(alibi=False), LoRA()) is None
+    assert "ALiBi" in model_packing_refusal(FalconConfig(alibi=True), LoRA())
 
 
 # ---- no contamination ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import lightning as L
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from lit_lora.compatibility import IncompatibleConfig
 from lit_lora.data.collators import PackCollator, PadCollator
 from lit_lora.data.contract import (TRAINING_SPLIT_KEYS, DataContract, declared_flattened_packing,
                                     declared_packing_refusal)
@@ -144,9 +145,6 @@ class TextDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.packing = packing
         self.max_tokens_per_batch = max_tokens_per_batch or max_length * batch_size
-        if packing and self.max_tokens_per_batch < max_length:
-            raise ValueError(f"max_tokens_per_batch ({max_tokens_per_batch}) must hold one packed sequence of "
-                             f"max_length ({max_length}) tokens")
         if max_tokens_per_batch is not None and not packing:
             log.warning("[lit-lora] max_tokens_per_batch applies to packed batches only; set packing: true to use it")
         self.eval_batch_size = eval_batch_size or batch_size
@@ -276,14 +274,18 @@ class TextDataModule(L.LightningDataModule):
             source=str(self.source), data_class=type(self).__name__, prompts=self.split_prompts)
 
     def check_packing(self) -> None:
-        """Refuse ``packing: true`` before any row is read where packed rows would not train correctly.
+        """Refuse ``packing: true`` before any row is read where packed rows would not train correctly
+        (``IncompatibleConfig``: the ``lit-lora`` command prints it as one line).
 
         The data's own reason first (classification rows, encoder-decoder tokenisation), then the module's:
         its model and adapter (``declared_packing_refusal``); the datamodule never reads the model's config.
         """
+        if self.max_tokens_per_batch < self.max_length:
+            raise IncompatibleConfig(f"data.max_tokens_per_batch ({self.max_tokens_per_batch}) must hold one packed "
+                                     f"sequence of data.max_length ({self.max_length}) tokens")
         reason = self.packing_refusal() or declared_packing_refusal(self.trainer)
         if reason is not None:
-            raise ValueError(f"{reason}: set packing: false")
+            raise IncompatibleConfig(f"{reason}: set packing: false")
 
     def log_packing(self) -> None:
         """One line with the packed plan of the training rows, so the saving shows."""

@@ -81,6 +81,9 @@ def model_packing_refusal(config: Any, adapter: Any = None) -> Optional[str]:
     if model_type not in PACKING_ARCHITECTURES:
         return (f"packing: true keeps rows apart only where that was verified ({', '.join(PACKING_ARCHITECTURES)}: "
                 f"PACKING_ARCHITECTURES in lit_lora/data/packing.py, tests/test_packing.py), not {model_type}")
+    if getattr(config, "alibi", False):  # verified with rotary positions, which restart with position_ids
+        return (f"packing: true is verified for {model_type} with rotary positions; this config uses ALiBi "
+                "(alibi: true), whose positions come from the attention mask, not position_ids")
     from lit_lora.adapters.prompt import _PromptLearning
 
     if isinstance(adapter, _PromptLearning):  # peft drops position_ids (prompt / p-tuning) or adds a KV prefix

@@ -231,10 +231,7 @@ class FineTuneModule(L.LightningModule):
         return find_label_only_head(self.model)
 
     def loss_terms(self, batch: dict, **forward_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the loss summed over the batch's label positions, their count); see ``token_loss``.
-
-        Training, validation and the baseline all score through here, with ``loss_forward_kwargs`` unless the
-        caller overrides them."""
+        """(loss summed over the label positions, their count): training and evaluation score here (``token_loss``)."""
         forward_kwargs = {**self.loss_forward_kwargs(), **forward_kwargs}
         labels = batch["labels"]
         count = label_count(labels, self.shifts_labels)
@@ -257,8 +254,7 @@ class FineTuneModule(L.LightningModule):
         return head
 
     def loss_forward_kwargs(self) -> dict:
-        """No KV cache in a forward that only scores (training, validation loss): the cache is built for generation
-        and only costs memory here."""
+        """No KV cache in a forward that only scores: it is built for generation and only costs memory here."""
         return {"use_cache": False}
 
     def on_train_epoch_start(self) -> None:
