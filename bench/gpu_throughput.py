@@ -258,13 +258,14 @@ def markdown(report: dict) -> str:
              f"embedding); seq 2048, {'packing on' if ctx['packing'] else 'packing OFF (not accepted by the CLI)'}; "
              f"{ctx['steps']} steps, timed after {ctx['warmup']}; MFU peak: {ctx['peak_note']}",
              *([f"ERROR: {ctx['error']}"] if ctx.get("error") else []), "",
-             "| variant | tokens/s | MFU (6N) | padding | CUDA peak allocated GiB | reserved GiB | estimate GiB "
-             "| note |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | attention | tokens/s | MFU (6N) | padding | CUDA peak allocated GiB | reserved GiB "
+             "| estimate GiB | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["variants"]:
         def cell(key, spec):
             return shown(r.get(key), spec)
-        lines.append(f"| {r['variant']} | {cell('tokens_per_s', '.0f')} | {cell('mfu', '.1%')}"
+        lines.append(f"| {r['variant']} | {r.get('attention') or '-'}"
+                     f" | {cell('tokens_per_s', '.0f')} | {cell('mfu', '.1%')}"
                      f" | {cell('padding', '.1%')}"
                      f" | {cell('cuda_peak_allocated_gib', '.2f')} | {cell('cuda_peak_reserved_gib', '.2f')}"
                      f" | {cell('estimate_total_gib', '.2f')} | {note(r, ctx)} |")

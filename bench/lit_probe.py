@@ -35,5 +35,6 @@ class Probe(Callback):
                 tool="lit-lora",
                 packing=bool(getattr(datamodule, "packing", False)),
                 group_by_length=bool(getattr(datamodule, "group_by_length", False)),
+                attention=getattr(getattr(pl_module.model, "config", None), "_attn_implementation", None),
                 train_rows=len(datamodule.datasets["train"]) if getattr(datamodule, "datasets", None) else None,
             ))

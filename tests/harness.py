@@ -246,11 +246,14 @@ def read_json(path: Path):
 # ---- small builders ---------------------------------------------------------------------------------------
 def quiet_trainer(**kwargs):
     """A Lightning Trainer on the CPU with no logger, checkpoints, progress bar or model summary; ``kwargs``
-    (steps, validation, ``default_root_dir`` …) are the Trainer's own and may override any of these."""
+    (steps, validation, ``default_root_dir`` …) are the Trainer's own and may override any of these. Its run
+    directory is a new temporary one, so evaluation outputs (``predictions.jsonl``) never land in the checkout."""
+    import tempfile
+
     import lightning as L
 
     settings = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False)
+                    enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="lit-lora-test-"))
     return L.Trainer(**{**settings, **kwargs})
 
 

@@ -30,7 +30,8 @@ def run_bench(script: str, *args: str, timeout: int = 600) -> str:
 def test_train_throughput_contenders_run_on_the_batches_they_claim(tmp_path):
     # one contender per code path: lit-lora's CLI, the HF Trainer (bf16, bf16 base weights, flattening), the plain
     # loop over lit-lora's grouping under autocast and in float32
-    names = ["lit-lora", "plain grouped", "plain grouped bf16", "HF grouped bf16 weights", "HF flatten"]
+    names = ["lit-lora", "lit-lora packing", "plain grouped", "plain grouped bf16", "HF grouped bf16 weights",
+             "HF flatten"]
     out = tmp_path / "results.json"
     run_bench("train_throughput.py", "--quick", "--only", ",".join(names), "--json-out", str(out))
     (results,) = json.loads(out.read_text())["rounds"]
@@ -119,5 +120,6 @@ def test_gpu_throughput_cpu_smoke_trains_both_variants_packed(tmp_path):
     for variant in setup["variants"]:
         assert variant["steps"] == 3 and variant["tokens_per_s"] > 0, variant
         assert variant["packing"] and variant["padding"] < 0.1, variant
+        assert variant["attention"] == "sdpa", variant  # transformers' choice on a CPU (the GPU default is models/attention.py)
         assert variant["estimate_total_gib"] > 0 and set(variant["loss"]) == {"1", "3"}, variant
     assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "qlora_nf4"]

@@ -150,3 +150,38 @@ def test_the_estimate_reads_the_spec(tiny_model, monkeypatch):
     monkeypatch.setattr(QLoRA, "spec", lambda self: AdapterSpec(**{**plain.__dict__, "double_quant": False}))
     single = quant_bytes(built, module.adapter)
     assert single != double and single == quant_constant_bytes(built.quantized_layers, 4, False, built.quantized_rows)
+
+
+# ---- the attention a model trains with (``lit_lora.models.attention``) -----------------------------------------
+def test_flash_attention_is_the_default_only_where_it_runs(tiny_model, monkeypatch):
+    """On a CUDA rank with flash_attn installed, a half-precision model that names no attention gets FlashAttention 2;
+    a CPU, float32, a model class without it (T5) or a named attention keep what they had."""
+    import transformers.utils
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from lit_lora.models import CausalLMModule
+    from lit_lora.models.attention import default_attention
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    llama = AutoConfig.from_pretrained(tiny_model("llama"))
+    t5 = AutoConfig.from_pretrained(tiny_model("t5"))
+    bf16 = {"dtype": torch.bfloat16, "trust_remote_code": False}
+    assert default_attention(llama, AutoModelForCausalLM, bf16, "cuda") == "flash_attention_2"
+    assert default_attention(llama, AutoModelForCausalLM, bf16, "cpu") is None
+    assert default_attention(llama, AutoModelForCausalLM, {"dtype": torch.float32}, "cuda") is None
+    assert default_attention(llama, AutoModelForCausalLM, {**bf16, "attn_implementation": "sdpa"}, "cuda") is None
+    assert default_attention(llama, AutoModelForCausalLM, {**bf16, "trust_remote_code": True}, "cuda") is None
+    assert default_attention(t5, AutoModelForSeq2SeqLM, bf16, "cuda") is None  # T5 has no FlashAttention 2
+    qlora = {"quantization_config": QLoRA(compute_dtype="bfloat16").quantization_config()}
+    assert default_attention(llama, AutoModelForCausalLM, qlora, "cuda") == "flash_attention_2"  # computes in bf16
+
+    module = CausalLMModule(tiny_model("llama"), dtype="bfloat16")
+    kwargs = module.load_kwargs()
+    monkeypatch.setattr(module, "_load_device", lambda: 0)  # this rank's CUDA device
+    assert builder.with_default_attention(module, tiny_model("llama"), kwargs)["attn_implementation"] == \
+        "flash_attention_2"
+    monkeypatch.setattr(module, "_load_device", lambda: "cpu")
+    assert builder.with_default_attention(module, tiny_model("llama"), kwargs) == kwargs
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    monkeypatch.setattr(module, "_load_device", lambda: 0)
+    assert "attn_implementation" not in builder.with_default_attention(module, tiny_model("llama"), kwargs)

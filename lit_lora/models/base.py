@@ -55,7 +55,7 @@ class FineTuneModule(L.LightningModule):
         adapter: The fine-tuning method: ``lit_lora.adapters.FullFineTuning``, ``LoRA``, ``QLoRA`` …
         optim: Optimizer, learning rate, weight decay and warmup schedule.
         dtype: Dtype to load the weights in (``auto`` = as stored; ``float32``, ``bfloat16``, ``float16``).
-        attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2``; ``None`` lets transformers choose.
+        attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2``; ``None``: see ``models/attention.py``.
         trust_remote_code: Run modelling code shipped with the checkpoint (off: only transformers' own classes).
         gradient_checkpointing: Recompute activations in backward to save memory.
         label_only_loss: Run the LM head only on labelled positions, in chunks, with the loss and its gradient

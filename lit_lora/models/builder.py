@@ -66,7 +66,8 @@ def load_base(module, config=None, meta: bool = False) -> nn.Module:
     quantization = kwargs.get("quantization_config")
     with plain_linear_layers() if quantization is not None else contextlib.nullcontext():
         if not meta:
-            return module.auto_model_class.from_pretrained(resolve_model_path(module.model_name_or_path), **kwargs)
+            path = resolve_model_path(module.model_name_or_path)
+            return module.auto_model_class.from_pretrained(path, **with_default_attention(module, path, kwargs))
         if getattr(module, "tokenizer", None) is None and getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = getattr(config, "eos_token_id", None)
         from lit_lora.architectures import config_dtype
@@ -77,6 +78,21 @@ def load_base(module, config=None, meta: bool = False) -> nn.Module:
     if quantization is not None:
         quantize_on_meta(model, quantization)
     return model
+
+
+def with_default_attention(module, path: str, kwargs: dict) -> dict:
+    """``kwargs`` with FlashAttention 2 added where ``models.attention.default_attention`` picks it for this rank."""
+    device = module._load_device()
+    device_type = "cuda" if isinstance(device, int) else str(device)
+    if device_type != "cuda" or kwargs.get("attn_implementation"):
+        return kwargs
+    from transformers import AutoConfig
+
+    from lit_lora.models.attention import default_attention
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=module.trust_remote_code)
+    attention = default_attention(config, module.auto_model_class, kwargs, device_type)
+    return {**kwargs, "attn_implementation": attention} if attention else kwargs
 
 
 def adapt(module, model: nn.Module, meta: bool = False) -> nn.Module:
