@@ -38,11 +38,10 @@ def default_attention(config: Any, auto_model_class: Any, load_kwargs: dict, dev
     return "flash_attention_2" if compute_dtype(config, load_kwargs) in HALF else None
 
 
-def compute_dtype(config: Any, load_kwargs: dict) -> Optional[torch.dtype]:
+def compute_dtype(config: Any, load_kwargs: dict) -> torch.dtype:
     """The dtype attention runs in: a 4-bit base's compute dtype, else the load dtype, else the checkpoint's."""
+    from lit_lora.architectures import config_dtype
+
     quantization = load_kwargs.get("quantization_config")
-    dtype = getattr(quantization, "bnb_4bit_compute_dtype", None) if quantization is not None else None
-    dtype = dtype or load_kwargs.get("dtype") or getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    return dtype if isinstance(dtype, torch.dtype) else None
+    compute = getattr(quantization, "bnb_4bit_compute_dtype", None) if quantization is not None else None
+    return compute or load_kwargs.get("dtype") or config_dtype(config)
