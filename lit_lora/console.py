@@ -24,9 +24,9 @@ VERBOSE_ENV = "LIT_LORA_VERBOSE"
 
 # (message regex, module regex) of warnings.warn calls that say nothing a lit-lora user can act on
 NOISE_WARNINGS = [
-    (r"Starting from v1\.9\.0, `tensorboardX` has been removed", r"lightning\.pytorch"),  # CSVLogger is the default
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch"),  # Lightning vs newer torch
     (r"`is_gradient_checkpointing` is deprecated", r"transformers"),  # peft calls the old name
+    (r"`gradient_checkpointing_enable` is deprecated", r"transformers"),  # peft's QLoRA preparation calls it
 ]
 # (logger name, message start) of log records of the same kind
 NOISE_LOG_RECORDS = [

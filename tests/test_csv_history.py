@@ -1,6 +1,8 @@
 """``metrics.csv`` across a requeue: the resumed job continues the history instead of deleting it."""
 
-from harness import metrics_rows
+from pathlib import Path
+
+from harness import demo_cli, metrics_rows
 
 from lit_lora.cluster.csv_history import ResumableCSVLogger
 
@@ -47,3 +49,15 @@ def test_a_fresh_start_in_the_same_directory_begins_an_empty_history(tmp_path):
     fresh.log_metrics({"train_loss": 3.0}, step=0)
     fresh.save()
     assert [r["train_loss"] for r in rows(path)] == ["3.0"]
+
+
+def test_the_default_logger_is_csv_where_tensorboard_is_installed(tiny_model, tmp_path, monkeypatch):
+    """Lightning's default logger is TensorBoard wherever tensorboard is installed (most GPU images); lit-lora's
+    stays CSV, so a config writes the metrics.csv that fit's summary and compare read on every machine."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.trainer.connectors.logger_connector import logger_connector
+
+    monkeypatch.setattr(logger_connector, "_TENSORBOARD_AVAILABLE", True)
+    trainer = demo_cli(tiny_model("llama"), tmp_path).trainer
+    assert [type(logger) for logger in trainer.loggers] == [CSVLogger]
+    assert Path(trainer.log_dir) == tmp_path / "lightning_logs" / "version_0"  # Lightning's CSV layout

@@ -185,3 +185,17 @@ def test_flash_attention_is_the_default_only_where_it_runs(tiny_model, monkeypat
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
     monkeypatch.setattr(module, "_load_device", lambda: 0)
     assert "attn_implementation" not in builder.with_default_attention(module, tiny_model("llama"), kwargs)
+
+
+def test_gradient_checkpointing_uses_the_current_transformers_call(tiny_model):
+    """``gradient_checkpointing: true`` turns checkpointing on without transformers' deprecation warning (the old
+    ``gradient_checkpointing_enable`` is removed in transformers v6)."""
+    import warnings
+
+    from lit_lora.models import CausalLMModule
+
+    module = CausalLMModule(tiny_model("llama"), adapter=LoRA(r=4), gradient_checkpointing=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gradient_checkpointing_enable.*", category=FutureWarning)
+        module.configure_model()
+    assert any(getattr(layer, "gradient_checkpointing", False) for layer in module.model.modules())

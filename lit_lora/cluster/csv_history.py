@@ -29,6 +29,7 @@ from lit_lora.cluster.lightning_compat import filesystem_of, set_experiment, sta
 
 log = logging.getLogger("lit_lora")
 CSV_LOGGER = "lit_lora.cluster.csv_history.ResumableCSVLogger"  # its class path in configs
+LIGHTNING_CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
 
 class _KeepingExperimentWriter(ExperimentWriter):
@@ -89,6 +90,23 @@ class CSVHistoryResume(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.keep_history_before(trainer.global_step)
+
+
+def csv_by_default(trainer_config: Any) -> None:
+    """Make the default logger (``logger: true`` / unset) Lightning's ``CSVLogger``, wherever the run is.
+
+    Lightning's own default is TensorBoard where ``tensorboard`` is installed (most GPU images) and CSV elsewhere,
+    so one config would write ``metrics.csv``, which fit's summary, ``lit-lora compare`` and the tests read, on a
+    laptop and not on the cluster. Same directory layout as Lightning's CSV default
+    (``<default_root_dir>/lightning_logs/version_N``); a configured logger is left alone, and under SLURM
+    ``pin_log_dir`` has already chosen the requeue-safe one.
+    """
+    if trainer_config.get("logger") not in (None, True):
+        return
+    from jsonargparse import Namespace
+
+    root = trainer_config.get("default_root_dir") or os.getcwd()
+    trainer_config["logger"] = Namespace(class_path=LIGHTNING_CSV_LOGGER, init_args=Namespace(save_dir=str(root)))
 
 
 def pin_log_dir(trainer_config: Any, env: Optional[dict] = None) -> None:

@@ -33,7 +33,7 @@ from lit_lora.compatibility import check_config
 from lit_lora.cpu_bf16 import Bf16Hint
 from lit_lora.data.base import TextDataModule
 from lit_lora.finite_guard import FiniteGuard
-from lit_lora.cluster.csv_history import pin_log_dir
+from lit_lora.cluster.csv_history import csv_by_default, pin_log_dir
 from lit_lora.cluster.launch_checks import check_allocation
 from lit_lora.cluster.preemption import PreemptionCheckpoint
 from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
@@ -125,6 +125,7 @@ class LitLoraCLI(LightningCLI):
         check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
         fill_save_dirs(trainer)
         pin_log_dir(trainer)
+        csv_by_default(trainer)
 
     def before_fit(self) -> None:
         for logger in self.trainer.loggers:
