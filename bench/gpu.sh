@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# The GPU checks and the GPU throughput bench, for one lent H100 / H200 with no network, in under 8 minutes.
+# The GPU checks and the GPU benches, for one lent H100 / H200 with no network, in under 8 minutes.
 #
 #   bash bench/gpu.sh                    # results in $OUT if set, else bench/results/
 #   bash bench/gpu.sh --dry-run          # any machine: prints the steps, runs the CPU-safe parts of the bench
 #   bash bench/gpu.sh --layers 32        # the whole Llama-3-8B shape instead of 8 of its 32 layers (slower)
 #   bash bench/gpu.sh --wheels .whl      # an offline machine whose Python has PyTorch: the wheels that
 #                                        # bench/wheelhouse.py gathered for it go first on its path
+#   bash bench/gpu.sh --only pytest_gpu,generation   # some of the steps, with the whole budget
 #
 # Uses $PYTHON, else .venv/bin/python, else python / python3 on PATH, and installs nothing into it: --wheels DIR
 # installs DIR/*.whl into a temporary folder put ahead of that Python's packages (PYTHONPATH, with the
 # working tree, so `python -m lit_lora.cli` and the `lit-lora` command run this checkout). Steps, each with a
-# timeout cut from one time budget (--budget, default 450 s), each failure reported loudly (FAILED ... and the
+# timeout cut from one time budget (--budget, default 480 s), each failure reported loudly (FAILED ... and the
 # end of its log), and the next step run anyway:
 #   1. env:         GPU, driver and package versions                     -> env.log
-#   2. pytest_gpu:  python -m pytest -m gpu -q                           -> pytest_gpu.log, pytest_gpu.xml
-#   3. throughput:  bench/gpu_throughput.py: LoRA bf16 and QLoRA NF4 on a random-init Llama-3-8B-shaped model,
+#   2. pytest_gpu:  python -m pytest -m gpu -v, 120 s a test at most (at most 170 s; each result is in the log
+#                   as it finishes, so a cut run still says which passed) -> pytest_gpu.log, pytest_gpu.xml
+#   3. generation:  bench/generation.py on cuda: lit-lora's batched evaluation generation against one generate
+#                   call per row, 64 prompts, 64 new tokens (at most 100 s) -> generation.log, generation.json
+#   4. throughput:  bench/gpu_throughput.py: LoRA bf16 and QLoRA NF4 on a random-init Llama-3-8B-shaped model,
 #                   seq 2048, packing when supported: tokens/s, MFU, CUDA peak memory vs lit-lora estimate
 #                                                                        -> throughput.log, gpu_throughput.{json,md}
 # summary.txt lists every step's exit status. Exit status: 0 when every step passed, 1 otherwise.
@@ -22,7 +26,8 @@ set -u -o pipefail
 
 CALLER_DIR=$PWD
 cd "$(dirname "$0")/.." || exit 2
-BUDGET=450
+BUDGET=480
+ONLY=
 DRY=0
 WHEELS=
 LAYERS=8
@@ -35,10 +40,17 @@ while [ $# -gt 0 ]; do
     --layers) LAYERS=${2:?--layers needs a number}; shift ;;
     --steps) STEPS=${2:?--steps needs a number}; shift ;;
     --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
+    --only) ONLY=${2:?--only needs step names}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
+done
+for name in ${ONLY//,/ }; do
+  case "$name" in
+    env|pytest_gpu|generation|throughput) ;;
+    *) echo "gpu.sh: --only takes env, pytest_gpu, generation and throughput, not '$name'" >&2; exit 2 ;;
+  esac
 done
 for n in "$LAYERS" "$STEPS" "$BUDGET"; do
   case "$n" in
@@ -65,7 +77,8 @@ if [ -n "$WHEELS" ]; then
   chmod +x "$SITE/bin/lit-lora"
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
 fi
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \
+  PYTHONUNBUFFERED=1  # a step cut by its timeout still leaves what it printed
 SUMMARY=$OUT_DIR/summary.txt
 : > "$SUMMARY"
 START=$SECONDS
@@ -78,6 +91,7 @@ note() { echo "[gpu.sh +$(( SECONDS - START ))s] $*" | tee -a "$SUMMARY"; }
 step() {
   local name=$1 cap=$2 remaining t rc
   shift 2
+  case ",${ONLY:-$name}," in *",$name,"*) ;; *) note "skip $name (--only $ONLY)"; return ;; esac
   remaining=$(left)
   t=$(( cap < remaining - 15 ? cap : remaining - 15 ))
   if [ "$t" -lt 20 ]; then
@@ -123,10 +137,14 @@ export -f env_report
 export PY
 step env 60 bash -c env_report
 if [ "$DRY" -eq 1 ]; then
-  note "dry run: would run: $PY -m pytest -m gpu -q -p no:cacheprovider --junitxml=$OUT_DIR/pytest_gpu.xml"
+  note "dry run: would run: $PY -m pytest -m gpu -v -rA --timeout 120 --junitxml=$OUT_DIR/pytest_gpu.xml"
+  note "dry run: would run: $PY bench/generation.py --device cuda --repeats 1 --batch-sizes 64"
   step throughput 300 "$PY" bench/gpu_throughput.py --dry-run --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS"
 else
-  step pytest_gpu 210 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT_DIR/pytest_gpu.xml"
+  step pytest_gpu 170 "$PY" -m pytest -m gpu -v -rA --timeout 120 --durations 10 -p no:cacheprovider \
+    --junitxml="$OUT_DIR/pytest_gpu.xml"
+  step generation 100 "$PY" bench/generation.py --device cuda --repeats 1 --batch-sizes 64 \
+    --json-out "$OUT_DIR/generation.json"
   remaining=$(left)
   step throughput "$remaining" "$PY" bench/gpu_throughput.py --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS" \
     --budget-s $(( remaining - 40 ))

@@ -19,6 +19,7 @@ formulas are ``lit_lora.memory``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -98,16 +99,51 @@ def data_settings(cfg) -> dict:
     return {"batch_size": batch, "seq": source, "target_seq": target}
 
 
-def lora_input_values(model: nn.Module, shape: Shape) -> int:
-    """Values per token and layer that LoRA dropout keeps: the dropped-out input of each adapted layer
-    (averaged over the layers; a LoRA layer without dropout keeps nothing extra)."""
-    total = 0
-    for module in model.modules():
-        dropout = getattr(module, "lora_dropout", None)
-        if isinstance(dropout, nn.ModuleDict) and any(isinstance(d, nn.Dropout) and d.p > 0
-                                                      for d in dropout.values()):
-            total += module.in_features
-    return total // max(shape.layers + shape.decoder_layers, 1)
+ATTENTION_OUTPUTS = ("o_proj", "out_proj", "dense", "wo", "c_proj")  # read SDPA's output, already counted
+DOWN_PROJECTIONS = ("down_proj", "fc2", "dense_4h_to_h", "wo", "c_proj")  # read a 16-bit MLP value under autocast
+
+
+def trainable_kept_values(model: nn.Module, shape: Shape, mixed_precision: bool, value_bytes: int) -> int:
+    """Values per token and layer that the trainable parts of the layers keep (averaged over layers).
+
+    A projection needs its input when its weight trains or a LoRA adapter reads it. Projections of one parent
+    that read inputs of one width share the input (q/k/v read one norm output, gate/up another); the attention's
+    output projection reads SDPA's output, counted with the attention. A LoRA layer keeps its own copy of its
+    input when peft makes one: LoRA dropout (plus the dropout's mask, a byte a value on CUDA), or mixed precision,
+    where peft casts the input to the float32 adapter's dtype and autocast casts it back; a trainable float32
+    projection that reads a float32 norm output gets autocast's copy too. A LoRA layer keeps its ``r``
+    down-projected values, a trainable RMSNorm its normalised input.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    shared: set[tuple[str, int]] = set()
+    own = extra_bytes = 0
+    for name, module in model.named_modules():
+        if not re.search(r"\.\d+\.", name) or ".lora_" in name or ".base_layer" in name:
+            continue  # outside the repeated layers (the head has its own term), or inside a LoRA wrapper
+        parent, leaf = name.rsplit(".", 1)
+        reads_attention = leaf in ATTENTION_OUTPUTS and re.search(r"attn|attention", parent, re.IGNORECASE)
+        if isinstance(module, LoraLayer) and module.lora_A:
+            lora_a = next(iter(module.lora_A.values()))
+            dropout = any(isinstance(d, nn.Dropout) and d.p > 0 for d in module.lora_dropout.values())
+            copies = dropout or (mixed_precision and lora_a.weight.dtype == torch.float32)
+            own += (module.in_features if copies else 0) + lora_a.out_features
+            extra_bytes += module.in_features if dropout else 0
+            needs_input = not copies or module.get_base_layer().weight.requires_grad
+        elif isinstance(module, nn.Linear) and module.weight.requires_grad:
+            copies = mixed_precision and module.weight.dtype == torch.float32 and not reads_attention \
+                and leaf not in DOWN_PROJECTIONS
+            own += module.in_features if copies else 0
+            needs_input = not copies
+        else:
+            if "RMSNorm" in type(module).__name__ and getattr(module, "weight", None) is not None \
+                    and module.weight.requires_grad:
+                extra_bytes += shape.hidden * module.weight.element_size()
+            continue
+        if needs_input and not reads_attention:
+            shared.add((parent, module.in_features))
+    kept = own + sum(width for _, width in shared) + extra_bytes // value_bytes
+    return kept // max(shape.layers + shape.decoder_layers, 1)
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -143,16 +179,18 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     eager = (module.attn_implementation or getattr(built.config, "_attn_implementation", None)) == "eager"
     chunk = label_only_chunk(module, built, shape) if trainable else None  # generation runs the full head
     if trainable:
+        mixed = "mixed" in precision
         acts = activation_bytes(shape, batch, seq + virtual, value_bytes, checkpointing,
-                                lora_input_values(model, shape), target_seq, eager,
-                                logits=built.head in ("causal", "seq2seq"), label_only_chunk=chunk)
+                                trainable_kept_values(model, shape, mixed, value_bytes), target_seq, eager,
+                                logits=built.head in ("causal", "seq2seq"), label_only_chunk=chunk,
+                                residual_bytes=embedding_bytes(model))
     else:  # nothing trains (NoAdapter): a forward pass keeps no activations for backward
         acts = inference_activation_bytes(shape, batch, seq + virtual, value_bytes,
                                           logits=built.head in ("causal", "seq2seq"))
     estimate = MemoryEstimate(weights, quant, gradients, optimizer, acts, int(overhead_gib * GIB))
     assumptions = {"batch": batch, "seq": seq + virtual, "target_seq": target_seq if shape.decoder_layers else None,
                    "activation_bytes": value_bytes, "gradient_checkpointing": checkpointing,
-                   "attention": "eager (scores kept)" if eager else "SDPA (no s x s scores kept)",
+                   "attention": "eager (scores kept)" if eager else "SDPA (k/v repeated to the query heads, no s x s scores)",
                    "optimizer": module.optim.name, "precision": precision,
                    "lm_head": f"label-only LM head ({chunk} positions a chunk)" if chunk
                    else "full logits" if built.head in ("causal", "seq2seq") else "no LM head"}
@@ -173,6 +211,14 @@ def label_only_chunk(module, built: Built, shape: Shape) -> Optional[int]:
 def model_compute_bytes(model: nn.Module) -> int:
     floats = [p for p in model.parameters() if p.is_floating_point()]
     return floats[0].element_size() if floats else 4
+
+
+def embedding_bytes(model: nn.Module) -> Optional[int]:
+    """Bytes a value of the input embedding, the dtype of the residual stream between layers."""
+    embeddings = base_model(model).get_input_embeddings() if hasattr(base_model(model), "get_input_embeddings") \
+        else None
+    weight = getattr(embeddings, "weight", None)
+    return weight.element_size() if weight is not None and weight.is_floating_point() else None
 
 
 def is_gated(model: nn.Module) -> bool:

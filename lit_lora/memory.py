@@ -118,20 +118,25 @@ class Shape:
                    gated_mlp, c.vocab_size)
 
 
-def layer_values_per_token(shape: Shape, cross_attention: bool = False) -> int:
-    """Values one transformer layer keeps for backward per token (no checkpointing, SDPA attention).
+def layer_values_per_token(shape: Shape, cross_attention: bool = False, projection_inputs: Optional[int] = None,
+                           value_bytes: int = 2) -> int:
+    """Values (of ``value_bytes``) one transformer layer keeps for backward per token (no checkpointing, SDPA).
 
-    attention: its norm input and output (2h), q (q_dim), k and v (2 kv_dim), the attention output
-    that feeds the output projection and the SDPA output kept for its backward (2 q_dim)  -> 2h + 3q + 2kv;
-    MLP: its norm input and output (2h), then a gated MLP keeps gate, up, act(gate) and their product (4i),
-    a plain MLP its pre- and post-activation (2i).
-    A decoder layer of an encoder-decoder adds cross-attention: norm in/out (2h), q and its output (2 q_dim);
-    the projected encoder keys/values are counted at the source length by ``activation_bytes``.
+    norms: each keeps its input in float32 (RMSNorm upcasts, autocast runs LayerNorm in float32), two a layer;
+    attention: q, and k and v repeated to the query heads (SDPA with a padding mask; without a mask transformers
+    lets SDPA do the grouping), and the output, which the output projection reads in place -> 4 q_dim;
+    MLP: a gated MLP keeps gate, act(gate) and up (3i), a plain MLP its pre-activation (i);
+    the projections' inputs: ``projection_inputs`` (``estimate.projection_input_values`` counts them on the
+    model), by default the two norm outputs and the MLP's last input (2h + i), as when every projection trains.
+    A decoder layer of an encoder-decoder adds cross-attention: its norm, its q and output, and the norm output
+    its q projection reads; the projected encoder keys/values are counted at the source length by
+    ``activation_bytes``. Checked against what autograd saves in ``tests/test_estimate.py``.
     """
-    values = 2 * shape.hidden + 3 * shape.q_dim + 2 * shape.kv_dim
-    values += 2 * shape.hidden + (4 if shape.gated_mlp else 2) * shape.intermediate
+    norm = shape.hidden * 4 // value_bytes  # one float32 norm input
+    values = 2 * norm + 4 * shape.q_dim + (3 if shape.gated_mlp else 1) * shape.intermediate
+    values += 2 * shape.hidden + shape.intermediate if projection_inputs is None else projection_inputs
     if cross_attention:
-        values += 2 * shape.hidden + 2 * shape.q_dim
+        values += norm + shape.hidden + 2 * shape.q_dim
     return values
 
 
@@ -157,20 +162,22 @@ def inference_activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: 
     """
     tokens = batch * seq
     layers = shape.layers + (shape.decoder_layers or 0)
-    return {"layers": tokens * layer_values_per_token(shape) * value_bytes,
+    return {"layers": tokens * layer_values_per_token(shape, value_bytes=value_bytes) * value_bytes,
             "kv_cache": 2 * layers * tokens * shape.kv_dim * value_bytes,
             "logits": tokens * shape.vocab * value_bytes if logits else 0}
 
 
 def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, checkpointing: bool,
-                     lora_input_values: int = 0, target_seq: Optional[int] = None, eager_attention: bool = False,
-                     logits: bool = True, label_only_chunk: Optional[int] = None) -> dict[str, int]:
+                     projection_inputs: Optional[int] = None, target_seq: Optional[int] = None,
+                     eager_attention: bool = False, logits: bool = True, label_only_chunk: Optional[int] = None,
+                     residual_bytes: Optional[int] = None) -> dict[str, int]:
     """Activation memory of one forward/backward at ``batch`` x ``seq`` (every row padded to ``seq``).
 
-    Per layer and token: ``layer_values_per_token`` plus ``lora_input_values`` (each LoRA layer with dropout
-    keeps its dropped-out input). Without gradient checkpointing every layer keeps them all:
-    ``L * b * s * per_layer * bytes``. With checkpointing only each layer's input is kept
-    (``L * b * s * h * bytes``) and one layer's activations are rebuilt at a time during backward.
+    Per layer and token: ``layer_values_per_token`` with ``projection_inputs`` (see there). Without gradient
+    checkpointing every layer keeps them all: ``L * b * s * per_layer * bytes``. With checkpointing only each
+    layer's input is kept (``L * b * s * h * residual_bytes``: the residual stream has the embedding's dtype,
+    float32 after QLoRA's preparation; default ``value_bytes``) and one layer's activations are rebuilt at a time
+    during backward.
     Eager attention also keeps the softmax scores and probabilities, ``2 * b * heads * s^2`` values a layer;
     SDPA / flash attention keep none. Logits: ``b * s * vocab`` values in the compute dtype plus their
     fp32 copy and fp32 log-softmax that the cross-entropy keeps (``4 + 4`` bytes). Encoder-decoder models
@@ -180,17 +187,16 @@ def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, check
     """
     def stack(layers: int, tokens: int, per_layer: int, extra_per_layer: int = 0) -> int:
         if checkpointing:
-            kept = layers * tokens * shape.hidden + tokens * per_layer + extra_per_layer
-        else:
-            kept = layers * (tokens * per_layer + extra_per_layer)
-        return kept * value_bytes
+            inputs = layers * tokens * shape.hidden * (residual_bytes or value_bytes)
+            return inputs + (tokens * per_layer + extra_per_layer) * value_bytes
+        return layers * (tokens * per_layer + extra_per_layer) * value_bytes
 
     def scores(length: int, kv_length: int) -> int:
         return 2 * batch * shape.heads * length * kv_length if eager_attention else 0
 
     tokens = batch * seq
-    parts = {"layers": stack(shape.layers, tokens, layer_values_per_token(shape) + lora_input_values,
-                             scores(seq, seq))}
+    per_layer = layer_values_per_token(shape, False, projection_inputs, value_bytes)
+    parts = {"layers": stack(shape.layers, tokens, per_layer, scores(seq, seq))}
     out_tokens = tokens
     if shape.decoder_layers:
         target_seq = target_seq or seq
@@ -198,7 +204,7 @@ def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, check
         cross_kv = 2 * shape.kv_dim * tokens
         parts["decoder_layers"] = stack(
             shape.decoder_layers, out_tokens,
-            layer_values_per_token(shape, cross_attention=True) + lora_input_values,
+            layer_values_per_token(shape, True, projection_inputs, value_bytes),
             cross_kv + scores(target_seq, target_seq) + scores(target_seq, seq))
     parts["embeddings"] = 2 * out_tokens * shape.hidden * value_bytes
     head = out_tokens * shape.vocab * (value_bytes + 8) if label_only_chunk is None else \

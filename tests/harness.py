@@ -206,7 +206,11 @@ def version_dir(root: Path) -> Path:
 
 def metrics_dir(root: Path) -> Path:
     """The directory under ``root`` (or ``root`` itself) that holds the run's ``metrics.csv``."""
-    return next(Path(root).rglob("metrics.csv")).parent
+    found = next(Path(root).rglob("metrics.csv"), None)
+    if found is None:
+        written = sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+        raise AssertionError(f"no metrics.csv under {root}; the run wrote {written[:20]}")
+    return found.parent
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:
