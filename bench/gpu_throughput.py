@@ -21,7 +21,8 @@ per step) when the CLI accepts it, else 4 rows per batch padded to the longest (
 report then says "packing OFF").
 Reported per variant: real tokens/s (timed after ``--warmup`` steps), MFU = 6·N·tokens/s / peak bf16 FLOP/s (N =
 parameters of the model run, input embedding excluded; the peak used is printed), CUDA peak memory (allocated,
-reserved) next to ``lit-lora estimate``'s prediction for the same config. Every step that fails says so and the
+reserved) next to ``lit-lora estimate``'s prediction for the same config (the estimates and the CLI's packing
+check are CPU processes, run beside the GPU work). Every step that fails says so and the
 next one runs; results and logs go to ``<out>/gpu_throughput.{json,md}`` and ``<out>/<variant>/``, the weights and
 Lightning run directories to a temporary ``--work`` directory (removed at the end), never under ``<out>``.
 """
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -212,21 +214,43 @@ def shown(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def bench_variant(variant: str, ctx: dict, deadline: float) -> dict:
+def variant_args(variant: str, ctx: dict) -> list[str]:
+    return config_args(variant, ctx["model"], ctx["data"], ctx["packing"], ctx["steps"], ctx["work"] / variant,
+                       ctx["accelerator"])
+
+
+def estimate_variant(variant: str, ctx: dict) -> dict:
+    """``lit-lora estimate`` of ``variant`` (a CPU process: it runs beside the GPU fits), or its error."""
     run_dir = ctx["out"] / variant
     run_dir.mkdir(parents=True, exist_ok=True)
-    args = config_args(variant, ctx["model"], ctx["data"], ctx["packing"], ctx["steps"], ctx["work"] / variant,
-                       ctx["accelerator"])
-    result: dict = {"variant": variant, "command": " ".join(lit_lora_command() + ["fit", *args])}
     try:
-        result.update(estimate(variant, ctx["env"], args, ctx["gpu"]["memory_gib"], run_dir / "estimate.log"))
-        log(f"{variant}: lit-lora estimate total {result['estimate_total_gib']} GiB")
+        found = estimate(variant, ctx["env"], variant_args(variant, ctx), ctx["gpu"]["memory_gib"],
+                         run_dir / "estimate.log")
+        log(f"{variant}: lit-lora estimate total {found['estimate_total_gib']} GiB")
+        return found
     except Exception as err:  # noqa: BLE001 - report and go on to the measurement
-        result["estimate_error"] = str(err)
         log(f"FAILED {variant} estimate: {err}")
+        return {"estimate_error": str(err)}
+
+
+def bench_variant(variant: str, ctx: dict, deadline: float, estimated: Future) -> dict:
+    """The fit of ``variant``, then its estimate (started earlier, see ``bench``) beside the measurement."""
+    run_dir = ctx["out"] / variant
+    run_dir.mkdir(parents=True, exist_ok=True)
+    args = variant_args(variant, ctx)
+    result: dict = {"variant": variant, "command": " ".join(lit_lora_command() + ["fit", *args])}
     if ctx["dry_run"]:
+        result.update(estimated.result())
         log(f"{variant} (dry run) would run:\n  {result['command']} --trainer.callbacks+=lit_probe.Probe")
         return result
+    result.update(measure(variant, ctx, deadline, args, run_dir))
+    result.update(estimated.result())
+    return result
+
+
+def measure(variant: str, ctx: dict, deadline: float, args: list[str], run_dir: Path) -> dict:
+    """``lit-lora fit`` of ``variant`` with the probe: tokens/s, MFU and CUDA peak memory, or why not."""
+    result: dict = {}
     left = deadline - time.time()
     if left < 60:
         result["error"] = f"skipped: {left:.0f} s of the time budget left"
@@ -335,6 +359,10 @@ def bench(args: argparse.Namespace, out: Path, work: Path, deadline: float) -> i
         log("CPU smoke run: a tiny Llama on the CPU accelerator; the numbers say nothing about a GPU")
     else:
         setup.update(build_model_dir(rows, model_dir, args.layers))
+    # the CLI check and the estimates are CPU processes: they run while the GPU builds the weights and trains
+    pool = ThreadPoolExecutor(max_workers=1 + len(args.variants))
+    packing_check = pool.submit(packing_supported, env, config_args("lora_bf16", model_dir, data, False, args.steps,
+                                                                    work / "probe"), out / "packing_check.log")
     if not dry_run and not args.cpu_smoke:
         try:
             save_random_weights(model_dir)
@@ -345,18 +373,19 @@ def bench(args: argparse.Namespace, out: Path, work: Path, deadline: float) -> i
     peak, setup["peak_note"] = peak_flops(gpu["device"], args.peak_tflops)
     setup["peak_flops"] = peak
     log(f"model: {setup['parameters'] / 1e9:.2f}B parameters ({args.layers} layers); MFU peak: {setup['peak_note']}")
-    packing = packing_supported(env, config_args("lora_bf16", model_dir, data, False, args.steps, work / "probe"),
-                                out / "packing_check.log")
+    packing = packing_check.result()
     setup["packing"] = packing
     log(f"packing: {'on' if packing else 'OFF: lit-lora fit does not accept --data.init_args.packing here'}")
     ctx = {**setup, "out": out, "work": work, "env": env, "model": model_dir, "data": data, "peak": peak,
            "dry_run": dry_run, "accelerator": "cpu" if args.cpu_smoke else "gpu"}
+    estimates = {variant: pool.submit(estimate_variant, variant, ctx) for variant in args.variants}
     for variant in args.variants:
         try:
-            results.append(bench_variant(variant, ctx, deadline))
+            results.append(bench_variant(variant, ctx, deadline, estimates[variant]))
         except Exception:  # noqa: BLE001 - one variant's failure must not lose the others
             log(f"FAILED {variant}:\n{traceback.format_exc()}")
             results.append({"variant": variant, "error": traceback.format_exc().strip().splitlines()[-1]})
+    pool.shutdown(wait=True)
     report = {"setup": setup, "variants": results}
     (out / "gpu_throughput.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "gpu_throughput.md").write_text(markdown(report))

@@ -99,7 +99,7 @@ def data_settings(cfg) -> dict:
     return {"batch_size": batch, "seq": source, "target_seq": target}
 
 
-ATTENTION_OUTPUTS = ("o_proj", "out_proj", "dense", "wo", "c_proj")  # read SDPA's output, already counted
+ATTENTION_OUTPUTS = ("o_proj", "o", "out_proj", "dense", "c_proj")  # read SDPA's output, already counted
 DOWN_PROJECTIONS = ("down_proj", "fc2", "dense_4h_to_h", "wo", "c_proj")  # read a 16-bit MLP value under autocast
 
 
