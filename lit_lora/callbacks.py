@@ -150,7 +150,10 @@ def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_bat
 
 
 class BaselineComparison(Callback):
-    """Validation loss of the base model (adapter disabled) before fit and of the tuned model after it.
+    """Validation loss of the base model and of the tuned model, after fit; a full fine-tune's base before it.
+
+    An adapter leaves the base frozen, so the base (adapter disabled) is scored after training, where it costs
+    nothing before the first step; full fine-tuning changes the base, so it is scored before step 1.
 
     Prints the before/after figure, logs ``baseline/val_loss`` and ``tuned/val_loss``, and writes
     ``before_after.json`` to the run directory.
@@ -166,17 +169,16 @@ class BaselineComparison(Callback):
         self.base_loss: Optional[float] = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.enabled:
-            return
-        if pl_module.is_peft:
-            with pl_module.model.disable_adapter():
-                self.base_loss = mean_validation_loss(trainer, pl_module, self.limit_batches)
-        elif trainer.ckpt_path is None:  # full fine-tuning: the untouched model is the base
+        # full fine-tuning changes the base itself: score it before step 1 (not on a resume, where it is gone)
+        if self.enabled and not pl_module.is_peft and trainer.ckpt_path is None:
             self.base_loss = mean_validation_loss(trainer, pl_module, self.limit_batches)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled:
             return
+        if pl_module.is_peft:  # the frozen base, adapter off: the model step 1 started from, so training starts sooner
+            with pl_module.model.disable_adapter():
+                self.base_loss = mean_validation_loss(trainer, pl_module, self.limit_batches)
         tuned = mean_validation_loss(trainer, pl_module, self.limit_batches)
         result = {"base_val_loss": self.base_loss, "tuned_val_loss": tuned}
         for logger in trainer.loggers:

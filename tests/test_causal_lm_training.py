@@ -1,5 +1,7 @@
 """Full, LoRA and QLoRA each lower the loss of tiny real-architecture models on a tiny overfit set."""
 
+import json
+
 import pytest
 from harness import overfit
 
@@ -83,3 +85,20 @@ def test_no_forward_that_only_scores_builds_a_kv_cache(tiny_model, tmp_path, mon
     fit(cli)
     assert {training for training, _ in calls} == {True, False}, calls  # training steps, baseline and validation
     assert {use_cache for _, use_cache in calls} == {False}, calls
+
+
+def test_the_base_scored_after_training_is_the_base_training_started_from(tiny_model, tmp_path):
+    """An adapter's base is scored after fit (adapter disabled), so that no validation pass delays step 1; it must
+    be the untouched base: the same figure after 1 step as after 6, while the tuned figure moves."""
+    from harness import demo_cli, fit, version_dir
+
+    def before_after(steps: int) -> dict:
+        root = tmp_path / f"steps{steps}"
+        cli = demo_cli(tiny_model("llama"), root, "--data.init_args.max_samples", "24", "--trainer.max_steps",
+                       str(steps), "--trainer.val_check_interval", str(steps), "--model.init_args.optim.lr", "0.01")
+        fit(cli)
+        return json.loads((version_dir(root) / "before_after.json").read_text())
+
+    short, long = before_after(1), before_after(6)
+    assert short["base_val_loss"] == pytest.approx(long["base_val_loss"], rel=1e-6, abs=1e-6)
+    assert long["tuned_val_loss"] < short["tuned_val_loss"] < short["base_val_loss"]

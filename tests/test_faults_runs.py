@@ -155,7 +155,7 @@ def test_every_json_lit_lora_writes_is_valid_even_with_nan(tmp_path, monkeypatch
                               is_global_zero=True)
     baseline = callbacks.BaselineComparison()
     baseline.base_loss = float("inf")
-    baseline.on_train_end(trainer, SimpleNamespace())
+    baseline.on_train_end(trainer, SimpleNamespace(is_peft=False))  # a full fine-tune: base scored before fit
     assert strict_json((tmp_path / "before_after.json").read_text()) == {"base_val_loss": None,
                                                                          "tuned_val_loss": None}
 

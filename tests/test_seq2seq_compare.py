@@ -1,16 +1,36 @@
-"""End to end through the CLI: LoRA on a tiny T5 (configs/tutorials/codet5_lora.yaml), then `lit-lora compare`."""
+"""End to end through the CLI: LoRA on a tiny T5 (configs/tutorials/codet5_lora.yaml), then `lit-lora compare`.
 
+The rows are one learnable family in the python-codes-25k schema ("the sum of x and y" -> ``def sum_x_y(x, y):
+return x + y``): a random tiny T5 learns their shape in a few epochs whatever the seed, so "the tuned model scores
+higher" tests ``compare`` rather than the luck of one random stream (on the bundled mixed-task sample the tuned
+tiny model's ROUGE-L beat the base on about half the seeds).
+"""
+
+import itertools
 import json
+import random
 
 import pytest
-from harness import SAMPLES, config, run_cli
+from harness import config, run_cli
 
 CONFIG = config("tutorials/codet5_lora")
-SAMPLE = str(SAMPLES / "python_codes_25k.jsonl")
+OPERATIONS = [("sum", "+"), ("difference", "-"), ("product", "*"), ("quotient", "/")]
 
 
-def data_args(model):
-    return ["--config", CONFIG, "--model.init_args.model_name_or_path", model,
+def arithmetic_rows(count: int = 80) -> list[dict]:
+    """Distinct instruction rows: a two-argument function of one of four operations on two named arguments."""
+    pairs = list(itertools.permutations("abcdefghkmnpqrstuvwxyz", 2))
+    random.Random(0).shuffle(pairs)
+    rows = []
+    for i, (x, y) in enumerate(pairs[:count]):
+        name, op = OPERATIONS[i % len(OPERATIONS)]
+        rows.append({"instruction": f"Write a Python function that returns the {name} of {x} and {y}.", "input": "",
+                     "output": f"```python\ndef {name}_{x}_{y}({x}, {y}):\n    return {x} {op} {y}\n```"})
+    return rows
+
+
+def data_args(model, source):
+    return ["--config", CONFIG, "--model.init_args.model_name_or_path", model, "--data.init_args.source", source,
             "--data.init_args.max_samples", "64", "--data.init_args.max_eval_samples", "8",
             "--data.init_args.max_length", "128"]
 
@@ -19,22 +39,25 @@ def data_args(model):
 def trained(tiny_model, tmp_path_factory):
     model = tiny_model("t5")
     root = tmp_path_factory.mktemp("codet5")
-    run_cli(["fit", *data_args(model), "--trainer.max_epochs", "6", "--trainer.default_root_dir", str(root),
-             "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+    source = root / "arithmetic.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in arithmetic_rows()))
+    run_cli(["fit", *data_args(model, str(source)), "--trainer.max_epochs", "6", "--trainer.default_root_dir",
+             str(root), "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
              "--model.init_args.optim.lr", "0.01"])
     run = root / "lightning_logs" / "version_0"
-    return model, run
+    return model, run, str(source)
 
 
-def compare(model, run, out, *extra):
-    run_cli(["compare", *data_args(model), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--out_dir",
-             str(out), "--right_if", "0.01", "--model.init_args.evaluation.max_new_tokens", "32",
+def compare(trained, out, *extra):
+    model, run, source = trained
+    run_cli(["compare", *data_args(model, source), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+             "--out_dir", str(out), "--right_if", "0.01", "--model.init_args.evaluation.max_new_tokens", "32",
              "--trainer.accelerator", "cpu", *extra])
     return json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
 
 
 def test_lora_seq2seq_run_lowers_the_loss(trained):
-    _, run = trained
+    _, run, _ = trained
     before_after = json.loads((run / "before_after.json").read_text())
     assert before_after["tuned_val_loss"] < before_after["base_val_loss"]
     summary = json.loads((run / "run_summary.json").read_text())
@@ -42,8 +65,7 @@ def test_lora_seq2seq_run_lowers_the_loss(trained):
 
 
 def test_compare_writes_both_columns_and_examples(trained, tmp_path):
-    model, run = trained
-    report, md = compare(model, run, tmp_path)
+    report, md = compare(trained, tmp_path)
     metrics = report["metrics"]
     for name in ("loss", "perplexity", "bleu", "rouge1_fmeasure", "rouge2_precision", "rougeL_recall", "exact_match"):
         assert metrics[name]["base"] is not None and metrics[name]["tuned"] is not None, name
@@ -62,13 +84,12 @@ def test_compare_writes_both_columns_and_examples(trained, tmp_path):
 
 
 def test_evaluating_on_training_rows_needs_the_switch(trained, tmp_path, capsys):
-    model, run = trained
-    on_train = ["--data.init_args.validation_source", SAMPLE]  # validation = first rows of the training file
+    on_train = ["--data.init_args.validation_source", trained[2]]  # validation = first rows of the training file
     with pytest.raises(SystemExit) as exit_info:
-        compare(model, run, tmp_path / "refused", *on_train)
+        compare(trained, tmp_path / "refused", *on_train)
     assert exit_info.value.code == 2
     assert "8 of 8 evaluated rows" in capsys.readouterr().err
     assert not (tmp_path / "refused" / "report.md").exists()
-    report, md = compare(model, run, tmp_path / "allowed", *on_train, "--allow_train_overlap")
+    report, md = compare(trained, tmp_path / "allowed", *on_train, "--allow_train_overlap")
     assert md.splitlines()[0].startswith("**WARNING: evaluated on rows the model was trained on** (8 of 8")
     assert report["trained_on_evaluated_rows"] is True
