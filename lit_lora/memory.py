@@ -130,7 +130,9 @@ def layer_values_per_token(shape: Shape, cross_attention: bool = False, projecti
     model), by default the two norm outputs and the MLP's last input (2h + i), as when every projection trains.
     A decoder layer of an encoder-decoder adds cross-attention: its norm, its q and output, and the norm output
     its q projection reads; the projected encoder keys/values are counted at the source length by
-    ``activation_bytes``. Checked against what autograd saves in ``tests/test_estimate.py``.
+    ``activation_bytes``. Checked against what autograd saves in ``tests/test_activation_memory.py`` (Llama
+    layers). Not modelled: an activation written in Python (Phi's ``gelu_new``) keeps about 3i more; a
+    parallel-attention layer (Phi, Falcon) has one norm, not two.
     """
     norm = shape.hidden * 4 // value_bytes  # one float32 norm input
     values = 2 * norm + 4 * shape.q_dim + (3 if shape.gated_mlp else 1) * shape.intermediate

@@ -27,8 +27,10 @@ CASES = {  # id -> (adapter: LoRA dropout or None for full fine-tuning, weights'
 }
 
 
-def build(dropout, dtype):
-    """A small Llama (GQA, gated MLP) with sdpa attention, LoRA on every linear layer unless ``dropout`` is None."""
+def build(dropout, dtype, mixed: bool):
+    """A small Llama (GQA, gated MLP) with sdpa attention, LoRA on every linear layer unless ``dropout`` is None.
+    The adapter is float32 (peft's default, what lit-lora trains under mixed precision) except in pure bf16,
+    where Lightning's ``bf16-true`` casts the whole module, adapter included."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -38,7 +40,7 @@ def build(dropout, dtype):
     model = LlamaForCausalLM(config).to(dtype)
     if dropout is not None:
         lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear")
-        model = get_peft_model(model, lora, autocast_adapter_dtype=dtype != torch.bfloat16)
+        model = get_peft_model(model, lora, autocast_adapter_dtype=mixed or dtype == torch.float32)
     return model.train(), config
 
 
@@ -72,7 +74,7 @@ def kept_bytes(model, layer, batch: int, mixed: bool) -> int:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_layer_formula_matches_what_autograd_keeps(case):
     dropout, dtype, mixed = CASES[case]
-    model, config = build(dropout, dtype)
+    model, config = build(dropout, dtype, mixed)
     layer = next(m for name, m in model.named_modules() if name.endswith("layers.1"))
     per_token = (kept_bytes(model, layer, 4, mixed) - kept_bytes(model, layer, 2, mixed)) / (2 * SEQ)
 
