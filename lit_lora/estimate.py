@@ -141,7 +141,9 @@ def trainable_kept_values(model: nn.Module, shape: Shape, mixed_precision: bool,
                 extra_bytes += shape.hidden * module.weight.element_size()
             continue
         if needs_input and not reads_attention:
-            shared.add((parent, module.in_features))
+            # one norm read in parallel by attention and MLP (shape.norms == 1): its output is one shared input
+            norm_output = shape.norms == 1 and module.in_features == shape.hidden and leaf not in DOWN_PROJECTIONS
+            shared.add((re.sub(r"(\.\d+)\..*", r"\1", name) if norm_output else parent, module.in_features))
     kept = own + sum(width for _, width in shared) + extra_bytes // value_bytes
     return kept // max(shape.layers + shape.decoder_layers, 1)
 
@@ -190,7 +192,8 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     estimate = MemoryEstimate(weights, quant, gradients, optimizer, acts, int(overhead_gib * GIB))
     assumptions = {"batch": batch, "seq": seq + virtual, "target_seq": target_seq if shape.decoder_layers else None,
                    "activation_bytes": value_bytes, "gradient_checkpointing": checkpointing,
-                   "attention": "eager (scores kept)" if eager else "SDPA (k/v repeated to the query heads, no s x s scores)",
+                   "attention": "eager (scores kept)" if eager
+                   else "SDPA (k/v repeated to the query heads, no s x s scores)",
                    "optimizer": module.optim.name, "precision": precision,
                    "lm_head": f"label-only LM head ({chunk} positions a chunk)" if chunk
                    else "full logits" if built.head in ("causal", "seq2seq") else "no LM head"}

@@ -34,6 +34,9 @@ DOUBLE_QUANT_CODE = 256  # fp32 entries of the 8-bit map of the double-quantized
 OPTIM_8BIT_BLOCK = 256
 OPTIM_8BIT_QMAP = 256
 OPTIM_8BIT_MIN_SIZE = 4096
+# activations written as Python expressions keep their intermediates: transformers' NewGELUActivation
+# (0.5 x (1 + tanh(...))) keeps 3 more tensors of its input's size than a fused GELU
+PYTHON_ACTIVATIONS = {"gelu_new": 3}
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -98,6 +101,9 @@ class Shape:
     intermediate: int
     gated_mlp: bool
     vocab: int
+    norms: int = 2  # norms a layer: 1 where attention and MLP read one norm in parallel (Phi, Falcon-7B)
+    activation_extra: int = 0  # MLP-width values a Python-written activation keeps beyond its input
+
 
     @classmethod
     def from_config(cls, config, gated_mlp: bool) -> "Shape":
@@ -114,29 +120,33 @@ class Shape:
             layers, decoder_layers = c.num_layers, c.num_decoder_layers
         else:
             layers, decoder_layers = c.num_hidden_layers, 0
+        parallel = c.model_type == "phi" or (getattr(c, "parallel_attn", False)
+                                             and not getattr(c, "new_decoder_architecture", False))
         return cls(layers, decoder_layers, hidden, heads, heads * head_dim, kv_heads * head_dim, intermediate,
-                   gated_mlp, c.vocab_size)
+                   gated_mlp, c.vocab_size, norms=1 if parallel else 2,
+                   activation_extra=PYTHON_ACTIVATIONS.get(getattr(c, "hidden_act", None) or "", 0))
 
 
 def layer_values_per_token(shape: Shape, cross_attention: bool = False, projection_inputs: Optional[int] = None,
                            value_bytes: int = 2) -> int:
     """Values (of ``value_bytes``) one transformer layer keeps for backward per token (no checkpointing, SDPA).
 
-    norms: each keeps its input in float32 (RMSNorm upcasts, autocast runs LayerNorm in float32), two a layer;
+    norms: each keeps its input in float32 (RMSNorm upcasts, autocast runs LayerNorm in float32), ``shape.norms``;
     attention: q, and k and v repeated to the query heads (SDPA with a padding mask; without a mask transformers
     lets SDPA do the grouping), and the output, which the output projection reads in place -> 4 q_dim;
-    MLP: a gated MLP keeps gate, act(gate) and up (3i), a plain MLP its pre-activation (i);
-    the projections' inputs: ``projection_inputs`` (``estimate.projection_input_values`` counts them on the
-    model), by default the two norm outputs and the MLP's last input (2h + i), as when every projection trains.
+    MLP: a gated MLP keeps gate, act(gate) and up (3i), a plain MLP its pre-activation (i), plus what a Python
+    activation keeps (``shape.activation_extra`` i: Phi's ``gelu_new`` 3i);
+    the projections' inputs: ``projection_inputs`` (``estimate.trainable_kept_values`` counts them on the
+    model), by default the norm outputs and the MLP's last input (2h + i), as when every projection trains.
     A decoder layer of an encoder-decoder adds cross-attention: its norm, its q and output, and the norm output
     its q projection reads; the projected encoder keys/values are counted at the source length by
-    ``activation_bytes``. Checked against what autograd saves in ``tests/test_activation_memory.py`` (Llama
-    layers). Not modelled: an activation written in Python (Phi's ``gelu_new``) keeps about 3i more; a
-    parallel-attention layer (Phi, Falcon) has one norm, not two.
+    ``activation_bytes``. Checked against what autograd saves in ``tests/test_activation_memory.py`` (Llama and
+    Phi layers). Not counted: residual dropout's masks (a byte a value, where a config trains with it).
     """
     norm = shape.hidden * 4 // value_bytes  # one float32 norm input
-    values = 2 * norm + 4 * shape.q_dim + (3 if shape.gated_mlp else 1) * shape.intermediate
-    values += 2 * shape.hidden + shape.intermediate if projection_inputs is None else projection_inputs
+    mlp = 3 if shape.gated_mlp else 1 + shape.activation_extra
+    values = shape.norms * norm + 4 * shape.q_dim + mlp * shape.intermediate
+    values += shape.norms * shape.hidden + shape.intermediate if projection_inputs is None else projection_inputs
     if cross_attention:
         values += norm + shape.hidden + 2 * shape.q_dim
     return values

@@ -4,7 +4,9 @@ A decoder layer's saved tensors are recorded with ``torch.autograd.graph.saved_t
 once, parameters left out) at two batch sizes; the difference per token is what the layer keeps for each token,
 the quantity ``memory.layer_values_per_token`` estimates. The cases are the settings users train with: LoRA on a
 bf16 base under bf16-mixed (peft's float32 adapter makes each LoRA layer keep its own copy of its input), LoRA
-in pure bf16, LoRA with dropout, and full fine-tuning in float32 with and without bf16 autocast.
+in pure bf16, LoRA with dropout, and full fine-tuning in float32 with and without bf16 autocast, on a Llama layer
+(two RMSNorms, GQA, gated MLP) and a Phi layer (one LayerNorm read by attention and MLP in parallel, partial
+rotary, a plain MLP with the Python-written ``gelu_new``).
 """
 
 from __future__ import annotations
@@ -25,19 +27,31 @@ CASES = {  # id -> (adapter: LoRA dropout or None for full fine-tuning, weights'
     "full-fp32-bf16-mixed": (None, torch.float32, True),
     "full-fp32": (None, torch.float32, False),
 }
+ARCHITECTURES = ["llama", "phi"]
 
 
-def build(dropout, dtype, mixed: bool):
-    """A small Llama (GQA, gated MLP) with sdpa attention, LoRA on every linear layer unless ``dropout`` is None.
-    The adapter is float32 (peft's default, what lit-lora trains under mixed precision) except in pure bf16,
-    where Lightning's ``bf16-true`` casts the whole module, adapter included."""
+def small_model(arch: str):
+    """A two-layer model of ``arch`` with sdpa attention (no residual dropout: its masks are not estimated)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PhiConfig, PhiForCausalLM
+
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=704, num_attention_heads=8,
+                                            num_key_value_heads=2, num_hidden_layers=2, vocab_size=512,
+                                            attn_implementation="sdpa"))
+    return PhiForCausalLM(PhiConfig(hidden_size=256, intermediate_size=1024, num_attention_heads=8,
+                                    num_hidden_layers=2, vocab_size=512, partial_rotary_factor=0.5, resid_pdrop=0.0,
+                                    embd_pdrop=0.0, hidden_act="gelu_new", attn_implementation="sdpa"))
+
+
+def build(arch: str, dropout, dtype, mixed: bool):
+    """``small_model(arch)`` with LoRA on every linear layer unless ``dropout`` is None. The adapter is float32
+    (peft's default, what lit-lora trains under mixed precision) except in pure bf16, where Lightning's
+    ``bf16-true`` casts the whole module, adapter included."""
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=256, intermediate_size=704, num_attention_heads=8, num_key_value_heads=2,
-                         num_hidden_layers=2, vocab_size=512, attn_implementation="sdpa")
-    model = LlamaForCausalLM(config).to(dtype)
+    model = small_model(arch).to(dtype)
+    config = model.config
     if dropout is not None:
         lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear")
         model = get_peft_model(model, lora, autocast_adapter_dtype=mixed or dtype == torch.float32)
@@ -71,23 +85,26 @@ def kept_bytes(model, layer, batch: int, mixed: bool) -> int:
     return sum(kept.values())
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_layer_formula_matches_what_autograd_keeps(case):
+def test_layer_formula_matches_what_autograd_keeps(case, arch):
     dropout, dtype, mixed = CASES[case]
-    model, config = build(dropout, dtype, mixed)
+    model, config = build(arch, dropout, dtype, mixed)
     layer = next(m for name, m in model.named_modules() if name.endswith("layers.1"))
     per_token = (kept_bytes(model, layer, 4, mixed) - kept_bytes(model, layer, 2, mixed)) / (2 * SEQ)
 
     value_bytes = 2 if mixed or dtype == torch.bfloat16 else 4
-    shape = Shape.from_config(config, gated_mlp=True)
+    shape = Shape.from_config(config, gated_mlp=arch == "llama")
     kept = trainable_kept_values(model, shape, mixed, value_bytes)
     estimated = layer_values_per_token(shape, projection_inputs=kept, value_bytes=value_bytes) * value_bytes
     if dropout:  # a CPU keeps dropout's mask at the input's dtype, CUDA (what the estimate is for) a byte a value
         from peft.tuners.lora import LoraLayer
 
         estimated += sum(m.in_features for m in layer.modules() if isinstance(m, LoraLayer)) * (value_bytes - 1)
-    # the formula leaves out a few values a token (RMSNorm's 1 / rms, attention's log-sum-exp per head)
-    assert estimated == pytest.approx(per_token, rel=0.03), (estimated, per_token)
+    # the formula leaves out a few values a token (a norm's statistics, attention's log-sum-exp per head); on Phi
+    # it follows CUDA where a CPU differs by about one hidden-width value: CPU autocast keeps LayerNorm's input in
+    # bf16 (CUDA: float32), and the CPU's SDPA output layout makes the output projection copy it
+    assert estimated == pytest.approx(per_token, rel=0.03 if arch == "llama" else 0.05), (estimated, per_token)
 
 
 def test_checkpointed_layer_inputs_are_counted_at_the_residual_streams_dtype(tiny_model):
