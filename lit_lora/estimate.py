@@ -218,9 +218,7 @@ def model_compute_bytes(model: nn.Module) -> int:
 
 def embedding_bytes(model: nn.Module) -> Optional[int]:
     """Bytes a value of the input embedding, the dtype of the residual stream between layers."""
-    embeddings = base_model(model).get_input_embeddings() if hasattr(base_model(model), "get_input_embeddings") \
-        else None
-    weight = getattr(embeddings, "weight", None)
+    weight = getattr(base_model(model).get_input_embeddings(), "weight", None)
     return weight.element_size() if weight is not None and weight.is_floating_point() else None
 
 

@@ -104,7 +104,6 @@ class Shape:
     norms: int = 2  # norms a layer: 1 where attention and MLP read one norm in parallel (Phi, Falcon-7B)
     activation_extra: int = 0  # MLP-width values a Python-written activation keeps beyond its input
 
-
     @classmethod
     def from_config(cls, config, gated_mlp: bool) -> "Shape":
         c = config
