@@ -16,7 +16,8 @@ generates with the peft model. Greedy decoding, ``max_new_tokens`` new tokens, K
               before it sorted: one call per loader batch); only for sizes under the prompt count
     per row   one ``model.generate`` call per prompt, no padding, the same generation config
 
-Reported: rows/s of each (median of ``--repeats`` passes, after one warm-up call), the ratio to per row, the
+Reported: rows/s of each (median of ``--repeats`` passes, after one warm-up call), the ratio of rows/s to per
+row (``--per-row-prompts N`` times per row on the first N prompts only and compares outputs on those N), the
 ``generate`` calls and the share of pad tokens in the prompt batches, and whether the greedy outputs are
 identical: every row whose batched text differs from its per-row text is listed.
 """
@@ -155,6 +156,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=None, help="built model's hidden size (default 512; --quick 64)")
     parser.add_argument("--layers", type=int, default=None, help="built model's layers (default 9; --quick 2)")
     parser.add_argument("--vocab-size", type=int, default=None, help="built BPE vocabulary (default 8192; --quick 512)")
+    parser.add_argument("--per-row-prompts", type=int, default=None,
+                        help="time one call per row on only the first N prompts (a rate: rows/s), and compare greedy "
+                             "outputs on those N; for a GPU, where a tiny model's per-row decoding is bound by "
+                             "Python and kernel launches (default: every prompt)")
     parser.add_argument("--max-length", type=int, default=512, help="prompt truncation, as data.max_length")
     parser.add_argument("--no-lora", action="store_true", help="generate with the bare model, no LoRA adapter")
     parser.add_argument("--device", default="cpu")
@@ -168,6 +173,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
+    if args.per_row_prompts is None or not 0 < args.per_row_prompts <= args.prompts:
+        args.per_row_prompts = args.prompts
     return args
 
 
@@ -193,22 +200,24 @@ def main(argv: Optional[list[str]] = None) -> None:
               f"{args.device}, {torch.get_num_threads()} threads; median of {args.repeats} pass(es)", flush=True)
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=False)
         warm_up(model, tokenizer, prompts[0], settings)
-        answers, one_seconds = timed(lambda: per_row(model, tokenizer, prompts, settings, args.max_length),
-                                     args.repeats)
+        answers, one_seconds = timed(
+            lambda: per_row(model, tokenizer, prompts[:args.per_row_prompts], settings, args.max_length), args.repeats)
         reference = [a["text"] for a in answers]
         lengths = [len(ids) for ids in tokenizer(prompts, truncation=True, max_length=args.max_length)["input_ids"]]
-        results = {"per_row": {"seconds": one_seconds, "rows_per_s": len(prompts) / one_seconds,
-                               "calls": len(prompts), "pad_share": 0.0}}
+        one_rate = len(answers) / one_seconds
+        results = {"per_row": {"seconds": one_seconds, "rows_per_s": one_rate, "calls": len(answers),
+                               "pad_share": 0.0}}
         runs = [(size, sort) for size in args.batch_sizes for sort in (True, False) if sort or size < len(prompts)]
         for size, sort in runs:
             texts, seconds = timed(lambda: batched(model, tokenizer, prompts, settings, size, args.max_length, sort),
                                    args.repeats)
             results[f"{'sorted' if sort else 'in_order'}_{size}"] = {
-                "seconds": seconds, "rows_per_s": len(prompts) / seconds, "ratio_vs_per_row": one_seconds / seconds,
+                "seconds": seconds, "rows_per_s": len(prompts) / seconds,
+                "ratio_vs_per_row": len(prompts) / seconds / one_rate,
                 **batch_plan(lengths, settings, size, sort), "differing_rows": differences(reference, texts)}
         results["per_row"]["new_tokens"] = [a["new_tokens"] for a in answers]
         results["per_row"]["hit_limit"] = sum(a["hit_limit"] for a in answers)
-        print(report(results, len(prompts), args.max_new_tokens))
+        print(report(results, len(answers), args.max_new_tokens))
     if args.json_out:
         args.json_out.write_text(json.dumps({"settings": {**vars(args), "model": str(args.model),
                                                           "json_out": str(args.json_out)},

@@ -14,10 +14,12 @@
 # timeout cut from one time budget (--budget, default 480 s), each failure reported loudly (FAILED ... and the
 # end of its log), and the next step run anyway:
 #   1. env:         GPU, driver and package versions                     -> env.log
-#   2. pytest_gpu:  python -m pytest -m gpu -v, 120 s a test at most (at most 170 s; each result is in the log
-#                   as it finishes, so a cut run still says which passed) -> pytest_gpu.log, pytest_gpu.xml
-#   3. generation:  bench/generation.py on cuda: lit-lora's batched evaluation generation against one generate
-#                   call per row, 64 prompts, 64 new tokens (at most 100 s) -> generation.log, generation.json
+#   2. pytest_gpu:  python -m pytest -m gpu -v, 4 workers with pytest-xdist, 150 s a test at most (at most 200 s;
+#                   each result is in the log as it finishes, and a cut run still prints its failures)
+#                                                                        -> pytest_gpu.log, pytest_gpu.xml
+#   3. generation:  bench/generation.py on cuda: lit-lora's batched evaluation generation of 64 prompts, 64 new
+#                   tokens, against one generate call per row on 16 of them (at most 80 s)
+#                                                                        -> generation.log, generation.json
 #   4. throughput:  bench/gpu_throughput.py: LoRA bf16 and QLoRA NF4 on a random-init Llama-3-8B-shaped model,
 #                   seq 2048, packing when supported: tokens/s, MFU, CUDA peak memory vs lit-lora estimate
 #                                                                        -> throughput.log, gpu_throughput.{json,md}
@@ -100,7 +102,8 @@ step() {
     return
   fi
   note "start $name (timeout ${t}s): $*"
-  timeout -k 15 "$t" "$@" > "$OUT_DIR/$name.log" 2>&1
+  # SIGINT first: pytest then still prints its failures and writes its XML, a Python bench its traceback
+  timeout -s INT -k 15 "$t" "$@" > "$OUT_DIR/$name.log" 2>&1
   rc=$?
   if [ "$rc" -eq 0 ]; then
     note "ok $name"
@@ -137,13 +140,15 @@ export -f env_report
 export PY
 step env 60 bash -c env_report
 if [ "$DRY" -eq 1 ]; then
-  note "dry run: would run: $PY -m pytest -m gpu -v -rA --timeout 120 --junitxml=$OUT_DIR/pytest_gpu.xml"
-  note "dry run: would run: $PY bench/generation.py --device cuda --repeats 1 --batch-sizes 64"
+  note "dry run: would run: $PY -m pytest -m gpu -v -rA --timeout 150 ${PARALLEL:-} --junitxml=$OUT_DIR/pytest_gpu.xml"
+  note "dry run: would run: $PY bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16"
   step throughput 300 "$PY" bench/gpu_throughput.py --dry-run --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS"
 else
-  step pytest_gpu 170 "$PY" -m pytest -m gpu -v -rA --timeout 120 --durations 10 -p no:cacheprovider \
+  # each GPU test runs a `lit-lora fit` of its own (30-60 s): four at a time where pytest-xdist is installed
+  PARALLEL=$("$PY" -c 'import xdist' 2> /dev/null && echo "-n 4 --dist load")
+  step pytest_gpu 200 "$PY" -m pytest -m gpu -v -rA --timeout 150 --durations 10 -p no:cacheprovider $PARALLEL \
     --junitxml="$OUT_DIR/pytest_gpu.xml"
-  step generation 100 "$PY" bench/generation.py --device cuda --repeats 1 --batch-sizes 64 \
+  step generation 80 "$PY" bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16 \
     --json-out "$OUT_DIR/generation.json"
   remaining=$(left)
   step throughput "$remaining" "$PY" bench/gpu_throughput.py --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS" \

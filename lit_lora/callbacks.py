@@ -135,12 +135,13 @@ def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_bat
         loader = loader[0]
     was_training = pl_module.training
     pl_module.eval()
-    total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
-    count = torch.zeros((), dtype=torch.float64, device=pl_module.device)
+    device = trainer.strategy.root_device  # not pl_module.device: the CPU under ZeRO-3, which moves no module
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
     for i, batch in enumerate(loader):
         if limit_batches is not None and i >= limit_batches:
             break
-        summed, n = pl_module.loss_terms(without_uncounted_labels(move_data_to_device(batch, pl_module.device)))
+        summed, n = pl_module.loss_terms(without_uncounted_labels(move_data_to_device(batch, device)))
         total += summed.double()
         count += n
     pl_module.train(was_training)

@@ -45,12 +45,19 @@ def test_train_throughput_contenders_run_on_the_batches_they_claim(tmp_path):
     assert results["plain grouped bf16"]["loss"]["1"] != results["plain grouped"]["loss"]["1"]  # autocast ran
 
 
-def test_generation_bench_batches_answer_as_per_row_calls(tmp_path):
+@pytest.mark.parametrize("per_row_prompts", [None, 5])
+def test_generation_bench_batches_answer_as_per_row_calls(tmp_path, per_row_prompts):
+    """``--per-row-prompts N`` (the GPU step's) times one call per row on the first N prompts: the ratio is of rates."""
     out = tmp_path / "generation.json"
-    run_bench("generation.py", "--quick", "--json-out", str(out))
+    run_bench("generation.py", "--quick", "--json-out", str(out),
+              *(["--per-row-prompts", str(per_row_prompts)] if per_row_prompts else []))
     results = json.loads(out.read_text())["results"]
     batched = {name: r for name, r in results.items() if name != "per_row"}
     assert batched and all(r["differing_rows"] == [] for r in batched.values()), batched
+    per_row = results["per_row"]
+    assert per_row["calls"] == len(per_row["new_tokens"]) == (per_row_prompts or 16)
+    for r in batched.values():
+        assert r["ratio_vs_per_row"] == pytest.approx(r["rows_per_s"] / per_row["rows_per_s"])
 
 
 def test_padding_bench_orders_the_batchings():

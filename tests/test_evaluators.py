@@ -51,3 +51,22 @@ def test_evaluator_metrics_add_nothing_to_a_checkpoint(tiny_model):
         assert evaluator.state_dict() == {}
     module = SequenceClassifierModule(tiny_model("roberta"), label_names=["a", "b"])
     assert [k for k in module.state_dict() if k.startswith("evaluator")] == []
+
+
+
+@pytest.mark.parametrize("hook", ["on_validation_epoch_start", "on_test_epoch_start"])
+def test_evaluation_puts_the_metrics_on_the_strategys_device(tiny_model, hook):
+    """Under ZeRO-3 nothing moves the module to the GPU (``zero.Init`` placed its parameters), so metrics left where
+    ``__init__`` built them met a CUDA loss on the CPU. Here the strategy's device is ``meta``: they must go there."""
+    from types import SimpleNamespace
+
+    import torch
+
+    module = CausalLMModule(tiny_model("llama"))
+    module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")),
+                                     state=SimpleNamespace(fn="fit"))
+    module.data_contract = SimpleNamespace(split_of=lambda stage: stage, prompts=lambda split: None, source="rows")
+    getattr(module, hook)()
+    states = [value for metric in module.evaluator.modules() if hasattr(metric, "_defaults")
+              for value in (getattr(metric, name) for name in metric._defaults) if torch.is_tensor(value)]
+    assert states and {value.device.type for value in states} == {"meta"}

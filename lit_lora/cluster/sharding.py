@@ -27,6 +27,13 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from lit_lora.cluster.lightning_compat import attached_trainer
 
 
+def run_device(module) -> torch.device:
+    """The device Lightning puts batches on: the strategy's. ``module.device`` says the CPU under DeepSpeed ZeRO-3,
+    which moves no module (``zero.Init`` placed the parameters), so tensors made to meet a batch ask here."""
+    trainer = attached_trainer(module)
+    return trainer.strategy.root_device if trainer is not None else module.device
+
+
 def is_zero3_partitioned(model: torch.nn.Module) -> bool:
     """DeepSpeed ZeRO-3 marks each partitioned parameter with ``ds_id``."""
     return any(hasattr(p, "ds_id") for p in model.parameters())

@@ -36,8 +36,9 @@ from lit_lora.model_source import resolve_model_path
 from lit_lora.models import builder
 from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
 from lit_lora.models.token_loss import label_count, step_label_count, summed_loss
+from lit_lora.cluster import sharding
 from lit_lora.cluster.lightning_compat import attached_trainer
-from lit_lora.cluster.sharding import outside_zero3_init, partitioned_share, partitioned_loading, zero3_config
+from lit_lora.cluster.sharding import outside_zero3_init, partitioned_loading, partitioned_share, zero3_config
 from lit_lora.optim import OptimizerSettings, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -146,12 +147,11 @@ class FineTuneModule(L.LightningModule):
     def configure_model(self) -> None:
         """Build base model + adapter.
 
-        Under ZeRO-3 (Lightning calls this inside ``deepspeed.zero.Init``) the base is loaded straight
-        into partitions, each rank keeping 1/N of it (``sharding.partitioned_loading``). A quantized base
-        (bitsandbytes quantizes whole weights), or any base of a class with ``loads_zero3_partitions``
-        False, is loaded whole and partitioned by the engine. The adapter is always added outside
-        ``zero.Init``: peft initialises its new weights in place (LoRA's B to zero), which a partitioned
-        parameter would ignore.
+        Under ZeRO-3 (Lightning calls this inside ``deepspeed.zero.Init``) the base is loaded straight into
+        partitions, each rank keeping 1/N of it (``sharding.partitioned_loading``). A quantized base (bitsandbytes
+        quantizes whole weights), or any base of a class with ``loads_zero3_partitions`` False, is loaded whole
+        and partitioned by the engine. The adapter is always added outside ``zero.Init``: peft initialises its new
+        weights in place (LoRA's B to zero), which a partitioned parameter would ignore.
         """
         if self.model is not None:
             return
@@ -287,7 +287,7 @@ class FineTuneModule(L.LightningModule):
 
     # ---- evaluation: the hooks once, the work in self.evaluator (lit_lora.evaluation.evaluators) ------------------
     def on_validation_epoch_start(self) -> None:
-        self.evaluator.start(self, "val")
+        self.evaluator.to(sharding.run_device(self)).start(self, "val")  # ZeRO-3 moves no module
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluator.step(self, batch, "val", dataloader_idx)
@@ -296,7 +296,7 @@ class FineTuneModule(L.LightningModule):
         self.evaluator.end(self, "val")
 
     def on_test_epoch_start(self) -> None:
-        self.evaluator.start(self, "test")
+        self.evaluator.to(sharding.run_device(self)).start(self, "test")
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluator.step(self, batch, "test", dataloader_idx)

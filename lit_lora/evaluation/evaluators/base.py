@@ -1,7 +1,9 @@
 """What every evaluator is, and the pieces evaluators share (which stages generate, the train-overlap check).
 
-An evaluator is an ``nn.Module`` child of the ``FineTuneModule`` it evaluates (its torchmetrics move to the
-module's device and sync across ranks with it; their states are not persistent, so checkpoints do not change).
+An evaluator is an ``nn.Module`` child of the ``FineTuneModule`` it evaluates (its torchmetrics sync across ranks
+with it; their states are not persistent, so checkpoints do not change). ``FineTuneModule`` puts it on the strategy's
+device before each evaluation: under ZeRO-3 neither Lightning nor DeepSpeed moves the module (``zero.Init`` placed
+its parameters), so metrics built in ``__init__`` would stay on the CPU beside a CUDA loss.
 ``FineTuneModule`` writes the Lightning hooks once and calls ``start`` / ``step`` / ``end``::
 
     >>> from lit_lora.evaluation.evaluators import LossEvaluator
@@ -9,7 +11,7 @@ module's device and sync across ranks with it; their states are not persistent, 
     >>> evaluator.compares_generated_text, evaluator.extra_metrics   # compare refuses a module evaluated so
     (False, {})
 
-In ``FineTuneModule``: ``on_validation_epoch_start`` -> ``evaluator.start(module, "val")``, ``validation_step`` ->
+In ``FineTuneModule``: ``on_validation_epoch_start`` -> ``evaluator.to(device).start(module, "val")``, ``validation_step`` ->
 ``evaluator.step(module, batch, "val", dataloader_idx)``, ``on_validation_epoch_end`` -> ``evaluator.end(module,
 "val")``; the same for test.
 

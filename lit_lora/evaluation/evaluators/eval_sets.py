@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lit_lora.cluster.sharding import run_device
 from lit_lora.evaluation.classification import ClassificationMetrics
 
 
@@ -48,14 +49,14 @@ class EvalSetMetrics(nn.Module):
         """The set's metrics of ``kind`` (created on first use: sets are logged in the order first used)."""
         key = f"{stage}_{dataloader_idx}_{kind}"
         if key not in self.metrics:
-            self.metrics[key] = ClassificationMetrics(module.label_names, allow_unparseable).to(module.device)
+            self.metrics[key] = ClassificationMetrics(module.label_names, allow_unparseable).to(run_device(module))
         return self.metrics[key]
 
     def update_loss(self, module, stage: str, dataloader_idx: int, summed: torch.Tensor, count: torch.Tensor) -> None:
         """Add a batch's summed loss over ``count`` labels to its evaluation set's weighted mean."""
         key = f"{stage}_{dataloader_idx}"
         if key not in self.losses:
-            self.losses[key] = MeanMetric().to(module.device)
+            self.losses[key] = MeanMetric().to(run_device(module))
         self.losses[key].update(summed / count.clamp(min=1), weight=count)
 
     def log(self, module, stage: str, details: dict) -> None:

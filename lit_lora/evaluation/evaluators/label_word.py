@@ -21,6 +21,7 @@ from collections import defaultdict
 
 import torch
 
+from lit_lora.cluster.sharding import run_device
 from lit_lora.data.eval_sharding import counted_indices, without_uncounted_labels
 from lit_lora.evaluation.evaluators.answer_queue import AnswerQueue
 from lit_lora.evaluation.evaluators.base import Evaluator, full_evaluation, generates, overlap_with_training
@@ -52,7 +53,7 @@ class LabelWordEvaluator(Evaluator):
         self.sets.update_loss(module, stage, dataloader_idx, *module.loss_terms(without_uncounted_labels(batch)))
         keep = counted_indices(batch)  # rows a padding rank repeats are run but not counted
         names, contract = module.label_names, module.data_contract
-        gold = torch.tensor([names.index(r) for r in batch["reference"]], device=module.device)
+        gold = torch.tensor([names.index(r) for r in batch["reference"]], device=run_device(module))
         scores = candidate_log_likelihoods(module.model, contract.tokenizer, batch["prompt"], names,
                                            add_special_tokens=contract.add_special_tokens)
         self.sets.metrics_for(module, stage, dataloader_idx, "likelihood").update(scores.argmax(-1)[keep], gold[keep])
@@ -71,7 +72,7 @@ class LabelWordEvaluator(Evaluator):
 
     def score_answers(self, module, stage: str) -> None:
         """Generation metrics of each evaluation set from the queued rows' answers (counted rows only)."""
-        names, device = module.label_names, module.device
+        names, device = module.label_names, run_device(module)
         by_set: dict[int, list] = defaultdict(list)
         for row, answer in self.queue.answer(module):
             by_set[row["eval_set"]] += [(answer.text, row["reference"])] if row["counted"] else []
