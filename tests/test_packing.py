@@ -338,20 +338,23 @@ def worst_row_error(model, rows, plan, flatten: bool, device: str = "cpu", with_
     return logit_error, loss_error, abs(whole - total) / max(abs(total), 1.0)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", CAUSAL)
-def test_a_packed_row_equals_the_row_alone(arch, attn, tiny_model):
+def test_a_packed_row_equals_the_row_alone(arch, attn, device, tiny_model):
+    """float32, so 1e-5 holds; on a GPU without flash-attn, sdpa's block mask is the packing a bf16 run gets too."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation=attn,
-                                                 dtype=torch.float32).eval()
+                                                 dtype=torch.float32).to(device).eval()
     rows, plan = packed_rows()
     for flatten in (False, True):
-        logits, loss, whole = worst_row_error(model, rows, plan, flatten)
-        print(f"{arch} {attn} {'flattened' if flatten else 'stacked'}: logits {logits:.1e}, summed loss {loss:.1e}")
+        logits, loss, whole = worst_row_error(model, rows, plan, flatten, device=device)
+        print(f"{arch} {attn} {device} {'flattened' if flatten else 'stacked'}: logits {logits:.1e}, "
+              f"summed loss {loss:.1e}")
         assert logits < 1e-5 and loss < 1e-5 and whole < 1e-6, (arch, attn, flatten, logits, loss, whole)
     # the same batch without restarting positions is one causal sequence: later rows see earlier ones
-    contaminated, _, _ = worst_row_error(model, rows, plan, flatten=False, with_positions=False)
+    contaminated, _, _ = worst_row_error(model, rows, plan, flatten=False, device=device, with_positions=False)
     assert contaminated > 1e-2, contaminated
 
 
