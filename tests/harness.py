@@ -243,6 +243,35 @@ def adapter_tensors(adapter_dir: Path) -> dict:
     return load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
 
 
+def assert_complete_lora_adapter(adapter_dir: Path, model_dir: str, scratch: Path, lora_args: dict) -> None:
+    """What a sharded run (ZeRO-3, FSDP) saved in ``adapter_dir`` is a whole adapter: every tensor of an unsharded
+    LoRA adapter of the same ``lora_args`` (written on the CPU by peft into ``scratch``), none empty (an
+    ungathered shard would be), the same shapes, B moved off zero by training, and plain
+    ``PeftModel.from_pretrained`` loads it to the same values."""
+    import torch
+    from peft import PeftModel, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.adapters import LoRA
+    from lit_lora.models import CausalLMModule
+
+    saved = adapter_tensors(adapter_dir)
+    reference = CausalLMModule(model_dir, adapter=LoRA(**lora_args))
+    reference.configure_model()
+    reference.save_pretrained(scratch)
+    expected = adapter_tensors(scratch)
+    assert set(saved) == set(expected), sorted(set(saved) ^ set(expected))[:5]
+    for name, tensor in expected.items():
+        assert saved[name].numel() > 0, f"{name} is empty (an ungathered shard?)"
+        assert saved[name].shape == tensor.shape, (name, saved[name].shape, tensor.shape)
+    assert any(n.endswith("lora_B.weight") and saved[n].abs().sum() > 0 for n in saved)  # B starts at zero
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    loaded = get_peft_model_state_dict(PeftModel.from_pretrained(base, str(adapter_dir)))
+    for name, tensor in saved.items():
+        torch.testing.assert_close(loaded[name].float(), tensor.float(), msg=name)
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 

@@ -31,11 +31,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from harness import (CONFIGS, DEMO, deepspeed_on_cpu_env, metrics_dir, metrics_rows, read_losses, run_cli,
-                     run_cli_subprocess, validation_rows)
-from safetensors.torch import load_file
+from harness import (CONFIGS, DEMO, assert_complete_lora_adapter, deepspeed_on_cpu_env, metrics_dir, metrics_rows,
+                     read_losses, run_cli, run_cli_subprocess, validation_rows)
 
 STEPS = 4
 ROWS = 8  # training rows: one global batch, repeated every step
@@ -58,6 +56,7 @@ CASES = {  # id -> (strategy fragment, ZeRO stage, adapter arguments)
 }
 DEVICES = {"cpu": 2, "cuda": 1}  # device -> ranks
 ON = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+REFERENCE_LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}  # LORA below, as LoRA()'s
 LORA = ["--model.init_args.adapter.init_args.r", "8", "--model.init_args.adapter.init_args.alpha", "16",
         "--model.init_args.adapter.init_args.dropout", "0.0",
         "--model.init_args.adapter.init_args.target_modules", "all-linear"]
@@ -120,17 +119,6 @@ def test_fit_arguments_parse_into_the_intended_strategy(case, device, tiny_model
         assert adapter["class_path"].endswith(".LoRA")
 
 
-def reference_adapter(model_dir: str, out: Path) -> dict[str, torch.Tensor]:
-    """An unsharded, untrained LoRA adapter of the same r / targets, written on the CPU by peft."""
-    from lit_lora.adapters import LoRA
-    from lit_lora.models import CausalLMModule
-
-    module = CausalLMModule(model_dir, adapter=LoRA(r=8, alpha=16, dropout=0.0, target_modules="all-linear"))
-    module.configure_model()
-    module.save_pretrained(out)
-    return load_file(out / "adapter_model.safetensors")
-
-
 def train_losses(run_dir: Path) -> list[float]:
     return [loss for _, loss in sorted(read_losses(run_dir).items())]
 
@@ -154,9 +142,6 @@ def fitted(tiny_model, torch_extensions_dir, tmp_path_factory):
 @pytest.mark.parametrize("device", ON)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_deepspeed_fit_saves_a_complete_adapter(case, device, tiny_model, fitted, tmp_path):
-    from peft import PeftModel, get_peft_model_state_dict
-    from transformers import AutoModelForCausalLM
-
     model_dir = tiny_model("llama")
     run_dir, _ = fitted(case, device)
     losses = train_losses(run_dir)
@@ -166,20 +151,7 @@ def test_deepspeed_fit_saves_a_complete_adapter(case, device, tiny_model, fitted
     assert len(validations) == STEPS and all(math.isfinite(r["val_loss"]) for r in validations), validations
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 2, predictions  # both validation rows, generated on different ranks on cpu
-
-    saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
-    expected = reference_adapter(model_dir, tmp_path / "reference")
-    assert set(saved) == set(expected), sorted(set(saved) ^ set(expected))[:5]
-    for name, tensor in expected.items():
-        assert saved[name].numel() > 0, f"{name} is empty (an ungathered ZeRO-3 shard?)"
-        assert saved[name].shape == tensor.shape, (name, saved[name].shape, tensor.shape)
-    assert any(n.endswith("lora_B.weight") and saved[n].abs().sum() > 0 for n in saved)  # B starts at zero
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
-    loaded = get_peft_model_state_dict(model)
-    for name, tensor in saved.items():
-        torch.testing.assert_close(loaded[name].float(), tensor.float(), msg=name)
+    assert_complete_lora_adapter(run_dir / "adapter", model_dir, tmp_path / "reference", REFERENCE_LORA)
 
 
 PARTITION_LINE = re.compile(r"ZeRO-3: rank (\d+) loaded ([\d,]+) of ([\d,]+) base weights")
