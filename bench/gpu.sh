@@ -14,7 +14,7 @@
 # timeout cut from one time budget (--budget, default 480 s), each failure reported loudly (FAILED ... and the
 # end of its log), and the next step run anyway:
 #   1. env:         GPU, driver and package versions                     -> env.log
-#   2. pytest_gpu:  python -m pytest -m gpu -v, 4 workers with pytest-xdist, 150 s a test at most (at most 200 s;
+#   2. pytest_gpu:  python -m pytest -m gpu -v, 6 workers with pytest-xdist, 150 s a test at most (at most 200 s;
 #                   each result is in the log as it finishes, and a cut run still prints its failures)
 #                                                                        -> pytest_gpu.log, pytest_gpu.xml
 #   3. generation:  bench/generation.py on cuda: lit-lora's batched evaluation generation of 64 prompts, 64 new
@@ -144,8 +144,8 @@ if [ "$DRY" -eq 1 ]; then
   note "dry run: would run: $PY bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16"
   step throughput 300 "$PY" bench/gpu_throughput.py --dry-run --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS"
 else
-  # each GPU test runs a `lit-lora fit` of its own (30-60 s): four at a time where pytest-xdist is installed
-  PARALLEL=$("$PY" -c 'import xdist' 2> /dev/null && echo "-n 4 --dist load")
+  # most GPU tests run a `lit-lora fit` of their own (30-60 s): six at a time where pytest-xdist is installed
+  PARALLEL=$("$PY" -c 'import xdist' 2> /dev/null && echo "-n 6 --dist load")
   step pytest_gpu 200 "$PY" -m pytest -m gpu -v -rA --timeout 150 --durations 10 -p no:cacheprovider $PARALLEL \
     --junitxml="$OUT_DIR/pytest_gpu.xml"
   step generation 80 "$PY" bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16 \
