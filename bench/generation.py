@@ -173,8 +173,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
-    if args.per_row_prompts is None or not 0 < args.per_row_prompts <= args.prompts:
+    if args.per_row_prompts is None:
         args.per_row_prompts = args.prompts
+    elif not 0 < args.per_row_prompts <= args.prompts:
+        parser.error(f"--per-row-prompts takes 1 to --prompts ({args.prompts}), not {args.per_row_prompts}")
     return args
 
 

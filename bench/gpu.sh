@@ -139,13 +139,13 @@ note "gpu.sh: out=$OUT_DIR python=$PY layers=$LAYERS steps=$STEPS budget=${BUDGE
 export -f env_report
 export PY
 step env 60 bash -c env_report
+# most GPU tests run a `lit-lora fit` of their own (30-60 s): six at a time where pytest-xdist is installed
+PARALLEL=$("$PY" -c 'import xdist' 2> /dev/null && echo "-n 6 --dist load")
 if [ "$DRY" -eq 1 ]; then
   note "dry run: would run: $PY -m pytest -m gpu -v -rA --timeout 150 ${PARALLEL:-} --junitxml=$OUT_DIR/pytest_gpu.xml"
   note "dry run: would run: $PY bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16"
   step throughput 300 "$PY" bench/gpu_throughput.py --dry-run --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS"
 else
-  # most GPU tests run a `lit-lora fit` of their own (30-60 s): six at a time where pytest-xdist is installed
-  PARALLEL=$("$PY" -c 'import xdist' 2> /dev/null && echo "-n 6 --dist load")
   step pytest_gpu 200 "$PY" -m pytest -m gpu -v -rA --timeout 150 --durations 10 -p no:cacheprovider $PARALLEL \
     --junitxml="$OUT_DIR/pytest_gpu.xml"
   step generation 80 "$PY" bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16 \

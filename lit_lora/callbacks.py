@@ -24,6 +24,7 @@ from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_lora.cluster.sharding import run_device
 from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.export import merge_and_save
 from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError, check_finite_weights
@@ -135,7 +136,7 @@ def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_bat
         loader = loader[0]
     was_training = pl_module.training
     pl_module.eval()
-    device = trainer.strategy.root_device  # not pl_module.device: the CPU under ZeRO-3, which moves no module
+    device = run_device(pl_module)  # not pl_module.device: the CPU under ZeRO-3, which moves no module
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     for i, batch in enumerate(loader):

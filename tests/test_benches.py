@@ -60,6 +60,12 @@ def test_generation_bench_batches_answer_as_per_row_calls(tmp_path, per_row_prom
         assert r["ratio_vs_per_row"] == pytest.approx(r["rows_per_s"] / per_row["rows_per_s"])
 
 
+def test_generation_bench_refuses_more_per_row_prompts_than_prompts():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "generation.py"), "--quick", "--per-row-prompts", "17"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--per-row-prompts takes 1 to --prompts (16), not 17" in done.stderr, done.stderr
+
+
 def test_padding_bench_orders_the_batchings():
     out = run_bench("padding.py", "--rows", "400", "--epochs", "1")
     padding = {line[:20].strip(): float(line[20:].split()[0].rstrip("%")) for line in out.splitlines()

@@ -11,9 +11,9 @@ its parameters), so metrics built in ``__init__`` would stay on the CPU beside a
     >>> evaluator.compares_generated_text, evaluator.extra_metrics   # compare refuses a module evaluated so
     (False, {})
 
-In ``FineTuneModule``: ``on_validation_epoch_start`` -> ``evaluator.to(device).start(module, "val")``, ``validation_step`` ->
-``evaluator.step(module, batch, "val", dataloader_idx)``, ``on_validation_epoch_end`` -> ``evaluator.end(module,
-"val")``; the same for test.
+In ``FineTuneModule``: ``on_validation_epoch_start`` -> ``evaluator.to(device).start(module, "val")``,
+``validation_step`` -> ``evaluator.step(module, batch, "val", dataloader_idx)``, ``on_validation_epoch_end`` ->
+``evaluator.end(module, "val")``; the same for test.
 
 Evaluators read run-time data only from ``module.data_contract`` (``lit_lora.data.contract``) and settings from the
 module (``module.evaluation``, ``module.label_names``), at the time they run: ``lit-lora compare`` and tests change
