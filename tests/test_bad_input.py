@@ -13,6 +13,7 @@ import pytest
 from harness import DEMO, build_cli, run_cli_subprocess
 
 from lit_lora.data import InstructionDataModule
+from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.nli import MultiNLIDataModule, SNLIDataModule
 
 pytestmark = pytest.mark.faults
@@ -73,6 +74,53 @@ def test_bytes_that_are_not_utf8_name_file_line_and_field(tmp_path, tiny_model):
     (tmp_path / "snli.csv").write_bytes(csv)
     dm = SNLIDataModule(source=str(tmp_path / "snli.csv"), tokenizer_name_or_path=tiny_model("llama"))
     assert "snli.csv: line 4, field 'premise': byte 0xe9 is not UTF-8" in setup_error(dm)
+
+
+def test_a_byte_order_mark_is_no_error_and_hides_no_other(tmp_path, tiny_model):
+    """Excel and Notepad start UTF-8 files with a BOM: the rows load, and a bad line after it is still named."""
+    lines = [json.dumps(code_row(i)) for i in range(6)]
+    (tmp_path / "bom.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    instruction_dm(tiny_model, str(tmp_path / "bom.jsonl")).setup("fit")
+    lines[5] = '{"instruction": "x", "input": "", "output" "y"}'
+    (tmp_path / "bom_bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    message = setup_error(instruction_dm(tiny_model, str(tmp_path / "bom_bad.jsonl")))
+    assert "bom_bad.jsonl: line 6, column 44: invalid JSON" in message
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("empty.jsonl", "", "empty.jsonl: no rows: the file is empty"),
+    ("blank.jsonl", "\n\n", "blank.jsonl: no rows: the file is empty"),
+    ("header.csv", "instruction,input,output,text\n", "header.csv: no rows: only a header line"),
+    ("empty.csv", "", "empty.csv: no rows: the file is empty"),
+    ("array.json", json.dumps([code_row(0), 42], indent=1), "array.json: line 8: a JSON number where each element"),
+    ("quote.csv", "instruction,input,output,text\nAdd a,,x,t\n\"Add b,,y,t\nAdd c,,z,t\n",
+     "quote.csv: line 3: invalid CSV (unexpected end of data) (a quoted field that starts on this line"),
+])
+def test_files_datasets_cannot_read_are_named_with_their_line(tmp_path, tiny_model, name, content, expected):
+    (tmp_path / name).write_text(content)
+    assert expected in setup_error(instruction_dm(tiny_model, str(tmp_path / name)), DataFileError)
+
+
+def test_each_file_of_a_directory_is_checked_on_its_own(tmp_path, tiny_model):
+    """Read together, datasets casts a later file to the first file's types: a list or a number in b.jsonl
+    would become text and train. Each file is read and checked alone, and named."""
+    (tmp_path / "data").mkdir()
+    write_lines(tmp_path / "data" / "a.jsonl", [json.dumps(code_row(i)) for i in range(8)])
+    lines = [json.dumps(code_row(i)) for i in range(8)]
+    lines[6] = json.dumps(code_row(6, output=["a", "b"]))
+    write_lines(tmp_path / "data" / "b.jsonl", lines)
+    message = setup_error(instruction_dm(tiny_model, str(tmp_path / "data")), DataFileError)
+    assert f"{tmp_path / 'data' / 'b.jsonl'}: column 'output' holds list values among strings" in message
+    assert "first at data row 6 (0-based; line 7): ['a', 'b']" in message
+
+    write_lines(tmp_path / "data" / "b.jsonl", [json.dumps(code_row(i, output=7)) for i in range(8)])
+    message = setup_error(instruction_dm(tiny_model, str(tmp_path / "data")), DataFileError)
+    assert "b.jsonl: column 'output' holds int64 values" in message
+
+    write_lines(tmp_path / "data" / "b.jsonl", [json.dumps(code_row(i + 8)) for i in range(8)])
+    dm = instruction_dm(tiny_model, str(tmp_path / "data"))
+    dm.setup("fit")  # good files are joined, every row once
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 16
 
 
 # ---- 2. a text column of the wrong type ----------------------------------------------------------------
@@ -188,6 +236,16 @@ def test_a_bad_data_line_ends_the_command_with_one_line_naming_it(tmp_path, via)
         f"lit-lora: DataFileError: {data}: line 3, column 32: invalid JSON (Expecting value)"
     verbose = run_cli_subprocess([*args, "--verbose"], via=via, check=False)
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "DataFileError" in verbose.stderr
+
+
+def test_a_missing_data_file_ends_the_command_with_one_line_naming_it(tmp_path):
+    missing = str(tmp_path / "nope.jsonl")
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                                 "--data.init_args.source", missing], env={"LIT_LORA_VERBOSE": None}, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"lit-lora: DataFileError: {missing}: no such file or directory")
 
 
 def test_a_refused_packing_setting_ends_the_command_with_one_line(tmp_path):

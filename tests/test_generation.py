@@ -89,5 +89,5 @@ def test_ds1000_filters_libraries_and_groups_rows(tiny_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "reference_code": "c", "metadata": {"library": "Numpy"}}) + "\n"
                    + json.dumps({"prompt": "p2", "reference_code": "c", "metadata": {}}) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl.*row 1.*'metadata'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl \(train\): data row 1 \(0-based; line 2\), field 'metadata'"):
         DS1000DataModule(source=str(bad), tokenizer_name_or_path=tiny_model("llama")).setup("fit")

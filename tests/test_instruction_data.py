@@ -7,6 +7,7 @@ import pytest
 
 from lit_lora.data import InstructionDataModule
 from lit_lora.data.collators import IGNORE_INDEX
+from lit_lora.data.file_errors import DataFileError
 
 
 def write_jsonl(path, rows):
@@ -161,5 +162,5 @@ def test_rows_cut_at_max_length_are_counted_and_logged(tmp_path, tiny_model, cap
 
 def test_missing_local_file_is_a_clear_error_not_a_hub_lookup(tiny_model, tmp_path):
     dm = make_dm(tiny_model, str(tmp_path / "nope.jsonl"))
-    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl: no such file"):
+    with pytest.raises(DataFileError, match=r"nope\.jsonl: no such file"):  # one line from the CLI
         dm.setup("fit")

@@ -25,6 +25,7 @@ from lit_lora.data.collators import PackCollator, PadCollator
 from lit_lora.data.contract import (TRAINING_SPLIT_KEYS, DataContract, declared_flattened_packing,
                                     declared_packing_refusal)
 from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
+from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.packing import packed_train_loader, packing_summary
 from lit_lora.data.resumable import train_loader
 from lit_lora.data.sources import load_rows, take_subset
@@ -101,6 +102,8 @@ class TextDataModule(L.LightningDataModule):
     text_columns: ClassVar[tuple[str, ...]] = ()
     default_source: ClassVar[Optional[str]] = None
     padding_side: ClassVar[str] = "right"
+    # what a row cut at max_length loses, for the console's count of them
+    truncation: ClassVar[str] = "response shortened"
     encoder_decoder: bool = False  # classification rows; SFTDataModule tokenises for either kind of model
     eval_names: tuple[str, ...] = ("validation",)  # names of the validation dataloaders (NLI: matched, mismatched)
 
@@ -189,7 +192,7 @@ class TextDataModule(L.LightningDataModule):
         else:
             train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
             if len(train) < 2:
-                raise ValueError(f"{self.source}: {len(train)} row(s) cannot be split into train and validation")
+                raise DataFileError(f"{self.source}: {len(train)} row(s) cannot be split into train and validation")
             parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
             train, val = parts["train"], parts["test"]
         if self.max_eval_samples is not None:
@@ -224,10 +227,10 @@ class TextDataModule(L.LightningDataModule):
         detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
         log.info("[lit-lora] %s: kept %d of %d rows%s%s", split, len(encoded), len(dataset),
                  f"; dropped {sum(reasons.values())} ({detail})" if reasons else "",
-                 f"; {truncated} kept rows cut at max_length={self.max_length} (response shortened)"
+                 f"; {truncated} kept rows cut at max_length={self.max_length} ({self.truncation})"
                  if truncated else "")
         if len(encoded) == 0:
-            raise ValueError(f"{self.source} ({split}): no row left to train on ({detail})")
+            raise DataFileError(f"{self.source} ({split}): every row was dropped ({detail})")
         return encoded.remove_columns(["_drop", "_truncated"])
 
     def _encode_with_drop(self, row: dict) -> dict:

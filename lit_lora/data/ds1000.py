@@ -10,21 +10,23 @@ from __future__ import annotations
 
 from collections import Counter
 import logging
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Sequence
 
 from datasets import Dataset
 
-from lit_lora.data.file_errors import DataFileError
+from lit_lora.data.file_errors import DataFileError, describe_row
+from lit_lora.data.sources import local_files
 from lit_lora.data.sft import Example, SFTDataModule
 
 log = logging.getLogger("lit_lora")
 
 
-def library_of(row: dict, where: str = "DS-1000", index: int | None = None) -> str:
+def library_of(row: dict, where: str = "DS-1000", index: int | None = None,
+               files: Optional[Sequence[str]] = None) -> str:
     metadata = row.get("metadata")
     if not isinstance(metadata, dict) or not metadata.get("library"):
-        at = f" row {index}" if index is not None else ""
-        raise DataFileError(f"{where}{at}: field 'metadata' must be an object with a 'library' (got {metadata!r})")
+        at = f" {describe_row(files, index)}," if index is not None else ""
+        raise DataFileError(f"{where}:{at} field 'metadata' must be an object with a 'library' (got {metadata!r})")
     return str(metadata["library"])
 
 
@@ -49,7 +51,8 @@ class DS1000DataModule(SFTDataModule):
             library_of(row, where, i)
 
     def clean_rows(self, dataset: Dataset, where: str) -> Dataset:
-        found = Counter(library_of(row, where, i) for i, row in enumerate(dataset.select_columns(["metadata"])))
+        files = local_files(where.rsplit(" (", 1)[0])  # where: "<source> (<split>)", rows still in file order
+        found = Counter(library_of(row, where, i, files) for i, row in enumerate(dataset.select_columns(["metadata"])))
         if not self.libraries:
             return dataset
         wanted = {lib.lower() for lib in self.libraries}

@@ -45,7 +45,7 @@ def field_with_bad_bytes(path: str, raw: bytes) -> Optional[str]:
     """The column of ``raw`` (one line of ``path``) that holds the bytes that are not UTF-8, if it can be told."""
     line = raw.decode("utf-8", errors="surrogateescape")
     if Path(path).suffix == ".csv":
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
             header = next(csv.reader(f), [])
         values = next(csv.reader([line]), [])
         fields = zip(header, values) if len(values) == len(header) else ()
@@ -79,23 +79,43 @@ def innermost(err: BaseException) -> BaseException:
 
 def json_problem(path: str) -> Optional[str]:
     """What keeps a JSON / JSON-lines file from being rows, as ``line N[, field F]: ...``; None if nothing is."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is no error (Excel, Notepad write one)
+    if not text.strip():
+        return "no rows: the file is empty"
     if text.lstrip().startswith("["):  # one JSON document: an array of rows
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as err:
-            return f"line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
-        return None
+        return json_array_problem(text)
+    lines = ((n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip())
+    return json_rows_problem(lines, "each line")
+
+
+def json_array_problem(text: str) -> Optional[str]:
+    """``json_problem`` for a file holding one JSON array: invalid JSON, or an element that is not a row."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        return f"line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
+    if not isinstance(rows, list) or not rows:
+        return "no rows: an empty JSON array" if isinstance(rows, list) else None
+    decoder, at = json.JSONDecoder(), text.index("[") + 1
+    elements = []
+    for _ in rows:  # the line each element starts on, for the message
+        at = len(text) - len(text[at:].lstrip(" \t\r\n,"))
+        row, end = decoder.raw_decode(text, at)
+        elements.append((text.count("\n", 0, at) + 1, row))
+        at = end
+    return json_rows_problem(elements, "each element of the array", parsed=True)
+
+
+def json_rows_problem(lines, each: str, parsed: bool = False) -> Optional[str]:
+    """The first line (of ``(line number, text or parsed row)``) that is not a row, or whose field changes type."""
     first_kind: dict[str, tuple[str, int]] = {}
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
+    for lineno, line in lines:
         try:
-            row = json.loads(line)
+            row = line if parsed else json.loads(line)
         except json.JSONDecodeError as err:
             return f"line {lineno}, column {err.colno}: invalid JSON ({err.msg})"
         if not isinstance(row, dict):
-            return f"line {lineno}: a JSON {json_kind(row)} where each line must be an object (one row)"
+            return f"line {lineno}: a JSON {json_kind(row)} where {each} must be an object (one row)"
         for field, kind in ((f, json_kind(v)) for f, v in row.items()):
             seen_kind, seen_line = first_kind.setdefault(field, (kind, lineno)) if kind != "null" else (kind, 0)
             if kind != seen_kind:  # datasets reads a column of mixed types, but not in a file with blank lines
@@ -114,16 +134,24 @@ def json_kind(value: Any) -> str:
 
 
 def csv_problem(path: str) -> Optional[str]:
-    """A CSV row with more fields than the header (pandas' error names no file), as ``line N: ...``."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        start = reader.line_num + 1
-        for record in reader:
-            if len(record) > len(header):
-                return f"line {start}: {len(record)} fields where the header has {len(header)}"
-            start = reader.line_num + 1
-    return None
+    """What keeps a CSV file from being rows (pandas' errors name no file), as ``line N: ...``; None if nothing."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        start = 1
+        try:
+            header = next(reader, [])
+            if not header:
+                return "no rows: the file is empty"
+            start, rows = reader.line_num + 1, 0
+            for record in reader:
+                if len(record) > len(header):
+                    return f"line {start}: {len(record)} fields where the header has {len(header)}"
+                rows += bool(record)
+                start = reader.line_num + 1
+        except csv.Error as err:
+            unclosed = " (a quoted field that starts on this line is never closed)" if "end of data" in str(err) else ""
+            return f"line {start}: invalid CSV ({err}){unclosed}"
+    return None if rows else "no rows: only a header line"
 
 
 def check_text_columns(dataset: Dataset, columns: Sequence[str], where: str,

@@ -170,6 +170,7 @@ class NLIDataModule(NLIRows, TextDataModule):
     """
 
     required_columns: ClassVar[tuple[str, ...]] = ("premise", "hypothesis", "label")
+    truncation: ClassVar[str] = "the longer of premise and hypothesis shortened"
 
     def encode_row(self, row: dict) -> dict:
         label = self.row_label(row)
@@ -205,6 +206,7 @@ class SNLI:
     """The ``stanfordnlp/snli`` schema; label -1 (annotators gave no gold label) is dropped and counted."""
 
     required_columns: ClassVar[tuple[str, ...]] = ("premise", "hypothesis", "label")
+    truncation: ClassVar[str] = "the longer of premise and hypothesis shortened"
     default_source: ClassVar[Optional[str]] = "snli_train.jsonl"
     default_eval: ClassVar[dict[str, tuple[str, str]]] = {"validation": ("validation", "snli_validation.jsonl")}
     no_gold_label: ClassVar[Optional[int]] = NO_GOLD_LABEL

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from datasets import Dataset, Value, load_dataset
+from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
 from lit_lora.data.file_errors import TEXT_DTYPES, TEXT_FILES, DataFileError, check_text_columns, check_utf8, unreadable
 
@@ -36,10 +36,10 @@ def local_files(source: str) -> Optional[list[str]]:
     if path.is_dir():
         files = sorted(str(p) for p in path.iterdir() if p.suffix in BUILDERS)
         if not files:
-            raise FileNotFoundError(f"{source}: directory holds no {', '.join(BUILDERS)} files")
+            raise DataFileError(f"{source}: directory holds no {', '.join(BUILDERS)} files")
         return files
     if source.startswith(("/", "./", "../", "~")) or path.suffix in BUILDERS:
-        raise FileNotFoundError(f"{source}: no such file or directory (and it is not a bundled sample: "
+        raise DataFileError(f"{source}: no such file or directory (and it is not a bundled sample: "
                                 f"{', '.join(sorted(p.name for p in SAMPLES_DIR.glob('*.jsonl')))})")
     return None  # a hub dataset id such as nyu-mll/multi_nli
 
@@ -70,22 +70,45 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
 
 # ---- local files ------------------------------------------------------------------------------------
 def load_local(source: str, files: list[str], text_columns: Sequence[str] = ()) -> Dataset:
-    """``datasets``' reading of local files, with what it cannot read named by file and line."""
+    """``datasets``' reading of local files, with what it cannot read named by file and line.
+
+    The files of a directory are read and checked one by one, then joined: read together, ``datasets``
+    casts every file to the first one's column types, turning a list or a number in a later file into text."""
     suffixes = {Path(f).suffix for f in files}
     unknown = suffixes - set(BUILDERS)
     if unknown or len({BUILDERS[s] for s in suffixes}) != 1:
-        raise ValueError(f"{source}: expected files of one kind among {', '.join(BUILDERS)}, got {sorted(suffixes)}")
-    builder = BUILDERS[suffixes.pop()]
-    for path in files:
-        if Path(path).suffix in TEXT_FILES:
-            check_utf8(path)
+        raise DataFileError(f"{source}: expected files of one kind among {', '.join(BUILDERS)}, "
+                            f"got {sorted(suffixes)}")
+    if len(files) > 1:
+        return join_files(source, files, [load_local(path, [path], text_columns) for path in files])
+    path, builder = files[0], BUILDERS[suffixes.pop()]
+    if Path(path).suffix in TEXT_FILES:
+        check_utf8(path)
     # CSV has no types: keep text columns as written ("042" stays "042", not the int 42)
     options = {"converters": {c: str for c in text_columns}} if builder == "csv" and text_columns else {}
     try:
         dataset = load_dataset(builder, data_files=files, split="train", **options)
     except Exception as err:  # DatasetGenerationError, ArrowInvalid, pandas' ParserError, ...
         raise unreadable(source, files, err) from err
-    return text_as_strings(dataset, text_columns) if builder == "csv" else dataset
+    dataset = text_as_strings(dataset, text_columns) if builder == "csv" else dataset
+    check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], path, files)
+    return dataset
+
+
+def join_files(source: str, files: list[str], parts: list[Dataset]) -> Dataset:
+    """The rows of ``files`` one after another; files whose columns differ are named, not cast to agree."""
+    for path, part in zip(files[1:], parts[1:]):
+        if set(part.column_names) != set(parts[0].column_names):
+            raise DataFileError(f"{source}: {path} has columns {', '.join(part.column_names)} where {files[0]} has "
+                                f"{', '.join(parts[0].column_names)} (give every file the same columns)")
+    try:
+        return concatenate_datasets(parts)
+    except ValueError as err:  # datasets: "features can't be aligned"
+        first = parts[0].features
+        path, part = next(((p, d) for p, d in zip(files, parts) if d.features != first), (files[-1], parts[-1]))
+        column = next((c for c in first if part.features[c] != first[c]), "?")
+        raise DataFileError(f"{source}: column {column!r} is {part.features[column]} in {path} but "
+                            f"{first[column]} in {files[0]} (give the column one type in every file)") from err
 
 
 def text_as_strings(dataset: Dataset, text_columns: Sequence[str]) -> Dataset:
