@@ -5,8 +5,11 @@ stored in the checkpoint (``LightningCLI._parse_ckpt_path``), so ``fit`` would t
 adapter and optimizer settings whatever the config and command line say. ``fit`` stops instead, unless
 ``--resume_with_checkpoint_settings true`` says to go on with the checkpoint's (they are what the run's
 ``config.yaml`` then records). ``validate`` / ``test`` / ``predict`` need the checkpoint's architecture
-to load its weights: they go on and log what was replaced. Trainer and data settings are not compared
-(``max_steps`` is meant to change on a resume)::
+to load its weights: they go on and log what was replaced. Every other model setting says how to run, not
+what was trained (``dtype``, ``attn_implementation``, ``gradient_checkpointing``, ``label_only_loss``,
+``evaluation.*``): there the config's value is kept, and each one that differs from the checkpoint's is
+logged (``keep_run_settings``). Trainer and data settings are not compared (``max_steps`` is meant to
+change on a resume)::
 
     lit-lora fit --config configs/demo.yaml --ckpt_path runs/demo/…/last.ckpt --model.init_args.adapter.init_args.r 4
     # -> CheckpointSettingsMismatch: --ckpt_path runs/demo/…/last.ckpt was trained with other model settings …
@@ -24,6 +27,7 @@ SWITCH = "resume_with_checkpoint_settings"
 # model settings a resume must not change silently (keys under ``model``); evaluation / dtype settings may differ
 COMPARED = ("class_path", "init_args.model_name_or_path", "init_args.adapter", "init_args.optim")
 TRAINING_ONLY = ("init_args.optim",)  # irrelevant to validate / test / predict
+LINKED = ("tokenizer", "label_names")  # set from the data when the classes are built, not run settings
 
 
 class CheckpointSettingsMismatch(ValueError):
@@ -64,6 +68,29 @@ def differences(given: Any, used: Any, keys: tuple[str, ...] = COMPARED) -> dict
 
 def _listing(diff: dict[str, tuple[Any, Any]]) -> str:
     return "\n".join(f"  {key}: config {given!r}, checkpoint {stored!r}" for key, (given, stored) in diff.items())
+
+
+def keep_run_settings(given_model: Any, used_model: Any, ckpt_path: Optional[str]) -> dict[str, tuple[Any, Any]]:
+    """Put the config's value back into ``used_model`` (the model section LightningCLI filled from the
+    checkpoint) for every ``init_args`` key outside ``COMPARED``; log and return the ones that differed."""
+    if not ckpt_path or given_model is None or used_model is None \
+            or given_model.get("class_path") != used_model.get("class_path"):
+        return {}
+    given_args, used_args = given_model.get("init_args"), used_model.get("init_args")
+    if given_args is None or used_args is None:
+        return {}
+    kept: dict[str, tuple[Any, Any]] = {}
+    for key in _as_dict(given_args):
+        if f"init_args.{key}" in COMPARED or key in LINKED:
+            continue
+        mine, stored = _flatten(given_args.get(key), key, {}), _flatten(used_args.get(key), key, {})
+        kept.update({f"model.init_args.{k}": (mine.get(k), stored.get(k))
+                     for k in sorted(set(mine) | set(stored)) if mine.get(k) != stored.get(k)})
+        used_args[key] = given_args.get(key)
+    if kept:
+        log.warning("[lit-lora] --ckpt_path %s: running with this config's settings where the checkpoint's "
+                    "differ:\n%s", ckpt_path, _listing(kept))
+    return kept
 
 
 def check_resume_settings(given_model: Any, used_model: Any, ckpt_path: Optional[str], subcommand: str,

@@ -212,6 +212,26 @@ def test_resume_with_checkpoint_settings_runs_and_records_what_ran(trained, tmp_
     assert summary["model_name_or_path"] == model and summary["global_step"] == 3
 
 
+def test_ckpt_path_keeps_the_configs_run_settings_and_lists_those_that_differ(trained, tmp_path, caplog, clis):
+    """LightningCLI fills the model section from the checkpoint; how to run (dtype, memory switches,
+    evaluation) stays what the config says, and every such key that differs is logged."""
+    model, _, ckpt = trained
+    caplog.set_level(logging.WARNING, logger="lit_lora")
+    fit(model, tmp_path, "--trainer.max_steps", "3", "--model.init_args.dtype", "bfloat16",
+        "--model.init_args.label_only_loss", "false", "--model.init_args.evaluation.max_new_tokens", "3",
+        "--ckpt_path", str(ckpt))
+    said = caplog.text
+    assert "model.init_args.dtype: config 'bfloat16', checkpoint 'auto'" in said
+    assert "model.init_args.label_only_loss: config False, checkpoint True" in said
+    assert "model.init_args.evaluation.max_new_tokens: config 3, checkpoint " in said
+    assert "model_name_or_path" not in said and "adapter" not in said  # the same as the checkpoint's
+    module = clis[0].model
+    assert module.dtype_name == "bfloat16" and module.label_only_loss is False
+    init = yaml.safe_load((version_dir(tmp_path) / "config.yaml").read_text())["model"]["init_args"]
+    assert init["dtype"] == "bfloat16" and init["label_only_loss"] is False
+    assert init["evaluation"]["max_new_tokens"] == 3
+
+
 # ---- 3. strict adapter loads -----------------------------------------------------------------------------------
 def damaged_adapter(run_dir: Path, out: Path, keep: float = 0.25, extra: bool = False,
                     nan: bool = False) -> tuple[Path, list[str], int]:

@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_lora import console
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
-from lit_lora.ckpt_settings import SWITCH, check_resume_settings
+from lit_lora.ckpt_settings import SWITCH, check_resume_settings, keep_run_settings
 from lit_lora.compatibility import check_config
 from lit_lora.cpu_bf16 import Bf16Hint
 from lit_lora.data.base import TextDataModule
@@ -104,7 +104,8 @@ class LitLoraCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
-        """Keep the ``model`` section as given: LightningCLI then swaps in a ``--ckpt_path``'s hyperparameters."""
+        """Keep the ``model`` section as given: LightningCLI then swaps in a ``--ckpt_path``'s hyperparameters
+        (``before_instantiate_classes`` compares the two and puts the run settings back)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         given = self.config[subcommand].get("model") if subcommand else None
@@ -115,6 +116,7 @@ class LitLoraCLI(LightningCLI):
         mismatched SLURM allocation, early."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if self.subcommand:
+            keep_run_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"))
             check_resume_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"),
                                   self.subcommand, accept=bool(config.get(SWITCH)))
         trainer = config.trainer
