@@ -8,7 +8,9 @@ have them (``atomic``, ``start_fresh_if_no_checkpoint``):
 * ``RunDirectoryCheck``: at the start of ``fit``, refuse a run directory that would mix with the data, the
   model or an earlier run, and a requeued job without a checkpoint;
 * ``PartialCheckpointCleanup``: at the start of ``fit``, delete what a killed save left behind;
-* ``CSVHistoryResume``: when training starts, continue ``metrics.csv`` from the resumed step.
+* ``CSVHistoryResume``: when training starts, continue ``metrics.csv`` from the resumed step;
+* ``StepSeed``: before every training micro-batch, seed torch from the run's seed, the micro-batch and the
+  rank, so that a resumed run draws the dropout masks the uninterrupted run drew.
 
 The same for a Trainer built in Python::
 
@@ -30,6 +32,7 @@ from lightning.pytorch import Callback
 from lit_lora.cluster.checkpoint_io import PartialCheckpointCleanup, make_saves_atomic
 from lit_lora.cluster.csv_history import CSVHistoryResume
 from lit_lora.cluster.launch_checks import RunDirectoryCheck
+from lit_lora.cluster.step_seed import StepSeed
 
 
 def runtime_callbacks(preemption: Optional[Any] = None) -> list[Callback]:
@@ -40,7 +43,7 @@ def runtime_callbacks(preemption: Optional[Any] = None) -> list[Callback]:
     """
     start_fresh = bool(getattr(preemption, "start_fresh_if_no_checkpoint", False))
     return [RunDirectoryCheck(start_fresh_if_no_checkpoint=start_fresh), PartialCheckpointCleanup(),
-            CSVHistoryResume()]
+            CSVHistoryResume(), StepSeed()]
 
 
 def install_atomic_saves(trainer: Any, preemption: Optional[Any] = None) -> None:
