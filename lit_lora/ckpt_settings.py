@@ -19,6 +19,7 @@ change on a resume)::
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Optional
 
 log = logging.getLogger("lit_lora")
@@ -32,6 +33,20 @@ LINKED = ("tokenizer", "label_names")  # set from the data when the classes are 
 
 class CheckpointSettingsMismatch(ValueError):
     """``--ckpt_path`` was trained with other model settings than the config given."""
+
+
+class MissingCheckpoint(FileNotFoundError):
+    """``--ckpt_path`` names no file or directory."""
+
+
+def check_ckpt_path_exists(ckpt_path: Optional[str]) -> None:
+    """Fail before anything loads on a local ``--ckpt_path`` that does not exist (Lightning would find out after
+    building the model and the data); ``last`` / ``best`` / ``hpc`` / ``registry`` and URLs are Lightning's."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or str(ckpt_path).startswith("registry") \
+            or "://" in str(ckpt_path):
+        return
+    if not Path(ckpt_path).exists():
+        raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: no such file or directory")
 
 
 def _as_dict(value: Any) -> Any:

@@ -114,14 +114,23 @@ def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], sta
     config = config_path or "<config>"
     lines = [f"[lit-lora] done: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s"
              + (f"; {shown}" if shown else "")]
-    for name, path in (("adapter", run_dir / "adapter"), ("metrics", run_dir / "metrics.csv"),
-                       ("before/after", run_dir / "before_after.json"), ("config", run_dir / "config.yaml")):
+    for name, path in (("adapter", run_dir / "adapter"), ("merged", run_dir / "merged"),
+                       ("metrics", run_dir / "metrics.csv"), ("before/after", run_dir / "before_after.json"),
+                       ("config", run_dir / "config.yaml")):
         if path.exists():
             lines.append(f"  {name:<13}{path}")
+    compares = getattr(getattr(module, "evaluator", None), "compares_generated_text", False)
+    steps = []
     if ckpt:
         lines.append(f"  {'checkpoint':<13}{ckpt}")
-        lines.append(f"  next: lit-lora test --config {config} --ckpt_path {ckpt}")
-        if getattr(getattr(module, "evaluator", None), "compares_generated_text", False):
-            lines.append(f"        lit-lora compare --config {config} --ckpt_path {ckpt}   # base vs fine-tuned report")
-    lines.append("        merge LoRA into the base: add --export.merge true to the fit command")
+        steps.append(f"lit-lora test --config {config} --ckpt_path {ckpt}")
+        if compares:
+            steps.append(f"lit-lora compare --config {config} --ckpt_path {ckpt}   # base vs fine-tuned report")
+    elif compares and (run_dir / "adapter").exists():  # no checkpoint kept: the adapter is what there is
+        adapter = run_dir / "adapter"
+        steps.append(f"lit-lora compare --config {config} --adapter_dir {adapter}   # base vs fine-tuned report")
+    method = getattr(getattr(module, "adapter", None), "method", None)
+    if method in ("lora", "qlora") and not (run_dir / "merged").exists():
+        steps.append("merge LoRA into the base: add --export.merge true to the fit command")
+    lines += [("  next: " if i == 0 else "        ") + step for i, step in enumerate(steps)]
     return "\n".join(lines)

@@ -221,6 +221,30 @@ def test_missing_model_directory_is_one_short_line_naming_it(tmp_path):
     assert line.startswith(f"lit-lora: model_name_or_path {missing!r}: not a local directory")
 
 
+@pytest.mark.parametrize("command", ["fit", "test", "compare"])
+def test_a_missing_checkpoint_or_adapter_is_one_line_before_anything_runs(tmp_path, command):
+    """Lightning finds a missing --ckpt_path only after building the model and data (compare: after scoring
+    the base model); lit-lora names it first."""
+    missing = str(tmp_path / "nope.ckpt")
+    given = ["--adapter_dir", missing] if command == "compare" else ["--ckpt_path", missing]
+    result = run_cli_subprocess([command, "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                                 *given], env={"LIT_LORA_VERBOSE": None}, check=False, cwd=str(tmp_path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    expected = (f"lit-lora compare: --adapter_dir {missing}: " if command == "compare"
+                else f"lit-lora: MissingCheckpoint: --ckpt_path {missing}: ")
+    assert last == expected + "no such file or directory"
+    assert "generating" not in result.stdout + result.stderr and not (tmp_path / "compare").exists()
+
+
+def test_lightning_clis_optimizer_flags_are_not_offered(tmp_path):
+    """The optimizer is model.init_args.optim; LightningCLI's --optimizer would be overridden by it."""
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--optimizer", "torch.optim.SGD", "--print_config"],
+                                check=False)
+    assert result.returncode == 2 and "unrecognized arguments: --optimizer" in result.stderr
+
+
 @pytest.mark.parametrize("via", ["entry_point", "module"])
 def test_a_bad_data_line_ends_the_command_with_one_line_naming_it(tmp_path, via):
     """The ``lit-lora`` command prints an input error as its last line, without the tracebacks of pyarrow,

@@ -49,6 +49,20 @@ def test_help_and_no_arguments_list_the_commands(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["no-such-command"])
     assert stop.value.code == 2 and "unknown command 'no-such-command'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fitt"])
+    assert "unknown command 'fitt' (did you mean 'fit'?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["fit", "test", "estimate", "compare"])
+def test_a_command_without_a_config_says_to_give_one(command):
+    """Not jsonargparse's usage and "required: fit.data, fit.model"."""
+    from lit_lora.commands import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--trainer.max_steps", "2"])
+    assert str(stop.value.code).startswith(f"lit-lora {command}: give an experiment config: lit-lora {command} "
+                                           "--config configs/demo.yaml")
 
 
 def test_the_installed_entry_point_lists_the_commands():

@@ -63,3 +63,27 @@ def test_perplexity_is_printed_readably_however_large():
 
     assert perplexity_text(0.6) == "1.82" and perplexity_text(7.7053) == "2220.08"
     assert perplexity_text(35.5) == "2.61e+15"  # an untrained T5: not 16 digits
+
+
+def test_the_summary_suggests_only_what_applies(tmp_path):
+    """No checkpoint kept: ``compare`` on the adapter; a merged model is listed and not suggested again;
+    no merge hint for a method that has nothing to merge."""
+    import time
+    from types import SimpleNamespace
+
+    from lit_lora.console import fit_summary
+
+    (tmp_path / "adapter").mkdir()
+    trainer = SimpleNamespace(callback_metrics={}, global_step=3, checkpoint_callback=None)
+    lora = SimpleNamespace(adapter=SimpleNamespace(method="lora"),
+                           evaluator=SimpleNamespace(compares_generated_text=True))
+    summary = fit_summary(trainer, tmp_path, "c.yaml", time.perf_counter(), lora)
+    assert f"next: lit-lora compare --config c.yaml --adapter_dir {tmp_path / 'adapter'}" in summary
+    assert "add --export.merge true" in summary and "lit-lora test" not in summary
+
+    (tmp_path / "merged").mkdir()
+    summary = fit_summary(trainer, tmp_path, "c.yaml", time.perf_counter(), lora)
+    assert f"merged       {tmp_path / 'merged'}" in summary and "--export.merge" not in summary
+
+    full = SimpleNamespace(adapter=SimpleNamespace(method="full"), evaluator=None)
+    assert "merge" not in fit_summary(trainer, tmp_path / "other", "c.yaml", time.perf_counter(), full)

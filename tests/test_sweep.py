@@ -148,6 +148,9 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
         assert json.loads((run_dir / "sweep_status.json").read_text())["returncode"] == 0
     for name in failed:
         assert f"{name} FAILED (exit status 1)" in out and "Invalid learning rate" in out
+        said = out.splitlines()
+        at = next(i for i, line in enumerate(said) if f"{name} FAILED" in line)
+        assert said[at + 1].strip() == "ValueError: Invalid learning rate: -1.0", said[at:at + 8]  # not a traceback
     seed1 = yaml.safe_load((sweep_dir / "lr=0.003-seed=1" / "config.yaml").read_text())
     assert seed1["seed_everything"] == 1
 
@@ -277,3 +280,17 @@ def test_a_report_without_metrics_says_why_instead_of_ranking_nothing():
     assert "No point logged a validation or test metric" in text and "Best finished point" not in text
     assert "Best finished point" in "\n".join(points_lines([{**row, "metrics": {"val_loss": 1.0}}], ["r"],
                                                             ["val_loss"]))
+
+
+def test_a_failed_points_console_line_is_its_error_not_the_traceback(tmp_path):
+    from lit_lora.sweep.state import failure_lines
+
+    log = tmp_path / "log.txt"
+    log.write_text("step: 100%|####| 2/2\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+                   "    raise ValueError('Invalid learning rate: -1.0')\nValueError: Invalid learning rate: -1.0\n")
+    assert failure_lines(log) == "ValueError: Invalid learning rate: -1.0"
+    log.write_text("[lit-lora] train: kept 20 of 20 rows\nlit-lora: CheckpointSettingsMismatch: --ckpt_path a.ckpt "
+                   "was trained with other model settings\n  model.init_args.adapter.init_args.r: config 4, checkpoint 16\n")
+    assert failure_lines(log).splitlines()[1].strip().startswith("model.init_args.adapter")  # the listing follows
+    log.write_text("".join(f"line {i}\n" for i in range(20)))  # killed: no error line, the tail
+    assert failure_lines(log, 3) == "line 17\nline 18\nline 19"

@@ -192,8 +192,10 @@ def check_fresh_run_dir(run_dir: Union[str, Path], resuming: bool) -> None:
             f"the run directory {Path(run_dir).resolve()} already holds an earlier run ({', '.join(found)}) and this "
             "fit starts from step 0 (no --ckpt_path, no hpc_ckpt_N.ckpt to auto-resume), so it would overwrite that "
             "run's config.yaml and adapter and truncate its metrics.csv. To continue that run, pass --ckpt_path "
-            "<one of its checkpoints>; to start a new one, use another directory (--trainer.default_root_dir, or a "
-            "new sbatch job: slurm/launch.sh names the directory by job id) or move the earlier run away."
+            "<one of its checkpoints>; to start a new one, use another directory (--trainer.default_root_dir, or "
+            "--trainer.logger.init_args.save_dir where the config names the logger's directory, as a sweep's "
+            "point.yaml does; a new sbatch job: slurm/launch.sh names the directory by job id) or move the "
+            "earlier run away."
         )
 
 

@@ -16,6 +16,7 @@ package. Every command that reads an experiment config reads it with ``lit_lora.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -95,8 +96,13 @@ def main(args: Optional[list[str]] = None) -> None:
         return
     command = COMMANDS.get(argv[0])
     if command is None:
-        print(f"lit-lora: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"lit-lora: unknown command {argv[0]!r}{hint}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
+    if needs_config(argv):
+        sys.exit(f"lit-lora {argv[0]}: give an experiment config: lit-lora {argv[0]} --config configs/demo.yaml "
+                 "(`lit-lora configs list` shows the bundled ones)")
     from lit_lora import console
 
     configure_logging()
@@ -109,19 +115,32 @@ def main(args: Optional[list[str]] = None) -> None:
         sys.exit(f"lit-lora: {err}")
 
 
+def needs_config(argv: list[str]) -> bool:
+    """A command that reads an experiment config, given neither ``--config`` nor any ``--model`` / ``--data``
+    setting nor ``--help`` (jsonargparse would answer with its usage and "required: fit.data, fit.model")."""
+    if argv[0] in ("sweep", "configs") or len(argv) > 1 and argv[1] in ("-h", "--help"):
+        return False
+    return not any(arg == "-c" or arg.startswith(("--config", "--model", "--data", "-h", "--help", "--print_config"))
+                   for arg in argv[1:])
+
+
 def input_error_types() -> tuple[type, ...]:
     """The errors that say what is wrong with a run's input (data file and line, config key, run directory,
-    checkpoint, allocation) or why it stopped (a non-finite loss): their message is the whole answer."""
+    checkpoint, allocation, a Trainer setting Lightning refuses such as a GPU accelerator on a machine
+    without one) or why it stopped (a non-finite loss): their message is the whole answer."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from lit_lora.adapters.loading import AdapterMismatchError
     from lit_lora.architectures import UnknownArchitectureError
-    from lit_lora.ckpt_settings import CheckpointSettingsMismatch
+    from lit_lora.ckpt_settings import CheckpointSettingsMismatch, MissingCheckpoint
     from lit_lora.cluster.launch_checks import AllocationMismatch, MissingResumeCheckpoint, RunDirectoryConflict
     from lit_lora.compatibility import IncompatibleConfig
     from lit_lora.data.file_errors import DataFileError
     from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError
     from lit_lora.sweep.resolve import PointConfigError
 
-    return (AdapterMismatchError, UnknownArchitectureError, CheckpointSettingsMismatch, AllocationMismatch,
+    return (AdapterMismatchError, UnknownArchitectureError, CheckpointSettingsMismatch, MissingCheckpoint,
+            MisconfigurationException, AllocationMismatch,
             MissingResumeCheckpoint, RunDirectoryConflict, IncompatibleConfig, DataFileError, NonFiniteTrainingError,
             NonFiniteWeightsError, PointConfigError)
 

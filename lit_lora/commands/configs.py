@@ -1,4 +1,4 @@
-"""``lit-lora configs``: the reference and tutorial configs that ship inside the package (``tune ls`` / ``tune cp``).
+"""``lit-lora configs``: the reference and tutorial configs that ship inside the package, to list and copy.
 
     lit-lora configs list                          # every bundled config, by group, with its first header line
     lit-lora configs copy demo                     # -> ./demo.yaml (refuses to overwrite without --force)

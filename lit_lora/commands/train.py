@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_lora import console
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
-from lit_lora.ckpt_settings import SWITCH, check_resume_settings, keep_run_settings
+from lit_lora.ckpt_settings import SWITCH, check_ckpt_path_exists, check_resume_settings, keep_run_settings
 from lit_lora.compatibility import check_config
 from lit_lora.cpu_bf16 import Bf16Hint
 from lit_lora.data.base import TextDataModule
@@ -56,6 +56,9 @@ class LitLoraCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        # the optimizer is model.init_args.optim (FineTuneModule.configure_optimizers); LightningCLI's own
+        # --optimizer / --lr_scheduler would be overridden by it (or crash on a model without parameters)
+        kwargs.setdefault("auto_configure_optimizers", False)
         if not console.verbose():  # lit-lora prints its own parameter counts; the table ends in "Total FLOPs: 0"
             kwargs.setdefault("trainer_defaults", {"enable_model_summary": False})
         self._started = time.perf_counter()
@@ -116,6 +119,7 @@ class LitLoraCLI(LightningCLI):
         mismatched SLURM allocation, early."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if self.subcommand:
+            check_ckpt_path_exists(config.get("ckpt_path"))
             keep_run_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"))
             check_resume_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"),
                                   self.subcommand, accept=bool(config.get(SWITCH)))

@@ -36,7 +36,7 @@ from pathlib import Path
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
 from lit_lora.sweep.resolve import PointConfigError, PrintConfig, config_yaml, pin_run, resolve_point
 from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, \
-    STATUS_FILE, load_sweep, log_tail, move_earlier_attempt, point_state, save_sweep, slurm_tasks
+    STATUS_FILE, failure_lines, load_sweep, move_earlier_attempt, point_state, save_sweep, slurm_tasks
 from lit_lora.strict_json import dumps
 
 DEFAULT_SCRIPT = "slurm/single_node.sbatch"
@@ -204,7 +204,7 @@ def run_local(sweep_dir: Path, sweep: dict, points: list[dict]) -> int:
             say(name, f"{prefix} finished in {seconds:.0f} s{headline(run_dir)}")
         else:
             failed += 1
-            tail = "\n".join("    " + line for line in log_tail(state.log, 8).splitlines())
+            tail = "\n".join("    " + line for line in failure_lines(state.log).splitlines())
             say(name, f"{prefix} FAILED ({state.detail}) after {seconds:.0f} s; log: {state.log}\n{tail}")
     return failed
 

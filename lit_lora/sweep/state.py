@@ -126,6 +126,17 @@ def log_tail(path: Optional[Path], lines: int = 20) -> str:
     return "\n".join(kept[-lines:])
 
 
+ERROR_LINE = re.compile(r"^(lit-lora( \w+)?: |[A-Za-z_][\w.]*(Error|Exception): )")
+
+
+def failure_lines(path: Optional[Path], lines: int = 8) -> str:
+    """The error a failed run ended with (from its last ``SomeError: …`` or ``lit-lora: …`` line on, at most
+    ``lines`` lines), else the log's last ``lines`` lines."""
+    tail = log_tail(path, 60).splitlines()
+    start = next((i for i in range(len(tail) - 1, -1, -1) if ERROR_LINE.match(tail[i])), None)
+    return "\n".join(tail[start:start + lines] if start is not None else tail[-lines:])
+
+
 # ---- SLURM -------------------------------------------------------------------------------------------
 def _expand_task_ids(spec: str) -> list[int]:
     """``"3"`` / ``"2-5%2"`` / ``"1,4-6"`` -> task ids."""
