@@ -158,6 +158,11 @@ class FiniteGuard(Callback):
                 "(trainer.gradient_clip_val), check this batch's data, or raise finite_guard.max_skipped_batches "
                 "to skip a few bad batches")
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        """Every save, whoever asks for it (``AdapterCheckpoint`` checks first and names its file; a preemption
+        save or a ``trainer.save_checkpoint`` call is stopped here): no checkpoint of non-finite weights."""
+        check_finite_weights(pl_module, f"a checkpoint at global step {trainer.global_step}", trainer)
+
     def state_dict(self) -> dict:
         return {"skipped": self.skipped}
 

@@ -123,6 +123,20 @@ def test_non_finite_weights_are_never_exported(tiny_model, tmp_path):
     written_json(tmp_path)
 
 
+def test_no_save_path_writes_non_finite_weights(tiny_model, tmp_path, clis):
+    """A preemption save calls ``trainer.save_checkpoint`` itself, outside AdapterCheckpoint's check:
+    the always-on finite guard refuses it too."""
+    fit(tiny_model("llama"), tmp_path, "--trainer.max_steps", "1")
+    trainer = clis[0].trainer
+    trainer.save_checkpoint(tmp_path / "fine.ckpt")
+    weight = next(p for p in trainer.lightning_module.parameters() if p.requires_grad)
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=r"refusing to write a checkpoint at global step 1: 1 trainable weight"):
+        trainer.save_checkpoint(tmp_path / "nan.ckpt")
+    assert (tmp_path / "fine.ckpt").is_file() and not (tmp_path / "nan.ckpt").exists()
+
+
 def test_bad_batches_are_skipped_up_to_the_limit_and_logged(tiny_model, tmp_path, caplog, clis):
     caplog.set_level(logging.WARNING, logger="lit_lora")
     fit(tiny_model("llama"), tmp_path, "--trainer.max_steps", "5", "--finite_guard.max_skipped_batches", "2",

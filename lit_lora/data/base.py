@@ -78,7 +78,8 @@ class TextDataModule(L.LightningDataModule):
         max_samples: Keep only the first N training rows.
         sample_fraction: Keep a seeded random fraction of the training rows (e.g. 0.05).
         max_eval_samples: Keep only the first N validation rows.
-        seed: Seed of the validation split and of the sampled subset.
+        seed: Seed of the validation split, the sampled subset and the training order (``seed + epoch`` each
+            epoch); ``seed_everything`` seeds the weights and dropout, not these.
         max_length: Longest tokenised row; longer rows are truncated (and counted) as the dataset defines.
         batch_size: Training batch size per device.
         group_by_length: Batch training rows of similar length together (less padding; seeded, resumable,
