@@ -211,3 +211,14 @@ def test_top_level_imports_form_no_cycle():
     for name in graph:
         if name not in state:
             visit(name, [name])
+
+
+def test_a_mistyped_option_is_a_short_answer_not_every_option(capsys):
+    from lit_lora.commands import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", DEMO, "--trainer.max_stepz", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) <= 4, err
+    assert " fit --config FILE [" in err[0] and err[-1].startswith(
+        "error: unrecognized arguments: --trainer.max_stepz")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_lora import console
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
@@ -49,6 +49,14 @@ def as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class ShortUsageParser(LightningArgumentParser):
+    """On a mistyped option, one usage line above jsonargparse's error instead of every option the CLI has
+    (``--help`` still lists them all)."""
+
+    def format_usage(self) -> str:
+        return f"usage: {self.prog.replace(' [options]', '')} --config FILE [--model.… / --data.… / --trainer.… VALUE]\n"
+
+
 class LitLoraCLI(LightningCLI):
     """LightningCLI over every lit-lora module and datamodule, with the export callbacks always on."""
 
@@ -56,6 +64,7 @@ class LitLoraCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("parser_class", ShortUsageParser)
         # the optimizer is model.init_args.optim (FineTuneModule.configure_optimizers); LightningCLI's own
         # --optimizer / --lr_scheduler would be overridden by it (or crash on a model without parameters)
         kwargs.setdefault("auto_configure_optimizers", False)
