@@ -307,3 +307,36 @@ def test_demo_config_runs_from_another_directory(tmp_path):
                                 cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trainable params:" in result.stdout + result.stderr
+
+
+# ---- 5. config files ------------------------------------------------------------------------------------------
+def config_error(capsys, *args: str) -> list[str]:
+    from lit_lora.commands import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *args])
+    assert stop.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+def test_a_misspelled_config_key_is_named_with_its_file_line_and_the_option_meant(tmp_path, capsys):
+    text = Path(DEMO).read_text()
+    assert "\n        r: 16\n" in text and "\n    max_length: " in text
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text.replace("\n    max_length: ", "\n    max_lenght: "))
+    line = next(n for n, t in enumerate(typo.read_text().splitlines(), 1) if "max_lenght" in t)
+    err = config_error(capsys, "--config", str(typo))
+    assert f"error: {typo}: line {line}: 'max_lenght' is not an option of lit_lora.data.InstructionDataModule " \
+           "(did you mean 'max_length'?)" in err
+
+    typo.write_text(text.replace("\n        r: 16\n", "\n        rr: 16\n"))  # nested: the adapter's init_args
+    line = next(n for n, t in enumerate(typo.read_text().splitlines(), 1) if "rr: 16" in t)
+    err = config_error(capsys, "--config", DEMO, "--config", str(typo))  # the second of two files
+    assert f"error: {typo}: line {line}: 'rr' is not an option of lit_lora.adapters.LoRA (did you mean 'r'?)" in err
+
+
+def test_invalid_yaml_is_named_with_its_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_steps: [1\n")
+    err = config_error(capsys, "--config", DEMO, "--config", str(bad))
+    assert any(line.startswith(f"error: {bad}: line 3, column 1: invalid YAML (") for line in err), err

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -38,6 +39,7 @@ from lit_lora.cluster.launch_checks import check_allocation
 from lit_lora.cluster.preemption import PreemptionCheckpoint
 from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
+from lit_lora.commands.config_errors import config_files, explain
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models.base import FineTuneModule
 
@@ -51,10 +53,17 @@ def as_list(value) -> list:
 
 class ShortUsageParser(LightningArgumentParser):
     """On a mistyped option, one usage line above jsonargparse's error instead of every option the CLI has
-    (``--help`` still lists them all)."""
+    (``--help`` still lists them all), and a mistake in a ``--config`` file named by file and line."""
+
+    config_files: list[str] = []  # the command line's, set by LitLoraCLI
 
     def format_usage(self) -> str:
         return f"usage: {self.prog.replace(' [options]', '')} --config FILE [--model.… / --data.… / --trainer.… VALUE]\n"
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if self.exit_on_error:  # the parser that prints, not a nested one raising to it
+            message = explain(message, ShortUsageParser.config_files)
+        return super().error(message, ex)
 
 
 class LitLoraCLI(LightningCLI):
@@ -71,6 +80,7 @@ class LitLoraCLI(LightningCLI):
         if not console.verbose():  # lit-lora prints its own parameter counts; the table ends in "Total FLOPs: 0"
             kwargs.setdefault("trainer_defaults", {"enable_model_summary": False})
         self._started = time.perf_counter()
+        ShortUsageParser.config_files = config_files(kwargs.get("args") or [])
         super().__init__(FineTuneModule, TextDataModule, *args, **kwargs)
 
     def instantiate_trainer(self, **kwargs):

@@ -1,0 +1,89 @@
+"""A config mistake named by file and line, on top of jsonargparse's message (which names neither).
+
+    lit-lora fit --config my.yaml        # my.yaml has `max_lenght: 256` under data.init_args
+    # error: my.yaml: line 31: 'max_lenght' is not an option of lit_lora.data.InstructionDataModule
+    #        (did you mean 'max_length'?)
+    #        … jsonargparse's own message follows
+
+``ShortUsageParser`` (``commands/train.py``) calls ``explain`` with the ``--config`` files of the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+NOT_ACCEPTED = re.compile(r"Problem with given class_path '([\w.]+)':\s*Option '(\w+)' is not accepted")
+YAML_PROBLEM = '"<unicode string>"'
+
+
+def config_files(argv: Sequence[str]) -> list[str]:
+    """The files ``--config`` / ``-c`` name in ``argv``, in order."""
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def explain(message: str, files: Sequence[str]) -> str:
+    """``message`` with a first line naming the file and line of the mistake, where one of ``files`` holds it."""
+    found = yaml_error(files) if YAML_PROBLEM in message else unknown_option(message, files)
+    return f"{found}\n{message}" if found else message
+
+
+def yaml_error(files: Sequence[str]) -> Optional[str]:
+    """``file: line N, column M: invalid YAML (…)`` for the first of ``files`` that does not parse."""
+    for path in files:
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except (OSError, UnicodeDecodeError):
+            continue
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            return f"{path}{where}: invalid YAML ({getattr(err, 'problem', None) or err})"
+    return None
+
+
+def unknown_option(message: str, files: Sequence[str]) -> Optional[str]:
+    """``file: line N: 'key' is not an option of Class (did you mean …?)`` for a key a class does not take."""
+    match = NOT_ACCEPTED.search(message)
+    if not match:
+        return None
+    class_path, key = match.groups()
+    where = next((f"{path}: line {n}: " for path in files for n in lines_with_key(path, key)), "")
+    close = difflib.get_close_matches(key, init_options(class_path), n=1)
+    return f"{where}{key!r} is not an option of {class_path}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def lines_with_key(path: str, key: str) -> list[int]:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return []
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*:")
+    return [n for n, line in enumerate(text.splitlines(), 1) if pattern.match(line)]
+
+
+def init_options(class_path: str) -> list[str]:
+    """The ``__init__`` arguments of ``class_path`` and its bases (what ``init_args`` may hold)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names: list[str] = []
+    for klass in inspect.getmro(cls):
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names += [p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs")]
+    return names
