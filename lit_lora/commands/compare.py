@@ -13,6 +13,7 @@ override works); the options below join that parser. The evaluation and the repo
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 from jsonargparse import ActionYesNo
@@ -45,10 +46,15 @@ def settings_of(config) -> CompareSettings:
 
 
 def check(config) -> None:
+    """The options, and that the tuned model exists: before the base model is scored, not after."""
+    settings = settings_of(config)
     try:
-        settings_of(config).check()
+        settings.check()
     except ValueError as err:
         raise SystemExit(f"lit-lora compare: {err}") from None
+    given, path = ("--ckpt_path", settings.ckpt_path) if settings.ckpt_path else ("--adapter_dir", settings.adapter_dir)
+    if not Path(path).exists():
+        raise SystemExit(f"lit-lora compare: {given} {path}: no such file or directory")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

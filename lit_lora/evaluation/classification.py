@@ -28,7 +28,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-UNPARSEABLE = -1
+from lit_lora.evaluation.labels import UNPARSEABLE
 
 
 class ClassificationMetrics(nn.Module):

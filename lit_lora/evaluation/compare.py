@@ -42,9 +42,6 @@ class CompareSettings:
     def check(self) -> None:
         if bool(self.ckpt_path) == bool(self.adapter_dir):
             raise ValueError("give exactly one of --ckpt_path and --adapter_dir")
-        given = "--ckpt_path" if self.ckpt_path else "--adapter_dir"
-        if not Path(self.ckpt_path or self.adapter_dir).exists():  # before the base model is evaluated, not after
-            raise ValueError(f"{given} {self.ckpt_path or self.adapter_dir}: no such file or directory")
         if self.right_if != "exact":
             try:
                 float(self.right_if)

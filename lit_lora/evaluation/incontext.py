@@ -11,7 +11,7 @@ demonstration whose normalised input equals the evaluated row's is never used, s
 contains the example it is scored on. With a chat template the demonstrations are user / assistant
 turns; otherwise they are concatenated as prompt + answer blocks. Generation data (SFT datamodules:
 ``format_example``) is scored with BLEU / ROUGE / exact match; classification data (``label_names``,
-``row_label``) by parsing the label word out of the answer (``evaluation.labels.parse_label``).
+``row_label``) by parsing the label word out of the answer (``evaluation.labels.label_index``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from lit_lora.data.contract import prompt_carries_special_tokens
 from lit_lora.evaluation.generation import generate_texts
-from lit_lora.evaluation.labels import parse_label
+from lit_lora.evaluation.labels import UNPARSEABLE, label_index
 from lit_lora.evaluation.overlap import normalize_input
 from lit_lora.strict_json import dumps
 
@@ -89,15 +89,14 @@ def build_prompts(datamodule, k: int, seed: int = 0, split: Optional[str] = None
 
 def score(datamodule, records: list[dict], predictions: list[str]) -> dict:
     if hasattr(datamodule, "label_names"):
-        from lit_lora.evaluation.classification import UNPARSEABLE, ClassificationMetrics
+        from lit_lora.evaluation.classification import ClassificationMetrics
 
         names = list(datamodule.label_names)
         metrics = ClassificationMetrics(names, allow_unparseable=True)
-        parsed = [parse_label(p, names) for p in predictions]
-        preds = torch.tensor([names.index(p) if p is not None else UNPARSEABLE for p in parsed])
+        preds = torch.tensor([label_index(p, names) for p in predictions])
         metrics.update(preds, torch.tensor([names.index(r["reference"]) for r in records]))
         scalars, details = metrics.compute()
-        return {**scalars, "unparseable": sum(p is None for p in parsed)}
+        return {**scalars, "unparseable": int((preds == UNPARSEABLE).sum())}
     from lit_lora.evaluation.text_metrics import score_rows
 
     return score_rows(predictions, [r["reference"] for r in records])

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
+UNPARSEABLE = -1  # label_index of an answer that names no label (the metrics count it wrong)
+
 def _pattern(label: str) -> re.Pattern:
     """Whole-word, case-insensitive match of a label; ``_`` / ``-`` / space in a label match each other."""
     words = [re.escape(w) for w in re.split(r"[\s_\-]+", label.strip()) if w]
@@ -50,6 +52,6 @@ def parse_label(text: str, label_names: Sequence[str]) -> Optional[str]:
 
 
 def label_index(text: str, label_names: Sequence[str]) -> int:
-    """Index of the parsed label in ``label_names``; -1 for an unparseable answer."""
+    """Index of the parsed label in ``label_names``; ``UNPARSEABLE`` (-1) for an unparseable answer."""
     label = parse_label(text, label_names)
-    return -1 if label is None else list(label_names).index(label)
+    return UNPARSEABLE if label is None else list(label_names).index(label)

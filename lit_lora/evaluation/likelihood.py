@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from lit_lora.data.collators import IGNORE_INDEX
+
 
 @torch.no_grad()
 def candidate_log_likelihoods(model, tokenizer, prompts: Sequence[str], candidates: Sequence[str],
@@ -32,7 +34,7 @@ def candidate_log_likelihoods(model, tokenizer, prompts: Sequence[str], candidat
     p_len, c_len = max(len(p) for p in prompt_ids), max(len(c) for c in cand_ids)
     ids = torch.full((b * k, p_len + c_len), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    targets = torch.full((b * k, c_len), -100, dtype=torch.long)  # the candidate tokens, right-padded
+    targets = torch.full((b * k, c_len), IGNORE_INDEX, dtype=torch.long)  # the candidate tokens, right-padded
     for i, prompt in enumerate(prompt_ids):
         for j, cand in enumerate(cand_ids):
             row = i * k + j
@@ -52,4 +54,4 @@ def candidate_log_likelihoods(model, tokenizer, prompts: Sequence[str], candidat
     finally:
         model.train(was_training)
     logprobs = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logprobs * (targets != -100)).sum(-1).view(b, k)
+    return (logprobs * (targets != IGNORE_INDEX)).sum(-1).view(b, k)

@@ -19,7 +19,6 @@ from typing import Optional
 from lit_lora.evaluation.text_metrics import normalize_answer
 from lit_lora.strict_json import dumps
 
-HIGHER_IS_BETTER = {"loss": False, "perplexity": False, "hit_max_new_tokens": False}
 
 
 def row_rouge_l(pred: str, ref: str) -> float:

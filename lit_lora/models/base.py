@@ -30,7 +30,7 @@ from jsonargparse import lazy_instance
 
 from lit_lora.adapters import Adapter, LoRA, parameter_report
 from lit_lora.adapters.base import format_parameter_report, to_dtype
-from lit_lora.data.contract import TRAINING_SPLIT_KEYS, DataContract, contract_of  # noqa: F401 (old path of the keys)
+from lit_lora.data.contract import DataContract, contract_of
 from lit_lora.evaluation.evaluators import Evaluator, LossEvaluator
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models import builder
@@ -309,18 +309,10 @@ class FineTuneModule(L.LightningModule):
         """The evaluator's non-scalar results (``details`` in ``metrics.json``)."""
         return self.evaluator.extra_metrics
 
-    @extra_metrics.setter
-    def extra_metrics(self, value: dict) -> None:
-        self.evaluator.extra_metrics = value
-
     @property
     def predictions(self) -> list[dict]:
         """The rows the last evaluation generated (prompt, reference, prediction …); empty when it generates none."""
         return self.evaluator.predictions
-
-    @predictions.setter
-    def predictions(self, value: list[dict]) -> None:
-        self.evaluator.predictions = value
 
     def configure_optimizers(self):
         return build_optimizer(self.optim, self.model, self.trainer)

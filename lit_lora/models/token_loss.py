@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from lit_lora.data.collators import IGNORE_INDEX  # the label the collators give padding and prompts
+
 
 
 def _aligned(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from lit_lora.data.eval_sharding import counted_indices, without_uncounted_label
 from lit_lora.evaluation.evaluators.answer_queue import AnswerQueue
 from lit_lora.evaluation.evaluators.base import Evaluator, full_evaluation, generates, overlap_with_training
 from lit_lora.evaluation.evaluators.eval_sets import EvalSetMetrics
-from lit_lora.evaluation.labels import label_index
+from lit_lora.evaluation.labels import UNPARSEABLE, label_index
 from lit_lora.evaluation.likelihood import candidate_log_likelihoods
 
 MAX_EXAMPLES = 5  # unparseable answers kept in metrics.json per evaluation set, to show what went wrong
@@ -84,5 +84,5 @@ class LabelWordEvaluator(Evaluator):
                 torch.tensor(gold, dtype=torch.long, device=device))
             examples = self.unparseable_examples.setdefault(f"{self.sets.set_name(module, stage, idx)}/generation", [])
             for (text, reference), pred in zip(pairs, predicted):
-                if pred == -1 and len(examples) < MAX_EXAMPLES:
+                if pred == UNPARSEABLE and len(examples) < MAX_EXAMPLES:
                     examples.append({"answer": text, "gold": reference})
