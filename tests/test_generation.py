@@ -33,6 +33,34 @@ def test_batched_greedy_equals_unbatched(tiny_model, arch):
     assert any(out.text for out in batched)
 
 
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_a_prompt_learning_adapter_is_never_given_padding(tiny_model, method):
+    """peft ignores position_ids under prompt learning: a left-padded prompt would be read from shifted
+    positions. Batches then hold equal-length prompts only, and answers and label likelihoods equal
+    the one-at-a-time ones."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    from lit_lora.evaluation.generation import drops_position_ids
+    from lit_lora.evaluation.likelihood import candidate_log_likelihoods
+
+    torch.manual_seed(0)
+    base, tokenizer = load(tiny_model("llama"), seq2seq=False)
+    config = (PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig)(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
+    model = get_peft_model(base, config)
+    assert drops_position_ids(model) and not drops_position_ids(base)
+    prompts = PROMPTS + ["Sort the list using Rust."]  # two prompts of one length share a batch
+    settings = GenerationSettings(max_new_tokens=8)
+    batched = generate_texts(model, tokenizer, prompts, settings)
+    single = [generate_texts(model, tokenizer, [p], settings)[0] for p in prompts]
+    assert batched == single
+
+    words = ["entailment", "neutral", "contradiction"]
+    together = candidate_log_likelihoods(model, tokenizer, prompts, words)
+    alone = torch.cat([candidate_log_likelihoods(model, tokenizer, [p], words) for p in prompts])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+
+
 def test_sampling_is_seeded(tiny_model):
     model, tokenizer = load(tiny_model("llama"), seq2seq=False)
     settings = GenerationSettings(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.95, top_k=20, seed=3)

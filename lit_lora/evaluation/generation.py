@@ -8,7 +8,8 @@ Prompts are generated a batch per ``model.generate`` call, never one example per
 length, longest first (a batch pads only to its own longest prompt, and a batch that does not fit in memory
 is the first one), cut into batches of ``generation_batch_size`` rows within ``generation_batch_tokens``, and
 the answers returned in the order of the prompts. Greedy answers match one-prompt-at-a-time answers (left
-padding is masked out; only a numerical near-tie between two tokens could flip). A completion that ends
+padding is masked out; only a numerical near-tie between two tokens could flip). A prompt-learning adapter
+(peft ignores ``position_ids`` there) gets batches of equal-length prompts only, which need no padding. A completion that ends
 because it reached ``max_new_tokens`` (not an EOS) is flagged ``hit_limit`` and counted in the metrics, so a
 cut-off answer is never passed off as a finished one.
 """
@@ -98,12 +99,37 @@ def batch_sizes(lengths: list[int], settings: GenerationSettings) -> list[int]:
     return sizes
 
 
+def drops_position_ids(model) -> bool:
+    """peft's prompt learning (prompt tuning, p-tuning, prefix tuning) ignores ``position_ids``: a left-padded
+    prompt would be read from positions shifted by its padding, so such a model is never given padding."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def same_length_runs(lengths: list[int], sizes: list[int]) -> list[int]:
+    """``sizes`` (over ``lengths`` sorted longest first) cut further wherever the prompt length changes,
+    so that no batch needs padding."""
+    runs: list[int] = []
+    start = 0
+    for rows in sizes:
+        batch = lengths[start:start + rows]
+        cuts = [0] + [i for i in range(1, len(batch)) if batch[i] != batch[i - 1]] + [len(batch)]
+        runs += [b - a for a, b in zip(cuts, cuts[1:])]
+        start += rows
+    return runs
+
+
+def several_ranks() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def agreed_lengths(lengths: list[int]) -> list[int]:
     """Under torch.distributed, the longest of every rank's i-th longest prompt, so every rank plans the same
     batches: ranks whose forwards gather weights (ZeRO-3, FSDP) must call ``generate`` together, as often."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not several_ranks():
         return lengths
+    dist = torch.distributed
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, lengths)
     return [max(column) for column in itertools.zip_longest(*parts, fillvalue=0)]
@@ -136,7 +162,10 @@ def generate_texts(model, tokenizer, prompts: list[str], settings: GenerationSet
     encoded = tokenizer(prompts, add_special_tokens=add_special_tokens, truncation=max_length is not None,
                         max_length=max_length)["input_ids"] if prompts else []
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: equal lengths keep their order
-    sizes = batch_sizes(agreed_lengths([len(encoded[i]) for i in order]), settings)
+    lengths = agreed_lengths([len(encoded[i]) for i in order])
+    sizes = batch_sizes(lengths, settings)
+    if drops_position_ids(model) and not encoder_decoder:  # no padding: equal lengths only (several ranks: one row)
+        sizes = [1] * len(lengths) if several_ranks() else same_length_runs(lengths, sizes)
     if not prompts:
         return []
     device = next(model.parameters()).device

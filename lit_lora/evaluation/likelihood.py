@@ -19,12 +19,17 @@ from typing import Sequence
 import torch
 
 from lit_lora.data.collators import IGNORE_INDEX
+from lit_lora.evaluation.generation import drops_position_ids
 
 
 @torch.no_grad()
 def candidate_log_likelihoods(model, tokenizer, prompts: Sequence[str], candidates: Sequence[str],
                               add_special_tokens: bool = True, append_eos: bool = True) -> torch.Tensor:
-    """Summed log-probabilities, shape (len(prompts), len(candidates))."""
+    """Summed log-probabilities, shape (len(prompts), len(candidates)); one prompt at a time for a
+    prompt-learning adapter, which ignores ``position_ids`` (``generation.drops_position_ids``)."""
+    if drops_position_ids(model) and len(prompts) > 1:
+        return torch.cat([candidate_log_likelihoods(model, tokenizer, [p], candidates, add_special_tokens,
+                                                    append_eos) for p in prompts])
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
