@@ -22,6 +22,7 @@ module (``module.evaluation``, ``module.label_names``), at the time they run: ``
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import ClassVar, Optional
 
@@ -91,9 +92,12 @@ def overlap_with_training(module, split: str) -> Optional[dict]:
 
 
 def gather_rows(rows: list[dict]) -> list[dict]:
-    """Every rank's rows on every rank (a no-op without torch.distributed)."""
+    """Every rank's counted rows on every rank, in dataset order (a no-op without torch.distributed).
+
+    ``CountedEvalSampler`` deals row ``i`` to rank ``i % world`` and puts the uncounted repeats last, so a
+    rank's k-th counted row is row ``rank + k * world``: taking the ranks' rows in turn restores the order."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return rows
     parts: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(parts, rows)
-    return [row for part in parts for row in part]
+    return [row for turn in itertools.zip_longest(*parts) for row in turn if row is not None]
