@@ -176,7 +176,9 @@ def test_every_json_lit_lora_writes_is_valid_even_with_nan(tmp_path, monkeypatch
     nan = {"metrics": {"loss": float("nan"), "bleu": 0.5}, "per_group": {}}
     examples = {"right_if": "exact", "fixed_count": 0, "broken_count": 0, "fixed": [], "broken": []}
     report = build_report(nan, nan, {"perplexity": float("inf")}, None, examples, {"temperature": float("nan")})
-    _, js = write_report(report, tmp_path / "compare")
+    md, js = write_report(report, tmp_path / "compare")
+    table = md.read_text()
+    assert "| loss | nan | nan | nan | lower |" in table and "| bleu | 0.5000 | 0.5000 | +0.0000 | higher |" in table
     parsed = strict_json(js.read_text())
     assert parsed["metrics"]["loss"] == {"base": None, "tuned": None, "delta": None}
     assert parsed["metrics"]["bleu"]["base"] == 0.5

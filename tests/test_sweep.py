@@ -58,6 +58,7 @@ def test_grid_expansion_seeds_and_names():
     assert array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and array_spec([3]) == "3"
     assert direction("val_loss") == "min" and direction("val_matched/accuracy") == "max"
     assert direction("test_bleu") == "max" and direction("val_perplexity") == "min" and direction("epoch") is None
+    assert direction("hit_max_new_tokens") == "min" and direction("rougeL_fmeasure") == "max"
 
 
 def test_class_path_axis_resolves_like_lightning_cli(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -80,12 +81,29 @@ def _fmt(value) -> str:
     return str(value)
 
 
+MIN_WORDS = {"loss", "perplexity", "ppl", "error", "wer", "cer", "hit", "unparseable"}
+MAX_WORDS = {"accuracy", "acc", "f1", "bleu", "precision", "recall", "exact", "em", "mcc", "chrf", "codebleu",
+             "sacrebleu"}
+
+
+def direction(metric: str) -> Optional[str]:
+    """``"min"`` for losses, ``"max"`` for accuracy-like scores, ``None`` when the name does not tell."""
+    words = [w for w in re.split(r"[/_\-.@ ]+", metric.lower()) if w]
+    if any(w in MIN_WORDS for w in words):
+        return "min"
+    if any(w in MAX_WORDS or w.startswith("rouge") or w.startswith("f1") for w in words):
+        return "max"
+    return None
+
+
 def _table(rows: dict) -> list[str]:
-    lines = ["| metric | base | fine-tuned | delta |", "|---|---:|---:|---:|"]
+    """Metrics side by side; ``better`` says which way a delta (fine-tuned − base) is an improvement."""
+    lines = ["| metric | base | fine-tuned | delta | better |", "|---|---:|---:|---:|---|"]
     for name, r in rows.items():
         base = _fmt(r["base"]).lstrip("+")
         tuned = _fmt(r["tuned"]).lstrip("+")
-        lines.append(f"| {name} | {base} | {tuned} | {_fmt(r['delta'])} |")
+        better = {"min": "lower", "max": "higher"}.get(direction(name), "")
+        lines.append(f"| {name} | {base} | {tuned} | {_fmt(r['delta'])} | {better} |")
     return lines
 
 

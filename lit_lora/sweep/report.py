@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 from lit_lora.sweep import plots as sweep_plots
 from lit_lora.sweep.grid import as_number
 from lit_lora.sweep.plots import mean_std
+from lit_lora.evaluation.report import direction  # noqa: F401 (also its old import path)
 from lit_lora.sweep.state import FINISHED, log_tail, load_sweep, point_states, read_json
 
 SUMMARY_KEYS = ("trainable_params", "total_params", "trainable_pct", "wall_time_s", "peak_memory_mib",
                 "peak_memory_kind", "global_step", "method")
-MIN_WORDS = {"loss", "perplexity", "ppl", "error", "wer", "cer"}
-MAX_WORDS = {"accuracy", "acc", "f1", "bleu", "precision", "recall", "exact", "em", "mcc", "chrf", "codebleu",
-             "sacrebleu"}
 TABLE_METRICS = 10  # metric columns in report.md (all are in report.csv)
 PLOT_METRICS = 4
 UNRANKED = {"base_val_loss"}  # the untrained model's loss: the same for every point of a model, never "best"
@@ -72,16 +69,6 @@ def point_metrics(run_dir: Path) -> dict[str, Any]:
     if summary.get("trainable_params") and summary.get("total_params") and "trainable_pct" not in summary:
         metrics["trainable_pct"] = round(100 * summary["trainable_params"] / summary["total_params"], 4)
     return metrics
-
-
-def direction(metric: str) -> Optional[str]:
-    """``"min"`` for losses, ``"max"`` for accuracy-like scores, ``None`` when the name does not tell."""
-    words = [w for w in re.split(r"[/_\-.@ ]+", metric.lower()) if w]
-    if any(w in MIN_WORDS for w in words):
-        return "min"
-    if any(w in MAX_WORDS or w.startswith("rouge") or w.startswith("f1") for w in words):
-        return "max"
-    return None
 
 
 # ---- the sweep -----------------------------------------------------------------------------------------
