@@ -9,10 +9,12 @@
 * ``launch_checks``: the SLURM allocation against ``trainer.num_nodes`` / ``devices`` before anything loads,
   and the run directory at the start of ``fit`` (requeued without a checkpoint, inside the data or the
   model directory, an earlier run's results).
-* ``sharding``: full weights of a ZeRO-3 / FSDP model for export, loading under ZeRO-3, and
-  ``DecoderLayerWrapPolicy``, the FSDP auto-wrap policy of ``configs/strategies/fsdp.yaml``.
+* ``sharding``: full weights of a ZeRO-3 / FSDP model for export, loading under ZeRO-3, the device a rank
+  evaluates on (``run_device``), and ``DecoderLayerWrapPolicy``, the FSDP auto-wrap policy.
 * ``tracking``: ``WandbRun``, Weights & Biases with one run per job across requeues and secrets redacted.
-* ``runtime``: what the CLI installs around every Trainer besides ``preemption:`` (one job per callback).
+* ``runtime``: what the CLI installs around every Trainer besides ``preemption:`` (one job per callback), on a
+  laptop too: atomic checkpoint writes and the run-directory check are read from the ``preemption:`` section.
+* ``step_seed``: ``StepSeed``, torch seeded before every training micro-batch, so a resume redraws dropout exactly.
 * ``lightning_compat``: every private Lightning API the above touches, behind small named functions,
   with the Lightning versions they were checked against (``tests/test_lightning_compat.py``).
 

@@ -1,4 +1,6 @@
-"""Full weights of a sharded model for export: DeepSpeed ZeRO-3 and FSDP keep only a shard per rank.
+"""Sharded models: loading under ZeRO-3, full weights for export, and the device a rank evaluates on.
+
+DeepSpeed ZeRO-3 and FSDP keep only a shard per rank.
 
 Saving ``model.save_pretrained`` on rank 0 alone under ZeRO-3 writes empty tensors, and under FSDP
 it hangs (FSDP's state_dict is a collective). ``gathered_state_dict`` is called on *every* rank and
