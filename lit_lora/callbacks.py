@@ -24,6 +24,7 @@ from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.sharding import run_device
 from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.export import merge_and_save
@@ -96,9 +97,9 @@ class FinalExport(Callback):
         self.started = time.perf_counter()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        check_finite_weights(pl_module, f"the final export {run_dir / self.dirname}", trainer)
-        out = pl_module.save_pretrained(run_dir / self.dirname)  # every rank: gathers under ZeRO-3 / FSDP
+        out_dir = run_dir(trainer)
+        check_finite_weights(pl_module, f"the final export {out_dir / self.dirname}", trainer)
+        out = pl_module.save_pretrained(out_dir / self.dirname)  # every rank: gathers under ZeRO-3 / FSDP
         if not trainer.is_global_zero:
             return
         memory, memory_kind = peak_memory()
@@ -115,11 +116,11 @@ class FinalExport(Callback):
         if self.merge:
             if not pl_module.is_peft:
                 raise ValueError("export.merge needs a LoRA / QLoRA adapter; full fine-tuning already saves a model")
-            merged = merge_and_save(pl_module.model_name_or_path, out, run_dir / self.merged_dirname,
+            merged = merge_and_save(pl_module.model_name_or_path, out, out_dir / self.merged_dirname,
                                     type(pl_module).auto_model_class, self.merge_dtype, pl_module.tokenizer,
                                     **pl_module.architecture_kwargs())
             summary["merged_dir"] = str(merged)
-        (run_dir / "run_summary.json").write_text(dumps(summary, indent=2))
+        (out_dir / "run_summary.json").write_text(dumps(summary, indent=2))
         print(f"[lit-lora] saved {pl_module.adapter.method} weights to {out}")
 
 
@@ -186,11 +187,11 @@ class BaselineComparison(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({k.replace("_val_loss", "/val_loss"): v for k, v in result.items()
                                 if v is not None}, step=trainer.global_step)
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a broadcast
+        out_dir = run_dir(trainer)  # every rank: log_dir is a broadcast
         if not trainer.is_global_zero:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "before_after.json").write_text(dumps(result, indent=2))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "before_after.json").write_text(dumps(result, indent=2))
         if self.base_loss is None:
             print(f"[lit-lora] validation loss: tuned {tuned:.4f} (base not measured on a resumed full fine-tune)")
             return
@@ -221,15 +222,15 @@ class MetricsWriter(Callback):
         self.filename = filename
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a broadcast
+        out_dir = run_dir(trainer)  # every rank: log_dir is a broadcast
         if not trainer.is_global_zero:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
         result = {"stage": stage, "ckpt_path": trainer.ckpt_path, "metrics": scalars,
                   "details": getattr(pl_module, "extra_metrics", {})}
-        (run_dir / self.filename).write_text(dumps(result, indent=2, default=str))
-        print(f"[lit-lora] wrote {stage} metrics to {run_dir / self.filename}")
+        (out_dir / self.filename).write_text(dumps(result, indent=2, default=str))
+        print(f"[lit-lora] wrote {stage} metrics to {out_dir / self.filename}")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, pl_module, "test")

@@ -14,6 +14,7 @@
 * ``tracking``: ``WandbRun``, Weights & Biases with one run per job across requeues and secrets redacted.
 * ``runtime``: what the CLI installs around every Trainer besides ``preemption:`` (one job per callback), on a
   laptop too: atomic checkpoint writes and the run-directory check are read from the ``preemption:`` section.
+* ``run_dir``: where a run's files go (the logger's directory, else ``default_root_dir``), the same on every rank.
 * ``step_seed``: ``StepSeed``, torch seeded before every training micro-batch, so a resume redraws dropout exactly.
 * ``lightning_compat``: every private Lightning API the above touches, behind small named functions,
   with the Lightning versions they were checked against (``tests/test_lightning_compat.py``).

@@ -29,6 +29,7 @@ from typing import Iterable, Mapping, Optional, Union
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_lora.cluster.lightning_compat import fit_ckpt_path
+from lit_lora.cluster.run_dir import run_dir
 
 log = logging.getLogger("lit_lora")
 
@@ -222,7 +223,7 @@ class RunDirectoryCheck(Callback):
         ckpt_path = fit_ckpt_path(trainer)
         fresh_restart = check_requeued_resume(ckpt_path, trainer.default_root_dir,
                                               start_fresh=self.start_fresh_if_no_checkpoint)
-        run_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast: called on every rank
+        directory = str(run_dir(trainer))  # a broadcast: called on every rank
         datamodule = trainer.datamodule
         inputs = [("data", "data.source", getattr(datamodule, "source", None)),
                   ("data", "data.validation_source", getattr(datamodule, "validation_source", None)),
@@ -230,9 +231,9 @@ class RunDirectoryCheck(Callback):
         problem = None
         if trainer.is_global_zero:
             try:
-                check_run_location({"trainer.default_root_dir": trainer.default_root_dir, "trainer.log_dir": run_dir},
+                check_run_location({"trainer.default_root_dir": trainer.default_root_dir, "trainer.log_dir": directory},
                                    inputs)
-                check_fresh_run_dir(run_dir, resuming=ckpt_path is not None or fresh_restart)
+                check_fresh_run_dir(directory, resuming=ckpt_path is not None or fresh_restart)
             except RunDirectoryConflict as err:
                 problem = str(err)
         problem = trainer.strategy.broadcast(problem)  # every rank stops, not rank 0 alone

@@ -21,7 +21,6 @@ runtime (SLURM preemption and requeue, atomic checkpoints, run-directory checks,
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
@@ -37,6 +36,7 @@ from lit_lora.finite_guard import FiniteGuard
 from lit_lora.cluster.csv_history import csv_by_default, pin_log_dir
 from lit_lora.cluster.launch_checks import check_allocation
 from lit_lora.cluster.preemption import PreemptionCheckpoint
+from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
 from lit_lora.commands.config_errors import config_files, explain
@@ -158,12 +158,12 @@ class LitLoraCLI(LightningCLI):
                 logger.log_config(self.config.get(self.subcommand))
 
     def after_fit(self) -> None:
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # every rank: log_dir broadcasts
+        out_dir = run_dir(self.trainer)  # every rank: log_dir broadcasts
         if self.trainer.is_global_zero:
-            saved = run_dir / "config.yaml"
+            saved = out_dir / "config.yaml"
             given = self.config.get(self.subcommand).get("config") or []
             config_path = str(saved) if saved.exists() else (str(given[-1]) if given else None)
-            print(console.fit_summary(self.trainer, run_dir, config_path, self._started, self.model), flush=True)
+            print(console.fit_summary(self.trainer, out_dir, config_path, self._started, self.model), flush=True)
 
 
 def main(argv: list[str]) -> None:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from pathlib import Path
 
+from lit_lora.cluster.run_dir import run_dir
 from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.evaluation.evaluators.answer_queue import AnswerQueue
 from lit_lora.evaluation.evaluators.base import Evaluator, full_evaluation, gather_rows, generates, \
@@ -105,10 +105,10 @@ class GenerationEvaluator(Evaluator):
             log.warning("[lit-lora] %d of %d answers stopped at max_new_tokens=%d (not at EOS)", hit, len(rows),
                         module.evaluation.max_new_tokens)
         self.predictions = rows
-        run_dir = Path(module.trainer.log_dir or module.trainer.default_root_dir)  # every rank: log_dir broadcasts
+        out_dir = run_dir(module.trainer)  # every rank: log_dir broadcasts
         if module.trainer.is_global_zero:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            path = run_dir / module.evaluation.predictions_file
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = out_dir / module.evaluation.predictions_file
             with path.open("w") as f:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
