@@ -61,3 +61,18 @@ def test_the_default_logger_is_csv_where_tensorboard_is_installed(tiny_model, tm
     trainer = demo_cli(tiny_model("llama"), tmp_path).trainer
     assert [type(logger) for logger in trainer.loggers] == [CSVLogger]
     assert Path(trainer.log_dir) == tmp_path / "lightning_logs" / "version_0"  # Lightning's CSV layout
+
+
+def test_a_runs_saved_config_follows_a_new_default_root_dir(tiny_model, tmp_path):
+    """The default CSV logger is handed to the Trainer, not written into config.yaml: ``lit-lora test --config
+    <run>/config.yaml --trainer.default_root_dir DIR`` writes under DIR, not beside the training run."""
+    import yaml
+    from harness import build_cli, fit
+
+    cli = demo_cli(tiny_model("llama"), tmp_path / "train", "--trainer.max_steps", "1",
+                   "--trainer.limit_val_batches", "1", "--baseline.enabled", "false")
+    fit(cli)
+    saved = Path(cli.trainer.log_dir) / "config.yaml"
+    assert yaml.safe_load(saved.read_text())["trainer"]["logger"] in (None, True)
+    again = build_cli(["--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "elsewhere")], run=False)
+    assert Path(again.trainer.log_dir) == tmp_path / "elsewhere" / "lightning_logs" / "version_0"

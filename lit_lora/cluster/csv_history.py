@@ -92,21 +92,22 @@ class CSVHistoryResume(Callback):
                 logger.keep_history_before(trainer.global_step)
 
 
-def csv_by_default(trainer_config: Any) -> None:
-    """Make the default logger (``logger: true`` / unset) Lightning's ``CSVLogger``, wherever the run is.
+def default_csv_logger(trainer_config: Any) -> Optional[Any]:
+    """Lightning's ``CSVLogger`` for a config whose logger is the default (``logger: true`` / unset), else None.
 
     Lightning's own default is TensorBoard where ``tensorboard`` is installed (most GPU images) and CSV elsewhere,
     so one config would write ``metrics.csv``, which fit's summary, ``lit-lora compare`` and the tests read, on a
     laptop and not on the cluster. Same directory layout as Lightning's CSV default
-    (``<default_root_dir>/lightning_logs/version_N``); a configured logger is left alone, and under SLURM
+    (``<default_root_dir>/lightning_logs/version_N``). It is handed to the Trainer, not written into the config:
+    the run's ``config.yaml`` keeps the default, so ``lit-lora test --config <run>/config.yaml
+    --trainer.default_root_dir DIR`` writes under ``DIR``. A configured logger is left alone, and under SLURM
     ``pin_log_dir`` has already chosen the requeue-safe one.
     """
     if trainer_config.get("logger") not in (None, True):
-        return
-    from jsonargparse import Namespace
+        return None
+    from lightning.pytorch.loggers import CSVLogger
 
-    root = trainer_config.get("default_root_dir") or os.getcwd()
-    trainer_config["logger"] = Namespace(class_path=LIGHTNING_CSV_LOGGER, init_args=Namespace(save_dir=str(root)))
+    return CSVLogger(save_dir=str(trainer_config.get("default_root_dir") or os.getcwd()))
 
 
 def pin_log_dir(trainer_config: Any, env: Optional[dict] = None) -> None:

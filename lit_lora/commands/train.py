@@ -33,7 +33,7 @@ from lit_lora.compatibility import check_config
 from lit_lora.cpu_bf16 import Bf16Hint
 from lit_lora.data.base import TextDataModule
 from lit_lora.finite_guard import FiniteGuard
-from lit_lora.cluster.csv_history import csv_by_default, pin_log_dir
+from lit_lora.cluster.csv_history import default_csv_logger, pin_log_dir
 from lit_lora.cluster.launch_checks import check_allocation
 from lit_lora.cluster.preemption import PreemptionCheckpoint
 from lit_lora.cluster.run_dir import run_dir
@@ -98,6 +98,10 @@ class LitLoraCLI(LightningCLI):
                     not any(isinstance(c, LearningRateMonitor) for c in callbacks):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))  # the "lr" curve of every logger
             kwargs["callbacks"] = callbacks
+        if "logger" not in kwargs:
+            logger = default_csv_logger(self.config[self.subcommand].trainer if self.subcommand else self.config.trainer)
+            if logger is not None:
+                kwargs["logger"] = logger
         preemption = config.get("preemption")
         # before the `preemption` callback, which LightningCLI appends after these
         kwargs["callbacks"] = [*as_list(kwargs["callbacks"]), *runtime_callbacks(preemption), Bf16Hint()]
@@ -150,7 +154,6 @@ class LitLoraCLI(LightningCLI):
         check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
         fill_save_dirs(trainer)
         pin_log_dir(trainer)
-        csv_by_default(trainer)
 
     def before_fit(self) -> None:
         for logger in self.trainer.loggers:
