@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -81,7 +82,9 @@ def evaluate(module, datamodule, trainer_kwargs: dict, out_dir: Path, ckpt_path:
     """The module's test loop on one device: scalar metrics, per-group metrics, predictions, train overlap."""
     trainer = L.Trainer(default_root_dir=str(out_dir), logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs)
-    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    with warnings.catch_warnings():  # the training run's callbacks hold no state a test needs
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = {k.removeprefix("test_"): float(v) for k, v in trainer.callback_metrics.items()
                if k.startswith("test_") and v.numel() == 1}
     per_group = module.extra_metrics.get("per_group", {})
