@@ -88,3 +88,14 @@ def test_bundled_validation_rows_never_repeat_training_rows():
         seen = {(r["premise"], r["hypothesis"]) for r in rows_of(train)}
         for name in evals:
             assert seen.isdisjoint((r["premise"], r["hypothesis"]) for r in rows_of(name))
+
+
+def test_the_truncation_count_says_what_each_datamodule_shortens():
+    """A classifier pair loses its longer sentence; a label-word row (prompt → label word) is SFT-cut."""
+    from lit_lora.data.nli import MultiNLIDataModule, SNLIDataModule
+    from lit_lora.data.nli_prompts import MultiNLILabelWordDataModule, SNLILabelWordDataModule
+
+    for pair in (SNLIDataModule, MultiNLIDataModule):
+        assert pair.truncation == "the longer of premise and hypothesis shortened", pair
+    for label_word in (SNLILabelWordDataModule, MultiNLILabelWordDataModule):
+        assert label_word.truncation == "response shortened", label_word

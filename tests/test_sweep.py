@@ -291,7 +291,8 @@ def test_a_failed_points_console_line_is_its_error_not_the_traceback(tmp_path):
                    "    raise ValueError('Invalid learning rate: -1.0')\nValueError: Invalid learning rate: -1.0\n")
     assert failure_lines(log) == "ValueError: Invalid learning rate: -1.0"
     log.write_text("[lit-lora] train: kept 20 of 20 rows\nlit-lora: CheckpointSettingsMismatch: --ckpt_path a.ckpt "
-                   "was trained with other model settings\n  model.init_args.adapter.init_args.r: config 4, checkpoint 16\n")
+                   "was trained with other model settings\n"
+                   "  model.init_args.adapter.init_args.r: config 4, checkpoint 16\n")
     assert failure_lines(log).splitlines()[1].strip().startswith("model.init_args.adapter")  # the listing follows
     log.write_text("".join(f"line {i}\n" for i in range(20)))  # killed: no error line, the tail
     assert failure_lines(log, 3) == "line 17\nline 18\nline 19"

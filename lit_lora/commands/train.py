@@ -58,7 +58,8 @@ class ShortUsageParser(LightningArgumentParser):
     config_files: list[str] = []  # the command line's, set by LitLoraCLI
 
     def format_usage(self) -> str:
-        return f"usage: {self.prog.replace(' [options]', '')} --config FILE [--model.… / --data.… / --trainer.… VALUE]\n"
+        prog = self.prog.replace(" [options]", "")
+        return f"usage: {prog} --config FILE [--model.… / --data.… / --trainer.… VALUE]\n"
 
     def error(self, message: str, ex: Optional[Exception] = None):
         if self.exit_on_error:  # the parser that prints, not a nested one raising to it
@@ -99,7 +100,7 @@ class LitLoraCLI(LightningCLI):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))  # the "lr" curve of every logger
             kwargs["callbacks"] = callbacks
         if "logger" not in kwargs:
-            logger = default_csv_logger(self.config[self.subcommand].trainer if self.subcommand else self.config.trainer)
+            logger = default_csv_logger((self.config[self.subcommand] if self.subcommand else self.config).trainer)
             if logger is not None:
                 kwargs["logger"] = logger
         preemption = config.get("preemption")

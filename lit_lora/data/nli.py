@@ -206,7 +206,6 @@ class SNLI:
     """The ``stanfordnlp/snli`` schema; label -1 (annotators gave no gold label) is dropped and counted."""
 
     required_columns: ClassVar[tuple[str, ...]] = ("premise", "hypothesis", "label")
-    truncation: ClassVar[str] = "the longer of premise and hypothesis shortened"
     default_source: ClassVar[Optional[str]] = "snli_train.jsonl"
     default_eval: ClassVar[dict[str, tuple[str, str]]] = {"validation": ("validation", "snli_validation.jsonl")}
     no_gold_label: ClassVar[Optional[int]] = NO_GOLD_LABEL

@@ -9,9 +9,9 @@ length, longest first (a batch pads only to its own longest prompt, and a batch 
 is the first one), cut into batches of ``generation_batch_size`` rows within ``generation_batch_tokens``, and
 the answers returned in the order of the prompts. Greedy answers match one-prompt-at-a-time answers (left
 padding is masked out; only a numerical near-tie between two tokens could flip). A prompt-learning adapter
-(peft ignores ``position_ids`` there) gets batches of equal-length prompts only, which need no padding. A completion that ends
-because it reached ``max_new_tokens`` (not an EOS) is flagged ``hit_limit`` and counted in the metrics, so a
-cut-off answer is never passed off as a finished one.
+(peft ignores ``position_ids`` there) gets batches of equal-length prompts only, which need no padding.
+A completion that ends because it reached ``max_new_tokens`` (not an EOS) is flagged ``hit_limit`` and counted
+in the metrics, so a cut-off answer is never passed off as a finished one.
 """
 
 from __future__ import annotations

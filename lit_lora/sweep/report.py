@@ -26,7 +26,7 @@ from typing import Any, Optional
 from lit_lora.sweep import plots as sweep_plots
 from lit_lora.sweep.grid import as_number
 from lit_lora.sweep.plots import mean_std
-from lit_lora.evaluation.report import direction  # noqa: F401 (also its old import path)
+from lit_lora.evaluation.report import direction
 from lit_lora.sweep.state import FINISHED, log_tail, load_sweep, point_states, read_json
 
 SUMMARY_KEYS = ("trainable_params", "total_params", "trainable_pct", "wall_time_s", "peak_memory_mib",
