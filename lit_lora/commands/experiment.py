@@ -121,7 +121,7 @@ def parse_experiment(argv: list[str], add_arguments: Optional[Callable[[Any], No
 
 def model_of(config: Any) -> Any:
     """The config's module alone, with the label names ``LitLoraCLI`` links from the datamodule at instantiation."""
-    from lit_lora.models.builder import link_label_names, module_from_config
+    from lit_lora.models.from_config import link_label_names, module_from_config
 
     module = module_from_config(config.model)
     data = config.get("data")

@@ -16,7 +16,7 @@ and FlashAttention runs varlen (``modeling_flash_attention_utils._is_packed_sequ
 another. A batch holds ``max_tokens_per_batch // max_length`` packed sequences (the last one fewer; the
 default budget ``max_length × batch_size`` makes that ``batch_size``), stacked as ``(sequences, longest)``
 for sdpa / eager and joined into one row for FlashAttention, whose varlen path needs a batch of one
-(``flattens``). Validation and test batches stay unpacked.
+(``lit_lora.models.packing_support.flattens``). Validation and test batches stay unpacked.
 
 The plan of an epoch is a function of ``(seed, epoch)`` and the row lengths only: ties between rows of
 equal length are broken by a seeded permutation and the sequences are shuffled with it, so a mid-epoch
@@ -36,11 +36,6 @@ import torch
 from torch.utils.data import Dataset
 
 from lit_lora.data.resumable import LengthAwareSampler, ResumableDataLoader
-
-# model types whose packed rows were checked to match the rows run alone (tests/test_packing.py);
-# a new one is added here after that test passes for it
-PACKING_ARCHITECTURES = ("llama", "gemma", "phi", "falcon")
-
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int,
                         order: Optional[Sequence[int]] = None) -> list[list[int]]:
@@ -64,32 +59,6 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int,
         if left > 0:
             bisect.insort(room, (left, b))
     return bins
-
-
-def flattens(attn_implementation: Optional[str]) -> bool:
-    """FlashAttention finds packed rows from ``position_ids`` only in a batch of one row (transformers'
-    ``_is_packed_sequence``), so its batches are flattened; sdpa / eager stack the packed sequences, which
-    keeps their attention at ``sequences × max_length²`` instead of ``(sequences × max_length)²``."""
-    return "flash" in str(attn_implementation or "")
-
-
-def model_packing_refusal(config: Any, adapter: Any = None) -> Optional[str]:
-    """Why a model (its config) and adapter cannot train on packed rows, or ``None`` when they can."""
-    model_type = getattr(config, "model_type", "?")
-    if getattr(config, "is_encoder_decoder", False):
-        return f"packing: true needs a causal LM; {model_type} is an encoder-decoder model"
-    if model_type not in PACKING_ARCHITECTURES:
-        return (f"packing: true keeps rows apart only where that was verified ({', '.join(PACKING_ARCHITECTURES)}: "
-                f"PACKING_ARCHITECTURES in lit_lora/data/packing.py, tests/test_packing.py), not {model_type}")
-    if getattr(config, "alibi", False):  # verified with rotary positions, which restart with position_ids
-        return (f"packing: true is verified for {model_type} with rotary positions; this config uses ALiBi "
-                "(alibi: true), whose positions come from the attention mask, not position_ids")
-    from lit_lora.adapters.prompt import _PromptLearning
-
-    if isinstance(adapter, _PromptLearning):  # peft drops position_ids (prompt / p-tuning) or adds a KV prefix
-        return (f"packing: true does not work with {adapter.method}: peft puts virtual tokens before the rows and "
-                "drops position_ids or adds a KV-cache prefix, so packed rows would attend to each other")
-    return None
 
 
 class PackedSampler(LengthAwareSampler):

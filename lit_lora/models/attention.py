@@ -2,7 +2,7 @@
 
 transformers picks sdpa. On a CUDA GPU with ``flash_attn`` installed and half-precision compute, FlashAttention 2
 is the faster kernel, and with ``data.init_args.packing: true`` its varlen path keeps packed rows apart from their
-``position_ids`` alone, with no block mask (``lit_lora.data.packing.flattens``). Anywhere else (a CPU, float32,
+``position_ids`` alone, with no block mask (``lit_lora.models.packing_support.flattens``). Anywhere else (a CPU, float32,
 a model class without it, remote code) transformers keeps its own choice; a named implementation always wins::
 
     import torch

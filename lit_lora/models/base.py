@@ -35,6 +35,7 @@ from lit_lora.evaluation.evaluators import Evaluator, LossEvaluator
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models import builder
 from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
+from lit_lora.models.packing_support import flattens, model_packing_refusal
 from lit_lora.models.token_loss import label_count, step_label_count, summed_loss
 from lit_lora.cluster import sharding
 from lit_lora.cluster.lightning_compat import attached_trainer
@@ -201,17 +202,13 @@ class FineTuneModule(L.LightningModule):
         """Why this model and adapter cannot train on packed rows, or ``None`` (asked by the datamodule)."""
         from transformers import AutoConfig
 
-        from lit_lora.data.packing import model_packing_refusal
-
         config = AutoConfig.from_pretrained(resolve_model_path(self.model_name_or_path),
                                             trust_remote_code=self.trust_remote_code)
         return model_packing_refusal(config, self.adapter)
 
     def flattens_packed_rows(self) -> bool:
         """Whether packed rows should arrive as one flattened row: FlashAttention varlen reads the row boundaries
-        from ``position_ids`` (``lit_lora.data.packing.flattens``). Asked of the built model, what it really runs."""
-        from lit_lora.data.packing import flattens
-
+        from ``position_ids`` (``packing_support.flattens``). Asked of the built model, what it really runs."""
         config = getattr(self.model, "config", None)
         return flattens(getattr(config, "_attn_implementation", None) or self.attn_implementation)
 

@@ -22,9 +22,7 @@ download, quantized as ``from_pretrained`` would quantize it):
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
-from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -149,28 +147,3 @@ def quantized_layers(model: nn.Module) -> list[nn.Module]:
     import bitsandbytes as bnb
 
     return [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
-
-
-# ---- the module of a config ---------------------------------------------------------------------------------
-def module_from_config(model_config: Any):
-    """The LightningModule of a config's ``model`` section (``class_path`` / ``init_args``); its ``__init__``
-    loads no weights (``configure_model`` does)."""
-    from jsonargparse import ArgumentParser
-
-    from lit_lora.models.base import FineTuneModule
-
-    as_dict = model_config.as_dict() if hasattr(model_config, "as_dict") else dict(model_config)
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(FineTuneModule, "model")
-    return parser.instantiate(parser.parse_object({"model": as_dict})).model
-
-
-def link_label_names(module, data_class_path: Optional[str]) -> None:
-    """The label names the CLI links from the datamodule (``data.label_names``) when the module has none: read
-    from the datamodule class, which defines them, without building it."""
-    if not hasattr(module, "label_names") or module.label_names or not data_class_path:
-        return
-    package, _, name = data_class_path.rpartition(".")
-    names = getattr(getattr(importlib.import_module(package), name), "label_names", None)
-    if names:
-        module.label_names = list(names)
