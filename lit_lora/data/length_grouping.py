@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from lit_lora.data.resumable import LengthAwareSampler
+from lit_lora.data.samplers import LengthAwareSampler
 
 MAX_MEGA_BATCH_MULT = 200  # global batches per sorted mega-batch, at most (transformers': 50, batches unshuffled)
 

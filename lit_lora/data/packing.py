@@ -35,7 +35,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from lit_lora.data.resumable import LengthAwareSampler, ResumableDataLoader
+from lit_lora.data.resumable import ResumableDataLoader
+from lit_lora.data.samplers import LengthAwareSampler
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int,
                         order: Optional[Sequence[int]] = None) -> list[list[int]]:
