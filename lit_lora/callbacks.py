@@ -49,6 +49,13 @@ class AdapterCheckpoint(ModelCheckpoint):
     from NaN / inf weights, nor (``save_on_exception``) when the run stopped on a non-finite loss.
     """
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # in the run directory (its ``checkpoints/``) for every logger: Lightning's default for a W&B logger is
+        # ``<save_dir>/<project>/<run id>/checkpoints``, outside the run directory the config and adapter are in
+        if self.dirpath is None:
+            self.dirpath = str(run_dir(trainer) / "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
     # _save_checkpoint / _remove_checkpoint: private ModelCheckpoint methods, listed in
     # lit_lora.cluster.lightning_compat.PRIVATE_API (tests/test_lightning_compat.py checks they still exist)
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:

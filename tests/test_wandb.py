@@ -1,5 +1,6 @@
 """W&B: secrets redacted, the run id kept in the run directory, read back from wandb's own offline run files."""
 
+import re
 import struct
 import time
 from pathlib import Path
@@ -100,3 +101,34 @@ def test_a_refused_fresh_run_leaves_no_wandb_run_behind(tmp_path):
     refused = run_cli_subprocess(args, cwd=tmp_path, check=False)
     assert refused.returncode == 1 and "RunDirectoryConflict" in refused.stderr
     assert sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*")) == first
+
+
+def test_test_and_compare_of_a_wandb_run_keep_its_files_and_find_its_summary(tmp_path):
+    """With the W&B logger the run directory is ``default_root_dir`` itself: its checkpoints sit in it, ``test``
+    writes into a directory (and W&B run) of its own instead of over the training run's ``config.yaml``, and
+    ``compare`` finds the run's summary from the checkpoint."""
+    from harness import DEMO, QUIET, run_cli_subprocess
+
+    run = tmp_path / "run"
+    small = ["--data.init_args.max_samples", "8", "--data.init_args.batch_size", "4",
+             "--model.init_args.evaluation.max_new_tokens", "4"]
+    run_cli_subprocess(["fit", "--config", DEMO, "--config", str(Path(DEMO).parent / "loggers" / "wandb.yaml"),
+                        *QUIET, *small, "--trainer.default_root_dir", str(run), "--trainer.max_steps", "2",
+                        "--trainer.val_check_interval", "1"], cwd=tmp_path)
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert ckpts, sorted(str(p.relative_to(run)) for p in run.rglob("*.ckpt"))
+    fit_config = (run / "config.yaml").read_text()
+    train_id = (run / "wandb_run_id").read_text().strip()
+
+    tested = run_cli_subprocess(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpts[-1]),
+                                 *QUIET, *small], cwd=tmp_path)
+    assert (run / "config.yaml").read_text() == fit_config
+    assert (run / "test_0" / "metrics.json").is_file() and not (run / "metrics.json").exists()
+    assert (run / "test_0" / "wandb_run_id").read_text().strip() != train_id
+    assert "writing into" in tested.stderr and "test_0" in tested.stderr
+
+    run_cli_subprocess(["compare", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpts[-1]), *small],
+                       cwd=tmp_path)
+    report = (run / "compare" / "report.md").read_text()
+    assert "training wall time: " in report and "None" not in report and "not recorded" not in report
+    assert re.search(r"\| hit_max_new_tokens \| \d+ \| \d+ \| [+-]\d+ \| lower \|", report)  # counts, not 1.0000

@@ -153,7 +153,7 @@ class LitLoraCLI(LightningCLI):
             resolve_model_path(model_args["model_name_or_path"])  # one clear line now, not a jsonargparse report later
         check_config(config)
         check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
-        fill_save_dirs(trainer)
+        fill_save_dirs(trainer, self.subcommand or "fit")
         pin_log_dir(trainer)
 
     def before_fit(self) -> None:

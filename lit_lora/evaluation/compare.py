@@ -52,10 +52,11 @@ class CompareSettings:
     def resolved_run_dir(self) -> Path:
         if self.run_dir:
             return Path(self.run_dir)
-        if self.ckpt_path:
-            path = Path(self.ckpt_path)
-            return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return Path(self.adapter_dir).parent
+        path = Path(self.ckpt_path or self.adapter_dir)
+        for parent in list(path.parents)[:4]:  # the run directory holds its config (W&B: checkpoints 3 levels down)
+            if (parent / "config.yaml").is_file() or (parent / "run_summary.json").is_file():
+                return parent
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
     def resolved_out_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else self.resolved_run_dir() / "compare"

@@ -73,9 +73,14 @@ def build_report(base: dict, tuned: dict, run_info: dict, overlap: Optional[dict
             "per_group": groups, "run": run_info, "settings": settings, "examples": examples}
 
 
-def _fmt(value) -> str:
+COUNTS = {"hit_max_new_tokens", "generated_rows"}  # row counts, logged as floats (torchmetrics)
+
+
+def _fmt(value, count: bool = False) -> str:
     if value is None:
         return "–"
+    if count and isinstance(value, float) and value.is_integer():
+        return f"{int(value):+d}"
     if isinstance(value, float):
         return f"{value:+.4f}" if math.isfinite(value) and abs(value) < 1e6 else f"{value:.4g}"
     return str(value)
@@ -100,10 +105,11 @@ def _table(rows: dict) -> list[str]:
     """Metrics side by side; ``better`` says which way a delta (fine-tuned − base) is an improvement."""
     lines = ["| metric | base | fine-tuned | delta | better |", "|---|---:|---:|---:|---|"]
     for name, r in rows.items():
-        base = _fmt(r["base"]).lstrip("+")
-        tuned = _fmt(r["tuned"]).lstrip("+")
+        count = name.rsplit("/", 1)[-1] in COUNTS
+        base = _fmt(r["base"], count).lstrip("+")
+        tuned = _fmt(r["tuned"], count).lstrip("+")
         better = {"min": "lower", "max": "higher"}.get(direction(name), "")
-        lines.append(f"| {name} | {base} | {tuned} | {_fmt(r['delta'])} | {better} |")
+        lines.append(f"| {name} | {base} | {tuned} | {_fmt(r['delta'], count)} | {better} |")
     return lines
 
 
@@ -127,8 +133,7 @@ def to_markdown(report: dict) -> str:
               f"{overlap.get('count', 'not checked')} of {overlap.get('evaluated', '?')}",
               f"- trainable / total parameters: {run.get('trainable_params', '?'):,} / {run.get('total_params', '?'):,}"
               if isinstance(run.get("trainable_params"), int) else "- trainable / total parameters: not recorded",
-              f"- training wall time: {run.get('train_wall_time_s', 'not recorded')} s; training peak memory: "
-              f"{run.get('train_peak_memory_mib', 'not recorded')} MiB ({run.get('train_peak_memory_kind', '')})",
+              training_cost_line(run),
               f"- evaluation peak memory: {run.get('eval_peak_memory_mib')} MiB ({run.get('eval_peak_memory_kind')})",
               f"- generation: {dumps(report['settings'])}", "", "## Metrics", ""]
     lines += _table(report["metrics"])
@@ -136,12 +141,16 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"### {group}", ""] + _table(rows)
     if run.get("loss_curve"):
         lines += ["", "## Training loss", "", f"![loss curve]({run['loss_curve']})"]
+    else:
+        lines += ["", "## Training loss", "", "No curve: the run directory has no `metrics.csv` (a CSV logger's; "
+                  "a W&B-only run has its curves in W&B)."]
     ex = report["examples"]
     rule = "exact match" if ex["right_if"] == "exact" else f"row ROUGE-L F1 ≥ {ex['right_if']}"
     for key, title in (("fixed", "Fine-tuned right, base wrong"), ("broken", "Base right, fine-tuned wrong")):
         lines += ["", f"## {title} ({ex[key + '_count']} rows; right = {rule})", ""]
         if not ex[key]:
-            lines.append("None.")
+            hint = " (a looser rule: `--right_if 0.5`, a row ROUGE-L F1 threshold)" if ex["right_if"] == "exact" else ""
+            lines.append(f"No such row{hint}.")
         for row in ex[key]:
             lines += [f"### row {row['index']}", "", "Prompt:", "", _fence(row["prompt"]), "", "Reference:", "",
                       _fence(row["reference"]), "", "Base:", "", _fence(row["base"]), "", "Fine-tuned:", "",
@@ -185,3 +194,13 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     (out / "report.json").write_text(dumps(report, indent=2, default=str))
     (out / "report.md").write_text(to_markdown(report))
     return out / "report.md", out / "report.json"
+
+
+def training_cost_line(run: dict) -> str:
+    """The training run's wall time and peak memory, or what was not recorded (no ``run_summary.json`` found)."""
+    wall, peak = run.get("train_wall_time_s"), run.get("train_peak_memory_mib")
+    if wall is None and peak is None:
+        return "- training wall time and peak memory: not recorded (no run_summary.json in the run directory)"
+    wall_text = f"{wall} s" if wall is not None else "not recorded"
+    peak_text = f"{peak} MiB ({run.get('train_peak_memory_kind') or '?'})" if peak is not None else "not recorded"
+    return f"- training wall time: {wall_text}; training peak memory: {peak_text}"
