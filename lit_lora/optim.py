@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, Union
 
 import torch
 
@@ -63,27 +63,43 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def lr_lambda(scheduler: str, warmup_steps: int, total_steps: int):
+def lr_lambda(scheduler: str, warmup_steps: int, total_steps: Union[int, Callable[[], int]]):
+    """The schedule's factor at each optimizer step. ``total_steps`` may be a function: it is asked once, at
+    the first step after the warmup, so building the schedule does not need the length of training."""
+    total: list[int] = []
+
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
-        if scheduler == "constant":
+        if scheduler == "constant" or step <= warmup_steps:
             return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if not total:
+            total.append(total_steps() if callable(total_steps) else total_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total[0] - warmup_steps))
         return 1.0 - progress if scheduler == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
 
 
 def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, trainer) -> dict:
-    """Lightning's ``configure_optimizers`` return value, stepping the schedule every optimizer step."""
+    """Lightning's ``configure_optimizers`` return value, stepping the schedule every optimizer step.
+
+    The schedule's length (``trainer.estimated_stepping_batches``) is read at the first step after the warmup,
+    not here: with ``max_epochs`` set, reading it loads the train dataloader before Lightning restores a
+    checkpoint, and Lightning then never hands the loader its saved position (a mid-epoch resume would
+    train the epoch's first batches again).
+    """
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: every weight is frozen (adapter NoAdapter?); evaluate with "
                          "`lit-lora test` / `lit-lora incontext`, or choose a LoRA / QLoRA / full adapter to fit")
     optimizer = optimizer_class(settings.name)(
         param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas, eps=settings.eps
     )
-    total = trainer.estimated_stepping_batches if trainer is not None else 1
-    total = int(total) if math.isfinite(total) else settings.warmup_steps + 1
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.scheduler, settings.warmup_steps, total))
+
+    def total_steps() -> int:
+        total = trainer.estimated_stepping_batches if trainer is not None else 1
+        return int(total) if math.isfinite(total) else settings.warmup_steps + 1
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.scheduler, settings.warmup_steps,
+                                                                      total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}

@@ -1,7 +1,7 @@
 """An interrupted run resumed from its mid-epoch checkpoint equals the same run left uninterrupted.
 
 Both runs parse ``configs/demo.yaml`` through the CLI (tiny Llama, LoRA, dropout 0 and 0.1, cosine schedule
-over ``max_steps``). 20 training rows at batch size 4 make 5 batches an epoch. Two interruptions:
+over ``max_steps``; once with ``max_epochs`` set as well). 20 training rows at batch size 4 make 5 batches an epoch. Two interruptions:
 
 * after step 4, in the middle of epoch 0: the resumed steps 5-8 finish epoch 0 and cross into
   epoch 1 (a new sampler epoch);
@@ -27,29 +27,35 @@ LOSS_RTOL = 1e-5      # per-step training loss, relative
 WEIGHT_ATOL = 1e-6    # final LoRA weights, absolute (float32 on CPU: the same ops in the same order)
 
 
-def cli(model_dir: str, root: Path, every: int, precision: str = "32-true", dropout: float = 0.0):
+def cli(model_dir: str, root: Path, every: int, precision: str = "32-true", dropout: float = 0.0,
+        max_epochs: int = -1):
     return resumable_demo_cli(model_dir, root, every, MAX_STEPS, "--data.init_args.batch_size", "4",
                               "--data.init_args.max_length", "256", "--trainer.precision", precision,
-                              "--model.init_args.adapter.init_args.dropout", str(dropout))
+                              "--model.init_args.adapter.init_args.dropout", str(dropout),
+                              "--trainer.max_epochs", str(max_epochs))
 
 
-@pytest.mark.parametrize(("stop_at", "precision", "dropout"),
-                         [(4, "32-true", 0.0), (BATCHES_PER_EPOCH, "32-true", 0.0), (4, "bf16-mixed", 0.0),
-                          (4, "32-true", 0.1), (BATCHES_PER_EPOCH, "32-true", 0.1)],
+@pytest.mark.parametrize(("stop_at", "precision", "dropout", "max_epochs"),
+                         [(4, "32-true", 0.0, -1), (BATCHES_PER_EPOCH, "32-true", 0.0, -1), (4, "bf16-mixed", 0.0, -1),
+                          (4, "32-true", 0.1, -1), (BATCHES_PER_EPOCH, "32-true", 0.1, -1), (4, "32-true", 0.0, 2)],
                          ids=["mid-epoch", "end-of-epoch", "mid-epoch-bf16-mixed", "mid-epoch-dropout",
-                              "end-of-epoch-dropout"])
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, precision, dropout, tiny_model, tmp_path):
-    """With LoRA dropout on, the resumed steps draw the masks the uninterrupted ones drew (``StepSeed``)."""
+                              "end-of-epoch-dropout", "mid-epoch-max-epochs"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, precision, dropout, max_epochs, tiny_model,
+                                                                  tmp_path):
+    """With LoRA dropout on, the resumed steps draw the masks the uninterrupted ones drew (``StepSeed``). With
+    ``max_epochs`` set, the cosine schedule's length (``estimated_stepping_batches``) is not read before the
+    checkpoint's loader position is restored."""
     model_dir = tiny_model("llama")
+    cli_args = (precision, dropout, max_epochs)
 
-    full = cli(model_dir, tmp_path / "full", stop_at, precision, dropout)
+    full = cli(model_dir, tmp_path / "full", stop_at, *cli_args)
     fit(full)
     assert len(full.datamodule.datasets["train"]) == 4 * BATCHES_PER_EPOCH
     assert full.trainer.global_step == MAX_STEPS
     reference = read_losses(full.trainer.log_dir)
     assert sorted(reference) == list(range(1, MAX_STEPS + 1))
 
-    first = cli(model_dir, tmp_path / "interrupted", stop_at, precision, dropout)
+    first = cli(model_dir, tmp_path / "interrupted", stop_at, *cli_args)
     first.trainer.callbacks.append(KillBeforeStep(stop_at))
     with pytest.raises(Killed):
         fit(first)
@@ -61,7 +67,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, precis
     state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert (state["epoch"], state["batches"]) == (0, stop_at)  # position of the train loader in epoch 0
 
-    resumed = cli(model_dir, tmp_path / "resumed", stop_at, precision, dropout)
+    resumed = cli(model_dir, tmp_path / "resumed", stop_at, *cli_args)
     fit(resumed, ckpt_path=str(ckpt))
     assert resumed.trainer.global_step == MAX_STEPS
     assert resumed.trainer.current_epoch == full.trainer.current_epoch

@@ -48,3 +48,31 @@ def test_perplexity_is_exp_of_token_weighted_loss():
     out = metrics.compute()
     assert out["loss"] == pytest.approx(1.75)
     assert out["perplexity"] == pytest.approx(math.exp(1.75))
+
+
+def test_a_non_finite_batch_loss_makes_the_evaluation_loss_non_finite(caplog):
+    """torchmetrics' default drops NaN values from a mean with a warning; an evaluation loss must not hide one."""
+    from lit_lora.evaluation.text_metrics import TextMetrics
+
+    metrics = TextMetrics(sync_on_compute=False)
+    metrics.update_loss(torch.tensor(2.0), 10)
+    metrics.update_loss(torch.tensor(float("nan")), 5)
+    with caplog.at_level("WARNING", logger="lit_lora"):
+        loss = metrics.compute()["loss"]
+    assert math.isnan(loss)
+    assert "non-finite" in caplog.text
+
+
+def test_a_non_finite_batch_loss_makes_its_eval_set_loss_non_finite():
+    from types import SimpleNamespace
+
+    from lit_lora.evaluation.evaluators.eval_sets import EvalSetMetrics
+
+    logged = {}
+    module = SimpleNamespace(device=torch.device("cpu"), trainer=SimpleNamespace(val_dataloaders=[0]),
+                             log=lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    sets = EvalSetMetrics()
+    sets.update_loss(module, "val", 0, torch.tensor(20.0), torch.tensor(10))
+    sets.update_loss(module, "val", 0, torch.tensor(float("nan")), torch.tensor(5))
+    sets.log(module, "val", {})
+    assert math.isnan(logged["val/loss"])

@@ -12,14 +12,16 @@ torchmetrics' 0–1 scale.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric, Metric, SumMetric
+from torchmetrics import Metric, SumMetric
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
+log = logging.getLogger("lit_lora")
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 
@@ -46,6 +48,26 @@ class ExactMatch(Metric):
         return self.correct / self.total.clamp(min=1)
 
 
+class WeightedMean(Metric):
+    """Weighted mean in which a NaN / inf value stays: torchmetrics' ``MeanMetric`` drops NaN by default, and with
+    ``nan_strategy="disable"`` it ignores the weights (torchmetrics 1.x)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight) -> None:
+        weight = torch.as_tensor(weight, dtype=self.total.dtype, device=self.total.device)
+        self.total += (torch.as_tensor(value, dtype=self.total.dtype, device=self.total.device) * weight).sum()
+        self.weight += weight.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
 class TextMetrics(nn.Module):
     """The generation metrics of one evaluated split (a module, so the states follow the model's device)."""
 
@@ -56,7 +78,7 @@ class TextMetrics(nn.Module):
         self.exact = ExactMatch(**metric_kwargs)
         self.hit_limit = SumMetric(**metric_kwargs)
         self.rows = SumMetric(**metric_kwargs)
-        self.loss = MeanMetric(**metric_kwargs)  # weighted by label tokens
+        self.loss = WeightedMean(**metric_kwargs)  # weighted by label tokens; a non-finite batch shows
 
     def update(self, preds: Sequence[str], refs: Sequence[str], hit_limit: Optional[Sequence[bool]] = None) -> None:
         preds, refs = list(preds), list(refs)
@@ -73,6 +95,9 @@ class TextMetrics(nn.Module):
         out: dict[str, float] = {}
         if self.loss.update_called:
             out["loss"] = float(self.loss.compute())
+            if not math.isfinite(out["loss"]):
+                log.warning("[lit-lora] evaluation loss is %s: a batch gave a non-finite loss; reported as is",
+                            out["loss"])
             out["perplexity"] = math.exp(min(out["loss"], 50.0))
         if self.exact.update_called:
             out["bleu"] = float(self.bleu.compute())

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from lit_lora.cluster.sharding import run_device
 from lit_lora.evaluation.classification import ClassificationMetrics
+from lit_lora.evaluation.text_metrics import WeightedMean
 
 
 class EvalSetMetrics(nn.Module):
@@ -32,7 +32,7 @@ class EvalSetMetrics(nn.Module):
     def __init__(self):
         super().__init__()
         self.metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>_<kind>" -> ClassificationMetrics
-        self.losses = nn.ModuleDict()   # "<stage>_<dataloader idx>" -> MeanMetric weighted by label count
+        self.losses = nn.ModuleDict()   # "<stage>_<dataloader idx>" -> WeightedMean by label count
 
     @staticmethod
     def set_name(module, stage: str, dataloader_idx: int) -> str:
@@ -56,8 +56,8 @@ class EvalSetMetrics(nn.Module):
         """Add a batch's summed loss over ``count`` labels to its evaluation set's weighted mean."""
         key = f"{stage}_{dataloader_idx}"
         if key not in self.losses:
-            self.losses[key] = MeanMetric().to(run_device(module))
-        self.losses[key].update(summed / count.clamp(min=1), weight=count)
+            self.losses[key] = WeightedMean().to(run_device(module))  # a non-finite batch shows
+        self.losses[key].update(summed / count.clamp(min=1), count)
 
     def log(self, module, stage: str, details: dict) -> None:
         """Compute (counts summed across processes by torchmetrics), log scalars, keep details, reset."""
