@@ -296,3 +296,27 @@ def test_a_failed_points_console_line_is_its_error_not_the_traceback(tmp_path):
     assert failure_lines(log).splitlines()[1].strip().startswith("model.init_args.adapter")  # the listing follows
     log.write_text("".join(f"line {i}\n" for i in range(20)))  # killed: no error line, the tail
     assert failure_lines(log, 3) == "line 17\nline 18\nline 19"
+
+
+def test_a_swept_key_no_points_class_accepts_is_an_error(tmp_path):
+    """Under a swept class path a key one class lacks is left out of that point; a key every class lacks is a
+    typo, and the sweep stops instead of running without that axis."""
+    result = sweep_cmd("--config", DEMO, "--grid", f"{ADAPTER}=lit_lora.adapters.LoRA,lit_lora.adapters.FullFineTuning",
+                       "--grid", f"{R[:-1]}rank=2,4", "--runs_dir", str(tmp_path), "--name", "typo", "--dry_run",
+                       check=False)
+    assert result.returncode != 0
+    assert "no point's class accepts 'rank'" in result.stderr, result.stderr
+    assert not (tmp_path / "typo" / "sweep.json").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--grid", "trainer.devices=1,2", "--slurm"], "trainer.devices comes from the SLURM allocation"),
+    (["--grid", "model.init_args.optim.lr=1e-3,1e-4", "--trainer.num_nodes", "2", "--slurm"],
+     "trainer.num_nodes comes from the SLURM allocation"),
+    (["--grid", "trainer.default_root_dir=a,b"], "every point runs in its own directory"),
+])
+def test_settings_a_sweep_decides_itself_are_refused(args, message, tmp_path):
+    """Under --slurm, slurm/launch.sh passes the allocation's devices and nodes after each point's config, so a
+    swept trainer.devices would silently train every point alike."""
+    result = sweep_cmd("--config", DEMO, "--runs_dir", str(tmp_path), "--name", "alloc", *args, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr

@@ -72,7 +72,27 @@ def resolve_points(points: list[Point], configs: list[str], base_args: list[str]
             continue
         seen.add(identity)
         resolved.append((point, text))
+    applied = {key for point, _ in resolved for key in point.overrides}
+    for key in (k for k in keys if k not in applied):  # a misspelled key under a swept class path
+        raise SystemExit(f"lit-lora sweep {sweep}: --grid {key}: no point's class accepts "
+                         f"'{key.rsplit('.', 1)[1]}' (misspelled?), so no point would sweep it")
     return resolved
+
+
+PINNED_KEYS = {"trainer.default_root_dir": "every point runs in its own directory under the sweep's"}
+ALLOCATION_KEYS = ("trainer.devices", "trainer.num_nodes")
+
+
+def check_allocation_keys(grid_keys: list[str], base_args: list[str], slurm: bool) -> None:
+    """Refuse settings a sweep decides itself: the run directory always, and under ``--slurm`` the processes,
+    which ``slurm/launch.sh`` takes from the allocation (every array task gets the same one)."""
+    given = set(grid_keys) | {a[2:].split("=", 1)[0] for a in base_args if a.startswith("--")}
+    for key in sorted(given):
+        if key in PINNED_KEYS:
+            raise SystemExit(f"lit-lora sweep: {key} cannot be set: {PINNED_KEYS[key]}")
+        if slurm and key in ALLOCATION_KEYS:
+            raise SystemExit(f"lit-lora sweep --slurm: {key} comes from the SLURM allocation, the same for every "
+                             "array task; give sbatch --nodes / --ntasks-per-node after --slurm instead")
 
 
 def write_sweep(args: argparse.Namespace, base_args: list[str],
@@ -84,6 +104,7 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
         if any(a.key == SEED_KEY for a in axes):
             raise SystemExit("lit-lora sweep: give seeds as --seeds N or as --grid seed_everything=…, not both")
         axes.append(seed_axis(args.seeds))
+    check_allocation_keys([a.key for a in axes], base_args, bool(getattr(args, "slurm", False)))
     name = args.name or Path(args.config[0]).stem
     if not name or "/" in name or name in (".", ".."):
         raise SystemExit(f"lit-lora sweep: --name {name!r} is not a directory name")
