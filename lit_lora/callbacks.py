@@ -99,9 +99,24 @@ class FinalExport(Callback):
         self.merged_dirname = merged_dirname
         self.merge_dtype = merge_dtype
         self.started = None
+        self.earlier_s = 0.0       # training time before this process's start: a resume's earlier segments
+        self.start_step = 0        # the global step this process started at (0, or the resumed checkpoint's)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # after Lightning restored the callbacks' state (load_state_dict)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.start_step = trainer.global_step  # the loops are restored after on_fit_start
+
+    def training_time_s(self) -> Optional[float]:
+        """Training wall time over every segment of the run (a preempted and resumed run included)."""
+        return None if self.started is None else self.earlier_s + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:
+        return {"training_time_s": self.training_time_s() or self.earlier_s}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier_s = float(state_dict.get("training_time_s", 0.0))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         out_dir = run_dir(trainer)
@@ -115,7 +130,8 @@ class FinalExport(Callback):
             "method": pl_module.adapter.method,
             **pl_module.parameter_counts,
             "global_step": trainer.global_step,
-            "wall_time_s": round(time.perf_counter() - self.started, 2) if self.started else None,
+            "wall_time_s": round(self.training_time_s(), 2) if self.started else None,  # every segment
+            "resumed_at_step": self.start_step or None,
             "peak_memory_mib": round(memory, 1),
             "peak_memory_kind": memory_kind,
             "adapter_dir": str(out),

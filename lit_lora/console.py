@@ -27,7 +27,15 @@ NOISE_WARNINGS = [
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch"),  # Lightning vs newer torch
     (r"`is_gradient_checkpointing` is deprecated", r"transformers"),  # peft calls the old name
     (r"`gradient_checkpointing_enable` is deprecated", r"transformers"),  # peft's QLoRA preparation calls it
+    # a hint to wrap the command in srun: lit-lora's sbatch scripts do, and a login-node run means no SLURM
+    (r"The `srun` command is available on your system but is not used", r"lightning\.fabric"),
+    # test / compare load a checkpoint into a new run directory; top-k tracking is a training matter
+    (r"The dirpath has changed from", r"lightning\.pytorch"),
+    # lit-lora's evaluation metrics are torchmetrics, synchronised across ranks when they compute
+    (r"It is recommended to use `self\.log\('(val|test)", r"lightning\.pytorch"),
 ]
+# log records shown once per process (compare builds a Trainer for each model)
+ONCE_LOG_RECORDS = [("lightning.pytorch.utilities.rank_zero", ("GPU available:", "TPU available:", "HPU available:"))]
 # (logger name, message start) of log records of the same kind
 NOISE_LOG_RECORDS = [
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),  # an advertisement
@@ -37,6 +45,20 @@ NOISE_LOG_RECORDS = [
 
 def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false", "False")
+
+
+class _OnlyOnce(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes, self.seen = prefixes, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if not message.startswith(self.prefixes):
+            return True
+        first = message not in self.seen
+        self.seen.add(message)
+        return first
 
 
 class _DropMessages(logging.Filter):
@@ -56,6 +78,8 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message, module=module)
     for name, prefix in NOISE_LOG_RECORDS:
         logging.getLogger(name).addFilter(_DropMessages(prefix))
+    for name, prefixes in ONCE_LOG_RECORDS:
+        logging.getLogger(name).addFilter(_OnlyOnce(prefixes))
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -81,12 +105,15 @@ class StepProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
         if not self._by_steps(trainer):
             return super().on_train_epoch_start(trainer, *args)
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: Trainer) -> None:
         bar = self.train_progress_bar
-        if bar.total != trainer.max_steps:  # once per fit, not per epoch
+        if bar.total != trainer.max_steps:  # once per fit, not per epoch (nor per batch)
             bar.reset(total=trainer.max_steps)
             bar.n = trainer.global_step  # a resumed run starts where it stopped
             self._started = time.perf_counter()
-        bar.set_description("step")
+        bar.set_description("step", refresh=False)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if isinstance(batch, dict) and "attention_mask" in batch:
@@ -95,6 +122,7 @@ class StepProgressBar(TQDMProgressBar):
             self._tokens += int(batch["input_ids"].numel())
         if not self._by_steps(trainer):
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._count_steps(trainer)  # also after a mid-epoch resume, which skips on_train_epoch_start's reset
         bar = self.train_progress_bar
         if trainer.global_step != bar.n and not bar.disable:
             bar.n = trainer.global_step
@@ -112,8 +140,7 @@ def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], sta
     ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path \
         if trainer.checkpoint_callback is not None else ""
     config = config_path or "<config>"
-    lines = [f"[lit-lora] done: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s"
-             + (f"; {shown}" if shown else "")]
+    lines = [f"[lit-lora] done: {steps_done(trainer, time.perf_counter() - started)}" + (f"; {shown}" if shown else "")]
     for name, path in (("adapter", run_dir / "adapter"), ("merged", run_dir / "merged"),
                        ("metrics", run_dir / "metrics.csv"), ("before/after", run_dir / "before_after.json"),
                        ("config", run_dir / "config.yaml")):
@@ -134,3 +161,16 @@ def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], sta
         steps.append("merge LoRA into the base: add --export.merge true to the fit command")
     lines += [("  next: " if i == 0 else "        ") + step for i, step in enumerate(steps)]
     return "\n".join(lines)
+
+
+def steps_done(trainer: Trainer, elapsed_s: float) -> str:
+    """``200 steps in 353 s (training 341 s)``; for a resumed run the steps this process ran, and the training
+    time of every segment (``FinalExport`` keeps it in the checkpoints)."""
+    export = next((c for c in getattr(trainer, "callbacks", []) if hasattr(c, "training_time_s")), None)
+    training = export.training_time_s() if export is not None else None
+    start = export.start_step if export is not None else 0
+    if start:
+        text = (f"step {trainer.global_step} ({trainer.global_step - start} steps after resuming at step {start}) "
+                f"in {elapsed_s:.0f} s")
+        return text + (f"; training {training:.0f} s over the whole run" if training is not None else "")
+    return f"{trainer.global_step} steps in {elapsed_s:.0f} s" + (f" (training {training:.0f} s)" if training else "")

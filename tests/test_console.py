@@ -3,6 +3,8 @@ for a step-based run, and a closing summary; ``--verbose`` brings the library me
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 import shlex
 from pathlib import Path
@@ -53,9 +55,15 @@ def test_the_next_commands_it_prints_run_as_printed(tmp_path):
     for command in commands:
         args = shlex.split(command)[1:]
         assert "config.yaml" in args[args.index("--config") + 1]  # the run's saved config, overrides included
-        result = run_cli_subprocess(args, cwd=tmp_path, check=False)
+        result = run_cli_subprocess(args, cwd=tmp_path, env={"LIT_LORA_VERBOSE": None}, check=False)
         assert result.returncode == 0, f"{command}\n{output(result)[-3000:]}"
     assert list((tmp_path / "run").rglob("compare/report.md"))
+    # compare says which model each evaluation is, then the headline figures and where the files went
+    said = output(result)
+    assert "compare 1/2: the base model" in said and "compare 2/2: the fine-tuned model" in said, said[-3000:]
+    assert re.search(r"^  loss +[\d.]+ -> [\d.]+ \([+-][\d.]+; lower is better\)$", said, re.M), said[-3000:]
+    assert "report.md (and report.json)" in said and "tuned/predictions.jsonl" in said
+    assert said.count("GPU available:") <= 1 and "The `srun` command is available" not in said
 
 
 def test_perplexity_is_printed_readably_however_large():
@@ -87,3 +95,21 @@ def test_the_summary_suggests_only_what_applies(tmp_path):
 
     full = SimpleNamespace(adapter=SimpleNamespace(method="full"), evaluator=None)
     assert "merge" not in fit_summary(trainer, tmp_path / "other", "c.yaml", time.perf_counter(), full)
+
+
+def test_a_resumed_fit_continues_its_run_directory_and_says_what_it_ran(tmp_path):
+    """``fit --ckpt_path <run>/checkpoints/x.ckpt`` continues that run (one metrics.csv, one summary), the closing
+    line counts the steps this process ran, and the training time spans both segments."""
+    demo(tmp_path, "--trainer.log_every_n_steps", "1")
+    run = tmp_path / "lightning_logs" / "version_0"
+    ckpt = sorted((run / "checkpoints").glob("*.ckpt"))[-1]
+    first_time = json.loads((run / "run_summary.json").read_text())["wall_time_s"]
+    out = demo(tmp_path, "--trainer.log_every_n_steps", "1", "--trainer.max_steps", "4", "--ckpt_path", str(ckpt))
+    assert not (tmp_path / "lightning_logs" / "version_1").exists(), out[-2000:]
+    assert "[lit-lora] done: step 4 (2 steps after resuming at step 2)" in out, out[-2000:]
+    assert re.search(r"step: 100%\|.*\| 4/4 ", out), out[-2000:]
+    steps = [int(row["step"]) for row in csv.DictReader((run / "metrics.csv").open()) if row.get("train_loss")]
+    assert steps == [0, 1, 2, 3]  # Lightning logs step k under k - 1: both segments, each step once
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["resumed_at_step"] == 2
+    assert summary["wall_time_s"] > first_time

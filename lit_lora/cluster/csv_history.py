@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -92,8 +93,11 @@ class CSVHistoryResume(Callback):
                 logger.keep_history_before(trainer.global_step)
 
 
-def default_csv_logger(trainer_config: Any) -> Optional[Any]:
-    """Lightning's ``CSVLogger`` for a config whose logger is the default (``logger: true`` / unset), else None.
+def default_csv_logger(trainer_config: Any, ckpt_path: Optional[str] = None) -> Optional[Any]:
+    """Lightning's ``CSVLogger`` for a config whose logger is the default (``logger: true`` / unset), else None;
+    for a fit resumed from a checkpoint of a run under ``default_root_dir`` (the same command with ``--ckpt_path``),
+    a ``ResumableCSVLogger`` continuing that run's directory. A checkpoint from elsewhere starts a new
+    ``version_N`` under ``default_root_dir``.
 
     Lightning's own default is TensorBoard where ``tensorboard`` is installed (most GPU images) and CSV elsewhere,
     so one config would write ``metrics.csv``, which fit's summary, ``lit-lora compare`` and the tests read, on a
@@ -105,9 +109,25 @@ def default_csv_logger(trainer_config: Any) -> Optional[Any]:
     """
     if trainer_config.get("logger") not in (None, True):
         return None
+    root = Path(trainer_config.get("default_root_dir") or os.getcwd())
+    resumed = run_dir_of_checkpoint(ckpt_path) if ckpt_path else None
+    if resumed is not None and resumed.resolve().is_relative_to(root.resolve()):
+        # a resumed fit of the same experiment continues its run: one directory, one metrics.csv, one summary
+        log.info("[lit-lora] resuming in %s (the checkpoint's run directory)", resumed)
+        return ResumableCSVLogger(save_dir=str(resumed), name="", version="")
     from lightning.pytorch.loggers import CSVLogger
 
-    return CSVLogger(save_dir=str(trainer_config.get("default_root_dir") or os.getcwd()))
+    return CSVLogger(save_dir=str(root))
+
+
+def run_dir_of_checkpoint(ckpt_path: str) -> Optional[Path]:
+    """The run directory a checkpoint file belongs to (``<run>/checkpoints/x.ckpt``, its ``config.yaml`` beside
+    ``checkpoints/``), or ``None`` for a checkpoint outside a run directory or Lightning's ``"last"`` / ``"hpc"``."""
+    path = Path(ckpt_path)
+    if not path.is_file() or path.parent.name != "checkpoints":
+        return None
+    run = path.parent.parent
+    return run if (run / "config.yaml").is_file() or (run / "metrics.csv").is_file() else None
 
 
 def pin_log_dir(trainer_config: Any, env: Optional[dict] = None) -> None:

@@ -100,7 +100,9 @@ class LitLoraCLI(LightningCLI):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))  # the "lr" curve of every logger
             kwargs["callbacks"] = callbacks
         if "logger" not in kwargs:
-            logger = default_csv_logger((self.config[self.subcommand] if self.subcommand else self.config).trainer)
+            settings = self.config[self.subcommand] if self.subcommand else self.config
+            resumes = settings.get("ckpt_path") if self.subcommand == "fit" else None
+            logger = default_csv_logger(settings.trainer, resumes)
             if logger is not None:
                 kwargs["logger"] = logger
         preemption = config.get("preemption")
