@@ -21,7 +21,7 @@ from typing import Optional
 import lightning as L
 
 from lit_lora.callbacks import peak_memory
-from lit_lora.evaluation.report import build_report, example_rows, plot_loss_curve, write_report
+from lit_lora.evaluation.report import build_report, console_summary, example_rows, plot_loss_curve, write_report
 
 
 class NotComparable(TypeError):
@@ -129,10 +129,12 @@ def compare_models(module, datamodule, trainer_kwargs: dict, settings: CompareSe
     out_dir = settings.resolved_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     module.disable_adapter_in_eval = True  # the base model: adapter off (full fine-tuning: weights not yet loaded)
+    print("[lit-lora] compare 1/2: the base model (adapter off)", flush=True)
     base = evaluate(module, datamodule, trainer_kwargs, out_dir / "base", ckpt_path=None)
     module.disable_adapter_in_eval = False
     if settings.adapter_dir:
         load_adapter_dir(module, settings.adapter_dir)
+    print(f"[lit-lora] compare 2/2: the fine-tuned model ({settings.ckpt_path or settings.adapter_dir})", flush=True)
     tuned = evaluate(module, datamodule, trainer_kwargs, out_dir / "tuned", ckpt_path=settings.ckpt_path)
 
     split = "test" if "test" in datamodule.datasets else "validation"
@@ -141,5 +143,5 @@ def compare_models(module, datamodule, trainer_kwargs: dict, settings: CompareSe
     examples = example_rows(base["predictions"], tuned["predictions"], settings.right_if, settings.examples)
     report = build_report(base, tuned, info, tuned["overlap"], examples, evaluation)
     md, js = write_report(report, out_dir)
-    print(f"[lit-lora] wrote {md} and {js}")
+    print(console_summary(report, md, js, out_dir), flush=True)
     return report

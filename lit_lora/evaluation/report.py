@@ -149,7 +149,8 @@ def to_markdown(report: dict) -> str:
     for key, title in (("fixed", "Fine-tuned right, base wrong"), ("broken", "Base right, fine-tuned wrong")):
         lines += ["", f"## {title} ({ex[key + '_count']} rows; right = {rule})", ""]
         if not ex[key]:
-            hint = " (a looser rule: `--right_if 0.5`, a row ROUGE-L F1 threshold)" if ex["right_if"] == "exact" else ""
+            hint = (" (a looser rule: `--right_if 0.5`, a row ROUGE-L F1 threshold)" if ex["right_if"] == "exact"
+                    else "")
             lines.append(f"No such row{hint}.")
         for row in ex[key]:
             lines += [f"### row {row['index']}", "", "Prompt:", "", _fence(row["prompt"]), "", "Reference:", "",
@@ -204,3 +205,20 @@ def training_cost_line(run: dict) -> str:
     wall_text = f"{wall} s" if wall is not None else "not recorded"
     peak_text = f"{peak} MiB ({run.get('train_peak_memory_kind') or '?'})" if peak is not None else "not recorded"
     return f"- training wall time: {wall_text}; training peak memory: {peak_text}"
+
+
+HEADLINE = ("loss", "perplexity", "bleu", "rougeL_fmeasure", "exact_match", "accuracy", "f1_macro")
+
+
+def console_summary(report: dict, md: Path, js: Path, out_dir: Path) -> str:
+    """A few lines for the console: the headline metrics base -> fine-tuned, and where the report went."""
+    lines = ["[lit-lora] base -> fine-tuned on "
+             f"{report['run'].get('rows')} {report['run'].get('split')} rows:"]
+    for name, row in report["metrics"].items():
+        if name.rsplit("/", 1)[-1] in HEADLINE and row.get("base") is not None and row.get("tuned") is not None:
+            better = {"min": "lower is better", "max": "higher is better"}.get(direction(name), "")
+            lines.append(f"  {name:<16}{row['base']:.4g} -> {row['tuned']:.4g} ({_fmt(row.get('delta'))}; {better})")
+    lines.append(f"  {'report':<16}{md} (and {js.name})")
+    lines.append(f"  {'predictions':<16}{out_dir / 'base' / 'predictions.jsonl'}, "
+                 f"{out_dir / 'tuned' / 'predictions.jsonl'}")
+    return "\n".join(lines)
