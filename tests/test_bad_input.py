@@ -7,6 +7,7 @@ SNLI / MultiNLI: premise, hypothesis, label[, genre]) with one thing wrong in it
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -333,6 +334,19 @@ def test_a_misspelled_config_key_is_named_with_its_file_line_and_the_option_mean
     line = next(n for n, t in enumerate(typo.read_text().splitlines(), 1) if "rr: 16" in t)
     err = config_error(capsys, "--config", DEMO, "--config", str(typo))  # the second of two files
     assert f"error: {typo}: line {line}: 'rr' is not an option of lit_lora.adapters.LoRA (did you mean 'r'?)" in err
+
+
+def test_a_value_of_the_wrong_type_is_named_with_its_file_and_line(tmp_path, capsys):
+    text = Path(DEMO).read_text()
+    assert "\n    batch_size: " in text
+    bad = tmp_path / "bad_type.yaml"
+    bad.write_text(re.sub(r"\n    batch_size: \d+", "\n    batch_size: sixteen", text))
+    line = next(n for n, t in enumerate(bad.read_text().splitlines(), 1) if "sixteen" in t)
+    assert f"error: {bad}: line {line}: batch_size: expected int, got 'sixteen'" in config_error(
+        capsys, "--config", str(bad))
+    # on the command line: no file line to name (the config's own max_steps line holds another value)
+    assert "error: max_steps: expected int, got 'five'" in config_error(capsys, "--config", DEMO,
+                                                                       "--trainer.max_steps", "five")
 
 
 def test_invalid_yaml_is_named_with_its_file_and_line(tmp_path, capsys):

@@ -86,3 +86,17 @@ def test_the_learning_rate_is_logged_at_every_logged_step(tmp_path):
     rows = list(csv.DictReader((version_dir(tmp_path) / "metrics.csv").open()))
     lr = [float(row["lr"]) for row in rows if row.get("lr")]
     assert len(lr) == 4 and lr == sorted(lr) and lr[0] < lr[-1], lr
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("adapter.init_args.r", "-3", "r must be a positive integer, got -3"),
+    ("adapter.init_args.dropout", "1.5", "dropout must be in [0, 1), got 1.5"),
+    ("adapter.init_args.alpha", "0", "alpha must be positive, got 0"),
+])
+def test_an_adapter_setting_out_of_range_is_one_line_before_anything_loads(key, value, message, tmp_path):
+    """peft refuses such values only after the data are tokenised and the model loaded, with a traceback."""
+    result = run_cli_subprocess(["fit", "--config", DEMO, f"--model.init_args.{key}", value,
+                                 "--trainer.default_root_dir", str(tmp_path)], cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert f"lit-lora: InvalidAdapterSetting: model.init_args.adapter (lora): {message}" in result.stderr
+    assert "Traceback" not in result.stderr and "kept" not in result.stderr  # no data was read

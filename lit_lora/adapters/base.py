@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -38,6 +38,16 @@ def to_dtype(name: Optional[str]) -> Optional[torch.dtype]:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}") from None
+
+
+class InvalidAdapterSetting(ValueError):
+    """An adapter setting outside its range, named when the config is read (before any weights load)."""
+
+
+def require(adapter: str, name: str, value: Any, ok: bool, expected: str) -> None:
+    """Raise ``InvalidAdapterSetting`` naming the setting unless ``ok``."""
+    if not ok:
+        raise InvalidAdapterSetting(f"model.init_args.adapter ({adapter}): {name} must be {expected}, got {value!r}")
 
 
 @dataclass(frozen=True)

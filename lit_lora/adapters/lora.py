@@ -13,7 +13,7 @@ from typing import Literal, Optional, Sequence, Union
 
 from torch import nn
 
-from lit_lora.adapters.base import Adapter, AdapterSpec, check_target_modules, to_dtype
+from lit_lora.adapters.base import Adapter, AdapterSpec, check_target_modules, require, to_dtype
 
 
 class FullFineTuning(Adapter):
@@ -70,6 +70,9 @@ class LoRA(Adapter):
         use_dora: bool = False,
         modules_to_save: Optional[list[str]] = None,
     ):
+        require(self.method, "r", r, isinstance(r, int) and r >= 1, "a positive integer")
+        require(self.method, "alpha", alpha, alpha > 0, "positive")
+        require(self.method, "dropout", dropout, 0 <= dropout < 1, "in [0, 1)")
         self.r = r
         self.alpha = alpha
         self.dropout = dropout

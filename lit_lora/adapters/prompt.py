@@ -16,15 +16,14 @@ from typing import Literal, Optional, Sequence
 from torch import nn
 from transformers import PretrainedConfig
 
-from lit_lora.adapters.base import Adapter, AdapterSpec
+from lit_lora.adapters.base import Adapter, AdapterSpec, require
 
 
 class _PromptLearning(Adapter):
     """Shared wrapping of peft's prompt-learning configs (the base model stays frozen)."""
 
     def __init__(self, num_virtual_tokens: int, modules_to_save: Optional[list[str]]):
-        if num_virtual_tokens < 1:
-            raise ValueError(f"{type(self).__name__}: num_virtual_tokens must be >= 1, got {num_virtual_tokens}")
+        require(self.method, "num_virtual_tokens", num_virtual_tokens, num_virtual_tokens >= 1, ">= 1")
         self.num_virtual_tokens = num_virtual_tokens
         self.modules_to_save = modules_to_save
 

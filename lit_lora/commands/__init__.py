@@ -130,6 +130,7 @@ def input_error_types() -> tuple[type, ...]:
     without one) or why it stopped (a non-finite loss): their message is the whole answer."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from lit_lora.adapters.base import InvalidAdapterSetting
     from lit_lora.adapters.loading import AdapterMismatchError
     from lit_lora.architectures import UnknownArchitectureError
     from lit_lora.ckpt_settings import CheckpointSettingsMismatch, MissingCheckpoint
@@ -142,7 +143,7 @@ def input_error_types() -> tuple[type, ...]:
     return (AdapterMismatchError, UnknownArchitectureError, CheckpointSettingsMismatch, MissingCheckpoint,
             MisconfigurationException, AllocationMismatch,
             MissingResumeCheckpoint, RunDirectoryConflict, IncompatibleConfig, DataFileError, NonFiniteTrainingError,
-            NonFiniteWeightsError, PointConfigError)
+            NonFiniteWeightsError, PointConfigError, InvalidAdapterSetting)
 
 
 def entry() -> None:

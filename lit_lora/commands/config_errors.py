@@ -4,6 +4,7 @@
     # error: my.yaml: line 31: 'max_lenght' is not an option of lit_lora.data.InstructionDataModule
     #        (did you mean 'max_length'?)
     #        … jsonargparse's own message follows
+    # and for `batch_size: sixteen`: my.yaml: line 32: batch_size: expected int, got 'sixteen'
 
 ``ShortUsageParser`` (``commands/train.py``) calls ``explain`` with the ``--config`` files of the command line.
 """
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 import yaml
 
 NOT_ACCEPTED = re.compile(r"Problem with given class_path '([\w.]+)':\s*Option '(\w+)' is not accepted")
+WRONG_TYPE = re.compile(r"Parser key \"([\w.]+)\":\s*Expected a (.+?)\. Got value: (.+)")
 YAML_PROBLEM = '"<unicode string>"'
 
 
@@ -36,7 +38,8 @@ def config_files(argv: Sequence[str]) -> list[str]:
 
 def explain(message: str, files: Sequence[str]) -> str:
     """``message`` with a first line naming the file and line of the mistake, where one of ``files`` holds it."""
-    found = yaml_error(files) if YAML_PROBLEM in message else unknown_option(message, files)
+    found = yaml_error(files) if YAML_PROBLEM in message else unknown_option(message, files) or \
+        wrong_type(message, files)
     return f"{found}\n{message}" if found else message
 
 
@@ -63,6 +66,26 @@ def unknown_option(message: str, files: Sequence[str]) -> Optional[str]:
     where = next((f"{path}: line {n}: " for path in files for n in lines_with_key(path, key)), "")
     close = difflib.get_close_matches(key, init_options(class_path), n=1)
     return f"{where}{key!r} is not an option of {class_path}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def wrong_type(message: str, files: Sequence[str]) -> Optional[str]:
+    """``file: line N: key: expected <type>, got 'value'`` for a value of the wrong type, at the line that holds
+    the key with that value (none for a value given on the command line)."""
+    match = WRONG_TYPE.search(message)
+    if not match:
+        return None
+    key, expected, value = match.group(1).rsplit(".", 1)[-1], match.group(2), match.group(3).strip()
+    expected = re.sub(r"<class '([\w.]+)'>", r"\1", expected)
+    lines = [(path, n) for path in files for n in lines_with_key(path, key) if value in line_text(path, n)]
+    where = next((f"{path}: line {n}: " for path, n in lines), "")
+    return f"{where}{key}: expected {expected}, got {value!r}"
+
+
+def line_text(path: str, number: int) -> str:
+    try:
+        return Path(path).read_text().splitlines()[number - 1]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return ""
 
 
 def lines_with_key(path: str, key: str) -> list[int]:
