@@ -253,7 +253,9 @@ class MetricsWriter(Callback):
         result = {"stage": stage, "ckpt_path": trainer.ckpt_path, "metrics": scalars,
                   "details": getattr(pl_module, "extra_metrics", {})}
         (out_dir / self.filename).write_text(dumps(result, indent=2, default=str))
-        print(f"[lit-lora] wrote {stage} metrics to {out_dir / self.filename}")
+        width = max((len(name) for name in scalars), default=0) + 2
+        rows = [f"  {name:<{width}}{value:.6g}" for name, value in sorted(scalars.items())]
+        print("\n".join([f"[lit-lora] {stage} metrics, written to {out_dir / self.filename}:", *rows]), flush=True)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, pl_module, "test")

@@ -149,6 +149,9 @@ class LitLoraCLI(LightningCLI):
             keep_run_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"))
             check_resume_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"),
                                   self.subcommand, accept=bool(config.get(SWITCH)))
+        if self.subcommand in ("test", "validate") and not console.verbose():
+            config["verbose"] = False  # MetricsWriter prints one row per metric; Lightning's table repeats every
+            # metric under each evaluation set's column (MultiNLI's matched / mismatched)
         trainer = config.trainer
         model_args = config.get("model", {}).get("init_args") or {}
         if model_args.get("model_name_or_path"):
