@@ -69,6 +69,24 @@ def test_value_and_gradients_equal_full_logits(chunk, softcap):
     assert got[0][2].abs().max() == 0  # the row without labels gets no gradient
 
 
+def test_a_float64_model_gets_a_float64_loss_and_gradients():
+    """The loss is computed in float32 at least: a float64 run (a reference, a gradient check) keeps float64."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 9, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    labels = awkward_labels(3, 9, 40)
+    head = label_only.LabelOnlyHead(SimpleNamespace(weight=weight, bias=None), None)
+    loss = summed_label_only_loss(hidden, labels, head, 5)
+    logits = F.linear(hidden, weight)
+    expected = reference_sum(logits, labels)
+    assert loss.dtype == torch.float64 and summed_loss(logits, labels, shift=True).dtype == torch.float64
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(summed_loss(logits, labels, shift=True), expected, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(loss, (hidden, weight)), torch.autograd.grad(expected, (hidden, weight))):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_no_labels_at_all_and_no_grad():
     hidden = torch.randn(2, 5, 8, requires_grad=True)
     weight = torch.randn(30, 8, requires_grad=True)

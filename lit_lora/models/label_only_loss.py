@@ -155,10 +155,12 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: O
 
 def _chunk_logits(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   softcap: Optional[float]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """One chunk's float32 logits (softcapped as the model does) and, with a softcap, tanh(logits / cap)."""
+    """One chunk's logits in float32 at least (softcapped as the model does) and, with a softcap,
+    tanh(logits / cap)."""
     if rows.dtype != weight.dtype and not torch.is_autocast_enabled(rows.device.type):
         rows = rows.to(weight.dtype)
-    logits = F.linear(rows, weight, bias).float()
+    logits = F.linear(rows, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if softcap is None:
         return logits, None
     capped = torch.tanh(logits / softcap)
@@ -197,10 +199,11 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, rows, weight, bias, targets, softcap, chunk):
         grad_rows = torch.empty_like(rows) if rows.requires_grad else None
         trains_weight = weight.requires_grad
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if trains_weight else None
+        exact = torch.promote_types(weight.dtype, torch.float32)  # float32, or float64 for a float64 model
+        grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device) if trains_weight else None
         trains_bias = bias is not None and bias.requires_grad
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if trains_bias else None
-        total = torch.zeros((), dtype=torch.float32, device=rows.device)
+        grad_bias = torch.zeros(bias.shape, dtype=exact, device=bias.device) if trains_bias else None
+        total = torch.zeros((), dtype=exact, device=rows.device)
         for start in range(0, rows.shape[0], chunk):
             part = rows[start:start + chunk]
             loss, grad = _chunk_loss_and_grad(part, weight, bias, targets[start:start + chunk], softcap)
@@ -208,18 +211,18 @@ class LinearCrossEntropy(torch.autograd.Function):
             if grad_rows is not None:
                 grad_rows[start:start + chunk] = grad.to(weight.dtype) @ weight
             if grad_weight is not None:
-                grad_weight.addmm_(grad.t(), part.float())
+                grad_weight.addmm_(grad.t(), part.to(exact))
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
         ctx.save_for_backward(grad_rows, grad_weight, grad_bias)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype, exact)
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
         grad_rows, grad_weight, grad_bias = ctx.saved_tensors
-        weight_dtype, bias_dtype = ctx.dtypes
-        scaled = grad_output.float()
+        weight_dtype, bias_dtype, exact = ctx.dtypes
+        scaled = grad_output.to(exact)
         return (None if grad_rows is None else grad_rows * scaled.to(grad_rows.dtype),
                 None if grad_weight is None else (grad_weight * scaled).to(weight_dtype),
                 None if grad_bias is None else (grad_bias * scaled).to(bias_dtype),

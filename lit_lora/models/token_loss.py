@@ -35,9 +35,11 @@ def _aligned(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[t
 
 
 def summed_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:
-    """Cross-entropy summed (in float32) over the positions whose label is not -100."""
+    """Cross-entropy summed (in float32, or float64 for a float64 model) over the positions whose label is not
+    -100."""
     logits, labels = _aligned(logits, labels, shift)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device),
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device),
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
