@@ -197,6 +197,12 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     report_out = sweep_cmd("report", str(sweep_dir)).stdout
     assert "report.md" in report_out and "lr=-1-seed=0: failed (exit status 1)" in report_out
 
+    # other base overrides once points finished: refused (a dry run too), sweep.json untouched
+    before = (sweep_dir / "sweep.json").read_text()
+    changed = sweep_cmd(*args, "--trainer.max_steps", "50", "--dry_run", check=False)
+    assert changed.returncode != 0 and "give it another --name" in changed.stderr, changed.stderr
+    assert (sweep_dir / "sweep.json").read_text() == before
+
 
 # ---- lit-lora configs ----------------------------------------------------------------------------------
 def run_main(*args: str) -> str:
@@ -320,3 +326,17 @@ def test_settings_a_sweep_decides_itself_are_refused(args, message, tmp_path):
     swept trainer.devices would silently train every point alike."""
     result = sweep_cmd("--config", DEMO, "--runs_dir", str(tmp_path), "--name", "alloc", *args, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_a_sweep_name_keeps_its_axes(tmp_path):
+    """Rerunning with more values on the same axes adds points; another axis under the same --name would mix
+    points the report cannot compare (their labels for the other axis would be missing)."""
+    common = ["--config", DEMO, "--runs_dir", str(tmp_path), "--name", "s", "--dry_run"]
+    sweep_cmd(*common, "--grid", f"{R}=2,4")
+    sweep_cmd(*common, "--grid", f"{R}=2,4,8", "--trainer.max_steps", "3")  # nothing ran yet: new base is fine
+    sweep = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [p["name"] for p in sweep["points"]] == ["r=2", "r=4", "r=8"] and sweep["base_args"][-1] == "3"
+    refused = sweep_cmd(*common, "--grid", f"{LR}=1e-3", check=False)
+    assert refused.returncode != 0 and "sweeps model.init_args.adapter.init_args.r; this command sweeps" in \
+        refused.stderr, refused.stderr
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["axes"] == sweep["axes"]  # untouched

@@ -95,6 +95,29 @@ def check_allocation_keys(grid_keys: list[str], base_args: list[str], slurm: boo
                              "array task; give sbatch --nodes / --ntasks-per-node after --slurm instead")
 
 
+def check_same_sweep(sweep: dict, sweep_dir: Path, tasks: dict, configs: list[str], base_args: list[str],
+                     keys: list[str]) -> None:
+    """Refuse a command that would make an existing sweep mix settings: other axes (adding values to the same
+    axes adds points), or other configs / base overrides once a point has finished or is queued (before that,
+    the new settings replace the old)."""
+    if not sweep["points"]:
+        return
+    name = sweep.get("name", sweep_dir.name)
+    before = [a["key"] for a in sweep.get("axes", [])]
+    if sorted(before) != sorted(keys):
+        raise SystemExit(f"lit-lora sweep {name}: {sweep_dir} sweeps {', '.join(before) or 'nothing'}; this command "
+                         f"sweeps {', '.join(keys) or 'nothing'}: give it another --name")
+    if (sweep.get("configs"), sweep.get("base_args")) == (configs, base_args):
+        return
+    started = [p["name"] for p in sweep["points"]
+               if point_state(sweep_dir, p, tasks.get(p["index"])).state in (FINISHED, RUNNING, PENDING)]
+    if started:
+        raise SystemExit(f"lit-lora sweep {name}: its points ran with --config {' '.join(sweep.get('configs', []))} "
+                         f"{shlex.join(sweep.get('base_args', []))}; this command gives --config {' '.join(configs)} "
+                         f"{shlex.join(base_args)} and {len(started)} point(s) ({', '.join(started[:3])}…) "
+                         "finished or are queued: give it another --name to run the new settings")
+
+
 def write_sweep(args: argparse.Namespace, base_args: list[str],
                 print_config: PrintConfig) -> tuple[Path, dict, list[dict]]:
     """Expand, resolve (``print_config``: see ``sweep.resolve``) and write ``sweep.json``, ``points.txt`` and every
@@ -114,9 +137,10 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
     resolved = resolve_points(expand(axes), args.config, base_args, name, print_config)
 
     sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
+    tasks = slurm_tasks(sweep) if sweep["slurm"] else {}
+    check_same_sweep(sweep, sweep_dir, tasks, list(args.config), list(base_args), [a.key for a in axes])
     known = {p["name"]: p for p in sweep["points"]}
     next_index = 1 + max((p["index"] for p in sweep["points"]), default=-1)
-    tasks = slurm_tasks(sweep) if sweep["slurm"] else {}
     current = []
     for point, text in resolved:
         entry = known.get(point.name)
