@@ -144,7 +144,9 @@ class FinalExport(Callback):
                                     **pl_module.architecture_kwargs())
             summary["merged_dir"] = str(merged)
         (out_dir / "run_summary.json").write_text(dumps(summary, indent=2))
-        print(f"[lit-lora] saved {pl_module.adapter.method} weights to {out}")
+        what = "the fully fine-tuned model" if pl_module.adapter.method == "full" else \
+            f"the {pl_module.adapter.method} adapter"
+        print(f"[lit-lora] saved {what} to {out}")
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 # Shared body of the sbatch scripts: run directory by job id, then `srun lit-lora fit`.
 #   (called by slurm/*.sbatch; not submitted directly)
 # Environment knobs: LIT_LORA_STRATEGY (a configs/strategies/*.yaml fragment), LIT_LORA_RUNS (default runs),
+# LIT_LORA_NUM_NODES / LIT_LORA_DEVICES (default: SLURM_NNODES / SLURM_NTASKS_PER_NODE),
 # MASTER_ADDR / MASTER_PORT (default: the first node of the allocation, a port derived from the job id).
 # Job arrays over a sweep (`lit-lora sweep … --slurm` submits `sbatch --array=… <script> runs/<sweep>/points.txt`):
 # with SLURM_ARRAY_TASK_ID set and a *.txt list instead of a config, task N runs the config on line N + 1 of
@@ -36,8 +37,9 @@ else
   LOG=$RUN_DIR/slurm.out
 fi
 mkdir -p "$RUN_DIR"
-# the job log, also after a requeue (--open-mode=append)
-exec > >(tee -a "$LOG") 2>&1
+# the job log, also after a requeue (--open-mode=append); tee ignores scancel's SIGTERM so the preemption save's
+# last lines still reach the log (it ends when the script's output closes)
+exec > >(trap '' TERM INT; exec tee -a "$LOG") 2>&1
 
 export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
@@ -45,7 +47,7 @@ export TOKENIZERS_PARALLELISM=false
 STRATEGY_ARGS=()
 if [ -n "${LIT_LORA_STRATEGY:-}" ]; then STRATEGY_ARGS=(--config "$LIT_LORA_STRATEGY"); fi
 
-echo "[lit-lora] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_NNODES} node(s) × ${SLURM_NTASKS_PER_NODE} task(s), run dir $RUN_DIR"
+echo "[lit-lora] job ${TASK:-$SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_NNODES} node(s) × ${SLURM_NTASKS_PER_NODE} task(s), run dir $RUN_DIR"
 # trainer.num_nodes / devices follow the allocation; lit-lora checks them against SLURM_NNODES /
 # SLURM_NTASKS_PER_NODE on every rank before building anything (a mismatch is an error, not a hang).
 srun --kill-on-bad-exit=1 lit-lora fit --config "$CONFIG" "${STRATEGY_ARGS[@]}" \

@@ -189,6 +189,41 @@ def test_a_signal_during_tokenisation_checkpoints_at_the_first_step(tiny_model, 
     assert resumed.trainer.global_step == 3 and logged_steps(root) == [0, 1, 2]
 
 
+def test_a_signal_during_the_imports_checkpoints_at_the_first_step(tiny_model, tmp_path, slurm, signal_net, caplog,
+                                                                   monkeypatch):
+    """``lit-lora fit`` keeps SIGUSR1 from its first line (``early_signals.record`` in ``entry``), seconds before
+    the CLI builds the preemption callback, which takes the signal over."""
+    from lit_lora.cluster import early_signals
+
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    caplog.set_level(logging.INFO, logger="lit_lora")
+    requeues = []
+    monkeypatch.setattr(PreemptionCheckpoint, "_requeue", staticmethod(lambda: requeues.append(JOB_ID)))
+    early_signals.record()
+    os.kill(os.getpid(), signal.SIGUSR1)  # while torch and Lightning would still be importing
+    first = cli(model, root, "--preemption.requeue", "true", steps=3)
+    with pytest.raises(Requeued):
+        fit(first)
+    assert signal_net == []
+    assert first.trainer.global_step == 1 and [p.name for p in hpc_checkpoints(root)] == ["hpc_ckpt_1.ckpt"]
+    assert "SIGUSR1 received before training started" in messages(caplog) and requeues == [JOB_ID]
+
+
+def test_a_kept_signal_no_run_takes_goes_to_the_handler_it_replaced(monkeypatch):
+    got = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    try:
+        from lit_lora.cluster import early_signals
+
+        early_signals.record({"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "job"})
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert got == []  # kept
+        early_signals.release()
+        assert got == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_requeued_job_without_checkpoint_starts_fresh_only_when_asked(tiny_model, tmp_path, slurm, caplog):
     model, root = tiny_model("llama"), tmp_path / JOB_ID
     root.mkdir()

@@ -92,7 +92,7 @@ def setup(tiny_model, tmp_path_factory):
 
 def assert_trained_once(run_dir: Path, log: Path, ranks: int, steps: int) -> None:
     text = log.read_text()
-    assert text.count("saved lora weights to") == 1, text[-3000:]  # the adapter is written by rank 0 only
+    assert text.count("saved the lora adapter to") == 1, text[-3000:]  # the adapter is written by rank 0 only
     assert text.count("[lit-lora] train: kept") == ranks, text[-3000:]  # every rank built its data
     assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size > 0
     assert max(read_losses(run_dir)) == steps  # optimizer steps done
@@ -167,7 +167,7 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(setup):
     assert 0 < saved_step < steps
     assert (run_dir / "hpc_ckpt_1.ckpt").exists()
     assert "Restored all states from the checkpoint" in text or "Restoring states from the checkpoint" in text
-    assert text.count("saved lora weights to") == 1
+    assert text.count("saved the lora adapter to") == 1
     # metrics.csv continues across the requeue: every step once, the steps before the checkpoint
     # from the first job and the rest from the resumed one
     expected, resumed = read_losses(runs / f"tiny_{steps}" / reference), read_losses(run_dir)

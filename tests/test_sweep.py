@@ -340,3 +340,8 @@ def test_a_sweep_name_keeps_its_axes(tmp_path):
     assert refused.returncode != 0 and "sweeps model.init_args.adapter.init_args.r; this command sweeps" in \
         refused.stderr, refused.stderr
     assert json.loads((tmp_path / "s" / "sweep.json").read_text())["axes"] == sweep["axes"]  # untouched
+
+
+def test_a_slurm_option_before_slurm_is_named():
+    result = sweep_cmd("--config", DEMO, "--grid", f"{R}=2,4", "--max_parallel", "2", "--slurm", check=False)
+    assert result.returncode == 2 and "--max_parallel is an option of --slurm: put it after --slurm" in result.stderr

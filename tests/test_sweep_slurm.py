@@ -75,7 +75,7 @@ def test_sweep_runs_as_one_job_array(tiny_model, tmp_path):
         status = json.loads((run_dir / "sweep_status.json").read_text())
         assert status["runner"] == "slurm" and status["returncode"] == 0 and status["job"].startswith(f"{job}_")
         log = (run_dir / "log.txt").read_text()
-        assert log.count("saved lora weights to") == 1 and f"run dir {run_dir.resolve()}" in log
+        assert log.count("saved the lora adapter to") == 1 and f"run dir {run_dir.resolve()}" in log
     assert "exit status 1" in states["lr=-1"].detail
 
     report = lit_lora("sweep", "report", str(sweep_dir)).stdout

@@ -89,6 +89,11 @@ def check_allocation(num_nodes: int, devices, env: Optional[Mapping[str, str]] =
         problems.append(f"trainer.num_nodes={num_nodes} but SLURM_NNODES={nnodes}")
     if per_node is not None and wanted is not None and per_node != wanted:
         problems.append(f"trainer.devices={devices} but {per_node} task(s) per node")
+    tasks = int(env["SLURM_NTASKS"]) if env.get("SLURM_NTASKS", "").isdigit() else None
+    if not problems and tasks is not None and wanted is not None and tasks != num_nodes * wanted:
+        # --ntasks below nodes × --ntasks-per-node: fewer processes than the Trainer waits for
+        problems.append(f"trainer.num_nodes × trainer.devices = {num_nodes * wanted} processes but "
+                        f"SLURM_NTASKS={tasks}")
     if problems:
         raise AllocationMismatch(
             f"SLURM allocated {nnodes} node(s) × {per_node} task(s) per node, the Trainer expects "

@@ -19,7 +19,8 @@ is requeued by SLURM itself and resumes from the checkpoint; ``requeue_on_sigter
 
 Under SLURM the handlers are installed when the callback is built, before the data is tokenised and the
 model loaded: a signal then is kept, and the job saves at the end of its first optimizer step (requeueing
-as above). Only a signal during the CLI's imports and argument parsing, before that, still kills the job.
+as above). A signal during the CLI's imports and argument parsing, before that, is kept from the first line of
+``lit-lora fit`` (``lit_lora.cluster.early_signals``) and handed to the callback.
 Outside SLURM nothing is installed and Lightning's own SIGTERM handling applies.
 
 This callback only turns a signal into a step-boundary save and a requeue. What goes with it in
@@ -43,6 +44,7 @@ from typing import Any, Iterable, Optional
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_lora.cluster import early_signals
 from lit_lora.cluster.lightning_compat import cluster_environment, forget_lightning_sigterm, \
     handlers_lightning_restores, hpc_save_path, log_step_metrics_now
 
@@ -91,7 +93,13 @@ class PreemptionCheckpoint(Callback):
         self._replaced: dict[int, Any] = {}  # signal -> the handler ours replaced, put back when fit ends
         if enabled and under_slurm():
             # now, not in setup: tokenisation and model loading come first, and a signal then must not kill the job
+            early, replaced = early_signals.hand_over()  # what came during the imports (lit_lora.commands.entry)
+            self._replaced.update(replaced)  # the handlers before those, put back when fit ends
             self._take((signal.SIGUSR1, signal.SIGTERM))
+            self.received |= early
+            self.requested = bool(self.received)
+        else:
+            early_signals.release()
 
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -150,6 +150,10 @@ def entry() -> None:
     """The ``lit-lora`` command (and ``python -m lit_lora.commands``): ``main``, with an input error printed as
     one line, ``lit-lora: <Error>: <message>``, and exit status 1; ``--verbose`` keeps its traceback. ``main``
     itself raises, for callers in Python."""
+    if sys.argv[1:2] == ["fit"]:  # under SLURM: a preemption signal during the imports is kept, not fatal
+        from lit_lora.cluster import early_signals
+
+        early_signals.record()
     try:
         main()
         close_process_group()
@@ -157,6 +161,9 @@ def entry() -> None:
         if os.environ.get(VERBOSE_ENV) == "1" or not isinstance(err, input_error_types()):
             raise
         sys.exit(f"lit-lora: {type(err).__name__}: {err}")
+    finally:
+        if "lit_lora.cluster.early_signals" in sys.modules:  # a signal kept for a run that never took it
+            sys.modules["lit_lora.cluster.early_signals"].release()
 
 
 def close_process_group() -> None:

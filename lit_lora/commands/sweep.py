@@ -46,6 +46,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         cut = argv.index("--slurm")
         argv, slurm = argv[:cut], argv[cut + 1:]
     args, rest = parser.parse_known_args(argv)
+    misplaced = [a for a in rest if a.split("=", 1)[0] in ("--max_parallel", "--script")]
+    if misplaced:
+        parser.error(f"{misplaced[0].split('=', 1)[0]} is an option of --slurm: put it after --slurm")
     if rest and not rest[0].startswith("--"):
         parser.error(f"unexpected argument {rest[0]!r} (base overrides are --KEY VALUE pairs)")
     args.slurm = slurm is not None

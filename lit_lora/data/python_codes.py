@@ -36,7 +36,8 @@ class PythonCodesDataModule(InstructionDataModule):
         rows, counts = clean_rows(dataset.to_list(), self.cleaning)
         self.cleaning_counts[where] = dict(counts)
         detail = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "nothing changed"
-        log.info("[lit-lora] cleaning %s: %d of %d rows kept; %s", where, len(rows), len(dataset), detail)
+        # the file's rows, before the validation rows are split off (the "train: kept" line comes after)
+        log.info("[lit-lora] cleaning %s: %d of its %d file rows kept; %s", where, len(rows), len(dataset), detail)
         if not rows:
             raise ValueError(f"{where}: cleaning removed every row ({detail})")
         return Dataset.from_list(rows)

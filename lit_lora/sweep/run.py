@@ -242,7 +242,11 @@ def run_local(sweep_dir: Path, sweep: dict, points: list[dict]) -> int:
             say(name, f"{prefix}: the earlier attempt ({state.state}) moved to {moved}")
         say(name, f"{prefix} running (log: {run_dir / LOG_FILE})")
         started = time.perf_counter()
-        run_point(run_dir, run_dir / POINT_CONFIG)
+        try:
+            run_point(run_dir, run_dir / POINT_CONFIG)
+        except KeyboardInterrupt:
+            raise SystemExit(f"[lit-lora] sweep {name}: interrupted during {point['name']}; rerun the same command "
+                             "to resume (finished points are skipped)") from None
         seconds = time.perf_counter() - started
         state = point_state(sweep_dir, point)
         if state.state == FINISHED:
