@@ -257,7 +257,13 @@ class MetricsWriter(Callback):
         (out_dir / self.filename).write_text(dumps(result, indent=2, default=str))
         width = max((len(name) for name in scalars), default=0) + 2
         rows = [f"  {name:<{width}}{value:.6g}" for name, value in sorted(scalars.items())]
-        print("\n".join([f"[lit-lora] {stage} metrics, written to {out_dir / self.filename}:", *rows]), flush=True)
+        scored = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else \
+            "no --ckpt_path: the model as configured (an adapter not trained yet leaves the base model as it is)"
+        lines = [f"[lit-lora] {stage} metrics ({scored}), written to {out_dir / self.filename}:", *rows]
+        predictions = result["details"].get("predictions_file") if isinstance(result["details"], dict) else None
+        if predictions:
+            lines.append(f"  predictions: {predictions}")
+        print("\n".join(lines), flush=True)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, pl_module, "test")
