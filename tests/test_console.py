@@ -113,3 +113,10 @@ def test_a_resumed_fit_continues_its_run_directory_and_says_what_it_ran(tmp_path
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["global_step"] == 4 and summary["resumed_at_step"] == 2
     assert summary["wall_time_s"] > first_time
+
+    # the same resume again: step 2 is no longer the run's latest, so it starts a new run instead of replacing it
+    adapter = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    again = demo(tmp_path, "--trainer.log_every_n_steps", "1", "--trainer.max_steps", "4", "--ckpt_path", str(ckpt))
+    assert (tmp_path / "lightning_logs" / "version_1" / "run_summary.json").is_file(), again[-2000:]
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    assert json.loads((run / "run_summary.json").read_text()) == summary

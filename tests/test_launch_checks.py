@@ -28,8 +28,9 @@ def test_mismatch_names_both_sides_and_the_fix(nodes, devices, expected):
 
 def test_fewer_tasks_than_nodes_times_tasks_per_node_is_a_mismatch():
     """``sbatch --ntasks=1 --ntasks-per-node=2`` starts one process; a Trainer expecting two would wait forever."""
-    with pytest.raises(AllocationMismatch, match="2 processes but SLURM_NTASKS=1"):
+    with pytest.raises(AllocationMismatch, match="2 processes but SLURM_NTASKS=1") as error:
         check_allocation(1, 2, {**SLURM, "SLURM_NTASKS": "1", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2"})
+    assert "drop --ntasks" in str(error.value) and "--trainer.devices 2" not in str(error.value)
 
 
 def test_requeued_job_without_checkpoint_fails(tmp_path):

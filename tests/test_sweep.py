@@ -197,6 +197,11 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     report_out = sweep_cmd("report", str(sweep_dir)).stdout
     assert "report.md" in report_out and "lr=-1-seed=0: failed (exit status 1)" in report_out
 
+    # the same settings spelled otherwise resolve to the same point configs: accepted
+    at = args.index("--trainer.max_steps")
+    respelled = [*args[:at], "--trainer.max_steps=2", *args[at + 2:]]
+    assert sweep_cmd(*respelled, "--dry_run").returncode == 0
+
     # other base overrides once points finished: refused (a dry run too), sweep.json untouched
     before = (sweep_dir / "sweep.json").read_text()
     changed = sweep_cmd(*args, "--trainer.max_steps", "50", "--dry_run", check=False)
@@ -345,3 +350,19 @@ def test_a_sweep_name_keeps_its_axes(tmp_path):
 def test_a_slurm_option_before_slurm_is_named():
     result = sweep_cmd("--config", DEMO, "--grid", f"{R}=2,4", "--max_parallel", "2", "--slurm", check=False)
     assert result.returncode == 2 and "--max_parallel is an option of --slurm: put it after --slurm" in result.stderr
+
+
+def test_a_test_of_a_sweep_point_writes_beside_its_run_not_over_it(tmp_path, tiny_model):
+    """A point logs straight into its directory (pinned CSV logger, and W&B): ``lit-lora test`` on its
+    config.yaml moves every such logger to ``<point>/test_0`` together, leaving the training run's files."""
+    model = tiny_model("llama")
+    sweep_cmd("--config", DEMO, "--config", str(CONFIGS / "loggers" / "wandb.yaml"), "--grid", f"{R}=4",
+              "--runs_dir", str(tmp_path), "--name", "wb", "--model.init_args.model_name_or_path", model, *TINY_RUN)
+    point = tmp_path / "wb" / "r=4"
+    config, metrics = (point / "config.yaml").read_text(), (point / "metrics.csv").read_text()
+    run_cli_subprocess(["test", "--config", str(point / "config.yaml"), "--trainer.enable_progress_bar", "false"],
+                       cwd=tmp_path)
+    assert (point / "config.yaml").read_text() == config and (point / "metrics.csv").read_text() == metrics
+    assert (point / "test_0" / "metrics.json").is_file() and not (point / "metrics.json").exists()
+    tested = yaml.safe_load((point / "test_0" / "config.yaml").read_text())
+    assert {e["init_args"]["save_dir"] for e in tested["trainer"]["logger"]} == {str(point / "test_0")}

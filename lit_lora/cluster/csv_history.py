@@ -15,11 +15,14 @@ will log again (all of them for a fresh start, as Lightning does)::
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -110,9 +113,8 @@ def default_csv_logger(trainer_config: Any, ckpt_path: Optional[str] = None) -> 
     if trainer_config.get("logger") not in (None, True):
         return None
     root = Path(trainer_config.get("default_root_dir") or os.getcwd())
-    resumed = run_dir_of_checkpoint(ckpt_path) if ckpt_path else None
-    if resumed is not None and resumed.resolve().is_relative_to(root.resolve()):
-        # a resumed fit of the same experiment continues its run: one directory, one metrics.csv, one summary
+    resumed = continued_run(ckpt_path, root) if ckpt_path else None
+    if resumed is not None:  # one directory, one metrics.csv, one summary for the whole run
         log.info("[lit-lora] resuming in %s (the checkpoint's run directory)", resumed)
         return ResumableCSVLogger(save_dir=str(resumed), name="", version="")
     from lightning.pytorch.loggers import CSVLogger
@@ -120,14 +122,45 @@ def default_csv_logger(trainer_config: Any, ckpt_path: Optional[str] = None) -> 
     return CSVLogger(save_dir=str(root))
 
 
-def run_dir_of_checkpoint(ckpt_path: str) -> Optional[Path]:
-    """The run directory a checkpoint file belongs to (``<run>/checkpoints/x.ckpt``, its ``config.yaml`` beside
-    ``checkpoints/``), or ``None`` for a checkpoint outside a run directory or Lightning's ``"last"`` / ``"hpc"``."""
+def continued_run(ckpt_path: str, root: Path) -> Optional[Path]:
+    """The run directory a ``fit --ckpt_path`` continues in place, or ``None`` for a new ``version_N``.
+
+    In place: a checkpoint in ``<run>/checkpoints/`` of a run under ``default_root_dir`` that is the run's latest
+    (no checkpoint of a later step beside it) and that the run has not gone past (no ``run_summary.json`` of a
+    later step): an interrupted run, or a finished one extended from its last checkpoint. Resuming from an
+    earlier checkpoint, or a second time from the same one, starts a new run, so no result is overwritten.
+    """
     path = Path(ckpt_path)
-    if not path.is_file() or path.parent.name != "checkpoints":
+    if not path.exists() or path.parent.name != "checkpoints":  # a file, or a DeepSpeed / FSDP directory
         return None
     run = path.parent.parent
-    return run if (run / "config.yaml").is_file() or (run / "metrics.csv").is_file() else None
+    if not ((run / "config.yaml").is_file() or (run / "metrics.csv").is_file()):
+        return None
+    if not run.resolve().is_relative_to(root.resolve()):
+        return None
+    step = checkpoint_step(path)
+    later = [checkpoint_step(p) for p in path.parent.iterdir() if p.suffix == ".ckpt" and p != path]
+    if step is None or any(other is not None and other > step for other in later):
+        return None
+    summary = run / "run_summary.json"
+    if summary.is_file():
+        finished_at = json.loads(summary.read_text()).get("global_step")
+        if finished_at is None or finished_at > step:
+            return None
+    return run
+
+
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The optimizer step a checkpoint was written at: ``step=N`` in its name, else its ``global_step``."""
+    named = re.search(r"step=(\d+)", path.name)
+    if named:
+        return int(named.group(1))
+    if not path.is_file():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception:  # noqa: BLE001 - not a Lightning checkpoint: Lightning says so when it loads it
+        return None
 
 
 def pin_log_dir(trainer_config: Any, env: Optional[dict] = None) -> None:

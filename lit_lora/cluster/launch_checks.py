@@ -94,12 +94,19 @@ def check_allocation(num_nodes: int, devices, env: Optional[Mapping[str, str]] =
         # --ntasks below nodes × --ntasks-per-node: fewer processes than the Trainer waits for
         problems.append(f"trainer.num_nodes × trainer.devices = {num_nodes * wanted} processes but "
                         f"SLURM_NTASKS={tasks}")
-    if problems:
+    if problems and "SLURM_NTASKS=" in problems[0]:
         raise AllocationMismatch(
-            f"SLURM allocated {nnodes} node(s) × {per_node} task(s) per node, the Trainer expects "
+            f"SLURM started {tasks} task(s) in all, the Trainer expects {num_nodes} node(s) × {devices} device(s): "
+            f"{problems[0]}. Give sbatch --nodes and --ntasks-per-node only (drop --ntasks, or set it to their "
+            "product)."
+        )
+    if problems:
+        example = f"pass --trainer.num_nodes {nnodes} --trainer.devices {per_node}, or " if per_node else ""
+        raise AllocationMismatch(
+            f"SLURM allocated {nnodes} node(s) × {per_node or 'uneven'} task(s) per node, the Trainer expects "
             f"{num_nodes} node(s) × {devices} device(s): {'; '.join(problems)}. Make them equal: "
             f"#SBATCH --nodes ↔ trainer.num_nodes and #SBATCH --ntasks-per-node ↔ trainer.devices "
-            f"(e.g. pass --trainer.num_nodes {nnodes} --trainer.devices {per_node}, or change the #SBATCH lines)."
+            f"(e.g. {example}change the #SBATCH lines)."
         )
 
 

@@ -190,9 +190,8 @@ class WandbRun(WandbLogger):
             started_experiment(self).mark_preempting()
 
 
-def fill_save_dirs(trainer_config: Any, subcommand: str = "fit") -> None:
-    """Point every ``WandbRun`` without ``save_dir`` at ``trainer.default_root_dir`` (its run directory); for a
-    ``test`` / ``validate`` / ``predict`` there, at a directory of its own (``evaluation_dir``)."""
+def fill_save_dirs(trainer_config: Any) -> None:
+    """Point every ``WandbRun`` without ``save_dir`` at ``trainer.default_root_dir`` (its run directory)."""
     loggers = trainer_config.get("logger")
     if not isinstance(loggers, list):
         loggers = [loggers]
@@ -200,29 +199,5 @@ def fill_save_dirs(trainer_config: Any, subcommand: str = "fit") -> None:
     for entry in loggers:
         class_path = getattr(entry, "class_path", None) if entry is not None else None
         if class_path and class_path.endswith("WandbRun"):
-            save_dir = entry.init_args.get("save_dir") or str(root)
-            if subcommand != "fit":
-                save_dir = str(evaluation_dir(save_dir, subcommand))
-            entry.init_args["save_dir"] = save_dir
-
-
-def evaluation_dir(save_dir: str, subcommand: str) -> Path:
-    """``<save_dir>/<subcommand>_<N>`` (the first free N) when ``save_dir`` holds a training run (its
-    ``config.yaml`` or W&B run id), else ``save_dir``: a test never overwrites the training run's files and
-    starts a W&B run of its own, as a test beside CSV-logged runs gets ``version_N+1``.
-
-    >>> import tempfile
-    >>> run = Path(tempfile.mkdtemp()); _ = (run / "config.yaml").write_text("{}")
-    >>> evaluation_dir(str(run), "test") == run / "test_0"
-    True
-    """
-    root = Path(save_dir)
-    if not ((root / "config.yaml").exists() or (root / RUN_ID_FILE).exists()):
-        return root
-    n = 0
-    while (root / f"{subcommand}_{n}").exists():
-        n += 1
-    if rank_zero_only.rank == 0:
-        log.info("[lit-lora] %s: writing into %s (%s holds the training run)", subcommand, root / f"{subcommand}_{n}",
-                 root)
-    return root / f"{subcommand}_{n}"
+            if entry.init_args.get("save_dir") is None:
+                entry.init_args["save_dir"] = str(root)

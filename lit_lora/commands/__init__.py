@@ -150,7 +150,8 @@ def entry() -> None:
     """The ``lit-lora`` command (and ``python -m lit_lora.commands``): ``main``, with an input error printed as
     one line, ``lit-lora: <Error>: <message>``, and exit status 1; ``--verbose`` keeps its traceback. ``main``
     itself raises, for callers in Python."""
-    if sys.argv[1:2] == ["fit"]:  # under SLURM: a preemption signal during the imports is kept, not fatal
+    if [a for a in sys.argv[1:] if a != "--verbose"][:1] == ["fit"]:  # under SLURM: a signal during the imports
+        # is kept for the preemption callback, not fatal
         from lit_lora.cluster import early_signals
 
         early_signals.record()

@@ -36,7 +36,7 @@ from lit_lora.finite_guard import FiniteGuard
 from lit_lora.cluster.csv_history import default_csv_logger, pin_log_dir
 from lit_lora.cluster.launch_checks import check_allocation
 from lit_lora.cluster.preemption import PreemptionCheckpoint
-from lit_lora.cluster.run_dir import run_dir
+from lit_lora.cluster.run_dir import evaluation_dirs, run_dir
 from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
 from lit_lora.commands.config_errors import config_files, explain
@@ -158,8 +158,9 @@ class LitLoraCLI(LightningCLI):
             resolve_model_path(model_args["model_name_or_path"])  # one clear line now, not a jsonargparse report later
         check_config(config)
         check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
-        fill_save_dirs(trainer, self.subcommand or "fit")
+        fill_save_dirs(trainer)
         pin_log_dir(trainer)
+        evaluation_dirs(trainer, self.subcommand or "fit")
 
     def before_fit(self) -> None:
         for logger in self.trainer.loggers:

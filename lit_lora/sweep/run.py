@@ -95,27 +95,16 @@ def check_allocation_keys(grid_keys: list[str], base_args: list[str], slurm: boo
                              "array task; give sbatch --nodes / --ntasks-per-node after --slurm instead")
 
 
-def check_same_sweep(sweep: dict, sweep_dir: Path, tasks: dict, configs: list[str], base_args: list[str],
-                     keys: list[str]) -> None:
-    """Refuse a command that would make an existing sweep mix settings: other axes (adding values to the same
-    axes adds points), or other configs / base overrides once a point has finished or is queued (before that,
-    the new settings replace the old)."""
+def check_same_axes(sweep: dict, sweep_dir: Path, keys: list[str]) -> None:
+    """Refuse other axes under an existing sweep name: adding values to the same axes adds points; another axis
+    would mix points the report cannot compare."""
     if not sweep["points"]:
         return
-    name = sweep.get("name", sweep_dir.name)
     before = [a["key"] for a in sweep.get("axes", [])]
     if sorted(before) != sorted(keys):
-        raise SystemExit(f"lit-lora sweep {name}: {sweep_dir} sweeps {', '.join(before) or 'nothing'}; this command "
-                         f"sweeps {', '.join(keys) or 'nothing'}: give it another --name")
-    if (sweep.get("configs"), sweep.get("base_args")) == (configs, base_args):
-        return
-    started = [p["name"] for p in sweep["points"]
-               if point_state(sweep_dir, p, tasks.get(p["index"])).state in (FINISHED, RUNNING, PENDING)]
-    if started:
-        raise SystemExit(f"lit-lora sweep {name}: its points ran with --config {' '.join(sweep.get('configs', []))} "
-                         f"{shlex.join(sweep.get('base_args', []))}; this command gives --config {' '.join(configs)} "
-                         f"{shlex.join(base_args)} and {len(started)} point(s) ({', '.join(started[:3])}…) "
-                         "finished or are queued: give it another --name to run the new settings")
+        raise SystemExit(f"lit-lora sweep {sweep.get('name', sweep_dir.name)}: {sweep_dir} sweeps "
+                         f"{', '.join(before) or 'nothing'}; this command sweeps {', '.join(keys) or 'nothing'}: "
+                         "give it another --name")
 
 
 def write_sweep(args: argparse.Namespace, base_args: list[str],
@@ -138,10 +127,10 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
 
     sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
     tasks = slurm_tasks(sweep) if sweep["slurm"] else {}
-    check_same_sweep(sweep, sweep_dir, tasks, list(args.config), list(base_args), [a.key for a in axes])
+    check_same_axes(sweep, sweep_dir, [a.key for a in axes])
     known = {p["name"]: p for p in sweep["points"]}
     next_index = 1 + max((p["index"] for p in sweep["points"]), default=-1)
-    current = []
+    current, changed = [], []
     for point, text in resolved:
         entry = known.get(point.name)
         if entry is None:
@@ -157,17 +146,22 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
         text = config_yaml(config, header)
         path = run_dir / POINT_CONFIG
         previous = path.read_text() if path.is_file() else None
-        state = point_state(sweep_dir, {**entry, "run_dir": point.name}, tasks.get(entry["index"]))
-        if previous is not None and previous != text and state.state in (FINISHED, RUNNING, PENDING):
-            say(name, f"point {point.name} is {state.state} with other settings than this sweep's now (base config "
-                      f"or overrides changed): keeping that run and its point.yaml; give the sweep another --name, "
-                      f"or move {run_dir} away, to run it with the new settings")
-        elif previous != text:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+        if previous is not None and previous != text and "run_dir" in entry:
+            state = point_state(sweep_dir, entry, tasks.get(entry["index"]))
+            if state.state in (FINISHED, RUNNING, PENDING):
+                changed.append(f"{point.name} ({state.state})")
         entry.update({"overrides": point.overrides, "labels": point.labels, "not_applicable": point.not_applicable,
                       "config": f"{point.name}/{POINT_CONFIG}", "run_dir": point.name})
-        current.append(entry)
+        current.append((entry, path, text, previous))
+    if changed:  # the configs, base overrides or config files changed under points that ran with the old ones
+        raise SystemExit(f"lit-lora sweep {name}: {', '.join(changed[:3])}{' …' if len(changed) > 3 else ''} ran "
+                         "with other settings than this command gives (configs, base overrides or the config "
+                         "files changed): give it another --name, or move those point directories away")
+    for entry, path, text, previous in current:
+        if previous != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    current = [entry for entry, *_ in current]
     sweep["points"].sort(key=lambda p: p["index"])
     sweep.update({"name": name, "configs": list(args.config), "base_args": list(base_args),
                   "axes": [{"key": a.key, "label": labels[a.key], "values": list(a.values)} for a in axes],
