@@ -16,6 +16,8 @@
   laptop too: atomic checkpoint writes and the run-directory check are read from the ``preemption:`` section.
 * ``run_dir``: where a run's files go (the logger's directory, else ``default_root_dir``), the same on every rank.
 * ``step_seed``: ``StepSeed``, torch seeded before every training micro-batch, so a resume redraws dropout exactly.
+* ``early_signals``: SLURM's requeue signal and SIGTERM kept from the first line of ``lit-lora fit`` (during the
+  imports) until ``preemption`` takes them over.
 * ``lightning_compat``: every private Lightning API the above touches, behind small named functions,
   with the Lightning versions they were checked against (``tests/test_lightning_compat.py``).
 

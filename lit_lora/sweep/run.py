@@ -107,27 +107,10 @@ def check_same_axes(sweep: dict, sweep_dir: Path, keys: list[str]) -> None:
                          "give it another --name")
 
 
-def write_sweep(args: argparse.Namespace, base_args: list[str],
-                print_config: PrintConfig) -> tuple[Path, dict, list[dict]]:
-    """Expand, resolve (``print_config``: see ``sweep.resolve``) and write ``sweep.json``, ``points.txt`` and every
-    ``<point>/point.yaml``; ``args``: the sweep's options (``lit_lora.commands.sweep``)."""
-    axes = [parse_axis(spec) for spec in args.grid]
-    if args.seeds:
-        if any(a.key == SEED_KEY for a in axes):
-            raise SystemExit("lit-lora sweep: give seeds as --seeds N or as --grid seed_everything=…, not both")
-        axes.append(seed_axis(args.seeds))
-    check_allocation_keys([a.key for a in axes], base_args, bool(getattr(args, "slurm", False)))
-    name = args.name or Path(args.config[0]).stem
-    if not name or "/" in name or name in (".", ".."):
-        raise SystemExit(f"lit-lora sweep: --name {name!r} is not a directory name")
-    sweep_dir = Path(args.runs_dir) / name
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    labels = axis_labels([a.key for a in axes])
-    resolved = resolve_points(expand(axes), args.config, base_args, name, print_config)
-
-    sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
+def write_point_configs(sweep: dict, sweep_dir: Path, name: str, resolved: list[tuple[Point, str]]) -> list[dict]:
+    """Every point's ``point.yaml`` and its ``sweep.json`` entry (new points get the next index); refused, before
+    anything is written, when a finished or queued point's resolved config would change."""
     tasks = slurm_tasks(sweep) if sweep["slurm"] else {}
-    check_same_axes(sweep, sweep_dir, [a.key for a in axes])
     known = {p["name"]: p for p in sweep["points"]}
     next_index = 1 + max((p["index"] for p in sweep["points"]), default=-1)
     current, changed = [], []
@@ -161,7 +144,30 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
         if previous != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-    current = [entry for entry, *_ in current]
+    return [entry for entry, *_ in current]
+
+
+def write_sweep(args: argparse.Namespace, base_args: list[str],
+                print_config: PrintConfig) -> tuple[Path, dict, list[dict]]:
+    """Expand, resolve (``print_config``: see ``sweep.resolve``) and write ``sweep.json``, ``points.txt`` and every
+    ``<point>/point.yaml``; ``args``: the sweep's options (``lit_lora.commands.sweep``)."""
+    axes = [parse_axis(spec) for spec in args.grid]
+    if args.seeds:
+        if any(a.key == SEED_KEY for a in axes):
+            raise SystemExit("lit-lora sweep: give seeds as --seeds N or as --grid seed_everything=…, not both")
+        axes.append(seed_axis(args.seeds))
+    check_allocation_keys([a.key for a in axes], base_args, bool(getattr(args, "slurm", False)))
+    name = args.name or Path(args.config[0]).stem
+    if not name or "/" in name or name in (".", ".."):
+        raise SystemExit(f"lit-lora sweep: --name {name!r} is not a directory name")
+    sweep_dir = Path(args.runs_dir) / name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    labels = axis_labels([a.key for a in axes])
+    resolved = resolve_points(expand(axes), args.config, base_args, name, print_config)
+
+    sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
+    check_same_axes(sweep, sweep_dir, [a.key for a in axes])
+    current = write_point_configs(sweep, sweep_dir, name, resolved)
     sweep["points"].sort(key=lambda p: p["index"])
     sweep.update({"name": name, "configs": list(args.config), "base_args": list(base_args),
                   "axes": [{"key": a.key, "label": labels[a.key], "values": list(a.values)} for a in axes],
