@@ -86,6 +86,36 @@ def test_fsdp_wraps_each_decoder_layer_and_trains(tiny_model, tmp_path):
         dist.destroy_process_group()
 
 
+def test_an_fsdp_wrapped_model_saves_its_whole_adapter(tiny_model, tmp_path, monkeypatch):
+    """peft finds adapter tensors by module names and strips an FSDP wrapper only at the start of a name; with each
+    decoder layer wrapped it kept nothing of the gathered state, and the saved adapter was empty."""
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from lit_lora.cluster import sharding
+
+    module = lora_module(tiny_model("llama"))
+    module.save_pretrained(tmp_path / "before")
+    expected = load_file(tmp_path / "before" / "adapter_model.safetensors")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = FSDP(module, auto_wrap_policy=DecoderLayerWrapPolicy(), use_orig_params=True,
+                       device_id=torch.device("cpu"))
+        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=True)):
+            full = wrapped.state_dict()  # what Lightning's FSDPStrategy gathers (sharding._fsdp_state_dict)
+        state = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+        monkeypatch.setattr(sharding, "gathered_state_dict", lambda _module: state)
+        module.save_pretrained(tmp_path / "after")
+    finally:
+        dist.destroy_process_group()
+    got = load_file(tmp_path / "after" / "adapter_model.safetensors")
+    assert sorted(got) == sorted(expected) and len(expected) > 0
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor)
+
+
 def test_models_are_built_outside_deepspeed_zero3_init(monkeypatch, tiny_model):
     """Under ZeRO-3 Lightning calls configure_model inside zero.Init; from_pretrained must see whole tensors."""
     from deepspeed.runtime.zero import partition_parameters

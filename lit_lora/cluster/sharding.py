@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -58,6 +59,32 @@ def _fsdp_state_dict(module) -> dict[str, torch.Tensor]:
     full = module.trainer.strategy.lightning_module_state_dict()
     prefix = "model."
     return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+
+
+FSDP_SEGMENT = "_fsdp_wrapped_module."
+
+
+def peft_keyed(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A gathered FSDP state keyed as the wrapped peft model names its tensors.
+
+    peft (0.21) picks the adapter's tensors by the ``named_modules()`` names of its layers and removes an FSDP
+    wrapper only at the start of a name; with each decoder layer wrapped (``DecoderLayerWrapPolicy``) the
+    wrapper sits inside the names, so from the clean keys of a full state dict it keeps nothing and
+    ``save_pretrained`` writes an empty adapter. ``without_fsdp_names`` cleans the saved file afterwards.
+    """
+    wrapped = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    names = {n.replace(FSDP_SEGMENT, ""): n for n in wrapped}
+    return {names.get(k, k): v for k, v in state.items()}
+
+
+def without_fsdp_names(adapter_dir: Path) -> None:
+    """Remove the FSDP wrapper from the tensor names of a saved peft adapter (see ``peft_keyed``)."""
+    from safetensors.torch import load_file, save_file
+
+    path = adapter_dir / "adapter_model.safetensors"
+    tensors = load_file(path) if path.is_file() else {}
+    if any(FSDP_SEGMENT in k for k in tensors):
+        save_file({k.replace(FSDP_SEGMENT, ""): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
 
 
 def gathered_state_dict(module) -> Optional[dict[str, torch.Tensor]]:

@@ -360,7 +360,7 @@ class FineTuneModule(L.LightningModule):
         Call it on every rank: under ZeRO-3 / FSDP the weights are gathered first (a collective),
         then global rank 0 writes, so the saved adapter is complete rather than empty shards.
         """
-        from lit_lora.cluster.sharding import gathered_state_dict
+        from lit_lora.cluster.sharding import gathered_state_dict, peft_keyed, without_fsdp_names
 
         out = Path(out_dir)
         state_dict = gathered_state_dict(self)
@@ -369,6 +369,9 @@ class FineTuneModule(L.LightningModule):
         out.mkdir(parents=True, exist_ok=True)
         if state_dict is None:
             self.model.save_pretrained(out)
+        elif self.is_peft:  # keys as peft finds them in the (FSDP-wrapped) model, then without the wrapper
+            self.model.save_pretrained(out, state_dict=peft_keyed(self.model, state_dict))
+            without_fsdp_names(out)
         else:
             self.model.save_pretrained(out, state_dict=state_dict)
         if self.tokenizer is not None:
