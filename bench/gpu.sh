@@ -28,7 +28,7 @@ set -u -o pipefail
 
 CALLER_DIR=$PWD
 cd "$(dirname "$0")/.." || exit 2
-BUDGET=480
+BUDGET=420  # of an 8-minute lease: the machine's start and the copy back take the rest
 ONLY=
 DRY=0
 WHEELS=
@@ -67,6 +67,7 @@ elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
 else PY=$(command -v python || command -v python3 || echo python)
 fi
 # --wheels: the gathered wheels, unpacked without their dependency checks (the lock resolved them together)
+START=$SECONDS  # the budget counts the wheel install too
 if [ -n "$WHEELS" ]; then
   case "$WHEELS" in /*) ;; *) WHEELS=$CALLER_DIR/$WHEELS ;; esac   # relative to where gpu.sh was called
   ls "$WHEELS"/*.whl > /dev/null 2>&1 || { echo "gpu.sh: no wheels in $WHEELS" >&2; exit 2; }
@@ -80,10 +81,9 @@ if [ -n "$WHEELS" ]; then
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \
-  PYTHONUNBUFFERED=1  # a step cut by its timeout still leaves what it printed
+  PYTHONUNBUFFERED=1 LIT_LORA_VERBOSE=1  # a cut step still leaves what it printed; every traceback and warning
 SUMMARY=$OUT_DIR/summary.txt
 : > "$SUMMARY"
-START=$SECONDS
 FAILURES=0
 
 left() { echo $(( BUDGET - (SECONDS - START) )); }
@@ -140,7 +140,10 @@ export -f env_report
 export PY
 step env 60 bash -c env_report
 # most GPU tests run a `lit-lora fit` of their own (30-60 s): six at a time where pytest-xdist is installed
-PARALLEL=$("$PY" -c 'import xdist' 2> /dev/null && echo "-n 6 --dist load")
+# worksteal: a worker that finishes early takes tests queued on a busy one (load hands out chunks in advance)
+PARALLEL=$("$PY" -c 'import xdist' 2> /dev/null && echo "-n 6 --dist worksteal")
+[ -n "$PARALLEL" ] || note "pytest-xdist is missing: the gpu tests run one at a time and may not finish" \
+  "(--wheels .whl brings it)"
 if [ "$DRY" -eq 1 ]; then
   note "dry run: would run: $PY -m pytest -m gpu -v -rA --timeout 150 ${PARALLEL:-} --junitxml=$OUT_DIR/pytest_gpu.xml"
   note "dry run: would run: $PY bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16"

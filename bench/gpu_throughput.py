@@ -52,7 +52,8 @@ from train_throughput import child_env, lit_lora_command  # noqa: E402
 
 LLAMA3 = "meta-llama/Meta-Llama-3-8B"
 # dense bf16 tensor-core peaks (no sparsity), FLOP/s, matched against torch.cuda.get_device_name()
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("GH200", 989e12),
+PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12),  # before the generic names
+             ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("GH200", 989e12),
              ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12)]
 VARIANTS = ("lora_bf16", "qlora_nf4")
 LORA = ["--model.init_args.adapter.init_args.r", "16", "--model.init_args.adapter.init_args.alpha", "32",
@@ -379,9 +380,11 @@ def bench(args: argparse.Namespace, out: Path, work: Path, deadline: float) -> i
     ctx = {**setup, "out": out, "work": work, "env": env, "model": model_dir, "data": data, "peak": peak,
            "dry_run": dry_run, "accelerator": "cpu" if args.cpu_smoke else "gpu"}
     estimates = {variant: pool.submit(estimate_variant, variant, ctx) for variant in args.variants}
-    for variant in args.variants:
+    for i, variant in enumerate(args.variants):
+        after = len(args.variants) - i - 1  # variants still to run after this one keep a quarter of the time each
+        own = deadline if not after else time.time() + (deadline - time.time()) * max(0.5, 1 - 0.25 * after)
         try:
-            results.append(bench_variant(variant, ctx, deadline, estimates[variant]))
+            results.append(bench_variant(variant, ctx, own, estimates[variant]))
         except Exception:  # noqa: BLE001 - one variant's failure must not lose the others
             log(f"FAILED {variant}:\n{traceback.format_exc()}")
             results.append({"variant": variant, "error": traceback.format_exc().strip().splitlines()[-1]})
