@@ -23,11 +23,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -152,8 +154,16 @@ def run_cli_subprocess(args: Sequence[str], *, via: str = "entry_point", cwd: Pa
     if via not in commands:
         raise ValueError(f"via must be one of {sorted(commands)}, not {via!r}")
     command = [*commands[via](), *map(str, args)]
-    result = subprocess.run(["timeout", "-k", "5", str(timeout), *command], cwd=cwd, env=subprocess_env(env),
-                            capture_output=True, text=True, timeout=timeout + 30)
+    proc = subprocess.Popen(["timeout", "-k", "5", str(timeout), *command], cwd=cwd, env=subprocess_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout + 30)
+    except BaseException:  # pytest cut by its timeout or Ctrl-C: GNU timeout leads its own process group, and
+        with contextlib.suppress(ProcessLookupError):  # killing only it would leave the run going
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"lit-lora {' '.join(map(str, args))} exited {result.returncode}"
                              f"{' (timed out)' if result.returncode in (124, 137) else ''}:\n"
