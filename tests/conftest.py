@@ -17,6 +17,18 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _verbose_switch_stays_in_its_test():
+    """``lit-lora … --verbose`` run in-process sets ``LIT_LORA_VERBOSE=1`` for the process (other ranks inherit
+    it); put it back after each test, so a later test does not see library output it would not see alone."""
+    before = os.environ.get("LIT_LORA_VERBOSE")
+    yield
+    if before is None:
+        os.environ.pop("LIT_LORA_VERBOSE", None)
+    else:
+        os.environ["LIT_LORA_VERBOSE"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """``tiny_model("llama")`` -> path of a tiny random Llama-architecture model + BPE tokenizer (cached)."""
