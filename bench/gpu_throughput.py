@@ -91,8 +91,27 @@ def build_model_dir(rows: list[dict], out: Path, layers: int) -> dict:
     config.save_pretrained(out)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config)
-    total = sum(p.numel() for p in meta.parameters())
-    return {"parameters": total, "flop_parameters": total - meta.get_input_embeddings().weight.numel()}
+    return parameter_counts(meta)
+
+
+def parameter_counts(model) -> dict:
+    """All parameters; N for MFU (the input embedding is a lookup, not a matmul); the LM head's share of N."""
+    total = sum(p.numel() for p in model.parameters())
+    return {"parameters": total, "flop_parameters": total - model.get_input_embeddings().weight.numel(),
+            "head_parameters": model.get_output_embeddings().weight.numel()}
+
+
+def model_flops_per_s(ctx: dict, measured: dict) -> dict:
+    """MFU two ways: 6N per real token (the convention), and with the LM head counted only on labelled tokens,
+    where lit-lora's label-only head runs it (the first figure credits the skipped head FLOPs as done)."""
+    tokens, labels = measured.get("tokens_per_s"), measured.get("label_tokens_per_s")
+    if not ctx["peak"] or not tokens:
+        return {}
+    flops = {"mfu": 6 * ctx["flop_parameters"] * tokens / ctx["peak"]}
+    if labels is not None and ctx.get("head_parameters"):
+        body = ctx["flop_parameters"] - ctx["head_parameters"]
+        flops["mfu_label_head"] = 6 * (body * tokens + ctx["head_parameters"] * labels) / ctx["peak"]
+    return flops
 
 
 def build_tiny(rows: list[dict], out: Path) -> dict:
@@ -105,8 +124,7 @@ def build_tiny(rows: list[dict], out: Path) -> dict:
     build_tiny_model("llama", out, texts=[f"{r['instruction']}\n{r['output']}" for r in rows], seed=0)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out))
-    total = sum(p.numel() for p in meta.parameters())
-    return {"parameters": total, "flop_parameters": total - meta.get_input_embeddings().weight.numel()}
+    return parameter_counts(meta)
 
 
 def save_random_weights(out: Path) -> None:
@@ -260,9 +278,9 @@ def measure(variant: str, ctx: dict, deadline: float, args: list[str], run_dir: 
     try:
         measured = fit(variant, ctx["env"], args, ctx["warmup"], left, run_dir)
         result.update(measured)
-        if ctx["peak"] and measured.get("tokens_per_s"):
-            result["mfu"] = 6 * ctx["flop_parameters"] * measured["tokens_per_s"] / ctx["peak"]
-        log(f"{variant}: {shown(measured.get('tokens_per_s'), '.0f')} tokens/s, MFU {shown(result.get('mfu'), '.1%')}, "
+        result.update(model_flops_per_s(ctx, measured))
+        log(f"{variant}: {shown(measured.get('tokens_per_s'), '.0f')} tokens/s, MFU {shown(result.get('mfu'), '.1%')} "
+            f"({shown(result.get('mfu_label_head'), '.1%')} with the head on labelled tokens only), "
             f"CUDA peak allocated {shown(measured.get('cuda_peak_allocated_gib'), '.1f')} GiB")
     except Exception as err:  # noqa: BLE001
         result["error"] = str(err)
@@ -283,14 +301,14 @@ def markdown(report: dict) -> str:
              f"embedding); seq 2048, {'packing on' if ctx['packing'] else 'packing OFF (not accepted by the CLI)'}; "
              f"{ctx['steps']} steps, timed after {ctx['warmup']}; MFU peak: {ctx['peak_note']}",
              *([f"ERROR: {ctx['error']}"] if ctx.get("error") else []), "",
-             "| variant | attention | tokens/s | MFU (6N) | padding | CUDA peak allocated GiB | reserved GiB "
-             "| estimate GiB | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | attention | tokens/s | MFU (6N) | MFU (head on labels) | padding | CUDA peak allocated GiB "
+             "| reserved GiB | estimate GiB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["variants"]:
         def cell(key, spec):
             return shown(r.get(key), spec)
         lines.append(f"| {r['variant']} | {r.get('attention') or '-'}"
-                     f" | {cell('tokens_per_s', '.0f')} | {cell('mfu', '.1%')}"
+                     f" | {cell('tokens_per_s', '.0f')} | {cell('mfu', '.1%')} | {cell('mfu_label_head', '.1%')}"
                      f" | {cell('padding', '.1%')}"
                      f" | {cell('cuda_peak_allocated_gib', '.2f')} | {cell('cuda_peak_reserved_gib', '.2f')}"
                      f" | {cell('estimate_total_gib', '.2f')} | {note(r, ctx)} |")

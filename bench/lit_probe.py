@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from lightning.pytorch import Callback
 
-from measure import StepMeter, token_counts, write_result
+from measure import StepMeter, label_count, token_counts, write_result
 
 
 class Probe(Callback):
@@ -23,7 +23,7 @@ class Probe(Callback):
         self.meter = StepMeter(trainer.max_steps, cuda=pl_module.device.type == "cuda")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.meter.step_begin(trainer.global_step + 1, token_counts(batch))
+        self.meter.step_begin(trainer.global_step + 1, token_counts(batch), label_count(batch))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # already counts this batch's optimizer step

@@ -60,6 +60,13 @@ def token_counts(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return slots - pad.sum(), slots
 
 
+def label_count(batch: dict) -> Optional[torch.Tensor]:
+    """Positions that carry a label (not ``IGNORE_INDEX``), as a 0-d tensor: the rows lit-lora's label-only head
+    runs on (the first label of a row is always ignored, so this equals the count after the one-token shift)."""
+    labels = batch.get("labels")
+    return None if labels is None else (labels != IGNORE_INDEX).sum()
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -89,6 +96,7 @@ class StepMeter:
         self.warmup_steps = int(os.environ.get(WARMUP_ENV, 1) if warmup_steps is None else warmup_steps)
         self.cuda = cuda
         self.counts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.labelled: dict[int, torch.Tensor] = {}
         self.losses: dict[int, Any] = {}
         self.window_start: Optional[float] = None
         self.window_end: Optional[float] = None
@@ -100,13 +108,16 @@ class StepMeter:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def step_begin(self, step: int, counts: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def step_begin(self, step: int, counts: tuple[torch.Tensor, torch.Tensor],
+                   labelled: Optional[torch.Tensor] = None) -> None:
         if step == 1:
             self.step1_start = time.time()
         if step == self.warmup_steps + 1:
             self._sync()
             self.window_start = time.perf_counter()
         self.counts[step] = counts
+        if labelled is not None:
+            self.labelled[step] = labelled
 
     def step_end(self, step: int, loss: Any = None) -> None:
         self.steps_done = max(self.steps_done, step)
@@ -130,6 +141,7 @@ class StepMeter:
         timed = [s for s in real if self.warmup_steps < s <= self.total_steps]
         seconds = (self.window_end - self.window_start) if self.window_end and self.window_start else None
         timed_tokens = sum(real[s] for s in timed)
+        timed_labels = sum(int(self.labelled[s]) for s in timed) if all(s in self.labelled for s in timed) else None
         launched = launch_time()
         result = {
             "steps": self.steps_done,
@@ -137,6 +149,7 @@ class StepMeter:
             "timed_seconds": seconds,
             "timed_tokens": timed_tokens,
             "tokens_per_s": timed_tokens / seconds if seconds else None,
+            "label_tokens_per_s": timed_labels / seconds if seconds and timed_labels is not None else None,
             "padding": 1 - sum(real.values()) / sum(slots.values()) if slots else None,
             "step1_tokens": real.get(1),
             "peak_rss_mib": peak_rss_mib(),

@@ -126,8 +126,10 @@ def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_both
 
 def test_gpu_throughput_cpu_smoke_trains_both_variants_packed(tmp_path):
     """``bench/gpu_throughput.py --cpu-smoke``: the GPU bench's whole path (data, tokenizer, model, ``lit-lora fit``
-    with packing for LoRA bf16 and QLoRA NF4, the measurements) on a tiny model."""
-    run_bench("gpu_throughput.py", "--cpu-smoke", "--steps", "3", "--warmup", "1", "--out", str(tmp_path))
+    with packing for LoRA bf16 and QLoRA NF4, the measurements) on a tiny model. A peak is passed so that MFU is
+    computed: with the head counted on labelled tokens only (prompts carry none) it is below the 6N figure."""
+    run_bench("gpu_throughput.py", "--cpu-smoke", "--steps", "3", "--warmup", "1", "--peak-tflops", "1",
+              "--out", str(tmp_path))
     setup = json.loads((tmp_path / "gpu_throughput.json").read_text())
     assert setup["setup"]["packing"] is True
     for variant in setup["variants"]:
@@ -135,4 +137,6 @@ def test_gpu_throughput_cpu_smoke_trains_both_variants_packed(tmp_path):
         assert variant["packing"] and variant["padding"] < 0.1, variant
         assert variant["attention"] == "sdpa", variant  # transformers' choice on a CPU (the GPU default is models/attention.py)
         assert variant["estimate_total_gib"] > 0 and set(variant["loss"]) == {"1", "3"}, variant
+        assert 0 < variant["label_tokens_per_s"] < variant["tokens_per_s"], variant
+        assert 0 < variant["mfu_label_head"] < variant["mfu"], variant
     assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "qlora_nf4"]
