@@ -98,8 +98,9 @@ class StepProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer: Trainer, pl_module: Any) -> dict:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
-        if self._started and self._tokens:
-            items["tokens/s"] = f"{self._tokens / max(time.perf_counter() - self._started, 1e-9):,.0f}"
+        tokens = float(self._tokens)  # read when the bar refreshes, not at every batch
+        if self._started and tokens:
+            items["tokens/s"] = f"{tokens / max(time.perf_counter() - self._started, 1e-9):,.0f}"
         return items
 
     def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
@@ -109,17 +110,18 @@ class StepProgressBar(TQDMProgressBar):
 
     def _count_steps(self, trainer: Trainer) -> None:
         bar = self.train_progress_bar
-        if bar.total != trainer.max_steps:  # once per fit, not per epoch (nor per batch)
-            bar.reset(total=trainer.max_steps)
-            bar.n = trainer.global_step  # a resumed run starts where it stopped
-            self._started = time.perf_counter()
+        if bar.total == trainer.max_steps:  # set once per fit, not per epoch (nor per batch)
+            return
+        bar.reset(total=trainer.max_steps)
+        bar.n = trainer.global_step  # a resumed run starts where it stopped
         bar.set_description("step", refresh=False)
+        self._started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if isinstance(batch, dict) and "attention_mask" in batch:
-            self._tokens += int(batch["attention_mask"].sum())
+        if isinstance(batch, dict) and "attention_mask" in batch:  # a tensor sum: no device sync per batch
+            self._tokens = self._tokens + batch["attention_mask"].sum()
         elif isinstance(batch, dict) and "input_ids" in batch:
-            self._tokens += int(batch["input_ids"].numel())
+            self._tokens = self._tokens + batch["input_ids"].numel()
         if not self._by_steps(trainer):
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._count_steps(trainer)  # also after a mid-epoch resume, which skips on_train_epoch_start's reset

@@ -38,6 +38,7 @@ def test_demo_console_is_quiet_and_step_based(tmp_path):
     assert [name for name, text in NOISE.items() if text in out] == []
     assert "v_num" not in out
     assert re.search(r"step: 100%\|.*\| 2/2 .*train_loss=", out), out[-2000:]
+    assert re.search(r"\| 2/2 .*tokens/s=[\d,]+", out), out[-2000:]  # real tokens per second since step 1
     assert "[lit-lora] done: 2 steps" in out and "next: lit-lora test --config" in out
 
     loud = demo(tmp_path / "verbose", "--verbose")
@@ -107,7 +108,7 @@ def test_a_resumed_fit_continues_its_run_directory_and_says_what_it_ran(tmp_path
     out = demo(tmp_path, "--trainer.log_every_n_steps", "1", "--trainer.max_steps", "4", "--ckpt_path", str(ckpt))
     assert not (tmp_path / "lightning_logs" / "version_1").exists(), out[-2000:]
     assert "[lit-lora] done: step 4 (2 steps after resuming at step 2)" in out, out[-2000:]
-    assert re.search(r"step: 100%\|.*\| 4/4 ", out), out[-2000:]
+    assert re.search(r"step: 100%\|.*\| 4/4 ", out) and " 1/4 " not in out, out[-2000:]  # the bar starts at 2
     steps = [int(row["step"]) for row in csv.DictReader((run / "metrics.csv").open()) if row.get("train_loss")]
     assert steps == [0, 1, 2, 3]  # Lightning logs step k under k - 1: both segments, each step once
     summary = json.loads((run / "run_summary.json").read_text())

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -23,7 +24,7 @@ from harness import CONFIGS, DEMO, REPO, run_cli, run_cli_subprocess
 from lit_lora.sweep.grid import axis_labels, expand, parse_axis, seed_axis, split_values, value_label
 from lit_lora.sweep.report import direction
 from lit_lora.sweep.run import array_spec
-from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, point_state
+from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, STOPPED, point_state, resume_checkpoint
 
 ADAPTER, R, LR = "model.init_args.adapter", "model.init_args.adapter.init_args.r", "model.init_args.optim.lr"
 TINY_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
@@ -127,6 +128,34 @@ def test_point_states(tmp_path):
     assert point_state(tmp_path, point, ("7_0", "PENDING")).state == "pending"
 
 
+def test_a_point_with_a_preemption_checkpoint_is_stopped_until_its_settings_change(tmp_path):
+    """``scancel``, the time limit or a preemption without requeue leave ``hpc_ckpt_N.ckpt`` and exit 0: such a
+    point is stopped (the next run resumes it), unless it failed with its own error or its config changed since."""
+    point = {"index": 0, "name": "p", "run_dir": "p"}
+    run_dir = tmp_path / "p"
+    run_dir.mkdir()
+    (run_dir / "point.yaml").write_text("trainer: {max_steps: 4}\n")
+    (run_dir / "log.txt").write_text("[lit-lora] preemption: saved\n")
+    (run_dir / "hpc_ckpt_1.ckpt").write_bytes(b"1")
+    (run_dir / "hpc_ckpt_2.ckpt").write_bytes(b"2")
+    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "slurm", "job": "7_0", "returncode": 0}))
+    state = point_state(tmp_path, point)
+    assert state.state == STOPPED and "exit status 0" in state.detail and "hpc_ckpt_2.ckpt" in state.detail
+    assert resume_checkpoint(run_dir) == run_dir / "hpc_ckpt_2.ckpt"
+    for slurm_state in ("CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL"):
+        state = point_state(tmp_path, point, ("7_0", slurm_state))
+        assert state.state == STOPPED and f"SLURM 7_0 {slurm_state}" in state.detail
+    assert point_state(tmp_path, point, ("7_0", "OUT_OF_MEMORY")).state == FAILED  # would fail the same way again
+    assert point_state(tmp_path, point, ("7_0", "FAILED")).state == FAILED
+    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "slurm", "job": "7_0", "returncode": 1}))
+    assert point_state(tmp_path, point).state == FAILED  # its own error: it starts again
+    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "slurm", "job": "7_0"}))
+    assert point_state(tmp_path, point).state == STOPPED  # killed before the exit status was written
+    later = (run_dir / "hpc_ckpt_2.ckpt").stat().st_mtime + 5
+    os.utime(run_dir / "point.yaml", (later, later))  # the sweep rewrote the point's config: other settings
+    assert resume_checkpoint(run_dir) is None and point_state(tmp_path, point).state == INTERRUPTED
+
+
 # ---- a local sweep -------------------------------------------------------------------------------------
 def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     model = tiny_model("llama")
@@ -207,6 +236,32 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     changed = sweep_cmd(*args, "--trainer.max_steps", "50", "--dry_run", check=False)
     assert changed.returncode != 0 and "give it another --name" in changed.stderr, changed.stderr
     assert (sweep_dir / "sweep.json").read_text() == before
+
+
+def test_a_stopped_point_resumes_from_its_checkpoint_instead_of_starting_again(tmp_path, tiny_model):
+    """What a cancelled SLURM task leaves (a Lightning checkpoint as ``hpc_ckpt_1.ckpt`` at step 2 of 4, exit
+    status 0, its log), rerun locally: the point continues from step 2 in place (``--ckpt_path``), its log kept."""
+    args = ["--config", DEMO, "--grid", f"{LR}=3e-3", "--runs_dir", str(tmp_path / "runs"), "--name", "stop",
+            "--model.init_args.model_name_or_path", tiny_model("llama"), *TINY_RUN]
+    args[args.index("--trainer.max_steps") + 1] = "4"
+    sweep_cmd(*args, "--dry_run")
+    run_dir = tmp_path / "runs" / "stop" / "lr=0.003"
+    elsewhere = tmp_path / "first-attempt"
+    run_cli_subprocess(["fit", "--config", str(run_dir / "point.yaml"), "--trainer.max_steps", "2",
+                        "--trainer.default_root_dir", str(elsewhere), "--trainer.logger.init_args.save_dir",
+                        str(elsewhere)], via="module", timeout=600)
+    (saved,) = (elsewhere / "checkpoints").glob("*step=2.ckpt")
+    saved.replace(run_dir / "hpc_ckpt_1.ckpt")
+    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "slurm", "job": "9_0", "returncode": 0}))
+    (run_dir / "log.txt").write_text("[lit-lora] preemption: saved hpc_ckpt_1.ckpt at global step 2\n")
+
+    out = sweep_cmd(*args).stdout
+    assert f"lr=0.003 resuming from {run_dir / 'hpc_ckpt_1.ckpt'}" in out and "lr=0.003 finished in" in out, out
+    assert not (run_dir / "attempts").exists()
+    assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == 4
+    log = (run_dir / "log.txt").read_text()
+    assert log.startswith("[lit-lora] preemption: saved") and "2 steps after resuming at step 2" in log, log[-2000:]
+    assert sweep_cmd(*args).stdout.count("finished earlier, skipped") == 1
 
 
 # ---- lit-lora configs ----------------------------------------------------------------------------------

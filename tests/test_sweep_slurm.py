@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import run_cli_subprocess
+from harness import logged_steps, read_losses, run_cli_subprocess
 
-from lit_lora.sweep.state import FAILED, FINISHED, PENDING, RUNNING, load_sweep, point_states
+from lit_lora.sweep.state import FAILED, FINISHED, PENDING, RUNNING, STOPPED, load_sweep, point_states
 
 pytestmark = pytest.mark.slurm
 
@@ -96,3 +96,36 @@ def test_sweep_runs_as_one_job_array(tiny_model, tmp_path):
     states = wait_until_settled(sweep_dir)
     assert states["lr=-1"].state == FAILED and states["lr=0.001"].state == FINISHED
     assert "Invalid learning rate" in (sweep_dir / "lr=-1" / "attempts" / "1" / "log.txt").read_text()
+
+
+def test_a_cancelled_point_resumes_from_its_preemption_checkpoint_when_resubmitted(tiny_model, tmp_path):
+    """``scancel`` of a running point: SIGTERM, the point saves ``hpc_ckpt_1.ckpt`` at the step's end and stops
+    (state "stopped", not "failed"); resubmitting the sweep resumes it in place, every step logged once."""
+    runs, steps = tmp_path / "runs", 60
+    run = [*TINY_RUN, "--trainer.log_every_n_steps", "1"]
+    run[run.index("--trainer.max_steps") + 1] = str(steps)
+    args = ["sweep", "--config", "configs/demo.yaml", "--grid", f"{LR}=3e-3", "--runs_dir", str(runs), "--name",
+            "stop", "--model.init_args.model_name_or_path", tiny_model("llama"), *run, *SBATCH]
+    lit_lora(*args)
+    sweep_dir, run_dir = runs / "stop", runs / "stop" / "lr=0.003"
+    job = load_sweep(sweep_dir)["slurm"][0]["job_id"]
+    deadline = time.time() + 240
+    while not ((run_dir / "metrics.csv").exists() and read_losses(run_dir) and max(read_losses(run_dir)) >= 4):
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    subprocess.run(["scancel", f"{job}_0"], check=True)
+
+    states = wait_until_settled(sweep_dir)
+    stopped = states["lr=0.003"]
+    assert stopped.state == STOPPED and "hpc_ckpt_1.ckpt" in stopped.detail, (stopped, stopped.log.read_text()[-3000:])
+    saved_at = max(read_losses(run_dir))
+    assert saved_at < steps and not (run_dir / "run_summary.json").exists()
+
+    out = lit_lora(*args).stdout
+    assert f"lr=0.003 is stopped (SLURM {job}_0 CANCELLED): resumes from {run_dir.resolve() / 'hpc_ckpt_1.ckpt'}" in out
+    states = wait_until_settled(sweep_dir)
+    assert states["lr=0.003"].state == FINISHED, states["lr=0.003"].log.read_text()[-3000:]
+    assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == steps
+    assert logged_steps(run_dir) == list(range(steps))  # none repeated, none skipped across the two jobs
+    assert not (run_dir / "attempts").exists()
+    assert f"{steps - saved_at} steps after resuming at step {saved_at}" in (run_dir / "log.txt").read_text()

@@ -30,6 +30,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_lora.cluster.lightning_compat import filesystem_of, set_experiment, started_experiment
+from lit_lora.cluster.run_files import holds_run
 
 log = logging.getLogger("lit_lora")
 CSV_LOGGER = "lit_lora.cluster.csv_history.ResumableCSVLogger"  # its class path in configs
@@ -134,7 +135,7 @@ def continued_run(ckpt_path: str, root: Path) -> Optional[Path]:
     if not path.exists() or path.parent.name != "checkpoints":  # a file, or a DeepSpeed / FSDP directory
         return None
     run = path.parent.parent
-    if not ((run / "config.yaml").is_file() or (run / "metrics.csv").is_file()):
+    if not holds_run(run):
         return None
     if not run.resolve().is_relative_to(root.resolve()):
         return None

@@ -30,6 +30,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_lora.cluster.lightning_compat import fit_ckpt_path
 from lit_lora.cluster.run_dir import run_dir
+from lit_lora.cluster.run_files import RUN_OUTPUTS, earlier_run_outputs, hpc_checkpoints  # noqa: F401 (re-exported)
 
 log = logging.getLogger("lit_lora")
 
@@ -110,12 +111,6 @@ def check_allocation(num_nodes: int, devices, env: Optional[Mapping[str, str]] =
         )
 
 
-def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:
-    """``hpc_ckpt_N.ckpt`` files in ``root`` (what Lightning's SLURM auto-resume looks for), oldest first."""
-    found = [p for p in Path(root).glob("hpc_ckpt_*.ckpt") if re.fullmatch(r"hpc_ckpt_\d+\.ckpt", p.name)]
-    return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
-
-
 def check_requeued_resume(ckpt_path, default_root_dir, env: Optional[Mapping[str, str]] = None,
                           start_fresh: bool = False) -> bool:
     """A requeued job (``SLURM_RESTART_COUNT`` > 0) must resume from a checkpoint, never restart from step 0.
@@ -148,8 +143,6 @@ INSIDE_INPUT = {
             "metrics.csv, config.yaml and summaries as data",
     "model": "the adapter, checkpoints and config.yaml written there would mix with the base model's files",
 }
-# what a run leaves in its run directory: a fresh run there would overwrite or truncate it
-RUN_OUTPUTS = ("config.yaml", "hparams.yaml", "metrics.csv", "checkpoints", "adapter", "run_summary.json")
 
 
 def local_directory(name_or_path: Optional[str]) -> Optional[Path]:
@@ -181,15 +174,6 @@ def check_run_location(run_dirs: Mapping[str, Union[str, Path]],
                     f"the run directory {run} ({run_setting}) is inside the {kind} directory {directory} ({setting}): "
                     f"{INSIDE_INPUT[kind]}. Put the run outside it, e.g. --trainer.default_root_dir runs/<experiment>."
                 )
-
-
-def earlier_run_outputs(run_dir: Union[str, Path]) -> list[str]:
-    """What an earlier run left in ``run_dir`` (its config, metrics, checkpoints, adapter), by name."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    return found + [p.name for p in hpc_checkpoints(run_dir)]
 
 
 def check_fresh_run_dir(run_dir: Union[str, Path], resuming: bool) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from lit_lora.cluster.run_files import holds_run
+
 log = logging.getLogger("lit_lora")
 
 
@@ -41,22 +43,25 @@ def pinned(entry: Any) -> bool:
 
 def evaluation_dirs(trainer_config: Any, subcommand: str) -> None:
     """For ``test`` / ``validate`` / ``predict``: move every pinned logger whose directory holds a training run
-    (its ``config.yaml`` or ``run_summary.json``) to ``<run>/<subcommand>_<N>`` (the first free N), together."""
+    (``run_files.holds_run``) to ``<run>/<subcommand>_<N>`` (the first free N), together."""
     if subcommand == "fit":
         return
     loggers = trainer_config.get("logger")
     entries = [e for e in (loggers if isinstance(loggers, list) else [loggers]) if pinned(e)]
-    runs = {str(e.init_args.get("save_dir") or trainer_config.get("default_root_dir") or ".") for e in entries}
-    for run in runs:
+
+    def directory(entry: Any) -> str:
+        return str(entry.init_args.get("save_dir") or trainer_config.get("default_root_dir") or ".")
+
+    for run in {directory(e) for e in entries}:
         root = Path(run)
-        if not ((root / "config.yaml").is_file() or (root / "run_summary.json").is_file()):
+        if not holds_run(root):
             continue
         n = 0
         while (root / f"{subcommand}_{n}").exists():
             n += 1
         target = root / f"{subcommand}_{n}"
         for entry in entries:
-            if str(entry.init_args.get("save_dir") or trainer_config.get("default_root_dir") or ".") == run:
+            if directory(entry) == run:
                 entry.init_args["save_dir"] = str(target)
         if rank_zero_only.rank == 0:
             log.info("[lit-lora] %s: writing into %s (%s holds the training run)", subcommand, target, root)

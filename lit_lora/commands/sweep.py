@@ -22,7 +22,8 @@ from typing import Optional
 from lit_lora.commands.experiment import print_config
 from lit_lora.sweep.report import LOG_LINES, build_report, write_report
 from lit_lora.sweep.run import DEFAULT_SCRIPT, run_local, say, submit, write_sweep
-from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, POINT_CONFIG, POINTS_FILE, point_state, slurm_tasks
+from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, POINT_CONFIG, POINTS_FILE, STOPPED, point_state, \
+    slurm_tasks
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -90,7 +91,7 @@ def sweep(argv: list[str]) -> int:
         counts[state] = counts.get(state, 0) + 1
     summary = ", ".join(f"{n} {s.upper() if s == FAILED else s}" for s, n in counts.items())
     say(name, f"{summary}; report: {md}, {csv_path}")
-    return 1 if failed or counts.get(FAILED) or counts.get(INTERRUPTED) else 0
+    return 1 if failed or counts.get(FAILED) or counts.get(INTERRUPTED) or counts.get(STOPPED) else 0
 
 
 def report(argv: list[str]) -> None:

@@ -21,6 +21,7 @@ from typing import Optional
 import lightning as L
 
 from lit_lora.callbacks import peak_memory
+from lit_lora.cluster.run_files import holds_run
 from lit_lora.evaluation.report import build_report, console_summary, example_rows, plot_loss_curve, write_report
 
 
@@ -54,7 +55,7 @@ class CompareSettings:
             return Path(self.run_dir)
         path = Path(self.ckpt_path or self.adapter_dir)
         for parent in list(path.parents)[:4]:  # the run directory holds its config (W&B: checkpoints 3 levels down)
-            if (parent / "config.yaml").is_file() or (parent / "run_summary.json").is_file():
+            if holds_run(parent):
                 return parent
         return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 

@@ -12,8 +12,9 @@ Arguments other than the sweep's own (``--model.init_args.…``, ``--trainer.…
 to every point, as ``lit-lora fit`` takes them. Locally each point runs as ``lit-lora fit --config
 <point>/point.yaml`` in a subprocess (stdout and stderr to ``<point>/log.txt``), so a failing point does not
 stop the sweep; the exit status is 1 when any point failed. Rerunning the same command resumes the sweep:
-finished points (``lit_lora.sweep.state``) are skipped, and a point that failed or was interrupted starts
-again from step 0 in its own directory, the earlier attempt moved to ``<point>/attempts/N/``.
+finished points (``lit_lora.sweep.state``) are skipped, a stopped point (cancelled, timed out or preempted
+after its preemption checkpoint) resumes from that checkpoint, and a point that failed or was interrupted
+starts again from step 0 in its own directory, the earlier attempt moved to ``<point>/attempts/N/``.
 
 With ``--slurm``, every unfinished point that SLURM does not already run is submitted as ONE job array
 (``sbatch --array=<indices>%<max_parallel> slurm/single_node.sbatch runs/<sweep>/points.txt``): array task N
@@ -32,11 +33,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
 from lit_lora.sweep.resolve import PointConfigError, PrintConfig, config_yaml, pin_run, resolve_point
-from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, \
-    STATUS_FILE, failure_lines, load_sweep, move_earlier_attempt, point_state, save_sweep, slurm_tasks
+from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, STATUS_FILE, \
+    STOPPED, failure_lines, load_sweep, move_earlier_attempt, point_state, resume_checkpoint, save_sweep, slurm_tasks
 from lit_lora.strict_json import dumps
 
 DEFAULT_SCRIPT = "slurm/single_node.sbatch"
@@ -180,12 +182,15 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
 
 
 # ---- local -------------------------------------------------------------------------------------------
-def run_point(run_dir: Path, config: Path) -> int:
-    """``lit-lora fit --config <config>`` in a subprocess, output to ``log.txt``; the exit status."""
+def run_point(run_dir: Path, config: Path, resume_from: Optional[Path] = None) -> int:
+    """``lit-lora fit --config <config>`` in a subprocess, output to ``log.txt``; the exit status.
+    ``resume_from``: a stopped point's checkpoint (``--ckpt_path``; the log is appended to)."""
     cmd = [sys.executable, "-m", "lit_lora.commands", "fit", "--config", str(config)]
+    if resume_from is not None:
+        cmd += ["--ckpt_path", str(resume_from)]
     status = {"runner": "local", "host": socket.gethostname(), "started": now()}
     started = time.perf_counter()
-    with open(run_dir / LOG_FILE, "w") as log:
+    with open(run_dir / LOG_FILE, "a" if resume_from is not None else "w") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ,
@@ -237,13 +242,17 @@ def run_local(sweep_dir: Path, sweep: dict, points: list[dict]) -> int:
         if state.state in (RUNNING, PENDING):
             say(name, f"{prefix} is {state.state} ({state.detail}), skipped")
             continue
-        moved = move_earlier_attempt(run_dir)
-        if moved:
-            say(name, f"{prefix}: the earlier attempt ({state.state}) moved to {moved}")
-        say(name, f"{prefix} running (log: {run_dir / LOG_FILE})")
+        saved = resume_checkpoint(run_dir) if state.state == STOPPED else None
+        if saved is not None:
+            say(name, f"{prefix} resuming from {saved} ({state.detail.split(';')[0]}; log: {run_dir / LOG_FILE})")
+        else:
+            moved = move_earlier_attempt(run_dir)
+            if moved:
+                say(name, f"{prefix}: the earlier attempt ({state.state}) moved to {moved}")
+            say(name, f"{prefix} running (log: {run_dir / LOG_FILE})")
         started = time.perf_counter()
         try:
-            run_point(run_dir, run_dir / POINT_CONFIG)
+            run_point(run_dir, run_dir / POINT_CONFIG, resume_from=saved)
         except KeyboardInterrupt:
             raise SystemExit(f"[lit-lora] sweep {name}: interrupted during {point['name']}; rerun the same command "
                              "to resume (finished points are skipped)") from None
@@ -289,9 +298,13 @@ def submit(sweep_dir: Path, sweep: dict, points: list[dict], args: argparse.Name
         if state.state in (FINISHED, RUNNING, PENDING):
             say(name, f"{point['name']} is {state.state}{f' ({state.detail})' if state.detail else ''}, not submitted")
             continue
-        moved = move_earlier_attempt(sweep_dir / point["run_dir"])
-        if moved:
-            say(name, f"{point['name']}: the earlier attempt ({state.state}) moved to {moved}")
+        if state.state == STOPPED:  # slurm/launch.sh's fit auto-resumes from the hpc_ckpt_N.ckpt in its run dir
+            say(name, f"{point['name']} is stopped ({state.detail.split(';')[0]}): resumes from "
+                      f"{resume_checkpoint(sweep_dir / point['run_dir'])}")
+        else:
+            moved = move_earlier_attempt(sweep_dir / point["run_dir"])
+            if moved:
+                say(name, f"{point['name']}: the earlier attempt ({state.state}) moved to {moved}")
         todo.append(point["index"])
     if not todo:
         say(name, "nothing to submit")

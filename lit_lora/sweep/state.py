@@ -1,4 +1,5 @@
-"""The sweep directory and the state of its points: finished, running, pending, failed, interrupted, not started.
+"""The sweep directory and the state of its points: finished, running, pending, stopped, failed, interrupted, not
+started.
 
     from lit_lora.sweep.state import load_sweep, point_states
     sweep = load_sweep("runs/demo")
@@ -16,9 +17,12 @@ A point is **finished** when its run wrote ``run_summary.json`` and the adapter 
 names (``FinalExport``, at the end of fit, after the last step) and the run did not then exit with an error
 (``sweep_status.json``, when present, holds exit status 0; SLURM does not report the task as failed).
 Otherwise, in this order: **pending** / **running** while SLURM (``scontrol``, else ``sacct``) lists its
-array task as such, or the local runner's process is alive; **failed** with a non-zero exit status, a
-failed SLURM state, or an exit without the final files; **interrupted** when it started (a log or a
-runner's status) but no exit was recorded; **not started** otherwise.
+array task as such, or the local runner's process is alive; **stopped** when the run saved a preemption
+checkpoint (``hpc_ckpt_N.ckpt``: ``scancel``, the time limit or a preemption without requeue) and did not exit
+with an error, and its ``point.yaml`` has not changed since: the next run of the sweep resumes it from that
+checkpoint; **failed** with a non-zero exit status, a failed SLURM state, or an exit without the final files;
+**interrupted** when it started (a log or a runner's status) but no exit was recorded; **not started**
+otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from lit_lora.cluster.run_files import hpc_checkpoints
 from lit_lora.strict_json import dumps
 
 SWEEP_FILE = "sweep.json"
@@ -42,11 +47,13 @@ STATUS_FILE = "sweep_status.json"
 LOG_FILE = "log.txt"
 ATTEMPTS_DIR = "attempts"
 
-FINISHED, RUNNING, PENDING, FAILED, INTERRUPTED, NOT_STARTED = (
-    "finished", "running", "pending", "failed", "interrupted", "not started")
+FINISHED, RUNNING, PENDING, STOPPED, FAILED, INTERRUPTED, NOT_STARTED = (
+    "finished", "running", "pending", "stopped", "failed", "interrupted", "not started")
 SLURM_PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED",
                  "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 SLURM_RUNNING = {"RUNNING", "COMPLETING"}
+# the scheduler ended the task (not the run's own error): with a preemption checkpoint it resumes
+SLURM_STOPPED = {"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE", "NODE_FAIL", "COMPLETED"}
 SLURM_FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED",
                 "REVOKED", "SPECIAL_EXIT"}
 
@@ -91,6 +98,16 @@ def final_outputs(run_dir: Path) -> bool:
         if directory.is_dir() and any(directory.iterdir()):
             return True
     return False
+
+
+def resume_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest ``hpc_ckpt_N.ckpt`` of the point, unless ``point.yaml`` was rewritten after it (the sweep
+    rewrites it only when the point's settings change, and a run with other settings must start again)."""
+    saved = hpc_checkpoints(run_dir) if run_dir.is_dir() else []
+    config = run_dir / POINT_CONFIG
+    if not saved or (config.is_file() and config.stat().st_mtime > saved[-1].stat().st_mtime):
+        return None
+    return saved[-1]
 
 
 def earlier_attempt(run_dir: Path) -> list[Path]:
@@ -231,6 +248,13 @@ def point_state(sweep_dir: str | Path, point: dict, task: Optional[tuple[str, Op
     if final_outputs(run_dir) and returncode in (None, 0) and slurm_state not in SLURM_FAILED:
         return PointState(FINISHED, "", log)
     where = f"SLURM {task_id}: " if task_id and status.get("runner") == "slurm" else ""
+    saved = resume_checkpoint(run_dir) if returncode in (None, 0) else None
+    if saved is not None and (slurm_state is None or slurm_state in SLURM_STOPPED):
+        if slurm_state:
+            ended = f"SLURM {task_id} {slurm_state}"
+        else:
+            ended = "no exit status" if returncode is None else f"exit status {returncode}"
+        return PointState(STOPPED, f"{ended}; saved {saved.name}, which the next run of the sweep resumes from", log)
     if returncode not in (None, 0):
         return PointState(FAILED, f"{where}exit status {returncode}", log)
     if slurm_state in SLURM_FAILED:

@@ -1,0 +1,43 @@
+"""What a run directory holds, read from file names only (no Lightning, no torch: the sweep reads it cheaply).
+
+    from lit_lora.cluster.run_files import holds_run, hpc_checkpoints
+    holds_run("runs/demo/version_0")        # True once a fit wrote its config.yaml (or metrics / summary)
+    hpc_checkpoints("runs/tiny/4711")       # [Path(".../hpc_ckpt_1.ckpt"), …], oldest first
+
+One definition of "a run lives here", shared by the checks that must not overwrite a run
+(``launch_checks``), the evaluation that writes beside one (``run_dir.evaluation_dirs``), a resumed fit that
+continues one (``csv_history.continued_run``), ``compare`` looking for one above a checkpoint, and the sweep
+deciding whether a stopped point resumes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Union
+
+# what a run leaves in its run directory: a fresh run there would overwrite or truncate it
+RUN_OUTPUTS = ("config.yaml", "hparams.yaml", "metrics.csv", "checkpoints", "adapter", "run_summary.json")
+# files that only a run writes at its top level (an adapter or checkpoints directory alone may be an export)
+RUN_MARKERS = ("config.yaml", "metrics.csv", "run_summary.json")
+
+
+def holds_run(directory: Union[str, Path]) -> bool:
+    """A training run wrote into ``directory``: its ``config.yaml``, ``metrics.csv`` or ``run_summary.json``."""
+    directory = Path(directory)
+    return any((directory / name).is_file() for name in RUN_MARKERS)
+
+
+def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:
+    """``hpc_ckpt_N.ckpt`` files in ``root`` (what Lightning's SLURM auto-resume looks for), oldest first."""
+    found = [p for p in Path(root).glob("hpc_ckpt_*.ckpt") if re.fullmatch(r"hpc_ckpt_\d+\.ckpt", p.name)]
+    return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
+
+
+def earlier_run_outputs(run_dir: Union[str, Path]) -> list[str]:
+    """What an earlier run left in ``run_dir`` (its config, metrics, checkpoints, adapter), by name."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    return found + [p.name for p in hpc_checkpoints(run_dir)]
