@@ -1,11 +1,12 @@
 """``lit-lora incontext``: zero- and k-shot prompting of a config's model on its data, no training.
 
     lit-lora incontext --config configs/nli/llama3_8b_incontext_multinli.yaml --shots 0 1 --split matched
-    lit-lora incontext --config configs/demo.yaml --shots 0 1 3 --max_rows 50 --out_dir runs/incontext
+    lit-lora incontext --config configs/demo.yaml --shots 0 1 3 --max_rows 50   # into runs/incontext
 
 The config is read as ``fit`` reads it (``lit_lora.commands.experiment``); the options below join that parser.
 Prompt building and scoring are ``lit_lora.evaluation.incontext``; ``incontext.json`` and
-``predictions_<k>shot.jsonl`` go to ``--out_dir``.
+``predictions_<k>shot.jsonl`` go to ``--out_dir`` (default ``<trainer.default_root_dir>/incontext``, numbered
+``incontext_N`` when an earlier evaluation is there; an explicit ``--out_dir`` holding one is refused).
 """
 
 from __future__ import annotations
@@ -26,7 +27,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", type=Optional[str], default=None,
                         help="evaluated split (default: the first that is not train)")
     parser.add_argument("--max_rows", type=Optional[int], default=None, help="evaluate only the first N rows")
-    parser.add_argument("--out_dir", type=str, default="runs/incontext", help="where the predictions and scores go")
+    parser.add_argument("--out_dir", type=Optional[str], default=None,
+                        help="where the predictions and scores go (default: <trainer.default_root_dir or runs>/"
+                             "incontext, or incontext_N when that holds an earlier evaluation)")
+
+
+def output_dir(out_dir: Optional[str], default_root_dir: Optional[str]) -> Path:
+    """``--out_dir``, refused when it holds an earlier evaluation; by default the first free ``incontext[_N]``
+    under the run's root, so a second evaluation never mixes its files with the first one's."""
+    if out_dir is not None:
+        path = Path(out_dir)
+        if (path / "incontext.json").exists() or any(path.glob("predictions_*shot.jsonl")):
+            raise SystemExit(f"lit-lora incontext: {path} holds an earlier evaluation (incontext.json, "
+                             "predictions_*shot.jsonl): pass another --out_dir or move it away")
+        return path
+    root = Path(default_root_dir or "runs")
+    path, n = root / "incontext", 0
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = root / f"incontext_{n}"
+    return path
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -34,8 +54,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                                  prog="lit-lora incontext")
     options, module, datamodule = experiment.config, experiment.module, experiment.datamodule
     module.evaluation = dataclasses.replace(module.evaluation, generate=True)
-    out_dir = Path(options.out_dir)
+    out_dir = output_dir(options.out_dir, (options.get("trainer") or {}).get("default_root_dir"))
     results = evaluate_incontext(module, datamodule, options.shots, options.seed, options.split, options.max_rows,
                                  datamodule.eval_batch_size, out_dir)
     (out_dir / "incontext.json").write_text(dumps(results, indent=2))
     print(dumps(results, indent=2))
+    shots = ", ".join(f"predictions_{k}shot.jsonl" for k in options.shots)
+    print(f"[lit-lora] incontext: wrote {out_dir / 'incontext.json'} and {shots} in {out_dir}", flush=True)

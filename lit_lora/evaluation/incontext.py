@@ -38,8 +38,9 @@ def example_pairs(datamodule, rows) -> list[tuple[str, str]]:
         for row in rows:
             label = datamodule.row_label(row)
             if isinstance(label, int):
-                text = "\n".join(f"{c}: {row[c]}" for c in text_columns)
-                pairs.append((f"{text}\nAnswer with one word: {names}.", datamodule.label_names[label]))
+                text = "\n".join(f"{c.capitalize()}: {str(row[c]).strip()}" for c in text_columns)
+                # ends with a cue, so that a demonstration's answer does not run on from the instruction
+                pairs.append((f"{text}\nAnswer with one word: {names}.\nAnswer:", datamodule.label_names[label]))
         return pairs
     if not hasattr(datamodule, "format_example"):
         raise TypeError(f"{type(datamodule).__name__} has neither format_example nor label_names")
@@ -54,14 +55,15 @@ def example_pairs(datamodule, rows) -> list[tuple[str, str]]:
 
 
 def kshot_prompt(tokenizer, demos: list[tuple[str, str]], query: str, use_chat_template: bool = True) -> str:
-    """The prompt text: chat turns when the tokenizer has a chat template, else ``prompt answer`` blocks."""
+    """The prompt text: chat turns when the tokenizer has a chat template, else ``prompt answer`` blocks (a space
+    between the two unless the prompt ends in whitespace, as a template's ``### Response:\\n`` does)."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
         messages = []
         for prompt, answer in demos:
             messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         messages.append({"role": "user", "content": query})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{prompt}{answer}\n\n" for prompt, answer in demos) + query
+    return "".join(f"{prompt}{'' if prompt[-1:].isspace() else ' '}{answer}\n\n" for prompt, answer in demos) + query
 
 
 def build_prompts(datamodule, k: int, seed: int = 0, split: Optional[str] = None, max_rows: Optional[int] = None,
@@ -99,7 +101,7 @@ def score(datamodule, records: list[dict], predictions: list[str]) -> dict:
         return {**scalars, "unparseable": int((preds == UNPARSEABLE).sum())}
     from lit_lora.evaluation.text_metrics import score_rows
 
-    return score_rows(predictions, [r["reference"] for r in records])
+    return score_rows(predictions, [r["reference"] for r in records], [r["hit_max_new_tokens"] for r in records])
 
 
 def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: Optional[str], max_rows: Optional[int],

@@ -1,0 +1,50 @@
+"""``lit-lora incontext``: k-shot prompts that read as question / answer blocks, scores that count what the rows say,
+and an output directory per evaluation.
+
+    python -m pytest tests/test_incontext.py
+"""
+
+from __future__ import annotations
+
+import json
+
+from harness import DEMO, run_cli_subprocess
+
+from lit_lora.data import MultiNLIDataModule
+from lit_lora.evaluation.incontext import build_prompts
+
+
+def test_classification_demonstrations_end_in_an_answer_cue_before_their_label(tiny_model):
+    """Without a chat template a demonstration is ``…Answer: <label>`` then a blank line, and the evaluated pair
+    ends with ``Answer:`` (the label never runs on from the instruction's last word)."""
+    dm = MultiNLIDataModule(tokenizer_name_or_path=tiny_model("llama"), max_eval_samples=4)
+    assert not getattr(dm.tokenizer, "chat_template", None)
+    for record in build_prompts(dm, 2, seed=0, use_chat_template=False):
+        blocks = record["prompt"].split("\n\n")
+        assert len(blocks) == 3 and blocks[-1] == record["query"] and record["query"].endswith("\nAnswer:")
+        assert record["query"].startswith("Premise: ")
+        for block in blocks[:2]:
+            label = block.rsplit("\nAnswer: ", 1)[1]
+            assert label in dm.label_names, block
+
+
+def test_scores_count_truncated_answers_and_each_evaluation_gets_its_own_directory(tiny_model, tmp_path):
+    args = ["incontext", "--config", DEMO, "--model.init_args.model_name_or_path", tiny_model("llama"),
+            "--model.init_args.evaluation.max_new_tokens", "3", "--shots", "0", "1", "--max_rows", "4",
+            "--trainer.default_root_dir", str(tmp_path)]
+    first = run_cli_subprocess(args, via="module", cwd=tmp_path)
+    out_dir = tmp_path / "incontext"
+    assert f"wrote {out_dir / 'incontext.json'}" in first.stdout, first.stdout[-2000:]
+    scores = json.loads((out_dir / "incontext.json").read_text())
+    for k in (0, 1):
+        rows = [json.loads(line) for line in (out_dir / f"predictions_{k}shot.jsonl").read_text().splitlines()]
+        assert len(rows) == 4
+        truncated = sum(r["hit_max_new_tokens"] for r in rows)  # a count, as lit-lora test reports it
+        assert truncated > 0 and scores[f"{k}-shot"]["hit_max_new_tokens"] == truncated
+
+    second = run_cli_subprocess(args, via="module", cwd=tmp_path)
+    assert f"wrote {tmp_path / 'incontext_1' / 'incontext.json'}" in second.stdout
+    assert json.loads((out_dir / "incontext.json").read_text()) == scores  # the first evaluation untouched
+
+    refused = run_cli_subprocess([*args, "--out_dir", str(out_dir)], via="module", cwd=tmp_path, check=False)
+    assert refused.returncode != 0 and "holds an earlier evaluation" in refused.stderr, refused.stderr[-2000:]
