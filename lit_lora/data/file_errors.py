@@ -144,7 +144,7 @@ def csv_problem(path: str) -> Optional[str]:
                 return "no rows: the file is empty"
             start, rows = reader.line_num + 1, 0
             for record in reader:
-                if len(record) > len(header):
+                if record and len(record) != len(header):  # a short row would read as empty cells
                     return f"line {start}: {len(record)} fields where the header has {len(header)}"
                 rows += bool(record)
                 start = reader.line_num + 1
