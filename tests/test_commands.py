@@ -109,10 +109,11 @@ def test_load_experiment_parses_a_commands_options_with_the_config():
     def add_arguments(parser):
         parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 3])
 
-    experiment = load_experiment(["--config", DEMO, "--shots", "0", "2", "--trainer.precision", "bf16-mixed"],
-                                 add_arguments, build="none")
+    experiment = load_experiment(["--config", DEMO, "--shots", "0", "2", "--trainer.precision", "bf16-mixed",
+                                  "--trainer.limit_test_batches", "2"], add_arguments, build="none")
     assert experiment.config.shots == [0, 2] and experiment.module is None
-    assert experiment.eval_trainer_kwargs() == {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed"}
+    assert experiment.eval_trainer_kwargs() == {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed",
+                                                "limit_test_batches": 2}
     assert parse_experiment(["--config", DEMO]).model.class_path == "lit_lora.models.CausalLMModule"
     checked = []
     model_only = load_experiment(["--config", DEMO], check=checked.append, build="model")

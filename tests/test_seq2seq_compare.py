@@ -85,6 +85,16 @@ def test_compare_writes_both_columns_and_examples(trained, tmp_path, recwarn):
         assert len(rows) == rows_evaluated > 0 and {"prompt", "reference", "prediction"} <= set(rows[0])
 
 
+def test_compare_keeps_the_row_limit_of_a_smoke_run_for_both_models(trained, tmp_path):
+    """``--trainer.limit_test_batches 1`` scores one batch of rows, base and fine-tuned alike (it was dropped:
+    every row was generated while Lightning said one batch would be used)."""
+    report, md = compare(trained, tmp_path, "--trainer.limit_test_batches", "1", "--data.init_args.eval_batch_size", "3")
+    assert report["run"]["rows"] == 3
+    for side in ("base", "tuned"):
+        assert len((tmp_path / side / "predictions.jsonl").read_text().splitlines()) == 3
+    assert "No curve" not in md
+
+
 def test_evaluating_on_training_rows_needs_the_switch(trained, tmp_path, capsys):
     on_train = ["--data.init_args.validation_source", trained[2]]  # validation = first rows of the training file
     with pytest.raises(SystemExit) as exit_info:

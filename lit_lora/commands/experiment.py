@@ -42,10 +42,11 @@ class Experiment:
     datamodule: Any = None      # the LightningDataModule (build "all")
 
     def eval_trainer_kwargs(self) -> dict:
-        """One device of the config's accelerator at its precision: the Trainer of an evaluation-only run."""
+        """One device of the config's accelerator at its precision, and its ``limit_test_batches`` (a smoke
+        run's row limit, the same for base and fine-tuned): the Trainer of an evaluation-only run."""
         trainer = self.config.get("trainer") or {}
         kwargs = {"accelerator": trainer.get("accelerator") or "auto", "devices": 1,
-                  "precision": trainer.get("precision")}
+                  "precision": trainer.get("precision"), "limit_test_batches": trainer.get("limit_test_batches")}
         return {k: v for k, v in kwargs.items() if v is not None}
 
 

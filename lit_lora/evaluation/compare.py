@@ -110,7 +110,7 @@ def run_info(module, settings: CompareSettings, split: str, rows: int) -> dict:
             "train_wall_time_s": summary.get("wall_time_s"), "train_peak_memory_mib": summary.get("peak_memory_mib"),
             "train_peak_memory_kind": summary.get("peak_memory_kind"), "eval_peak_memory_mib": round(memory, 1),
             "eval_peak_memory_kind": kind, "run_summary": str(summary_path) if summary else None,
-            "loss_curve": curve.name if curve else None}
+            "loss_curve": curve.name if curve else None, "metrics_csv": (run_dir / "metrics.csv").is_file()}
 
 
 def compare_models(module, datamodule, trainer_kwargs: dict, settings: CompareSettings) -> dict:

@@ -141,6 +141,9 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"### {group}", ""] + _table(rows)
     if run.get("loss_curve"):
         lines += ["", "## Training loss", "", f"![loss curve]({run['loss_curve']})"]
+    elif run.get("metrics_csv"):
+        lines += ["", "## Training loss", "", "No curve: the run's `metrics.csv` has no `train_loss` or `val_loss` "
+                  "row (a run shorter than `trainer.log_every_n_steps` logs none)."]
     else:
         lines += ["", "## Training loss", "", "No curve: the run directory has no `metrics.csv` (a CSV logger's; "
                   "a W&B-only run has its curves in W&B)."]
