@@ -66,6 +66,7 @@ def test_bad_target_module_fails_before_training(tmp_path):
                                  "--model.init_args.adapter.init_args.target_modules", "[q_proj, v_prj]"], check=False)
     assert result.returncode != 0
     assert "'v_prj' matches no module" in result.stderr and "v_proj" in result.stderr
+    assert "Traceback" not in result.stderr and "model.init_args.adapter.init_args.target_modules" in result.stderr
 
 
 def test_a_command_without_checkpoints_refuses_a_ckpt_path_but_reads_a_saved_run_config(tmp_path):
@@ -100,3 +101,15 @@ def test_an_adapter_setting_out_of_range_is_one_line_before_anything_loads(key, 
     assert result.returncode == 1
     assert f"lit-lora: InvalidAdapterSetting: model.init_args.adapter (lora): {message}" in result.stderr
     assert "Traceback" not in result.stderr and "kept" not in result.stderr  # no data was read
+
+
+@pytest.mark.parametrize("override, named", [
+    (["--data.init_args.val_fraction", "1.5"], "data.init_args.val_fraction must be between 0 and 1 (both excluded), got 1.5"),
+    (["--data.init_args.sample_fraction", "5"], "data.init_args.sample_fraction must be above 0 and at most 1, got 5"),
+    (["--data.init_args.batch_size", "0"], "data.init_args.batch_size must be at least 1, got 0"),
+], ids=["val_fraction", "sample_fraction", "batch_size"])
+def test_a_data_setting_out_of_range_is_one_line_naming_its_key(tmp_path, override, named):
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+                                 *override], check=False)
+    assert result.returncode == 1 and named in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "kept" not in result.stderr  # before any data was read

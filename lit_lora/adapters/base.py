@@ -126,18 +126,18 @@ def check_target_modules(model: nn.Module, targets: Union[str, Sequence[str], No
     if targets is None or targets == "all-linear":
         return
     names = [n for n, _ in model.named_modules() if n]
+    setting = f"model.init_args.adapter.init_args.{what}"
+    leaf_names = sorted({n.rsplit(".", 1)[-1] for n in module_names(model)})
     if isinstance(targets, str):  # peft treats a plain string as a full-match regex
         if not any(re.fullmatch(targets, n) for n in names):
-            raise ValueError(f"{what} regex {targets!r} matches no module of {type(model).__name__}")
+            raise InvalidAdapterSetting(f"{setting}: the regex {targets!r} matches no module of "
+                                        f"{type(model).__name__}; its module names include {', '.join(leaf_names[:10])}")
         return
-    leaf_names = sorted({n.rsplit(".", 1)[-1] for n in module_names(model)})
     for target in targets:
         if not any(n == target or n.endswith("." + target) for n in names):
             close = difflib.get_close_matches(target, leaf_names, n=5, cutoff=0.3) or leaf_names[:10]
-            raise ValueError(
-                f"{what}: {target!r} matches no module of {type(model).__name__}; "
-                f"closest module names: {', '.join(close)}"
-            )
+            raise InvalidAdapterSetting(f"{setting}: {target!r} matches no module of {type(model).__name__}; "
+                                        f"closest module names: {', '.join(close)}")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

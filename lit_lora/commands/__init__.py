@@ -146,6 +146,18 @@ def input_error_types() -> tuple[type, ...]:
             NonFiniteWeightsError, PointConfigError, InvalidAdapterSetting)
 
 
+def input_error_in(err: BaseException) -> Optional[BaseException]:
+    """``err`` if it is an input error, else the input error it was raised from: jsonargparse wraps an error
+    raised while it builds a class (a datamodule's setting out of range) in its own "Does not validate"."""
+    types, seen = input_error_types(), set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, types):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def entry() -> None:
     """The ``lit-lora`` command (and ``python -m lit_lora.commands``): ``main``, with an input error printed as
     one line, ``lit-lora: <Error>: <message>``, and exit status 1; ``--verbose`` keeps its traceback. ``main``
@@ -159,9 +171,10 @@ def entry() -> None:
         main()
         close_process_group()
     except Exception as err:  # noqa: BLE001 - only the input errors are caught; anything else is re-raised
-        if os.environ.get(VERBOSE_ENV) == "1" or not isinstance(err, input_error_types()):
+        cause = input_error_in(err)
+        if os.environ.get(VERBOSE_ENV) == "1" or cause is None:
             raise
-        sys.exit(f"lit-lora: {type(err).__name__}: {err}")
+        sys.exit(f"lit-lora: {type(cause).__name__}: {cause}")
     finally:
         if "lit_lora.cluster.early_signals" in sys.modules:  # a signal kept for a run that never took it
             sys.modules["lit_lora.cluster.early_signals"].release()

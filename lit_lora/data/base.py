@@ -63,6 +63,25 @@ def encoding_code_hash(cls: type) -> str:
     return hashlib.sha256("".join(sources).encode()).hexdigest()[:16]
 
 
+# the smallest value of each count-like data setting
+MINIMUM = {"max_samples": 1, "max_eval_samples": 1, "max_length": 2, "batch_size": 1, "eval_batch_size": 1,
+           "max_tokens_per_batch": 1, "num_workers": 0}
+
+
+def check_ranges(val_fraction: Optional[float], sample_fraction: Optional[float], **counts: Optional[int]) -> None:
+    """Refuse a data setting out of its range before anything loads, named as its config key (``val_fraction:
+    1.5`` otherwise failed inside ``datasets`` as a ``test_size``, ``sample_fraction: 5`` deep in the subset)."""
+    problems = []
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        problems.append(f"val_fraction must be between 0 and 1 (both excluded), got {val_fraction!r}")
+    if sample_fraction is not None and not 0 < sample_fraction <= 1:
+        problems.append(f"sample_fraction must be above 0 and at most 1, got {sample_fraction!r}")
+    problems += [f"{name} must be at least {MINIMUM[name]}, got {value!r}"
+                 for name, value in counts.items() if value is not None and value < MINIMUM[name]]
+    if problems:
+        raise IncompatibleConfig("data.init_args." + "; data.init_args.".join(problems))
+
+
 class TextDataModule(L.LightningDataModule):
     """Shared loading, splitting, subsetting, tokenisation and batching.
 
@@ -131,6 +150,11 @@ class TextDataModule(L.LightningDataModule):
         trust_remote_code: bool = False,
     ):
         super().__init__()
+        check_ranges(val_fraction=None if validation_source or validation_split else val_fraction,  # else unused
+                     sample_fraction=sample_fraction, max_samples=max_samples,
+                     max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size,
+                     eval_batch_size=eval_batch_size, max_tokens_per_batch=max_tokens_per_batch,
+                     num_workers=num_workers)
         self.save_hyperparameters()
         self.source = source or self.default_source
         if self.source is None:
