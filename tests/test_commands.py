@@ -21,7 +21,7 @@ from harness import DEMO, entry_point, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lit_lora"
-COMMAND_NAMES = {"fit", "validate", "test", "predict", "compare", "estimate", "incontext", "sweep", "configs"}
+COMMAND_NAMES = {"fit", "validate", "test", "compare", "estimate", "incontext", "sweep", "configs"}
 EXPERIMENT_COMMANDS = ("compare", "estimate", "incontext")  # they read an experiment config, with their own options
 
 
@@ -34,7 +34,7 @@ def test_the_table_lists_every_command_and_each_module_has_main():
         assert command.help and "\n" not in command.help, name
         module = importlib.import_module(command.module)
         assert callable(getattr(module, "main", None)), f"{command.module} has no main()"
-    assert {c.module for n, c in COMMANDS.items() if n in ("fit", "validate", "test", "predict")} == \
+    assert {c.module for n, c in COMMANDS.items() if n in ("fit", "validate", "test")} == \
         {"lit_lora.commands.train"}
 
 
@@ -52,6 +52,9 @@ def test_help_and_no_arguments_list_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["fitt"])
     assert "unknown command 'fitt' (did you mean 'fit'?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # LightningCLI's predict: no module has a predict_step
+        main(["predict", "--config", DEMO])
+    assert stop.value.code == 2 and "lit-lora test --config" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["fit", "test", "estimate", "compare"])

@@ -42,7 +42,7 @@ def pinned(entry: Any) -> bool:
 
 
 def evaluation_dirs(trainer_config: Any, subcommand: str) -> None:
-    """For ``test`` / ``validate`` / ``predict``: move every pinned logger whose directory holds a training run
+    """For ``test`` / ``validate``: move every pinned logger whose directory holds a training run
     (``run_files.holds_run``) to ``<run>/<subcommand>_<N>`` (the first free N), together."""
     if subcommand == "fit":
         return

@@ -1,7 +1,7 @@
 """Every ``lit-lora`` command, in one table (``COMMANDS``): its module and its one-line help.
 
     lit-lora                                  # the commands and what each does (also: lit-lora --help)
-    lit-lora fit --config configs/demo.yaml   # train (fit / validate / test / predict: lit_lora.commands.train)
+    lit-lora fit --config configs/demo.yaml   # train (fit / validate / test: lit_lora.commands.train)
     lit-lora estimate --config configs/code/gemma2b_qlora_python_codes.yaml --gpu_memory_gib 24
     lit-lora fit --config configs/demo.yaml --verbose   # --verbose anywhere keeps every library message
 
@@ -46,7 +46,6 @@ COMMANDS: dict[str, Command] = {
     "validate": Command(TRAIN, "the validation loop of a config (--ckpt_path: a trained checkpoint)", with_name=True),
     "test": Command(TRAIN, "the test loop of a config; writes metrics.json (--ckpt_path: a trained checkpoint)",
                     with_name=True),
-    "predict": Command(TRAIN, "the predict loop of a config", with_name=True),
     "compare": Command("lit_lora.commands.compare", "the base and the fine-tuned model on one split: a report"),
     "estimate": Command("lit_lora.commands.estimate",
                         "parameters and GPU memory of a config, from the architecture alone (no weights)"),
@@ -54,6 +53,12 @@ COMMANDS: dict[str, Command] = {
     "sweep": Command("lit_lora.commands.sweep",
                      "a grid of settings / seeds, one run per point (local or one SLURM array); `sweep report`"),
     "configs": Command("lit_lora.commands.configs", "the bundled configs: `configs list`, `configs copy NAME`"),
+}
+# commands a LightningCLI user may expect, and what lit-lora does instead
+NOT_COMMANDS = {
+    "predict": "no lit-lora datamodule has a prediction set without references, and no module a predict_step: "
+               "`lit-lora test --config … --ckpt_path …` writes predictions.jsonl (prompt, reference, prediction) "
+               "for the evaluation rows, and `lit-lora compare` the base model's beside them",
 }
 
 
@@ -95,6 +100,9 @@ def main(args: Optional[list[str]] = None) -> None:
         print(usage())
         return
     command = COMMANDS.get(argv[0])
+    if argv[0] in NOT_COMMANDS:
+        print(f"lit-lora {argv[0]}: not a lit-lora command: {NOT_COMMANDS[argv[0]]}", file=sys.stderr)
+        raise SystemExit(2)
     if command is None:
         close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,4 +1,4 @@
-"""``lit-lora fit / validate / test / predict``: the LightningCLI over every lit-lora module and datamodule.
+"""``lit-lora fit / validate / test``: the LightningCLI over every lit-lora module and datamodule.
 
     lit-lora fit --config configs/demo.yaml
     lit-lora fit --config configs/demo.yaml --print_config > my.yaml   # a config --config accepts back
@@ -177,5 +177,5 @@ class LitLoraCLI(LightningCLI):
 
 
 def main(argv: list[str]) -> None:
-    """``lit-lora <fit|validate|test|predict> …`` (``argv`` starts with the subcommand)."""
+    """``lit-lora <fit|validate|test> …`` (``argv`` starts with the subcommand)."""
     LitLoraCLI(args=list(argv))
