@@ -113,3 +113,18 @@ def test_a_data_setting_out_of_range_is_one_line_naming_its_key(tmp_path, overri
                                  *override], check=False)
     assert result.returncode == 1 and named in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "kept" not in result.stderr  # before any data was read
+
+
+def test_a_value_for_a_key_the_cli_links_is_refused_not_dropped(tmp_path):
+    """jsonargparse drops a value given for a link target without a word: the data's trust_remote_code and
+    tokenizer follow the model's, so ``--data.init_args.trust_remote_code true`` did nothing."""
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--data.init_args.trust_remote_code", "true",
+                                 "--trainer.default_root_dir", str(tmp_path), *SMALL], check=False)
+    assert result.returncode == 1 and "--data.init_args.trust_remote_code (command line)" in result.stderr
+    assert "comes from model.init_args.trust_remote_code" in result.stderr and "Traceback" not in result.stderr
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("data:\n  init_args:\n    max_length: 64\n    tokenizer_name_or_path: /elsewhere\n")
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--config", str(extra), "--trainer.default_root_dir",
+                                 str(tmp_path), *SMALL], check=False)
+    assert result.returncode == 1 and f"{extra}: line 4: data.init_args.tokenizer_name_or_path" in result.stderr
+    assert not (tmp_path / "lightning_logs").exists()  # refused before anything was built

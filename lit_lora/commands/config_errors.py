@@ -7,6 +7,8 @@
     # and for `batch_size: sixteen`: my.yaml: line 32: batch_size: expected int, got 'sixteen'
 
 ``ShortUsageParser`` (``commands/train.py``) calls ``explain`` with the ``--config`` files of the command line.
+``linked_values`` finds a value given for a key the CLI sets itself (``link_arguments``): jsonargparse drops it
+without a word, so a ``--data.init_args.trust_remote_code true`` would do nothing.
 """
 
 from __future__ import annotations
@@ -110,3 +112,39 @@ def init_options(class_path: str) -> list[str]:
         if init is not None:
             names += [p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs")]
     return names
+
+
+# keys the CLI sets from another (commands/train.py link_arguments) -> where their value comes from
+LINKED = {"data.init_args.tokenizer_name_or_path": "model.init_args.model_name_or_path",
+          "data.init_args.trust_remote_code": "model.init_args.trust_remote_code",
+          "model.init_args.tokenizer": "the datamodule's tokenizer",
+          "model.init_args.label_names": "the datamodule's label_names"}
+
+
+def linked_values(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """``(key, where)`` for each place ``argv`` (a command line, with the ``--config`` files it names) sets a
+    ``LINKED`` key: ``--key (command line)`` or ``file: line N``."""
+    found = []
+    for key in LINKED:
+        group, _, name = key.partition(".init_args.")
+        flags = (f"--{key}", f"--{group}.{name}")
+        found += [(key, f"{flag} (command line)") for flag in flags for arg in argv
+                  if arg == flag or arg.startswith(flag + "=")]
+        for path in config_files(argv):
+            try:
+                config = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+            section = config.get(group) if isinstance(config, dict) else None
+            if isinstance(section, dict) and (name in section or name in (section.get("init_args") or {})):
+                where = next((f": line {n}" for n in lines_with_key(path, name)), "")
+                found.append((key, f"{path}{where}"))
+    return found
+
+
+def check_linked(argv: Sequence[str]) -> None:
+    """Refuse a value for a key the CLI links from another one, naming where it was given and its source."""
+    found = linked_values(argv)
+    if found:
+        given = "; ".join(f"{where}: {key}, which comes from {LINKED[key]}" for key, where in found)
+        raise SystemExit(f"lit-lora: {given}. lit-lora sets it itself and would ignore this value: remove it")

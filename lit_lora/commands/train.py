@@ -20,6 +20,7 @@ runtime (SLURM preemption and requeue, atomic checkpoints, run-directory checks,
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Optional
 
@@ -39,7 +40,7 @@ from lit_lora.cluster.preemption import PreemptionCheckpoint
 from lit_lora.cluster.run_dir import evaluation_dirs, run_dir
 from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
-from lit_lora.commands.config_errors import config_files, explain
+from lit_lora.commands.config_errors import check_linked, config_files, explain
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models.base import FineTuneModule
 
@@ -134,7 +135,9 @@ class LitLoraCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """Keep the ``model`` section as given: LightningCLI then swaps in a ``--ckpt_path``'s hyperparameters
-        (``before_instantiate_classes`` compares the two and puts the run settings back)."""
+        (``before_instantiate_classes`` compares the two and puts the run settings back). A value for a linked
+        key is refused first: jsonargparse would drop it silently."""
+        check_linked(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         given = self.config[subcommand].get("model") if subcommand else None
