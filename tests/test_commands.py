@@ -106,6 +106,16 @@ def test_experiment_commands_add_their_options_to_the_fit_parser():
         assert any(isinstance(n, ast.FunctionDef) and n.name == "add_arguments" for n in tree.body), name
 
 
+@pytest.mark.parametrize("name", EXPERIMENT_COMMANDS)
+def test_an_experiment_commands_help_starts_with_what_it_does(name, capsys):
+    from lit_lora.commands import COMMANDS, main
+
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    out = capsys.readouterr().out
+    assert f"lit-lora {name}: {COMMANDS[name].help}" in " ".join(out.split()) and "Lightning Trainer" not in out
+
+
 def test_load_experiment_parses_a_commands_options_with_the_config():
     from lit_lora.commands.experiment import load_experiment, parse_experiment
 

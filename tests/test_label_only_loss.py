@@ -25,7 +25,7 @@ from lit_lora.models import CausalLMModule
 from lit_lora.models import label_only_loss as label_only
 from lit_lora.models.label_only_loss import (find_label_only_head, head_input, linear_cross_entropy_sum,
                                              summed_label_only_loss)
-from lit_lora.models.token_loss import label_count, summed_loss
+from lit_lora.token_loss import label_count, summed_loss
 
 CAUSAL = ("llama", "gemma", "phi", "falcon")
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)

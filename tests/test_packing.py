@@ -27,7 +27,7 @@ from lit_lora.data.collators import IGNORE_INDEX, PackCollator
 from lit_lora.data.packing import PackedRows, PackedSampler, best_fit_decreasing
 from lit_lora.data.resumable import ResumableDataLoader
 from lit_lora.models.packing_support import flattens, model_packing_refusal
-from lit_lora.models.token_loss import label_count, summed_loss
+from lit_lora.token_loss import label_count, summed_loss
 
 CAUSAL = ("llama", "gemma", "phi", "falcon")
 

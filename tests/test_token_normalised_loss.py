@@ -1,7 +1,7 @@
 """One optimizer step's gradient does not depend on how its rows are split: one batch of 8, four
 micro-batches of 2 (accumulation) or two ranks of 4 (DDP, gloo) give the same gradient and the same
 logged ``train_loss``, because the loss is summed over label tokens and divided by the label tokens of
-the whole step (``lit_lora.models.token_loss``). Rows of very different lengths make a per-micro-batch
+the whole step (``lit_lora.token_loss``). Rows of very different lengths make a per-micro-batch
 mean differ from that by far more than the tolerance."""
 
 from __future__ import annotations

@@ -78,13 +78,23 @@ def load_experiment(argv: list[str], add_arguments: Optional[Callable[[Any], Non
 
     with warnings.catch_warnings():  # LightningCLI warns when args= is given next to a command line
         warnings.filterwarnings("ignore", message=".*args parameter is intended")
-        cli = ExperimentCLI(args=list(argv), run=False, save_config_callback=None,
-                            parser_kwargs={"prog": prog} if prog else None)
+        cli = ExperimentCLI(args=list(argv), run=False, save_config_callback=None, parser_kwargs=parser_text(prog))
     if build == "all":
         return Experiment(cli.config, cli.model, cli.datamodule)
     if build == "model":
         return Experiment(cli.config, model_of(cli.config))
     return Experiment(cli.config)
+
+
+def parser_text(prog: Optional[str]) -> Optional[dict]:
+    """``prog`` and, for a ``lit-lora <command>``, its help line as the description ``--help`` starts with
+    (instead of LightningCLI's "Lightning Trainer command line tool")."""
+    if not prog:
+        return None
+    from lit_lora.commands import COMMANDS
+
+    command = COMMANDS.get(prog.removeprefix("lit-lora ").strip())
+    return {"prog": prog, **({"description": f"{prog}: {command.help}"} if command else {})}
 
 
 # ``Trainer.fit``'s own arguments: the config.yaml a ``lit-lora fit`` run saves holds them (``ckpt_path: null``)

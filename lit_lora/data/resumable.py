@@ -18,7 +18,7 @@ replace it under DDP, and the order depends only on ``seed + epoch``, never on t
 Batches come in optimizer steps: the loader reads the micro-batches of one step (``accumulate_grad_batches``
 of them, aligned with Lightning's accumulation) before yielding the first, and gives each the labels of
 the whole step as ``batch["step_labels"]``, the divisor of the token-normalised loss
-(``lit_lora.models.token_loss``).
+(``lit_lora.token_loss``).
 """
 
 from __future__ import annotations

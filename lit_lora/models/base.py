@@ -36,7 +36,7 @@ from lit_lora.model_source import resolve_model_path
 from lit_lora.models import builder
 from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
 from lit_lora.models.packing_support import flattens, model_packing_refusal
-from lit_lora.models.token_loss import label_count, step_label_count, summed_loss
+from lit_lora.token_loss import label_count, step_label_count, summed_loss
 from lit_lora.cluster import sharding
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init, partitioned_loading, partitioned_share, zero3_config

@@ -1,7 +1,7 @@
 """The LightningModule a config's ``model`` section describes, built without weights.
 
-``lit-lora estimate`` and the commands that read a config (``compare``, ``incontext``) need the module a
-``fit`` would build, without training anything::
+``lit-lora estimate`` (``commands/experiment.py`` with ``build="model"``) needs the module a ``fit`` would
+build, without loading or training anything::
 
     from lit_lora.models.from_config import module_from_config
     module = module_from_config({"class_path": "lit_lora.models.CausalLMModule",

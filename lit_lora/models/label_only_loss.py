@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_lora.models.token_loss import IGNORE_INDEX
+from lit_lora.token_loss import IGNORE_INDEX
 
 # transformers model types whose causal-LM forward applies nothing to the LM head's output, except
 # Gemma 2 / 3's final logit softcapping (read from the config and applied here)

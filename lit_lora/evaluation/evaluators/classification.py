@@ -15,6 +15,7 @@ from __future__ import annotations
 from lit_lora.data.eval_sharding import counted_indices, without_uncounted_labels
 from lit_lora.evaluation.evaluators.base import Evaluator
 from lit_lora.evaluation.evaluators.eval_sets import EvalSetMetrics
+from lit_lora.token_loss import label_count, summed_loss
 
 
 class ClassificationEvaluator(Evaluator):
@@ -25,8 +26,6 @@ class ClassificationEvaluator(Evaluator):
         self.sets = EvalSetMetrics()
 
     def step(self, module, batch: dict, stage: str, dataloader_idx: int) -> None:
-        from lit_lora.models.token_loss import label_count, summed_loss  # lit_lora.models imports the evaluators
-
         batch = without_uncounted_labels(batch)  # rows a padding rank repeats are run but not counted
         logits = module(batch).logits
         keep = counted_indices(batch).to(logits.device)
