@@ -294,3 +294,15 @@ def test_a_fresh_run_into_a_used_run_directory_is_refused_and_a_resume_is_not(ti
     resumed = cli(model, root, steps=2)
     fit(resumed, ckpt_path=str(checkpoint))
     assert resumed.trainer.global_step == 2 and logged_steps(root) == [0, 1]
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_block_the_corrected_rerun(tiny_model, tmp_path, slurm):
+    """A bad target module fails in ``configure_model``, after Lightning saved ``config.yaml`` into the pinned run
+    directory: that file alone is no run to protect, so the corrected command runs there instead of being refused."""
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    with pytest.raises(ValueError, match="'v_prj' matches no module"):
+        fit(cli(model, root, "--model.init_args.adapter.init_args.target_modules", "[q_proj, v_prj]", steps=1))
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["config.yaml"]
+    rerun = cli(model, root, steps=1)
+    fit(rerun)
+    assert rerun.trainer.global_step == 1 and (root / "adapter").is_dir()

@@ -34,10 +34,16 @@ def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:
     return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
 
 
+# written at setup, before the first step: alone, they are a run that stopped before it trained or logged anything
+SETUP_FILES = ("config.yaml", "hparams.yaml")
+
+
 def earlier_run_outputs(run_dir: Union[str, Path]) -> list[str]:
-    """What an earlier run left in ``run_dir`` (its config, metrics, checkpoints, adapter), by name."""
+    """What an earlier run left in ``run_dir`` (its config, metrics, checkpoints, adapter), by name; nothing when
+    it left only ``SETUP_FILES`` (it failed before training, e.g. on a bad setting: a rerun replaces them)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
     found = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    return found + [p.name for p in hpc_checkpoints(run_dir)]
+    found += [p.name for p in hpc_checkpoints(run_dir)]
+    return [] if set(found) <= set(SETUP_FILES) else found
