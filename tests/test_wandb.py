@@ -103,6 +103,32 @@ def test_a_refused_fresh_run_leaves_no_wandb_run_behind(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*")) == first
 
 
+def config_keys(run_dir: Path) -> list[str]:
+    """The config keys of the one offline W&B run in ``run_dir``, once its file is complete."""
+    (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    for _ in range(100):
+        found = records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            break
+        time.sleep(0.1)
+    return [item.key for r in found if r.WhichOneof("record_type") == "config" for item in r.config.update]
+
+
+def test_a_fits_wandb_config_is_the_cli_config_once(tmp_path):
+    """The run's config is the full CLI config under ``config`` and the parameter counts; Lightning's flat copy of
+    the module's and datamodule's arguments (a data ``seed`` beside ``seed_everything``, its ``_instantiator``)
+    is left out."""
+    from harness import DEMO, QUIET, run_cli_subprocess
+
+    run_cli_subprocess(["fit", "--config", DEMO, "--config", str(Path(DEMO).parent / "loggers" / "wandb.yaml"), *QUIET,
+                        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "1",
+                        "--trainer.val_check_interval", "1", "--data.init_args.max_samples", "8",
+                        "--data.init_args.batch_size", "4"], cwd=tmp_path)
+    keys = config_keys(tmp_path / "run")
+    assert "config" in keys and "params/trainable_params" in keys
+    assert not {"seed", "_instantiator", "optim", "adapter", "batch_size"} & set(keys), keys
+
+
 def test_test_and_compare_of_a_wandb_run_keep_its_files_and_find_its_summary(tmp_path):
     """With the W&B logger the run directory is ``default_root_dir`` itself: its checkpoints sit in it, ``test``
     writes into a directory (and W&B run) of its own instead of over the training run's ``config.yaml``, and

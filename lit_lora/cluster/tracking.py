@@ -100,6 +100,7 @@ class WandbRun(WandbLogger):
         self._unsaved_id_file = None if stored else Path(save_dir) / RUN_ID_FILE  # written when the run starts
         self._held = False
         self._held_calls: list[tuple[str, tuple]] = []
+        self._full_config = False  # log_config was called: Lightning's flat module / data hparams repeat it
         if wandb_init_settings(self).get("anonymous", "") is None:  # Lightning passes None; wandb warns on any value
             del wandb_init_settings(self)["anonymous"]
 
@@ -166,10 +167,15 @@ class WandbRun(WandbLogger):
     def log_hyperparams(self, params) -> None:
         if hasattr(params, "as_dict") or not isinstance(params, Mapping):
             params = _namespace_to_dict(params) if hasattr(params, "as_dict") else vars(params)
-        if self._held:
-            self._held_calls.append(("log_hyperparams", (dict(params),)))
+        params = {k: v for k, v in dict(params).items() if k != "_instantiator"}  # Lightning's internal key
+        if self._full_config and not params.keys() & {"config"} and not all(k.startswith("params/") for k in params):
+            # the module's and datamodule's init args, flat: already under config.model / config.data, where a
+            # data seed is not mistaken for seed_everything
             return
-        super().log_hyperparams(redact(dict(params)))
+        if self._held:
+            self._held_calls.append(("log_hyperparams", (params,)))
+            return
+        super().log_hyperparams(redact(params))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
@@ -179,8 +185,10 @@ class WandbRun(WandbLogger):
         super().log_metrics(metrics, step)
 
     def log_config(self, config: Any) -> None:
-        """Log the full CLI config (a jsonargparse Namespace) under ``config/…``, redacted."""
+        """Log the full CLI config (a jsonargparse Namespace) under ``config/…``, redacted; the flat copy of the
+        module's and datamodule's arguments Lightning logs next is then left out."""
         self.log_hyperparams({"config": _namespace_to_dict(config)})
+        self._full_config = True
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
