@@ -155,7 +155,8 @@ def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_bat
     (rows for a classifier) and divided by their count, across ranks, each row counted once.
 
     So the "tuned" figure equals the ``val_loss`` in ``metrics.csv`` and ``lit-lora test``'s ``test_loss``
-    on the same rows, whatever the batch size and the number of ranks.
+    on the same rows, whatever the batch size, the number of ranks and the precision (the Trainer's precision
+    plugin's evaluation context: autocast under ``bf16-mixed``).
     """
     loader = trainer.datamodule.val_dataloader()
     if isinstance(loader, (list, tuple)):
@@ -168,7 +169,8 @@ def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_bat
     for i, batch in enumerate(loader):
         if limit_batches is not None and i >= limit_batches:
             break
-        summed, n = pl_module.loss_terms(without_uncounted_labels(move_data_to_device(batch, device)))
+        with trainer.precision_plugin.val_step_context():  # bf16-mixed / 16-mixed: autocast, as val_loss has
+            summed, n = pl_module.loss_terms(without_uncounted_labels(move_data_to_device(batch, device)))
         total += summed.double()
         count += n
     pl_module.train(was_training)

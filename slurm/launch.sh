@@ -24,9 +24,10 @@ if [ -n "${SLURM_ARRAY_TASK_ID:-}" ] && [[ "$CONFIG" == *.txt ]]; then
   RUN_DIR=$(dirname "$CONFIG")
   LOG=$RUN_DIR/log.txt
   TASK="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+  DIGEST=$(sha256sum "$CONFIG" | cut -d' ' -f1)  # the settings this task runs: a stopped point resumes only with them
   write_status() {  # runs/<sweep>/<point>/sweep_status.json, read by `lit-lora sweep report`
-    printf '{"runner": "slurm", "job": "%s", "restart": %s, "host": "%s", %s}\n' \
-      "$TASK" "${SLURM_RESTART_COUNT:-0}" "$(hostname -s)" "$1" > "$RUN_DIR/sweep_status.json"
+    printf '{"runner": "slurm", "job": "%s", "restart": %s, "host": "%s", "config_sha256": "%s", %s}\n' \
+      "$TASK" "${SLURM_RESTART_COUNT:-0}" "$(hostname -s)" "$DIGEST" "$1" > "$RUN_DIR/sweep_status.json"
   }
   write_status "\"started\": \"$(date -Iseconds)\""
   # the exit status (0 also after a preemption save: the requeued task starts by rewriting the file)

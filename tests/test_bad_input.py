@@ -97,11 +97,20 @@ def test_a_byte_order_mark_is_no_error_and_hides_no_other(tmp_path, tiny_model):
     ("quote.csv", "instruction,input,output,text\nAdd a,,x,t\n\"Add b,,y,t\nAdd c,,z,t\n",
      "quote.csv: line 3: invalid CSV (unexpected end of data) (a quoted field that starts on this line"),
     ("long.csv", "instruction,input,output,text\nAdd a,,x,t\nAdd b,,y,t,extra\n", "long.csv: line 3: 5 fields where the header has 4"),
-    ("short.csv", "instruction,input,output,text\nAdd a,,x,t\n\nAdd b,,y\n", "short.csv: line 4: 3 fields where the header has 4"),
+    ("short.csv", "instruction,input,output,text\nAdd a,,x,t\n\nAdd b,,y\n", "short.csv: line 4: 3 fields where the header names 4"),
 ])
 def test_files_datasets_cannot_read_are_named_with_their_line(tmp_path, tiny_model, name, content, expected):
     (tmp_path / name).write_text(content)
     assert expected in setup_error(instruction_dm(tiny_model, str(tmp_path / name)), DataFileError)
+
+
+def test_csv_files_pandas_reads_as_written_still_load(tmp_path, tiny_model):
+    """Only a short row is refused after pandas read a file: blank or whitespace lines, a quote inside an unquoted
+    field and an unnamed trailing header column (a spreadsheet's export) load as before."""
+    lines = ["instruction,input,output,text,"] + [f'Say "hi" {i},,x {i},t {i}' for i in range(8)] + ["   ", ""]
+    dm = instruction_dm(tiny_model, write_lines(tmp_path / "sheet.csv", lines))
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 8
 
 
 def test_each_file_of_a_directory_is_checked_on_its_own(tmp_path, tiny_model):

@@ -52,3 +52,19 @@ def test_the_sbatch_log_folders_are_in_a_fresh_clone():
     assert folders == {"runs"}, folders
     for folder in folders:
         assert any(path.startswith(f"{folder}/") for path in tracked), f"nothing tracked under {folder}/"
+
+
+def test_what_counts_as_an_earlier_run_in_a_run_directory(tmp_path):
+    """config.yaml alone is a run that stopped before its first step (a corrected rerun may go there); with a W&B
+    run id, metrics, checkpoints or a preemption checkpoint beside it, the directory holds a run to protect."""
+    from lit_lora.cluster.run_files import earlier_run_outputs
+
+    assert earlier_run_outputs(tmp_path / "missing") == []
+    (tmp_path / "config.yaml").write_text("x")
+    (tmp_path / "hparams.yaml").write_text("x")
+    assert earlier_run_outputs(tmp_path) == []
+    (tmp_path / "wandb_run_id").write_text("abc")  # a W&B run that logged steps, with no CSV logger beside it
+    assert earlier_run_outputs(tmp_path) == ["config.yaml", "hparams.yaml", "wandb_run_id"]
+    (tmp_path / "wandb_run_id").unlink()
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"x")
+    assert earlier_run_outputs(tmp_path) == ["config.yaml", "hparams.yaml", "hpc_ckpt_1.ckpt"]

@@ -24,7 +24,8 @@ from harness import CONFIGS, DEMO, REPO, run_cli, run_cli_subprocess
 from lit_lora.sweep.grid import axis_labels, expand, parse_axis, seed_axis, split_values, value_label
 from lit_lora.sweep.report import direction
 from lit_lora.sweep.run import array_spec
-from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, STOPPED, point_state, resume_checkpoint
+from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, STOPPED, config_digest, point_state, \
+    resume_checkpoint
 
 ADAPTER, R, LR = "model.init_args.adapter", "model.init_args.adapter.init_args.r", "model.init_args.optim.lr"
 TINY_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
@@ -154,6 +155,30 @@ def test_a_point_with_a_preemption_checkpoint_is_stopped_until_its_settings_chan
     later = (run_dir / "hpc_ckpt_2.ckpt").stat().st_mtime + 5
     os.utime(run_dir / "point.yaml", (later, later))  # the sweep rewrote the point's config: other settings
     assert resume_checkpoint(run_dir) is None and point_state(tmp_path, point).state == INTERRUPTED
+    # what runs record: the digest of the point.yaml they ran; a rewritten point.yaml (other settings) does not resume
+    digest = config_digest(run_dir / "point.yaml")
+    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "slurm", "returncode": 143, "config_sha256": digest}))
+    assert point_state(tmp_path, point, ("7_0", "TIMEOUT")).state == STOPPED  # killed by the scheduler's signal
+    (run_dir / "point.yaml").write_text("trainer: {max_steps: 8}\n")
+    assert resume_checkpoint(run_dir) is None
+    assert point_state(tmp_path, point, ("7_0", "TIMEOUT")).state == FAILED
+
+
+def test_a_local_run_after_a_slurm_submission_decides_the_points_state(tmp_path):
+    """Stopped on SLURM (CANCELLED), then resumed and finished locally: finished, not stopped for ever."""
+    point = {"index": 0, "name": "p", "run_dir": "p"}
+    run_dir = tmp_path / "p"
+    (run_dir / "adapter").mkdir(parents=True)
+    (run_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
+    (run_dir / "run_summary.json").write_text(json.dumps({"adapter_dir": str(run_dir / "adapter")}))
+    (run_dir / "hpc_ckpt_1.ckpt").write_bytes(b"1")
+    task = ("7_0", "CANCELLED", "2026-12-05T03:00:00+00:00")
+    status = {"runner": "local", "returncode": 0, "started": "2026-12-05T04:00:00+00:00"}
+    (run_dir / "sweep_status.json").write_text(json.dumps(status))
+    assert point_state(tmp_path, point, task).state == FINISHED
+    status["started"] = "2026-12-05T02:00:00+00:00"  # the local run came before the submission: SLURM's state holds
+    (run_dir / "sweep_status.json").write_text(json.dumps(status))
+    assert point_state(tmp_path, point, task).state == STOPPED
 
 
 # ---- a local sweep -------------------------------------------------------------------------------------
@@ -252,7 +277,8 @@ def test_a_stopped_point_resumes_from_its_checkpoint_instead_of_starting_again(t
                         str(elsewhere)], via="module", timeout=600)
     (saved,) = (elsewhere / "checkpoints").glob("*step=2.ckpt")
     saved.replace(run_dir / "hpc_ckpt_1.ckpt")
-    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "slurm", "job": "9_0", "returncode": 0}))
+    (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "slurm", "job": "9_0", "returncode": 0,
+                                                           "config_sha256": config_digest(run_dir / "point.yaml")}))
     (run_dir / "log.txt").write_text("[lit-lora] preemption: saved hpc_ckpt_1.ckpt at global step 2\n")
 
     out = sweep_cmd(*args).stdout

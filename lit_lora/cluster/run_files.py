@@ -16,8 +16,10 @@ import re
 from pathlib import Path
 from typing import Union
 
-# what a run leaves in its run directory: a fresh run there would overwrite or truncate it
-RUN_OUTPUTS = ("config.yaml", "hparams.yaml", "metrics.csv", "checkpoints", "adapter", "run_summary.json")
+# what a run leaves in its run directory: a fresh run there would overwrite or truncate it (a W&B run's id: the
+# fresh run would log its steps into that W&B run again)
+RUN_OUTPUTS = ("config.yaml", "hparams.yaml", "metrics.csv", "checkpoints", "adapter", "run_summary.json",
+               "wandb_run_id")
 # files that only a run writes at its top level (an adapter or checkpoints directory alone may be an export)
 RUN_MARKERS = ("config.yaml", "metrics.csv", "run_summary.json")
 
@@ -35,6 +37,7 @@ def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:
 
 
 # written at setup, before the first step: alone, they are a run that stopped before it trained or logged anything
+# (a W&B run has started by then and left its wandb_run_id, so it stays protected)
 SETUP_FILES = ("config.yaml", "hparams.yaml")
 
 

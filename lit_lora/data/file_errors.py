@@ -144,7 +144,7 @@ def csv_problem(path: str) -> Optional[str]:
                 return "no rows: the file is empty"
             start, rows = reader.line_num + 1, 0
             for record in reader:
-                if record and len(record) != len(header):  # a short row would read as empty cells
+                if len(record) > len(header):
                     return f"line {start}: {len(record)} fields where the header has {len(header)}"
                 rows += bool(record)
                 start = reader.line_num + 1
@@ -152,6 +152,22 @@ def csv_problem(path: str) -> Optional[str]:
             unclosed = " (a quoted field that starts on this line is never closed)" if "end of data" in str(err) else ""
             return f"line {start}: invalid CSV ({err}){unclosed}"
     return None if rows else "no rows: only a header line"
+
+
+def short_row(path: str) -> Optional[str]:
+    """``line N: …`` for the first row with fewer fields than the header names (pandas reads the missing ones as
+    empty cells: an NLI row cut before its label would count as "no gold label"); read as pandas reads it
+    (quotes inside a field allowed), blank lines and unnamed trailing header columns (``a,b,``) ignored."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        named = len(header) - next((i for i, name in enumerate(reversed(header)) if name.strip()), len(header))
+        start = reader.line_num + 1
+        for record in reader:
+            if any(field.strip() for field in record) and len(record) < named:
+                return f"line {start}: {len(record)} fields where the header names {named}"
+            start = reader.line_num + 1
+    return None
 
 
 def check_text_columns(dataset: Dataset, columns: Sequence[str], where: str,

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
-from lit_lora.data.file_errors import TEXT_DTYPES, TEXT_FILES, DataFileError, check_text_columns, check_utf8, csv_problem, \
+from lit_lora.data.file_errors import TEXT_DTYPES, TEXT_FILES, DataFileError, check_text_columns, check_utf8, short_row, \
     unreadable
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -91,7 +91,7 @@ def load_local(source: str, files: list[str], text_columns: Sequence[str] = ()) 
         dataset = load_dataset(builder, data_files=files, split="train", **options)
     except Exception as err:  # DatasetGenerationError, ArrowInvalid, pandas' ParserError, ...
         raise unreadable(source, files, err) from err
-    if builder == "csv" and (problem := csv_problem(path)):  # pandas reads a short row as empty cells
+    if builder == "csv" and (problem := short_row(path)):  # pandas reads a short row as empty cells
         raise DataFileError(f"{path}: {problem}")
     dataset = text_as_strings(dataset, text_columns) if builder == "csv" else dataset
     check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], path, files)

@@ -35,10 +35,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from lit_lora.cluster.run_files import hpc_checkpoints
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
 from lit_lora.sweep.resolve import PointConfigError, PrintConfig, config_yaml, pin_run, resolve_point
 from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, STATUS_FILE, \
-    STOPPED, failure_lines, load_sweep, move_earlier_attempt, point_state, resume_checkpoint, save_sweep, slurm_tasks
+    STOPPED, config_digest, failure_lines, load_sweep, move_earlier_attempt, point_state, resume_checkpoint, \
+    save_sweep, slurm_tasks
 from lit_lora.strict_json import dumps
 
 DEFAULT_SCRIPT = "slurm/single_node.sbatch"
@@ -188,7 +190,7 @@ def run_point(run_dir: Path, config: Path, resume_from: Optional[Path] = None) -
     cmd = [sys.executable, "-m", "lit_lora.commands", "fit", "--config", str(config)]
     if resume_from is not None:
         cmd += ["--ckpt_path", str(resume_from)]
-    status = {"runner": "local", "host": socket.gethostname(), "started": now()}
+    status = {"runner": "local", "host": socket.gethostname(), "started": now(), "config_sha256": config_digest(config)}
     started = time.perf_counter()
     with open(run_dir / LOG_FILE, "a" if resume_from is not None else "w") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
@@ -215,6 +217,15 @@ def run_point(run_dir: Path, config: Path, resume_from: Optional[Path] = None) -
     status.update(returncode=returncode, ended=now(), wall_s=round(time.perf_counter() - started, 1))
     (run_dir / STATUS_FILE).write_text(dumps(status, indent=2) + "\n")
     return returncode
+
+
+def set_aside(moved: Path) -> str:
+    """What a moved attempt's preemption checkpoint means for the retry (it starts from step 0), or ``""``."""
+    saved = hpc_checkpoints(moved)
+    if not saved:
+        return ""
+    return (f", with its {saved[-1].name}: not resumed (the run ended with its own error, or ran other settings "
+            "than point.yaml holds now), so the point starts again from step 0")
 
 
 def headline(run_dir: Path) -> str:
@@ -248,7 +259,7 @@ def run_local(sweep_dir: Path, sweep: dict, points: list[dict]) -> int:
         else:
             moved = move_earlier_attempt(run_dir)
             if moved:
-                say(name, f"{prefix}: the earlier attempt ({state.state}) moved to {moved}")
+                say(name, f"{prefix}: the earlier attempt ({state.state}) moved to {moved}{set_aside(moved)}")
             say(name, f"{prefix} running (log: {run_dir / LOG_FILE})")
         started = time.perf_counter()
         try:
@@ -304,7 +315,7 @@ def submit(sweep_dir: Path, sweep: dict, points: list[dict], args: argparse.Name
         else:
             moved = move_earlier_attempt(sweep_dir / point["run_dir"])
             if moved:
-                say(name, f"{point['name']}: the earlier attempt ({state.state}) moved to {moved}")
+                say(name, f"{point['name']}: the earlier attempt ({state.state}) moved to {moved}{set_aside(moved)}")
         todo.append(point["index"])
     if not todo:
         say(name, "nothing to submit")

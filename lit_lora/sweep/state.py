@@ -27,10 +27,13 @@ otherwise.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -100,14 +103,30 @@ def final_outputs(run_dir: Path) -> bool:
     return False
 
 
+def config_digest(path: Path) -> Optional[str]:
+    """sha256 of a point's ``point.yaml``: recorded in ``sweep_status.json`` when a run starts (``run_point``,
+    ``slurm/launch.sh``), so that a checkpoint is resumed only under the settings it was trained with."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def resume_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The newest ``hpc_ckpt_N.ckpt`` of the point, unless ``point.yaml`` was rewritten after it (the sweep
-    rewrites it only when the point's settings change, and a run with other settings must start again)."""
+    """The newest ``hpc_ckpt_N.ckpt`` of the point, if the run that saved it ran the current ``point.yaml`` (the
+    sweep rewrites it when the point's settings change, and a run with other settings must start again)."""
     saved = hpc_checkpoints(run_dir) if run_dir.is_dir() else []
-    config = run_dir / POINT_CONFIG
-    if not saved or (config.is_file() and config.stat().st_mtime > saved[-1].stat().st_mtime):
+    if not saved:
         return None
-    return saved[-1]
+    recorded = read_json(run_dir / STATUS_FILE).get("config_sha256")
+    config = run_dir / POINT_CONFIG
+    if recorded is not None:
+        return saved[-1] if recorded == config_digest(config) else None
+    # a status from before digests were recorded: point.yaml must not be newer than the checkpoint
+    return None if config.is_file() and config.stat().st_mtime > saved[-1].stat().st_mtime else saved[-1]
+
+
+def killed(returncode: Optional[int]) -> bool:
+    """An exit status that says a signal ended the run (the scheduler's SIGTERM / SIGKILL, Ctrl-C), not its error."""
+    return returncode is not None and (returncode < 0 or returncode - 128 in (signal.SIGINT, signal.SIGKILL,
+                                                                               signal.SIGTERM))
 
 
 def earlier_attempt(run_dir: Path) -> list[Path]:
@@ -199,14 +218,25 @@ def slurm_array_states(job_id: str) -> dict[int, str]:
     return states
 
 
-def slurm_tasks(sweep: dict) -> dict[int, tuple[str, Optional[str]]]:
-    """Point index -> (``<array job>_<task>`` of its latest submission, its SLURM state or ``None``)."""
-    latest: dict[int, str] = {}
+def slurm_tasks(sweep: dict) -> dict[int, tuple[str, Optional[str], Optional[str]]]:
+    """Point index -> (``<array job>_<task>`` of its latest submission, its SLURM state or ``None``, when it was
+    submitted)."""
+    latest: dict[int, tuple[str, Optional[str]]] = {}
     for submission in sweep.get("slurm", []):
         for index in submission["indices"]:
-            latest[index] = str(submission["job_id"])
-    states = {job: slurm_array_states(job) for job in set(latest.values())}
-    return {i: (f"{job}_{i}", states[job].get(i)) for i, job in latest.items()}
+            latest[index] = (str(submission["job_id"]), submission.get("submitted"))
+    states = {job: slurm_array_states(job) for job, _ in set(latest.values())}
+    return {i: (f"{job}_{i}", states[job].get(i), submitted) for i, (job, submitted) in latest.items()}
+
+
+def ran_locally_since(status: dict, submitted: Optional[str]) -> bool:
+    """The point's latest run is a local one started after its SLURM submission: that task's state is history."""
+    if status.get("runner") != "local" or not status.get("started") or not submitted:
+        return False
+    try:
+        return datetime.datetime.fromisoformat(status["started"]) > datetime.datetime.fromisoformat(submitted)
+    except (TypeError, ValueError):
+        return False
 
 
 # ---- a point's state ---------------------------------------------------------------------------------
@@ -223,7 +253,7 @@ def _alive(status: dict) -> bool:
         return False
 
 
-def point_log(sweep_dir: Path, point: dict, task: Optional[tuple[str, Optional[str]]]) -> Optional[Path]:
+def point_log(sweep_dir: Path, point: dict, task: Optional[tuple]) -> Optional[Path]:
     log = sweep_dir / point["run_dir"] / LOG_FILE
     if log.is_file() or task is None:
         return log if log.is_file() else None
@@ -231,13 +261,15 @@ def point_log(sweep_dir: Path, point: dict, task: Optional[tuple[str, Optional[s
     return slurm_out if slurm_out.is_file() else None
 
 
-def point_state(sweep_dir: str | Path, point: dict, task: Optional[tuple[str, Optional[str]]] = None) -> PointState:
+def point_state(sweep_dir: str | Path, point: dict, task: Optional[tuple] = None) -> PointState:
     """The state of one point (see the module doc); ``task``: its SLURM array task and state (``slurm_tasks``)."""
     sweep_dir = Path(sweep_dir)
     run_dir = sweep_dir / point["run_dir"]
     status = read_json(run_dir / STATUS_FILE)
     log = point_log(sweep_dir, point, task)
-    task_id, slurm_state = task if task else (None, None)
+    task_id, slurm_state, submitted = (*task, None)[:3] if task else (None, None, None)
+    if ran_locally_since(status, submitted):
+        task_id = slurm_state = None
     returncode = status.get("returncode")
     if slurm_state in SLURM_PENDING:
         return PointState(PENDING, f"SLURM {task_id} {slurm_state}", log)
@@ -248,7 +280,7 @@ def point_state(sweep_dir: str | Path, point: dict, task: Optional[tuple[str, Op
     if final_outputs(run_dir) and returncode in (None, 0) and slurm_state not in SLURM_FAILED:
         return PointState(FINISHED, "", log)
     where = f"SLURM {task_id}: " if task_id and status.get("runner") == "slurm" else ""
-    saved = resume_checkpoint(run_dir) if returncode in (None, 0) else None
+    saved = resume_checkpoint(run_dir) if returncode in (None, 0) or killed(returncode) else None
     if saved is not None and (slurm_state is None or slurm_state in SLURM_STOPPED):
         if slurm_state:
             ended = f"SLURM {task_id} {slurm_state}"
