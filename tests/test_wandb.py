@@ -5,6 +5,7 @@ import struct
 import time
 from pathlib import Path
 
+import pytest
 
 from lit_lora.cluster.tracking import REDACTED, WandbRun, redact
 
@@ -16,6 +17,13 @@ def test_redaction_keeps_ordinary_keys():
     assert out["hf_token"] == out["model"]["api_key"] == out["db_password"] == out["clientSecret"] == REDACTED
     assert out["model"]["tokenizer_name_or_path"] == "p" and out["model"]["pad_token_id"] == 0
     assert out["max_new_tokens"] == 4 and params["hf_token"] == "hf_abc"
+
+
+@pytest.fixture(autouse=True)
+def own_wandb_service(monkeypatch):
+    """wandb records its service's socket in ``os.environ`` (``WANDB_SERVICE``): an in-process test's service,
+    finished, would otherwise be inherited by the next test's ``lit-lora`` subprocess, whose run then logs nothing."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
 
 
 def records(path):
@@ -63,6 +71,22 @@ def test_offline_run_logs_redacted_config_and_reuses_its_id(tmp_path, monkeypatc
     text = "\n".join(str(r) for r in found)
     assert "hf_secret" not in text and REDACTED in text
     assert "trainable_params" in text and "tuned/val_loss" in text and 'group: "g"' in text
+
+
+def test_after_the_cli_config_only_lightnings_flat_copy_of_it_is_left_out(tmp_path, monkeypatch):
+    from jsonargparse import Namespace
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbRun(save_dir=str(tmp_path))
+    logger.log_config(Namespace(model=Namespace(class_path="M", init_args=Namespace(lr=0.5)),
+                                data=Namespace(class_path="D", init_args=Namespace(seed=3))))
+    logger.log_hyperparams({"lr": 0.5, "seed": 3, "tokenizer_name_or_path": "m", "_instantiator": "x"})  # Lightning's
+    logger.log_hyperparams({"my_callback_setting": 7})  # anyone else's: kept
+    run_id = logger.experiment.id
+    logger.experiment.finish()
+    keys = config_keys(tmp_path)
+    assert "config" in keys and "my_callback_setting" in keys and not {"lr", "seed", "_instantiator"} & set(keys)
+    assert WandbRun.stored_run_id(str(tmp_path)) == run_id
 
 
 def test_a_held_run_starts_nothing_until_released_then_logs_what_waited(tmp_path, monkeypatch):

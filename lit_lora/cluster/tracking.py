@@ -100,7 +100,7 @@ class WandbRun(WandbLogger):
         self._unsaved_id_file = None if stored else Path(save_dir) / RUN_ID_FILE  # written when the run starts
         self._held = False
         self._held_calls: list[tuple[str, tuple]] = []
-        self._full_config = False  # log_config was called: Lightning's flat module / data hparams repeat it
+        self._flat_keys: set[str] = set()  # after log_config: the module's and datamodule's argument names
         if wandb_init_settings(self).get("anonymous", "") is None:  # Lightning passes None; wandb warns on any value
             del wandb_init_settings(self)["anonymous"]
 
@@ -168,9 +168,9 @@ class WandbRun(WandbLogger):
         if hasattr(params, "as_dict") or not isinstance(params, Mapping):
             params = _namespace_to_dict(params) if hasattr(params, "as_dict") else vars(params)
         params = {k: v for k, v in dict(params).items() if k != "_instantiator"}  # Lightning's internal key
-        if self._full_config and not params.keys() & {"config"} and not all(k.startswith("params/") for k in params):
-            # the module's and datamodule's init args, flat: already under config.model / config.data, where a
-            # data seed is not mistaken for seed_everything
+        if self._flat_keys and params and params.keys() <= self._flat_keys:
+            # Lightning's flat copy of the module's and datamodule's arguments: already under config.model /
+            # config.data, where a data seed is not mistaken for seed_everything
             return
         if self._held:
             self._held_calls.append(("log_hyperparams", (params,)))
@@ -187,8 +187,10 @@ class WandbRun(WandbLogger):
     def log_config(self, config: Any) -> None:
         """Log the full CLI config (a jsonargparse Namespace) under ``config/…``, redacted; the flat copy of the
         module's and datamodule's arguments Lightning logs next is then left out."""
-        self.log_hyperparams({"config": _namespace_to_dict(config)})
-        self._full_config = True
+        full = _namespace_to_dict(config)
+        self.log_hyperparams({"config": full})
+        self._flat_keys = {key for section in ("model", "data") if isinstance(full.get(section), dict)
+                           for key in (full[section].get("init_args") or {})} | LINKED_ARGUMENTS
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -196,6 +198,11 @@ class WandbRun(WandbLogger):
         if status == "preempted" and started_experiment(self) is not None:
             # the requeued job resumes this run id; mark the gap instead of a clean finish
             started_experiment(self).mark_preempting()
+
+
+# arguments the CLI links from another section (commands/train.py): in the module's / datamodule's hparams but
+# not in the saved config
+LINKED_ARGUMENTS = {"tokenizer_name_or_path", "trust_remote_code", "tokenizer", "label_names"}
 
 
 def fill_save_dirs(trainer_config: Any) -> None:

@@ -155,14 +155,15 @@ def input_error_types() -> tuple[type, ...]:
 
 
 def input_error_in(err: BaseException) -> Optional[BaseException]:
-    """``err`` if it is an input error, else the input error it was raised from: jsonargparse wraps an error
-    raised while it builds a class (a datamodule's setting out of range) in its own "Does not validate"."""
+    """``err`` if it is an input error, else the input error it was raised ``from``: jsonargparse wraps an error
+    raised while it builds a class (a datamodule's setting out of range) in its own "Does not validate". Only
+    explicit causes are followed: a bug raised while handling an input error keeps its traceback."""
     types, seen = input_error_types(), set()
     while err is not None and id(err) not in seen:
         if isinstance(err, types):
             return err
         seen.add(id(err))
-        err = err.__cause__ or err.__context__
+        err = err.__cause__
     return None
 
 
