@@ -104,6 +104,10 @@ def test_a_value_fit_refuses_is_an_error_before_anything_runs(tmp_path):
                        check=False)
     assert result.returncode != 0
     assert "point max_steps=two" in result.stderr and "trainer.max_steps" in result.stderr
+    linked = sweep_cmd("--config", DEMO, "--grid", "trainer.max_steps=2", "--runs_dir", str(tmp_path),
+                       "--data.init_args.trust_remote_code", "true", check=False)
+    assert linked.returncode != 0 and "exit status" not in linked.stderr
+    assert "comes from model.init_args.trust_remote_code" in linked.stderr, linked.stderr
 
 
 # ---- states ---------------------------------------------------------------------------------------------

@@ -172,6 +172,8 @@ def print_config(args: list[str]) -> str:
             code = stop.code or 0
     printed = next((w for w in reversed(out.writes) if w.strip()), "")
     if code != 0 or not printed:
+        if isinstance(code, str):  # a refusal that is its own message (commands/config_errors.check_linked)
+            raise ConfigError(code)
         text = err.getvalue()
         message = text[text.rfind("error:"):] if "error:" in text else text[-2000:]
         raise ConfigError(message.strip() or f"exit status {code}")

@@ -68,12 +68,11 @@ MINIMUM = {"max_samples": 1, "max_eval_samples": 1, "max_length": 2, "batch_size
            "max_tokens_per_batch": 1, "num_workers": 0}
 
 
-def check_ranges(val_fraction: Optional[float], sample_fraction: Optional[float], **counts: Optional[int]) -> None:
-    """Refuse a data setting out of its range before anything loads, named as its config key (``val_fraction:
-    1.5`` otherwise failed inside ``datasets`` as a ``test_size``, ``sample_fraction: 5`` deep in the subset)."""
+def check_ranges(sample_fraction: Optional[float], **counts: Optional[int]) -> None:
+    """Refuse a data setting out of its range before anything loads, named as its config key (``sample_fraction:
+    5`` otherwise failed deep in the subset). ``val_fraction`` is checked where it is used (``load_raw_splits``):
+    a datamodule with validation data of its own never reads it."""
     problems = []
-    if val_fraction is not None and not 0 < val_fraction < 1:
-        problems.append(f"val_fraction must be between 0 and 1 (both excluded), got {val_fraction!r}")
     if sample_fraction is not None and not 0 < sample_fraction <= 1:
         problems.append(f"sample_fraction must be above 0 and at most 1, got {sample_fraction!r}")
     problems += [f"{name} must be at least {MINIMUM[name]}, got {value!r}"
@@ -150,8 +149,7 @@ class TextDataModule(L.LightningDataModule):
         trust_remote_code: bool = False,
     ):
         super().__init__()
-        check_ranges(val_fraction=None if validation_source or validation_split else val_fraction,  # else unused
-                     sample_fraction=sample_fraction, max_samples=max_samples,
+        check_ranges(sample_fraction=sample_fraction, max_samples=max_samples,
                      max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size,
                      eval_batch_size=eval_batch_size, max_tokens_per_batch=max_tokens_per_batch,
                      num_workers=num_workers)
@@ -218,6 +216,9 @@ class TextDataModule(L.LightningDataModule):
             train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
             if len(train) < 2:
                 raise DataFileError(f"{self.source}: {len(train)} row(s) cannot be split into train and validation")
+            if not 0 < self.val_fraction < 1:  # datasets would fail on it as a "test_size"
+                raise IncompatibleConfig(f"data.init_args.val_fraction must be between 0 and 1 (both excluded), "
+                                         f"got {self.val_fraction!r}")
             parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
             train, val = parts["train"], parts["test"]
         if self.max_eval_samples is not None:
