@@ -53,6 +53,7 @@ class Setup:
     accelerator: str = "auto"
     cuda_available: bool = False
     precision: Optional[str] = None      # the Trainer's, e.g. bf16-mixed, 16-mixed, 32-true
+    merge: bool = False                  # export.merge: LoRA merged into its base at the end of fit
 
     @property
     def quantized(self) -> bool:
@@ -100,6 +101,10 @@ def problems(s: Setup) -> list[str]:
                 f"tensor of one dtype, so their storage dtype must equal the model dtype (quant_storage="
                 f"{s.quant_storage}, dtype={s.model_dtype}); fix: set model.init_args.adapter.init_args.quant_storage: "
                 f"{dtype} and model.init_args.dtype: {dtype}")
+    if s.merge and s.method not in ("lora", "qlora"):
+        found.append(f"export.merge: true merges LoRA weights into the base, and {s.method} has none (full "
+                     "fine-tuning saves the whole model already; a prompt method's virtual tokens live outside "
+                     "the weights); fix: drop export.merge")
     if s.strategy == "deepspeed" and s.offload_optimizer and s.optimizer != "adamw":
         found.append(f"ZeRO optimizer offload runs DeepSpeed's CPU Adam and cannot offload the bitsandbytes "
                      f"optimizer {s.optimizer!r}; fix: model.init_args.optim.name: adamw, or a strategy "
@@ -201,6 +206,7 @@ def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
         accelerator=str(_get(trainer, "accelerator", "auto") or "auto"),
         cuda_available=CUDAAccelerator.is_available() if cuda_available is None else cuda_available,
         precision=None if _get(trainer, "precision") is None else str(_get(trainer, "precision")),
+        merge=bool(_get(_get(config, "export"), "merge", False)),
     )
 
 

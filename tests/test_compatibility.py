@@ -51,6 +51,16 @@ def test_offload_refuses_bitsandbytes_optimizers():
     assert "optim.name: adamw" in problems(s)[0]
 
 
+def test_merge_is_refused_for_methods_with_no_lora_weights_before_anything_loads(tmp_path):
+    assert problems(Setup(method="lora", merge=True)) == [] and problems(Setup(method="qlora", merge=True)) == []
+    for method in ("full", "prompt_tuning", "p_tuning"):
+        assert "drop export.merge" in problems(Setup(method=method, merge=True))[0]
+    with pytest.raises(IncompatibleConfig, match="full fine-tuning saves the whole model"):  # was after training
+        run_cli(["fit", "--config", DEMO, "--model.init_args.adapter", "lit_lora.adapters.FullFineTuning",
+                 "--export.merge", "true", "--trainer.default_root_dir", str(tmp_path)])
+    assert not any(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.mark.parametrize("fragment, family, stage, offload", [
     ("ddp", "ddp", None, False), ("fsdp", "fsdp", None, False), ("deepspeed_zero2", "deepspeed", 2, False),
     ("deepspeed_zero3", "deepspeed", 3, False), ("deepspeed_zero3_offload", "deepspeed", 3, True)])
