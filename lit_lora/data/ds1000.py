@@ -40,6 +40,7 @@ class DS1000DataModule(SFTDataModule):
     required_columns: ClassVar[tuple[str, ...]] = ("prompt", "reference_code", "metadata")
     text_columns: ClassVar[tuple[str, ...]] = ("prompt", "reference_code")
     default_source: ClassVar[Optional[str]] = "ds1000.jsonl"
+    templates: ClassVar[tuple[str, ...]] = ("plain", "chat")  # the prompt as published, or inside a chat turn
 
     def __init__(self, *args, libraries: Optional[list[str]] = None, split: str = "test",
                  template: str = "plain", **kwargs):

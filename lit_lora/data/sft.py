@@ -21,11 +21,13 @@ seeded and resumable mid-epoch); a causal LM can pack rows instead (``packing: t
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
+from lit_lora.compatibility import IncompatibleConfig
 from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import IGNORE_INDEX
 from lit_lora.data.contract import declared_encoder_decoder, prompt_carries_special_tokens
+from lit_lora.data.templates import TEMPLATES
 
 Example = Union[tuple[str, str], str]  # (prompt, response), or a drop reason
 
@@ -43,10 +45,18 @@ class SFTDataModule(TextDataModule):
             ``None``: as the module declares (``Seq2SeqModule``), decided at ``setup``; causal without one.
     """
 
+    templates: ClassVar[tuple[str, ...]] = TEMPLATES  # the ``template`` values this dataset renders
+
     def __init__(self, *args, group_by_length: bool = True, template: str = "alpaca",
                  system_prompt: Optional[str] = None, train_on_prompt: bool = False,
                  encoder_decoder: Optional[bool] = None, **kwargs):
         super().__init__(*args, group_by_length=group_by_length, **kwargs)
+        if template not in self.templates:
+            raise IncompatibleConfig(f"data.init_args.template must be one of {', '.join(self.templates)} for "
+                                     f"{type(self).__name__}, got {template!r}")
+        if system_prompt is not None and template != "chat":
+            raise IncompatibleConfig(f"data.init_args.system_prompt is the system turn of the chat template; with "
+                                     f"template {template!r} it would be ignored: set template: chat or drop it")
         self.template = template
         self.system_prompt = system_prompt
         self.train_on_prompt = train_on_prompt
