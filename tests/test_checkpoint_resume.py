@@ -4,6 +4,7 @@ import pytest
 import torch
 from harness import DEMO, build_cli
 
+from lit_lora.ckpt_settings import CheckpointSettingsMismatch
 from lit_lora.cluster.checkpoint_io import AtomicCheckpointIO
 from lit_lora.cluster.launch_checks import hpc_checkpoints
 from lit_lora.data.resumable import ResumableDataLoader, optimizer_step_windows
@@ -54,7 +55,7 @@ def test_restored_loader_continues_with_the_next_unseen_batch():
     assert seen + [b.tolist() for b in resumed] == expected  # none repeated, none skipped
     assert [b.tolist() for b in resumed] == expected  # the skip applies to one iteration only
 
-    with pytest.raises(RuntimeError, match="same world size"):
+    with pytest.raises(CheckpointSettingsMismatch, match="same world size"):
         ResumableDataLoader(data, batch_size=4, seed=3, num_replicas=2, rank=0).load_state_dict(state)
 
 

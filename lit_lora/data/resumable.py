@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
+from lit_lora.ckpt_settings import CheckpointSettingsMismatch  # a one-line input error
 from lit_lora.data.length_grouping import LengthGroupedSampler
 from lit_lora.data.samplers import ResumableSampler
 
@@ -83,17 +84,17 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("num_replicas", self.sampler.num_replicas) != self.sampler.num_replicas:
-            raise RuntimeError(
+            raise CheckpointSettingsMismatch(
                 f"the checkpoint was written by {state['num_replicas']} data-parallel ranks, this run has "
                 f"{self.sampler.num_replicas}: a mid-epoch resume needs the same world size (nodes × devices)"
             )
         if state.get("order", self.sampler.order) != self.sampler.order:
-            raise RuntimeError(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
+            raise CheckpointSettingsMismatch(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
                                "one: a mid-epoch resume needs the same data.group_by_length, data.packing, "
                                "data.max_length and data.max_tokens_per_batch, and a lit-lora that draws that "
                                "order the same way")
         if state.get("batch_size", self.batch_size) != self.batch_size:
-            raise RuntimeError(f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: "
+            raise CheckpointSettingsMismatch(f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: "
                                "a mid-epoch resume needs the same data.batch_size")
         self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.samples_per_batch)
 
