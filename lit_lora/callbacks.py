@@ -56,7 +56,8 @@ class AdapterCheckpoint(ModelCheckpoint):
             self.dirpath = str(run_dir(trainer) / "checkpoints")
         super().setup(trainer, pl_module, stage)
 
-    # _save_checkpoint / _remove_checkpoint: private ModelCheckpoint methods, listed in
+    # _save_checkpoint / _remove_checkpoint / _should_skip_saving_checkpoint / _save_none_monitor_checkpoint /
+    # _monitor_candidates: private ModelCheckpoint methods, listed in
     # lit_lora.cluster.lightning_compat.PRIVATE_API (tests/test_lightning_compat.py checks they still exist)
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         check_finite_weights(trainer.lightning_module, f"checkpoint {filepath}", trainer)
@@ -67,6 +68,13 @@ class AdapterCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (NonFiniteTrainingError, NonFiniteWeightsError)):
             super().on_exception(trainer, pl_module, exception)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # no monitor (the default: keep the latest): a run whose last step was no validation step saves its final
+        # weights too, so the latest checkpoint is the exported model and resuming from it continues the run
+        if self.monitor is None and not self._should_skip_saving_checkpoint(trainer):
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)

@@ -172,7 +172,8 @@ def steps_done(trainer: Trainer, elapsed_s: float) -> str:
     training = export.training_time_s() if export is not None else None
     start = export.start_step if export is not None else 0
     if start:
-        text = (f"step {trainer.global_step} ({trainer.global_step - start} steps after resuming at step {start}) "
+        ran = trainer.global_step - start
+        text = (f"step {trainer.global_step} ({ran} step{'' if ran == 1 else 's'} after resuming at step {start}) "
                 f"in {elapsed_s:.0f} s")
         return text + (f"; training {training:.0f} s over the whole run" if training is not None else "")
     return f"{trainer.global_step} steps in {elapsed_s:.0f} s" + (f" (training {training:.0f} s)" if training else "")

@@ -152,3 +152,17 @@ def test_a_mid_epoch_resume_with_another_batch_size_is_one_line(tmp_path):
                                  "--ckpt_path", str(ckpt)], check=False)
     assert result.returncode == 1 and "a mid-epoch resume needs the same data.batch_size" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_the_final_step_is_the_latest_checkpoint_when_it_was_no_validation_step(tmp_path):
+    """5 steps, validation every 2: the step-5 weights (the exported adapter) are saved as the latest checkpoint
+    too, so the printed test / compare commands score the exported model and resuming from it continues the run."""
+    out = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+                              "--trainer.max_steps", "5"]).stdout
+    run = version_dir(tmp_path)
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+    assert "step=5" in ckpt.name and f"--ckpt_path {ckpt}" in out
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 5
+    resumed = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+                                  "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)]).stdout
+    assert "step 6 (1 step after resuming at step 5)" in resumed and not (tmp_path / "lightning_logs" / "version_1").exists()
