@@ -49,6 +49,20 @@ def check_ckpt_path_exists(ckpt_path: Optional[str]) -> None:
         raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: no such file or directory")
 
 
+def check_steps_left(ckpt_path: Optional[str], max_steps: Optional[int]) -> None:
+    """Refuse a ``fit --ckpt_path`` whose checkpoint already reached ``trainer.max_steps``: Lightning would train
+    nothing, say nothing, and rewrite the run's ``config.yaml`` with the lower ``max_steps``."""
+    if not ckpt_path or max_steps is None or max_steps < 0 or not Path(ckpt_path).is_file():
+        return
+    from lit_lora.cluster.csv_history import checkpoint_step  # by name (step=N), else the file's global_step
+
+    step = checkpoint_step(Path(ckpt_path))
+    if step is not None and step >= max_steps:
+        raise CheckpointSettingsMismatch(
+            f"--ckpt_path {ckpt_path} is at step {step} and trainer.max_steps is {max_steps}: nothing left to "
+            "train. Raise trainer.max_steps to train on, or score it with lit-lora test --ckpt_path …")
+
+
 def _as_dict(value: Any) -> Any:
     return value.as_dict() if hasattr(value, "as_dict") else value
 

@@ -166,3 +166,8 @@ def test_the_final_step_is_the_latest_checkpoint_when_it_was_no_validation_step(
     resumed = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
                                   "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)]).stdout
     assert "step 6 (1 step after resuming at step 5)" in resumed and not (tmp_path / "lightning_logs" / "version_1").exists()
+    config = (run / "config.yaml").read_text()
+    done = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+                               "--trainer.max_steps", "5", "--ckpt_path", str(ckpt)], check=False)
+    assert done.returncode == 1 and "is at step 5 and trainer.max_steps is 5: nothing left to train" in done.stderr
+    assert (run / "config.yaml").read_text() == config  # refused before anything was written

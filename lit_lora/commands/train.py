@@ -29,7 +29,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_lora import console
 from lit_lora.callbacks import AdapterCheckpoint, BaselineComparison, FinalExport, MetricsWriter
-from lit_lora.ckpt_settings import SWITCH, check_ckpt_path_exists, check_resume_settings, keep_run_settings
+from lit_lora.ckpt_settings import SWITCH, check_ckpt_path_exists, check_resume_settings, check_steps_left, \
+    keep_run_settings
 from lit_lora.compatibility import check_config
 from lit_lora.cpu_bf16 import Bf16Hint
 from lit_lora.data.base import TextDataModule
@@ -149,6 +150,8 @@ class LitLoraCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if self.subcommand:
             check_ckpt_path_exists(config.get("ckpt_path"))
+            if self.subcommand == "fit":
+                check_steps_left(config.get("ckpt_path"), config.trainer.get("max_steps"))
             keep_run_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"))
             check_resume_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"),
                                   self.subcommand, accept=bool(config.get(SWITCH)))
