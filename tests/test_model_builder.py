@@ -199,3 +199,22 @@ def test_gradient_checkpointing_uses_the_current_transformers_call(tiny_model):
         warnings.filterwarnings("error", message=".*gradient_checkpointing_enable.*", category=FutureWarning)
         module.configure_model()
     assert any(getattr(layer, "gradient_checkpointing", False) for layer in module.model.modules())
+
+
+def test_qloras_own_checkpointing_says_which_switch_turns_it_off(tiny_model, caplog):
+    """QLoRA checkpoints by default through peft's ``prepare_model_for_kbit_training``, whatever the module's
+    ``gradient_checkpointing`` says: the log names the switch that turns it off."""
+    import logging
+
+    from lit_lora.models import CausalLMModule
+
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        CausalLMModule(tiny_model("llama"), adapter=QLoRA(r=4, compute_dtype="float32")).configure_model()
+    assert "adapter.init_args.gradient_checkpointing: false does" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        module = CausalLMModule(tiny_model("llama"), adapter=QLoRA(r=4, compute_dtype="float32",
+                                                                   gradient_checkpointing=False))
+        module.configure_model()
+    assert "gradient checkpointing: on" not in caplog.text
+    assert not any(getattr(layer, "gradient_checkpointing", False) for layer in module.model.modules())

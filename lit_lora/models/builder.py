@@ -22,6 +22,7 @@ download, quantized as ``from_pretrained`` would quantize it):
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
@@ -31,6 +32,8 @@ from lit_lora.adapters.base import to_dtype
 from lit_lora.cluster.sharding import outside_zero3_init
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models.quantizable import plain_linear_layers
+
+log = logging.getLogger("lit_lora")
 
 
 def architecture(module, meta: bool = False):
@@ -99,6 +102,9 @@ def adapt(module, model: nn.Module, meta: bool = False) -> nn.Module:
     tokenizer = getattr(module, "tokenizer", None)
     if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if not module.gradient_checkpointing and getattr(module.adapter, "gradient_checkpointing", False) and not meta:
+        log.info("[lit-lora] gradient checkpointing: on, QLoRA's default (model.init_args.gradient_checkpointing "
+                 "does not turn it off; model.init_args.adapter.init_args.gradient_checkpointing: false does)")
     if module.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
             model.activation_checkpointing_enable({"use_reentrant": False})
