@@ -139,6 +139,9 @@ def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], sta
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
                       if k in ("train_loss", "val_loss") or k.endswith(("accuracy", "f1_macro", "bleu")))
+    validated = getattr(module, "validated_at_step", None)
+    if shown and validated is not None and validated != trainer.global_step:  # the last validation came earlier
+        shown += f" (validation at step {validated})"
     ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path \
         if trainer.checkpoint_callback is not None else ""
     config = config_path or "<config>"

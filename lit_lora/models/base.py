@@ -291,6 +291,7 @@ class FineTuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.evaluator.end(self, "val")
+        self.validated_at_step = None if self.trainer.sanity_checking else self.trainer.global_step  # console
 
     def on_test_epoch_start(self) -> None:
         self.evaluator.to(sharding.run_device(self)).start(self, "test")
