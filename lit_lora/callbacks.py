@@ -243,6 +243,19 @@ def perplexity_text(loss: float) -> str:
     return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"
 
 
+GROUP_HEADLINES = ("bleu", "rougeL_fmeasure", "exact_match", "accuracy")
+
+
+def group_lines(per_group: dict) -> list[str]:
+    """One console line per group of rows (DS-1000's libraries), with its headline metrics; ``metrics.json``
+    holds every metric under ``details.per_group``."""
+    lines = [f"  by group ({len(per_group)}, all metrics in details.per_group):"] if per_group else []
+    for name, scores in per_group.items():
+        shown = ", ".join(f"{k} {scores[k]:.4g}" for k in GROUP_HEADLINES if isinstance(scores.get(k), (int, float)))
+        lines.append(f"    {name} ({scores.get('rows', '?')} rows)" + (f": {shown}" if shown else ""))
+    return lines
+
+
 class MetricsWriter(Callback):
     """After ``lit-lora validate`` / ``test``, write the logged metrics to ``<run dir>/metrics.json``.
 
@@ -270,9 +283,10 @@ class MetricsWriter(Callback):
         scored = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else \
             "no --ckpt_path: the model as configured (an adapter not trained yet leaves the base model as it is)"
         lines = [f"[lit-lora] {stage} metrics ({scored}), written to {out_dir / self.filename}:", *rows]
-        predictions = result["details"].get("predictions_file") if isinstance(result["details"], dict) else None
-        if predictions:
-            lines.append(f"  predictions: {predictions}")
+        details = result["details"] if isinstance(result["details"], dict) else {}
+        lines += group_lines(details.get("per_group") or {})
+        if details.get("predictions_file"):
+            lines.append(f"  predictions: {details['predictions_file']}")
         print("\n".join(lines), flush=True)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

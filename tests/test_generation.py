@@ -119,3 +119,13 @@ def test_ds1000_filters_libraries_and_groups_rows(tiny_model, tmp_path):
                    + json.dumps({"prompt": "p2", "reference_code": "c", "metadata": {}}) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl \(train\): data row 1 \(0-based; line 2\), field 'metadata'"):
         DS1000DataModule(source=str(bad), tokenizer_name_or_path=tiny_model("llama")).setup("fit")
+
+
+def test_each_group_of_rows_gets_a_console_line_with_its_headline_metrics():
+    """``lit-lora test`` on DS-1000 prints a line per library (every metric stays in metrics.json)."""
+    from lit_lora.callbacks import group_lines
+
+    lines = group_lines({"Numpy": {"rows": 3, "bleu": 0.25, "rougeL_fmeasure": 0.5, "loss": 1.0}, "Pandas": {"rows": 2}})
+    assert lines == ["  by group (2, all metrics in details.per_group):",
+                     "    Numpy (3 rows): bleu 0.25, rougeL_fmeasure 0.5", "    Pandas (2 rows)"]
+    assert group_lines({}) == []
