@@ -252,7 +252,8 @@ def group_lines(per_group: dict) -> list[str]:
     lines = [f"  by group ({len(per_group)}, all metrics in details.per_group):"] if per_group else []
     for name, scores in per_group.items():
         shown = ", ".join(f"{k} {scores[k]:.4g}" for k in GROUP_HEADLINES if isinstance(scores.get(k), (int, float)))
-        lines.append(f"    {name} ({scores.get('rows', '?')} rows)" + (f": {shown}" if shown else ""))
+        rows = scores.get("rows", "?")
+        lines.append(f"    {name} ({rows} row{'' if rows == 1 else 's'})" + (f": {shown}" if shown else ""))
     return lines
 
 

@@ -125,7 +125,7 @@ def test_each_group_of_rows_gets_a_console_line_with_its_headline_metrics():
     """``lit-lora test`` on DS-1000 prints a line per library (every metric stays in metrics.json)."""
     from lit_lora.callbacks import group_lines
 
-    lines = group_lines({"Numpy": {"rows": 3, "bleu": 0.25, "rougeL_fmeasure": 0.5, "loss": 1.0}, "Pandas": {"rows": 2}})
+    lines = group_lines({"Numpy": {"rows": 3, "bleu": 0.25, "rougeL_fmeasure": 0.5, "loss": 1.0}, "Pandas": {"rows": 1}})
     assert lines == ["  by group (2, all metrics in details.per_group):",
-                     "    Numpy (3 rows): bleu 0.25, rougeL_fmeasure 0.5", "    Pandas (2 rows)"]
+                     "    Numpy (3 rows): bleu 0.25, rougeL_fmeasure 0.5", "    Pandas (1 row)"]
     assert group_lines({}) == []
