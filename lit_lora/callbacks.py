@@ -57,7 +57,7 @@ class AdapterCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     # _save_checkpoint / _remove_checkpoint / _should_skip_saving_checkpoint / _save_none_monitor_checkpoint /
-    # _monitor_candidates: private ModelCheckpoint methods, listed in
+    # _save_last_checkpoint / _monitor_candidates: private ModelCheckpoint methods, listed in
     # lit_lora.cluster.lightning_compat.PRIVATE_API (tests/test_lightning_compat.py checks they still exist)
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         check_finite_weights(trainer.lightning_module, f"checkpoint {filepath}", trainer)
@@ -73,7 +73,9 @@ class AdapterCheckpoint(ModelCheckpoint):
         # no monitor (the default: keep the latest): a run whose last step was no validation step saves its final
         # weights too, so the latest checkpoint is the exported model and resuming from it continues the run
         if self.monitor is None and not self._should_skip_saving_checkpoint(trainer):
-            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+            candidates = self._monitor_candidates(trainer)
+            self._save_none_monitor_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)  # save_last: last.ckpt too, as every save does
         super().on_train_end(trainer, pl_module)
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from lit_lora.ckpt_settings import CheckpointSettingsMismatch
 from lit_lora.data.length_grouping import LengthGroupedSampler
 from lit_lora.data.resumable import ResumableDataLoader, ResumableSampler
 
@@ -119,10 +120,10 @@ def test_resume_refuses_a_different_order():
     grouped = ResumableDataLoader(list(range(40)), batch_size=4, seed=0, lengths=lengths)
     grouped.trainer = fake_trainer(3)
     plain = ResumableDataLoader(list(range(40)), batch_size=4, seed=0)
-    with pytest.raises(RuntimeError, match="group_by_length"):
+    with pytest.raises(CheckpointSettingsMismatch, match="group_by_length"):
         plain.load_state_dict(grouped.state_dict())
     earlier = {**grouped.state_dict(), "order": "length_grouped"}  # the unshuffled order of earlier releases
-    with pytest.raises(RuntimeError, match="drew a length_grouped batch order.*draws that order the same way"):
+    with pytest.raises(CheckpointSettingsMismatch, match="drew a length_grouped batch order.*draws that order the same way"):
         ResumableDataLoader(list(range(40)), batch_size=4, seed=0, lengths=lengths).load_state_dict(earlier)
 
 

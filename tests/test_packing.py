@@ -22,6 +22,7 @@ from harness import (KillBeforeStep, Killed, adapter_tensors, fit, read_losses, 
                      write_code_rows)
 from lightning.pytorch import Callback
 
+from lit_lora.ckpt_settings import CheckpointSettingsMismatch
 from lit_lora.data import InstructionDataModule
 from lit_lora.data.collators import IGNORE_INDEX, PackCollator
 from lit_lora.data.packing import PackedRows, PackedSampler, best_fit_decreasing
@@ -168,7 +169,7 @@ def test_resume_refuses_another_packing_or_an_unpacked_order():
     for other in (ResumableDataLoader(list(range(40)), batch_size=4, lengths=lengths),
                   ResumableDataLoader(PackedRows(list(range(40))), batch_size=None,
                                       sampler=PackedSampler(range(40), lengths, 128, 3))):
-        with pytest.raises(RuntimeError, match="data.packing"):
+        with pytest.raises(CheckpointSettingsMismatch, match="data.packing"):
             other.load_state_dict(packed.state_dict())
 
 

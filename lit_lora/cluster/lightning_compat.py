@@ -68,6 +68,7 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("lightning.pytorch.callbacks.ModelCheckpoint", "_save_none_monitor_checkpoint",
      "AdapterCheckpoint.on_train_end: the final weights as the latest checkpoint"),
     ("lightning.pytorch.callbacks.ModelCheckpoint", "_monitor_candidates", "AdapterCheckpoint.on_train_end"),
+    ("lightning.pytorch.callbacks.ModelCheckpoint", "_save_last_checkpoint", "AdapterCheckpoint.on_train_end"),
     ("lightning.pytorch.loggers.csv_logs.ExperimentWriter", "_check_log_dir_exists",
      "ResumableCSVLogger's writer overrides it (keeps metrics.csv)"),
     ("lightning.pytorch.loggers.csv_logs.ExperimentWriter", "_fs", "filesystem_of (instance)"),
