@@ -131,7 +131,8 @@ def check_target_modules(model: nn.Module, targets: Union[str, Sequence[str], No
     if isinstance(targets, str):  # peft treats a plain string as a full-match regex
         if not any(re.fullmatch(targets, n) for n in names):
             raise InvalidAdapterSetting(f"{setting}: the regex {targets!r} matches no module of "
-                                        f"{type(model).__name__}; its module names include {', '.join(leaf_names[:10])}")
+                                        f"{type(model).__name__}; its module names include "
+                                        f"{', '.join(leaf_names[:10])}")
         return
     for target in targets:
         if not any(n == target or n.endswith("." + target) for n in names):

@@ -22,6 +22,9 @@ RUN_OUTPUTS = ("config.yaml", "hparams.yaml", "metrics.csv", "checkpoints", "ada
                "wandb_run_id")
 # files that only a run writes at its top level (an adapter or checkpoints directory alone may be an export)
 RUN_MARKERS = ("config.yaml", "metrics.csv", "run_summary.json")
+# written at setup, before the first step: alone, they are a run that stopped before it trained or logged anything
+# (a W&B run has started by then and left its wandb_run_id, so it stays protected)
+SETUP_FILES = ("config.yaml", "hparams.yaml")
 
 
 def holds_run(directory: Union[str, Path]) -> bool:
@@ -34,11 +37,6 @@ def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:
     """``hpc_ckpt_N.ckpt`` files in ``root`` (what Lightning's SLURM auto-resume looks for), oldest first."""
     found = [p for p in Path(root).glob("hpc_ckpt_*.ckpt") if re.fullmatch(r"hpc_ckpt_\d+\.ckpt", p.name)]
     return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
-
-
-# written at setup, before the first step: alone, they are a run that stopped before it trained or logged anything
-# (a W&B run has started by then and left its wandb_run_id, so it stays protected)
-SETUP_FILES = ("config.yaml", "hparams.yaml")
 
 
 def earlier_run_outputs(run_dir: Union[str, Path]) -> list[str]:

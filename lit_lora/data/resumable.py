@@ -89,13 +89,14 @@ class ResumableDataLoader(DataLoader):
                 f"{self.sampler.num_replicas}: a mid-epoch resume needs the same world size (nodes × devices)"
             )
         if state.get("order", self.sampler.order) != self.sampler.order:
-            raise CheckpointSettingsMismatch(f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} "
-                               "one: a mid-epoch resume needs the same data.group_by_length, data.packing, "
-                               "data.max_length and data.max_tokens_per_batch, and a lit-lora that draws that "
-                               "order the same way")
+            raise CheckpointSettingsMismatch(
+                f"the checkpoint drew a {state['order']} batch order, this run a {self.sampler.order} one: a "
+                "mid-epoch resume needs the same data.group_by_length, data.packing, data.max_length and "
+                "data.max_tokens_per_batch, and a lit-lora that draws that order the same way")
         if state.get("batch_size", self.batch_size) != self.batch_size:
-            raise CheckpointSettingsMismatch(f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: "
-                               "a mid-epoch resume needs the same data.batch_size")
+            raise CheckpointSettingsMismatch(
+                f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: a mid-epoch "
+                "resume needs the same data.batch_size")
         self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.samples_per_batch)
 
 

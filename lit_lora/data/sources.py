@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
-from lit_lora.data.file_errors import TEXT_DTYPES, TEXT_FILES, DataFileError, check_text_columns, check_utf8, short_row, \
-    unreadable
+from lit_lora.data.file_errors import (TEXT_DTYPES, TEXT_FILES, DataFileError, check_text_columns, check_utf8,
+                                      short_row, unreadable)
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 SAMPLES_DIR = Path(__file__).parent / "samples"

@@ -39,8 +39,7 @@ from lit_lora.cluster.run_files import hpc_checkpoints
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
 from lit_lora.sweep.resolve import PointConfigError, PrintConfig, config_yaml, pin_run, resolve_point
 from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, STATUS_FILE, \
-    STOPPED, config_digest, failure_lines, load_sweep, move_earlier_attempt, point_state, resume_checkpoint, \
-    save_sweep, slurm_tasks
+    STOPPED, config_digest, failure_lines, load_sweep, move_earlier_attempt, point_state, save_sweep, slurm_tasks
 from lit_lora.strict_json import dumps
 
 DEFAULT_SCRIPT = "slurm/single_node.sbatch"
@@ -253,7 +252,7 @@ def run_local(sweep_dir: Path, sweep: dict, points: list[dict]) -> int:
         if state.state in (RUNNING, PENDING):
             say(name, f"{prefix} is {state.state} ({state.detail}), skipped")
             continue
-        saved = resume_checkpoint(run_dir) if state.state == STOPPED else None
+        saved = state.checkpoint  # a stopped point's: it resumes
         if saved is not None:
             say(name, f"{prefix} resuming from {saved} ({state.detail.split(';')[0]}; log: {run_dir / LOG_FILE})")
         else:
@@ -310,8 +309,7 @@ def submit(sweep_dir: Path, sweep: dict, points: list[dict], args: argparse.Name
             say(name, f"{point['name']} is {state.state}{f' ({state.detail})' if state.detail else ''}, not submitted")
             continue
         if state.state == STOPPED:  # slurm/launch.sh's fit auto-resumes from the hpc_ckpt_N.ckpt in its run dir
-            say(name, f"{point['name']} is stopped ({state.detail.split(';')[0]}): resumes from "
-                      f"{resume_checkpoint(sweep_dir / point['run_dir'])}")
+            say(name, f"{point['name']} is stopped ({state.detail.split(';')[0]}): resumes from {state.checkpoint}")
         else:
             moved = move_earlier_attempt(sweep_dir / point["run_dir"])
             if moved:

@@ -66,6 +66,7 @@ class PointState:
     state: str
     detail: str = ""
     log: Optional[Path] = None  # the point's log, when there is one
+    checkpoint: Optional[Path] = None  # a stopped point's hpc_ckpt_N.ckpt, which the next run resumes from
 
 
 # ---- sweep.json ------------------------------------------------------------------------------------
@@ -286,7 +287,8 @@ def point_state(sweep_dir: str | Path, point: dict, task: Optional[tuple] = None
             ended = f"SLURM {task_id} {slurm_state}"
         else:
             ended = "no exit status" if returncode is None else f"exit status {returncode}"
-        return PointState(STOPPED, f"{ended}; saved {saved.name}, which the next run of the sweep resumes from", log)
+        return PointState(STOPPED, f"{ended}; saved {saved.name}, which the next run of the sweep resumes from", log,
+                          saved)
     if returncode not in (None, 0):
         return PointState(FAILED, f"{where}exit status {returncode}", log)
     if slurm_state in SLURM_FAILED:
