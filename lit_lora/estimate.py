@@ -176,7 +176,7 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     compute = spec.compute_dtype
     value_bytes = 2 if "16" in precision else (torch.empty((), dtype=to_dtype(compute)).element_size()
                                                if compute else model_compute_bytes(model))
-    checkpointing = bool(module.gradient_checkpointing or spec.kbit_checkpointing and built.quantized_values)
+    checkpointing = builder.is_checkpointing(model)  # as built: the module's switch, else the adapter's default
     shape = Shape.from_config(built.config, gated_mlp=is_gated(model))
     virtual = spec.virtual_tokens
     eager = (module.attn_implementation or getattr(built.config, "_attn_implementation", None)) == "eager"

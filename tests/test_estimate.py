@@ -191,3 +191,20 @@ def test_logits_are_counted_as_the_label_only_head_keeps_them():
     assert chunked < full / 10
     _, assumptions, _ = logits_part(CONFIGS / "code" / "codet5_base_lora_python_codes.yaml")
     assert assumptions["lm_head"] == "full logits"  # Seq2SeqModule: the full-logits loss
+
+
+def test_activations_assume_the_checkpointing_the_run_would_use(capsys):
+    """QLoRA checkpoints by default; ``model.init_args.gradient_checkpointing false`` turns it off in the run,
+    and the estimate's activations grow to match."""
+    from lit_lora.cli import main
+
+    main(["estimate", "--config", str(GEMMA_CONFIG)])
+    default = capsys.readouterr().out
+    main(["estimate", "--config", str(GEMMA_CONFIG), "--model.init_args.gradient_checkpointing", "false"])
+    off = capsys.readouterr().out
+    assert "gradient checkpointing on" in default and "gradient checkpointing off" in off
+
+    def layers_gib(report: str) -> float:
+        return float(next(line for line in report.splitlines() if "activations/layers" in line).split()[1])
+
+    assert layers_gib(off) > 2 * layers_gib(default)

@@ -201,20 +201,26 @@ def test_gradient_checkpointing_uses_the_current_transformers_call(tiny_model):
     assert any(getattr(layer, "gradient_checkpointing", False) for layer in module.model.modules())
 
 
-def test_qloras_own_checkpointing_says_which_switch_turns_it_off(tiny_model, caplog):
-    """QLoRA checkpoints by default through peft's ``prepare_model_for_kbit_training``, whatever the module's
-    ``gradient_checkpointing`` says: the log names the switch that turns it off."""
+@pytest.mark.parametrize("module_switch, adapter_switch, expected", [
+    (None, True, True),     # QLoRA's default, as peft's prepare_model_for_kbit_training
+    (False, True, False),   # the module's switch decides where it is set (peft's preparation turned it on)
+    (None, False, False),   # the adapter's default off
+    (True, False, True),
+])
+def test_qlora_checkpointing_follows_the_modules_switch_where_set(tiny_model, caplog, module_switch,
+                                                                   adapter_switch, expected):
+    """One switch decides: ``model.init_args.gradient_checkpointing``; unset, QLoRA's own default. The estimate
+    reports what was built."""
     import logging
 
     from lit_lora.models import CausalLMModule
+    from lit_lora.models.builder import is_checkpointing
 
     with caplog.at_level(logging.INFO, logger="lit_lora"):
-        CausalLMModule(tiny_model("llama"), adapter=QLoRA(r=4, compute_dtype="float32")).configure_model()
-    assert "adapter.init_args.gradient_checkpointing: false does" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="lit_lora"):
-        module = CausalLMModule(tiny_model("llama"), adapter=QLoRA(r=4, compute_dtype="float32",
-                                                                   gradient_checkpointing=False))
+        module = CausalLMModule(tiny_model("llama"), gradient_checkpointing=module_switch,
+                                adapter=QLoRA(r=4, compute_dtype="float32", gradient_checkpointing=adapter_switch))
         module.configure_model()
-    assert "gradient checkpointing: on" not in caplog.text
-    assert not any(getattr(layer, "gradient_checkpointing", False) for layer in module.model.modules())
+    layers_on = any(getattr(layer, "gradient_checkpointing", False) for layer in module.model.modules())
+    assert (layers_on, is_checkpointing(module.model)) == (expected, expected)
+    said = "model.init_args.gradient_checkpointing: false turns it off" in caplog.text
+    assert said == (module_switch is None and adapter_switch)

@@ -120,7 +120,8 @@ class QLoRA(LoRA):
         compute_dtype: Dtype the 4-bit layers compute in (``bfloat16``, ``float16``, ``float32``).
         quant_storage: Storage dtype of packed 4-bit weights (default uint8). Under FSDP it must equal the model
             dtype; under 16-bit DeepSpeed / FSDP a floating-point one must be the precision's (see compatibility).
-        gradient_checkpointing: Passed to peft's ``prepare_model_for_kbit_training``.
+        gradient_checkpointing: Passed to peft's ``prepare_model_for_kbit_training``: QLoRA's default for
+            ``model.init_args.gradient_checkpointing``, which decides when it is set (``false`` turns it off).
     """
 
     method = "qlora"

@@ -59,7 +59,8 @@ class FineTuneModule(L.LightningModule):
         dtype: Dtype to load the weights in (``auto`` = as stored; ``float32``, ``bfloat16``, ``float16``).
         attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2``; ``None``: see ``models/attention.py``.
         trust_remote_code: Run modelling code shipped with the checkpoint (off: only transformers' own classes).
-        gradient_checkpointing: Recompute activations in backward to save memory.
+        gradient_checkpointing: Recompute activations in backward to save memory. ``None``: the adapter's
+            default (on for ``QLoRA``, as peft's ``prepare_model_for_kbit_training``; off otherwise).
         label_only_loss: Run the LM head only on labelled positions, in chunks, with the loss and its gradient
             computed chunk by chunk (``models/label_only_loss.py``): no ``[tokens, vocab]`` logits are kept. Same
             loss and gradients as full logits; causal LMs only (other heads always use full logits).
@@ -82,7 +83,7 @@ class FineTuneModule(L.LightningModule):
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         attn_implementation: Optional[str] = None,
         trust_remote_code: bool = False,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: Optional[bool] = None,
         label_only_loss: bool = True,
         label_only_chunk: Optional[int] = None,
         tokenizer: Any = None,

@@ -96,23 +96,51 @@ def with_default_attention(module, path: str, kwargs: dict) -> dict:
     return {**kwargs, "attn_implementation": attention} if attention else kwargs
 
 
-def adapt(module, model: nn.Module, meta: bool = False) -> nn.Module:
-    """The trainable model around ``model`` (step 3): pad token from the tokenizer, gradient checkpointing,
-    the adapter's ``wrap``."""
-    tokenizer = getattr(module, "tokenizer", None)
-    if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if not module.gradient_checkpointing and getattr(module.adapter, "gradient_checkpointing", False) and not meta:
-        log.info("[lit-lora] gradient checkpointing: on, QLoRA's default (model.init_args.gradient_checkpointing "
-                 "does not turn it off; model.init_args.adapter.init_args.gradient_checkpointing: false does)")
-    if module.gradient_checkpointing:
+def gradient_checkpointing_on(module) -> bool:
+    """``model.init_args.gradient_checkpointing`` where it is set; unset (``None``), the adapter's default: on
+    for QLoRA (its ``gradient_checkpointing``, as peft's ``prepare_model_for_kbit_training``), off otherwise."""
+    if module.gradient_checkpointing is not None:
+        return bool(module.gradient_checkpointing)
+    return bool(module.adapter.spec().kbit_checkpointing)
+
+
+def is_checkpointing(model: nn.Module) -> bool:
+    """Whether transformers' gradient checkpointing is on in ``model`` (a peft model asks its base)."""
+    current = "is_activation_checkpointing"  # transformers >= 5.x; the old name warns
+    return bool(getattr(model, current if hasattr(model, current) else "is_gradient_checkpointing", False))
+
+
+def _set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Turn transformers' gradient checkpointing on (non-reentrant, no KV cache) or off."""
+    if on:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
             model.activation_checkpointing_enable({"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    elif is_checkpointing(model):
+        if hasattr(model, "activation_checkpointing_disable"):
+            model.activation_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_disable()
+
+
+def adapt(module, model: nn.Module, meta: bool = False) -> nn.Module:
+    """The trainable model around ``model`` (step 3): pad token, gradient checkpointing as
+    ``gradient_checkpointing_on`` says, the adapter's ``wrap``."""
+    tokenizer = getattr(module, "tokenizer", None)
+    if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    checkpointing = gradient_checkpointing_on(module)
+    if checkpointing and module.gradient_checkpointing is None and not meta:
+        log.info("[lit-lora] gradient checkpointing: on, QLoRA's default "
+                 "(model.init_args.gradient_checkpointing: false turns it off)")
+    _set_checkpointing(model, checkpointing)
     with torch.device("meta") if meta else contextlib.nullcontext():
-        return module.adapter.wrap(model, module.task_type)
+        wrapped = module.adapter.wrap(model, module.task_type)
+    if not checkpointing:
+        _set_checkpointing(model, False)  # peft's k-bit preparation turns it on by itself; the module decides
+    return wrapped
 
 
 def build_model(module, meta: bool = False) -> nn.Module:
