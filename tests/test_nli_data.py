@@ -99,3 +99,22 @@ def test_the_truncation_count_says_what_each_datamodule_shortens():
         assert pair.truncation == "the longer of premise and hypothesis shortened", pair
     for label_word in (SNLILabelWordDataModule, MultiNLILabelWordDataModule):
         assert label_word.truncation == "response shortened", label_word
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"val_fraction": 0.0}, "val_fraction must be between 0 and 1 (both excluded), got 0.0"),
+    ({"val_fraction": 1.0}, "val_fraction must be between 0 and 1 (both excluded), got 1.0"),
+    ({"val_fraction": 0.9}, "val_fraction 0.9 of 5 rows leaves train or validation empty"),
+    ({"max_samples": 1}, "1 row(s) cannot be split into train and validation"),
+])
+def test_an_nli_split_that_cannot_be_made_is_one_input_error(tiny_model, tmp_path, settings, message):
+    """NLI datamodules split their own validation rows as every datamodule does, with the same checks
+    (datasets' own ``test_size`` error was a traceback)."""
+    from lit_lora.commands import input_error_types
+
+    rows = [{"premise": f"A man sleeps {i}.", "hypothesis": "A man sleeps.", "label": i % 3} for i in range(5)]
+    dm = SNLIDataModule(source=write_jsonl(tmp_path / "five.jsonl", rows),
+                        tokenizer_name_or_path=tiny_model("roberta"), **settings)
+    with pytest.raises(input_error_types()) as error:
+        dm.setup()
+    assert message in str(error.value)

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 from collections import Counter
 from typing import Any, ClassVar, Optional
 
@@ -213,17 +214,25 @@ class TextDataModule(L.LightningDataModule):
             val = self.clean_rows(val, f"{self.validation_source or self.source} (validation)")
             train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
         else:
-            train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
-            if len(train) < 2:
-                raise DataFileError(f"{self.source}: {len(train)} row(s) cannot be split into train and validation")
-            if not 0 < self.val_fraction < 1:  # datasets would fail on it as a "test_size"
-                raise IncompatibleConfig(f"data.init_args.val_fraction must be between 0 and 1 (both excluded), "
-                                         f"got {self.val_fraction!r}")
-            parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
-            train, val = parts["train"], parts["test"]
+            train, val = self.split_off_validation(train)
         if self.max_eval_samples is not None:
             val = val.select(range(min(self.max_eval_samples, len(val))))
         return {"train": train, "validation": val}
+
+    def split_off_validation(self, train: Dataset) -> tuple[Dataset, Dataset]:
+        """``train``'s subset, split into train and ``val_fraction`` validation rows, for a datamodule given no
+        validation data; a setting that leaves nothing to split is refused naming the key."""
+        train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
+        if len(train) < 2:
+            raise DataFileError(f"{self.source}: {len(train)} row(s) cannot be split into train and validation")
+        if not 0 < self.val_fraction < 1:  # datasets would fail on it as a "test_size"
+            raise IncompatibleConfig(f"data.init_args.val_fraction must be between 0 and 1 (both excluded), "
+                                     f"got {self.val_fraction!r}")
+        if math.floor(len(train) * (1 - self.val_fraction)) < 1:  # datasets' train size; validation gets >= 1
+            raise IncompatibleConfig(f"data.init_args.val_fraction {self.val_fraction!r} of {len(train)} rows "
+                                     "leaves train or validation empty: use more rows or another fraction")
+        parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
+        return parts["train"], parts["test"]
 
     def cache_fingerprint(self, dataset: Dataset, split: str) -> str:
         """Key of the tokenised cache: the raw data, this class, its settings and the tokenizer."""

@@ -90,9 +90,7 @@ class NLIRows:
             for name, (source, split) in plan.items():
                 splits[name] = self.load_checked(source, split, name)
         else:
-            train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
-            parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
-            splits = {"train": parts["train"], "validation": parts["test"]}
+            splits = dict(zip(("train", "validation"), self.split_off_validation(train)))
         if self.max_eval_samples is not None:
             for name in splits:
                 if name != "train":
