@@ -48,3 +48,28 @@ def test_scores_count_truncated_answers_and_each_evaluation_gets_its_own_directo
 
     refused = run_cli_subprocess([*args, "--out_dir", str(out_dir)], via="module", cwd=tmp_path, check=False)
     assert refused.returncode != 0 and "holds an earlier evaluation" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_every_prompt_of_a_shot_count_goes_to_one_sorted_batched_generation(tiny_model, tmp_path, monkeypatch):
+    """The prompts are answered by one ``generate_texts`` call (which sorts and batches them by
+    ``generation_batch_size``), not in slices of the data's ``eval_batch_size``."""
+    import dataclasses
+
+    from lit_lora.adapters import NoAdapter
+    from lit_lora.evaluation import incontext
+    from lit_lora.models import CausalLMModule
+
+    calls = []
+    real = incontext.generate_texts
+
+    def counted(model, tokenizer, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(incontext, "generate_texts", counted)
+    model = tiny_model("llama")
+    dm = MultiNLIDataModule(tokenizer_name_or_path=model, max_eval_samples=6, eval_batch_size=2)
+    module = CausalLMModule(model, adapter=NoAdapter(), tokenizer=dm.tokenizer)
+    module.evaluation = dataclasses.replace(module.evaluation, generate=True, max_new_tokens=2)
+    results = incontext.evaluate_incontext(module, dm, [0, 1], seed=0, split=None, max_rows=6, out_dir=tmp_path)
+    assert calls == [6, 6] and set(results) == {"0-shot", "1-shot"}

@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     module.evaluation = dataclasses.replace(module.evaluation, generate=True)
     out_dir = output_dir(options.out_dir, (options.get("trainer") or {}).get("default_root_dir"))
     results = evaluate_incontext(module, datamodule, options.shots, options.seed, options.split, options.max_rows,
-                                 datamodule.eval_batch_size, out_dir)
+                                 out_dir)
     (out_dir / "incontext.json").write_text(dumps(results, indent=2))
     print(dumps(results, indent=2))
     shots = ", ".join(f"predictions_{k}shot.jsonl" for k in options.shots)

@@ -4,7 +4,7 @@
 
     from lit_lora.evaluation.incontext import build_prompts, evaluate_incontext
     records = build_prompts(datamodule, k=1, seed=0, max_rows=10)   # prompts with one training demonstration
-    results = evaluate_incontext(module, datamodule, [0, 1], 0, None, 10, 8, Path("runs/incontext"))
+    results = evaluate_incontext(module, datamodule, [0, 1], 0, None, 10, Path("runs/incontext"))
 
 Demonstrations are drawn (seeded, per evaluated row) from the *training* split only, and a
 demonstration whose normalised input equals the evaluated row's is never used, so a prompt never
@@ -105,7 +105,9 @@ def score(datamodule, records: list[dict], predictions: list[str]) -> dict:
 
 
 def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: Optional[str], max_rows: Optional[int],
-                       batch_size: int, out_dir: Path) -> dict:
+                       out_dir: Path) -> dict:
+    """Score each ``k``-shot prompting of the pretrained model; one ``generate_texts`` call per ``k`` sorts every
+    prompt by length and batches them by the evaluation's ``generation_batch_size`` / ``generation_batch_tokens``."""
     module.configure_model()
     if torch.cuda.is_available() and getattr(module.model, "hf_quantizer", None) is None:
         module.model.to("cuda")  # no trainer places it here; a quantized base was loaded onto its device
@@ -113,14 +115,11 @@ def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: O
     results = {}
     for k in shots:
         records = build_prompts(datamodule, k, seed, split, max_rows)
-        outs = []
-        for start in range(0, len(records), batch_size):
-            batch = [r["prompt"] for r in records[start:start + batch_size]]
-            chat = bool(getattr(datamodule.tokenizer, "chat_template", None))
-            outs += generate_texts(module.model, datamodule.tokenizer, batch, settings,
-                                   encoder_decoder=module.encoder_decoder,
-                                   add_special_tokens=not prompt_carries_special_tokens("chat" if chat else "plain",
-                                                                                        module.encoder_decoder))
+        chat = bool(getattr(datamodule.tokenizer, "chat_template", None))
+        outs = generate_texts(module.model, datamodule.tokenizer, [r["prompt"] for r in records], settings,
+                              encoder_decoder=module.encoder_decoder,
+                              add_special_tokens=not prompt_carries_special_tokens("chat" if chat else "plain",
+                                                                                   module.encoder_decoder))
         for record, out in zip(records, outs):
             record.update(prediction=out.text, hit_max_new_tokens=out.hit_limit)
         results[f"{k}-shot"] = score(datamodule, records, [o.text for o in outs])
