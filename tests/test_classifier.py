@@ -10,6 +10,8 @@ import torch
 from harness import quiet_trainer
 
 from lit_lora.adapters import FullFineTuning, LoRA, PrefixTuning, PromptTuning, PTuning, QLoRA
+from lit_lora.adapters.base import InvalidAdapterSetting
+from lit_lora.compatibility import IncompatibleConfig
 from lit_lora.data.nli import MultiNLIDataModule
 from lit_lora.models.classifier import SequenceClassifierModule, head_module_names, left_align
 from lit_lora.optim import OptimizerSettings
@@ -140,11 +142,11 @@ def test_prefix_tuning_refuses_an_architecture_without_past_key_values():
 
     model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2,
                                                                  hidden_dim=64))
-    with pytest.raises(ValueError, match="DistilBertForSequenceClassification.*past_key_values"):
+    with pytest.raises(InvalidAdapterSetting, match="DistilBertForSequenceClassification.*past_key_values"):
         PrefixTuning(num_virtual_tokens=4).wrap(model, "SEQ_CLS")
 
 
 def test_label_names_must_come_from_somewhere(backbone):
     module = SequenceClassifierModule(model_name_or_path=backbone("roberta"), adapter=FullFineTuning())
-    with pytest.raises(ValueError, match="needs label_names"):
+    with pytest.raises(IncompatibleConfig, match="needs label_names"):  # an input error: one line, no traceback
         module.configure_model()

@@ -3,6 +3,8 @@
 import json
 import logging
 
+import pytest
+
 from lit_lora.data import PythonCodesDataModule
 from lit_lora.data.cleaning import CodeCleaning, clean_rows, drop_comments, strip_fence
 
@@ -54,3 +56,14 @@ def test_datamodule_logs_counts_before_the_split(tmp_path, tiny_model, caplog):
     assert sum(len(d) for d in dm.datasets.values()) == len(rows) - 2
     train, val = (set(dm.datasets[s]["prompt"]) for s in ("train", "validation"))
     assert not train & val
+
+
+def test_cleaning_that_removes_every_row_is_a_data_error_naming_the_file(tmp_path, tiny_model):
+    from lit_lora.data.file_errors import DataFileError
+
+    path = tmp_path / "empty_code.jsonl"
+    path.write_text("".join(json.dumps(row("", f"Do nothing {i}.")) + "\n" for i in range(3)))
+    dm = PythonCodesDataModule(source=str(path), tokenizer_name_or_path=tiny_model("llama"),
+                               cleaning=CodeCleaning(drop_empty=True))
+    with pytest.raises(DataFileError, match=r"empty_code\.jsonl.*cleaning removed every row"):
+        dm.setup("fit")

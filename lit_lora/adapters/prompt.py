@@ -16,7 +16,7 @@ from typing import Literal, Optional, Sequence
 from torch import nn
 from transformers import PretrainedConfig
 
-from lit_lora.adapters.base import Adapter, AdapterSpec, require
+from lit_lora.adapters.base import Adapter, AdapterSpec, InvalidAdapterSetting, require
 
 
 class _PromptLearning(Adapter):
@@ -133,7 +133,7 @@ class PrefixTuning(_PromptLearning):
         problem = prefix_support_problem(config, model_class, task_type, **kwargs)
         if problem is not None:
             name = _concrete_name(model_class, config)
-            raise ValueError(
+            raise InvalidAdapterSetting(
                 f"PrefixTuning: {name} ({config.model_type}) takes no past_key_values prefixes from peft "
                 f"{_version('peft')} on transformers {_version('transformers')} ({problem}); "
                 f"use PTuning, PromptTuning or LoRA for this architecture"

@@ -14,6 +14,7 @@ from typing import ClassVar, Optional, Sequence
 
 from datasets import Dataset
 
+from lit_lora.compatibility import IncompatibleConfig
 from lit_lora.data.file_errors import DataFileError, describe_row
 from lit_lora.data.sources import local_files
 from lit_lora.data.sft import Example, SFTDataModule
@@ -59,7 +60,8 @@ class DS1000DataModule(SFTDataModule):
         wanted = {lib.lower() for lib in self.libraries}
         unknown = [lib for lib in self.libraries if lib.lower() not in {f.lower() for f in found}]
         if unknown:
-            raise ValueError(f"{where}: no problem of library {', '.join(unknown)}; found {dict(found)}")
+            raise IncompatibleConfig(f"data.init_args.libraries: {where} has no problem of library "
+                                     f"{', '.join(unknown)}; found {dict(found)}")
         kept = dataset.filter(lambda m: m["library"].lower() in wanted, input_columns="metadata")
         log.info("[lit-lora] %s: kept %d of %d problems (libraries %s)", where, len(kept), len(dataset),
                  ", ".join(sorted(self.libraries)))

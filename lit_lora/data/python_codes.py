@@ -13,6 +13,7 @@ import logging
 from datasets import Dataset
 
 from lit_lora.data.cleaning import CodeCleaning, clean_rows
+from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.instruction import InstructionDataModule
 
 log = logging.getLogger("lit_lora")
@@ -39,5 +40,5 @@ class PythonCodesDataModule(InstructionDataModule):
         # the file's rows, before the validation rows are split off (the "train: kept" line comes after)
         log.info("[lit-lora] cleaning %s: %d of its %d file rows kept; %s", where, len(rows), len(dataset), detail)
         if not rows:
-            raise ValueError(f"{where}: cleaning removed every row ({detail})")
+            raise DataFileError(f"{where}: cleaning removed every row ({detail})")
         return Dataset.from_list(rows)

@@ -112,9 +112,7 @@ class SequenceClassifierModule(LabelledModule, FineTuneModule):
     def prepare_architecture(self, config) -> None:
         """The head of ``config``'s architecture for the label names: sized, named (``head_modules``), trained by
         the adapter (``with_trained_modules``) and kept out of quantization (``load_kwargs``)."""
-        if not self.label_names:
-            raise ValueError(f"{type(self).__name__}: no label_names; pass them, or use a datamodule that "
-                             f"defines label_names (e.g. lit_lora.data.MultiNLIDataModule)")
+        self.resolve_label_names()  # fails without any
         warn_on_relabelling(config, self.label_names, self.model_name_or_path)
         config.num_labels = len(self.label_names)
         self.pools_last_token = pools_last_token(config.model_type)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from lit_lora.compatibility import IncompatibleConfig
+
 
 class LabelledModule:
     """Mixin for a ``FineTuneModule`` with ``label_names`` (class names in label-index order)."""
@@ -29,11 +31,12 @@ class LabelledModule:
         if self.label_names is None and from_data:
             self.label_names = from_data
         elif from_data and from_data != self.label_names:
-            raise ValueError(f"model label_names {self.label_names} differ from the datamodule's {from_data}")
+            raise IncompatibleConfig(f"model.init_args.label_names {self.label_names} differ from the datamodule's "
+                                     f"{from_data}")
 
     def resolve_label_names(self) -> list[str]:
         """The label names (given, or taken from the data contract by ``connect``); fails without."""
         if not self.label_names:
-            raise ValueError(f"{type(self).__name__} needs label_names: pass them, or use a datamodule that "
-                             f"defines label_names (e.g. lit_lora.data.MultiNLIDataModule)")
+            raise IncompatibleConfig(f"{type(self).__name__} needs label_names: pass them, or use a datamodule "
+                                     "that defines label_names (e.g. lit_lora.data.MultiNLIDataModule)")
         return self.label_names
