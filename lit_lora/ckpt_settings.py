@@ -6,8 +6,8 @@ adapter and optimizer settings whatever the config and command line say. ``fit``
 ``--resume_with_checkpoint_settings true`` says to go on with the checkpoint's (they are what the run's
 ``config.yaml`` then records). ``validate`` / ``test`` / ``predict`` need the checkpoint's architecture
 to load its weights: they go on and log what was replaced. Every other model setting says how to run, not
-what was trained (``dtype``, ``attn_implementation``, ``gradient_checkpointing``, ``label_only_loss``,
-``evaluation.*``): there the config's value is kept, and each one that differs from the checkpoint's is
+what was trained (``dtype``, ``attn_implementation``, ``gradient_checkpointing`` and QLoRA's default for it,
+``label_only_loss``, ``evaluation.*``): there the config's value is kept, and each one that differs from the checkpoint's is
 logged (``keep_run_settings``). Trainer and data settings are not compared (``max_steps`` is meant to
 change on a resume)::
 
@@ -29,6 +29,8 @@ SWITCH = "resume_with_checkpoint_settings"
 COMPARED = ("class_path", "init_args.model_name_or_path", "init_args.adapter", "init_args.optim")
 TRAINING_ONLY = ("init_args.optim",)  # irrelevant to validate / test / predict
 LINKED = ("tokenizer", "label_names")  # set from the data when the classes are built, not run settings
+# run settings inside a compared section: QLoRA's default for the module's gradient_checkpointing
+RUN_SETTINGS_INSIDE = ("init_args.adapter.init_args.gradient_checkpointing",)
 
 
 class CheckpointSettingsMismatch(ValueError):
@@ -92,7 +94,17 @@ def model_settings(model_config: Any, keys: tuple[str, ...] = COMPARED) -> dict[
 def differences(given: Any, used: Any, keys: tuple[str, ...] = COMPARED) -> dict[str, tuple[Any, Any]]:
     """Settings that differ between the config given and the one LightningCLI took from the checkpoint."""
     a, b = model_settings(given, keys), model_settings(used, keys)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    run_settings = {f"model.{key}" for key in RUN_SETTINGS_INSIDE}
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in run_settings}
+
+
+def _node(model: Any, key: str) -> tuple[Any, str]:
+    """The dict holding ``key``'s last part in a ``model`` config (``None`` where a part is missing), and that part."""
+    *path, last = key.split(".")
+    node: Any = model
+    for part in path:
+        node = node.get(part) if hasattr(node, "get") else None
+    return node, last
 
 
 def _listing(diff: dict[str, tuple[Any, Any]]) -> str:
@@ -116,6 +128,11 @@ def keep_run_settings(given_model: Any, used_model: Any, ckpt_path: Optional[str
         kept.update({f"model.init_args.{k}": (mine.get(k), stored.get(k))
                      for k in sorted(set(mine) | set(stored)) if mine.get(k) != stored.get(k)})
         used_args[key] = given_args.get(key)
+    for key in RUN_SETTINGS_INSIDE:
+        (mine, name), (theirs, _) = _node(given_model, key), _node(used_model, key)
+        if hasattr(mine, "get") and hasattr(theirs, "get") and name in mine and mine.get(name) != theirs.get(name):
+            kept[f"model.{key}"] = (mine.get(name), theirs.get(name))
+            theirs[name] = mine.get(name)
     if kept:
         log.warning("[lit-lora] --ckpt_path %s: running with this config's settings where the checkpoint's "
                     "differ:\n%s", ckpt_path, _listing(kept))

@@ -248,6 +248,27 @@ def test_ckpt_path_keeps_the_configs_run_settings_and_lists_those_that_differ(tr
     assert init["evaluation"]["max_new_tokens"] == 3
 
 
+def test_qloras_checkpointing_switch_is_a_run_setting_on_resume():
+    """QLoRA's ``gradient_checkpointing`` (the default of the module's switch) says how to run, not what was
+    trained: a resume neither refuses it nor swaps in the checkpoint's; it is kept and listed like the module's."""
+    from jsonargparse import Namespace
+
+    from lit_lora.ckpt_settings import differences, keep_run_settings
+
+    def model(checkpointing: bool, r: int = 16) -> Namespace:
+        adapter = Namespace(class_path="lit_lora.adapters.QLoRA",
+                            init_args=Namespace(r=r, gradient_checkpointing=checkpointing))
+        return Namespace(class_path="lit_lora.models.CausalLMModule",
+                         init_args=Namespace(model_name_or_path="m", gradient_checkpointing=None, adapter=adapter))
+
+    given, from_checkpoint = model(False), model(True)
+    assert differences(given, from_checkpoint) == {}
+    assert differences(model(False, r=4), from_checkpoint) == {"model.init_args.adapter.init_args.r": (4, 16)}
+    kept = keep_run_settings(given, from_checkpoint, "last.ckpt")
+    assert kept == {"model.init_args.adapter.init_args.gradient_checkpointing": (False, True)}
+    assert from_checkpoint.init_args.adapter.init_args.gradient_checkpointing is False
+
+
 # ---- 3. strict adapter loads -----------------------------------------------------------------------------------
 def damaged_adapter(run_dir: Path, out: Path, keep: float = 0.25, extra: bool = False,
                     nan: bool = False) -> tuple[Path, list[str], int]:
