@@ -259,6 +259,17 @@ def group_lines(per_group: dict) -> list[str]:
     return lines
 
 
+def scored_splits(trainer: Trainer, stage: str) -> str:
+    """``"; on the validation split (the data has no test split)"``: what ``stage`` scored, for its header."""
+    splits = getattr(trainer.datamodule, "eval_splits", None)
+    if splits is None:
+        return ""
+    names = splits(stage)
+    missing = " (the data has no test split)" if stage == "test" and "test" not in names and \
+        not any(name.startswith("test") for name in names) else ""
+    return f"; on the {', '.join(names)} split{'s' if len(names) > 1 else ''}{missing}"
+
+
 class MetricsWriter(Callback):
     """After ``lit-lora validate`` / ``test``, write the logged metrics to ``<run dir>/metrics.json``.
 
@@ -285,7 +296,8 @@ class MetricsWriter(Callback):
         rows = [f"  {name:<{width}}{value:.6g}" for name, value in sorted(scalars.items())]
         scored = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else \
             "no --ckpt_path: the model as configured (an adapter not trained yet leaves the base model as it is)"
-        lines = [f"[lit-lora] {stage} metrics ({scored}), written to {out_dir / self.filename}:", *rows]
+        lines = [f"[lit-lora] {stage} metrics ({scored}{scored_splits(trainer, stage)}), written to "
+                 f"{out_dir / self.filename}:", *rows]
         details = result["details"] if isinstance(result["details"], dict) else {}
         lines += group_lines(details.get("per_group") or {})
         if details.get("predictions_file"):

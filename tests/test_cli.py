@@ -33,10 +33,11 @@ def test_demo_config_runs_end_to_end_through_the_entry_point(tmp_path):
     assert (ckpt.with_name(ckpt.stem + "-adapter") / "adapter_model.safetensors").exists()
 
     # `lit-lora test --ckpt_path` rebuilds the base, loads the adapter and writes metrics.json
-    run_cli_subprocess(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "test"), *SMALL,
-                        "--ckpt_path", str(ckpt)])
+    tested = run_cli_subprocess(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "test"),
+                                 *SMALL, "--ckpt_path", str(ckpt)])
     metrics = json.loads((version_dir(tmp_path / "test") / "metrics.json").read_text())
     assert abs(metrics["metrics"]["test_loss"] - before_after["tuned_val_loss"]) < 1e-5  # one aggregation
+    assert "; on the validation split (the data has no test split)" in tested.stdout  # said, not hidden
 
     # other data settings than the checkpoint's: the overlap check could miss trained rows, so say so
     other = run_cli_subprocess(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "other"),

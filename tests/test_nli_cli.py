@@ -24,6 +24,7 @@ def test_fit_then_test_writes_matched_and_mismatched_metrics(tiny_model, tmp_pat
     said = capsys.readouterr().out
     # one row per metric: Lightning's table would repeat every set's metrics under each set's column
     assert "test metrics (checkpoint " in said and "DataLoader 1" not in said, said
+    assert "; on the matched, mismatched splits (the data has no test split)" in said, said
     assert said.count("test_matched/accuracy ") == 1 and said.count("test_mismatched/accuracy ") == 1, said
     written = json.loads((tmp_path / "lightning_logs" / "version_1" / "metrics.json").read_text())
     assert written["stage"] == "test"

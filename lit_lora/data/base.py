@@ -373,4 +373,9 @@ class TextDataModule(L.LightningDataModule):
         return self._loader("validation", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if "test" in self.datasets else "validation", shuffle=False)
+        return self._loader(self.eval_splits("test")[0], shuffle=False)
+
+    def eval_splits(self, stage: str) -> list[str]:
+        """The splits ``validate`` / ``test`` score (``stage``): ``test`` where the data has one, else
+        ``validation``; the metrics and reports name them."""
+        return ["test" if stage == "test" and "test" in self.datasets else "validation"]

@@ -152,6 +152,9 @@ class NLIRows:
     def test_dataloader(self):
         return self.val_dataloader()
 
+    def eval_splits(self, stage: str) -> list[str]:
+        return list(self.eval_names)  # test scores the evaluation sets too (MultiNLI: matched and mismatched)
+
 
 class PairCollator(PadCollator):
     """``PadCollator`` that pads ``token_type_ids`` with 0 (segment A), not with the pad token id."""

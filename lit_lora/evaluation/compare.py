@@ -138,7 +138,7 @@ def compare_models(module, datamodule, trainer_kwargs: dict, settings: CompareSe
     print(f"[lit-lora] compare 2/2: the fine-tuned model ({settings.ckpt_path or settings.adapter_dir})", flush=True)
     tuned = evaluate(module, datamodule, trainer_kwargs, out_dir / "tuned", ckpt_path=settings.ckpt_path)
 
-    split = "test" if "test" in datamodule.datasets else "validation"
+    split = ", ".join(datamodule.eval_splits("test"))
     info = run_info(module, settings, split, len(tuned["predictions"]))
     evaluation = {k: v for k, v in dataclasses.asdict(module.evaluation).items() if k != "predictions_file"}
     examples = example_rows(base["predictions"], tuned["predictions"], settings.right_if, settings.examples)
