@@ -74,6 +74,9 @@ class AdapterCheckpoint(ModelCheckpoint):
         # weights too, so the latest checkpoint is the exported model and resuming from it continues the run
         if self.monitor is None and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
+            # the epoch the last step ran in: the fit loop has counted it as completed by now (epoch=1-step=3
+            # for a 3-step run inside epoch 0)
+            candidates["epoch"] = torch.tensor(max(trainer.current_epoch - 1, 0))
             self._save_none_monitor_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)  # save_last: last.ckpt too, as every save does
         super().on_train_end(trainer, pl_module)

@@ -162,7 +162,7 @@ def test_the_final_step_is_the_latest_checkpoint_when_it_was_no_validation_step(
                               "--trainer.max_steps", "5"]).stdout
     run = version_dir(tmp_path)
     (ckpt,) = (run / "checkpoints").glob("*.ckpt")
-    assert "step=5" in ckpt.name and f"--ckpt_path {ckpt}" in out
+    assert ckpt.name == "epoch=0-step=5.ckpt" and f"--ckpt_path {ckpt}" in out  # the epoch step 5 ran in
     assert "(validation at step 4)" in out  # the val_loss shown is step 4's, not the final weights'
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 5
     resumed = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
