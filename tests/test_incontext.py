@@ -34,8 +34,10 @@ def test_scores_count_truncated_answers_and_each_evaluation_gets_its_own_directo
             "--trainer.default_root_dir", str(tmp_path)]
     first = run_cli_subprocess(args, via="module", cwd=tmp_path)
     out_dir = tmp_path / "incontext"
-    assert f"wrote {out_dir / 'incontext.json'}" in first.stdout, first.stdout[-2000:]
+    assert f"wrote {out_dir / 'incontext.json'}" in first.stderr, first.stderr[-2000:]
     scores = json.loads((out_dir / "incontext.json").read_text())
+    assert json.loads(first.stdout) == scores  # stdout is the scores alone
+    assert "incontext 1-shot: 4 rows of the validation split" in first.stderr
     for k in (0, 1):
         rows = [json.loads(line) for line in (out_dir / f"predictions_{k}shot.jsonl").read_text().splitlines()]
         assert len(rows) == 4
@@ -43,7 +45,7 @@ def test_scores_count_truncated_answers_and_each_evaluation_gets_its_own_directo
         assert truncated > 0 and scores[f"{k}-shot"]["hit_max_new_tokens"] == truncated
 
     second = run_cli_subprocess(args, via="module", cwd=tmp_path)
-    assert f"wrote {tmp_path / 'incontext_1' / 'incontext.json'}" in second.stdout
+    assert f"wrote {tmp_path / 'incontext_1' / 'incontext.json'}" in second.stderr
     assert json.loads((out_dir / "incontext.json").read_text()) == scores  # the first evaluation untouched
 
     refused = run_cli_subprocess([*args, "--out_dir", str(out_dir)], via="module", cwd=tmp_path, check=False)

@@ -60,4 +60,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     (out_dir / "incontext.json").write_text(dumps(results, indent=2))
     print(dumps(results, indent=2))
     shots = ", ".join(f"predictions_{k}shot.jsonl" for k in options.shots)
-    print(f"[lit-lora] incontext: wrote {out_dir / 'incontext.json'} and {shots} in {out_dir}", flush=True)
+    # stdout holds the scores alone (JSON a script can read); where they went is a log line
+    print(f"[lit-lora] incontext: wrote {out_dir / 'incontext.json'} and {shots} in {out_dir}", file=sys.stderr,
+          flush=True)

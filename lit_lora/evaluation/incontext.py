@@ -16,17 +16,21 @@ turns; otherwise they are concatenated as prompt + answer blocks. Generation dat
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from lit_lora.compatibility import IncompatibleConfig
 from lit_lora.data.contract import prompt_carries_special_tokens
 from lit_lora.evaluation.generation import generate_texts
 from lit_lora.evaluation.labels import UNPARSEABLE, label_index
 from lit_lora.evaluation.overlap import normalize_input
 from lit_lora.strict_json import dumps
+
+log = logging.getLogger(__name__)
 
 
 def example_pairs(datamodule, rows) -> list[tuple[str, str]]:
@@ -71,17 +75,20 @@ def build_prompts(datamodule, k: int, seed: int = 0, split: Optional[str] = None
     """One record per evaluated row: prompt (with ``k`` training demonstrations), reference, demo indices."""
     raw = datamodule.load_raw_splits()
     split = split or next(name for name in raw if name != "train")
+    if split not in raw:
+        raise IncompatibleConfig(f"--split {split}: the data has the splits {', '.join(raw)}")
     train = example_pairs(datamodule, raw["train"])
     evaluated = example_pairs(datamodule, raw[split])[:max_rows]
     if k > len(train):
-        raise ValueError(f"{k}-shot needs {k} training examples; the training split has {len(train)}")
+        raise IncompatibleConfig(f"--shots {k}: {k}-shot needs {k} training examples; the training split has "
+                                 f"{len(train)}")
     records = []
     for i, (query, reference) in enumerate(evaluated):
         key = normalize_input(query)
         pool = [j for j, (p, _) in enumerate(train) if normalize_input(p) != key]
         if len(pool) < k:
-            raise ValueError(f"{k}-shot needs {k} training examples other than the evaluated one; "
-                             f"row {i} of {split} has {len(pool)}")
+            raise IncompatibleConfig(f"--shots {k}: {k}-shot needs {k} training examples other than the evaluated "
+                                     f"one; row {i} of {split} has {len(pool)}")
         picks = random.Random(seed * 1_000_003 + i).sample(pool, k) if k else []
         demos = [train[j] for j in picks]
         records.append({"index": i, "split": split, "query": query, "reference": reference, "demos": picks,
@@ -115,6 +122,8 @@ def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: O
     results = {}
     for k in shots:
         records = build_prompts(datamodule, k, seed, split, max_rows)
+        log.info("[lit-lora] incontext %d-shot: %d rows of the %s split", k, len(records),
+                 records[0]["split"] if records else split)
         chat = bool(getattr(datamodule.tokenizer, "chat_template", None))
         outs = generate_texts(module.model, datamodule.tokenizer, [r["prompt"] for r in records], settings,
                               encoder_decoder=module.encoder_decoder,
