@@ -11,7 +11,6 @@ module that emits it; every warning lit-lora raises itself stays. ``--verbose`` 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Optional
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-VERBOSE_ENV = "LIT_LORA_VERBOSE"
+from lit_lora.verbosity import verbose
 
 # (message regex, module regex) of warnings.warn calls that say nothing a lit-lora user can act on
 NOISE_WARNINGS = [
@@ -41,10 +40,6 @@ NOISE_LOG_RECORDS = [
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),  # an advertisement
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),  # an optional CPU kernel
 ]
-
-
-def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false", "False")
 
 
 class _OnlyOnce(logging.Filter):

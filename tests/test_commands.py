@@ -85,13 +85,20 @@ def test_the_old_cli_module_is_the_same_entry_point():
 
 
 def test_verbose_is_taken_out_and_inherited(monkeypatch):
-    from lit_lora import commands, console
+    from lit_lora import commands
+    from lit_lora.verbosity import VERBOSE_ENV, verbose
 
-    assert commands.VERBOSE_ENV == console.VERBOSE_ENV  # the table module does not import Lightning for it
-    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    # Lightning's own validate / test option keeps its value
+    assert commands.take_verbose(["test", "--verbose", "false", "-c", "x.yaml"], from_sys_argv=False) == \
+        ["test", "--verbose", "false", "-c", "x.yaml"]
+    assert not verbose()
     assert commands.take_verbose(["fit", "--verbose", "--config", "x.yaml"], from_sys_argv=False) == \
         ["fit", "--config", "x.yaml"]
-    assert console.verbose()
+    assert verbose()
+    for value, on in (("true", True), ("1", True), ("false", False), ("0", False), ("", False)):
+        monkeypatch.setenv(VERBOSE_ENV, value)
+        assert verbose() is on, value  # one reading of the switch: the logs' and the tracebacks'
 
 
 # ---- one way to read an experiment config -----------------------------------------------------------------------

@@ -25,7 +25,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-VERBOSE_ENV = "LIT_LORA_VERBOSE"  # lit_lora.console.VERBOSE_ENV (not imported here: Lightning takes seconds to load)
+from lit_lora.verbosity import VERBOSE_ENV, verbose
+
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,21 @@ def configure_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
+BOOLEANS = ("true", "false", "yes", "no", "1", "0", "on", "off")
+
+
 def take_verbose(argv: list[str], from_sys_argv: bool) -> list[str]:
-    """``argv`` without ``--verbose``; when given, ``LIT_LORA_VERBOSE=1`` (other ranks inherit it)."""
-    if "--verbose" not in argv:
+    """``argv`` without lit-lora's ``--verbose``; when given, ``LIT_LORA_VERBOSE=1`` (other ranks inherit it).
+    ``--verbose true|false`` is left to the command: Lightning's ``validate`` / ``test`` option of that name."""
+    ours = [i for i, arg in enumerate(argv) if arg == "--verbose"
+            and not (i + 1 < len(argv) and argv[i + 1].lower() in BOOLEANS)]
+    if not ours:
         return argv
     os.environ[VERBOSE_ENV] = "1"
+    rest = [arg for i, arg in enumerate(argv) if i not in ours]
     if from_sys_argv:
-        sys.argv.remove("--verbose")
-    return [arg for arg in argv if arg != "--verbose"]
+        sys.argv[1:] = rest
+    return rest
 
 
 def main(args: Optional[list[str]] = None) -> None:
@@ -181,7 +189,7 @@ def entry() -> None:
         close_process_group()
     except Exception as err:  # noqa: BLE001 - only the input errors are caught; anything else is re-raised
         cause = input_error_in(err)
-        if os.environ.get(VERBOSE_ENV) == "1" or cause is None:
+        if verbose() or cause is None:
             raise
         sys.exit(f"lit-lora: {type(cause).__name__}: {cause}")
     finally:
