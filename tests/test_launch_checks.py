@@ -68,3 +68,28 @@ def test_what_counts_as_an_earlier_run_in_a_run_directory(tmp_path):
     (tmp_path / "wandb_run_id").unlink()
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"x")
     assert earlier_run_outputs(tmp_path) == ["config.yaml", "hparams.yaml", "hpc_ckpt_1.ckpt"]
+
+
+@pytest.mark.parametrize("env, task", [
+    (SLURM, True),
+    ({**SLURM, "SLURM_JOB_NAME": "bash"}, False),         # srun --pty bash: a shell on the allocation
+    ({**SLURM, "SLURM_JOB_NAME": "interactive"}, False),  # salloc
+    ({"SLURM_JOB_ID": "42"}, False),                       # a job's environment without a task
+])
+def test_every_slurm_behaviour_agrees_on_what_a_slurm_task_is(env, task):
+    """The allocation check, the early signal record and the run directory pinned to the job all use one test: a
+    fit typed into an interactive shell on an allocation is not pinned (each run numbers its own directory)."""
+    from jsonargparse import Namespace
+
+    from lit_lora.cluster import early_signals
+    from lit_lora.cluster.csv_history import pin_log_dir
+
+    assert early_signals.under_slurm(env) is task
+    trainer = Namespace(logger=None, default_root_dir="/tmp/x")
+    pin_log_dir(trainer, env)
+    assert (trainer.logger is not None) is task
+    if task:
+        with pytest.raises(AllocationMismatch):
+            check_allocation(1, 1, {**env, "SLURM_NNODES": "2"})
+    else:
+        check_allocation(1, 1, {**env, "SLURM_NNODES": "2"})  # not a task: nothing to check

@@ -29,6 +29,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from lit_lora.cluster.early_signals import under_slurm
 from lit_lora.cluster.lightning_compat import filesystem_of, set_experiment, started_experiment
 from lit_lora.cluster.run_files import holds_run
 
@@ -174,7 +175,7 @@ def pin_log_dir(trainer_config: Any, env: Optional[dict] = None) -> None:
     continues ``metrics.csv`` across restarts; a configured logger is left alone.
     """
     env = os.environ if env is None else env
-    if not env.get("SLURM_JOB_ID") or trainer_config.get("logger") not in (None, True):
+    if not env.get("SLURM_JOB_ID") or not under_slurm(env) or trainer_config.get("logger") not in (None, True):
         return
     from jsonargparse import Namespace
 

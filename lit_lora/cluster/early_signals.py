@@ -21,6 +21,15 @@ import threading
 from typing import Any, Mapping, Optional
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+INTERACTIVE_JOB_NAMES = ("bash", "interactive")  # `srun --pty bash`, `salloc`: a shell, not a task to requeue
+
+
+def under_slurm(env: Optional[Mapping[str, str]] = None) -> bool:
+    """Launched as a task of a SLURM job (Lightning's ``SLURMEnvironment.detect()``, without its warning about
+    ``srun``), not an interactive shell: where lit-lora checks the allocation, keeps the requeue signal, handles
+    preemption and pins the run directory to the job."""
+    env = os.environ if env is None else env
+    return "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in INTERACTIVE_JOB_NAMES
 _received: set[int] = set()
 _replaced: dict[int, Any] = {}
 
@@ -31,8 +40,7 @@ def _keep(signum, frame) -> None:
 
 def record(env: Optional[Mapping[str, str]] = None) -> None:
     """Keep SIGUSR1 / SIGTERM under SLURM (a task of a job, not an interactive shell); elsewhere do nothing."""
-    env = os.environ if env is None else env
-    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+    if not under_slurm(env):
         return
     if threading.current_thread() is not threading.main_thread():
         return

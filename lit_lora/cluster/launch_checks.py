@@ -28,6 +28,7 @@ from typing import Iterable, Mapping, Optional, Union
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_lora.cluster.early_signals import under_slurm
 from lit_lora.cluster.lightning_compat import fit_ckpt_path
 from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.run_files import RUN_OUTPUTS, earlier_run_outputs, hpc_checkpoints  # noqa: F401 (re-exported)
@@ -78,9 +79,7 @@ def check_allocation(num_nodes: int, devices, env: Optional[Mapping[str, str]] =
                      accelerator: Optional[str] = None) -> None:
     """Raise ``AllocationMismatch`` when running under SLURM and the allocation differs from the Trainer's."""
     env = os.environ if env is None else env
-    if not env.get("SLURM_JOB_ID") or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
-        return
-    if not env.get("SLURM_STEP_ID") and not env.get("SLURM_NTASKS"):
+    if not under_slurm(env):
         return
     nnodes = int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
     per_node = _tasks_per_node(env)

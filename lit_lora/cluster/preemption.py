@@ -45,6 +45,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_lora.cluster import early_signals
+from lit_lora.cluster.early_signals import under_slurm
 from lit_lora.cluster.lightning_compat import cluster_environment, forget_lightning_sigterm, \
     handlers_lightning_restores, hpc_save_path, log_step_metrics_now
 
@@ -53,12 +54,6 @@ log = logging.getLogger("lit_lora")
 
 class Requeued(SystemExit):
     """Raised on every rank after the preemption checkpoint is saved; exits the process with status 0."""
-
-
-def under_slurm(env: Optional[dict] = None) -> bool:
-    """Launched as a SLURM task: Lightning's ``SLURMEnvironment.detect()``, without its warning about ``srun``."""
-    env = os.environ if env is None else env
-    return "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
 
 
 def signal_names(signals: Iterable[int]) -> str:
