@@ -44,7 +44,7 @@ def test_empty_rows_are_dropped_and_counted(tmp_path, tiny_model, caplog):
 
 def test_row_whose_response_would_be_truncated_away_is_dropped(tmp_path, tiny_model):
     long_instruction = "Explain this code in detail please " * 40
-    rows = [row() for _ in range(6)] + [row(instruction=long_instruction)] * 2
+    rows = [row(f"Add a and b, case {i}.") for i in range(6)] + [row(instruction=long_instruction)] * 2
     dm = make_dm(tiny_model, write_jsonl(tmp_path / "d.jsonl", rows), max_length=160, val_fraction=0.25)
     dm.setup("fit")
     counts = dm.drop_counts["train"] + dm.drop_counts["validation"]
@@ -164,3 +164,28 @@ def test_missing_local_file_is_a_clear_error_not_a_hub_lookup(tiny_model, tmp_pa
     dm = make_dm(tiny_model, str(tmp_path / "nope.jsonl"))
     with pytest.raises(DataFileError, match=r"nope\.jsonl: no such file"):  # one line from the CLI
         dm.setup("fit")
+
+
+def test_a_split_off_validation_holds_no_training_prompt(tmp_path, tiny_model, caplog):
+    """Repeated prompts (one instruction answered several times) are split by prompt, so generation evaluation
+    of the validation rows finds none of them in training (it would stop the run); data without repeats keeps
+    the plain seeded split."""
+    from datasets import Dataset
+
+    from lit_lora.evaluation.overlap import find_overlap
+
+    rows = [row(f"Task {i % 10}.", output=f"answer {i}") for i in range(40)]  # each prompt four times
+    dm = make_dm(tiny_model, write_jsonl(tmp_path / "repeats.jsonl", rows))
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["validation"]
+    assert len(train) + len(val) == 40 and len(val) == 8  # two whole prompts: 10 validation rows asked for
+    assert find_overlap(train["prompt"], val["prompt"]).count == 0
+    assert "split by prompt so that validation stays held out (10 prompts, 32 train / 8 validation rows)" in caplog.text
+
+    unique = [row(f"Task {i}.", output=f"answer {i}") for i in range(40)]
+    plain = make_dm(tiny_model, write_jsonl(tmp_path / "unique.jsonl", unique))
+    plain.setup("fit")
+    expected = Dataset.from_list(unique).train_test_split(test_size=0.25, seed=plain.seed)
+    assert len(plain.datasets["validation"]) == len(expected["test"])
+    assert sorted(plain.datasets["validation"]["reference"]) == sorted(r["output"] for r in expected["test"])

@@ -13,6 +13,7 @@ from typing import ClassVar, Optional
 
 from datasets import Dataset
 
+from lit_lora.data.held_out import normalize_input
 from lit_lora.data.sft import Example, SFTDataModule
 from lit_lora.data.templates import render_prompt
 
@@ -44,7 +45,7 @@ class CounsellingDataModule(SFTDataModule):
         seen: set[str] = set()
         keep = []
         for i, context in enumerate(dataset["Context"]):
-            key = " ".join(str(context or "").split()).casefold()
+            key = normalize_input(context or "")
             if key not in seen:
                 seen.add(key)
                 keep.append(i)

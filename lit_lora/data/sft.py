@@ -27,6 +27,7 @@ from lit_lora.compatibility import IncompatibleConfig
 from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import IGNORE_INDEX
 from lit_lora.data.contract import declared_encoder_decoder, prompt_carries_special_tokens
+from lit_lora.data.held_out import keep_prompts_apart, normalize_input
 from lit_lora.data.templates import TEMPLATES
 
 Example = Union[tuple[str, str], str]  # (prompt, response), or a drop reason
@@ -78,6 +79,17 @@ class SFTDataModule(TextDataModule):
             return (f"packing: true needs a causal LM; {type(self).__name__} is tokenised for an encoder-decoder "
                     "model (prompt -> encoder, response -> decoder), whose rows cannot share a sequence")
         return None
+
+    def split_off_validation(self, train):
+        """The base class's split, or where it puts a prompt on both sides, a split by prompt
+        (``data/held_out.py``): generation evaluation would find those rows in training and stop."""
+        train, val = super().split_off_validation(train)
+        return keep_prompts_apart(train, val, self.prompt_key, self.seed, str(self.source))
+
+    def prompt_key(self, row: dict) -> Optional[str]:
+        """A raw row's normalised prompt, as the evaluation's train-overlap check compares it (``None``: dropped)."""
+        example = self.format_example(row)
+        return None if isinstance(example, str) else normalize_input(example[0])
 
     def row_group(self, row: dict) -> str:
         """The group a row is reported under (e.g. its library); ``""`` for none."""

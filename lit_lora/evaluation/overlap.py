@@ -13,10 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
-
-def normalize_input(text: str) -> str:
-    """Case- and whitespace-insensitive form of an input, the key of the duplicate check."""
-    return " ".join(str(text).split()).casefold()
+from lit_lora.data.held_out import normalize_input  # the key of the check, shared with the validation split
 
 
 @dataclass
