@@ -347,6 +347,37 @@ def test_a_misspelled_config_key_is_named_with_its_file_line_and_the_option_mean
     assert f"error: {typo}: line {line}: 'rr' is not an option of lit_lora.adapters.LoRA (did you mean 'r'?)" in err
 
 
+@pytest.mark.parametrize("old, new, expected", [
+    ("\n    adapter:\n", "\n    adaptr:\n",
+     "'adaptr' is not an option of lit_lora.models.CausalLMModule (did you mean 'adapter'?)"),
+    ("\n      lr: ", "\n      lrr: ",  # a field of the module's optim dataclass
+     "'lrr' is not an option of lit_lora.models.CausalLMModule optim (OptimizerSettings) (did you mean 'lr'?)"),
+    ("class_path: lit_lora.adapters.LoRA\n", "class_path: lit_lora.adapters.Lora\n",
+     "class_path lit_lora.adapters.Lora: lit_lora.adapters has no class Lora (did you mean lit_lora.adapters.LoRA?)"),
+], ids=["module_key", "dataclass_field", "class_path"])
+def test_a_misspelled_model_key_or_class_is_named_with_its_line_and_the_one_meant(tmp_path, capsys, old, new,
+                                                                                   expected):
+    """jsonargparse names neither file nor line for these (a 15-line dump of the module's Union subtypes)."""
+    text = Path(DEMO).read_text()
+    assert old in text
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text.replace(old, new, 1))
+    line = next(n for n, t in enumerate(typo.read_text().splitlines(), 1) if new.strip() in t)
+    assert f"error: {typo}: line {line}: {expected}" in config_error(capsys, "--config", str(typo))
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--model.init_args.adaptr.init_args.r", "4", "'adaptr' is not an option of lit_lora.models.CausalLMModule "
+                                                 "(did you mean 'adapter'?)"),
+    ("--model.init_args.optim.lrr", "1e-3", "'lrr' is not an option of lit_lora.models.CausalLMModule optim "
+                                            "(OptimizerSettings) (did you mean 'lr'?)"),
+    ("--model.init_args.adapter", "lit_lora.adapters.LoRAA", "class_path lit_lora.adapters.LoRAA: lit_lora.adapters "
+                                                             "has no class LoRAA (did you mean lit_lora.adapters.LoRA?)"),
+], ids=["module_key", "dataclass_field", "class_path"])
+def test_a_misspelled_model_key_on_the_command_line_gets_the_one_meant(capsys, flag, value, expected):
+    assert f"error: {expected}" in config_error(capsys, "--config", DEMO, flag, value)
+
+
 def test_a_value_of_the_wrong_type_is_named_with_its_file_and_line(tmp_path, capsys):
     text = Path(DEMO).read_text()
     assert "\n    batch_size: " in text

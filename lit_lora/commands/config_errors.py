@@ -13,16 +13,22 @@ without a word, so a ``--data.init_args.trust_remote_code true`` would do nothin
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
 import re
+import typing
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import yaml
 
-NOT_ACCEPTED = re.compile(r"Problem with given class_path '([\w.]+)':\s*Option '(\w+)' is not accepted")
+IN_CLASS = r"Problem with given class_path '([\w.]+)':\s*"
+UNKNOWN_KEYS = (re.compile(IN_CLASS + r"Option '([\w.]+)' is not accepted"),             # a YAML key
+                re.compile(IN_CLASS + r"unrecognized arguments: --([\w.]+)"),             # a command-line key
+                re.compile(IN_CLASS + r"Group '(\w+)' does not accept option '(\w+)'"))  # a dataclass field
+UNKNOWN_CLASS = re.compile(IN_CLASS + r"module '([\w.]+)' has no attribute '(\w+)'")
 WRONG_TYPE = re.compile(r"Parser key \"([\w.]+)\":\s*Expected a (.+?)\. Got value: (.+)")
 YAML_PROBLEM = '"<unicode string>"'
 
@@ -41,7 +47,7 @@ def config_files(argv: Sequence[str]) -> list[str]:
 def explain(message: str, files: Sequence[str]) -> str:
     """``message`` with a first line naming the file and line of the mistake, where one of ``files`` holds it."""
     found = yaml_error(files) if YAML_PROBLEM in message else unknown_option(message, files) or \
-        wrong_type(message, files)
+        unknown_class(message, files) or wrong_type(message, files)
     return f"{found}\n{message}" if found else message
 
 
@@ -60,14 +66,49 @@ def yaml_error(files: Sequence[str]) -> Optional[str]:
 
 
 def unknown_option(message: str, files: Sequence[str]) -> Optional[str]:
-    """``file: line N: 'key' is not an option of Class (did you mean …?)`` for a key a class does not take."""
-    match = NOT_ACCEPTED.search(message)
+    """``file: line N: 'key' is not an option of Class (did you mean …?)`` for a key a class (or one of its
+    dataclass settings, such as a module's ``optim``) does not take."""
+    match = next((m for pattern in UNKNOWN_KEYS for m in [pattern.search(message)] if m), None)
     if not match:
         return None
-    class_path, key = match.groups()
+    class_path, *keys = match.groups()
+    key, owner, options = first_unknown(class_path, ".".join(keys).split("."))
     where = next((f"{path}: line {n}: " for path in files for n in lines_with_key(path, key)), "")
-    close = difflib.get_close_matches(key, init_options(class_path), n=1)
-    return f"{where}{key!r} is not an option of {class_path}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    close = difflib.get_close_matches(key, options, n=1)
+    return f"{where}{key!r} is not an option of {owner}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def first_unknown(class_path: str, keys: list[str]) -> tuple[str, str, list[str]]:
+    """The first of ``keys`` (a dotted path under ``class_path``'s ``init_args``) that is not an option, what it
+    was looked up in, and the options there: a dataclass-typed setting is followed into its fields."""
+    owner, options, cls = class_path, init_options(class_path), class_of(class_path)
+    for key in keys:
+        if key not in options or cls is None:
+            return key, owner, options
+        annotation = init_annotations(cls).get(key)
+        if not dataclasses.is_dataclass(annotation):
+            break
+        owner, cls = f"{owner} {key} ({annotation.__name__})", annotation
+        options = [f.name for f in dataclasses.fields(annotation)]
+    return keys[-1], owner, options
+
+
+def unknown_class(message: str, files: Sequence[str]) -> Optional[str]:
+    """``file: line N: class_path lit_lora.adapters.Lora: no such class (did you mean …LoRA?)``."""
+    match = UNKNOWN_CLASS.search(message)
+    if not match:
+        return None
+    class_path, module, name = match.groups()
+    try:
+        names = [n for n, v in vars(importlib.import_module(module)).items() if inspect.isclass(v)]
+    except ImportError:
+        names = []
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
+    lines = [(path, n) for path in files for n, line in enumerate(read_lines(path), 1) if class_path in line]
+    where = next((f"{path}: line {n}: " for path, n in lines), "")
+    hint = f" (did you mean {module}.{lowered[close[0]]}?)" if close else ""
+    return f"{where}class_path {class_path}: {module} has no class {name}{hint}"
 
 
 def wrong_type(message: str, files: Sequence[str]) -> Optional[str]:
@@ -83,11 +124,16 @@ def wrong_type(message: str, files: Sequence[str]) -> Optional[str]:
     return f"{where}{key}: expected {expected}, got {value!r}"
 
 
-def line_text(path: str, number: int) -> str:
+def read_lines(path: str) -> list[str]:
     try:
-        return Path(path).read_text().splitlines()[number - 1]
-    except (OSError, UnicodeDecodeError, IndexError):
-        return ""
+        return Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def line_text(path: str, number: int) -> str:
+    lines = read_lines(path)
+    return lines[number - 1] if 0 < number <= len(lines) else ""
 
 
 def lines_with_key(path: str, key: str) -> list[int]:
@@ -99,19 +145,34 @@ def lines_with_key(path: str, key: str) -> list[int]:
     return [n for n, line in enumerate(text.splitlines(), 1) if pattern.match(line)]
 
 
-def init_options(class_path: str) -> list[str]:
-    """The ``__init__`` arguments of ``class_path`` and its bases (what ``init_args`` may hold)."""
+def class_of(class_path: str) -> Optional[type]:
     module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        return []
-    names: list[str] = []
+        return None
+
+
+def init_options(class_path: str) -> list[str]:
+    """The ``__init__`` arguments of ``class_path`` and its bases (what ``init_args`` may hold)."""
+    return list(init_annotations(class_of(class_path))) if class_of(class_path) else []
+
+
+def init_annotations(cls: type) -> dict[str, Any]:
+    """``{argument: type}`` of ``cls.__init__`` and its bases' (``inspect.Parameter.empty`` where untyped)."""
+    found: dict[str, Any] = {}
     for klass in inspect.getmro(cls):
         init = klass.__dict__.get("__init__")
-        if init is not None:
-            names += [p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs")]
-    return names
+        if init is None:
+            continue
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # noqa: BLE001 - a forward reference that does not resolve: fall back to no types
+            hints = {}
+        for p in inspect.signature(init).parameters:
+            if p not in ("self", "args", "kwargs"):
+                found.setdefault(p, hints.get(p, inspect.Parameter.empty))
+    return found
 
 
 # keys the CLI sets from another (commands/train.py link_arguments) -> where their value comes from
