@@ -21,8 +21,8 @@ from harness import DEMO, entry_point, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lit_lora"
-COMMAND_NAMES = {"fit", "validate", "test", "compare", "estimate", "incontext", "sweep", "configs"}
-EXPERIMENT_COMMANDS = ("compare", "estimate", "incontext")  # they read an experiment config, with their own options
+COMMAND_NAMES = {"fit", "validate", "test", "compare", "estimate", "incontext", "merge", "sweep", "configs"}
+EXPERIMENT_COMMANDS = ("compare", "estimate", "incontext", "merge")  # they read an experiment config, with their own options
 
 
 # ---- the table ------------------------------------------------------------------------------------------------

@@ -47,24 +47,44 @@ def test_demo_console_is_quiet_and_step_based(tmp_path):
 
 
 def test_the_next_commands_it_prints_run_as_printed(tmp_path):
-    """The closing summary's ``next:`` commands (``test`` and ``compare`` on the run's saved config.yaml, which
-    holds fit's own ``ckpt_path`` / ``weights_only`` keys) run as a user would paste them."""
+    """The closing summary's ``next:`` commands (``test``, ``compare`` and ``merge`` on the run's saved
+    config.yaml, which holds fit's own ``ckpt_path`` / ``weights_only`` keys) run as a user would paste them."""
     out = demo(tmp_path / "run")
     commands = [line.split("#")[0].strip().removeprefix("next:").strip() for line in out.splitlines()
-                if line.strip().startswith(("next: lit-lora", "lit-lora compare"))]
-    assert [c.split()[1] for c in commands] == ["test", "compare"], out[-2000:]
+                if line.strip().startswith(("next: lit-lora", "lit-lora compare", "lit-lora merge"))]
+    assert [c.split()[1] for c in commands] == ["test", "compare", "merge"], out[-2000:]
     for command in commands:
         args = shlex.split(command)[1:]
         assert "config.yaml" in args[args.index("--config") + 1]  # the run's saved config, overrides included
         result = run_cli_subprocess(args, cwd=tmp_path, env={"LIT_LORA_VERBOSE": None}, check=False)
         assert result.returncode == 0, f"{command}\n{output(result)[-3000:]}"
+        if args[0] == "compare":
+            compared = result
     assert list((tmp_path / "run").rglob("compare/report.md"))
+    (adapter,) = (tmp_path / "run").rglob("adapter/adapter_config.json")
+    assert_merged_equals_the_adapter(adapter.parent, adapter.parent.parent / "merged")
+    result = compared
     # compare says which model each evaluation is, then the headline figures and where the files went
     said = output(result)
     assert "compare 1/2: the base model" in said and "compare 2/2: the fine-tuned model" in said, said[-3000:]
     assert re.search(r"^  loss +[\d.]+ -> [\d.]+ \([+-][\d.]+; lower is better\)$", said, re.M), said[-3000:]
     assert "report.md (and report.json)" in said and "tuned/predictions.jsonl" in said
     assert said.count("GPU available:") <= 1 and "The `srun` command is available" not in said
+
+
+def assert_merged_equals_the_adapter(adapter_dir: Path, merged_dir: Path) -> None:
+    """The merged model computes what base + adapter compute (``lit-lora merge`` wrote ``merged_dir``)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]),
+                                           adapter_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft_model(ids).logits, atol=1e-4)
 
 
 def test_perplexity_is_printed_readably_however_large():

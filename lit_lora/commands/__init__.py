@@ -28,7 +28,6 @@ from typing import Optional
 from lit_lora.verbosity import VERBOSE_ENV, verbose
 
 
-
 @dataclass(frozen=True)
 class Command:
     """One ``lit-lora`` command: the module whose ``main(argv)`` runs it, and its help line.
@@ -50,6 +49,7 @@ COMMANDS: dict[str, Command] = {
     "compare": Command("lit_lora.commands.compare", "the base and the fine-tuned model on one split: a report"),
     "estimate": Command("lit_lora.commands.estimate",
                         "parameters and GPU memory of a config, from the architecture alone (no weights)"),
+    "merge": Command("lit_lora.commands.merge", "fold a trained LoRA / QLoRA adapter into its base: a plain model"),
     "incontext": Command("lit_lora.commands.incontext", "zero- / k-shot prompting of a config's data, no training"),
     "sweep": Command("lit_lora.commands.sweep",
                      "a grid of settings / seeds, one run per point (local or one SLURM array); `sweep report`"),
