@@ -173,3 +173,19 @@ def test_the_final_step_is_the_latest_checkpoint_when_it_was_no_validation_step(
                                "--trainer.max_steps", "5", "--ckpt_path", str(ckpt)], check=False)
     assert done.returncode == 1 and "is at step 5 and trainer.max_steps is 5: nothing left to train" in done.stderr
     assert (run / "config.yaml").read_text() == config  # refused before anything was written
+
+
+def test_a_fit_that_stops_before_its_first_step_leaves_no_numbered_run_directory(tmp_path):
+    """Refused runs (here: a data file with a broken line) used to leave empty version_N directories, and the
+    first good run became version_5."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a" "input": ""}\n')
+    root = tmp_path / "runs"
+    for _ in range(2):
+        refused = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(root), *SMALL,
+                                      "--data.init_args.source", str(bad)], check=False)
+        assert refused.returncode == 1 and "bad.jsonl: line 2" in refused.stderr, refused.stderr[-2000:]
+    assert not list((root / "lightning_logs").glob("version_*"))
+    run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(root), *SMALL,
+                        "--trainer.max_steps", "1"])
+    assert [p.name for p in (root / "lightning_logs").glob("version_*")] == ["version_0"]

@@ -31,7 +31,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lit_lora.cluster.early_signals import under_slurm
 from lit_lora.cluster.lightning_compat import fit_ckpt_path
 from lit_lora.cluster.run_dir import run_dir
-from lit_lora.cluster.run_files import RUN_OUTPUTS, earlier_run_outputs, hpc_checkpoints  # noqa: F401 (re-exported)
+from lit_lora.cluster.run_files import RUN_OUTPUTS, discard_setup_only, earlier_run_outputs, \
+    hpc_checkpoints  # noqa: F401 (RUN_OUTPUTS re-exported)
 
 log = logging.getLogger("lit_lora")
 
@@ -213,6 +214,16 @@ class RunDirectoryCheck(Callback):
         for logger in trainer.loggers:  # a held W&B run (``WandbRun.hold``) starts only now, past the check
             if callable(getattr(logger, "release", None)):
                 logger.release()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A fit that stopped before its first step (bad data, a refused setting, Ctrl-C) leaves no run directory
+        that would take the next version number or hold a lone config.yaml."""
+        logger = trainer.logger
+        if trainer.state.fn == "fit" and trainer.global_step == 0 and trainer.is_global_zero and logger is not None \
+                and getattr(logger, "_version", 0) is not None:  # a numbered logger that picked no number made none
+            log_dir = getattr(logger, "log_dir", None)  # the logger's own: no collective, rank 0 alone runs this
+            if log_dir and discard_setup_only(log_dir):
+                log.info("[lit-lora] %s: removed, the run stopped before its first step", log_dir)
 
     def check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ckpt_path = fit_ckpt_path(trainer)

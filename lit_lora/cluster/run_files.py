@@ -39,6 +39,20 @@ def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:
     return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
 
 
+def discard_setup_only(run_dir: Union[str, Path]) -> bool:
+    """Remove what a run that stopped before its first step left in ``run_dir``, when that is ``SETUP_FILES`` or
+    nothing: the files, and the directory where Lightning numbered it (``version_N``), so the next run takes the
+    number. Returns whether anything went."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= set(SETUP_FILES):
+        return False
+    for name in SETUP_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if re.fullmatch(r"version_\d+", run_dir.name):
+        run_dir.rmdir()
+    return True
+
+
 def earlier_run_outputs(run_dir: Union[str, Path]) -> list[str]:
     """What an earlier run left in ``run_dir`` (its config, metrics, checkpoints, adapter), by name; nothing when
     it left only ``SETUP_FILES`` (it failed before training, e.g. on a bad setting: a rerun replaces them)."""
