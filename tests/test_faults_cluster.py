@@ -298,11 +298,11 @@ def test_a_fresh_run_into_a_used_run_directory_is_refused_and_a_resume_is_not(ti
 
 def test_a_run_that_failed_before_its_first_step_does_not_block_the_corrected_rerun(tiny_model, tmp_path, slurm):
     """A bad target module fails in ``configure_model``, after Lightning saved ``config.yaml`` into the pinned run
-    directory: that file alone is no run to protect, so the corrected command runs there instead of being refused."""
+    directory: the failed run removes it (it never trained), and the corrected command runs there."""
     model, root = tiny_model("llama"), tmp_path / JOB_ID
     with pytest.raises(ValueError, match="'v_prj' matches no module"):
         fit(cli(model, root, "--model.init_args.adapter.init_args.target_modules", "[q_proj, v_prj]", steps=1))
-    assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["config.yaml"]
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == []
     rerun = cli(model, root, steps=1)
     fit(rerun)
     assert rerun.trainer.global_step == 1 and (root / "adapter").is_dir()
