@@ -15,6 +15,8 @@ Data rows are counted from 0 in load order (files one after another), lines from
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -88,7 +90,8 @@ def load_local(source: str, files: list[str], text_columns: Sequence[str] = ()) 
     # CSV has no types: keep text columns as written ("042" stays "042", not the int 42)
     options = {"converters": {c: str for c in text_columns}} if builder == "csv" and text_columns else {}
     try:
-        dataset = load_dataset(builder, data_files=files, split="train", **options)
+        with datasets_errors_unlogged():
+            dataset = load_dataset(builder, data_files=files, split="train", **options)
     except Exception as err:  # DatasetGenerationError, ArrowInvalid, pandas' ParserError, ...
         raise unreadable(source, files, err) from err
     if builder == "csv" and (problem := short_row(path)):  # pandas reads a short row as empty cells
@@ -96,6 +99,19 @@ def load_local(source: str, files: list[str], text_columns: Sequence[str] = ()) 
     dataset = text_as_strings(dataset, text_columns) if builder == "csv" else dataset
     check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], path, files)
     return dataset
+
+
+@contextlib.contextmanager
+def datasets_errors_unlogged():
+    """``datasets``' file readers log a failure before raising it ("Failed to load JSON … in row 1", counted
+    from another origin than the file's lines): lit-lora names the file and line itself (``unreadable``)."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def join_files(source: str, files: list[str], parts: list[Dataset]) -> Dataset:
