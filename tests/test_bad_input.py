@@ -396,3 +396,15 @@ def test_invalid_yaml_is_named_with_its_file_and_line(tmp_path, capsys):
     bad.write_text("trainer:\n  max_steps: [1\n")
     err = config_error(capsys, "--config", DEMO, "--config", str(bad))
     assert any(line.startswith(f"error: {bad}: line 3, column 1: invalid YAML (") for line in err), err
+
+
+def test_an_empty_config_or_one_without_a_data_section_is_named(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("\n")
+    assert f"error: {empty}: the config is empty; start from a bundled one: lit-lora configs copy demo my.yaml" \
+        in config_error(capsys, "--config", str(empty))
+    no_data = tmp_path / "no_data.yaml"
+    no_data.write_text(re.sub(r"\ndata:\n(  .*\n)+", "\n", Path(DEMO).read_text()))
+    assert "\ndata:" not in no_data.read_text() and "\nmodel:" in no_data.read_text()
+    assert any(line.startswith(f"error: {no_data}: no data: section") for line in
+               config_error(capsys, "--config", str(no_data)))

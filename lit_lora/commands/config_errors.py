@@ -31,6 +31,7 @@ UNKNOWN_KEYS = (re.compile(IN_CLASS + r"Option '([\w.]+)' is not accepted"),    
 UNKNOWN_CLASS = re.compile(IN_CLASS + r"module '([\w.]+)' has no attribute '(\w+)'")
 WRONG_TYPE = re.compile(r"Parser key \"([\w.]+)\":\s*Expected a (.+?)\. Got value: (.+)")
 YAML_PROBLEM = '"<unicode string>"'
+REQUIRED = re.compile(r"the following arguments are required: ([\w., ]+)")
 
 
 def config_files(argv: Sequence[str]) -> list[str]:
@@ -46,8 +47,9 @@ def config_files(argv: Sequence[str]) -> list[str]:
 
 def explain(message: str, files: Sequence[str]) -> str:
     """``message`` with a first line naming the file and line of the mistake, where one of ``files`` holds it."""
-    found = yaml_error(files) if YAML_PROBLEM in message else unknown_option(message, files) or \
-        unknown_class(message, files) or wrong_type(message, files)
+    found = yaml_error(files) if YAML_PROBLEM in message else empty_file(message, files) or \
+        missing_section(message, files) or unknown_option(message, files) or unknown_class(message, files) or \
+        wrong_type(message, files)
     return f"{found}\n{message}" if found else message
 
 
@@ -63,6 +65,26 @@ def yaml_error(files: Sequence[str]) -> Optional[str]:
             where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             return f"{path}{where}: invalid YAML ({getattr(err, 'problem', None) or err})"
     return None
+
+
+def empty_file(message: str, files: Sequence[str]) -> Optional[str]:
+    """``file: the config is empty …`` (jsonargparse: "Unexpected config: " and nothing after it)."""
+    if "Unexpected config" not in message:
+        return None
+    empty = next((path for path in files if not "".join(read_lines(path)).strip()), None)
+    return f"{empty}: the config is empty; start from a bundled one: lit-lora configs copy demo my.yaml" \
+        if empty else None
+
+
+def missing_section(message: str, files: Sequence[str]) -> Optional[str]:
+    """``my.yaml: no data: section …`` for a required section no config file (nor the command line) gives."""
+    match = REQUIRED.search(message)
+    if not match:
+        return None
+    sections = [key.strip().split(".")[-1] for key in match.group(1).split(",")]
+    given = ", ".join(files) or "the command line"
+    return f"{given}: no {', '.join(s + ':' for s in sections)} section; every experiment names its model: and " \
+           "data: (e.g. lit-lora configs copy demo my.yaml)"
 
 
 def unknown_option(message: str, files: Sequence[str]) -> Optional[str]:
