@@ -113,7 +113,7 @@ def test_experiment_commands_add_their_options_to_the_fit_parser():
         assert any(isinstance(n, ast.FunctionDef) and n.name == "add_arguments" for n in tree.body), name
 
 
-@pytest.mark.parametrize("name", EXPERIMENT_COMMANDS)
+@pytest.mark.parametrize("name", (*EXPERIMENT_COMMANDS, "fit", "validate", "test"))
 def test_an_experiment_commands_help_starts_with_what_it_does(name, capsys):
     from lit_lora.commands import COMMANDS, main
 

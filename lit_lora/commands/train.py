@@ -53,6 +53,17 @@ def as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def with_descriptions(parser_kwargs: Optional[dict]) -> dict:
+    """``parser_kwargs`` with lit-lora's help line as ``fit`` / ``validate`` / ``test --help``'s description
+    (Lightning's is the Trainer method's docstring, cut mid-sentence)."""
+    from lit_lora.commands import COMMANDS
+
+    parser_kwargs = dict(parser_kwargs or {})
+    for name in ("fit", "validate", "test"):
+        parser_kwargs[name] = {"description": f"lit-lora {name}: {COMMANDS[name].help}", **parser_kwargs.get(name, {})}
+    return parser_kwargs
+
+
 class ShortUsageParser(LightningArgumentParser):
     """On a mistyped option, one usage line above jsonargparse's error instead of every option the CLI has
     (``--help`` still lists them all), and a mistake in a ``--config`` file named by file and line."""
@@ -82,6 +93,7 @@ class LitLoraCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         if not console.verbose():  # lit-lora prints its own parameter counts; the table ends in "Total FLOPs: 0"
             kwargs.setdefault("trainer_defaults", {"enable_model_summary": False})
+        kwargs["parser_kwargs"] = with_descriptions(kwargs.get("parser_kwargs"))
         self._started = time.perf_counter()
         ShortUsageParser.config_files = config_files(kwargs.get("args") or [])
         super().__init__(FineTuneModule, TextDataModule, *args, **kwargs)
