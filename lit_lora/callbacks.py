@@ -150,7 +150,7 @@ class FinalExport(Callback):
             "adapter_dir": str(out),
         }
         if self.merge:
-            if not pl_module.is_peft:
+            if not pl_module.adapter.spec().mergeable:
                 raise ValueError("export.merge needs a LoRA / QLoRA adapter; full fine-tuning already saves a model")
             merged = merge_and_save(pl_module.model_name_or_path, out, out_dir / self.merged_dirname,
                                     type(pl_module).auto_model_class, self.merge_dtype, pl_module.tokenizer,

@@ -43,6 +43,7 @@ class Setup:
     """The facts of a config that decide compatibility (see ``from_config``)."""
 
     method: str = "lora"                 # AdapterSpec.method: full, lora, qlora, prompt_tuning, …
+    mergeable: bool = True               # AdapterSpec.mergeable: LoRA / QLoRA
     bits: Optional[int] = None           # AdapterSpec.bits: 4 or 8 for a quantized base (QLoRA)
     quant_storage: Optional[str] = None  # AdapterSpec.storage_dtype (bnb_4bit_quant_storage)
     model_dtype: str = "auto"
@@ -101,7 +102,7 @@ def problems(s: Setup) -> list[str]:
                 f"tensor of one dtype, so their storage dtype must equal the model dtype (quant_storage="
                 f"{s.quant_storage}, dtype={s.model_dtype}); fix: set model.init_args.adapter.init_args.quant_storage: "
                 f"{dtype} and model.init_args.dtype: {dtype}")
-    if s.merge and s.method not in ("lora", "qlora"):
+    if s.merge and not s.mergeable:
         found.append(f"export.merge: true merges LoRA weights into the base, and {s.method} has none (full "
                      "fine-tuning saves the whole model already; a prompt method's virtual tokens live outside "
                      "the weights); fix: drop export.merge")
@@ -196,6 +197,7 @@ def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
     family, stage, offload = _strategy(_get(trainer, "strategy", "auto"))
     return Setup(
         method=spec.method,
+        mergeable=spec.mergeable,
         bits=spec.bits,
         quant_storage=spec.storage_dtype,
         model_dtype=_get(model_args, "dtype", "auto") or "auto",

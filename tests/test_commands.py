@@ -243,3 +243,14 @@ def test_a_mistyped_option_is_a_short_answer_not_every_option(capsys):
     assert stop.value.code == 2 and len(err) <= 4, err
     assert " fit --config FILE [" in err[0] and err[-1].startswith(
         "error: unrecognized arguments: --trainer.max_stepz")
+
+
+def test_merge_refuses_a_method_without_mergeable_weights_and_a_directory_without_an_adapter(tmp_path):
+    from lit_lora.commands import main
+    from lit_lora.compatibility import IncompatibleConfig
+
+    with pytest.raises(IncompatibleConfig, match="needs a LoRA / QLoRA config, not full"):
+        main(["merge", "--config", DEMO, "--model.init_args.adapter", "lit_lora.adapters.FullFineTuning",
+              "--adapter_dir", str(tmp_path)])
+    with pytest.raises(IncompatibleConfig, match="no adapter_config.json"):
+        main(["merge", "--config", DEMO, "--adapter_dir", str(tmp_path)])

@@ -54,7 +54,7 @@ def test_offload_refuses_bitsandbytes_optimizers():
 def test_merge_is_refused_for_methods_with_no_lora_weights_before_anything_loads(tmp_path):
     assert problems(Setup(method="lora", merge=True)) == [] and problems(Setup(method="qlora", merge=True)) == []
     for method in ("full", "prompt_tuning", "p_tuning"):
-        assert "drop export.merge" in problems(Setup(method=method, merge=True))[0]
+        assert "drop export.merge" in problems(Setup(method=method, mergeable=False, merge=True))[0]
     with pytest.raises(IncompatibleConfig, match="full fine-tuning saves the whole model"):  # was after training
         run_cli(["fit", "--config", DEMO, "--model.init_args.adapter", "lit_lora.adapters.FullFineTuning",
                  "--export.merge", "true", "--trainer.default_root_dir", str(tmp_path)])

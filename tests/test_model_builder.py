@@ -90,8 +90,10 @@ def test_both_paths_run_the_builders_three_steps(tiny_model, monkeypatch):
 def test_each_adapter_describes_itself():
     assert QLoRA(bits=4, quant_storage="bfloat16", compute_dtype="float16", double_quant=False).spec() == AdapterSpec(
         method="qlora", bits=4, storage_dtype="bfloat16", compute_dtype="float16", double_quant=False,
-        kbit_checkpointing=True)
+        kbit_checkpointing=True, mergeable=True)
     assert QLoRA(bits=8).spec().quantized and not LoRA().spec().quantized
+    assert LoRA().spec().mergeable and not any(a.spec().mergeable for a in (FullFineTuning(), NoAdapter(),
+                                                                              PromptTuning(num_virtual_tokens=7)))
     assert FullFineTuning().spec() == AdapterSpec(method="full", trains_base=True)
     assert NoAdapter().spec().trains_head is False
     assert PromptTuning(num_virtual_tokens=7).spec().virtual_tokens == 7

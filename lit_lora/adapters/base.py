@@ -64,6 +64,8 @@ class AdapterSpec:
         trains_head: A new classification head trains (in full, or through ``modules_to_save``).
         virtual_tokens: Tokens a prompt method puts in front of every row (0: none).
         kbit_checkpointing: peft's ``prepare_model_for_kbit_training`` turns on gradient checkpointing.
+        mergeable: Its trained weights fold into the base (LoRA's ``merge_and_unload``: ``export.merge``,
+            ``lit-lora merge``).
     """
 
     method: str
@@ -75,6 +77,7 @@ class AdapterSpec:
     trains_head: bool = True
     virtual_tokens: int = 0
     kbit_checkpointing: bool = False
+    mergeable: bool = False
 
     @property
     def quantized(self) -> bool:

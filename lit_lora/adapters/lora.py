@@ -82,6 +82,9 @@ class LoRA(Adapter):
         self.use_dora = use_dora
         self.modules_to_save = modules_to_save
 
+    def spec(self) -> AdapterSpec:
+        return AdapterSpec(method=self.method, mergeable=True)
+
     def with_trained_modules(self, names: Sequence[str]) -> "LoRA":
         adapter = copy.copy(self)
         adapter.modules_to_save = sorted(set(self.modules_to_save or []) | set(names))
@@ -148,7 +151,7 @@ class QLoRA(LoRA):
     def spec(self) -> AdapterSpec:
         return AdapterSpec(method=self.method, bits=self.bits, storage_dtype=self.quant_storage,
                            compute_dtype=self.compute_dtype, double_quant=self.double_quant,
-                           kbit_checkpointing=self.gradient_checkpointing)
+                           kbit_checkpointing=self.gradient_checkpointing, mergeable=True)
 
     def quantization_config(self):
         from transformers import BitsAndBytesConfig

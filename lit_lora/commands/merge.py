@@ -18,9 +18,6 @@ from lit_lora.commands.experiment import load_experiment
 from lit_lora.compatibility import IncompatibleConfig
 from lit_lora.export import merge_and_save
 
-MERGEABLE = ("lora", "qlora")
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--adapter_dir", type=str, required=True,
                         help="the saved adapter: <run>/adapter, or a checkpoint's <name>-adapter twin")
@@ -41,7 +38,7 @@ def default_out_dir(adapter_dir: Path) -> Path:
 def main(argv: Optional[list[str]] = None) -> None:
     experiment = load_experiment(sys.argv[1:] if argv is None else list(argv), add_arguments, prog="lit-lora merge")
     options, module = experiment.config, experiment.module
-    if module.adapter.method not in MERGEABLE:
+    if not module.adapter.spec().mergeable:
         raise IncompatibleConfig(f"lit-lora merge needs a LoRA / QLoRA config, not {module.adapter.method} "
                                  "(full fine-tuning saves the whole model already)")
     adapter_dir = Path(options.adapter_dir)
