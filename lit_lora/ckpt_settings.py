@@ -22,13 +22,15 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from lit_lora.cli_links import linked_names
+
 log = logging.getLogger("lit_lora")
 
 SWITCH = "resume_with_checkpoint_settings"
 # model settings a resume must not change silently (keys under ``model``); evaluation / dtype settings may differ
 COMPARED = ("class_path", "init_args.model_name_or_path", "init_args.adapter", "init_args.optim")
 TRAINING_ONLY = ("init_args.optim",)  # irrelevant to validate / test / predict
-LINKED = ("tokenizer", "label_names")  # set from the data when the classes are built, not run settings
+LINKED = tuple(sorted(linked_names("model")))  # set from the data when the classes are built, not run settings
 # run settings inside a compared section: QLoRA's default for the module's gradient_checkpointing
 RUN_SETTINGS_INSIDE = ("init_args.adapter.init_args.gradient_checkpointing",)
 

@@ -27,6 +27,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from lit_lora.cli_links import linked_names
 from lit_lora.cluster.lightning_compat import started_experiment, wandb_init_settings, wandb_offline
 
 log = logging.getLogger("lit_lora")
@@ -200,9 +201,9 @@ class WandbRun(WandbLogger):
             started_experiment(self).mark_preempting()
 
 
-# arguments the CLI links from another section (commands/train.py): in the module's / datamodule's hparams but
+# arguments the CLI links from another section (lit_lora/cli_links.py): in the module's / datamodule's hparams but
 # not in the saved config
-LINKED_ARGUMENTS = {"tokenizer_name_or_path", "trust_remote_code", "tokenizer", "label_names"}
+LINKED_ARGUMENTS = linked_names()
 
 
 def fill_save_dirs(trainer_config: Any) -> None:

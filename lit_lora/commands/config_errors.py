@@ -24,6 +24,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from lit_lora.cli_links import LINKS
+
 IN_CLASS = r"Problem with given class_path '([\w.]+)':\s*"
 UNKNOWN_KEYS = (re.compile(IN_CLASS + r"Option '([\w.]+)' is not accepted"),             # a YAML key
                 re.compile(IN_CLASS + r"unrecognized arguments: --([\w.]+)"),             # a command-line key
@@ -197,11 +199,8 @@ def init_annotations(cls: type) -> dict[str, Any]:
     return found
 
 
-# keys the CLI sets from another (commands/train.py link_arguments) -> where their value comes from
-LINKED = {"data.init_args.tokenizer_name_or_path": "model.init_args.model_name_or_path",
-          "data.init_args.trust_remote_code": "model.init_args.trust_remote_code",
-          "model.init_args.tokenizer": "the datamodule's tokenizer",
-          "model.init_args.label_names": "the datamodule's label_names"}
+# keys the CLI sets from another (lit_lora/cli_links.py) -> where their value comes from
+LINKED = {link.target: link.comes_from or link.source for link in LINKS}
 
 
 def linked_values(argv: Sequence[str]) -> list[tuple[str, str]]:

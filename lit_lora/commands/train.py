@@ -41,6 +41,7 @@ from lit_lora.cluster.preemption import PreemptionCheckpoint
 from lit_lora.cluster.run_dir import evaluation_dirs, run_dir
 from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
+from lit_lora.cli_links import LINKS
 from lit_lora.commands.config_errors import check_linked, config_files, explain
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models.base import FineTuneModule
@@ -139,12 +140,8 @@ class LitLoraCLI(LightningCLI):
         parser.add_argument(f"--{SWITCH}", type=bool, default=False,
                             help="With --ckpt_path: resume with the model settings stored in the checkpoint when "
                                  "they differ from the config's (otherwise fit stops and lists them)")
-        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
-        # the model owns trust_remote_code; its tokenizer is loaded with the same setting
-        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
-        parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
-        # class names of classification data; skipped for a datamodule / module without label_names
-        parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+        for link in LINKS:  # lit_lora/cli_links.py
+            parser.link_arguments(link.source, link.target, apply_on=link.apply_on)
 
     def parse_arguments(self, parser, args) -> None:
         """Keep the ``model`` section as given: LightningCLI then swaps in a ``--ckpt_path``'s hyperparameters
