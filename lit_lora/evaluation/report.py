@@ -1,7 +1,7 @@
 """The base-vs-fine-tuned report: ``report.json``, ``report.md`` and, when the run logged one, ``loss_curve.png``.
 
     from lit_lora.evaluation.report import build_report, write_report
-    report = build_report(base, tuned, run_info={...}, overlap={...})
+    report = build_report(base, tuned, run_info={...}, overlap={...}, examples={...}, settings={...})
     write_report(report, "runs/x/compare")
 
 Metrics sit side by side with their deltas; rows the fine-tuned model got right and the base got
