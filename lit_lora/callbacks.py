@@ -1,6 +1,7 @@
-"""Callbacks the CLI always adds: adapter checkpoints, the final export, and the base-vs-tuned figure.
+"""Callbacks the CLI always adds: adapter checkpoints, the final export, the base-vs-tuned figure and the
+``metrics.json`` of ``validate`` / ``test``.
 
-In YAML they are top-level keys (``checkpoint:``, ``export:``, ``baseline:``), e.g.::
+In YAML they are top-level keys (``checkpoint:``, ``export:``, ``baseline:``, ``metrics:``), e.g.::
 
     export:
       merge: true          # also write base + LoRA merged into a plain transformers model

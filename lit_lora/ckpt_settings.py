@@ -4,11 +4,11 @@ Given ``--ckpt_path``, LightningCLI replaces the ``model:`` section of the confi
 stored in the checkpoint (``LightningCLI._parse_ckpt_path``), so ``fit`` would train the checkpoint's base,
 adapter and optimizer settings whatever the config and command line say. ``fit`` stops instead, unless
 ``--resume_with_checkpoint_settings true`` says to go on with the checkpoint's (they are what the run's
-``config.yaml`` then records). ``validate`` / ``test`` / ``predict`` need the checkpoint's architecture
+``config.yaml`` then records). ``validate`` / ``test`` need the checkpoint's architecture
 to load its weights: they go on and log what was replaced. Every other model setting says how to run, not
 what was trained (``dtype``, ``attn_implementation``, ``gradient_checkpointing`` and QLoRA's default for it,
-``label_only_loss``, ``evaluation.*``): there the config's value is kept, and each one that differs from the checkpoint's is
-logged (``keep_run_settings``). Trainer and data settings are not compared (``max_steps`` is meant to
+``label_only_loss``, ``evaluation.*``): there the config's value is kept, and each one that differs from the
+checkpoint's is logged (``keep_run_settings``). Trainer and data settings are not compared (``max_steps`` is meant to
 change on a resume)::
 
     lit-lora fit --config configs/demo.yaml --ckpt_path runs/demo/…/last.ckpt --model.init_args.adapter.init_args.r 4
@@ -29,7 +29,7 @@ log = logging.getLogger("lit_lora")
 SWITCH = "resume_with_checkpoint_settings"
 # model settings a resume must not change silently (keys under ``model``); evaluation / dtype settings may differ
 COMPARED = ("class_path", "init_args.model_name_or_path", "init_args.adapter", "init_args.optim")
-TRAINING_ONLY = ("init_args.optim",)  # irrelevant to validate / test / predict
+TRAINING_ONLY = ("init_args.optim",)  # irrelevant to validate / test
 LINKED = tuple(sorted(linked_names("model")))  # set from the data when the classes are built, not run settings
 # run settings inside a compared section: QLoRA's default for the module's gradient_checkpointing
 RUN_SETTINGS_INSIDE = ("init_args.adapter.init_args.gradient_checkpointing",)

@@ -58,14 +58,15 @@ def test_help_and_no_arguments_list_the_commands(capsys):
 
 
 @pytest.mark.parametrize("command", ["fit", "test", "estimate", "compare"])
-def test_a_command_without_a_config_says_to_give_one(command):
-    """Not jsonargparse's usage and "required: fit.data, fit.model"."""
+def test_a_command_without_a_config_says_to_give_one(command, capsys):
+    """Not jsonargparse's usage and "required: fit.data, fit.model"; a usage error's exit status, 2."""
     from lit_lora.commands import main
 
     with pytest.raises(SystemExit) as stop:
         main([command, "--trainer.max_steps", "2"])
-    assert str(stop.value.code).startswith(f"lit-lora {command}: give an experiment config: lit-lora {command} "
-                                           "--config configs/demo.yaml")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"lit-lora {command}: give an experiment config: lit-lora {command} "
+                                              "--config configs/demo.yaml")
 
 
 def test_the_installed_entry_point_lists_the_commands():

@@ -140,7 +140,8 @@ def test_label_word_answers_every_set_at_the_end_with_its_examples_in_row_order(
     from lit_lora.adapters import LoRA
     from lit_lora.data.nli_prompts import MultiNLILabelWordDataModule
     from lit_lora.evaluation.labels import label_index
-    from lit_lora.models.label_word import MAX_EXAMPLES, LabelWordModule
+    from lit_lora.evaluation.evaluators.label_word import MAX_EXAMPLES
+    from lit_lora.models.label_word import LabelWordModule
 
     path = tiny_model("llama")
     dm = MultiNLILabelWordDataModule(tokenizer_name_or_path=path, max_samples=40, max_eval_samples=9,

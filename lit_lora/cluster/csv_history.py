@@ -35,7 +35,6 @@ from lit_lora.cluster.run_files import holds_run
 
 log = logging.getLogger("lit_lora")
 CSV_LOGGER = "lit_lora.cluster.csv_history.ResumableCSVLogger"  # its class path in configs
-LIGHTNING_CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
 
 class _KeepingExperimentWriter(ExperimentWriter):

@@ -116,9 +116,10 @@ def main(args: Optional[list[str]] = None) -> None:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"lit-lora: unknown command {argv[0]!r}{hint}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    if needs_config(argv):
-        sys.exit(f"lit-lora {argv[0]}: give an experiment config: lit-lora {argv[0]} --config configs/demo.yaml "
-                 "(`lit-lora configs list` shows the bundled ones)")
+    if needs_config(argv):  # a usage error: exit status 2, as argparse's
+        print(f"lit-lora {argv[0]}: give an experiment config: lit-lora {argv[0]} --config configs/demo.yaml "
+              "(`lit-lora configs list` shows the bundled ones)", file=sys.stderr)
+        raise SystemExit(2)
     from lit_lora import console
 
     configure_logging()

@@ -345,14 +345,15 @@ class TextDataModule(L.LightningDataModule):
     def collate_fn(self):
         return PadCollator(pad_token_id=self.tokenizer.pad_token_id, padding_side=self.padding_side)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def eval_loader(self, split: str) -> DataLoader:
+        """``split`` in order, ``eval_batch_size`` rows a batch; under several ranks every row is evaluated once
+        and the repeats that even out the ranks are flagged (``lit_lora/data/eval_sharding.py``)."""
         dataset, sampler = self.datasets[split], None
         world = self.trainer.world_size if self.trainer is not None else 1
-        if not shuffle and world > 1:  # every row evaluated once, repeats flagged (lit_lora/data/eval_sharding.py)
+        if world > 1:
             dataset, sampler = CountedRows(dataset), CountedEvalSampler(dataset, world, self.trainer.global_rank)
-        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle and sampler is None, sampler=sampler, collate_fn=self.collate_fn(),
-                          num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, sampler=sampler,
+                          collate_fn=self.collate_fn(), num_workers=self.num_workers)
 
     def packed_collate_fn(self) -> PackCollator:
         """Stacked packed sequences, or one flattened row where the module declares FlashAttention varlen."""
@@ -370,10 +371,10 @@ class TextDataModule(L.LightningDataModule):
                             collate_fn=self.collate_fn(), num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
+        return self.eval_loader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_splits("test")[0], shuffle=False)
+        return self.eval_loader(self.eval_splits("test")[0])
 
     def eval_splits(self, stage: str) -> list[str]:
         """The splits ``validate`` / ``test`` score (``stage``): ``test`` where the data has one, else

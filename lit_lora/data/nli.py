@@ -146,7 +146,7 @@ class NLIRows:
 
     # ---- evaluation loaders --------------------------------------------------------------------
     def val_dataloader(self):
-        loaders = [self._loader(name, shuffle=False) for name in self.eval_names]
+        loaders = [self.eval_loader(name) for name in self.eval_names]
         return loaders[0] if len(loaders) == 1 else loaders
 
     def test_dataloader(self):

@@ -8,7 +8,7 @@ before the first batch is prefetched. This loader is ``_Stateful``: Lightning st
 permutation and starts right after the last trained batch::
 
     loader = ResumableDataLoader(dataset, batch_size=8, seed=42, collate_fn=collate)
-    loader.trainer = trainer          # set by TextDataModule.train_dataloader
+    loader.trainer = trainer          # set by train_loader (below) for TextDataModule.train_dataloader
     state = loader.state_dict()       # {"epoch": 0, "batches": 5, ...}
     loader.load_state_dict(state)     # the next iteration skips the 5 trained batches
 

@@ -50,7 +50,7 @@ def head_module_names(model: nn.Module) -> list[str]:
             if name != prefix and any(True for _ in child.parameters())]
 
 
-def pools_last_token(model_type: str) -> bool:
+def head_pools_last_token(model_type: str) -> bool:
     """Whether the architecture's classifier pools the last non-pad token (a decoder-only LM)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, \
         MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -115,7 +115,7 @@ class SequenceClassifierModule(LabelledModule, FineTuneModule):
         self.resolve_label_names()  # fails without any
         warn_on_relabelling(config, self.label_names, self.model_name_or_path)
         config.num_labels = len(self.label_names)
-        self.pools_last_token = pools_last_token(config.model_type)
+        self.pools_last_token = head_pools_last_token(config.model_type)
         with outside_zero3_init(), torch.device("meta"):  # architecture only: which modules form the head
             self.head_modules = head_module_names(AutoModelForSequenceClassification.from_config(
                 config, trust_remote_code=self.trust_remote_code))
@@ -124,8 +124,7 @@ class SequenceClassifierModule(LabelledModule, FineTuneModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.resolve_label_names()
-        super().configure_model()  # models.builder: prepare_architecture, load, adapt
+        super().configure_model()  # models.builder: prepare_architecture (label names checked), load, adapt
         self.set_pad_token_id()
         self.check_head_trainable()
         prompt_learning = self.is_peft and self.model.peft_config["default"].is_prompt_learning

@@ -22,7 +22,6 @@ import contextlib
 from typing import ClassVar
 
 from lit_lora.evaluation.evaluators import GenerationEvaluator
-from lit_lora.evaluation.evaluators.base import gather_rows  # noqa: F401 (its old import path)
 from lit_lora.evaluation.generation import GenerationSettings
 from lit_lora.models.base import FineTuneModule
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import ClassVar, Optional
 
 from lit_lora.evaluation.evaluators import LabelWordEvaluator
-from lit_lora.evaluation.evaluators.label_word import MAX_EXAMPLES  # noqa: F401 (its old import path)
 from lit_lora.evaluation.generation import GenerationSettings
 from lit_lora.models.causal_lm import CausalLMModule
 from lit_lora.models.labels import LabelledModule

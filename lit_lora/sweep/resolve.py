@@ -30,7 +30,7 @@ import yaml
 
 from lit_lora.sweep.grid import override_args
 
-CSV_LOGGER = "lit_lora.cluster.csv_history.ResumableCSVLogger"
+CSV_LOGGER = "lit_lora.cluster.csv_history.ResumableCSVLogger"  # as a string: the sweep imports no Lightning
 CSV_LOGGERS = (CSV_LOGGER, "lit_lora.csv_history.ResumableCSVLogger",  # the path before lit_lora.cluster
                "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger",
                "pytorch_lightning.loggers.CSVLogger")
