@@ -100,21 +100,23 @@ def test_the_summary_suggests_only_what_applies(tmp_path):
     import time
     from types import SimpleNamespace
 
+    from lit_lora.adapters import FullFineTuning, LoRA
     from lit_lora.console import fit_summary
 
     (tmp_path / "adapter").mkdir()
     trainer = SimpleNamespace(callback_metrics={}, global_step=3, checkpoint_callback=None)
-    lora = SimpleNamespace(adapter=SimpleNamespace(method="lora"),
-                           evaluator=SimpleNamespace(compares_generated_text=True))
+    lora = SimpleNamespace(adapter=LoRA(), evaluator=SimpleNamespace(compares_generated_text=True))
     summary = fit_summary(trainer, tmp_path, "c.yaml", time.perf_counter(), lora)
     assert f"next: lit-lora compare --config c.yaml --adapter_dir {tmp_path / 'adapter'}" in summary
-    assert "add --export.merge true" in summary and "lit-lora test" not in summary
+    assert f"lit-lora merge --config c.yaml --adapter_dir {tmp_path / 'adapter'}" in summary
+    assert "lit-lora test" not in summary
 
     (tmp_path / "merged").mkdir()
     summary = fit_summary(trainer, tmp_path, "c.yaml", time.perf_counter(), lora)
-    assert f"merged       {tmp_path / 'merged'}" in summary and "--export.merge" not in summary
+    assert f"merged       {tmp_path / 'merged'}" in summary and "lit-lora merge" not in summary
 
-    full = SimpleNamespace(adapter=SimpleNamespace(method="full"), evaluator=None)
+    full = SimpleNamespace(adapter=FullFineTuning(), evaluator=None)
+    (tmp_path / "other" / "adapter").mkdir(parents=True)
     assert "merge" not in fit_summary(trainer, tmp_path / "other", "c.yaml", time.perf_counter(), full)
 
 
