@@ -160,7 +160,7 @@ class FinalExport(Callback):
         (out_dir / "run_summary.json").write_text(dumps(summary, indent=2))
         what = "the fully fine-tuned model" if pl_module.adapter.method == "full" else \
             f"the {pl_module.adapter.method} adapter"
-        print(f"[lit-lora] saved {what} to {out}")
+        log.info("[lit-lora] saved %s to %s", what, out)  # a log line (stderr); the closing summary lists it too
 
 
 @torch.no_grad()

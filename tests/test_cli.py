@@ -18,6 +18,10 @@ def test_demo_config_runs_end_to_end_through_the_entry_point(tmp_path):
     out = result.stdout + result.stderr
     assert "trainable params:" in out and "trainable%:" in out
     assert "validation loss: base" in out and "-> tuned" in out
+    # progress is logged (stderr); stdout holds the results a script reads: the figures and the closing summary
+    assert "trainable params:" in result.stderr and "[lit-lora] saved the lora adapter" in result.stderr
+    assert "trainable params:" not in result.stdout and "[lit-lora] saved" not in result.stdout
+    assert "validation loss: base" in result.stdout and "[lit-lora] done:" in result.stdout
     run = version_dir(tmp_path)
     adapter = run / "adapter"
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()

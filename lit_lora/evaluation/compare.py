@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ import lightning as L
 from lit_lora.callbacks import peak_memory
 from lit_lora.cluster.run_files import holds_run
 from lit_lora.evaluation.report import build_report, console_summary, example_rows, plot_loss_curve, write_report
+
+log = logging.getLogger(__name__)
 
 
 class NotComparable(TypeError):
@@ -130,12 +133,12 @@ def compare_models(module, datamodule, trainer_kwargs: dict, settings: CompareSe
     out_dir = settings.resolved_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     module.disable_adapter_in_eval = True  # the base model: adapter off (full fine-tuning: weights not yet loaded)
-    print("[lit-lora] compare 1/2: the base model (adapter off)", flush=True)
+    log.info("[lit-lora] compare 1/2: the base model (adapter off)")  # progress: stderr; the report: stdout
     base = evaluate(module, datamodule, trainer_kwargs, out_dir / "base", ckpt_path=None)
     module.disable_adapter_in_eval = False
     if settings.adapter_dir:
         load_adapter_dir(module, settings.adapter_dir)
-    print(f"[lit-lora] compare 2/2: the fine-tuned model ({settings.ckpt_path or settings.adapter_dir})", flush=True)
+    log.info("[lit-lora] compare 2/2: the fine-tuned model (%s)", settings.ckpt_path or settings.adapter_dir)
     tuned = evaluate(module, datamodule, trainer_kwargs, out_dir / "tuned", ckpt_path=settings.ckpt_path)
 
     split = ", ".join(datamodule.eval_splits("test"))

@@ -319,7 +319,8 @@ class FineTuneModule(L.LightningModule):
     def on_fit_start(self) -> None:
         report = self.parameter_counts or parameter_report(self.model)
         if self.trainer.is_global_zero:
-            print(f"[lit-lora] {self.adapter.method} on {self.model_name_or_path}: {format_parameter_report(report)}")
+            log.info("[lit-lora] %s on %s: %s", self.adapter.method, self.model_name_or_path,
+                     format_parameter_report(report))  # a log line (stderr): stdout keeps the run's results
         for logger in self.loggers:
             logger.log_hyperparams({f"params/{k}": v for k, v in report.items()})
 
