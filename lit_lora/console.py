@@ -11,8 +11,10 @@ module that emits it; every warning lit-lora raises itself stays. ``--verbose`` 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,12 +81,34 @@ def quiet_libraries() -> None:
 
 class StepProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, counting optimizer steps when the run is defined by ``max_steps``
-    (``step 120/200``, loss, tokens/s, ETA) and epochs otherwise; no ``v_num`` either way."""
+    (``step 120/200``, loss, tokens/s, ETA) and epochs otherwise; no ``v_num`` either way. The bars go to stderr
+    (Lightning's go to stdout), so ``lit-lora fit … > results.txt`` keeps the figures and the summary alone."""
 
     def __init__(self, refresh_rate: int = 1):
         super().__init__(refresh_rate=refresh_rate)
         self._tokens = 0
         self._started: Optional[float] = None
+
+    # Lightning builds each bar with ``file=sys.stdout``, read when the bar is made
+    def init_sanity_tqdm(self) -> Any:
+        with redirect_stdout(sys.stderr):
+            return super().init_sanity_tqdm()
+
+    def init_train_tqdm(self) -> Any:
+        with redirect_stdout(sys.stderr):
+            return super().init_train_tqdm()
+
+    def init_validation_tqdm(self) -> Any:
+        with redirect_stdout(sys.stderr):
+            return super().init_validation_tqdm()
+
+    def init_test_tqdm(self) -> Any:
+        with redirect_stdout(sys.stderr):
+            return super().init_test_tqdm()
+
+    def init_predict_tqdm(self) -> Any:
+        with redirect_stdout(sys.stderr):
+            return super().init_predict_tqdm()
 
     @staticmethod
     def _by_steps(trainer: Trainer) -> bool:

@@ -22,19 +22,24 @@ NOISE = {
 }
 
 
-def demo(tmp_path: Path, *extra: str) -> str:
-    """``lit-lora fit`` on the demo config for 2 steps, as a user runs it; stdout and stderr together."""
+def demo(tmp_path: Path, *extra: str, streams: bool = False):
+    """``lit-lora fit`` on the demo config for 2 steps, as a user runs it; stdout and stderr together (or the
+    finished process, with ``streams``)."""
     args = ["fit", "--config", DEMO, "--trainer.max_steps", "2",
             "--trainer.val_check_interval", "2", "--data.init_args.max_samples", "20",
             "--data.init_args.batch_size", "4", "--trainer.default_root_dir", str(tmp_path), *extra]
     tmp_path.mkdir(parents=True, exist_ok=True)
     result = run_cli_subprocess(args, cwd=tmp_path, env={"LIT_LORA_VERBOSE": None}, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    return output(result)
+    return result if streams else output(result)
 
 
 def test_demo_console_is_quiet_and_step_based(tmp_path):
-    out = demo(tmp_path / "quiet")
+    result = demo(tmp_path / "quiet", streams=True)
+    out = output(result)
+    # stdout keeps what a user saves (the figures, the summary); progress bars and log lines go to stderr
+    assert "step: " not in result.stdout and "[lit-lora] done: 2 steps" in result.stdout, result.stdout[-2000:]
+    assert "it/s]" not in result.stdout and "Validation" not in result.stdout, result.stdout[-2000:]
     assert [name for name, text in NOISE.items() if text in out] == []
     assert "v_num" not in out
     assert re.search(r"step: 100%\|.*\| 2/2 .*train_loss=", out), out[-2000:]
