@@ -131,8 +131,11 @@ def test_cli_prints_counts_memory_and_fit(capsys):
     assert f"trainable params: {built.trainable:,} || all params: {built.total:,}" in out
     assert "GemmaForCausalLM" in out and "quant constants" in out and "activations/logits" in out
     assert "fits in 24 GiB: yes" in out
-    main(["estimate", "--config", str(GEMMA_CONFIG), "--gpu_memory_gib", "4"])
-    assert "fits in 4 GiB: no" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_status:  # exit status 1: `estimate … && sbatch …` queues what fits
+        main(["estimate", "--config", str(GEMMA_CONFIG), "--gpu_memory_gib", "4"])
+    assert exit_status.value.code == 1
+    said = capsys.readouterr()
+    assert "fits in 4 GiB: no" in said.out and "exceeds --gpu_memory_gib 4: exit status 1" in said.err
 
 
 def test_classifier_counts_take_labels_from_the_datamodule_and_train_the_head():

@@ -7,6 +7,11 @@ The config is read as ``fit`` reads it (``lit_lora.commands.experiment``, any fr
 override included), with only the module built (it loads nothing) and no hardware checks: the machine that
 estimates need not be the one that trains. The model is built on the meta device by the builder training uses
 (``lit_lora.estimate.build``); the options below join the parser.
+
+The exit status is 1 when the total does not fit in ``--gpu_memory_gib`` (the report is printed either way),
+so a script queues only what fits::
+
+    lit-lora estimate --config configs/<exp>.yaml --gpu_memory_gib 40 && sbatch slurm/single_node.sbatch configs/<exp>.yaml
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from typing import Optional
 
 from lit_lora.commands.experiment import load_experiment
 from lit_lora.estimate import build, data_settings, memory_estimate, report
+from lit_lora.memory import GIB
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--gpu_memory_gib", type=float, default=80.0, help="GPU memory to check the total against")
+    parser.add_argument("--gpu_memory_gib", type=float, default=80.0, help="GPU memory to check the total against; exit status 1 when the total does not fit")
     parser.add_argument("--batch_size", type=Optional[int], default=None,
                         help="per-device batch size (default: data.batch_size)")
     parser.add_argument("--seq_len", type=Optional[int], default=None,
@@ -38,3 +44,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     target = options.seq_len or data["target_seq"]
     estimate, assumptions = memory_estimate(built, module, options, batch, seq, target, options.overhead_gib)
     print(report(module, built, estimate, assumptions, options.gpu_memory_gib))
+    if not estimate.fits(options.gpu_memory_gib * GIB):
+        print(f"[lit-lora] the estimate exceeds --gpu_memory_gib {options.gpu_memory_gib:g}: exit status 1",
+              file=sys.stderr)
+        sys.exit(1)
