@@ -181,7 +181,8 @@ def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], sta
         adapter = run_dir / "adapter"
         steps.append(f"lit-lora compare --config {config} --adapter_dir {adapter}   # base vs fine-tuned report")
     adapter = getattr(module, "adapter", None)
-    if adapter is not None and adapter.spec().mergeable and not (run_dir / "merged").exists() and (run_dir / "adapter").exists():
+    mergeable = adapter is not None and adapter.spec().mergeable
+    if mergeable and not (run_dir / "merged").exists() and (run_dir / "adapter").exists():
         steps.append(f"lit-lora merge --config {config} --adapter_dir {run_dir / 'adapter'}   # a plain model")
     lines += [("  next: " if i == 0 else "        ") + step for i, step in enumerate(steps)]
     return "\n".join(lines)

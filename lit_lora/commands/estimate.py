@@ -11,7 +11,8 @@ estimates need not be the one that trains. The model is built on the meta device
 The exit status is 1 when the total does not fit in ``--gpu_memory_gib`` (the report is printed either way),
 so a script queues only what fits::
 
-    lit-lora estimate --config configs/<exp>.yaml --gpu_memory_gib 40 && sbatch slurm/single_node.sbatch configs/<exp>.yaml
+    lit-lora estimate --config configs/<exp>.yaml --gpu_memory_gib 40 \\
+        && sbatch slurm/single_node.sbatch configs/<exp>.yaml
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from lit_lora.memory import GIB
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--gpu_memory_gib", type=float, default=80.0, help="GPU memory to check the total against; exit status 1 when the total does not fit")
+    parser.add_argument("--gpu_memory_gib", type=float, default=80.0,
+                        help="GPU memory to check the total against; exit status 1 when the total does not fit")
     parser.add_argument("--batch_size", type=Optional[int], default=None,
                         help="per-device batch size (default: data.batch_size)")
     parser.add_argument("--seq_len", type=Optional[int], default=None,

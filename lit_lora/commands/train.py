@@ -101,8 +101,8 @@ class LitLoraCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """Lightning's trainer with lit-lora's step-based progress bar (unless the config brings a bar or turns it
-        off), a learning-rate monitor (unless there is no logger), the cluster runtime's callbacks (``lit_lora.cluster.runtime``), the CPU bfloat16 hint
-        (``lit_lora.cpu_bf16``) and atomic checkpoint writes."""
+        off), a learning-rate monitor (unless there is no logger), the cluster runtime's callbacks
+        (``lit_lora.cluster.runtime``), the CPU bfloat16 hint (``lit_lora.cpu_bf16``) and atomic checkpoint writes."""
         config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
         if "callbacks" not in kwargs:
             trainer_config = config.get("trainer") or {}
