@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from harness import DEMO, build_cli, run_cli_subprocess
+from harness import DEMO, build_cli, output, run_cli_subprocess
 
 from lit_lora.data import InstructionDataModule
 from lit_lora.data.file_errors import DataFileError
@@ -272,6 +272,16 @@ def test_a_bad_data_line_ends_the_command_with_one_line_naming_it(tmp_path, via)
         f"lit-lora: DataFileError: {data}: line 3, column 32: invalid JSON (Expecting value)"
     verbose = run_cli_subprocess([*args, "--verbose"], via=via, check=False)
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "DataFileError" in verbose.stderr
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_an_evaluation_stopped_by_bad_data_leaves_no_empty_run_directory(tmp_path, command):
+    """As a fit stopped before its first step: the next evaluation takes ``version_0``, not ``version_1``."""
+    data = write_lines(tmp_path / "codes.jsonl", ['{"instruction": "x", "input": "", "output": "y"}', '{"oops'])
+    result = run_cli_subprocess([command, "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                                 "--data.init_args.source", data], env={"LIT_LORA_VERBOSE": None}, check=False)
+    assert result.returncode == 1 and "DataFileError" in result.stderr.strip().splitlines()[-1]
+    assert not list((tmp_path / "runs").rglob("version_*")), output(result)[-2000:]
 
 
 def test_a_missing_data_file_ends_the_command_with_one_line_naming_it(tmp_path):

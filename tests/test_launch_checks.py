@@ -70,6 +70,21 @@ def test_what_counts_as_an_earlier_run_in_a_run_directory(tmp_path):
     assert earlier_run_outputs(tmp_path) == ["config.yaml", "hparams.yaml", "hpc_ckpt_1.ckpt"]
 
 
+def test_a_numbered_directory_with_setup_files_alone_is_removed_and_any_other_kept(tmp_path):
+    from lit_lora.cluster.run_files import discard_setup_only
+
+    for name in ("version_3", "test_0", "validate_2"):  # Lightning's and run_dir.evaluation_dirs' numbering
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "hparams.yaml").write_text("x")
+        assert discard_setup_only(tmp_path / name) and not (tmp_path / name).exists()
+    (tmp_path / "my_run").mkdir()  # a directory the user named stays, emptied of the setup files
+    (tmp_path / "my_run" / "config.yaml").write_text("x")
+    assert discard_setup_only(tmp_path / "my_run") and list((tmp_path / "my_run").iterdir()) == []
+    (tmp_path / "test_1").mkdir()
+    (tmp_path / "test_1" / "metrics.csv").write_text("x")  # what the run wrote stays
+    assert not discard_setup_only(tmp_path / "test_1") and (tmp_path / "test_1" / "metrics.csv").exists()
+
+
 @pytest.mark.parametrize("env, task", [
     (SLURM, True),
     ({**SLURM, "SLURM_JOB_NAME": "bash"}, False),         # srun --pty bash: a shell on the allocation

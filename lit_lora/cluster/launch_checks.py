@@ -216,10 +216,12 @@ class RunDirectoryCheck(Callback):
                 logger.release()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """A fit that stopped before its first step (bad data, a refused setting, Ctrl-C) leaves no run directory
-        that would take the next version number or hold a lone config.yaml."""
+        """A fit that stopped before its first step, or a ``validate`` / ``test`` that stopped (bad data, a refused
+        setting, Ctrl-C), leaves no empty run directory that would take the next number or hold a lone config.yaml
+        (what it did write, metrics included, stays)."""
         logger = trainer.logger
-        if trainer.state.fn == "fit" and trainer.global_step == 0 and trainer.is_global_zero and logger is not None \
+        stopped_early = trainer.global_step == 0 if trainer.state.fn == "fit" else True
+        if stopped_early and trainer.is_global_zero and logger is not None \
                 and getattr(logger, "_version", 0) is not None:  # a numbered logger that picked no number made none
             log_dir = getattr(logger, "log_dir", None)  # the logger's own: no collective, rank 0 alone runs this
             if log_dir and discard_setup_only(log_dir):

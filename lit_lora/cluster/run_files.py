@@ -41,14 +41,14 @@ def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:
 
 def discard_setup_only(run_dir: Union[str, Path]) -> bool:
     """Remove what a run that stopped before its first step left in ``run_dir``, when that is ``SETUP_FILES`` or
-    nothing: the files, and the directory where Lightning numbered it (``version_N``), so the next run takes the
-    number. Returns whether anything went."""
+    nothing: the files, and the directory where Lightning or ``run_dir.evaluation_dirs`` numbered it
+    (``version_N``, ``test_N``, ``validate_N``), so the next run takes the number. Returns whether anything went."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= set(SETUP_FILES):
         return False
     for name in SETUP_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    if re.fullmatch(r"version_\d+", run_dir.name):
+    if re.fullmatch(r"(version|test|validate)_\d+", run_dir.name):
         run_dir.rmdir()
     return True
 
