@@ -16,7 +16,7 @@ import time
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -79,6 +79,14 @@ def quiet_libraries() -> None:
         logging.getLogger(name).addFilter(_OnlyOnce(prefixes))
 
 
+def _made_on_stderr(init_bar: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A ``TQDMProgressBar.init_*_tqdm`` whose bar writes to stderr."""
+    def made_on_stderr(self: Any) -> Any:
+        with redirect_stdout(sys.stderr):
+            return init_bar(self)
+    return made_on_stderr
+
+
 class StepProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, counting optimizer steps when the run is defined by ``max_steps``
     (``step 120/200``, loss, tokens/s, ETA) and epochs otherwise; no ``v_num`` either way. The bars go to stderr
@@ -90,25 +98,11 @@ class StepProgressBar(TQDMProgressBar):
         self._started: Optional[float] = None
 
     # Lightning builds each bar with ``file=sys.stdout``, read when the bar is made
-    def init_sanity_tqdm(self) -> Any:
-        with redirect_stdout(sys.stderr):
-            return super().init_sanity_tqdm()
-
-    def init_train_tqdm(self) -> Any:
-        with redirect_stdout(sys.stderr):
-            return super().init_train_tqdm()
-
-    def init_validation_tqdm(self) -> Any:
-        with redirect_stdout(sys.stderr):
-            return super().init_validation_tqdm()
-
-    def init_test_tqdm(self) -> Any:
-        with redirect_stdout(sys.stderr):
-            return super().init_test_tqdm()
-
-    def init_predict_tqdm(self) -> Any:
-        with redirect_stdout(sys.stderr):
-            return super().init_predict_tqdm()
+    init_sanity_tqdm = _made_on_stderr(TQDMProgressBar.init_sanity_tqdm)
+    init_train_tqdm = _made_on_stderr(TQDMProgressBar.init_train_tqdm)
+    init_validation_tqdm = _made_on_stderr(TQDMProgressBar.init_validation_tqdm)
+    init_test_tqdm = _made_on_stderr(TQDMProgressBar.init_test_tqdm)
+    init_predict_tqdm = _made_on_stderr(TQDMProgressBar.init_predict_tqdm)
 
     @staticmethod
     def _by_steps(trainer: Trainer) -> bool:
