@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from lit_lora.data.resumable import ResumableDataLoader
+from lit_lora.data.resumable import ResumableDataLoader, data_parallel_ranks, train_loader
 from lit_lora.data.samplers import LengthAwareSampler
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int,
@@ -139,10 +139,8 @@ def packed_train_loader(dataset: Any, lengths: Sequence[int], max_length: int, s
     The sampler yields whole batches (``batch_size=None``): Lightning sees a ``DistributedSampler`` and leaves
     it in place under DDP, and the loader's position stays the count of batches trained.
     """
-    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    world, rank = data_parallel_ranks(trainer)
     sampler = PackedSampler(dataset, lengths, max_length, sequences_per_batch, num_replicas=world, rank=rank,
                             seed=seed)
-    loader = ResumableDataLoader(PackedRows(dataset), batch_size=None, seed=seed, num_replicas=world, rank=rank,
-                                 sampler=sampler, collate_fn=collate_fn, num_workers=num_workers)
-    loader.trainer = trainer
-    return loader
+    return train_loader(PackedRows(dataset), None, seed, trainer, sampler=sampler, collate_fn=collate_fn,
+                        num_workers=num_workers)

@@ -124,14 +124,19 @@ def optimizer_step_windows(batches: Iterable[Any], accumulate: int, first: int =
         index += len(window)
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, trainer: Optional[Any] = None,
+def train_loader(dataset: Dataset, batch_size: Optional[int], seed: int, trainer: Optional[Any] = None,
                  **kwargs: Any) -> ResumableDataLoader:
     """A ``ResumableDataLoader`` sharded over the trainer's data-parallel ranks (one rank without a trainer).
 
     ``lengths=[…]`` (one per row) groups rows of similar length into batches (``LengthGroupedSampler``);
     packed batches have their own loader (``lit_lora.data.packing.packed_train_loader``).
     """
-    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    world, rank = data_parallel_ranks(trainer)
     loader = ResumableDataLoader(dataset, batch_size=batch_size, seed=seed, num_replicas=world, rank=rank, **kwargs)
     loader.trainer = trainer
     return loader
+
+
+def data_parallel_ranks(trainer: Optional[Any]) -> tuple[int, int]:
+    """``(world size, this rank)`` of the trainer; ``(1, 0)`` without one."""
+    return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
