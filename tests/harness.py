@@ -63,7 +63,7 @@ def run_cli(args: Sequence[str]) -> None:
     """``lit-lora <args>`` in this process, through the entry point's ``main``: every command (fit, validate,
     test, compare, incontext, estimate, configs, sweep …), ``--verbose``, the one-line error of a missing model
     (``SystemExit``). Errors the CLI raises reach the test."""
-    from lit_lora.cli import main
+    from lit_lora.commands import main
 
     main(list(args))
 
@@ -72,7 +72,7 @@ def build_cli(args: Sequence[str], run: bool = True):
     """The ``LitLoraCLI`` of ``args``. ``run=True``: ``args`` start with the subcommand, which has run when this
     returns (its trainer, model and datamodule are there to look at). ``run=False``: no subcommand; the
     trainer, model and datamodule are built and nothing has run (``fit(cli)`` runs it)."""
-    from lit_lora.cli import LitLoraCLI
+    from lit_lora.commands.train import LitLoraCLI
 
     return LitLoraCLI(args=list(args), run=run)
 

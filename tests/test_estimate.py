@@ -123,7 +123,7 @@ def test_quant_constants_and_activation_formulas_move_the_right_way():
 
 
 def test_cli_prints_counts_memory_and_fit(capsys):
-    from lit_lora.cli import main
+    from lit_lora.commands import main
 
     _, _, built = estimate_for(GEMMA_CONFIG)
     main(["estimate", "--config", str(GEMMA_CONFIG), "--gpu_memory_gib", "24"])
@@ -162,7 +162,7 @@ def test_classifier_counts_take_labels_from_the_datamodule_and_train_the_head():
 
 
 def test_a_config_that_trains_nothing_is_estimated_as_inference(capsys):
-    from lit_lora.cli import main
+    from lit_lora.commands import main
 
     config = Path(__file__).resolve().parents[1] / "configs" / "nli" / "llama3_8b_incontext_multinli.yaml"
     main(["estimate", "--config", str(config)])
@@ -199,7 +199,7 @@ def test_logits_are_counted_as_the_label_only_head_keeps_them():
 def test_activations_assume_the_checkpointing_the_run_would_use(capsys):
     """QLoRA checkpoints by default; ``model.init_args.gradient_checkpointing false`` turns it off in the run,
     and the estimate's activations grow to match."""
-    from lit_lora.cli import main
+    from lit_lora.commands import main
 
     main(["estimate", "--config", str(GEMMA_CONFIG)])
     default = capsys.readouterr().out

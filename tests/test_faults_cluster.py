@@ -25,7 +25,7 @@ import pytest
 from harness import SAMPLES, demo_cli, fit, logged_steps
 from lightning.pytorch import Callback
 
-from lit_lora.cli import LitLoraCLI
+from lit_lora.commands.train import LitLoraCLI
 from lit_lora.cluster.launch_checks import MissingResumeCheckpoint, RunDirectoryConflict, check_run_location, \
     hpc_checkpoints
 from lit_lora.cluster.preemption import PreemptionCheckpoint, Requeued

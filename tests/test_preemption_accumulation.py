@@ -15,7 +15,7 @@ import pytest
 from harness import demo_cli, fit, read_losses
 from lightning.pytorch import Callback
 
-from lit_lora.cli import LitLoraCLI
+from lit_lora.commands.train import LitLoraCLI
 from lit_lora.cluster.preemption import PreemptionCheckpoint, Requeued
 
 pytestmark = pytest.mark.faults
