@@ -94,8 +94,7 @@ def test_each_adapter_describes_itself():
     assert QLoRA(bits=8).spec().quantized and not LoRA().spec().quantized
     assert LoRA().spec().mergeable and not any(a.spec().mergeable for a in (FullFineTuning(), NoAdapter(),
                                                                               PromptTuning(num_virtual_tokens=7)))
-    assert FullFineTuning().spec() == AdapterSpec(method="full", trains_base=True)
-    assert NoAdapter().spec().trains_head is False
+    assert FullFineTuning().spec() == AdapterSpec(method="full") and NoAdapter().spec() == AdapterSpec(method="none")
     assert PromptTuning(num_virtual_tokens=7).spec().virtual_tokens == 7
     with pytest.raises(Exception):  # frozen
         LoRA().spec().bits = 4

@@ -60,8 +60,6 @@ class AdapterSpec:
         storage_dtype: Storage dtype of packed 4-bit weights (``bnb_4bit_quant_storage``; ``None``: uint8).
         compute_dtype: Dtype the quantized layers compute in (``None``: the model's).
         double_quant: The 4-bit quantization constants are quantized too.
-        trains_base: Every weight of the base model trains (full fine-tuning).
-        trains_head: A new classification head trains (in full, or through ``modules_to_save``).
         virtual_tokens: Tokens a prompt method puts in front of every row (0: none).
         kbit_checkpointing: peft's ``prepare_model_for_kbit_training`` turns on gradient checkpointing.
         mergeable: Its trained weights fold into the base (LoRA's ``merge_and_unload``: ``export.merge``,
@@ -73,8 +71,6 @@ class AdapterSpec:
     storage_dtype: Optional[str] = None
     compute_dtype: Optional[str] = None
     double_quant: bool = False
-    trains_base: bool = False
-    trains_head: bool = True
     virtual_tokens: int = 0
     kbit_checkpointing: bool = False
     mergeable: bool = False

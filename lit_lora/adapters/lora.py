@@ -21,9 +21,6 @@ class FullFineTuning(Adapter):
 
     method = "full"
 
-    def spec(self) -> AdapterSpec:
-        return AdapterSpec(method=self.method, trains_base=True)
-
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         model.requires_grad_(True)
         return model
@@ -33,9 +30,6 @@ class NoAdapter(Adapter):
     """The pretrained model as it is, every weight frozen: baselines and in-context (zero / k-shot) evaluation."""
 
     method = "none"
-
-    def spec(self) -> AdapterSpec:
-        return AdapterSpec(method=self.method, trains_head=False)
 
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         model.requires_grad_(False)
