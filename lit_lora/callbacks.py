@@ -70,9 +70,20 @@ class AdapterCheckpoint(ModelCheckpoint):
         if not isinstance(exception, (NonFiniteTrainingError, NonFiniteWeightsError)):
             super().on_exception(trainer, pl_module, exception)
 
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # no monitor (the default: keep the latest): the step that ends the run is saved here, with the loops
+        # inside the epoch, so a resume with a larger max_steps continues the epoch's batches; by on_train_end
+        # the fit loop has counted the epoch as finished and a resume would skip the rest of it
+        stopping = 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
+        if self.monitor is None and stopping and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_none_monitor_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # no monitor (the default: keep the latest): a run whose last step was no validation step saves its final
-        # weights too, so the latest checkpoint is the exported model and resuming from it continues the run
+        # a run that ended on max_epochs (or stopped after a validation) saves its final weights too, so the latest
+        # checkpoint is the exported model and resuming from it continues the run (skipped when saved above)
         if self.monitor is None and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             # the epoch the last step ran in: the fit loop has counted it as completed by now (epoch=1-step=3

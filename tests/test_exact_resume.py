@@ -87,3 +87,31 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, precis
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=WEIGHT_ATOL, msg=name)
     at_interrupt = adapter_tensors(tmp_path / "interrupted" / "checkpoints" / f"step={stop_at}-adapter")
     assert any(not torch.equal(at_interrupt[n], t) for n, t in expected.items())  # steps 5-8 did train
+
+
+def test_a_run_ended_by_max_steps_mid_epoch_continues_that_epoch_when_extended(tiny_model, tmp_path):
+    """The checkpoint of the step that ends a run (no periodic checkpoint here) resumes inside its epoch: a longer
+    ``max_steps`` trains the epoch's remaining batches, as the uninterrupted longer run does (constant learning
+    rate: a decaying schedule is sized by ``max_steps``)."""
+    model_dir = tiny_model("llama")
+    settings = ("--data.init_args.batch_size", "4", "--data.init_args.max_length", "256",
+                "--model.init_args.optim.scheduler", "constant", "--model.init_args.optim.warmup_steps", "0",
+                "--checkpoint.every_n_train_steps", "0")
+
+    def run(root: Path, max_steps: int, ckpt_path=None):
+        cli = resumable_demo_cli(model_dir, root, BATCHES_PER_EPOCH, max_steps, *settings)
+        fit(cli, ckpt_path=ckpt_path)
+        return Path(cli.trainer.log_dir)
+
+    full = run(tmp_path / "full", 6)
+    run(tmp_path / "first", 3)
+    (ckpt,) = (tmp_path / "first" / "checkpoints").glob("*.ckpt")
+    assert ckpt.name == "step=3.ckpt"
+    resumed = run(tmp_path / "resumed", 6, ckpt)
+    reference, after = read_losses(full), read_losses(resumed)
+    assert sorted(after) == [4, 5, 6]
+    for step in (4, 5, 6):  # steps 4 and 5 finish epoch 0; skipping them would train epoch 1's batches instead
+        assert after[step] == pytest.approx(reference[step], rel=LOSS_RTOL), (step, after, reference)
+    expected, got = adapter_tensors(full / "adapter"), adapter_tensors(resumed / "adapter")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=WEIGHT_ATOL, msg=name)
