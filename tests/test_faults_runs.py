@@ -14,7 +14,8 @@ from typing import Optional
 import pytest
 import torch
 import yaml
-from harness import DEMO, REPO, run_cli, version_dir
+from harness import DEMO, REPO, KillBeforeStep, Killed, resumable_demo_cli, run_cli, version_dir
+from harness import fit as fit_cli
 from lightning.pytorch import Callback
 
 pytestmark = pytest.mark.faults
@@ -324,3 +325,14 @@ def test_compare_refuses_an_adapter_dir_with_missing_tensors(trained, tmp_path):
                  "--model.init_args.evaluation.max_new_tokens", "2"])
     assert missing[0] in str(err.value)
     assert not (tmp_path / "compare" / "report.json").exists()
+
+
+def test_an_error_inside_the_first_step_is_the_error_raised_and_its_logged_rows_are_kept(tiny_model, tmp_path):
+    """The learning rate of step 1 is logged when the step starts: a run stopped inside that step has logged
+    something, so its directory stays for the CSV logger Lightning finalizes after the error (no
+    FileNotFoundError hiding the error that stopped the run)."""
+    cli = resumable_demo_cli(tiny_model("llama"), tmp_path, 5, 8, "--data.init_args.batch_size", "4")
+    cli.trainer.callbacks.append(KillBeforeStep(0))
+    with pytest.raises(Killed):
+        fit_cli(cli)
+    assert (Path(cli.trainer.log_dir) / "metrics.csv").read_text().startswith("lr,step\n")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
 
 from lit_lora.cluster.early_signals import under_slurm
 from lit_lora.cluster.lightning_compat import fit_ckpt_path
@@ -221,7 +222,7 @@ class RunDirectoryCheck(Callback):
         (what it did write, metrics included, stays)."""
         logger = trainer.logger
         stopped_early = trainer.global_step == 0 if trainer.state.fn == "fit" else True
-        if stopped_early and trainer.is_global_zero and logger is not None \
+        if stopped_early and not logged_rows_pending(trainer) and trainer.is_global_zero and logger is not None \
                 and getattr(logger, "_version", 0) is not None:  # a numbered logger that picked no number made none
             log_dir = getattr(logger, "log_dir", None)  # the logger's own: no collective, rank 0 alone runs this
             if log_dir and discard_setup_only(log_dir):
@@ -247,3 +248,9 @@ class RunDirectoryCheck(Callback):
         problem = trainer.strategy.broadcast(problem)  # every rank stops, not rank 0 alone
         if problem:
             raise RunDirectoryConflict(problem)
+
+
+def logged_rows_pending(trainer: Trainer) -> bool:
+    """A CSV logger holds rows it writes when Lightning finalizes it after the exception (the learning rate of
+    step 1, say): the run logged something, and its directory must still be there then."""
+    return any(isinstance(logger, CSVLogger) and logger.experiment.metrics for logger in trainer.loggers)
