@@ -14,6 +14,7 @@ import pytest
 from harness import DEMO, build_cli, output, run_cli_subprocess
 
 from lit_lora.data import InstructionDataModule
+from lit_lora.data.counselling import CounsellingDataModule
 from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.nli import MultiNLIDataModule, SNLIDataModule
 
@@ -157,6 +158,88 @@ def test_mixed_types_name_the_first_offending_line_and_null_input_stays_allowed(
     lines.insert(2, "")
     message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "blank_line.jsonl", lines)))
     assert "blank_line.jsonl: line 6, field 'output': a JSON number where line 1 holds a string" in message
+
+
+def test_a_row_missing_a_required_key_names_file_line_field_and_the_misspelling(tmp_path, tiny_model):
+    """datasets reads a left-out key as null: the row would be dropped as "empty output", the typo unnamed."""
+    lines = [json.dumps(code_row(i)) for i in range(10)]
+    typo = code_row(6)
+    typo["outptu"] = typo.pop("output")
+    lines[6] = json.dumps(typo)  # line 7
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "typo.jsonl", lines)), DataFileError)
+    assert f"{tmp_path / 'typo.jsonl'}: line 7, field 'output': missing from the row" in message
+    assert "it has 'outptu', which is no field (did you mean 'output'?)" in message
+
+    row = code_row(3)
+    del row["input"]
+    lines = [json.dumps(code_row(i)) for i in range(10)]
+    lines[3] = json.dumps(row)
+    lines.insert(1, "")  # a blank line: line 5
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "no_input.jsonl", lines)),
+                          DataFileError)
+    assert "no_input.jsonl: line 5, field 'input': missing from the row" in message and "did you mean" not in message
+
+    (tmp_path / "array.json").write_text(json.dumps([code_row(0), code_row(1), typo], indent=1))
+    message = setup_error(instruction_dm(tiny_model, str(tmp_path / "array.json")), DataFileError)
+    assert "array.json: line 14, field 'output': missing from the row" in message
+
+
+def test_a_null_or_empty_value_given_as_such_stays_a_counted_drop(tmp_path, tiny_model):
+    lines = [json.dumps(code_row(i)) for i in range(10)]
+    lines[6] = json.dumps(code_row(6, output=None))
+    lines[7] = json.dumps(code_row(7, output=""))
+    dm = instruction_dm(tiny_model, write_lines(tmp_path / "nulls.jsonl", lines))
+    dm.setup("fit")
+    assert dm.drop_counts["train"] + dm.drop_counts["validation"] == {"empty output": 2}
+
+
+def test_a_column_missing_from_every_row_names_the_column_probably_meant(tmp_path, tiny_model):
+    rows = [code_row(i) for i in range(6)]
+    for row in rows:
+        row["outptu"] = row.pop("output")
+    message = setup_error(instruction_dm(tiny_model, write_jsonl_rows(tmp_path / "typo.jsonl", rows)), DataFileError)
+    assert "typo.jsonl: missing column 'output'" in message and "(did you mean 'output' for 'outptu'?)" in message
+
+
+def test_a_key_given_twice_in_a_row_names_file_line_and_key(tmp_path, tiny_model):
+    """Python's json keeps the last of two equal keys, datasets fails on the file with "Trailing data" and no line."""
+    lines = [json.dumps(code_row(i)) for i in range(10)]
+    lines[6] = '{"instruction": "a", ' + lines[6][1:]  # line 7: "instruction" twice
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "twice.jsonl", lines)), DataFileError)
+    assert f"{tmp_path / 'twice.jsonl'}: line 7, field 'instruction': the key is given twice in one object" in message
+
+    rows = [{"premise": f"A dog runs {i}.", "hypothesis": "A dog moves.", "label": i % 3} for i in range(6)]
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = lines[2][:-1] + ', "label": 1}'  # line 3: an NLI row's label twice
+    dm = SNLIDataModule(source=write_lines(tmp_path / "snli.jsonl", lines),
+                        tokenizer_name_or_path=tiny_model("llama"))
+    assert "snli.jsonl: line 3, field 'label': the key is given twice in one object" in setup_error(dm)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_a_nan_literal_in_a_text_field_is_refused_with_its_line(tmp_path, tiny_model, literal):
+    """Python's json and pandas read ``NaN`` (no JSON at all) and datasets keeps it as null: an "empty" row."""
+    lines = [json.dumps(code_row(i)) for i in range(10)]
+    lines[6] = json.dumps(code_row(6, output="__")).replace('"__"', literal)  # line 7
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "nan.jsonl", lines)), DataFileError)
+    assert f"nan.jsonl: line 7, field 'output': {literal} is not text" in message
+    assert "expected text (a string, or null for empty)" in message
+
+
+def test_nli_and_counselling_rows_are_checked_against_their_own_keys(tmp_path, tiny_model):
+    """Each dataset's required keys: an NLI row without its label is named; a counselling row needs no 'output'."""
+    rows = [{"premise": f"A dog runs {i}.", "hypothesis": "A dog moves.", "label": i % 3} for i in range(8)]
+    del rows[5]["label"]
+    dm = SNLIDataModule(source=write_jsonl_rows(tmp_path / "snli.jsonl", rows),
+                        tokenizer_name_or_path=tiny_model("llama"))
+    assert "snli.jsonl: line 6, field 'label': missing from the row (every row gives premise, hypothesis, label;" \
+        in setup_error(dm)
+
+    rows = [{"Context": f"I feel sad {i}.", "Response": f"Answer {i}."} for i in range(8)]
+    dm = CounsellingDataModule(source=write_jsonl_rows(tmp_path / "c.jsonl", rows),
+                               tokenizer_name_or_path=tiny_model("llama"), val_fraction=0.25)
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 8
 
 
 def test_csv_text_columns_stay_text(tmp_path, tiny_model):

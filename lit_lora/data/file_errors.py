@@ -3,6 +3,8 @@
     from lit_lora.data.file_errors import check_utf8, json_problem
     check_utf8("rows.jsonl")       # DataFileError: rows.jsonl: line 4, field 'input': byte 0xe9 is not UTF-8 ...
     json_problem("rows.jsonl")     # "line 3, column 71: invalid JSON (Expecting ':' delimiter)" or None
+    check_json_rows("rows.jsonl", ["instruction", "output"], ["output"])  # DataFileError: rows.jsonl: line 7,
+                                   # field 'output': missing from the row (...) (did you mean 'output'?)
 
 Data rows are counted from 0 in load order (files one after another), lines from 1 in the file.
 """
@@ -10,7 +12,9 @@ Data rows are counted from 0 in load order (files one after another), lines from
 from __future__ import annotations
 
 import csv
+import difflib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -96,14 +100,38 @@ def json_array_problem(text: str) -> Optional[str]:
         return f"line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
     if not isinstance(rows, list) or not rows:
         return "no rows: an empty JSON array" if isinstance(rows, list) else None
-    decoder, at = json.JSONDecoder(), text.index("[") + 1
-    elements = []
-    for _ in rows:  # the line each element starts on, for the message
+    return json_rows_problem(array_elements(text, len(rows)), "each element of the array", parsed=True)
+
+
+def array_elements(text: str, count: int):
+    """(line the element starts on, parsed element) for each of the ``count`` elements of a JSON array."""
+    decoder, at = json.JSONDecoder(object_pairs_hook=keep_duplicates), text.index("[") + 1
+    for _ in range(count):
         at = len(text) - len(text[at:].lstrip(" \t\r\n,"))
         row, end = decoder.raw_decode(text, at)
-        elements.append((text.count("\n", 0, at) + 1, row))
+        yield text.count("\n", 0, at) + 1, row
         at = end
-    return json_rows_problem(elements, "each element of the array", parsed=True)
+
+
+class Row(dict):
+    """A parsed JSON object that remembers the keys it was given more than once (the last value wins in Python's
+    json, while ``datasets`` fails on the file with "Trailing data" and no line)."""
+    duplicates: tuple[str, ...] = ()
+
+
+def keep_duplicates(pairs: list[tuple[str, Any]]) -> Row:
+    """``object_pairs_hook``: the object, with its repeated keys (and those of objects inside it) noted."""
+    row, seen, duplicates = Row(pairs), set(), []
+    for key, value in pairs:
+        duplicates += [key] if key in seen else []
+        duplicates += getattr(value, "duplicates", ())
+        seen.add(key)
+    row.duplicates = tuple(duplicates)
+    return row
+
+
+def parse_row(line: str) -> Any:
+    return json.loads(line, object_pairs_hook=keep_duplicates)
 
 
 def json_rows_problem(lines, each: str, parsed: bool = False) -> Optional[str]:
@@ -111,11 +139,13 @@ def json_rows_problem(lines, each: str, parsed: bool = False) -> Optional[str]:
     first_kind: dict[str, tuple[str, int]] = {}
     for lineno, line in lines:
         try:
-            row = line if parsed else json.loads(line)
+            row = line if parsed else parse_row(line)
         except json.JSONDecodeError as err:
             return f"line {lineno}, column {err.colno}: invalid JSON ({err.msg})"
         if not isinstance(row, dict):
             return f"line {lineno}: a JSON {json_kind(row)} where {each} must be an object (one row)"
+        if row.duplicates:
+            return duplicate_problem(lineno, row)
         for field, kind in ((f, json_kind(v)) for f, v in row.items()):
             seen_kind, seen_line = first_kind.setdefault(field, (kind, lineno)) if kind != "null" else (kind, 0)
             if kind != seen_kind:  # datasets reads a column of mixed types, but not in a file with blank lines
@@ -130,7 +160,52 @@ def json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     kinds = {str: "string", int: "number", float: "number", list: "array", dict: "object"}
-    return kinds.get(type(value), type(value).__name__)
+    return next((kind for cls, kind in kinds.items() if isinstance(value, cls)), type(value).__name__)
+
+
+def duplicate_problem(lineno: int, row: Row) -> str:
+    return (f"line {lineno}, field {row.duplicates[0]!r}: the key is given twice in one object "
+            f"(give each field once)")
+
+
+def check_json_rows(path: str, required: Sequence[str], text_columns: Sequence[str]) -> None:
+    """Fail on the first row of a JSON / JSON-lines file that ``datasets`` would read with a silent gap: a
+    required key left out (read as null, then dropped as empty), a key given twice, or a NaN / Infinity literal
+    in a text field (read as null too). A key given as null or "" stays a counted, logged drop."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        rows = array_elements(text, len(json.loads(text)))
+    else:
+        rows = ((n, parse_row(line)) for n, line in enumerate(text.split("\n"), 1) if line.strip())
+    for lineno, row in rows:
+        problem = row_problem(lineno, row, required, text_columns) if isinstance(row, dict) else None
+        if problem:
+            raise DataFileError(f"{path}: {problem}")
+
+
+def row_problem(lineno: int, row: Row, required: Sequence[str], text_columns: Sequence[str]) -> Optional[str]:
+    """``line N, field F: …`` for what ``check_json_rows`` refuses in one parsed row; None if nothing."""
+    if row.duplicates:
+        return duplicate_problem(lineno, row)
+    missing = [field for field in required if field not in row]
+    if missing:
+        return missing_problem(lineno, row, missing[0], required)
+    for field in text_columns:
+        value = row.get(field)
+        if isinstance(value, float) and not math.isfinite(value):
+            literal = "NaN" if math.isnan(value) else "-Infinity" if value < 0 else "Infinity"
+            return (f"line {lineno}, field {field!r}: {literal} is not text (nor JSON); "
+                    f"expected text (a string, or null for empty)")
+    return None
+
+
+def missing_problem(lineno: int, row: Row, field: str, required: Sequence[str]) -> str:
+    """The message for a required key a row lacks, with the unknown key that was probably meant."""
+    unknown = [key for key in row if key not in required]
+    meant = difflib.get_close_matches(field, unknown, n=1, cutoff=0.6)
+    hint = f"; it has {meant[0]!r}, which is no field (did you mean {field!r}?)" if meant else ""
+    return (f"line {lineno}, field {field!r}: missing from the row (every row gives {', '.join(required)}; "
+            f"null for an empty value){hint}")
 
 
 def csv_problem(path: str) -> Optional[str]:

@@ -9,6 +9,7 @@
     codes.jsonl: line 3, column 71: invalid JSON (Expecting ':' delimiter)
     codes.jsonl: line 4, field 'input': byte 0xe9 is not UTF-8 (save the file as UTF-8)
     codes.jsonl: column 'output' holds int64 values; expected text (a string, or null for empty); first at data row 0 (0-based; line 1): 7
+    codes.jsonl: line 7, field 'output': missing from the row (every row gives instruction, input, output; null for an empty value); it has 'outptu', which is no field (did you mean 'output'?)
 
 Data rows are counted from 0 in load order (files one after another), lines from 1 in the file.
 """
@@ -16,14 +17,15 @@ Data rows are counted from 0 in load order (files one after another), lines from
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
-from lit_lora.data.file_errors import (TEXT_DTYPES, TEXT_FILES, DataFileError, check_text_columns, check_utf8,
-                                      short_row, unreadable)
+from lit_lora.data.file_errors import (TEXT_DTYPES, TEXT_FILES, DataFileError, check_json_rows, check_text_columns,
+                                      check_utf8, short_row, unreadable)
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -56,7 +58,7 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
     """
     files = local_files(source)
     if files is not None:
-        dataset = load_local(source, files, text_columns)
+        dataset = load_local(source, files, text_columns, required)
         where = files[0] if len(files) == 1 else source
     else:
         dataset = load_dataset(source, subset, split=split)
@@ -66,24 +68,35 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
         raise DataFileError(
             f"{where}: missing column {', '.join(repr(c) for c in missing)} "
             f"(required: {', '.join(required)}; found: {', '.join(dataset.column_names)})"
+            f"{meant(missing, required, dataset)}"
         )
     check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], where, files)
     return dataset
 
 
+def meant(missing: Sequence[str], required: Sequence[str], dataset: Dataset) -> str:
+    """`` (did you mean 'output' for 'outptu'?)``: the found columns that look like misspelt missing ones."""
+    unknown = [c for c in dataset.column_names if c not in required]
+    pairs = [(c, close[0]) for c in missing if (close := difflib.get_close_matches(c, unknown, n=1, cutoff=0.6))]
+    return f" (did you mean {'; '.join(f'{c!r} for {found!r}' for c, found in pairs)}?)" if pairs else ""
+
+
 # ---- local files ------------------------------------------------------------------------------------
-def load_local(source: str, files: list[str], text_columns: Sequence[str] = ()) -> Dataset:
+def load_local(source: str, files: list[str], text_columns: Sequence[str] = (),
+               required: Sequence[str] = ()) -> Dataset:
     """``datasets``' reading of local files, with what it cannot read named by file and line.
 
     The files of a directory are read and checked one by one, then joined: read together, ``datasets``
-    casts every file to the first one's column types, turning a list or a number in a later file into text."""
+    casts every file to the first one's column types, turning a list or a number in a later file into text.
+    A JSON row that leaves out a ``required`` key the file's other rows give is an error naming its line
+    (``datasets`` would read it as null, an empty value dropped from training)."""
     suffixes = {Path(f).suffix for f in files}
     unknown = suffixes - set(BUILDERS)
     if unknown or len({BUILDERS[s] for s in suffixes}) != 1:
         raise DataFileError(f"{source}: expected files of one kind among {', '.join(BUILDERS)}, "
                             f"got {sorted(suffixes)}")
     if len(files) > 1:
-        return join_files(source, files, [load_local(path, [path], text_columns) for path in files])
+        return join_files(source, files, [load_local(path, [path], text_columns, required) for path in files])
     path, builder = files[0], BUILDERS[suffixes.pop()]
     if Path(path).suffix in TEXT_FILES:
         check_utf8(path)
@@ -97,6 +110,8 @@ def load_local(source: str, files: list[str], text_columns: Sequence[str] = ()) 
     if builder == "csv" and (problem := short_row(path)):  # pandas reads a short row as empty cells
         raise DataFileError(f"{path}: {problem}")
     dataset = text_as_strings(dataset, text_columns) if builder == "csv" else dataset
+    if builder == "json":
+        check_json_rows(path, [c for c in required if c in dataset.column_names], text_columns)
     check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], path, files)
     return dataset
 
