@@ -2,7 +2,8 @@
 
 The base is reloaded unquantized in ``dtype`` (merging into 4-bit weights would round the update
 away), the adapter is applied with plain peft (strictly: a missing or unexpected tensor is an error, and
-so is a NaN / inf weight), and ``merge_and_unload`` folds it in::
+so is a NaN / inf weight), and ``merge_and_unload`` folds it in. The merged weights, in ``dtype``, are
+checked again before anything is written: a finite adapter can still overflow float16 once added to its base::
 
     python -c "from lit_lora.export import merge_and_save; from transformers import AutoModelForCausalLM; \
 merge_and_save('base/', 'runs/demo/adapter', 'runs/demo/merged', AutoModelForCausalLM)"
@@ -14,7 +15,9 @@ from pathlib import Path
 
 from lit_lora.adapters.base import to_dtype
 from lit_lora.adapters.loading import load_peft_model
-from lit_lora.finite_guard import non_finite_error, non_finite_names
+from lit_lora.finite_guard import NonFiniteWeightsError, non_finite_error, non_finite_names
+
+WIDER = {"float16": "bfloat16 or float32", "bfloat16": "float32"}  # what a merge that overflows can use instead
 
 
 def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str | Path, auto_model_class,
@@ -28,8 +31,27 @@ def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str
     if bad:  # a NaN / inf adapter would merge into a model that outputs NaN
         raise non_finite_error(bad, f"a merged model from {adapter_dir}")
     merged = model.merge_and_unload()
+    check_finite_merge(merged, adapter_dir, out_dir)  # before anything is written: no directory is left behind
     out = Path(out_dir)
     merged.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
+
+
+def check_finite_merge(merged, adapter_dir: str | Path, out_dir: str | Path) -> None:
+    """Refuse merged weights holding NaN / inf, naming their dtype and the first such tensor: a large
+    (finite) update added to the base in float16 overflows, and the merged model would output NaN."""
+    state = merged.state_dict()
+    bad = non_finite_names(state.items())
+    if not bad:
+        return
+    dtype = str(state[bad[0]].dtype).removeprefix("torch.")
+    wider = WIDER.get(dtype)
+    advice = (f"merge in a wider dtype ({wider}: export.merge_dtype, or lit-lora merge --dtype)" if wider else
+              "the update is too large for any dtype: lower model.init_args.optim.lr and train again")
+    raise NonFiniteWeightsError(
+        f"refusing to write the merged model {out_dir}: merging {adapter_dir} into its base in {dtype} gives "
+        f"non-finite values (NaN or inf) in {len(bad)} of {len(state)} weight tensors, first: {bad[0]}; "
+        f"the adapter itself is finite, so {advice}")
+

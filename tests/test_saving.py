@@ -1,12 +1,14 @@
 """Saved adapters load with plain peft / transformers and give the trained model's logits."""
 
+import pytest
 import torch
-from harness import overfit
+from harness import DEMO, overfit, run_cli
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lit_lora.adapters import FullFineTuning, LoRA
 from lit_lora.export import merge_and_save
+from lit_lora.finite_guard import NonFiniteWeightsError
 
 
 def logits_of(model, input_ids):
@@ -62,3 +64,45 @@ def test_classifier_lora_merges_with_its_trained_head(tiny_model, tmp_path):
     assert merged.config.id2label[2] == "contradiction"
     input_ids = torch.tensor([[0, 5, 9, 13, 2]])
     torch.testing.assert_close(logits_of(merged, input_ids), logits_of(module.model, input_ids), rtol=1e-4, atol=1e-4)
+
+
+def overflowing_adapter(base_dir: str, out) -> str:
+    """A finite LoRA adapter whose q_proj update (4 * 4 * 100 * 100 = 160,000 per weight) is past float16's
+    largest value (65,504): finite in float32 and bfloat16, inf once merged in float16."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.fill_(100.0)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def test_a_merge_that_overflows_its_dtype_is_refused_naming_dtype_and_tensor_and_writes_nothing(tiny_model,
+                                                                                                tmp_path):
+    from safetensors.torch import load_file
+
+    base_dir = tiny_model("llama")
+    adapter = overflowing_adapter(base_dir, tmp_path / "adapter")
+    with pytest.raises(NonFiniteWeightsError) as err:
+        merge_and_save(base_dir, adapter, tmp_path / "merged", AutoModelForCausalLM, dtype="float16")
+    message = str(err.value)
+    assert f"refusing to write the merged model {tmp_path / 'merged'}: merging {adapter} into its base in float16" \
+           in message
+    assert "first: model.layers.0.self_attn.q_proj.weight;" in message and "bfloat16 or float32" in message
+    assert not (tmp_path / "merged").exists()
+
+    merged = merge_and_save(base_dir, adapter, tmp_path / "merged", AutoModelForCausalLM, dtype="bfloat16")
+    assert all(torch.isfinite(t).all() for t in load_file(str(merged / "model.safetensors")).values())
+
+
+def test_lit_lora_merge_refuses_a_merge_that_overflows_its_dtype(tiny_model, tmp_path):
+    base_dir = tiny_model("llama")
+    adapter = overflowing_adapter(base_dir, tmp_path / "adapter")
+    with pytest.raises(NonFiniteWeightsError, match=r"in float16 gives non-finite values .* first: model\.layers"):
+        run_cli(["merge", "--config", DEMO, "--model.init_args.model_name_or_path", base_dir,
+                 "--adapter_dir", adapter, "--dtype", "float16"])
+    assert not (tmp_path / "merged").exists()

@@ -5,7 +5,8 @@
 
 What ``export.merge: true`` does at the end of a fit, for a run that has finished: the config names the base
 and its head (read as ``fit`` reads it), ``--adapter_dir`` a saved adapter (a run's ``adapter/`` or a
-checkpoint's ``…-adapter/`` twin). The base is reloaded unquantized (``lit_lora.export.merge_and_save``).
+checkpoint's ``…-adapter/`` twin). The base is reloaded unquantized (``lit_lora.export.merge_and_save``), and
+merged weights that overflow ``--dtype`` (NaN / inf in float16) are refused before anything is written.
 """
 
 from __future__ import annotations
