@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Union
 
 import torch
+
+log = logging.getLogger("lit_lora")
 
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
 
@@ -103,3 +106,25 @@ def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, trainer
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.scheduler, settings.warmup_steps,
                                                                       total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}
+
+
+def continue_schedule(trainer, settings: OptimizerSettings) -> None:
+    """On a resume, the learning rate of this run's schedule at the restored step.
+
+    The checkpoint holds the rate its own schedule had reached. A resume with another ``trainer.max_steps`` (or
+    ``max_epochs``) gives a linear or cosine schedule another length: without this, its first step would train
+    at the old rate (0 where the old schedule had ended) and only the next ones on the new schedule. With the
+    same length the rate is the checkpoint's, to the bit (``LambdaLR`` computes it the same way)."""
+    for config in getattr(trainer, "lr_scheduler_configs", []):
+        schedule = config.scheduler
+        if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR) or schedule.last_epoch <= 0:
+            continue
+        step, groups = schedule.last_epoch, schedule.optimizer.param_groups
+        rates = [base * factor(step) for base, factor in zip(schedule.base_lrs, schedule.lr_lambdas)]
+        if rates[0] != groups[0]["lr"] and trainer.is_global_zero:
+            log.warning("[lit-lora] resumed at step %d: the checkpoint's learning rate %.4g came from a schedule of "
+                        "another length; this run's %s schedule over %d steps (trainer.max_steps / max_epochs) "
+                        "continues at %.4g", step, groups[0]["lr"], settings.scheduler,
+                        trainer.estimated_stepping_batches, rates[0])
+        for group, lr in zip(groups, rates):
+            group["lr"] = lr

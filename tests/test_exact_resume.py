@@ -89,16 +89,14 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, precis
     assert any(not torch.equal(at_interrupt[n], t) for n, t in expected.items())  # steps 5-8 did train
 
 
-def test_a_run_ended_by_max_steps_mid_epoch_continues_that_epoch_when_extended(tiny_model, tmp_path):
-    """The checkpoint of the step that ends a run (no periodic checkpoint here) resumes inside its epoch: a longer
-    ``max_steps`` trains the epoch's remaining batches, as the uninterrupted longer run does (constant learning
-    rate: a decaying schedule is sized by ``max_steps``)."""
-    model_dir = tiny_model("llama")
+def extended_run(model_dir: str, tmp_path: Path, scheduler: str) -> tuple[Path, Path]:
+    """A 6-step run, and a 3-step run resumed from the checkpoint of its last step to 6 steps (no periodic
+    checkpoint: the final step's own); their run directories."""
     settings = ("--data.init_args.batch_size", "4", "--data.init_args.max_length", "256",
-                "--model.init_args.optim.scheduler", "constant", "--model.init_args.optim.warmup_steps", "0",
+                "--model.init_args.optim.scheduler", scheduler, "--model.init_args.optim.warmup_steps", "0",
                 "--checkpoint.every_n_train_steps", "0")
 
-    def run(root: Path, max_steps: int, ckpt_path=None):
+    def run(root: Path, max_steps: int, ckpt_path=None) -> Path:
         cli = resumable_demo_cli(model_dir, root, BATCHES_PER_EPOCH, max_steps, *settings)
         fit(cli, ckpt_path=ckpt_path)
         return Path(cli.trainer.log_dir)
@@ -107,7 +105,14 @@ def test_a_run_ended_by_max_steps_mid_epoch_continues_that_epoch_when_extended(t
     run(tmp_path / "first", 3)
     (ckpt,) = (tmp_path / "first" / "checkpoints").glob("*.ckpt")
     assert ckpt.name == "step=3.ckpt"
-    resumed = run(tmp_path / "resumed", 6, ckpt)
+    return full, run(tmp_path / "resumed", 6, ckpt)
+
+
+def test_a_run_ended_by_max_steps_mid_epoch_continues_that_epoch_when_extended(tiny_model, tmp_path):
+    """The checkpoint of the step that ends a run resumes inside its epoch: a longer ``max_steps`` trains the
+    epoch's remaining batches, as the uninterrupted longer run does (at a constant learning rate, which does not
+    depend on ``max_steps``, the two runs are the same run)."""
+    full, resumed = extended_run(tiny_model("llama"), tmp_path, "constant")
     reference, after = read_losses(full), read_losses(resumed)
     assert sorted(after) == [4, 5, 6]
     for step in (4, 5, 6):  # steps 4 and 5 finish epoch 0; skipping them would train epoch 1's batches instead
@@ -115,3 +120,13 @@ def test_a_run_ended_by_max_steps_mid_epoch_continues_that_epoch_when_extended(t
     expected, got = adapter_tensors(full / "adapter"), adapter_tensors(resumed / "adapter")
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=WEIGHT_ATOL, msg=name)
+
+
+def test_an_extended_cosine_run_continues_on_the_longer_schedule(tiny_model, tmp_path, caplog):
+    """The 3-step cosine had reached 0; resumed to 6 steps, steps 4-6 train at the 6-step cosine's rates (not 0
+    at step 4, the checkpoint's rate), and the log says so."""
+    full, resumed = extended_run(tiny_model("llama"), tmp_path, "cosine")
+    reference, after = read_losses(full, "lr"), read_losses(resumed, "lr")
+    assert [after[s] for s in (4, 5, 6)] == pytest.approx([reference[s] for s in (4, 5, 6)], rel=1e-12)
+    assert after[4] > 0
+    assert "continues at" in caplog.text and "schedule over 6 steps" in caplog.text

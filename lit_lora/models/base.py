@@ -40,7 +40,7 @@ from lit_lora.token_loss import label_count, step_label_count, summed_loss
 from lit_lora.cluster import sharding
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init, partitioned_loading, partitioned_share, zero3_config
-from lit_lora.optim import OptimizerSettings, build_optimizer
+from lit_lora.optim import OptimizerSettings, build_optimizer, continue_schedule
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,9 @@ class FineTuneModule(L.LightningModule):
 
     def configure_optimizers(self):
         return build_optimizer(self.optim, self.model, self.trainer)
+
+    def on_train_start(self) -> None:
+        continue_schedule(self.trainer, self.optim)  # a resume with another max_steps: this run's schedule
 
     def on_fit_start(self) -> None:
         report = self.parameter_counts or parameter_report(self.model)
