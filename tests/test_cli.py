@@ -149,13 +149,14 @@ def test_the_tuned_figure_is_val_loss_under_mixed_precision(tmp_path):
     assert abs(tuned - final_val) < 1e-5, (tuned, final_val)
 
 
-def test_a_mid_epoch_resume_with_another_batch_size_is_one_line(tmp_path):
+@pytest.mark.parametrize("key, value", [("batch_size", "2"), ("seed", "7")])  # the seed draws order and split
+def test_a_mid_epoch_resume_with_another_batch_size_or_data_seed_is_one_line(tmp_path, key, value):
     run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL])
     ckpt = sorted((version_dir(tmp_path) / "checkpoints").glob("*.ckpt"))[-1]  # step 4 of a 9-batch epoch
     result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                                 "--trainer.max_steps", "6", "--data.init_args.batch_size", "2",
+                                 "--trainer.max_steps", "6", f"--data.init_args.{key}", value,
                                  "--ckpt_path", str(ckpt)], check=False)
-    assert result.returncode == 1 and "a mid-epoch resume needs the same data.batch_size" in result.stderr
+    assert result.returncode == 1 and f"a mid-epoch resume needs the same data.{key}" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
 
 

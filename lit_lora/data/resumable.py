@@ -97,6 +97,10 @@ class ResumableDataLoader(DataLoader):
             raise CheckpointSettingsMismatch(
                 f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: a mid-epoch "
                 "resume needs the same data.batch_size")
+        if state.get("seed", self.sampler.seed) != self.sampler.seed:
+            raise CheckpointSettingsMismatch(
+                f"the checkpoint drew its batch order with seed {state['seed']}, this run with {self.sampler.seed}:"
+                " a mid-epoch resume needs the same data.seed (it also draws the validation split)")
         self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.samples_per_batch)
 
 
