@@ -87,7 +87,9 @@ class LoRA(Adapter):
     def peft_config(self, task_type: str):
         from peft import LoraConfig
 
-        return LoraConfig(
+        from lit_lora.adapters.fused_lora import FusedLoraLinear
+
+        config = LoraConfig(
             task_type=task_type,
             r=self.r,
             lora_alpha=self.alpha,
@@ -98,6 +100,9 @@ class LoRA(Adapter):
             use_dora=self.use_dora,
             modules_to_save=self.modules_to_save,
         )
+        if not self.spec().quantized:  # bitsandbytes' layers are nn.Linear too: they keep peft's own LoRA layers
+            config._register_custom_module({nn.Linear: FusedLoraLinear})  # the update inside its matmul
+        return config
 
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         from peft import get_peft_model
