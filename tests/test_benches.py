@@ -83,6 +83,13 @@ def test_label_only_loss_bench_compares_equal_losses():
         assert losses[f"{batch} / full"] == losses[f"{batch} / label-only"], losses
 
 
+def test_lora_update_bench_compares_equal_steps():
+    """peft's LoRA layer and lit-lora's fused one give the same first step (alpha / r = 2: to the bit)."""
+    out = run_bench("lora_update.py", "--quick")
+    assert "first step: |loss peft - loss fused| 0, largest relative gradient difference 0" in out, out
+    assert re.search(r"^median +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+
+
 def test_step_profile_bench_profiles_both_precisions():
     out = run_bench("step_profile.py", "--quick", "--top", "3")
     assert "float32:" in out and "bfloat16 autocast:" in out and "aten::mm" in out, out
