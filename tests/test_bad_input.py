@@ -171,17 +171,29 @@ def test_a_row_missing_a_required_key_names_file_line_field_and_the_misspelling(
     assert "it has 'outptu', which is no field (did you mean 'output'?)" in message
 
     row = code_row(3)
-    del row["input"]
+    del row["instruction"]
     lines = [json.dumps(code_row(i)) for i in range(10)]
     lines[3] = json.dumps(row)
     lines.insert(1, "")  # a blank line: line 5
-    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "no_input.jsonl", lines)),
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "no_instruction.jsonl", lines)),
                           DataFileError)
-    assert "no_input.jsonl: line 5, field 'input': missing from the row" in message and "did you mean" not in message
+    assert "no_instruction.jsonl: line 5, field 'instruction': missing from the row (every row gives instruction, " \
+        "output;" in message and "did you mean" not in message
 
     (tmp_path / "array.json").write_text(json.dumps([code_row(0), code_row(1), typo], indent=1))
     message = setup_error(instruction_dm(tiny_model, str(tmp_path / "array.json")), DataFileError)
     assert "array.json: line 14, field 'output': missing from the row" in message
+
+
+def test_an_alpaca_row_may_leave_out_its_input(tmp_path, tiny_model):
+    """Alpaca-style files give ``input`` only where there is one: a row without it trains with no input."""
+    lines = [json.dumps(code_row(i)) for i in range(10)]
+    row = code_row(3, input="")
+    del row["input"]
+    lines[3] = json.dumps(row)
+    dm = instruction_dm(tiny_model, write_lines(tmp_path / "alpaca.jsonl", lines))
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 10 and not dm.drop_counts["train"]
 
 
 def test_a_null_or_empty_value_given_as_such_stays_a_counted_drop(tmp_path, tiny_model):

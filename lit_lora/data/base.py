@@ -118,6 +118,8 @@ class TextDataModule(L.LightningDataModule):
     """
 
     required_columns: ClassVar[tuple[str, ...]] = ()
+    # required columns a JSON row may leave out, read as null (a null that means empty, not a dropped row)
+    row_may_omit: ClassVar[tuple[str, ...]] = ()
     # required columns the rows are read as text from: strings, or nulls read as empty (checked on load)
     text_columns: ClassVar[tuple[str, ...]] = ()
     default_source: ClassVar[Optional[str]] = None
@@ -207,10 +209,10 @@ class TextDataModule(L.LightningDataModule):
     # ---- loading ------------------------------------------------------------------------------
     def load_raw_splits(self) -> dict[str, Dataset]:
         train = self.clean_rows(load_rows(self.source, self.split, self.subset, self.required_columns,
-                                          self.text_columns), f"{self.source} (train)")
+                                          self.text_columns, self.row_may_omit), f"{self.source} (train)")
         if self.validation_source or self.validation_split:
             val = load_rows(self.validation_source or self.source, self.validation_split or "train",
-                            self.subset, self.required_columns, self.text_columns)
+                            self.subset, self.required_columns, self.text_columns, self.row_may_omit)
             val = self.clean_rows(val, f"{self.validation_source or self.source} (validation)")
             train = take_subset(train, self.max_samples, self.sample_fraction, self.seed)
         else:

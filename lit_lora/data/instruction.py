@@ -19,6 +19,7 @@ class InstructionDataModule(SFTDataModule):
 
     required_columns: ClassVar[tuple[str, ...]] = ("instruction", "input", "output")
     text_columns: ClassVar[tuple[str, ...]] = ("instruction", "input", "output")  # null input = no input
+    row_may_omit: ClassVar[tuple[str, ...]] = ("input",)  # alpaca-style rows leave out an empty input
     default_source: ClassVar[Optional[str]] = "python_codes_25k.jsonl"
 
     def format_example(self, row: dict) -> Example:

@@ -9,7 +9,7 @@
     codes.jsonl: line 3, column 71: invalid JSON (Expecting ':' delimiter)
     codes.jsonl: line 4, field 'input': byte 0xe9 is not UTF-8 (save the file as UTF-8)
     codes.jsonl: column 'output' holds int64 values; expected text (a string, or null for empty); first at data row 0 (0-based; line 1): 7
-    codes.jsonl: line 7, field 'output': missing from the row (every row gives instruction, input, output; null for an empty value); it has 'outptu', which is no field (did you mean 'output'?)
+    codes.jsonl: line 7, field 'output': missing from the row (every row gives instruction, output; null for an empty value); it has 'outptu', which is no field (did you mean 'output'?)
 
 Data rows are counted from 0 in load order (files one after another), lines from 1 in the file.
 """
@@ -50,15 +50,17 @@ def local_files(source: str) -> Optional[list[str]]:
 
 
 def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
-              required: Sequence[str] = (), text_columns: Sequence[str] = ()) -> Dataset:
-    """Rows of ``source`` (hub id, file, directory or bundled sample name) with ``required`` columns checked.
+              required: Sequence[str] = (), text_columns: Sequence[str] = (),
+              row_may_omit: Sequence[str] = ()) -> Dataset:
+    """Rows of ``source`` (hub id, file, directory or bundled sample name) with ``required`` columns checked
+    (a JSON row may leave out those in ``row_may_omit``: read as null, which means empty there).
 
     ``text_columns`` must hold strings (or nulls, read as empty): a column of numbers or lists is an
     error naming its first such row, raised here rather than as an ``AttributeError`` mid-tokenisation.
     """
     files = local_files(source)
     if files is not None:
-        dataset = load_local(source, files, text_columns, required)
+        dataset = load_local(source, files, text_columns, [c for c in required if c not in row_may_omit])
         where = files[0] if len(files) == 1 else source
     else:
         dataset = load_dataset(source, subset, split=split)
