@@ -75,8 +75,7 @@ class AdapterCheckpoint(ModelCheckpoint):
         # no monitor (the default: keep the latest): the step that ends the run is saved here, with the loops
         # inside the epoch, so a resume with a larger max_steps continues the epoch's batches; by on_train_end
         # the fit loop has counted the epoch as finished and a resume would skip the rest of it
-        stopping = 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
-        if self.monitor is None and stopping and not self._should_skip_saving_checkpoint(trainer):
+        if self.monitor is None and stops_after_this_step(trainer) and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             self._save_none_monitor_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
@@ -97,6 +96,16 @@ class AdapterCheckpoint(ModelCheckpoint):
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
             shutil.rmtree(adapter_dir_for(filepath), ignore_errors=True)
+
+
+def stops_after_this_step(trainer: Trainer) -> bool:
+    """The step that just ended is the run's last: ``max_steps`` reached, or a stop asked for (``max_time``, early
+    stopping, a signal) once ``min_steps`` / ``min_epochs`` are met (before that, Lightning trains on)."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return True
+    loop = trainer.fit_loop
+    return trainer.should_stop and trainer.global_step >= (loop.min_steps or 0) \
+        and trainer.current_epoch >= (loop.min_epochs or 0)
 
 
 def peak_memory() -> tuple[float, str]:

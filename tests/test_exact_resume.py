@@ -89,9 +89,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(stop_at, precis
     assert any(not torch.equal(at_interrupt[n], t) for n, t in expected.items())  # steps 5-8 did train
 
 
-def extended_run(model_dir: str, tmp_path: Path, scheduler: str) -> tuple[Path, Path]:
-    """A 6-step run, and a 3-step run resumed from the checkpoint of its last step to 6 steps (no periodic
-    checkpoint: the final step's own); their run directories."""
+def extended_run(model_dir: str, tmp_path: Path, scheduler: str, first: int = 3, total: int = 6) -> tuple[Path, Path]:
+    """A ``total``-step run, and a ``first``-step run resumed from the checkpoint of its last step to ``total``
+    steps (no periodic checkpoint: the final step's own); their run directories."""
     settings = ("--data.init_args.batch_size", "4", "--data.init_args.max_length", "256",
                 "--model.init_args.optim.scheduler", scheduler, "--model.init_args.optim.warmup_steps", "0",
                 "--checkpoint.every_n_train_steps", "0")
@@ -101,21 +101,22 @@ def extended_run(model_dir: str, tmp_path: Path, scheduler: str) -> tuple[Path, 
         fit(cli, ckpt_path=ckpt_path)
         return Path(cli.trainer.log_dir)
 
-    full = run(tmp_path / "full", 6)
-    run(tmp_path / "first", 3)
+    full = run(tmp_path / "full", total)
+    run(tmp_path / "first", first)
     (ckpt,) = (tmp_path / "first" / "checkpoints").glob("*.ckpt")
-    assert ckpt.name == "step=3.ckpt"
-    return full, run(tmp_path / "resumed", 6, ckpt)
+    assert ckpt.name == f"step={first}.ckpt"
+    return full, run(tmp_path / "resumed", total, ckpt)
 
 
-def test_a_run_ended_by_max_steps_mid_epoch_continues_that_epoch_when_extended(tiny_model, tmp_path):
+@pytest.mark.parametrize("first, total", [(3, 6), (BATCHES_PER_EPOCH, 8)], ids=["mid-epoch", "end-of-epoch"])
+def test_a_run_ended_by_max_steps_continues_its_epoch_when_extended(tiny_model, tmp_path, first, total):
     """The checkpoint of the step that ends a run resumes inside its epoch: a longer ``max_steps`` trains the
-    epoch's remaining batches, as the uninterrupted longer run does (at a constant learning rate, which does not
-    depend on ``max_steps``, the two runs are the same run)."""
-    full, resumed = extended_run(tiny_model("llama"), tmp_path, "constant")
+    epoch's remaining batches (none after the epoch's last one), as the uninterrupted longer run does (at a
+    constant learning rate, which does not depend on ``max_steps``, the two runs are the same run)."""
+    full, resumed = extended_run(tiny_model("llama"), tmp_path, "constant", first, total)
     reference, after = read_losses(full), read_losses(resumed)
-    assert sorted(after) == [4, 5, 6]
-    for step in (4, 5, 6):  # steps 4 and 5 finish epoch 0; skipping them would train epoch 1's batches instead
+    assert sorted(after) == list(range(first + 1, total + 1))
+    for step in after:  # mid-epoch: steps 4 and 5 finish epoch 0; skipping them would train epoch 1's batches
         assert after[step] == pytest.approx(reference[step], rel=LOSS_RTOL), (step, after, reference)
     expected, got = adapter_tensors(full / "adapter"), adapter_tensors(resumed / "adapter")
     for name, tensor in expected.items():
@@ -130,3 +131,22 @@ def test_an_extended_cosine_run_continues_on_the_longer_schedule(tiny_model, tmp
     assert [after[s] for s in (4, 5, 6)] == pytest.approx([reference[s] for s in (4, 5, 6)], rel=1e-12)
     assert after[4] > 0
     assert "continues at" in caplog.text and "schedule over 6 steps" in caplog.text
+
+
+def test_a_stop_asked_for_before_min_steps_is_not_the_last_step():
+    """Early stopping or max_time before min_steps / min_epochs: Lightning trains on (should_stop stays set),
+    so the final-step checkpoint waits for the step that really ends the run."""
+    from types import SimpleNamespace
+
+    from lit_lora.callbacks import stops_after_this_step
+
+    def trainer(step, should_stop, min_steps=None, min_epochs=None, max_steps=-1, epoch=0):
+        return SimpleNamespace(max_steps=max_steps, global_step=step, should_stop=should_stop, current_epoch=epoch,
+                               fit_loop=SimpleNamespace(min_steps=min_steps, min_epochs=min_epochs))
+
+    assert stops_after_this_step(trainer(3, False, max_steps=3))
+    assert not stops_after_this_step(trainer(2, False, max_steps=3))
+    assert stops_after_this_step(trainer(2, True))
+    assert not stops_after_this_step(trainer(2, True, min_steps=8)) and stops_after_this_step(trainer(8, True, min_steps=8))
+    assert not stops_after_this_step(trainer(9, True, min_epochs=2, epoch=1))
+    assert stops_after_this_step(trainer(12, True, min_epochs=2, epoch=2))
