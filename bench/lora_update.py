@@ -44,9 +44,8 @@ def build(hidden: int, layers: int, vocab: int):
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=512)
     base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     lora = LoRA(r=16, alpha=32, dropout=0.0, target_modules="all-linear")
-    plain_config = lora.peft_config("CAUSAL_LM")
-    plain_config._custom_modules = None  # peft's own layers
-    models = {"peft": get_peft_model(copy.deepcopy(base), plain_config), "fused": lora.wrap(base, "CAUSAL_LM")}
+    models = {"peft": get_peft_model(copy.deepcopy(base), lora.peft_config("CAUSAL_LM")),  # peft's own layers
+              "fused": lora.wrap(base, "CAUSAL_LM")}
     with torch.no_grad():
         for name, param in models["peft"].named_parameters():
             if "lora_B" in name:

@@ -101,9 +101,18 @@ def test_what_the_fast_path_does_not_cover_runs_peft(case, monkeypatch):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_lora_registers_it_and_qlora_keeps_peft_s_bitsandbytes_layers():
-    assert LoRA().peft_config("CAUSAL_LM")._custom_modules == {torch.nn.Linear: FusedLoraLinear}
-    assert not QLoRA().peft_config("CAUSAL_LM")._custom_modules
+def test_lora_wraps_plain_layers_with_it_and_leaves_quantized_ones_to_peft():
+    def layers(model):
+        return {type(m).__name__ for m in model.modules() if isinstance(m, PeftLoraLinear)}
+
+    def base():
+        return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+
+    assert layers(LoRA(r=2, target_modules=["0", "2"]).wrap(base(), None)) == {"FusedLoraLinear"}
+    quantized = base()
+    quantized.is_quantized = True  # transformers' mark of a model loaded with a quantization config
+    assert layers(LoRA(r=2, target_modules=["0", "2"]).wrap(quantized, None)) == {"Linear"}
+    assert not LoRA().peft_config("CAUSAL_LM")._custom_modules and not QLoRA().peft_config("CAUSAL_LM")._custom_modules
 
 
 def test_the_saved_adapter_is_plain_peft(tmp_path):

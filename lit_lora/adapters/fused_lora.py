@@ -18,7 +18,8 @@ base in another dtype than the adapter without autocast) runs peft's forward::
     >>> type(model.base_model.model[0]).__name__
     'FusedLoraLinear'
 
-Registered by ``lit_lora.adapters.LoRA`` for unquantized bases (QLoRA's bitsandbytes layers keep peft's own).
+Registered by ``lit_lora.adapters.LoRA.wrap`` for unquantized bases: bitsandbytes' layers are ``nn.Linear``
+subclasses, and they keep peft's own LoRA layers (QLoRA, or a checkpoint saved quantized).
 """
 
 from __future__ import annotations
@@ -59,3 +60,9 @@ class FusedLoraLinear(PeftLoraLinear):
             return None
         same_dtype = self.get_base_layer().weight.dtype == lora_B.weight.dtype
         return active[0] if same_dtype or torch.is_autocast_enabled(x.device.type) else None
+
+
+def holds_quantized_layers(model: torch.nn.Module) -> bool:
+    """The model was loaded quantized (transformers' ``is_quantized``) or holds bitsandbytes layers."""
+    return bool(getattr(model, "is_quantized", False)) or any(
+        type(module).__module__.startswith("bitsandbytes") for module in model.modules())

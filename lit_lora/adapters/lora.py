@@ -87,9 +87,7 @@ class LoRA(Adapter):
     def peft_config(self, task_type: str):
         from peft import LoraConfig
 
-        from lit_lora.adapters.fused_lora import FusedLoraLinear
-
-        config = LoraConfig(
+        return LoraConfig(
             task_type=task_type,
             r=self.r,
             lora_alpha=self.alpha,
@@ -100,16 +98,18 @@ class LoRA(Adapter):
             use_dora=self.use_dora,
             modules_to_save=self.modules_to_save,
         )
-        if not self.spec().quantized:  # bitsandbytes' layers are nn.Linear too: they keep peft's own LoRA layers
-            config._register_custom_module({nn.Linear: FusedLoraLinear})  # the update inside its matmul
-        return config
 
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
         from peft import get_peft_model
 
+        from lit_lora.adapters.fused_lora import FusedLoraLinear, holds_quantized_layers
+
         check_target_modules(model, self.target_modules)
         check_target_modules(model, self.modules_to_save, what="modules_to_save")
-        return get_peft_model(model, self.peft_config(task_type))
+        config = self.peft_config(task_type)
+        if not self.spec().quantized and not holds_quantized_layers(model):  # peft's own layers for bitsandbytes'
+            config._register_custom_module({nn.Linear: FusedLoraLinear})  # the update inside its matmul
+        return get_peft_model(model, config)
 
 
 class QLoRA(LoRA):
