@@ -41,10 +41,14 @@ def forward_backward(model, x: torch.Tensor, seed: int = 0):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.gpu)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("r, alpha, dropout", [(4, 8, 0.0), (4, 6, 0.0), (3, 7, 0.1), (8, 16, 0.2)])
-def test_value_and_gradients_equal_peft(r, alpha, dropout):
-    plain, fused = model_pair(r, alpha, dropout)
-    x = torch.randn(3, 5, 16)  # batch, sequence, features: the LM shape
+def test_value_and_gradients_equal_peft(r, alpha, dropout, device):
+    plain, fused = (model.to(device) for model in model_pair(r, alpha, dropout))
+    x = torch.randn(3, 5, 16, device=device)  # batch, sequence, features: the LM shape
     for model in (plain, fused):
         model.train()
     layers = [m for m in fused.modules() if isinstance(m, FusedLoraLinear)]
@@ -63,13 +67,18 @@ def test_power_of_two_scaling_is_bit_identical():
     assert torch.equal(fused(x), plain(x))
 
 
-def test_bf16_autocast_stays_within_bf16_rounding_of_peft():
-    plain, fused = model_pair(4, 8)
-    x = torch.randn(2, 7, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.bfloat16), pytest.param("cuda", torch.bfloat16,
+                                            marks=pytest.mark.gpu), pytest.param("cuda", torch.float16,
+                                                                                 marks=pytest.mark.gpu)])
+def test_autocast_stays_within_half_precision_rounding_of_peft(device, dtype):
+    plain, fused = (model.to(device) for model in model_pair(4, 8))
+    x = torch.randn(2, 7, 16, device=device)
+    with torch.autocast(device, dtype=dtype):
         want, got = plain(x), fused(x)
-    assert got.dtype == want.dtype == torch.bfloat16
+    assert got.dtype == want.dtype == dtype
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    got.float().square().mean().backward()  # the in-place product under autocast has a backward
+    assert all(p.grad is not None for n, p in fused.named_parameters() if "lora_" in n)
 
 
 @pytest.mark.parametrize("case", ["disabled", "merged", "dora", "lora_bias", "two_adapters", "bf16_base"])
