@@ -76,9 +76,7 @@ class AdapterCheckpoint(ModelCheckpoint):
         # inside the epoch, so a resume with a larger max_steps continues the epoch's batches; by on_train_end
         # the fit loop has counted the epoch as finished and a resume would skip the rest of it
         if self.monitor is None and stops_after_this_step(trainer) and not self._should_skip_saving_checkpoint(trainer):
-            candidates = self._monitor_candidates(trainer)
-            self._save_none_monitor_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+            self._save_latest(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # a run that ended on max_epochs (or stopped after a validation) saves its final weights too, so the latest
@@ -88,9 +86,12 @@ class AdapterCheckpoint(ModelCheckpoint):
             # the epoch the last step ran in: the fit loop has counted it as completed by now (epoch=1-step=3
             # for a 3-step run inside epoch 0)
             candidates["epoch"] = torch.tensor(max(trainer.current_epoch - 1, 0))
-            self._save_none_monitor_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)  # save_last: last.ckpt too, as every save does
+            self._save_latest(trainer, candidates)
         super().on_train_end(trainer, pl_module)
+
+    def _save_latest(self, trainer: Trainer, candidates: dict) -> None:
+        self._save_none_monitor_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)  # save_last: last.ckpt too, as every save does
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)

@@ -172,15 +172,18 @@ def check_json_rows(path: str, required: Sequence[str], text_columns: Sequence[s
     """Fail on the first row of a JSON / JSON-lines file that ``datasets`` would read with a silent gap: a
     required key left out (read as null, then dropped as empty), a key given twice, or a NaN / Infinity literal
     in a text field (read as null too). A key given as null or "" stays a counted, logged drop."""
-    text = Path(path).read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        rows = array_elements(text, len(json.loads(text)))
-    else:
-        rows = ((n, parse_row(line)) for n, line in enumerate(text.split("\n"), 1) if line.strip())
-    for lineno, row in rows:
-        problem = row_problem(lineno, row, required, text_columns) if isinstance(row, dict) else None
-        if problem:
-            raise DataFileError(f"{path}: {problem}")
+    with open(path, encoding="utf-8-sig", newline="\n") as f:  # lines end at "\n" alone, as datasets splits them
+        first = f.read(4096).lstrip()
+        f.seek(0)
+        if first.startswith("["):  # one JSON array: read whole, as datasets reads it
+            text = f.read()
+            rows = array_elements(text, len(json.loads(text)))
+        else:  # JSON lines: one at a time, the file is never held whole
+            rows = ((n, parse_row(line)) for n, line in enumerate(f, 1) if line.strip())
+        for lineno, row in rows:
+            problem = row_problem(lineno, row, required, text_columns) if isinstance(row, dict) else None
+            if problem:
+                raise DataFileError(f"{path}: {problem}")
 
 
 def row_problem(lineno: int, row: Row, required: Sequence[str], text_columns: Sequence[str]) -> Optional[str]:
@@ -199,11 +202,16 @@ def row_problem(lineno: int, row: Row, required: Sequence[str], text_columns: Se
     return None
 
 
+def probably_meant(field: str, found: Sequence[str]) -> Optional[str]:
+    """The name in ``found`` that looks like a misspelling of ``field`` (``outptu`` for ``output``), if one does."""
+    close = difflib.get_close_matches(field, list(found), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def missing_problem(lineno: int, row: Row, field: str, required: Sequence[str]) -> str:
     """The message for a required key a row lacks, with the unknown key that was probably meant."""
-    unknown = [key for key in row if key not in required]
-    meant = difflib.get_close_matches(field, unknown, n=1, cutoff=0.6)
-    hint = f"; it has {meant[0]!r}, which is no field (did you mean {field!r}?)" if meant else ""
+    meant = probably_meant(field, [key for key in row if key not in required])
+    hint = f"; it has {meant!r}, which is no field (did you mean {field!r}?)" if meant else ""
     return (f"line {lineno}, field {field!r}: missing from the row (every row gives {', '.join(required)}; "
             f"null for an empty value){hint}")
 

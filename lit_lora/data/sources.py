@@ -17,7 +17,6 @@ Data rows are counted from 0 in load order (files one after another), lines from
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,7 +24,7 @@ from typing import Optional, Sequence
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
 from lit_lora.data.file_errors import (TEXT_DTYPES, TEXT_FILES, DataFileError, check_json_rows, check_text_columns,
-                                      check_utf8, short_row, unreadable)
+                                      check_utf8, probably_meant, short_row, unreadable)
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -79,7 +78,7 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
 def meant(missing: Sequence[str], required: Sequence[str], dataset: Dataset) -> str:
     """`` (did you mean 'output' for 'outptu'?)``: the found columns that look like misspelt missing ones."""
     unknown = [c for c in dataset.column_names if c not in required]
-    pairs = [(c, close[0]) for c in missing if (close := difflib.get_close_matches(c, unknown, n=1, cutoff=0.6))]
+    pairs = [(c, found) for c in missing if (found := probably_meant(c, unknown))]
     return f" (did you mean {'; '.join(f'{c!r} for {found!r}' for c, found in pairs)}?)" if pairs else ""
 
 
