@@ -85,6 +85,21 @@ def test_a_numbered_directory_with_setup_files_alone_is_removed_and_any_other_ke
     assert not discard_setup_only(tmp_path / "test_1") and (tmp_path / "test_1" / "metrics.csv").exists()
 
 
+def test_an_error_before_the_logger_picked_a_version_creates_no_directory(tmp_path):
+    """A fit that fails before Lightning's setup (its CSV logger has no version yet) leaves the root untouched:
+    asking the logger whether it holds rows must not make it create ``lightning_logs/``."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_lora.cluster.launch_checks import RunDirectoryCheck
+
+    trainer = Trainer(logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    trainer.state.fn = "fit"
+    RunDirectoryCheck().on_exception(trainer, None, RuntimeError("before setup"))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("env, task", [
     (SLURM, True),
     ({**SLURM, "SLURM_JOB_NAME": "bash"}, False),         # srun --pty bash: a shell on the allocation

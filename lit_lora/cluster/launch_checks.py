@@ -222,8 +222,9 @@ class RunDirectoryCheck(Callback):
         (what it did write, metrics included, stays)."""
         logger = trainer.logger
         stopped_early = trainer.global_step == 0 if trainer.state.fn == "fit" else True
-        if stopped_early and not logged_rows_pending(trainer) and trainer.is_global_zero and logger is not None \
-                and getattr(logger, "_version", 0) is not None:  # a numbered logger that picked no number made none
+        if stopped_early and trainer.is_global_zero and logger is not None \
+                and getattr(logger, "_version", 0) is not None \
+                and not logged_rows_pending(trainer):  # a numbered logger that picked no number made none
             log_dir = getattr(logger, "log_dir", None)  # the logger's own: no collective, rank 0 alone runs this
             if log_dir and discard_setup_only(log_dir):
                 log.info("[lit-lora] %s: removed, the run stopped before its first step", log_dir)
