@@ -6,6 +6,11 @@ plain loop of ``bench/hf_peft.py`` (the same peft model and rows as ``bench/trai
 
 Prints seconds per step (median of 5 after 2 warm-up steps) and the ops that take the most time, for each
 precision. It explains the bench's bf16 figures: what autocast saves in matrix products and what it adds.
+
+It also prints the matrix products' share of a step: their floating-point operations (the profiler's count),
+the rate the step runs them at, and the rate of one ``torch.mm`` of the model's largest product shape on this
+CPU. Their quotient is the floor on a step's time for any loop that does these products at that rate: how
+much faster than this loop (and HF Trainer, which runs the same products) a tool could be at one precision.
 """
 
 from __future__ import annotations
@@ -53,11 +58,44 @@ def profile(model, batch: dict, bf16: bool, top: int) -> str:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
         for _ in range(2):
             step()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
-    return f"{'bfloat16 autocast' if bf16 else 'float32'}: {statistics.median(times):.3f} s/step\n{table}"
+    events = prof.key_averages()
+    table = events.table(sort_by="self_cpu_time_total", row_limit=top)
+    seconds = statistics.median(times)
+    return (f"{'bfloat16 autocast' if bf16 else 'float32'}: {seconds:.3f} s/step\n"
+            f"{matmul_floor(events, model.config, batch, bf16, seconds, steps=2)}\n{table}")
+
+
+def matmul_floor(events, config, batch: dict, bf16: bool, seconds: float, steps: int) -> str:
+    """One line: the step's matrix-product GFLOP, the rate it ran them at, torch.mm's rate at the model's
+    largest product shape, and the step time that rate allows (profiled over ``steps`` steps)."""
+    import torch
+
+    flops = sum(e.flops for e in events) / steps
+    mm_seconds = sum(e.self_cpu_time_total for e in events if e.flops) / 1e6 / steps
+    tokens = batch["input_ids"].numel()
+    shape = (tokens, config.hidden_size, config.intermediate_size)
+    peak = mm_rate(*shape, dtype=torch.bfloat16 if bf16 else torch.float32)
+    return (f"  matrix products: {flops / 1e9:.1f} GFLOP a step, {mm_seconds:.3f} s ({flops / mm_seconds / 1e9:.0f}"
+            f" GFLOP/s); torch.mm {shape[0]}×{shape[1]} @ {shape[1]}×{shape[2]}: {peak / 1e9:.0f} GFLOP/s, "
+            f"so no loop doing these products runs a step in under {flops / peak:.3f} s "
+            f"(this loop's step ÷ that floor: {seconds / (flops / peak):.2f})")
+
+
+def mm_rate(m: int, k: int, n: int, dtype, repeats: int = 10) -> float:
+    """FLOP/s of ``torch.mm`` of an m×k and a k×n matrix in ``dtype`` (best of ``repeats``, after a warm-up)."""
+    import torch
+
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best
 
 
 def main(argv=None) -> None:
