@@ -71,6 +71,34 @@ def test_batches_come_in_shuffled_order_not_a_repeating_length_curriculum():
     assert padded_fraction(rank_batches(sampler, batch), lengths) < 0.01
 
 
+def step_rows(batch: int, world: int, accumulation: int, n: int, lengths: list[int]) -> list[set[int]]:
+    """The rows of each optimizer step: ``accumulation`` micro-batches of every rank."""
+    samplers = [LengthGroupedSampler(range(n), lengths, batch, num_replicas=world, rank=r, seed=9,
+                                     accumulation=accumulation) for r in range(world)]
+    micro = [rank_batches(s, batch) for s in samplers]
+    return [{i for rank in micro for b in rank[s:s + accumulation] for i in b}
+            for s in range(0, len(micro[0]), accumulation)]
+
+
+@pytest.mark.parametrize("batch, world, accumulation", [(4, 1, 2), (2, 1, 4), (4, 2, 1), (2, 2, 2), (1, 2, 4)])
+def test_an_optimizer_step_holds_the_same_rows_however_it_is_split(batch, world, accumulation):
+    """8 rows a step, as one batch, as micro-batches of gradient accumulation or over ranks: the same rows in every
+    step (the last, ragged step included), so a smaller batch with accumulation trains the same run."""
+    n = 1002  # 125 steps of 8 rows and one of 2, divisible by the world (no DistributedSampler padding)
+    lengths = random_lengths(n, seed=4)
+    expected = step_rows(8, 1, 1, n, lengths)
+    assert len(expected) == 126 and len(expected[-1]) == 2
+    assert step_rows(batch, world, accumulation, n, lengths) == expected
+
+
+def test_a_step_is_split_into_micro_batches_longest_first_and_pads_no_more():
+    n, lengths = 1000, random_lengths(1000, seed=6)
+    whole = LengthGroupedSampler(range(n), lengths, 8, seed=1)
+    split = LengthGroupedSampler(range(n), lengths, 4, seed=1, accumulation=2)
+    assert list(split) == list(whole)  # one rank: a step's rows in the same order, cut in two
+    assert padded_fraction(rank_batches(split, 4), lengths) <= padded_fraction(rank_batches(whole, 8), lengths)
+
+
 def test_order_depends_on_seed_and_epoch_only():
     lengths = random_lengths(300)
     a = LengthGroupedSampler(range(300), lengths, 8, seed=5)
@@ -125,6 +153,22 @@ def test_resume_refuses_a_different_order():
     earlier = {**grouped.state_dict(), "order": "length_grouped"}  # the unshuffled order of earlier releases
     with pytest.raises(CheckpointSettingsMismatch, match="drew a length_grouped batch order.*draws that order the same way"):
         ResumableDataLoader(list(range(40)), batch_size=4, seed=0, lengths=lengths).load_state_dict(earlier)
+
+
+def test_resume_refuses_another_accumulation_of_grouped_steps():
+    lengths = random_lengths(40)
+
+    def loader(**kwargs):
+        return ResumableDataLoader(list(range(40)), batch_size=4, seed=0, lengths=lengths, collate_fn=list, **kwargs)
+
+    written = loader(accumulation=2)
+    written.trainer = fake_trainer(2)
+    with pytest.raises(CheckpointSettingsMismatch, match="steps of 2 micro-batches, this run into steps of 1.*"
+                                                         "accumulate_grad_batches"):
+        loader().load_state_dict(written.state_dict())
+    same = loader(accumulation=2)
+    same.load_state_dict(written.state_dict())
+    assert list(same) == list(loader(accumulation=2))[2:]
 
 
 def test_lengths_must_match_the_rows():

@@ -47,14 +47,14 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, dataset: Dataset, batch_size: Optional[int], seed: int = 0, num_replicas: int = 1,
                  rank: int = 0, lengths: Optional[Sequence[int]] = None, sampler: Optional[ResumableSampler] = None,
-                 **kwargs: Any):
+                 accumulation: int = 1, **kwargs: Any):
         kwargs.pop("shuffle", None)
         # a given sampler may yield whole batches (packing, with batch_size=None: lit_lora/data/packing.py)
         if sampler is None and lengths is None:
             sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         elif sampler is None:  # batches of similar lengths (lit_lora/data/length_grouping.py)
             sampler = LengthGroupedSampler(dataset, lengths, batch_size, num_replicas=num_replicas, rank=rank,
-                                           seed=seed)
+                                           seed=seed, accumulation=accumulation)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self.trainer: Optional[Any] = None
 
@@ -80,7 +80,12 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         return {"epoch": int(self.sampler.epoch), "batches": self.batches_trained(), "batch_size": self.batch_size,
-                "num_replicas": self.sampler.num_replicas, "seed": self.sampler.seed, "order": self.sampler.order}
+                "num_replicas": self.sampler.num_replicas, "seed": self.sampler.seed, "order": self.sampler.order,
+                "accumulation": self.grouped_accumulation()}
+
+    def grouped_accumulation(self) -> int:
+        """Micro-batches per optimizer step that the order groups rows by (1 where it does not)."""
+        return getattr(self.sampler, "accumulation", 1)
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("num_replicas", self.sampler.num_replicas) != self.sampler.num_replicas:
@@ -97,6 +102,11 @@ class ResumableDataLoader(DataLoader):
             raise CheckpointSettingsMismatch(
                 f"the checkpoint used batch_size {state['batch_size']}, this run {self.batch_size}: a mid-epoch "
                 "resume needs the same data.batch_size")
+        if state.get("accumulation", 1) != self.grouped_accumulation():  # absent: written before steps were grouped
+            raise CheckpointSettingsMismatch(
+                f"the checkpoint grouped rows by length into optimizer steps of {state.get('accumulation', 1)} "
+                f"micro-batches, this run into steps of {self.grouped_accumulation()}: a mid-epoch resume with "
+                "data.group_by_length needs the same trainer.accumulate_grad_batches")
         if state.get("seed", self.sampler.seed) != self.sampler.seed:
             raise CheckpointSettingsMismatch(
                 f"the checkpoint drew its batch order with seed {state['seed']}, this run with {self.sampler.seed}:"
@@ -136,6 +146,8 @@ def train_loader(dataset: Dataset, batch_size: Optional[int], seed: int, trainer
     packed batches have their own loader (``lit_lora.data.packing.packed_train_loader``).
     """
     world, rank = data_parallel_ranks(trainer)
+    if kwargs.get("lengths") is not None:  # length grouping forms whole optimizer steps
+        kwargs.setdefault("accumulation", trainer.accumulate_grad_batches if trainer is not None else 1)
     loader = ResumableDataLoader(dataset, batch_size=batch_size, seed=seed, num_replicas=world, rank=rank, **kwargs)
     loader.trainer = trainer
     return loader
