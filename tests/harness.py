@@ -207,6 +207,15 @@ def import_worker(name: str):
 
 
 # ---- what a run wrote -------------------------------------------------------------------------------------
+def fake_trainer(batches_done: int = 0, accumulate: int = 1, limit: float = float("inf")):
+    """The part of a Trainer a ``ResumableDataLoader`` reads: batches trained in this epoch, accumulation, limit."""
+    from types import SimpleNamespace
+
+    progress = SimpleNamespace(current=SimpleNamespace(ready=batches_done))
+    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+                           accumulate_grad_batches=accumulate, num_training_batches=limit)
+
+
 def version_dir(root: Path) -> Path:
     """The one run directory ``<root>/lightning_logs/version_N`` (fails when there is none or several)."""
     found = sorted((Path(root) / "lightning_logs").iterdir())

@@ -59,6 +59,33 @@ def test_restored_loader_continues_with_the_next_unseen_batch():
         ResumableDataLoader(data, batch_size=4, seed=3, num_replicas=2, rank=0).load_state_dict(state)
 
 
+def test_a_resume_at_an_epochs_end_may_change_the_world_size_and_batch_size():
+    """Past an epoch's last batch the next epoch starts afresh: 1 rank → 2 or batch 4 → 8 continues with that
+    epoch's whole order; the same change mid-epoch is refused, and another data.seed always is."""
+    data = list(range(40))
+    first = ResumableDataLoader(data, batch_size=4, seed=3)
+    first.trainer = Progress()
+    first.trainer.fit_loop.epoch_loop.batch_progress.current.ready = len(first)  # the epoch's last batch trained
+    state = first.state_dict()
+    assert state["epoch_batches"] == 10
+
+    for changed in (dict(batch_size=4, num_replicas=2, rank=1), dict(batch_size=8)):
+        fresh = ResumableDataLoader(data, seed=3, **changed)
+        fresh.sampler.set_epoch(1)
+        expected = [b.tolist() for b in fresh]
+        resumed = ResumableDataLoader(data, seed=3, **changed)
+        resumed.load_state_dict(state)
+        resumed.sampler.set_epoch(1)  # as Lightning moves on to the next epoch
+        assert [b.tolist() for b in resumed] == expected
+
+    mid_epoch = {**state, "batches": 3}
+    for changed, message in ((dict(batch_size=4, num_replicas=2), "same world size"), (dict(batch_size=8), "batch_size")):
+        with pytest.raises(CheckpointSettingsMismatch, match=message):
+            ResumableDataLoader(data, seed=3, **changed).load_state_dict(mid_epoch)
+    with pytest.raises(CheckpointSettingsMismatch, match="same data.seed"):
+        ResumableDataLoader(data, batch_size=4, seed=4).load_state_dict(state)
+
+
 class OneProcess:  # the part of a Lightning strategy AtomicDirectorySave uses, for a single process
     is_global_zero = True
 

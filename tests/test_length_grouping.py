@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 
 import pytest
+from harness import fake_trainer
 
 from lit_lora.ckpt_settings import CheckpointSettingsMismatch
 from lit_lora.data.length_grouping import LengthGroupedSampler
@@ -111,10 +111,6 @@ def test_order_depends_on_seed_and_epoch_only():
     assert list(a) != first and sorted(a) == sorted(first)
     assert list(LengthGroupedSampler(range(300), lengths, 8, seed=6)) != first
 
-
-def fake_trainer(batches_done: int):
-    progress = SimpleNamespace(current=SimpleNamespace(ready=batches_done))
-    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
 
 
 @pytest.mark.parametrize("rank", [0, 1])

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from harness import (KillBeforeStep, Killed, adapter_tensors, fit, read_losses, resumable_demo_cli,
+from harness import (KillBeforeStep, Killed, adapter_tensors, fake_trainer, fit, read_losses, resumable_demo_cli,
                      write_code_rows)
 from lightning.pytorch import Callback
 
@@ -96,10 +96,6 @@ def test_plan_depends_on_seed_and_epoch_only():
     assert list(PackedSampler(range(400), lengths, 128, 2, seed=6)) != first
 
 
-def fake_trainer(batches_done: int):
-    progress = SimpleNamespace(current=SimpleNamespace(ready=batches_done))
-    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
-
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_mid_epoch_resume_rebuilds_the_plan_and_skips_the_trained_batches(rank):
@@ -148,8 +144,7 @@ def test_resume_from_an_epochs_end_starts_the_next_epoch_whole():
     whole.sampler.set_epoch(1)
     expected = [b["input_ids"].tolist() for b in whole]
     limit, accumulate = len(expected) - 1, 3  # limit_train_batches one short of the epoch
-    trainer = SimpleNamespace(accumulate_grad_batches=accumulate, num_training_batches=limit,
-                              **vars(fake_trainer(len(expected))))
+    trainer = fake_trainer(len(expected), accumulate, limit)
     state = loader(trainer).state_dict()  # written after the last batch of epoch 0
     resumed = loader(trainer)
     resumed.load_state_dict(state)

@@ -81,13 +81,29 @@ class ResumableDataLoader(DataLoader):
     def state_dict(self) -> dict:
         return {"epoch": int(self.sampler.epoch), "batches": self.batches_trained(), "batch_size": self.batch_size,
                 "num_replicas": self.sampler.num_replicas, "seed": self.sampler.seed, "order": self.sampler.order,
-                "accumulation": self.grouped_accumulation()}
+                "accumulation": self.grouped_accumulation(), "epoch_batches": self.epoch_batches()}
+
+    def epoch_batches(self) -> int:
+        """Batches of a whole epoch (``limit_train_batches`` included)."""
+        return int(min(len(self), self.trainer.num_training_batches)) if self.trainer is not None else len(self)
 
     def grouped_accumulation(self) -> int:
         """Micro-batches per optimizer step that the order groups rows by (1 where it does not)."""
         return getattr(self.sampler, "accumulation", 1)
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue after the checkpoint's last trained batch. Mid-epoch that needs the order the checkpoint drew;
+        at an epoch's end the next epoch starts afresh, so the world size, batch size and order may change."""
+        if 0 < int(state["batches"]) < state.get("epoch_batches", math.inf):  # absent: written before it was saved
+            self.check_same_order(state)
+        if state.get("seed", self.sampler.seed) != self.sampler.seed:
+            raise CheckpointSettingsMismatch(
+                f"the checkpoint drew its batch order with seed {state['seed']}, this run with {self.sampler.seed}:"
+                " a resume needs the same data.seed (it also draws the validation split)")
+        self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.samples_per_batch)
+
+    def check_same_order(self, state: dict) -> None:
+        """Refuse, in one line, a mid-epoch resume whose settings would draw another order of batches."""
         if state.get("num_replicas", self.sampler.num_replicas) != self.sampler.num_replicas:
             raise CheckpointSettingsMismatch(
                 f"the checkpoint was written by {state['num_replicas']} data-parallel ranks, this run has "
@@ -107,11 +123,6 @@ class ResumableDataLoader(DataLoader):
                 f"the checkpoint grouped rows by length into optimizer steps of {state.get('accumulation', 1)} "
                 f"micro-batches, this run into steps of {self.grouped_accumulation()}: a mid-epoch resume with "
                 "data.group_by_length needs the same trainer.accumulate_grad_batches")
-        if state.get("seed", self.sampler.seed) != self.sampler.seed:
-            raise CheckpointSettingsMismatch(
-                f"the checkpoint drew its batch order with seed {state['seed']}, this run with {self.sampler.seed}:"
-                " a mid-epoch resume needs the same data.seed (it also draws the validation split)")
-        self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.samples_per_batch)
 
 
 def optimizer_step_windows(batches: Iterable[Any], accumulate: int, first: int = 0,
