@@ -68,20 +68,22 @@ def profile(model, batch: dict, bf16: bool, top: int) -> str:
             f"{matmul_floor(events, model.config, batch, bf16, seconds, steps=2)}\n{table}")
 
 
+MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
 def matmul_floor(events, config, batch: dict, bf16: bool, seconds: float, steps: int) -> str:
-    """One line: the step's matrix-product GFLOP, the rate it ran them at, torch.mm's rate at the model's
-    largest product shape, and the step time that rate allows (profiled over ``steps`` steps)."""
+    """One line: the step's matrix-product GFLOP (the profiler's count over ``steps`` steps), torch.mm's rate at
+    the model's largest product shape, and the step time that rate allows. Profiled op times are not used: the
+    FLOP count's shape recording slows the ops it records."""
     import torch
 
-    flops = sum(e.flops for e in events) / steps
-    mm_seconds = sum(e.self_cpu_time_total for e in events if e.flops) / 1e6 / steps
+    flops = sum(e.flops for e in events if e.key in MATRIX_PRODUCTS) / steps
     tokens = batch["input_ids"].numel()
     shape = (tokens, config.hidden_size, config.intermediate_size)
     peak = mm_rate(*shape, dtype=torch.bfloat16 if bf16 else torch.float32)
-    return (f"  matrix products: {flops / 1e9:.1f} GFLOP a step, {mm_seconds:.3f} s ({flops / mm_seconds / 1e9:.0f}"
-            f" GFLOP/s); torch.mm {shape[0]}×{shape[1]} @ {shape[1]}×{shape[2]}: {peak / 1e9:.0f} GFLOP/s, "
-            f"so no loop doing these products runs a step in under {flops / peak:.3f} s "
-            f"(this loop's step ÷ that floor: {seconds / (flops / peak):.2f})")
+    return (f"  matrix products: {flops / 1e9:.1f} GFLOP a step; torch.mm {shape[0]}×{shape[1]} @ {shape[1]}×{shape[2]}:"
+            f" {peak / 1e9:.0f} GFLOP/s, so no loop doing these products at that rate runs a step in under "
+            f"{flops / peak:.3f} s (this loop's step ÷ that floor: {seconds / (flops / peak):.2f})")
 
 
 def mm_rate(m: int, k: int, n: int, dtype, repeats: int = 10) -> float:
