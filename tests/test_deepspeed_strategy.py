@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import (CONFIGS, DEMO, assert_complete_lora_adapter, deepspeed_on_cpu_env, metrics_dir, metrics_rows,
-                     read_losses, run_cli, run_cli_subprocess, validation_rows)
+from harness import (CONFIGS, DEMO, WORKERS, assert_complete_lora_adapter, deepspeed_on_cpu_env, metrics_dir,
+                     metrics_rows, read_losses, run_cli, run_cli_subprocess, validation_rows)
 
 STEPS = 4
 ROWS = 8  # training rows: one global batch, repeated every step
@@ -199,6 +199,32 @@ def test_deepspeed_checkpoint_resumes_to_the_losses_of_the_whole_run(case, devic
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(whole[step], rel=1e-3), (step, resumed, whole)
+
+
+def test_accumulated_micro_batches_give_deepspeed_the_gradient_of_the_whole_step(tiny_model, torch_extensions_dir,
+                                                                                  tmp_path):
+    """ZeRO-2 on 2 CPU ranks: one step of 8 rows as 2 ranks × 4 or as 2 ranks × 2 × ``accumulate_grad_batches`` 2
+    has the same gradient norm. Lightning divides an accumulated loss by the accumulation and DeepSpeed's
+    ``engine.backward`` divides it again (``scale_wrt_gas``); lit-lora's step loss must undo both, or every
+    accumulated DeepSpeed step is clipped and updated with a gradient that is 1/accumulation too small."""
+    model_dir, norms = tiny_model("llama"), {}
+    for batch, accumulate in ((4, 1), (2, 2)):
+        out = tmp_path / f"norm-{batch}x{accumulate}.pt"
+        run_cli_subprocess([*fit_args("zero2-lora", model_dir, tmp_path / f"{batch}x{accumulate}", "cpu"),
+                            "--data.init_args.batch_size", str(batch),
+                            "--trainer.accumulate_grad_batches", str(accumulate), "--trainer.max_steps", "1",
+                            "--trainer.limit_val_batches", "0", "--trainer.callbacks+=grad_dump.FirstStepGradNorm"],
+                           via="cpu_as_cuda", cwd=tmp_path,
+                           env={**deepspeed_on_cpu_env(torch_extensions_dir), "GRAD_DUMP": str(out),
+                                "PYTHONPATH": str(WORKERS)})
+        norms[accumulate] = torch_load_float(out)
+    assert norms[1] > 0 and norms[2] == pytest.approx(norms[1], rel=1e-4), norms
+
+
+def torch_load_float(path: Path) -> float:
+    import torch
+
+    return float(torch.load(path))
 
 
 def test_zero3_trains_a_sequence_classifier_from_a_whole_loaded_base(tiny_model, lit_lora, tmp_path):

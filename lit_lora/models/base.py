@@ -261,15 +261,17 @@ class FineTuneModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Token losses summed, over the label tokens of the whole optimizer step on every rank.
 
-        Lightning divides the returned loss by ``accumulate_grad_batches`` and data-parallel training
-        averages gradients over ranks; both are undone so the step's gradient is that of
-        (sum of token losses) / (label tokens of the step).
+        Lightning divides the returned loss by ``accumulate_grad_batches`` (and DeepSpeed's engine, which
+        accumulates itself, divides it once more) and data-parallel training averages gradients over ranks;
+        all are undone so the step's gradient is that of (sum of token losses) / (label tokens of the step).
         """
         summed, count = self.loss_terms(batch)
         step_labels = batch.get("step_labels")
         local = step_label_count(step_labels, self.shifts_labels) if step_labels else count
         step_tokens = self.trainer.strategy.reduce(local.to(summed.device).float(), reduce_op="sum").clamp(min=1)
-        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches if step_labels else self.trainer.world_size
+        accumulate = self.trainer.accumulate_grad_batches
+        scale = self.trainer.world_size * (accumulate if step_labels else 1) \
+            * (accumulate if self.trainer.strategy.handles_gradient_accumulation else 1)  # DeepSpeed's scale_wrt_gas
         self._log_step_loss(summed.detach(), step_tokens, len(step_labels) if step_labels else 1, batch)
         return summed * scale / step_tokens
 

@@ -24,3 +24,12 @@ class FirstStepGradients(Callback):
         loss = trainer.callback_metrics.get("train_loss")
         if trainer.global_step == 1 and trainer.is_global_zero and loss is not None:
             torch.save(float(loss), os.environ["GRAD_DUMP"] + ".loss")
+
+
+class FirstStepGradNorm(Callback):
+    """DeepSpeed's global gradient norm of the first optimizer step (its engine holds the gradients, partitioned)
+    to ``$GRAD_DUMP``."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 1 and trainer.is_global_zero and not os.path.exists(os.environ["GRAD_DUMP"]):
+            torch.save(float(trainer.strategy.deepspeed_engine.get_global_grad_norm()), os.environ["GRAD_DUMP"])
