@@ -207,6 +207,17 @@ def import_worker(name: str):
 
 
 # ---- what a run wrote -------------------------------------------------------------------------------------
+def without_dropout(model_dir: str, out: Path) -> str:
+    """A copy of ``model_dir`` whose config has its dropout off (the tiny RoBERTa keeps transformers' 0.1)."""
+    shutil.copytree(model_dir, out, dirs_exist_ok=True)
+    settings = json.loads((out / "config.json").read_text())
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout"):
+        if key in settings:
+            settings[key] = 0.0
+    (out / "config.json").write_text(json.dumps(settings))
+    return str(out)
+
+
 def fake_trainer(batches_done: int = 0, accumulate: int = 1, limit: float = float("inf")):
     """The part of a Trainer a ``ResumableDataLoader`` reads: batches trained in this epoch, accumulation, limit."""
     from types import SimpleNamespace

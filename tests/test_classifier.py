@@ -1,13 +1,12 @@
 """SequenceClassifierModule: every method lifts accuracy above chance; last-non-pad pooling; head and labels."""
 
 import json
-import shutil
 from collections import Counter
 
 import lightning as L
 import pytest
 import torch
-from harness import quiet_trainer
+from harness import quiet_trainer, without_dropout
 
 from lit_lora.adapters import FullFineTuning, LoRA, PrefixTuning, PromptTuning, PTuning, QLoRA
 from lit_lora.adapters.base import InvalidAdapterSetting
@@ -21,16 +20,7 @@ from lit_lora.optim import OptimizerSettings
 def backbone(tiny_model, tmp_path_factory):
     """Tiny models with dropout off: a frozen *random* backbone gives features too faint to survive
     dropout noise in a few hundred steps (a pretrained one does not need this)."""
-    def make(arch):
-        out = tmp_path_factory.mktemp(f"{arch}-nodrop")
-        shutil.copytree(tiny_model(arch), out, dirs_exist_ok=True)
-        config = json.loads((out / "config.json").read_text())
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout"):
-            if key in config:
-                config[key] = 0.0
-        (out / "config.json").write_text(json.dumps(config))
-        return str(out)
-    return make
+    return lambda arch: without_dropout(tiny_model(arch), tmp_path_factory.mktemp(f"{arch}-nodrop"))
 
 
 def fit_and_score(path, adapter, lr, steps=300):

@@ -31,6 +31,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from harness import (CONFIGS, DEMO, WORKERS, assert_complete_lora_adapter, deepspeed_on_cpu_env, metrics_dir,
                      metrics_rows, read_losses, run_cli, run_cli_subprocess, validation_rows)
@@ -217,14 +218,8 @@ def test_accumulated_micro_batches_give_deepspeed_the_gradient_of_the_whole_step
                            via="cpu_as_cuda", cwd=tmp_path,
                            env={**deepspeed_on_cpu_env(torch_extensions_dir), "GRAD_DUMP": str(out),
                                 "PYTHONPATH": str(WORKERS)})
-        norms[accumulate] = torch_load_float(out)
+        norms[accumulate] = float(torch.load(out))
     assert norms[1] > 0 and norms[2] == pytest.approx(norms[1], rel=1e-4), norms
-
-
-def torch_load_float(path: Path) -> float:
-    import torch
-
-    return float(torch.load(path))
 
 
 def test_zero3_trains_a_sequence_classifier_from_a_whole_loaded_base(tiny_model, lit_lora, tmp_path):

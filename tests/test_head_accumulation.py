@@ -9,13 +9,11 @@ weights the 2-row micro-batch as the 4-row one and moves both far beyond the tol
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from harness import QUIET, adapter_tensors, build_cli, config, fit, read_losses
+from harness import QUIET, adapter_tensors, build_cli, config, fit, read_losses, without_dropout
 
 ROWS, STEPS = 14, 4  # two epochs of a full step (8 rows) and a ragged one (6 rows)
 HEADS = {  # config, tiny architecture, extra arguments
@@ -26,17 +24,6 @@ HEADS = {  # config, tiny architecture, extra arguments
     # length grouping (on by default for prompt data) forms whole optimizer steps: the same rows per step
     "llama-label-word-grouped": ("tutorials/nli_llama_label_word", "llama", ("--data.init_args.group_by_length", "true")),
 }
-
-
-def without_dropout(model_dir: str, out: Path) -> str:
-    """A copy of ``model_dir`` whose config has its dropout off (the tiny RoBERTa keeps transformers' 0.1)."""
-    shutil.copytree(model_dir, out, dirs_exist_ok=True)
-    settings = json.loads((out / "config.json").read_text())
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout"):
-        if key in settings:
-            settings[key] = 0.0
-    (out / "config.json").write_text(json.dumps(settings))
-    return str(out)
 
 
 def run(config_name: str, model_dir: str, root: Path, batch_size: int, accumulate: int, *extra: str):
