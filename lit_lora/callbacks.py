@@ -12,7 +12,6 @@ In YAML they are top-level keys (``checkpoint:``, ``export:``, ``baseline:``, ``
 from __future__ import annotations
 
 import logging
-import math
 import resource
 import shutil
 import sys
@@ -27,10 +26,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.sharding import run_device
+from lit_lora.console import scalar_metrics
 from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.export import merge_and_save
 from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError, check_finite_weights
 from lit_lora.strict_json import dumps
+from lit_lora.token_loss import perplexity
 
 log = logging.getLogger("lit_lora")
 
@@ -266,7 +267,7 @@ class BaselineComparison(Callback):
 
 def perplexity_text(loss: float) -> str:
     """exp(loss) to two decimals, or in scientific notation past a million (an untrained model's is huge)."""
-    value = math.exp(min(loss, 50))
+    value = perplexity(loss)
     return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"
 
 
@@ -313,7 +314,7 @@ class MetricsWriter(Callback):
         if not trainer.is_global_zero:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        scalars = scalar_metrics(trainer)
         result = {"stage": stage, "ckpt_path": trainer.ckpt_path, "metrics": scalars,
                   "details": getattr(pl_module, "extra_metrics", {})}
         (out_dir / self.filename).write_text(dumps(result, indent=2, default=str))

@@ -145,11 +145,16 @@ class StepProgressBar(TQDMProgressBar):
             bar.refresh()
 
 
+def scalar_metrics(trainer: Trainer) -> dict[str, float]:
+    """The Trainer's logged metrics that are one number each (per-class vectors and the like left out)."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
 def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], started: float,
                 module: Optional[Any] = None) -> str:
     """What a finished ``fit`` produced and what to run next, in a few lines (``compare`` only for a ``module``
     whose evaluator compares generated text, as ``lit-lora compare`` requires)."""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics = scalar_metrics(trainer)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
                       if k in ("train_loss", "val_loss") or k.endswith(("accuracy", "f1_macro", "bleu")))
     validated = getattr(module, "validated_at_step", None)

@@ -15,6 +15,7 @@ first backward::
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -53,3 +54,9 @@ def label_count(labels: torch.Tensor, shift: bool) -> torch.Tensor:
 def step_label_count(step_labels: Sequence[torch.Tensor], shift: bool) -> torch.Tensor:
     """Label positions of every micro-batch of one optimizer step on this rank."""
     return torch.stack([label_count(labels, shift) for labels in step_labels]).sum()
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp of a token-weighted mean loss, capped at e^50: an untrained or diverged model reports a huge number,
+    not an overflow."""
+    return math.exp(min(mean_loss, 50.0))

@@ -23,6 +23,7 @@ import lightning as L
 
 from lit_lora.callbacks import peak_memory
 from lit_lora.cluster.run_files import holds_run
+from lit_lora.console import scalar_metrics
 from lit_lora.evaluation.report import build_report, console_summary, example_rows, plot_loss_curve, write_report
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,7 @@ def evaluate(module, datamodule, trainer_kwargs: dict, out_dir: Path, ckpt_path:
     with warnings.catch_warnings():  # the training run's callbacks hold no state a test needs
         warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    metrics = {k.removeprefix("test_"): float(v) for k, v in trainer.callback_metrics.items()
-               if k.startswith("test_") and v.numel() == 1}
+    metrics = {k.removeprefix("test_"): v for k, v in scalar_metrics(trainer).items() if k.startswith("test_")}
     per_group = module.extra_metrics.get("per_group", {})
     return {"metrics": metrics, "per_group": per_group, "predictions": list(module.predictions),
             "overlap": module.extra_metrics.get("train_overlap")}

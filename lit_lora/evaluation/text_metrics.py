@@ -21,6 +21,8 @@ from torch import nn
 from torchmetrics import Metric, SumMetric
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
+from lit_lora.token_loss import perplexity
+
 log = logging.getLogger("lit_lora")
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
@@ -98,7 +100,7 @@ class TextMetrics(nn.Module):
             if not math.isfinite(out["loss"]):
                 log.warning("[lit-lora] evaluation loss is %s: a batch gave a non-finite loss; reported as is",
                             out["loss"])
-            out["perplexity"] = math.exp(min(out["loss"], 50.0))
+            out["perplexity"] = perplexity(out["loss"])
         if self.exact.update_called:
             out["bleu"] = float(self.bleu.compute())
             out.update({k: float(v) for k, v in self.rouge.compute().items()})
