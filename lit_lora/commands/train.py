@@ -43,6 +43,7 @@ from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
 from lit_lora.cli_links import LINKS
 from lit_lora.commands.config_errors import check_linked, config_files, explain
+from lit_lora.commands.config_layers import check_config_files
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models.base import FineTuneModule
 
@@ -147,7 +148,9 @@ class LitLoraCLI(LightningCLI):
         """Keep the ``model`` section as given: LightningCLI then swaps in a ``--ckpt_path``'s hyperparameters
         (``before_instantiate_classes`` compares the two and puts the run settings back). A value for a linked
         key is refused first: jsonargparse would drop it silently."""
-        check_linked(sys.argv[1:] if args is None else args)
+        argv = sys.argv[1:] if args is None else args
+        check_config_files(config_files(argv))
+        check_linked(argv)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         given = self.config[subcommand].get("model") if subcommand else None
