@@ -178,12 +178,38 @@ def check_json_rows(path: str, required: Sequence[str], text_columns: Sequence[s
         if first.startswith("["):  # one JSON array: read whole, as datasets reads it
             text = f.read()
             rows = array_elements(text, len(json.loads(text)))
-        else:  # JSON lines: one at a time, the file is never held whole
-            rows = ((n, parse_row(line)) for n, line in enumerate(f, 1) if line.strip())
+        else:  # JSON lines: one at a time, the file is never held whole; else objects spread over lines
+            rows = json_lines(path, f)
         for lineno, row in rows:
             problem = row_problem(lineno, row, required, text_columns) if isinstance(row, dict) else None
             if problem:
                 raise DataFileError(f"{path}: {problem}")
+
+
+def json_lines(path: str, f):
+    """(line, parsed row) of a JSON-lines file; for a file whose objects span several lines (``json.dump(row, f,
+    indent=2)`` per row, which ``datasets`` reads too), each object with the line it starts on."""
+    try:
+        for n, line in enumerate(f, 1):  # lazily: a large file is never held whole
+            if line.strip():
+                yield n, parse_row(line)
+        return
+    except json.JSONDecodeError:  # rows already checked are checked again below: the checks repeat harmlessly
+        f.seek(0)
+    text, decoder, at = f.read(), json.JSONDecoder(object_pairs_hook=keep_duplicates), 0
+    values = []
+    while (at := len(text) - len(text[at:].lstrip())) < len(text):
+        try:
+            value, end = decoder.raw_decode(text, at)
+        except json.JSONDecodeError as err:
+            raise DataFileError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})") from None
+        values.append((text.count("\n", 0, at) + 1, value))
+        at = end
+    if len(values) == 1 and isinstance(values[0][1], dict) and values[0][1] \
+            and all(isinstance(v, list) for v in values[0][1].values()):
+        raise DataFileError(f"{path}: line {values[0][0]}: one JSON object of columns ({{\"{next(iter(values[0][1]))}\": "
+                            f"[...], ...}}); lit-lora reads rows: one object per row (JSON lines) or an array of them")
+    yield from values
 
 
 def row_problem(lineno: int, row: Row, required: Sequence[str], text_columns: Sequence[str]) -> Optional[str]:

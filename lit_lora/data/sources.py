@@ -23,11 +23,14 @@ from typing import Optional, Sequence
 
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
+from lit_lora.data.csv_options import csv_read_options, duplicate_column
 from lit_lora.data.file_errors import (TEXT_DTYPES, TEXT_FILES, DataFileError, check_json_rows, check_text_columns,
                                       check_utf8, probably_meant, short_row, unreadable)
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
 SAMPLES_DIR = Path(__file__).parent / "samples"
+log = logging.getLogger("lit_lora")
 
 
 def local_files(source: str) -> Optional[list[str]]:
@@ -38,14 +41,30 @@ def local_files(source: str) -> Optional[list[str]]:
     if path.is_file():
         return [str(path)]
     if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.suffix in BUILDERS)
-        if not files:
-            raise DataFileError(f"{source}: directory holds no {', '.join(BUILDERS)} files")
-        return files
+        return directory_files(source, path)
     if source.startswith(("/", "./", "../", "~")) or path.suffix in BUILDERS:
         raise DataFileError(f"{source}: no such file or directory (and it is not a bundled sample: "
                                 f"{', '.join(sorted(p.name for p in SAMPLES_DIR.glob('*.jsonl')))})")
     return None  # a hub dataset id such as nyu-mll/multi_nli
+
+
+def directory_files(source: str, path: Path) -> list[str]:
+    """The data files of a directory; one that looks like data under another name (``part2.JSONL``,
+    ``part3.jsonl.gz``) is an error, anything else (a README, notes) a skip counted in the log."""
+    entries = sorted(path.iterdir())
+    misnamed = [p.name for p in entries if p.suffix not in BUILDERS and (p.suffix.lower() in BUILDERS or (
+        p.suffix.lower() in COMPRESSED and len(p.suffixes) > 1 and p.suffixes[-2].lower() in BUILDERS))]
+    if misnamed:
+        raise DataFileError(f"{source}: {', '.join(misnamed)}: lit-lora reads {', '.join(BUILDERS)} files, "
+                            f"uncompressed and named in lower case: rename or decompress, or move them out")
+    files = [str(p) for p in entries if p.suffix in BUILDERS and p.is_file()]
+    if not files:
+        raise DataFileError(f"{source}: directory holds no {', '.join(BUILDERS)} files")
+    others = [p.name + ("/" if p.is_dir() else "") for p in entries if str(p) not in files]
+    if others:
+        log.info("[lit-lora] %s: reading %d data file%s; skipped %d other entr%s: %s", source, len(files),
+                 "s" * (len(files) > 1), len(others), "ies" if len(others) > 1 else "y", ", ".join(others))
+    return files
 
 
 def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
@@ -101,8 +120,10 @@ def load_local(source: str, files: list[str], text_columns: Sequence[str] = (),
     path, builder = files[0], BUILDERS[suffixes.pop()]
     if Path(path).suffix in TEXT_FILES:
         check_utf8(path)
-    # CSV has no types: keep text columns as written ("042" stays "042", not the int 42)
-    options = {"converters": {c: str for c in text_columns}} if builder == "csv" and text_columns else {}
+    if builder == "csv" and (problem := duplicate_column(path)):
+        raise DataFileError(f"{path}: {problem}")
+    # CSV has no types: keep text columns as written ("042" stays "042", not the int 42; "None" stays "None")
+    options = csv_read_options(path, text_columns) if builder == "csv" else {}
     try:
         with datasets_errors_unlogged():
             dataset = load_dataset(builder, data_files=files, split="train", **options)

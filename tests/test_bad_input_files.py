@@ -1,0 +1,95 @@
+"""Data files that ``datasets`` reads with a silent loss, or that lit-lora's own checks misread: each is read as
+written, refused naming the file and line, or skipped with a count in the log (``lit_lora.data.sources``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from test_bad_input import code_row, instruction_dm, setup_error, snli_csv, write_lines
+
+from lit_lora.data.file_errors import DataFileError
+from lit_lora.data.nli import SNLIDataModule
+
+pytestmark = pytest.mark.faults
+
+
+def all_rows(dm, column: str) -> list:
+    return sorted(list(dm.datasets["train"][column]) + list(dm.datasets["validation"][column]))
+
+
+def test_a_data_directory_refuses_data_under_another_name_and_logs_what_it_skips(tmp_path, tiny_model, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_lines(data / "part1.jsonl", [json.dumps(code_row(i)) for i in range(8)])
+    for name in ("part2.JSONL", "part3.jsonl.gz"):
+        (data / name).write_bytes(b"{}\n")
+        message = setup_error(instruction_dm(tiny_model, str(data)), DataFileError)
+        assert message.startswith(f"{data}: {name}: lit-lora reads .json, .jsonl, .parquet, .csv files, "
+                                  "uncompressed and named in lower case")
+        (data / name).unlink()
+
+    (data / "README.md").write_text("# my data\n")
+    (data / "old").mkdir()
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        dm = instruction_dm(tiny_model, str(data))
+        dm.setup("fit")
+    assert f"[lit-lora] {data}: reading 1 data file; skipped 2 other entries: README.md, old/" in caplog.messages
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 8
+
+
+def test_csv_cells_pandas_would_call_missing_stay_text(tmp_path, tiny_model):
+    """pandas reads None / NA / N/A / null / nan as missing: an answer "None" was dropped as empty, an input "N/A"
+    left its prompt. Both are text; only an empty cell is empty."""
+    answers = ["None", "NA", "null", "nan", "N/A", "0", "1", "2"]
+    lines = ["instruction,input,output"] + [f"What does f{i} return?,{'N/A' if i == 1 else ''},{a}"
+                                            for i, a in enumerate(answers)]
+    dm = instruction_dm(tiny_model, write_lines(tmp_path / "codes.csv", lines))
+    dm.setup("fit")
+    assert dm.drop_counts["train"] + dm.drop_counts["validation"] == {}
+    assert all_rows(dm, "reference") == sorted(answers)
+    prompt = next(p for p in list(dm.datasets["train"]["prompt"]) + list(dm.datasets["validation"]["prompt"])
+                  if "f1 return" in p)
+    assert "N/A" in prompt
+
+
+def test_a_blank_nli_label_cell_is_still_no_gold_label(tmp_path, tiny_model):
+    """Other columns keep pandas' missing values: an NLI row with a blank label stays a counted drop."""
+    dm = SNLIDataModule(source=snli_csv(tmp_path / "snli.csv", ["0", "1", "", "2", "NA", "0", "1", "2"]),
+                        tokenizer_name_or_path=tiny_model("llama"), val_fraction=0.25)
+    dm.setup("fit")
+    assert dm.drop_counts["train"] + dm.drop_counts["validation"] == {"no gold label (blank)": 2}
+
+
+def test_a_csv_column_named_twice_is_refused(tmp_path, tiny_model):
+    lines = ["instruction,input,output,output"] + [f"Add {i}.,,{i},{i + 1}" for i in range(8)]
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "codes.csv", lines)), DataFileError)
+    assert message == (f"{tmp_path / 'codes.csv'}: line 1: column 'output' is named twice (pandas would read the "
+                       "second as 'output.1', which nothing reads): give each column one name")
+
+
+def test_json_objects_spread_over_lines_are_rows_checked_with_the_line_they_start_on(tmp_path, tiny_model):
+    """``json.dump(row, f, indent=2)`` per row: datasets reads it; lit-lora's checks crashed on line 1."""
+    path = tmp_path / "codes.json"
+    path.write_text("".join(json.dumps(code_row(i), indent=2) + "\n" for i in range(8)))
+    dm = instruction_dm(tiny_model, str(path))
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 8
+
+    rows = [code_row(i) for i in range(8)]
+    del rows[5]["output"]
+    text = "".join(json.dumps(row, indent=2) + "\n" for row in rows)
+    path.write_text(text)
+    line = 1 + sum(json.dumps(row, indent=2).count("\n") + 1 for row in rows[:5])
+    message = setup_error(instruction_dm(tiny_model, str(path)), DataFileError)
+    assert message.startswith(f"{path}: line {line}, field 'output': missing from the row")
+
+
+def test_one_json_object_of_columns_is_refused_naming_the_layout(tmp_path, tiny_model):
+    rows = [code_row(i) for i in range(8)]
+    path = tmp_path / "codes.json"
+    path.write_text(json.dumps({key: [row[key] for row in rows] for key in rows[0]}, indent=2))
+    message = setup_error(instruction_dm(tiny_model, str(path)), DataFileError)
+    assert message == (f'{path}: line 1: one JSON object of columns ({{"instruction": [...], ...}}); lit-lora reads '
+                       "rows: one object per row (JSON lines) or an array of them")
