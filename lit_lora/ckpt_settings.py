@@ -20,6 +20,7 @@ refuses another batch size, order or data seed mid-epoch, ``data/resumable.py``)
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,7 +42,7 @@ class CheckpointSettingsMismatch(ValueError):
 
 
 class MissingCheckpoint(FileNotFoundError):
-    """``--ckpt_path`` names no file or directory."""
+    """``--ckpt_path`` names no file or directory, or none that holds a checkpoint."""
 
 
 def check_ckpt_path_exists(ckpt_path: Optional[str]) -> None:
@@ -50,8 +51,18 @@ def check_ckpt_path_exists(ckpt_path: Optional[str]) -> None:
     if not ckpt_path or ckpt_path in ("last", "best", "hpc") or str(ckpt_path).startswith("registry") \
             or "://" in str(ckpt_path):
         return
-    if not Path(ckpt_path).exists():
+    path = Path(ckpt_path)
+    if not path.exists():
         raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: no such file or directory")
+    if path.is_dir() and not (path / "checkpoint").is_dir():  # a DeepSpeed checkpoint is a directory of that layout
+        held = sorted(p.name for p in path.glob("*.ckpt"))
+        raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: a directory, not a checkpoint"
+                                + (f"; it holds {', '.join(held[:3])}{', …' * (len(held) > 3)}: name one" if held else ""))
+    if path.is_file() and not zipfile.is_zipfile(path):  # torch.save's format, which Lightning writes
+        adapter = " (adapter weights: lit-lora compare and merge take the adapter's directory as --adapter_dir)" \
+            if path.suffix in (".safetensors", ".bin") else ""
+        raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: not a checkpoint Lightning wrote (a .ckpt file in a run's "
+                                f"checkpoints/ directory){adapter}")
 
 
 def check_steps_left(ckpt_path: Optional[str], max_steps: Optional[int]) -> None:
@@ -152,6 +163,8 @@ def check_resume_settings(given_model: Any, used_model: Any, ckpt_path: Optional
     diff = differences(given_model, used_model, keys)
     if not diff:
         return
+    if not training and "model.class_path" in diff:  # the config's data would meet another kind of model
+        raise other_module(ckpt_path, diff["model.class_path"][1], diff["model.class_path"][0], subcommand)
     if training and not accept:
         raise CheckpointSettingsMismatch(
             f"--ckpt_path {ckpt_path} was trained with other model settings than this config, and resuming "
@@ -160,3 +173,24 @@ def check_resume_settings(given_model: Any, used_model: Any, ckpt_path: Optional
             "checkpoint's settings (the run's config.yaml records them), or drop --ckpt_path to start a new run")
     log.warning("[lit-lora] %s with the model settings stored in %s, not the config's:\n%s",
                 "resuming" if training else f"{subcommand} runs", ckpt_path, _listing(diff))
+
+
+def other_module(ckpt_path: str, stored: str, given: str, command: str) -> CheckpointSettingsMismatch:
+    """The error for a checkpoint of another LightningModule than the config's, with its run's config to use."""
+    saved = Path(ckpt_path).parent.parent / "config.yaml"
+    return CheckpointSettingsMismatch(
+        f"--ckpt_path {ckpt_path} holds a {stored}, this config a {given}: score a checkpoint with the config of "
+        f"its run" + (f" (lit-lora {command} --config {saved} --ckpt_path {ckpt_path})" if saved.is_file() else ""))
+
+
+def check_checkpoint_module(ckpt_path: str, class_path: Optional[str], command: str) -> None:
+    """Refuse a Lightning checkpoint file whose stored module class (LightningCLI's hyperparameters) is not
+    ``class_path``, before anything is built; read memory-mapped, so only the hyperparameters are touched."""
+    if not class_path or not Path(ckpt_path).is_file():
+        return
+    import torch
+
+    stored = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters") or {}
+    stored_class = stored.get("_class_path")
+    if stored_class and stored_class != class_path:
+        raise other_module(ckpt_path, stored_class, class_path, command)

@@ -18,6 +18,8 @@ from typing import Optional
 
 from jsonargparse import ActionYesNo
 
+from lit_lora.ckpt_settings import (CheckpointSettingsMismatch, MissingCheckpoint, check_checkpoint_module,
+                                     check_ckpt_path_exists)
 from lit_lora.commands.experiment import load_experiment
 from lit_lora.evaluation.compare import CompareSettings, NotComparable, compare_models
 from lit_lora.evaluation.overlap import TrainOverlapError
@@ -55,6 +57,12 @@ def check(config) -> None:
     given, path = ("--ckpt_path", settings.ckpt_path) if settings.ckpt_path else ("--adapter_dir", settings.adapter_dir)
     if not Path(path).exists():
         raise SystemExit(f"lit-lora compare: {given} {path}: no such file or directory")
+    if settings.ckpt_path:
+        try:
+            check_ckpt_path_exists(path)
+            check_checkpoint_module(path, (config.get("model") or {}).get("class_path"), "compare")
+        except (MissingCheckpoint, CheckpointSettingsMismatch) as err:
+            raise SystemExit(f"lit-lora compare: {err}") from None
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -1,0 +1,56 @@
+"""A ``--ckpt_path`` that holds no checkpoint of the config's module is one line before anything loads: an adapter's
+weights file, a checkpoints directory, or the checkpoint of another kind of run (a classifier's under a causal-LM
+config: the config's data would meet the checkpoint's model and fail deep inside the loss)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from harness import DEMO, QUIET, config, run_cli, run_cli_subprocess
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model) -> dict[str, Path]:
+    """One-step runs of the demo (LoRA causal LM) and the RoBERTa classifier tutorial: their run directories."""
+    root = tmp_path_factory.mktemp("runs")
+    common = [*QUIET, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"]
+    run_cli(["fit", "--config", DEMO, "--trainer.default_root_dir", str(root / "demo"), "--baseline.enabled", "false",
+             "--model.init_args.model_name_or_path", tiny_model("llama"), *common])
+    run_cli(["fit", "--config", config("tutorials/nli_roberta_lora"), "--trainer.default_root_dir", str(root / "nli"),
+             "--model.init_args.model_name_or_path", tiny_model("roberta"), *common])
+    return {name: root / name / "lightning_logs" / "version_0" for name in ("demo", "nli")}
+
+
+def last_line(command: str, ckpt_path: Path, tmp_path: Path, tiny_model) -> str:
+    result = run_cli_subprocess([command, "--config", DEMO, "--model.init_args.model_name_or_path", tiny_model("llama"),
+                                 "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt_path)],
+                                check=False, cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "kept" not in result.stderr, "the data was tokenised before the refusal"
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_an_adapter_file_or_a_checkpoints_directory_is_named_as_such(runs, tmp_path, tiny_model):
+    weights = runs["demo"] / "adapter" / "adapter_model.safetensors"
+    assert last_line("test", weights, tmp_path, tiny_model) == (
+        f"lit-lora: MissingCheckpoint: --ckpt_path {weights}: not a checkpoint Lightning wrote (a .ckpt file in a "
+        "run's checkpoints/ directory) (adapter weights: lit-lora compare and merge take the adapter's directory as "
+        "--adapter_dir)")
+    directory = runs["demo"] / "checkpoints"
+    held = sorted(p.name for p in directory.glob("*.ckpt"))
+    assert last_line("test", directory, tmp_path, tiny_model) == (
+        f"lit-lora: MissingCheckpoint: --ckpt_path {directory}: a directory, not a checkpoint; it holds "
+        f"{', '.join(held)}: name one")
+
+
+@pytest.mark.parametrize("command", ["test", "compare"])
+def test_a_checkpoint_of_another_module_is_refused_with_its_runs_config(runs, tmp_path, tiny_model, command):
+    ckpt = runs["nli"] / "checkpoints" / "last.ckpt"
+    prefix = "lit-lora compare: " if command == "compare" else "lit-lora: CheckpointSettingsMismatch: "
+    assert last_line(command, ckpt, tmp_path, tiny_model) == (
+        f"{prefix}--ckpt_path {ckpt} holds a lit_lora.models.SequenceClassifierModule, this config a "
+        f"lit_lora.models.CausalLMModule: score a checkpoint with the config of its run (lit-lora {command} --config "
+        f"{runs['nli'] / 'config.yaml'} --ckpt_path {ckpt})")
