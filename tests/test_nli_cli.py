@@ -3,7 +3,7 @@ writes metrics.json."""
 
 import json
 
-from harness import config, run_cli
+from harness import QUIET, config, run_cli, run_cli_subprocess
 
 CONFIG = config("tutorials/nli_roberta_lora")
 
@@ -36,3 +36,21 @@ def test_fit_then_test_writes_matched_and_mismatched_metrics(tiny_model, tmp_pat
         assert len(confusion) == 3 and sum(map(sum, confusion)) == details["n"] == 120
         correct = sum(confusion[i][i] for i in range(3))
         assert abs(correct / details["n"] - written["metrics"][f"{name}/accuracy"]) < 1e-6
+
+
+def test_a_max_length_past_the_encoders_learned_positions_is_one_line_before_training(tiny_model, tmp_path):
+    """RoBERTa embeds positions 2..513 (514 - padding index - 1): a 600-token max_length, or 500 plus P-tuning's 30
+    virtual tokens, failed at the first long row with an index error inside the embedding."""
+    common = ["fit", "--config", CONFIG, "--model.init_args.model_name_or_path", tiny_model("roberta"),
+              "--trainer.default_root_dir", str(tmp_path), *QUIET, "--trainer.max_steps", "1"]
+    result = run_cli_subprocess([*common, "--data.init_args.max_length", "600"], check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "lit-lora: IncompatibleConfig: data.max_length 600 is more than the 512 positions "
+        f"{tiny_model('roberta')} (roberta) has learned: set data.init_args.max_length to at most 512")
+    ptuning = ["--model.init_args.adapter", "lit_lora.adapters.PTuning",
+               "--model.init_args.adapter.init_args.num_virtual_tokens", "30"]
+    result = run_cli_subprocess([*common, *ptuning, "--data.init_args.max_length", "500"], check=False)
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "data.max_length 500 + 30 virtual tokens is more than the 512 positions "
+        f"{tiny_model('roberta')} (roberta) has learned: set data.init_args.max_length to at most 482")

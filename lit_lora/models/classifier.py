@@ -35,6 +35,7 @@ from transformers import AutoModelForSequenceClassification
 
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init
+from lit_lora.compatibility import IncompatibleConfig
 from lit_lora.evaluation.evaluators import ClassificationEvaluator
 from lit_lora.models.base import MODEL_INPUT_KEYS, FineTuneModule
 from lit_lora.models.labels import LabelledModule
@@ -56,6 +57,25 @@ def head_pools_last_token(model_type: str) -> bool:
         MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+# encoders whose positions are a learned table: RoBERTa's starts after the padding index
+LEARNED_POSITIONS = {"roberta": True, "xlm-roberta": True, "camembert": True, "bert": False, "distilbert": False,
+                     "electra": False, "albert": False}
+
+
+def check_positions(config, max_length: int, virtual_tokens: int, model: str) -> None:
+    """Refuse a ``max_length`` (plus a prompt method's virtual tokens) past the positions an encoder has learned:
+    the embedding lookup would fail at the first long row, deep inside the forward (a device assert on a GPU)."""
+    if config.model_type not in LEARNED_POSITIONS:
+        return
+    offset = (config.pad_token_id + 1) if LEARNED_POSITIONS[config.model_type] else 0
+    limit = config.max_position_embeddings - offset
+    if max_length + virtual_tokens > limit:
+        prompt = f" + {virtual_tokens} virtual tokens" if virtual_tokens else ""
+        raise IncompatibleConfig(f"data.max_length {max_length}{prompt} is more than the {limit} positions {model} "
+                         f"({config.model_type}) has learned: set data.init_args.max_length to at most "
+                         f"{limit - virtual_tokens}")
 
 
 def left_align(batch: dict) -> dict:
@@ -115,6 +135,9 @@ class SequenceClassifierModule(LabelledModule, FineTuneModule):
         self.resolve_label_names()  # fails without any
         warn_on_relabelling(config, self.label_names, self.model_name_or_path)
         config.num_labels = len(self.label_names)
+        if self.data_contract is not None:  # estimate prepares the architecture without data
+            check_positions(config, self.data_contract.max_length, self.adapter.spec().virtual_tokens,
+                            self.model_name_or_path)
         self.pools_last_token = head_pools_last_token(config.model_type)
         with outside_zero3_init(), torch.device("meta"):  # architecture only: which modules form the head
             self.head_modules = head_module_names(AutoModelForSequenceClassification.from_config(
