@@ -13,11 +13,17 @@ Every lit-lora adapter load goes through this module::
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
 from torch import nn
+
+
+log = logging.getLogger("lit_lora")
 
 
 class AdapterMismatchError(ValueError):
@@ -60,7 +66,9 @@ def load_adapter_weights(model: nn.Module, adapter_dir: str | Path) -> None:
 
     weights = load_peft_weights(str(adapter_dir), device="cpu")
     check_adapter_keys(model, weights, adapter_dir)
-    set_peft_model_state_dict(model, weights, adapter_name=getattr(model, "active_adapter", "default"))
+    warn_on_another_base(adapter_dir, model)
+    with shapes_named(adapter_dir, model):
+        set_peft_model_state_dict(model, weights, adapter_name=getattr(model, "active_adapter", "default"))
 
 
 def load_peft_model(base: nn.Module, adapter_dir: str | Path, **kwargs) -> nn.Module:
@@ -70,8 +78,44 @@ def load_peft_model(base: nn.Module, adapter_dir: str | Path, **kwargs) -> nn.Mo
     from peft import PeftModel
     from peft.utils import load_peft_weights
 
-    with warnings.catch_warnings():  # peft warns about missing keys; the error below names them
-        warnings.filterwarnings("ignore", message="Found missing adapter keys")
+    warn_on_another_base(adapter_dir, base)
+    with warnings.catch_warnings(), shapes_named(adapter_dir, base):  # peft warns about missing keys; the error
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")  # below names them
         model = PeftModel.from_pretrained(base, str(adapter_dir), **kwargs)
     check_adapter_keys(model, load_peft_weights(str(adapter_dir), device="cpu"), adapter_dir)
     return model
+
+
+@contextlib.contextmanager
+def shapes_named(adapter_dir: str | Path, model: nn.Module):
+    """torch's "size mismatch" (one line per tensor, under a traceback) as one ``AdapterMismatchError``."""
+    try:
+        yield
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip().startswith("size mismatch")]
+        if not lines:
+            raise
+        loaded = getattr(getattr(model, "config", None), "_name_or_path", None) or "this model"
+        raise AdapterMismatchError(
+            f"{adapter_dir}: {len(lines)} adapter tensors have other shapes than {loaded} gives them (first: "
+            f"{lines[0].removeprefix('size mismatch for ')}): the adapter was trained on another base model; use "
+            "the config.yaml of its run") from None
+
+
+def warn_on_another_base(adapter_dir: str | Path, model: nn.Module) -> None:
+    """Say so when the adapter was trained on another base than ``model`` loaded (``adapter_config.json``'s
+    ``base_model_name_or_path``): tensors of the same shapes load without error onto any model of the family."""
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path") if config_file.is_file() else None
+    loaded = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not trained_on or not loaded or same_model(trained_on, loaded):
+        return
+    log.warning("[lit-lora] %s was trained on %s (its adapter_config.json) and is loaded onto %s: what follows is of "
+                "that pairing; use the config.yaml of the adapter's run if it is not meant", adapter_dir, trained_on,
+                loaded)
+
+
+def same_model(a: str, b: str) -> bool:
+    """The same name, or two paths to one directory."""
+    return a == b or (Path(a).expanduser().exists() and Path(b).expanduser().exists()
+                      and Path(a).expanduser().resolve() == Path(b).expanduser().resolve())
