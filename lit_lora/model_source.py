@@ -41,12 +41,29 @@ def resolve_model_path(name_or_path: str, check_hub: bool = True) -> str:
     looked = f"not a local directory (looked in {', '.join(str(c.absolute()) for c in candidates)})"
     if not is_hub_id(name_or_path):
         raise ModelNotFoundError(f"model_name_or_path {name_or_path!r}: {looked}, and not a hub id ('org/name')")
-    if check_hub and hub_offline() and not in_hub_cache(name_or_path):
+    if check_hub and not in_hub_cache(name_or_path):
         from huggingface_hub import constants
 
-        raise ModelNotFoundError(f"model_name_or_path {name_or_path!r}: {looked} and not in the Hugging Face cache "
-                                 f"({constants.HF_HUB_CACHE}), which is all there is with HF_HUB_OFFLINE=1")
+        if hub_offline():
+            raise ModelNotFoundError(f"model_name_or_path {name_or_path!r}: {looked} and not in the Hugging Face "
+                                     f"cache ({constants.HF_HUB_CACHE}), which is all there is with HF_HUB_OFFLINE=1")
+        fetch_config(name_or_path, looked)
     return name_or_path
+
+
+def fetch_config(repo_id: str, looked: str) -> None:
+    """Download the model's ``config.json`` into the hub cache (every load reads it first), or stop with one line
+    saying why not: no connection, no such repository, a gated one. The tokenizer and the weights follow later."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(repo_id, "config.json")
+    except Exception as err:  # noqa: BLE001 - huggingface_hub raises OSError, HTTP, connection and repo errors
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ModelNotFoundError(f"model_name_or_path {repo_id!r}: {looked}, and the hub did not give its "
+                                 f"config.json ({type(err).__name__}: {reason[:200]}); on a machine without internet, "
+                                 f"download it elsewhere and give its directory, or set HF_HUB_OFFLINE=1 to use "
+                                 f"the cache") from err
 
 
 def local_candidates(name_or_path: str) -> list[Path]:

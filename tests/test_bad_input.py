@@ -415,6 +415,32 @@ def test_hub_id_missing_offline_says_what_was_tried(tmp_path, monkeypatch):
     assert "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message
 
 
+def test_a_hub_id_the_hub_does_not_give_is_one_line_online_too(tmp_path):
+    """Without HF_HUB_OFFLINE, a hub id that cannot be fetched (no connection here; elsewhere no such repository)
+    ended in a jsonargparse report a hundred lines long: the config.json is now fetched first."""
+    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+                                 "--model.init_args.model_name_or_path", "no-such-org/no-such-model"],
+                                env={"HF_HUB_OFFLINE": None, "HF_HOME": str(tmp_path / "hf")}, check=False,
+                                cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lit-lora: model_name_or_path 'no-such-org/no-such-model': not a local directory "
+                           f"(looked in {tmp_path / 'no-such-org' / 'no-such-model'}), and the hub did not give "
+                           "its config.json ("), last
+    assert last.endswith("set HF_HUB_OFFLINE=1 to use the cache"), last
+
+
+def test_estimate_names_a_missing_model_directory_in_one_line(tmp_path):
+    """jsonargparse wrapped the error of estimate's model in its "Does not validate" report, with a traceback."""
+    missing = str(tmp_path / "no-model")
+    result = run_cli_subprocess(["estimate", "--config", DEMO, "--model.init_args.model_name_or_path", missing],
+                                check=False, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lit-lora: model_name_or_path {missing!r}: not a local directory (looked in {missing}), and not a hub id "
+        "('org/name')")
+
+
 def test_demo_config_runs_from_another_directory(tmp_path):
     """The demo's relative ``lit_lora/assets/tiny-llama`` is found in the installed package from any directory."""
     result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),

@@ -155,12 +155,13 @@ def input_error_types() -> tuple[type, ...]:
     from lit_lora.compatibility import IncompatibleConfig
     from lit_lora.data.file_errors import DataFileError
     from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError
+    from lit_lora.model_source import ModelNotFoundError
     from lit_lora.sweep.resolve import PointConfigError
 
     return (AdapterMismatchError, UnknownArchitectureError, CheckpointSettingsMismatch, MissingCheckpoint,
             MisconfigurationException, AllocationMismatch,
             MissingResumeCheckpoint, RunDirectoryConflict, IncompatibleConfig, DataFileError, NonFiniteTrainingError,
-            NonFiniteWeightsError, PointConfigError, InvalidAdapterSetting)
+            NonFiniteWeightsError, PointConfigError, InvalidAdapterSetting, ModelNotFoundError)
 
 
 def input_error_in(err: BaseException) -> Optional[BaseException]:
@@ -192,7 +193,8 @@ def entry() -> None:
         cause = input_error_in(err)
         if verbose() or cause is None:
             raise
-        sys.exit(f"lit-lora: {type(cause).__name__}: {cause}")
+        named = "" if type(cause).__name__ == "ModelNotFoundError" else f"{type(cause).__name__}: "  # says it all
+        sys.exit(f"lit-lora: {named}{cause}")
     finally:
         if "lit_lora.cluster.early_signals" in sys.modules:  # a signal kept for a run that never took it
             sys.modules["lit_lora.cluster.early_signals"].release()
