@@ -41,6 +41,8 @@ ONCE_LOG_RECORDS = [("lightning.pytorch.utilities.rank_zero", ("GPU available:",
 NOISE_LOG_RECORDS = [
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),  # an advertisement
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),  # an optional CPU kernel
+    # DeepSpeed, imported by transformers' save_pretrained on any machine, logs its CPU fallback to stdout
+    ("DeepSpeed", "Setting accelerator to CPU"),
 ]
 
 

@@ -22,7 +22,7 @@ import yaml
 from harness import CONFIGS, DEMO, REPO, run_cli, run_cli_subprocess
 
 from lit_lora.sweep.grid import axis_labels, expand, parse_axis, seed_axis, split_values, value_label
-from lit_lora.sweep.report import direction
+from lit_lora.sweep.report import direction, point_metrics
 from lit_lora.sweep.run import array_spec
 from lit_lora.sweep.state import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, STOPPED, config_digest, point_state, \
     resume_checkpoint
@@ -332,9 +332,12 @@ def test_configs_list_and_copy_give_configs_fit_accepts(tmp_path):
     for name in names:
         target = tmp_path / "copies"
         target.mkdir(exist_ok=True)
-        run_main("configs", "copy", name, str(target) + "/")
+        said = run_main("configs", "copy", name, str(target) + "/")
         copy = target / (name.rsplit("/", 1)[-1] + ".yaml")
         assert copy.is_file()
+        hint = said.split("run it with: ", 1)[1].strip()
+        assert hint == (f"lit-lora fit --config <experiment>.yaml --config {copy}   (a fragment: it goes after a whole "
+                        "config)" if is_fragment(name) else f"lit-lora fit --config {copy}"), hint
         # a fragment (logger, strategy) goes on top of a full config, as the README shows
         args = ["--config", str(demo), "--config", str(copy)] if is_fragment(name) else ["--config", str(copy)]
         printed = yaml.safe_load(print_config(args))
@@ -451,3 +454,6 @@ def test_a_test_of_a_sweep_point_writes_beside_its_run_not_over_it(tmp_path, tin
     assert (point / "test_0" / "metrics.json").is_file() and not (point / "metrics.json").exists()
     tested = yaml.safe_load((point / "test_0" / "config.yaml").read_text())
     assert {e["init_args"]["save_dir"] for e in tested["trainer"]["logger"]} == {str(point / "test_0")}
+    # the sweep report reads the test beside the run (before, it read only <point>/metrics.json: no test_* column)
+    tested_metrics = json.loads((point / "test_0" / "metrics.json").read_text())["metrics"]
+    assert "test_loss" in tested_metrics and point_metrics(point)["test_loss"] == tested_metrics["test_loss"]

@@ -56,8 +56,9 @@ def last_validation_metrics(path: Path) -> dict[str, float]:
 def point_metrics(run_dir: Path) -> dict[str, Any]:
     """Metrics and run facts of one run directory (see the module doc); empty for a run that wrote nothing."""
     metrics: dict[str, Any] = dict(last_validation_metrics(run_dir / "metrics.csv"))
-    evaluated = read_json(run_dir / "metrics.json").get("metrics") or {}
-    metrics.update({k: float(v) for k, v in evaluated.items() if isinstance(v, (int, float))})
+    for written in (run_dir / "metrics.json", *latest_evaluations(run_dir)):
+        evaluated = read_json(written).get("metrics") or {}
+        metrics.update({k: float(v) for k, v in evaluated.items() if isinstance(v, (int, float))})
     before_after = read_json(run_dir / "before_after.json")
     for key in ("tuned_val_loss", "base_val_loss"):
         if isinstance(before_after.get(key), (int, float)):
@@ -69,6 +70,17 @@ def point_metrics(run_dir: Path) -> dict[str, Any]:
     if summary.get("trainable_params") and summary.get("total_params") and "trainable_pct" not in summary:
         metrics["trainable_pct"] = round(100 * summary["trainable_params"] / summary["total_params"], 4)
     return metrics
+
+
+def latest_evaluations(run_dir: Path) -> list[Path]:
+    """The ``metrics.json`` of the last ``lit-lora validate`` and ``test`` of a run (``validate_N`` / ``test_N``
+    beside its checkpoints, ``lit_lora.cluster.run_dir.evaluation_dirs``: the highest N that wrote one)."""
+    found = []
+    for stage in ("validate", "test"):
+        numbered = [(int(d.name.rsplit("_", 1)[1]), d) for d in run_dir.glob(f"{stage}_*")
+                    if d.name.rsplit("_", 1)[1].isdigit() and (d / "metrics.json").is_file()]
+        found += [max(numbered)[1] / "metrics.json"] if numbered else []
+    return found
 
 
 # ---- the sweep -----------------------------------------------------------------------------------------
