@@ -56,8 +56,8 @@ def check_ckpt_path_exists(ckpt_path: Optional[str]) -> None:
         raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: no such file or directory")
     if path.is_dir() and not (path / "checkpoint").is_dir():  # a DeepSpeed checkpoint is a directory of that layout
         held = sorted(p.name for p in path.glob("*.ckpt"))
-        raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: a directory, not a checkpoint"
-                                + (f"; it holds {', '.join(held[:3])}{', …' * (len(held) > 3)}: name one" if held else ""))
+        listed = f"; it holds {', '.join(held[:3])}{', …' * (len(held) > 3)}: name one" if held else ""
+        raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: a directory, not a checkpoint{listed}")
     if path.is_file() and not zipfile.is_zipfile(path):  # torch.save's format, which Lightning writes
         adapter = " (adapter weights: lit-lora compare and merge take the adapter's directory as --adapter_dir)" \
             if path.suffix in (".safetensors", ".bin") else ""

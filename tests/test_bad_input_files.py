@@ -93,3 +93,18 @@ def test_one_json_object_of_columns_is_refused_naming_the_layout(tmp_path, tiny_
     message = setup_error(instruction_dm(tiny_model, str(path)), DataFileError)
     assert message == (f'{path}: line 1: one JSON object of columns ({{"instruction": [...], ...}}); lit-lora reads '
                        "rows: one object per row (JSON lines) or an array of them")
+
+
+def test_a_null_line_is_named_not_counted_as_an_empty_row(tmp_path, tiny_model):
+    lines = [json.dumps(code_row(i)) for i in range(8)]
+    lines[4] = "null"
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "codes.jsonl", lines)), DataFileError)
+    assert message == f"{tmp_path / 'codes.jsonl'}: line 5: a JSON null where each row must be an object"
+
+
+def test_a_data_path_may_start_at_the_home_directory(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_lines(tmp_path / "codes.jsonl", [json.dumps(code_row(i)) for i in range(8)])
+    dm = instruction_dm(tiny_model, "~/codes.jsonl")
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 8

@@ -181,7 +181,9 @@ def check_json_rows(path: str, required: Sequence[str], text_columns: Sequence[s
         else:  # JSON lines: one at a time, the file is never held whole; else objects spread over lines
             rows = json_lines(path, f)
         for lineno, row in rows:
-            problem = row_problem(lineno, row, required, text_columns) if isinstance(row, dict) else None
+            # datasets reads a null line as a row of nulls, which would count as a row dropped for being empty
+            problem = row_problem(lineno, row, required, text_columns) if isinstance(row, dict) else \
+                f"line {lineno}: a JSON null where each row must be an object" if row is None else None
             if problem:
                 raise DataFileError(f"{path}: {problem}")
 

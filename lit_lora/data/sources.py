@@ -35,7 +35,7 @@ log = logging.getLogger("lit_lora")
 
 def local_files(source: str) -> Optional[list[str]]:
     """The data files ``source`` names (a file, a directory or a bundled sample name), or None for a hub id."""
-    path = Path(source)
+    path = Path(source).expanduser()
     if not path.exists() and (SAMPLES_DIR / source).exists():
         path = SAMPLES_DIR / source
     if path.is_file():
