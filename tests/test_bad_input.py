@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from harness import DEMO, build_cli, output, run_cli_subprocess
+from harness import DEMO, build_cli, config, output, run_cli_subprocess
 
 from lit_lora.data import InstructionDataModule
 from lit_lora.data.counselling import CounsellingDataModule
@@ -428,6 +428,23 @@ def test_a_hub_id_the_hub_does_not_give_is_one_line_online_too(tmp_path):
                            f"(looked in {tmp_path / 'no-such-org' / 'no-such-model'}), and the hub did not give "
                            "its config.json ("), last
     assert last.endswith("set HF_HUB_OFFLINE=1 to use the cache"), last
+
+
+@pytest.mark.parametrize("config_name, arch, expected", [
+    ("demo", "t5", "a t5 model, which CausalLMModule cannot load (AutoModelForCausalLM); it loads under "
+                   "lit_lora.models.SequenceClassifierModule, lit_lora.models.Seq2SeqModule (model.class_path)"),
+    ("tutorials/codet5_lora", "llama", "a llama model, which Seq2SeqModule cannot load (AutoModelForSeq2SeqLM); it "
+                                       "loads under lit_lora.models.CausalLMModule"),
+])
+def test_a_model_the_modules_head_cannot_load_is_one_line_before_tokenisation(tmp_path, tiny_model, config_name,
+                                                                               arch, expected):
+    model = tiny_model(arch)
+    result = run_cli_subprocess(["fit", "--config", config(config_name), "--trainer.default_root_dir", str(tmp_path),
+                                 "--model.init_args.model_name_or_path", model], check=False, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "kept" not in result.stderr, \
+        result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lit-lora: IncompatibleConfig: model_name_or_path {model}: {expected}"), last
 
 
 def test_estimate_names_a_missing_model_directory_in_one_line(tmp_path):

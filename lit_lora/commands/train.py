@@ -46,6 +46,7 @@ from lit_lora.commands.config_errors import check_linked, config_files, explain
 from lit_lora.commands.config_layers import check_config_files
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models.base import FineTuneModule
+from lit_lora.models.from_config import check_model_kind
 
 
 def as_list(value) -> list:
@@ -174,6 +175,7 @@ class LitLoraCLI(LightningCLI):
         model_args = config.get("model", {}).get("init_args") or {}
         if model_args.get("model_name_or_path"):
             resolve_model_path(model_args["model_name_or_path"])  # one clear line now, not a jsonargparse report later
+            check_model_kind(config.get("model"))  # before tokenisation, not in from_pretrained after it
         check_config(config)
         check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
         fill_save_dirs(trainer)

@@ -37,3 +37,49 @@ def link_label_names(module, data_class_path: Optional[str]) -> None:
     names = getattr(getattr(importlib.import_module(package), name), "label_names", None)
     if names:
         module.label_names = list(names)
+
+
+def check_model_kind(model_config: Any) -> None:
+    """Refuse a model the module's head cannot load (a Llama under the T5 module, a T5 under the causal-LM one)
+    before anything is tokenised; the error names the modules that load it. Models with remote code and hub ids
+    not downloaded yet are left to ``from_pretrained``."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from lit_lora.compatibility import IncompatibleConfig
+    from lit_lora.model_source import in_hub_cache, resolve_model_path
+
+    args = (model_config.get("init_args") or {}) if model_config is not None else {}
+    module_class = class_of(model_config.get("class_path") or "") if model_config is not None else None
+    auto = getattr(module_class, "auto_model_class", None)
+    name = args.get("model_name_or_path")
+    if auto is None or not name or args.get("trust_remote_code"):
+        return
+    path = resolve_model_path(name)
+    if not Path(path).is_dir() and not in_hub_cache(path):
+        return
+    config = AutoConfig.from_pretrained(path)
+    if type(config) in auto._model_mapping:
+        return
+    fits = [f"lit_lora.models.{c.__name__}" for c in module_classes()
+            if type(config) in c.auto_model_class._model_mapping]
+    raise IncompatibleConfig(
+        f"model_name_or_path {name}: a {config.model_type} model, which {module_class.__name__} cannot load "
+        f"({auto.__name__})" + (f"; it loads under {', '.join(fits)} (model.class_path)" if fits else ""))
+
+
+def class_of(class_path: str) -> Optional[type]:
+    package, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(package), name, None) if package else None
+    except ImportError:
+        return None
+
+
+def module_classes() -> list[type]:
+    """lit-lora's LightningModules, one per head."""
+    import lit_lora.models as models
+
+    return [c for c in vars(models).values() if isinstance(c, type) and issubclass(c, FineTuneModule)
+            and getattr(c, "auto_model_class", None) is not None]
