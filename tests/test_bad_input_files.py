@@ -9,6 +9,7 @@ import logging
 import pytest
 from test_bad_input import code_row, instruction_dm, setup_error, snli_csv, write_lines
 
+from lit_lora.data import InstructionDataModule
 from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.nli import SNLIDataModule
 
@@ -108,3 +109,12 @@ def test_a_data_path_may_start_at_the_home_directory(tmp_path, tiny_model, monke
     dm = instruction_dm(tiny_model, "~/codes.jsonl")
     dm.setup("fit")
     assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 8
+
+
+def test_a_validation_file_whose_every_row_is_dropped_is_the_one_named(tmp_path, tiny_model):
+    train = write_lines(tmp_path / "train.jsonl", [json.dumps(code_row(i)) for i in range(8)])
+    val = write_lines(tmp_path / "val.jsonl", [json.dumps(code_row(i, output="")) for i in range(4)])
+    dm = InstructionDataModule(source=train, validation_source=val, tokenizer_name_or_path=tiny_model("llama"))
+    with pytest.raises(DataFileError) as info:  # found by tokenising, after the training rows
+        dm.setup("fit")
+    assert str(info.value) == f"{val} (validation): every row was dropped (4 empty output)"

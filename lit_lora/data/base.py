@@ -253,7 +253,9 @@ class TextDataModule(L.LightningDataModule):
         """Tokenise (cached by ``datasets``), then drop the rows that cannot train, counting each reason."""
         if self.tokenizer is None:
             raise ValueError(f"{type(self).__name__} needs tokenizer_name_or_path (linked from the model)")
-        self.check_rows(dataset, f"{self.source} ({split})")
+        source = self.validation_source if split == "validation" and self.validation_source else self.source
+        where = f"{source} ({split})"
+        self.check_rows(dataset, where)
         encoded = dataset.map(self._encode_with_drop, remove_columns=dataset.column_names,
                               new_fingerprint=self.cache_fingerprint(dataset, split), desc=f"tokenising {split}")
         reasons = Counter(r for r in encoded["_drop"] if r)
@@ -267,7 +269,7 @@ class TextDataModule(L.LightningDataModule):
                  f"; {truncated} kept rows cut at max_length={self.max_length} ({self.truncation})"
                  if truncated else "")
         if len(encoded) == 0:
-            raise DataFileError(f"{self.source} ({split}): every row was dropped ({detail})")
+            raise DataFileError(f"{where}: every row was dropped ({detail})")
         return encoded.remove_columns(["_drop", "_truncated"])
 
     def _encode_with_drop(self, row: dict) -> dict:
