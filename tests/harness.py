@@ -377,3 +377,41 @@ class KillBeforeStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise Killed(f"killed after step {self.step}")
+
+
+# ---- data files with one thing wrong (tests/test_bad_input*.py) ----------------------------------------
+def code_row(i: int = 0, **fields) -> dict:
+    """A python-codes-25k row (instruction, input, output, text), ``fields`` replaced."""
+    row = {"instruction": f"Add a and b ({i}).", "input": "", "output": "```python\na + b\n```", "text": "Add a + b"}
+    return {**row, **fields}
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def instruction_dm(tiny_model, source: str, **kwargs):
+    """An ``InstructionDataModule`` on ``source`` with the tiny Llama's tokenizer, a quarter held out."""
+    from lit_lora.data import InstructionDataModule
+
+    return InstructionDataModule(source=source, tokenizer_name_or_path=tiny_model("llama"), val_fraction=0.25, **kwargs)
+
+
+def setup_error(dm, kind=ValueError) -> str:
+    """The message ``dm.setup()`` stops with; nothing may have been tokenised by then."""
+    import pytest
+
+    with pytest.raises(kind) as info:
+        dm.setup("fit")
+    assert not dm.datasets, "the error came after tokenisation started"
+    return str(info.value)
+
+
+def snli_csv(path: Path, labels: list[str]) -> str:
+    """An SNLI CSV (premise, hypothesis, label) with one row per label cell of ``labels``, as written."""
+    pairs = [("A dog runs in the park.", "A dog moves."), ("A man sings.", "Nobody sings."),
+             ("A cat eats fish.", "A cat is eating."), ("Two kids play.", "The kids sleep.")]
+    lines = ["premise,hypothesis,label"]
+    lines += [f"{p} ({i}),{h},{label}" for i, (label, (p, h)) in enumerate(zip(labels, pairs * 4))]
+    return write_lines(path, lines)

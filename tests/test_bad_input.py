@@ -11,37 +11,14 @@ import re
 from pathlib import Path
 
 import pytest
-from harness import DEMO, build_cli, config, output, run_cli_subprocess
+from harness import DEMO, build_cli, code_row, config, instruction_dm, output, run_cli_subprocess, setup_error, \
+    snli_csv, write_lines
 
-from lit_lora.data import InstructionDataModule
 from lit_lora.data.counselling import CounsellingDataModule
 from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.nli import MultiNLIDataModule, SNLIDataModule
 
 pytestmark = pytest.mark.faults
-
-
-
-def code_row(i: int = 0, **fields) -> dict:
-    row = {"instruction": f"Add a and b ({i}).", "input": "", "output": "```python\na + b\n```", "text": "Add a + b"}
-    return {**row, **fields}
-
-
-def write_lines(path: Path, lines: list[str]) -> str:
-    path.write_text("".join(line + "\n" for line in lines))
-    return str(path)
-
-
-def instruction_dm(tiny_model, source: str, **kwargs) -> InstructionDataModule:
-    return InstructionDataModule(source=source, tokenizer_name_or_path=tiny_model("llama"), val_fraction=0.25, **kwargs)
-
-
-def setup_error(dm, kind=ValueError) -> str:
-    """The message ``dm.setup()`` stops with; nothing may have been tokenised by then."""
-    with pytest.raises(kind) as info:
-        dm.setup("fit")
-    assert not dm.datasets, "the error came after tokenisation started"
-    return str(info.value)
 
 
 # ---- 1. malformed JSON, bytes that are not UTF-8 ------------------------------------------------------
@@ -265,14 +242,6 @@ def test_csv_text_columns_stay_text(tmp_path, tiny_model):
 
 
 # ---- 3. NLI labels: blank cells, float labels, the right row -----------------------------------------
-def snli_csv(path: Path, labels: list[str]) -> str:
-    pairs = [("A dog runs in the park.", "A dog moves."), ("A man sings.", "Nobody sings."),
-             ("A cat eats fish.", "A cat is eating."), ("Two kids play.", "The kids sleep.")]
-    lines = ["premise,hypothesis,label"]
-    lines += [f"{p} ({i}),{h},{label}" for i, (label, (p, h)) in enumerate(zip(labels, pairs * 4))]
-    return write_lines(path, lines)
-
-
 def test_blank_label_cell_is_no_gold_label_and_float_labels_are_their_int(tmp_path, tiny_model):
     labels = ["0", "1", "", "2", "-1", "0", "1", "2", "0", "1"]  # a blank cell makes pandas read floats
     dm = SNLIDataModule(source=snli_csv(tmp_path / "snli.csv", labels), tokenizer_name_or_path=tiny_model("llama"),

@@ -7,7 +7,7 @@ import json
 import logging
 
 import pytest
-from test_bad_input import code_row, instruction_dm, setup_error, snli_csv, write_lines
+from harness import code_row, instruction_dm, setup_error, snli_csv, write_lines
 
 from lit_lora.data import InstructionDataModule
 from lit_lora.data.file_errors import DataFileError
