@@ -143,6 +143,9 @@ def build_tiny_model(arch: str, out_dir: str | Path, texts: Iterable[str] | None
         model = AutoModelForCausalLM.from_config(config)
     elif kind == "seq2seq":
         model = AutoModelForSeq2SeqLM.from_config(config)
+        with torch.no_grad():  # T5 draws its untied head at std initializer_factor (1.0): an untrained twin would
+            model.lm_head.weight.mul_(INIT_RANGE)  # start at a loss of ~34, not ln(vocab) ~6; the rest stays as
+            # expressive as the other twins' (a smaller factor throughout makes every greedy answer empty)
     else:
         config.num_labels = num_labels
         model = AutoModelForSequenceClassification.from_config(config)
