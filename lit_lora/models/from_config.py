@@ -59,7 +59,7 @@ def check_model_kind(model_config: Any) -> None:
     path = resolve_model_path(name)
     if not Path(path).is_dir() and not in_hub_cache(path):
         return
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)  # a directory, or the hub cache: no request
     if type(config) in auto._model_mapping:
         return
     fits = [f"lit_lora.models.{c.__name__}" for c in module_classes()
