@@ -46,3 +46,15 @@ def test_an_adapter_on_a_base_of_other_shapes_is_one_error(adapter_dir, tmp_path
                               "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight: "), message
     assert message.endswith("the adapter was trained on another base model; use the config.yaml of its run")
     assert "\n" not in message
+
+
+def test_an_adapter_for_another_architectures_layers_is_one_error(adapter_dir, tiny_model):
+    from transformers import AutoModelForSeq2SeqLM
+
+    t5 = tiny_model("t5")  # its attention layers are q / v, not q_proj / v_proj
+    with pytest.raises(AdapterMismatchError) as info:
+        load_peft_model(AutoModelForSeq2SeqLM.from_pretrained(t5), adapter_dir)
+    message = str(info.value)
+    assert message.startswith(f"{adapter_dir}: Target modules "), message
+    assert message.endswith(f"not found in the base model ({t5}): the adapter was trained on another base model; "
+                            "use the config.yaml of its run"), message

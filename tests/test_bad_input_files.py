@@ -118,3 +118,11 @@ def test_a_validation_file_whose_every_row_is_dropped_is_the_one_named(tmp_path,
     with pytest.raises(DataFileError) as info:  # found by tokenising, after the training rows
         dm.setup("fit")
     assert str(info.value) == f"{val} (validation): every row was dropped (4 empty output)"
+
+
+def test_a_mistyped_local_directory_is_named_as_one_not_only_as_a_hub_id(tmp_path, tiny_model, monkeypatch):
+    """``data/my_codes`` has the form of a hub id: it was fetched from the hub, and a ConnectionError ended the run."""
+    monkeypatch.chdir(tmp_path)
+    message = setup_error(instruction_dm(tiny_model, "data/my_codes"), DataFileError)
+    assert message.startswith(f"data/my_codes: no such local file or directory ({tmp_path / 'data' / 'my_codes'}), "
+                              "and no hub dataset of that id to be had ("), message

@@ -89,17 +89,22 @@ def load_peft_model(base: nn.Module, adapter_dir: str | Path, **kwargs) -> nn.Mo
 @contextlib.contextmanager
 def shapes_named(adapter_dir: str | Path, model: nn.Module):
     """torch's "size mismatch" (one line per tensor, under a traceback) as one ``AdapterMismatchError``."""
+    loaded = getattr(getattr(model, "config", None), "_name_or_path", None) or "this model"
     try:
         yield
     except RuntimeError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip().startswith("size mismatch")]
         if not lines:
             raise
-        loaded = getattr(getattr(model, "config", None), "_name_or_path", None) or "this model"
         raise AdapterMismatchError(
             f"{adapter_dir}: {len(lines)} adapter tensors have other shapes than {loaded} gives them (first: "
             f"{lines[0].removeprefix('size mismatch for ')}): the adapter was trained on another base model; use "
             "the config.yaml of its run") from None
+    except ValueError as err:  # peft's NoMatchingPeftModuleError: an adapter of another architecture's layers
+        if "not found in the base model" not in str(err):
+            raise
+        raise AdapterMismatchError(f"{adapter_dir}: {str(err).split('. ')[0]} ({loaded}): the adapter was trained "
+                                   "on another base model; use the config.yaml of its run") from None
 
 
 def warn_on_another_base(adapter_dir: str | Path, model: nn.Module) -> None:

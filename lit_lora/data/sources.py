@@ -81,7 +81,7 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
         dataset = load_local(source, files, text_columns, [c for c in required if c not in row_may_omit])
         where = files[0] if len(files) == 1 else source
     else:
-        dataset = load_dataset(source, subset, split=split)
+        dataset = load_hub_dataset(source, subset, split)
         where = f"{source} (split {split})"
     missing = [c for c in required if c not in dataset.column_names]
     if missing:
@@ -92,6 +92,17 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
         )
     check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], where, files)
     return dataset
+
+
+def load_hub_dataset(source: str, subset: Optional[str], split: str) -> Dataset:
+    """``load_dataset`` of a hub id; one that cannot be had (offline, no such dataset, or a local path mistyped:
+    ``data/my_codes`` has a hub id's form) is one line naming both places looked in."""
+    try:
+        return load_dataset(source, subset, split=split)
+    except OSError as err:  # datasets' DatasetNotFoundError and ConnectionError are OSErrors
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise DataFileError(f"{source}: no such local file or directory ({Path(source).absolute()}), and no hub "
+                            f"dataset of that id to be had ({type(err).__name__}: {reason[:200]})") from err
 
 
 def meant(missing: Sequence[str], required: Sequence[str], dataset: Dataset) -> str:
