@@ -29,7 +29,8 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve_model_path(name_or_path: str, check_hub: bool = True) -> str:
-    """The local model directory ``name_or_path`` names, or ``name_or_path`` itself as a hub id.
+    """The local model directory ``name_or_path`` names, or ``name_or_path`` itself as a hub id (whose
+    ``config.json`` is fetched into the hub cache here, if it is not there yet: ``fetch_config``).
 
     ``check_hub=False`` skips the offline cache look-up, for code that only needs the name (``estimate``
     reads known architectures from its registry, without the hub).

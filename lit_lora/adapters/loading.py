@@ -89,7 +89,7 @@ def load_peft_model(base: nn.Module, adapter_dir: str | Path, **kwargs) -> nn.Mo
 @contextlib.contextmanager
 def shapes_named(adapter_dir: str | Path, model: nn.Module):
     """torch's "size mismatch" (one line per tensor, under a traceback) as one ``AdapterMismatchError``."""
-    loaded = getattr(getattr(model, "config", None), "_name_or_path", None) or "this model"
+    loaded = base_name(model) or "this model"
     try:
         yield
     except RuntimeError as err:
@@ -112,12 +112,17 @@ def warn_on_another_base(adapter_dir: str | Path, model: nn.Module) -> None:
     ``base_model_name_or_path``): tensors of the same shapes load without error onto any model of the family."""
     config_file = Path(adapter_dir) / "adapter_config.json"
     trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path") if config_file.is_file() else None
-    loaded = getattr(getattr(model, "config", None), "_name_or_path", None)
+    loaded = base_name(model)
     if not trained_on or not loaded or same_model(trained_on, loaded):
         return
     log.warning("[lit-lora] %s was trained on %s (its adapter_config.json) and is loaded onto %s: what follows is of "
                 "that pairing; use the config.yaml of the adapter's run if it is not meant", adapter_dir, trained_on,
                 loaded)
+
+
+def base_name(model: nn.Module) -> Optional[str]:
+    """The name or path the model was loaded from (``from_pretrained``'s argument)."""
+    return getattr(getattr(model, "config", None), "_name_or_path", None)
 
 
 def same_model(a: str, b: str) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from lit_lora.cli_links import LINKS
+from lit_lora.models.from_config import class_of
 
 IN_CLASS = r"Problem with given class_path '([\w.]+)':\s*"
 UNKNOWN_KEYS = (re.compile(IN_CLASS + r"Option '([\w.]+)' is not accepted"),             # a YAML key
@@ -167,14 +168,6 @@ def lines_with_key(path: str, key: str) -> list[int]:
         return []
     pattern = re.compile(rf"^\s*{re.escape(key)}\s*:")
     return [n for n, line in enumerate(text.splitlines(), 1) if pattern.match(line)]
-
-
-def class_of(class_path: str) -> Optional[type]:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
 
 
 def init_options(class_path: str) -> list[str]:

@@ -33,8 +33,7 @@ def link_label_names(module, data_class_path: Optional[str]) -> None:
     from the datamodule class, which defines them, without building it."""
     if not hasattr(module, "label_names") or module.label_names or not data_class_path:
         return
-    package, _, name = data_class_path.rpartition(".")
-    names = getattr(getattr(importlib.import_module(package), name), "label_names", None)
+    names = getattr(class_of(data_class_path), "label_names", None)
     if names:
         module.label_names = list(names)
 
@@ -70,10 +69,11 @@ def check_model_kind(model_config: Any) -> None:
 
 
 def class_of(class_path: str) -> Optional[type]:
-    package, _, name = class_path.rpartition(".")
+    """The class a config's ``class_path`` names, or None where it names none (imported, as jsonargparse would)."""
+    module, _, name = class_path.rpartition(".")
     try:
-        return getattr(importlib.import_module(package), name, None) if package else None
-    except ImportError:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
         return None
 
 
