@@ -76,6 +76,8 @@ def test_a_byte_order_mark_is_no_error_and_hides_no_other(tmp_path, tiny_model):
      "quote.csv: line 3: invalid CSV (unexpected end of data) (a quoted field that starts on this line"),
     ("long.csv", "instruction,input,output,text\nAdd a,,x,t\nAdd b,,y,t,extra\n", "long.csv: line 3: 5 fields where the header has 4"),
     ("short.csv", "instruction,input,output,text\nAdd a,,x,t\n\nAdd b,,y\n", "short.csv: line 4: 3 fields where the header names 4"),
+    ("surrogate.jsonl", json.dumps(code_row(0)) + '\n{"instruction": "x", "input": "", "output": "a\\ud800b"}\n',
+     "surrogate.jsonl: line 2, field 'output': a lone surrogate escape"),
 ])
 def test_files_datasets_cannot_read_are_named_with_their_line(tmp_path, tiny_model, name, content, expected):
     (tmp_path / name).write_text(content)

@@ -126,3 +126,22 @@ def test_a_mistyped_local_directory_is_named_as_one_not_only_as_a_hub_id(tmp_pat
     message = setup_error(instruction_dm(tiny_model, "data/my_codes"), DataFileError)
     assert message.startswith(f"data/my_codes: no such local file or directory ({tmp_path / 'data' / 'my_codes'}), "
                               "and no hub dataset of that id to be had ("), message
+
+
+def test_a_parquet_file_of_no_rows_says_so(tmp_path, tiny_model):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = pa.table({name: pa.array([], pa.string()) for name in ("instruction", "input", "output")})
+    pq.write_table(empty, tmp_path / "codes.parquet")
+    message = setup_error(instruction_dm(tiny_model, str(tmp_path / "codes.parquet")), DataFileError)
+    assert message == f"{tmp_path / 'codes.parquet'}: no rows: the parquet file holds none"
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_loads(tmp_path, tiny_model):
+    """Only a lone surrogate is refused (test_bad_input.py); "\\ud83d\\ude00" is how JSON escapes one emoji."""
+    lines = [json.dumps(code_row(i)) for i in range(8)]
+    lines[2] = lines[2].replace('"output": "', '"output": "\\ud83d\\ude00 ')
+    dm = instruction_dm(tiny_model, write_lines(tmp_path / "codes.jsonl", lines))
+    dm.setup("fit")
+    assert any(answer.startswith("\U0001F600 ") for answer in all_rows(dm, "reference"))

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from datasets import Dataset, Value
 
 TEXT_FILES = (".json", ".jsonl", ".csv")
 TEXT_DTYPES = ("string", "large_string", "null")
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte that is not UTF-8
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs "\ud83d\ude00"; one left alone is no character
 
 
 class DataFileError(ValueError):
@@ -67,9 +69,10 @@ def unreadable(source: str, files: list[str], err: Exception) -> DataFileError:
     """The error for files ``datasets`` failed on: the first problem found by reading them again with
     ``json`` / ``csv``, else ``datasets``' own innermost message, named by file."""
     cause = innermost(err)
+    checks = {".json": json_problem, ".jsonl": json_problem, ".csv": csv_problem, ".parquet": parquet_problem}
     for path in files:
-        suffix = Path(path).suffix
-        problem = json_problem(path) if suffix in (".json", ".jsonl") else csv_problem(path) if suffix == ".csv" else None
+        check = checks.get(Path(path).suffix)
+        problem = check(path) if check else None
         if problem:
             return DataFileError(f"{path}: {problem}")
     return DataFileError(f"{source}: datasets could not read it ({type(cause).__name__}: {cause})")
@@ -90,6 +93,15 @@ def json_problem(path: str) -> Optional[str]:
         return json_array_problem(text)
     lines = ((n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip())
     return json_rows_problem(lines, "each line")
+
+
+def parquet_problem(path: str) -> Optional[str]:
+    """"no rows" for a parquet file of none (arrow says "BatchSize must be greater than 0"); None otherwise, and
+    for a file arrow cannot open (its own message says that)."""
+    try:
+        return None if pq.ParquetFile(path).metadata.num_rows else "no rows: the parquet file holds none"
+    except (pa.ArrowException, OSError):
+        return None
 
 
 def json_array_problem(text: str) -> Optional[str]:
@@ -146,12 +158,22 @@ def json_rows_problem(lines, each: str, parsed: bool = False) -> Optional[str]:
             return f"line {lineno}: a JSON {json_kind(row)} where {each} must be an object (one row)"
         if row.duplicates:
             return duplicate_problem(lineno, row)
+        if field := surrogate_field(row):
+            return (f"line {lineno}, field {field!r}: a lone surrogate escape (\\ud800-\\udfff without its pair) "
+                    f"is no character; UTF-8 cannot hold it")
         for field, kind in ((f, json_kind(v)) for f, v in row.items()):
             seen_kind, seen_line = first_kind.setdefault(field, (kind, lineno)) if kind != "null" else (kind, 0)
             if kind != seen_kind:  # datasets reads a column of mixed types, but not in a file with blank lines
                 return (f"line {lineno}, field {field!r}: a JSON {kind} where line {seen_line} holds a {seen_kind} "
                         f"(give the field one type)")
     return None
+
+
+def surrogate_field(row: Row) -> Optional[str]:
+    """The field whose text holds a lone surrogate: Python's json reads one, arrow fails on the file with
+    "Trailing data" and no line."""
+    return next((field for field, value in row.items()
+                 if LONE_SURROGATE.search(json.dumps(value, ensure_ascii=False))), None)
 
 
 def json_kind(value: Any) -> str:
