@@ -36,6 +36,8 @@ from transformers import (
     T5Config,
 )
 
+from lit_lora.errors import InputError
+
 Head = Literal["causal", "seq2seq", "masked", "sequence_classification"]
 HEADS = {
     "causal": AutoModelForCausalLM,
@@ -147,7 +149,7 @@ REGISTRY: dict[str, Architecture] = {a.model_id: a for a in [
 _BY_NAME = {name.lower(): arch for arch in REGISTRY.values() for name in (arch.model_id, *arch.aliases)}
 
 
-class UnknownArchitectureError(ValueError):
+class UnknownArchitectureError(InputError, ValueError):
     """A model that is neither in the registry, nor a local directory, nor reachable on the hub."""
 
 

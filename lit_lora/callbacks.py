@@ -12,9 +12,7 @@ In YAML they are top-level keys (``checkpoint:``, ``export:``, ``baseline:``, ``
 from __future__ import annotations
 
 import logging
-import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,6 +28,7 @@ from lit_lora.console import scalar_metrics
 from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.export import merge_and_save
 from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError, check_finite_weights
+from lit_lora.memory import peak_memory
 from lit_lora.strict_json import dumps
 from lit_lora.token_loss import perplexity
 
@@ -108,14 +107,6 @@ def stops_after_this_step(trainer: Trainer) -> bool:
     loop = trainer.fit_loop
     return trainer.should_stop and trainer.global_step >= (loop.min_steps or 0) \
         and trainer.current_epoch >= (loop.min_epochs or 0)
-
-
-def peak_memory() -> tuple[float, str]:
-    """Peak memory in MiB: CUDA allocations when on a GPU, otherwise this process's peak RSS."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_peak_rss"
 
 
 class FinalExport(Callback):

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_lora.cli_links import linked_names
+from lit_lora.cluster.run_files import run_of_checkpoint
+from lit_lora.errors import CheckpointSettingsMismatch, InputError
 
 log = logging.getLogger("lit_lora")
 
@@ -37,11 +39,7 @@ LINKED = tuple(sorted(linked_names("model")))  # set from the data when the clas
 RUN_SETTINGS_INSIDE = ("init_args.adapter.init_args.gradient_checkpointing",)
 
 
-class CheckpointSettingsMismatch(ValueError):
-    """``--ckpt_path`` was trained with other model settings than the config given."""
-
-
-class MissingCheckpoint(FileNotFoundError):
+class MissingCheckpoint(InputError, FileNotFoundError):
     """``--ckpt_path`` names no file or directory, or none that holds a checkpoint."""
 
 
@@ -177,10 +175,11 @@ def check_resume_settings(given_model: Any, used_model: Any, ckpt_path: Optional
 
 def other_module(ckpt_path: str, stored: str, given: str, command: str) -> CheckpointSettingsMismatch:
     """The error for a checkpoint of another LightningModule than the config's, with its run's config to use."""
-    saved = Path(ckpt_path).parent.parent / "config.yaml"
+    run = run_of_checkpoint(ckpt_path)
+    saved = run / "config.yaml" if run else None
     return CheckpointSettingsMismatch(
         f"--ckpt_path {ckpt_path} holds a {stored}, this config a {given}: score a checkpoint with the config of "
-        f"its run" + (f" (lit-lora {command} --config {saved} --ckpt_path {ckpt_path})" if saved.is_file() else ""))
+        f"its run" + (f" (lit-lora {command} --config {saved} --ckpt_path {ckpt_path})" if saved and saved.is_file() else ""))
 
 
 def check_checkpoint_module(ckpt_path: str, class_path: Optional[str], command: str) -> None:

@@ -32,10 +32,7 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 
 from lit_lora.adapters.base import Adapter, AdapterSpec, to_dtype
-
-
-class IncompatibleConfig(ValueError):
-    """A method / strategy / quantisation combination that cannot train, with the fix in the message."""
+from lit_lora.errors import IncompatibleConfig
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,7 @@ def build(module, data_class_path: Optional[str] = None) -> Built:
         notes.append(f"WARNING: bitsandbytes quantizes no layer of {type(base).__name__}; "
                      "the base stays at full precision (as it would in lit-lora fit)")
     model = builder.adapt(module, base, meta=True)
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        trainable, total = model.get_nb_trainable_parameters()
-    else:
-        trainable, total = count_parameters(model)
+    trainable, total = count_parameters(model)
     return Built(model, config, head, trainable, total, [m.in_features * m.out_features for m in layers],
                  sum(m.out_features for m in layers), notes)
 

@@ -26,14 +26,16 @@ from typing import Any, Iterable, Optional
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_lora.errors import InputError
+
 log = logging.getLogger("lit_lora")
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(InputError, RuntimeError):
     """The training loss or the gradients became NaN / inf (more often than ``max_skipped_batches`` allows)."""
 
 
-class NonFiniteWeightsError(ValueError):
+class NonFiniteWeightsError(InputError, ValueError):
     """Trainable weights hold NaN / inf: nothing is written from them."""
 
 

@@ -11,11 +11,15 @@ Four parts, each in bytes, each an estimate with its assumptions stated:
 
     from lit_lora.memory import optimizer_state_bytes
     optimizer_state_bytes([p for p in model.parameters() if p.requires_grad], "paged_adamw_8bit")
+
+What a run measured, to set next to the estimate, is ``peak_memory()`` (``run_summary.json``, ``lit-lora compare``).
 """
 
 from __future__ import annotations
 
 import math
+import resource
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -242,3 +246,11 @@ class MemoryEstimate:
 
     def fits(self, gpu_bytes: float) -> bool:
         return self.total <= gpu_bytes
+
+
+def peak_memory() -> tuple[float, str]:
+    """Peak memory in MiB: CUDA allocations when on a GPU, otherwise this process's peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_peak_rss"

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lit_lora.errors import InputError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(InputError, FileNotFoundError):
     """``model_name_or_path`` names no local directory and no loadable hub model; the message says what was tried.
 
     ``lit-lora`` checks the path before it builds anything (``LitLoraCLI.before_instantiate_classes``) and

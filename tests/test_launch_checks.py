@@ -85,6 +85,24 @@ def test_a_numbered_directory_with_setup_files_alone_is_removed_and_any_other_ke
     assert not discard_setup_only(tmp_path / "test_1") and (tmp_path / "test_1" / "metrics.csv").exists()
 
 
+def test_a_checkpoints_run_is_its_nearest_parent_holding_one_and_the_refusal_names_its_config(tmp_path):
+    """``compare`` writes beside the run and a checkpoint of another module is answered with the run's own
+    config.yaml, wherever ``checkpoint.dirpath`` put the file inside the run."""
+    from lit_lora.ckpt_settings import other_module
+    from lit_lora.cluster.run_files import run_of_checkpoint
+
+    run = tmp_path / "runs" / "version_0"
+    ckpt = run / "saved" / "by_step" / "step=4.ckpt"  # a checkpoint.dirpath two levels inside the run
+    ckpt.parent.mkdir(parents=True)
+    assert run_of_checkpoint(ckpt) is None  # nothing holds a run yet
+    (run / "config.yaml").write_text("x")
+    assert run_of_checkpoint(ckpt) == run
+    deepspeed = run / "checkpoints" / "step=4.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt"  # a directory
+    assert run_of_checkpoint(deepspeed) == run
+    message = str(other_module(str(ckpt), "a.Classifier", "a.CausalLM", "test"))
+    assert message.endswith(f"(lit-lora test --config {run / 'config.yaml'} --ckpt_path {ckpt})")
+
+
 def test_an_error_before_the_logger_picked_a_version_creates_no_directory(tmp_path):
     """A fit that fails before Lightning's setup (its CSV logger has no version yet) leaves the root untouched:
     asking the logger whether it holds rows must not make it create ``lightning_logs/``."""

@@ -26,6 +26,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from lit_lora.errors import InputError
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -40,7 +42,7 @@ def to_dtype(name: Optional[str]) -> Optional[torch.dtype]:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}") from None
 
 
-class InvalidAdapterSetting(ValueError):
+class InvalidAdapterSetting(InputError, ValueError):
     """An adapter setting outside its range, named when the config is read (before any weights load)."""
 
 
@@ -141,12 +143,15 @@ def check_target_modules(model: nn.Module, targets: Union[str, Sequence[str], No
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) counted the way peft's ``get_nb_trainable_parameters`` counts them.
+    """(trainable, total): peft's own ``get_nb_trainable_parameters`` for a peft model, and the same rule for a
+    model without an adapter (full fine-tuning).
 
     A bitsandbytes 4-bit weight packs two values per byte of its storage dtype, so its
     ``numel()`` is multiplied back to the real number of weights; DeepSpeed ZeRO-3 partitions
     report ``ds_numel``.
     """
+    if hasattr(model, "get_nb_trainable_parameters"):  # a PeftModel
+        return model.get_nb_trainable_parameters()
     trainable = total = 0
     for param in model.parameters():
         n = param.numel()

@@ -22,11 +22,12 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from lit_lora.errors import InputError
 
 log = logging.getLogger("lit_lora")
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(InputError, ValueError):
     """A saved adapter's tensors are not the ones the model built from its config expects."""
 
 

@@ -15,6 +15,8 @@
 * ``runtime``: what the CLI installs around every Trainer besides ``preemption:`` (one job per callback), on a
   laptop too: atomic checkpoint writes and the run-directory check are read from the ``preemption:`` section.
 * ``run_dir``: where a run's files go (the logger's directory, else ``default_root_dir``), the same on every rank.
+* ``run_files``: what a run directory holds, by file name: whether a directory holds a run, the run a checkpoint
+  belongs to, its ``hpc_ckpt_N.ckpt`` files (read cheaply by the launch checks, ``compare`` and the sweep).
 * ``step_seed``: ``StepSeed``, torch seeded before every training micro-batch, so a resume redraws dropout exactly.
 * ``early_signals``: SLURM's requeue signal and SIGTERM kept from the first line of ``lit-lora fit`` (during the
   imports) until ``preemption`` takes them over.

@@ -34,19 +34,20 @@ from lit_lora.cluster.lightning_compat import fit_ckpt_path
 from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.run_files import RUN_OUTPUTS, discard_setup_only, earlier_run_outputs, \
     hpc_checkpoints  # noqa: F401 (RUN_OUTPUTS re-exported)
+from lit_lora.errors import InputError
 
 log = logging.getLogger("lit_lora")
 
 
-class AllocationMismatch(RuntimeError):
+class AllocationMismatch(InputError, RuntimeError):
     """The SLURM allocation and the Trainer's ``num_nodes`` / ``devices`` disagree."""
 
 
-class MissingResumeCheckpoint(RuntimeError):
+class MissingResumeCheckpoint(InputError, RuntimeError):
     """A requeued SLURM job found no checkpoint to resume from."""
 
 
-class RunDirectoryConflict(RuntimeError):
+class RunDirectoryConflict(InputError, RuntimeError):
     """The run directory would mix with the data, the model, or an earlier run's results."""
 
 

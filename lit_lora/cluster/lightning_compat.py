@@ -47,7 +47,7 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("lightning.pytorch.trainer.connectors.checkpoint_connector._CheckpointConnector", "hpc_save_path",
      "hpc_save_path: the hpc_ckpt_N.ckpt name Lightning's SLURM auto-resume picks up"),
     ("lightning.pytorch.trainer.connectors.checkpoint_connector._CheckpointConnector", "_hpc_resume_path",
-     "launch_checks.hpc_checkpoints mirrors which hpc_ckpt_N.ckpt the auto-resume picks"),
+     "run_files.hpc_checkpoints mirrors which hpc_ckpt_N.ckpt the auto-resume picks"),
     ("lightning.pytorch.trainer.connectors.logger_connector.logger_connector._LoggerConnector", "on_batch_end",
      "log_step_metrics_now"),
     ("lightning.pytorch.trainer.connectors.logger_connector.logger_connector._LoggerConnector",

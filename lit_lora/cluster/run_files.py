@@ -2,6 +2,7 @@
 
     from lit_lora.cluster.run_files import holds_run, hpc_checkpoints
     holds_run("runs/demo/version_0")        # True once a fit wrote its config.yaml (or metrics / summary)
+    run_of_checkpoint("runs/demo/version_0/checkpoints/last.ckpt")  # Path("runs/demo/version_0")
     hpc_checkpoints("runs/tiny/4711")       # [Path(".../hpc_ckpt_1.ckpt"), …], oldest first
 
 One definition of "a run lives here", shared by the checks that must not overwrite a run
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 # what a run leaves in its run directory: a fresh run there would overwrite or truncate it (a W&B run's id: the
 # fresh run would log its steps into that W&B run again)
@@ -31,6 +32,13 @@ def holds_run(directory: Union[str, Path]) -> bool:
     """A training run wrote into ``directory``: its ``config.yaml``, ``metrics.csv`` or ``run_summary.json``."""
     directory = Path(directory)
     return any((directory / name).is_file() for name in RUN_MARKERS)
+
+
+def run_of_checkpoint(path: Union[str, Path]) -> Optional[Path]:
+    """The run directory a checkpoint or adapter was saved in: the nearest of its parents that holds a run
+    (``<run>/checkpoints/x.ckpt``, a DeepSpeed checkpoint directory's files, or a ``checkpoint.dirpath`` a
+    few levels down); None when none of the four nearest does."""
+    return next((parent for parent in list(Path(path).parents)[:4] if holds_run(parent)), None)
 
 
 def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:

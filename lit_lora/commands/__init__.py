@@ -101,8 +101,6 @@ def take_verbose(argv: list[str], from_sys_argv: bool) -> list[str]:
 
 def main(args: Optional[list[str]] = None) -> None:
     """``lit-lora <command> …``: the command's ``main`` with the arguments after the command name."""
-    from lit_lora.model_source import ModelNotFoundError
-
     argv = take_verbose(sys.argv[1:] if args is None else list(args), from_sys_argv=args is None)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -126,10 +124,7 @@ def main(args: Optional[list[str]] = None) -> None:
     console.quiet_libraries()
     # given argv as the command line would be, LightningCLI would warn that args= is for use from Python
     warnings.filterwarnings("ignore", message=".*args parameter is intended")
-    try:
-        importlib.import_module(command.module).main(argv if command.with_name else argv[1:])
-    except ModelNotFoundError as err:
-        sys.exit(f"lit-lora: {err}")
+    importlib.import_module(command.module).main(argv if command.with_name else argv[1:])
 
 
 def needs_config(argv: list[str]) -> bool:
@@ -144,24 +139,13 @@ def needs_config(argv: list[str]) -> bool:
 def input_error_types() -> tuple[type, ...]:
     """The errors that say what is wrong with a run's input (data file and line, config key, run directory,
     checkpoint, allocation, a Trainer setting Lightning refuses such as a GPU accelerator on a machine
-    without one) or why it stopped (a non-finite loss): their message is the whole answer."""
+    without one) or why it stopped (a non-finite loss): their message is the whole answer. lit-lora's own
+    derive from ``lit_lora.errors.InputError``."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from lit_lora.adapters.base import InvalidAdapterSetting
-    from lit_lora.adapters.loading import AdapterMismatchError
-    from lit_lora.architectures import UnknownArchitectureError
-    from lit_lora.ckpt_settings import CheckpointSettingsMismatch, MissingCheckpoint
-    from lit_lora.cluster.launch_checks import AllocationMismatch, MissingResumeCheckpoint, RunDirectoryConflict
-    from lit_lora.compatibility import IncompatibleConfig
-    from lit_lora.data.file_errors import DataFileError
-    from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError
-    from lit_lora.model_source import ModelNotFoundError
-    from lit_lora.sweep.resolve import PointConfigError
+    from lit_lora.errors import InputError
 
-    return (AdapterMismatchError, UnknownArchitectureError, CheckpointSettingsMismatch, MissingCheckpoint,
-            MisconfigurationException, AllocationMismatch,
-            MissingResumeCheckpoint, RunDirectoryConflict, IncompatibleConfig, DataFileError, NonFiniteTrainingError,
-            NonFiniteWeightsError, PointConfigError, InvalidAdapterSetting, ModelNotFoundError)
+    return (InputError, MisconfigurationException)
 
 
 def input_error_in(err: BaseException) -> Optional[BaseException]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from lit_lora.commands.experiment import load_experiment
-from lit_lora.compatibility import IncompatibleConfig
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.export import merge_and_save
 
 def add_arguments(parser) -> None:

@@ -21,7 +21,7 @@ import lightning as L
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from lit_lora.compatibility import IncompatibleConfig
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.data.collators import PackCollator, PadCollator
 from lit_lora.data.contract import (TRAINING_SPLIT_KEYS, DataContract, declared_flattened_packing,
                                     declared_packing_refusal)

@@ -14,7 +14,7 @@ from typing import ClassVar, Optional, Sequence
 
 from datasets import Dataset
 
-from lit_lora.compatibility import IncompatibleConfig
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.data.file_errors import DataFileError, describe_row
 from lit_lora.data.sources import local_files
 from lit_lora.data.sft import Example, SFTDataModule

@@ -23,13 +23,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, Value
 
+from lit_lora.errors import InputError
+
 TEXT_FILES = (".json", ".jsonl", ".csv")
 TEXT_DTYPES = ("string", "large_string", "null")
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte that is not UTF-8
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs "\ud83d\ude00"; one left alone is no character
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError, ValueError):
     """Local data that cannot become rows, or rows of the wrong type; the message names file, line and field."""
 
 

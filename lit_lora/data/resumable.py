@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from lit_lora.ckpt_settings import CheckpointSettingsMismatch  # a one-line input error
+from lit_lora.errors import CheckpointSettingsMismatch
 from lit_lora.data.length_grouping import LengthGroupedSampler
 from lit_lora.data.samplers import ResumableSampler
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional, Union
 
-from lit_lora.compatibility import IncompatibleConfig
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import IGNORE_INDEX
 from lit_lora.data.contract import declared_encoder_decoder, prompt_carries_special_tokens

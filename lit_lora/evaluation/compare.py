@@ -21,10 +21,10 @@ from typing import Optional
 
 import lightning as L
 
-from lit_lora.callbacks import peak_memory
-from lit_lora.cluster.run_files import holds_run
+from lit_lora.cluster.run_files import run_of_checkpoint
 from lit_lora.console import scalar_metrics
 from lit_lora.evaluation.report import build_report, console_summary, example_rows, plot_loss_curve, write_report
+from lit_lora.memory import peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ class CompareSettings:
         if self.run_dir:
             return Path(self.run_dir)
         path = Path(self.ckpt_path or self.adapter_dir)
-        for parent in list(path.parents)[:4]:  # the run directory holds its config (W&B: checkpoints 3 levels down)
-            if holds_run(parent):
-                return parent
+        found = run_of_checkpoint(path)
+        if found:
+            return found
         return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
     def resolved_out_dir(self) -> Path:

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from lit_lora.compatibility import IncompatibleConfig
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.data.contract import prompt_carries_special_tokens
 from lit_lora.evaluation.generation import generate_texts
 from lit_lora.evaluation.labels import UNPARSEABLE, label_index

@@ -13,9 +13,11 @@ download, quantized as ``from_pretrained`` would quantize it):
 
     from lit_lora.adapters import QLoRA
     from lit_lora.models import CausalLMModule
-    from lit_lora.models.builder import build_model
+    from lit_lora.models.builder import adapt, architecture, load_base
     module = CausalLMModule("google/gemma-2b", adapter=QLoRA(r=16))
-    model = build_model(module, meta=True)    # GemmaForCausalLM, 4-bit, LoRA on every linear layer; no weights
+    config = architecture(module, meta=True)
+    model = adapt(module, load_base(module, config, meta=True), meta=True)  # GemmaForCausalLM, 4-bit, LoRA on
+                                              # every linear layer; no weights (what ``lit-lora estimate`` builds)
     module.configure_model()                  # the same steps with the real weights (what fit does)
 """
 
@@ -141,14 +143,6 @@ def adapt(module, model: nn.Module, meta: bool = False) -> nn.Module:
     if not checkpointing:
         _set_checkpointing(model, False)  # peft's k-bit preparation turns it on by itself; the module decides
     return wrapped
-
-
-def build_model(module, meta: bool = False) -> nn.Module:
-    """Steps 1-3 in one: the adapted model of ``module``'s settings (``meta``: on the meta device).
-
-    ``configure_model`` runs the same steps itself, step 2 inside ZeRO-3's partitioned loading where it applies."""
-    config = architecture(module, meta)
-    return adapt(module, load_base(module, config, meta), meta)
 
 
 def quantize_on_meta(model: nn.Module, quantization_config) -> list[nn.Module]:

@@ -35,7 +35,7 @@ from transformers import AutoModelForSequenceClassification
 
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init
-from lit_lora.compatibility import IncompatibleConfig
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.evaluation.evaluators import ClassificationEvaluator
 from lit_lora.models.base import MODEL_INPUT_KEYS, FineTuneModule
 from lit_lora.models.labels import LabelledModule

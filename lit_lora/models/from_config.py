@@ -46,7 +46,7 @@ def check_model_kind(model_config: Any) -> None:
 
     from transformers import AutoConfig
 
-    from lit_lora.compatibility import IncompatibleConfig
+    from lit_lora.errors import IncompatibleConfig
     from lit_lora.model_source import in_hub_cache, resolve_model_path
 
     args = (model_config.get("init_args") or {}) if model_config is not None else {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from lit_lora.compatibility import IncompatibleConfig
+from lit_lora.errors import IncompatibleConfig
 
 
 class LabelledModule:

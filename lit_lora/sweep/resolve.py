@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import yaml
 
+from lit_lora.errors import InputError
 from lit_lora.sweep.grid import override_args
 
 CSV_LOGGER = "lit_lora.cluster.csv_history.ResumableCSVLogger"  # as a string: the sweep imports no Lightning
@@ -39,7 +40,7 @@ CSV_LOGGERS = (CSV_LOGGER, "lit_lora.csv_history.ResumableCSVLogger",  # the pat
 PrintConfig = Callable[[list[str]], str]  # args -> what `lit-lora fit <args> --print_config` prints
 
 
-class PointConfigError(ValueError):
+class PointConfigError(InputError, ValueError):
     """``lit-lora fit`` would refuse this point's arguments; the message is the parser's error."""
 
 
