@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from transformers import (
@@ -177,12 +177,13 @@ def load_config(name_or_path: str, trust_remote_code: bool = False) -> Pretraine
         ) from err
 
 
-def meta_model(config: PretrainedConfig, head: Head, dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
-    """The full-size model with ``head`` built on the meta device (true shapes, no memory, no download)."""
-    if dtype is None:
-        dtype = config_dtype(config)
+def meta_model(config: PretrainedConfig, head: Union[Head, type],
+               dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
+    """The full-size model with ``head`` (a name of ``HEADS`` or an ``AutoModelFor…`` class) built on the meta
+    device (true shapes, no memory, no download), in ``dtype`` or the checkpoint's."""
+    auto_class = HEADS[head] if isinstance(head, str) else head
     with torch.device("meta"):
-        return HEADS[head].from_config(config, dtype=dtype)
+        return auto_class.from_config(config, dtype=dtype or config_dtype(config))
 
 
 def config_dtype(config: PretrainedConfig) -> torch.dtype:

@@ -31,14 +31,7 @@ from lit_lora.architectures import HEADS, lookup
 from lit_lora.memory import GIB, MemoryEstimate, Shape, activation_bytes, inference_activation_bytes, \
     optimizer_state_bytes, quant_constant_bytes, tensor_bytes
 from lit_lora.models import builder
-from lit_lora.models.from_config import link_label_names, module_from_config
 from lit_lora.models.label_only_loss import default_chunk_size, find_label_only_head
-
-
-# ---- the config ---------------------------------------------------------------------------------------
-def instantiate_model(cfg) -> Any:
-    """The LightningModule of a parsed config (its ``__init__`` loads no weights; ``configure_model`` does)."""
-    return module_from_config(cfg.model)
 
 
 # ---- the model on the meta device ---------------------------------------------------------------------
@@ -67,10 +60,9 @@ class Built:
         return sum(self.quantized_layers)
 
 
-def build(module, data_class_path: Optional[str] = None) -> Built:
+def build(module) -> Built:
     """The configured model at full size on the meta device, built by ``models.builder`` as ``configure_model``
-    builds it (``data_class_path``: the datamodule whose ``label_names`` the CLI would link to the module)."""
-    link_label_names(module, data_class_path)
+    builds it (``module``: a config's module with what the CLI links, ``commands.experiment.model_of``)."""
     head = head_of(module)
     config = builder.architecture(module, meta=True)
     base = builder.load_base(module, config, meta=True)

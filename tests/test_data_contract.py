@@ -224,3 +224,17 @@ def test_no_data_code_reads_the_trainers_module():
             if isinstance(node, ast.Constant) and node.value == "lightning_module" and path.name != "contract.py":
                 readers.append(f"{path.relative_to(PACKAGE).as_posix()}:{node.lineno}")
     assert readers == [], f"ask the module through a declared_… function in data/contract.py instead: {readers}"
+
+
+def test_the_split_a_stage_scores_is_the_datamodules_own(tiny_model):
+    """The generation evaluator's train-overlap check reads the contract's split; it must be the one the
+    datamodule's loaders score (MultiNLI tests its matched and mismatched sets, it has no "validation")."""
+    from lit_lora.data.nli import MultiNLIDataModule
+
+    for dm in (InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), max_samples=8),
+               MultiNLIDataModule(tokenizer_name_or_path=tiny_model("roberta"), max_samples=8)):
+        dm.setup("fit")
+        contract = dm.contract()
+        for stage in ("validate", "test"):
+            assert contract.split_of(stage) == dm.eval_splits(stage)[0] in contract.splits
+    assert contract.split_of("test") == "matched"

@@ -46,11 +46,12 @@ def test_unknown_model_without_hub_is_a_clear_error(monkeypatch):
 
 
 def estimate_for(config: Path | str, *overrides: str):
+    from lit_lora.commands.experiment import model_of
     from lit_lora.commands.experiment import parse_experiment as parse_config
-    from lit_lora.estimate import build, instantiate_model
+    from lit_lora.estimate import build
 
     cfg = parse_config(["--config", str(config), *overrides])
-    module = instantiate_model(cfg)
+    module = model_of(cfg)
     return cfg, module, build(module)
 
 
@@ -142,14 +143,16 @@ def test_classifier_counts_take_labels_from_the_datamodule_and_train_the_head():
     """RoBERTa-large LoRA for MultiNLI: 3 labels from the datamodule class, the head in modules_to_save."""
     from peft import LoraConfig, get_peft_model
 
+    from lit_lora.commands.experiment import model_of
     from lit_lora.commands.experiment import parse_experiment as parse_config
-    from lit_lora.estimate import build, instantiate_model
+    from lit_lora.estimate import build
+    from lit_lora.models.from_config import module_from_config
 
     config_path = Path(__file__).resolve().parents[1] / "configs" / "nli" / "roberta_large_lora_multinli.yaml"
     cfg = parse_config(["--config", str(config_path)])
-    module = instantiate_model(cfg)
-    assert module.label_names is None  # linked from the datamodule at instantiation by the CLI
-    built = build(module, cfg.data.class_path)
+    assert module_from_config(cfg.model).label_names is None  # linked from the datamodule at instantiation by the CLI
+    module = model_of(cfg)
+    built = build(module)
     assert module.label_names == ["entailment", "neutral", "contradiction"] and module.head_modules == ["classifier"]
     config = REGISTRY["FacebookAI/roberta-large"].config()
     config.num_labels = 3

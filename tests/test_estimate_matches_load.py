@@ -22,7 +22,8 @@ import torch
 from lit_lora.adapters import LoRA, QLoRA
 from lit_lora.architectures import REGISTRY, config_dtype, lookup
 from lit_lora.commands.experiment import parse_experiment as parse_config
-from lit_lora.estimate import build, instantiate_model, quant_bytes, weight_bytes
+from lit_lora.commands.experiment import model_of
+from lit_lora.estimate import build, quant_bytes, weight_bytes
 from lit_lora.memory import tensor_bytes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -137,8 +138,6 @@ def reference_configs() -> list[str]:
 def test_estimate_of_each_reference_config_equals_its_loaded_twin(twin, config):
     """The shipped configs' own adapters (targets, double quant or not, classifier heads kept unquantized,
     prompt tuning, no adapter), with the full-size model swapped for its tiny twin stored in its dtype."""
-    import importlib
-
     from lit_lora.data.base import load_tokenizer
 
     cfg = parse_config(["--config", str(CONFIGS / config)])
@@ -146,13 +145,9 @@ def test_estimate_of_each_reference_config_equals_its_loaded_twin(twin, config):
     name = TWIN_OF[arch.config_class.__name__]
     path = twin(name, config_dtype(arch.config()))
     cfg = parse_config(["--config", str(CONFIGS / config), "--model.init_args.model_name_or_path", path])
-    package, _, data_class = cfg.data.class_path.rpartition(".")
-    labels = getattr(getattr(importlib.import_module(package), data_class), "label_names", None)
     modules = []
     for _ in range(2):
-        module = instantiate_model(cfg)
-        if hasattr(module, "label_names") and not module.label_names:  # the CLI links them from the datamodule
-            module.label_names = list(labels)
+        module = model_of(cfg)  # with the label names the CLI links from the datamodule
         module.tokenizer = load_tokenizer(path)  # linked by the CLI too (a classifier pools on its pad token)
         modules.append(module)
     assert_estimate_equals_load(*modules)

@@ -312,7 +312,8 @@ class TextDataModule(L.LightningDataModule):
             tokenizer=self.tokenizer, prompt_has_special_tokens=self.prompt_has_special_tokens,
             max_length=self.max_length, encoder_decoder=bool(self.encoder_decoder),
             label_names=tuple(label_names) if label_names else None, eval_names=tuple(self.eval_names),
-            splits=tuple(self.datasets), training_settings={**settings, "class": type(self).__qualname__},
+            splits=tuple(self.datasets), test_splits=tuple(self.eval_splits("test")),
+            training_settings={**settings, "class": type(self).__qualname__},
             source=str(self.source), data_class=type(self).__name__, prompts=self.split_prompts)
 
     def check_packing(self) -> None:

@@ -63,6 +63,8 @@ class DataContract:
     """Names of the validation dataloaders in loader order (MultiNLI: ``("matched", "mismatched")``)."""
     splits: tuple[str, ...] = ()
     """The tokenised splits, ``"train"`` included (the train-overlap check compares each evaluated one)."""
+    test_splits: tuple[str, ...] = ("validation",)
+    """The splits ``test`` scores (the datamodule's ``eval_splits("test")``: ``test`` where the data has one)."""
     training_settings: dict = field(default_factory=dict)
     """The data settings that decide which rows were trained on, plus the datamodule class (checkpointed)."""
     source: str = ""
@@ -78,8 +80,8 @@ class DataContract:
         return not self.prompt_has_special_tokens
 
     def split_of(self, stage: str) -> str:
-        """The split a stage evaluates: ``test`` where the data has one, else ``validation``."""
-        return "test" if stage == "test" and "test" in self.splits else "validation"
+        """The (first) split a stage evaluates: what ``test`` scores, else the first validation set."""
+        return (self.test_splits if stage == "test" else self.eval_names or ("validation",))[0]
 
     def evaluated_splits(self) -> list[str]:
         """Every split but the training one (MultiNLI: matched and mismatched)."""

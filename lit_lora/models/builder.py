@@ -73,11 +73,10 @@ def load_base(module, config=None, meta: bool = False) -> nn.Module:
             return module.auto_model_class.from_pretrained(path, **with_default_attention(module, path, kwargs))
         if getattr(module, "tokenizer", None) is None and getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = getattr(config, "eos_token_id", None)
-        from lit_lora.architectures import config_dtype
+        from lit_lora.architectures import meta_model
 
-        dtype = config_dtype(config) if module.dtype_name == "auto" else to_dtype(module.dtype_name)
-        with torch.device("meta"):
-            model = module.auto_model_class.from_config(config, dtype=dtype)
+        model = meta_model(config, module.auto_model_class,
+                           None if module.dtype_name == "auto" else to_dtype(module.dtype_name))
     if quantization is not None:
         quantize_on_meta(model, quantization)
     return model
