@@ -24,13 +24,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.sharding import run_device
-from lit_lora.console import scalar_metrics
+from lit_lora.console import evaluation_lines, perplexity_text, scalar_metrics
 from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.export import merge_and_save
 from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError, check_finite_weights
 from lit_lora.memory import peak_memory
 from lit_lora.strict_json import dumps
-from lit_lora.token_loss import perplexity
 
 log = logging.getLogger("lit_lora")
 
@@ -256,37 +255,6 @@ class BaselineComparison(Callback):
         )
 
 
-def perplexity_text(loss: float) -> str:
-    """exp(loss) to two decimals, or in scientific notation past a million (an untrained model's is huge)."""
-    value = perplexity(loss)
-    return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"
-
-
-GROUP_HEADLINES = ("bleu", "rougeL_fmeasure", "exact_match", "accuracy")
-
-
-def group_lines(per_group: dict) -> list[str]:
-    """One console line per group of rows (DS-1000's libraries), with its headline metrics; ``metrics.json``
-    holds every metric under ``details.per_group``."""
-    lines = [f"  by group ({len(per_group)}, all metrics in details.per_group):"] if per_group else []
-    for name, scores in per_group.items():
-        shown = ", ".join(f"{k} {scores[k]:.4g}" for k in GROUP_HEADLINES if isinstance(scores.get(k), (int, float)))
-        rows = scores.get("rows", "?")
-        lines.append(f"    {name} ({rows} row{'' if rows == 1 else 's'})" + (f": {shown}" if shown else ""))
-    return lines
-
-
-def scored_splits(trainer: Trainer, stage: str) -> str:
-    """``"; on the validation split (the data has no test split)"``: what ``stage`` scored, for its header."""
-    splits = getattr(trainer.datamodule, "eval_splits", None)
-    if splits is None:
-        return ""
-    names = splits(stage)
-    missing = " (the data has no test split)" if stage == "test" and "test" not in names and \
-        not any(name.startswith("test") for name in names) else ""
-    return f"; on the {', '.join(names)} split{'s' if len(names) > 1 else ''}{missing}"
-
-
 class MetricsWriter(Callback):
     """After ``lit-lora validate`` / ``test``, write the logged metrics to ``<run dir>/metrics.json``.
 
@@ -309,17 +277,7 @@ class MetricsWriter(Callback):
         result = {"stage": stage, "ckpt_path": trainer.ckpt_path, "metrics": scalars,
                   "details": getattr(pl_module, "extra_metrics", {})}
         (out_dir / self.filename).write_text(dumps(result, indent=2, default=str))
-        width = max((len(name) for name in scalars), default=0) + 2
-        rows = [f"  {name:<{width}}{value:.6g}" for name, value in sorted(scalars.items())]
-        scored = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else \
-            "no --ckpt_path: the model as configured (an adapter not trained yet leaves the base model as it is)"
-        lines = [f"[lit-lora] {stage} metrics ({scored}{scored_splits(trainer, stage)}), written to "
-                 f"{out_dir / self.filename}:", *rows]
-        details = result["details"] if isinstance(result["details"], dict) else {}
-        lines += group_lines(details.get("per_group") or {})
-        if details.get("predictions_file"):
-            lines.append(f"  predictions: {details['predictions_file']}")
-        print("\n".join(lines), flush=True)
+        print("\n".join(evaluation_lines(trainer, stage, result, out_dir / self.filename)), flush=True)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, pl_module, "test")

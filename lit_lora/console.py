@@ -201,3 +201,52 @@ def steps_done(trainer: Trainer, elapsed_s: float) -> str:
                 f"in {elapsed_s:.0f} s")
         return text + (f"; training {training:.0f} s over the whole run" if training is not None else "")
     return f"{trainer.global_step} steps in {elapsed_s:.0f} s" + (f" (training {training:.0f} s)" if training else "")
+
+
+def perplexity_text(loss: float) -> str:
+    """exp(loss) to two decimals, or in scientific notation past a million (an untrained model's is huge)."""
+    from lit_lora.token_loss import perplexity  # lazily: the console is set up before torch loads
+
+    value = perplexity(loss)
+    return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"
+
+
+GROUP_HEADLINES = ("bleu", "rougeL_fmeasure", "exact_match", "accuracy")
+
+
+def group_lines(per_group: dict) -> list[str]:
+    """One console line per group of rows (DS-1000's libraries), with its headline metrics; ``metrics.json``
+    holds every metric under ``details.per_group``."""
+    lines = [f"  by group ({len(per_group)}, all metrics in details.per_group):"] if per_group else []
+    for name, scores in per_group.items():
+        shown = ", ".join(f"{k} {scores[k]:.4g}" for k in GROUP_HEADLINES if isinstance(scores.get(k), (int, float)))
+        rows = scores.get("rows", "?")
+        lines.append(f"    {name} ({rows} row{'' if rows == 1 else 's'})" + (f": {shown}" if shown else ""))
+    return lines
+
+
+def scored_splits(trainer: Trainer, stage: str) -> str:
+    """``"; on the validation split (the data has no test split)"``: what ``stage`` scored, for its header."""
+    splits = getattr(trainer.datamodule, "eval_splits", None)
+    if splits is None:
+        return ""
+    names = splits(stage)
+    missing = " (the data has no test split)" if stage == "test" and "test" not in names and \
+        not any(name.startswith("test") for name in names) else ""
+    return f"; on the {', '.join(names)} split{'s' if len(names) > 1 else ''}{missing}"
+
+
+def evaluation_lines(trainer: Trainer, stage: str, result: dict, path: Path) -> list[str]:
+    """What ``lit-lora validate`` / ``test`` prints: the checkpoint and splits scored, each scalar metric, the
+    per-group lines and the predictions file (``result``: what ``callbacks.MetricsWriter`` wrote to ``path``)."""
+    scalars = result["metrics"]
+    width = max((len(name) for name in scalars), default=0) + 2
+    rows = [f"  {name:<{width}}{value:.6g}" for name, value in sorted(scalars.items())]
+    scored = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else \
+        "no --ckpt_path: the model as configured (an adapter not trained yet leaves the base model as it is)"
+    lines = [f"[lit-lora] {stage} metrics ({scored}{scored_splits(trainer, stage)}), written to {path}:", *rows]
+    details = result["details"] if isinstance(result["details"], dict) else {}
+    lines += group_lines(details.get("per_group") or {})
+    if details.get("predictions_file"):
+        lines.append(f"  predictions: {details['predictions_file']}")
+    return lines

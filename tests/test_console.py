@@ -96,7 +96,7 @@ def assert_merged_equals_the_adapter(adapter_dir: Path, merged_dir: Path) -> Non
 
 
 def test_perplexity_is_printed_readably_however_large():
-    from lit_lora.callbacks import perplexity_text
+    from lit_lora.console import perplexity_text
 
     assert perplexity_text(0.6) == "1.82" and perplexity_text(7.7053) == "2220.08"
     assert perplexity_text(35.5) == "2.61e+15"  # an untrained T5: not 16 digits

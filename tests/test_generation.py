@@ -124,7 +124,7 @@ def test_ds1000_filters_libraries_and_groups_rows(tiny_model, tmp_path):
 
 def test_each_group_of_rows_gets_a_console_line_with_its_headline_metrics():
     """``lit-lora test`` on DS-1000 prints a line per library (every metric stays in metrics.json)."""
-    from lit_lora.callbacks import group_lines
+    from lit_lora.console import group_lines
 
     lines = group_lines({"Numpy": {"rows": 3, "bleu": 0.25, "rougeL_fmeasure": 0.5, "loss": 1.0}, "Pandas": {"rows": 1}})
     assert lines == ["  by group (2, all metrics in details.per_group):",
