@@ -75,3 +75,6 @@ def test_every_prompt_of_a_shot_count_goes_to_one_sorted_batched_generation(tiny
     module.evaluation = dataclasses.replace(module.evaluation, generate=True, max_new_tokens=2)
     results = incontext.evaluate_incontext(module, dm, [0, 1], seed=0, split=None, max_rows=6, out_dir=tmp_path)
     assert calls == [6, 6] and set(results) == {"0-shot", "1-shot"}
+    for k in (0, 1):  # classification scores count cut answers too, as generation scores do
+        rows = [json.loads(line) for line in (tmp_path / f"predictions_{k}shot.jsonl").read_text().splitlines()]
+        assert results[f"{k}-shot"]["hit_max_new_tokens"] == sum(r["hit_max_new_tokens"] for r in rows) > 0

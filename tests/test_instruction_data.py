@@ -99,10 +99,18 @@ def test_subsets_first_n_and_seeded_fraction(tiny_model):
     assert a == b and a != c
 
 
-def test_chat_template_without_one_is_a_clear_error(tiny_model):
-    dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), template="chat", max_samples=8)
-    with pytest.raises(ValueError, match="chat template"):
-        dm.setup("fit")
+def test_chat_template_without_one_is_an_input_error_before_any_row_is_rendered(tiny_model):
+    """An input error (one line from the command), raised before tokenisation, naming the templates that work."""
+    from harness import setup_error
+
+    from lit_lora.data.nli_prompts import SNLILabelWordDataModule
+    from lit_lora.errors import IncompatibleConfig
+
+    for dm in (InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), template="chat"),
+               SNLILabelWordDataModule(tokenizer_name_or_path=tiny_model("llama"), template="chat")):
+        assert setup_error(dm, IncompatibleConfig) == (
+            f"data.init_args.template: 'chat' needs a tokenizer with a chat template; {tiny_model('llama')} has "
+            f"none (use template: alpaca or plain)")
 
 
 def test_tokenisation_is_cached_by_datasets(tiny_model, tmp_path):

@@ -103,6 +103,23 @@ def test_a_checkpoints_run_is_its_nearest_parent_holding_one_and_the_refusal_nam
     assert message.endswith(f"(lit-lora test --config {run / 'config.yaml'} --ckpt_path {ckpt})")
 
 
+def test_an_evaluation_never_writes_over_an_earlier_one(tmp_path):
+    from lit_lora.cluster.run_files import output_dir
+
+    default = tmp_path / "incontext"
+    assert output_dir("incontext", None, default, ("incontext.json",)) == default  # missing or empty: used
+    default.mkdir()
+    assert output_dir("incontext", None, default, ("incontext.json",)) == default
+    (default / "incontext.json").write_text("{}")
+    assert output_dir("incontext", None, default, ("incontext.json",)) == tmp_path / "incontext_1"
+    (tmp_path / "incontext_1").mkdir()
+    (tmp_path / "incontext_1" / "predictions_0shot.jsonl").write_text("")
+    assert output_dir("incontext", None, default, ("incontext.json",)) == tmp_path / "incontext_2"
+    assert output_dir("incontext", str(tmp_path / "mine"), default, ("incontext.json",)) == tmp_path / "mine"
+    with pytest.raises(SystemExit, match="incontext_1 holds an earlier evaluation"):
+        output_dir("incontext", str(tmp_path / "incontext_1"), default, ("incontext.json", "predictions_*shot.jsonl"))
+
+
 def test_an_error_before_the_logger_picked_a_version_creates_no_directory(tmp_path):
     """A fit that fails before Lightning's setup (its CSV logger has no version yet) leaves the root untouched:
     asking the logger whether it holds rows must not make it create ``lightning_logs/``."""

@@ -95,6 +95,23 @@ def test_compare_keeps_the_row_limit_of_a_smoke_run_for_both_models(trained, tmp
     assert "No curve" not in md
 
 
+def test_a_second_comparison_gets_a_directory_of_its_own(trained):
+    """The default ``<run>/compare`` holding an earlier report: the next goes to ``compare_1``; an explicit
+    ``--out_dir`` holding one is refused before anything is scored."""
+    model, run, source = trained
+    earlier = run / "compare"
+    earlier.mkdir(exist_ok=True)
+    (earlier / "report.md").write_text("an earlier comparison")
+    args = ["compare", *data_args(model, source), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+            "--trainer.limit_test_batches", "1", "--trainer.accelerator", "cpu"]
+    run_cli(args)
+    assert (earlier / "report.md").read_text() == "an earlier comparison"
+    assert json.loads((run / "compare_1" / "report.json").read_text())["run"]["rows"] > 0
+    with pytest.raises(SystemExit, match="holds an earlier evaluation .report.json, report.md.: pass another"):
+        run_cli([*args, "--out_dir", str(earlier)])
+    assert not (earlier / "base").exists()
+
+
 def test_evaluating_on_training_rows_needs_the_switch(trained, tmp_path, capsys):
     on_train = ["--data.init_args.validation_source", trained[2]]  # validation = first rows of the training file
     with pytest.raises(SystemExit) as exit_info:

@@ -264,6 +264,7 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     before = (sweep_dir / "sweep.json").read_text()
     changed = sweep_cmd(*args, "--trainer.max_steps", "50", "--dry_run", check=False)
     assert changed.returncode != 0 and "give it another --name" in changed.stderr, changed.stderr
+    assert "would change:\n  trainer.max_steps: 2 -> 50" in changed.stderr, changed.stderr  # what differs, named
     assert (sweep_dir / "sweep.json").read_text() == before
 
 
@@ -405,7 +406,7 @@ def test_a_swept_key_no_points_class_accepts_is_an_error(tmp_path):
                        check=False)
     assert result.returncode != 0
     assert "no point's class accepts 'rank'" in result.stderr, result.stderr
-    assert not (tmp_path / "typo" / "sweep.json").exists()
+    assert not (tmp_path / "typo").exists()  # refused before anything is written, the sweep's directory too
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -3,6 +3,7 @@
     from lit_lora.cluster.run_files import holds_run, hpc_checkpoints
     holds_run("runs/demo/version_0")        # True once a fit wrote its config.yaml (or metrics / summary)
     run_of_checkpoint("runs/demo/version_0/checkpoints/last.ckpt")  # Path("runs/demo/version_0")
+    output_dir("compare", None, Path("runs/demo/version_0/compare"), ("report.json",))  # …/compare_1 if taken
     hpc_checkpoints("runs/tiny/4711")       # [Path(".../hpc_ckpt_1.ckpt"), …], oldest first
 
 One definition of "a run lives here", shared by the checks that must not overwrite a run
@@ -39,6 +40,23 @@ def run_of_checkpoint(path: Union[str, Path]) -> Optional[Path]:
     (``<run>/checkpoints/x.ckpt``, a DeepSpeed checkpoint directory's files, or a ``checkpoint.dirpath`` a
     few levels down); None when none of the four nearest does."""
     return next((parent for parent in list(Path(path).parents)[:4] if holds_run(parent)), None)
+
+
+def output_dir(command: str, given: Optional[str], default: Path, results: tuple[str, ...]) -> Path:
+    """Where an evaluation writes: ``given`` (``--out_dir``), refused when it holds an earlier result (a file
+    matching a glob of ``results``); by default ``default``, or ``default_N`` (the first free N) when an earlier
+    evaluation is there, so a second one never replaces or mixes with the first one's files."""
+    if given is not None:
+        path = Path(given)
+        if any(any(path.glob(pattern)) for pattern in results):
+            raise SystemExit(f"lit-lora {command}: {path} holds an earlier evaluation ({', '.join(results)}): "
+                             "pass another --out_dir or move it away")
+        return path
+    path, n = default, 0
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = default.with_name(f"{default.name}_{n}")
+    return path
 
 
 def hpc_checkpoints(root: Union[str, Path]) -> list[Path]:

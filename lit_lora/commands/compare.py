@@ -7,7 +7,8 @@
 The config is read as ``fit`` reads it (``lit_lora.commands.experiment``: any ``--model.…`` / ``--data.…``
 override works); the options below join that parser. The evaluation and the report are
 ``lit_lora.evaluation.compare``: ``report.md``, ``report.json``, ``base/predictions.jsonl`` and
-``tuned/predictions.jsonl`` go to ``--out_dir`` (default: ``<run dir>/compare``).
+``tuned/predictions.jsonl`` go to ``--out_dir`` (default: ``<run dir>/compare``, or ``compare_N`` when an earlier
+report is there; an explicit ``--out_dir`` holding one is refused).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--run_dir", type=Optional[str], default=None,
                         help="run directory with run_summary.json / metrics.csv (default: from the checkpoint)")
     parser.add_argument("--out_dir", type=Optional[str], default=None,
-                        help="where the report goes (default: <run dir>/compare)")
+                        help="where the report goes (default: <run dir>/compare, or compare_N when that holds a report)")
     parser.add_argument("--allow_train_overlap", action=ActionYesNo, default=False,
                         help="evaluate even on rows duplicated in the training data (the report's first line says so)")
     parser.add_argument("--right_if", type=str, default="exact",

@@ -1,7 +1,7 @@
 """``lit-lora incontext``: zero- and k-shot prompting of a config's model on its data, no training.
 
     lit-lora incontext --config configs/nli/llama3_8b_incontext_multinli.yaml --shots 0 1 --split matched
-    lit-lora incontext --config configs/demo.yaml --shots 0 1 3 --max_rows 50   # into runs/incontext
+    lit-lora incontext --config configs/demo.yaml --shots 0 1 3 --max_rows 50   # into runs/demo/incontext
 
 The config is read as ``fit`` reads it (``lit_lora.commands.experiment``); the options below join that parser.
 Prompt building and scoring are ``lit_lora.evaluation.incontext``; ``incontext.json`` and
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from lit_lora.cluster.run_files import output_dir
 from lit_lora.commands.experiment import load_experiment
 from lit_lora.evaluation.incontext import evaluate_incontext
 from lit_lora.strict_json import dumps
@@ -32,29 +33,14 @@ def add_arguments(parser) -> None:
                              "incontext, or incontext_N when that holds an earlier evaluation)")
 
 
-def output_dir(out_dir: Optional[str], default_root_dir: Optional[str]) -> Path:
-    """``--out_dir``, refused when it holds an earlier evaluation; by default the first free ``incontext[_N]``
-    under the run's root, so a second evaluation never mixes its files with the first one's."""
-    if out_dir is not None:
-        path = Path(out_dir)
-        if (path / "incontext.json").exists() or any(path.glob("predictions_*shot.jsonl")):
-            raise SystemExit(f"lit-lora incontext: {path} holds an earlier evaluation (incontext.json, "
-                             "predictions_*shot.jsonl): pass another --out_dir or move it away")
-        return path
-    root = Path(default_root_dir or "runs")
-    path, n = root / "incontext", 0
-    while path.exists() and any(path.iterdir()):
-        n += 1
-        path = root / f"incontext_{n}"
-    return path
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     experiment = load_experiment(sys.argv[1:] if argv is None else list(argv), add_arguments,
                                  prog="lit-lora incontext")
     options, module, datamodule = experiment.config, experiment.module, experiment.datamodule
     module.evaluation = dataclasses.replace(module.evaluation, generate=True)
-    out_dir = output_dir(options.out_dir, (options.get("trainer") or {}).get("default_root_dir"))
+    root = Path((options.get("trainer") or {}).get("default_root_dir") or "runs")
+    out_dir = output_dir("incontext", options.out_dir, root / "incontext",
+                         ("incontext.json", "predictions_*shot.jsonl"))
     results = evaluate_incontext(module, datamodule, options.shots, options.seed, options.split, options.max_rows,
                                  out_dir)
     (out_dir / "incontext.json").write_text(dumps(results, indent=2))

@@ -2,7 +2,8 @@
 
     lit-lora fit --config configs/tutorials/nli_llama_label_word.yaml
     lit-lora fit --config configs/tutorials/nli_llama_label_word.yaml --data.init_args.template chat \\
-        --data.init_args.system_prompt "You classify natural language inference pairs."
+        --data.init_args.system_prompt "You classify natural language inference pairs." \\
+        --model.init_args.model_name_or_path <an instruction-tuned model: its tokenizer has a chat template>
 
 The prompt is the instruction plus ``Premise: …`` / ``Hypothesis: …`` (``plain`` or ``alpaca``
 template, or the tokenizer's chat template with an optional system turn); the response is the label

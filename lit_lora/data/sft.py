@@ -68,7 +68,17 @@ class SFTDataModule(TextDataModule):
         """Tokenise for the module this data is paired with: its class declares whether it is an encoder-decoder."""
         if not self.datasets and self.encoder_decoder_arg is None:
             self.encoder_decoder = bool(declared_encoder_decoder(self.trainer))
+        if not self.datasets:
+            self.check_chat_template()
         super().setup(stage)
+
+    def check_chat_template(self) -> None:
+        """Refuse ``template: chat`` for a tokenizer without a chat template before any row is rendered."""
+        if self.template != "chat" or getattr(self.tokenizer, "chat_template", None) is not None:
+            return
+        others = " or ".join(t for t in self.templates if t != "chat")
+        raise IncompatibleConfig(f"data.init_args.template: 'chat' needs a tokenizer with a chat template; "
+                                 f"{self.tokenizer.name_or_path} has none (use template: {others})")
 
     @property
     def prompt_has_special_tokens(self) -> bool:

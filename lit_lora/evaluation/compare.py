@@ -6,7 +6,8 @@
 
 Both models are evaluated with the test loop of the module (loss, perplexity, BLEU, ROUGE, exact match,
 per-group metrics); ``report.md``, ``report.json``, ``base/predictions.jsonl`` and ``tuned/predictions.jsonl``
-go to ``settings.out_dir`` (default: ``<run dir>/compare``). ``lit-lora compare`` is the command around it.
+go to ``settings.out_dir`` (default: ``<run dir>/compare``, or ``compare_N`` when an earlier report is there; an
+explicit ``out_dir`` holding one is refused). ``lit-lora compare`` is the command around it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from typing import Optional
 
 import lightning as L
 
-from lit_lora.cluster.run_files import run_of_checkpoint
+from lit_lora.cluster.run_files import output_dir, run_of_checkpoint
 from lit_lora.console import scalar_metrics
 from lit_lora.evaluation.report import build_report, console_summary, example_rows, plot_loss_curve, write_report
 from lit_lora.memory import peak_memory
 
 log = logging.getLogger(__name__)
+
+
+REPORT_FILES = ("report.json", "report.md")  # an earlier comparison: never replaced
 
 
 class NotComparable(TypeError):
@@ -40,7 +44,7 @@ class CompareSettings:
     ckpt_path: Optional[str] = None           # Lightning checkpoint of the fine-tuned run
     adapter_dir: Optional[str] = None         # or a peft adapter directory (or a fully fine-tuned model directory)
     run_dir: Optional[str] = None             # run_summary.json / metrics.csv (default: from the checkpoint)
-    out_dir: Optional[str] = None             # default: <run dir>/compare
+    out_dir: Optional[str] = None             # default: <run dir>/compare (compare_N when that holds a report)
     allow_train_overlap: bool = False         # evaluate even on rows duplicated in the training data
     right_if: str = "exact"                   # when a row counts as right: "exact" or a row ROUGE-L F1 threshold
     examples: int = 5                         # example rows listed per direction
@@ -130,7 +134,8 @@ def compare_models(module, datamodule, trainer_kwargs: dict, settings: CompareSe
             "compare takes CausalLMModule / Seq2SeqModule configs")
     module.evaluation = dataclasses.replace(module.evaluation, generate=True,
                                             allow_train_overlap=settings.allow_train_overlap)
-    out_dir = settings.resolved_out_dir()
+    out_dir = output_dir("compare", settings.out_dir, settings.resolved_run_dir() / "compare", REPORT_FILES)
+    settings = dataclasses.replace(settings, out_dir=str(out_dir))  # one directory for the whole comparison
     out_dir.mkdir(parents=True, exist_ok=True)
     module.disable_adapter_in_eval = True  # the base model: adapter off (full fine-tuning: weights not yet loaded)
     log.info("[lit-lora] compare 1/2: the base model (adapter off)")  # progress: stderr; the report: stdout

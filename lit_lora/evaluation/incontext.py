@@ -105,7 +105,8 @@ def score(datamodule, records: list[dict], predictions: list[str]) -> dict:
         preds = torch.tensor([label_index(p, names) for p in predictions])
         metrics.update(preds, torch.tensor([names.index(r["reference"]) for r in records]))
         scalars, details = metrics.compute()
-        return {**scalars, "unparseable": int((preds == UNPARSEABLE).sum())}
+        return {**scalars, "unparseable": int((preds == UNPARSEABLE).sum()),
+                "hit_max_new_tokens": sum(bool(r["hit_max_new_tokens"]) for r in records)}
     from lit_lora.evaluation.text_metrics import score_rows
 
     return score_rows(predictions, [r["reference"] for r in records], [r["hit_max_new_tokens"] for r in records])

@@ -98,3 +98,21 @@ def pin_run(config_text: str, run_dir: str | Path, sweep: str, point: str) -> di
 
 def config_yaml(config: dict, header: list[str]) -> str:
     return "".join(f"# {line}\n" for line in header) + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def changed_settings(before: str, after: str, limit: int = 5) -> list[str]:
+    """``["trainer.max_steps: 2 -> 3", …]``: the settings that differ between two point configs (YAML texts)."""
+    old, new = flat_settings(yaml.safe_load(before)), flat_settings(yaml.safe_load(after))
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k, "(unset)") != new.get(k, "(unset)")]
+    return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys[:limit]] + \
+        ([f"… {len(keys) - limit} more"] if len(keys) > limit else [])
+
+
+def flat_settings(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"trainer.max_steps": 3, …}`` (lists stay values)."""
+    if not isinstance(config, dict):
+        return {prefix: config} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(flat_settings(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out

@@ -37,7 +37,8 @@ from typing import Optional
 
 from lit_lora.cluster.run_files import hpc_checkpoints
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
-from lit_lora.sweep.resolve import PointConfigError, PrintConfig, config_yaml, pin_run, resolve_point
+from lit_lora.sweep.resolve import PointConfigError, PrintConfig, changed_settings, config_yaml, pin_run, \
+    resolve_point
 from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, STATUS_FILE, \
     STOPPED, config_digest, failure_lines, load_sweep, move_earlier_attempt, point_state, save_sweep, slurm_tasks
 from lit_lora.strict_json import dumps
@@ -116,7 +117,7 @@ def write_point_configs(sweep: dict, sweep_dir: Path, name: str, resolved: list[
     tasks = slurm_tasks(sweep) if sweep["slurm"] else {}
     known = {p["name"]: p for p in sweep["points"]}
     next_index = 1 + max((p["index"] for p in sweep["points"]), default=-1)
-    current, changed = [], []
+    current, changed, differ = [], [], []
     for point, text in resolved:
         entry = known.get(point.name)
         if entry is None:
@@ -136,13 +137,16 @@ def write_point_configs(sweep: dict, sweep_dir: Path, name: str, resolved: list[
             state = point_state(sweep_dir, entry, tasks.get(entry["index"]))
             if state.state in (FINISHED, RUNNING, PENDING):
                 changed.append(f"{point.name} ({state.state})")
+                differ = differ or changed_settings(previous, text)
         entry.update({"overrides": point.overrides, "labels": point.labels, "not_applicable": point.not_applicable,
                       "config": f"{point.name}/{POINT_CONFIG}", "run_dir": point.name})
         current.append((entry, path, text, previous))
     if changed:  # the configs, base overrides or config files changed under points that ran with the old ones
+        listing = "".join(f"\n  {line}" for line in differ)
         raise SystemExit(f"lit-lora sweep {name}: {', '.join(changed[:3])}{' …' if len(changed) > 3 else ''} ran "
                          "with other settings than this command gives (configs, base overrides or the config "
-                         "files changed): give it another --name, or move those point directories away")
+                         "files changed): give it another --name, or move those point directories away; "
+                         f"{changed[0].split(' (')[0]}/point.yaml would change:{listing}")
     for entry, path, text, previous in current:
         if previous != text:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,9 +168,9 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
     if not name or "/" in name or name in (".", ".."):
         raise SystemExit(f"lit-lora sweep: --name {name!r} is not a directory name")
     sweep_dir = Path(args.runs_dir) / name
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     labels = axis_labels([a.key for a in axes])
     resolved = resolve_points(expand(axes), args.config, base_args, name, print_config)
+    sweep_dir.mkdir(parents=True, exist_ok=True)  # after every point resolved: a refused sweep leaves nothing
 
     sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
     check_same_axes(sweep, sweep_dir, [a.key for a in axes])
