@@ -12,7 +12,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from harness import demo_cli, fit, read_losses
+import torch
+from harness import adapter_tensors, demo_cli, fit, read_losses
 from lightning.pytorch import Callback
 
 from lit_lora.commands.train import LitLoraCLI
@@ -23,14 +24,17 @@ MAX_STEPS = 5
 ACCUMULATE = 4
 
 
+def cli_args(root: Path) -> list[str]:
+    return ["--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
+            "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
+            "--trainer.accumulate_grad_batches", str(ACCUMULATE), "--trainer.max_steps", str(MAX_STEPS),
+            "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
+            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
+            "--baseline.enabled", "false", "--preemption.requeue", "false"]
+
+
 def cli(model_dir: str, root: Path) -> LitLoraCLI:
-    return demo_cli(model_dir, root,
-                    "--data.init_args.max_samples", "25", "--data.init_args.val_fraction", "0.2",
-                    "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
-                    "--trainer.accumulate_grad_batches", str(ACCUMULATE), "--trainer.max_steps", str(MAX_STEPS),
-                    "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
-                    "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
-                    "--baseline.enabled", "false", "--preemption.requeue", "false")
+    return demo_cli(model_dir, root, *cli_args(root))
 
 
 class SignalAtBatch(Callback):
@@ -72,3 +76,31 @@ def test_signal_mid_window_saves_at_the_step_end_and_resumes_exactly(tiny_model,
     for step in range(1, MAX_STEPS + 1):
         got = before[step] if step <= 2 else after[step]
         assert got == pytest.approx(reference[step], rel=1e-5), (step, got, reference[step])
+
+
+def test_a_checkpoint_validation_writes_mid_window_resumes_exactly(tiny_model, tmp_path):
+    """``val_check_interval`` counts micro-batches: validating every 3 of them with steps of 4 saves inside
+    windows (``step=1.ckpt`` after batch 6 of 8). The resume reads that window's micro-batches again, so every
+    later step's loss and the final adapter are the uninterrupted run's (``cluster/step_aligned.py``)."""
+    model_dir = tiny_model("llama")
+
+    def validating(root: Path) -> LitLoraCLI:
+        return demo_cli(
+            model_dir, root, *cli_args(root), "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+            "--checkpoint.dirpath", str(root / "checkpoints"), "--checkpoint.filename", "{step}",
+            "--checkpoint.save_top_k", "-1")
+
+    full = validating(tmp_path / "full")
+    fit(full)
+    reference = read_losses(full.trainer.log_dir)
+    ckpt = tmp_path / "full" / "checkpoints" / "step=1.ckpt"
+    assert torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"][
+        "ready"] == ACCUMULATE  # saved after batch 6 of the window 5-8: its position is the window's start
+    resumed = validating(tmp_path / "resumed")
+    fit(resumed, ckpt_path=str(ckpt))
+    after = read_losses(resumed.trainer.log_dir)
+    assert sorted(after) == list(range(2, MAX_STEPS + 1))
+    for step in after:
+        assert after[step] == pytest.approx(reference[step], rel=1e-6), (step, after[step], reference[step])
+    final = [adapter_tensors(Path(run.trainer.log_dir) / "adapter") for run in (full, resumed)]
+    assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])

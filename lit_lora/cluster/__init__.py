@@ -18,6 +18,7 @@
 * ``run_files``: what a run directory holds, by file name: whether a directory holds a run, the run a checkpoint
   belongs to, its ``hpc_ckpt_N.ckpt`` files (read cheaply by the launch checks, ``compare`` and the sweep).
 * ``step_seed``: ``StepSeed``, torch seeded before every training micro-batch, so a resume redraws dropout exactly.
+* ``step_aligned``: ``StepAlignedCheckpoints``, a checkpoint inside an accumulation window resumes at its start.
 * ``early_signals``: SLURM's requeue signal and SIGTERM kept from the first line of ``lit-lora fit`` (during the
   imports) until ``preemption`` takes them over.
 * ``lightning_compat``: every private Lightning API the above touches, behind small named functions,

@@ -1,0 +1,65 @@
+"""A checkpoint written inside a gradient-accumulation window resumes at the window's first micro-batch.
+
+With ``accumulate_grad_batches`` > 1 Lightning may save between two optimizer steps: after a validation
+(``val_check_interval`` counts micro-batches, so ``demo.yaml`` with ``accumulate_grad_batches: 3`` validates at
+micro-batch 100, a third of the way into a step) or when ``max_time`` stops a run. The weights and the optimizer
+are those of the last optimizer step, but the saved position counts the micro-batches already read for the next
+one, whose half-accumulated gradients are not saved: a resume would skip them, and every step after would
+differ from the uninterrupted run's. ``StepAlignedCheckpoints`` moves the saved position (Lightning's batch
+progress and the ``ResumableDataLoader``'s) back to the window's start, so the resume reads those micro-batches
+again and takes the same step. ``lit-lora`` adds it to every Trainer it builds (``cluster/runtime.py``)::
+
+    >>> micro_batches_past_step(ready=9, accumulate=2, epoch_batches=12)   # batch 9 (of 0-11) began step 5
+    1
+    >>> micro_batches_past_step(ready=12, accumulate=5, epoch_batches=12)  # the epoch's last step is shorter
+    0
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lightning.pytorch import Callback
+
+log = logging.getLogger("lit_lora")
+
+
+def micro_batches_past_step(ready: int, accumulate: int, epoch_batches: float) -> int:
+    """Micro-batches of this epoch read since its last optimizer step (0 at a step's end or the epoch's end)."""
+    if accumulate <= 1 or ready >= epoch_batches:
+        return 0
+    return ready % accumulate
+
+
+def rewind_fit_position(fit_loop_state: dict, micro_batches: int) -> None:
+    """Move a checkpoint's training position ``micro_batches`` back: Lightning's batch progress (every counter of
+    the epoch and of the run, so the resumed micro-batches keep their indices) and each resumable loader's."""
+    progress = fit_loop_state["epoch_loop.batch_progress"]
+    for scope in ("current", "total"):
+        counters = progress[scope]
+        for name in counters:
+            counters[name] = max(0, counters[name] - micro_batches)
+    for loader in fit_loop_state.get("state_dict", {}).get("combined_loader", []) or []:
+        if isinstance(loader, dict) and "batches" in loader:
+            loader["batches"] = max(0, loader["batches"] - micro_batches)
+
+
+class StepAlignedCheckpoints(Callback):
+    """Every checkpoint of a fit resumes at an optimizer step's first micro-batch (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.said = False  # the log line comes once a run: with accumulation, every validation may be mid-step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        fit_loop_state = (checkpoint.get("loops") or {}).get("fit_loop")
+        if not fit_loop_state or "epoch_loop.batch_progress" not in fit_loop_state:
+            return
+        ready = fit_loop_state["epoch_loop.batch_progress"]["current"]["ready"]
+        partial = micro_batches_past_step(ready, trainer.accumulate_grad_batches, trainer.num_training_batches)
+        if partial:
+            rewind_fit_position(fit_loop_state, partial)
+        if partial and not self.said:
+            self.said = True
+            log.info("[lit-lora] checkpoint at step %d, %d micro-batch%s into the next step: a resume reads %s "
+                     "again (and so for every checkpoint between two steps)", trainer.global_step, partial, "" if partial == 1 else "es",
+                     "it" if partial == 1 else "them")
