@@ -236,3 +236,22 @@ def test_batches_carry_the_labels_of_their_whole_optimizer_step():
     assert windows == [[6, 7]] * 2 + [[8, 9]] * 2
     limited = [[int(l) for l in b["step_labels"]] for b in optimizer_step_windows(batches, 4, limit=6)]
     assert limited[:6] == [[0, 1, 2, 3]] * 4 + [[4, 5]] * 2  # limit_train_batches ends the last step early
+
+
+@pytest.mark.parametrize("changed", [("--data.init_args.max_length", "165"), ("--data.init_args.max_samples", "30"),
+                                     ("--data.init_args.template", "plain")])
+def test_a_mid_epoch_resume_on_other_training_rows_is_refused(tiny_model, tmp_path, changed):
+    """Other rows under the same order and batch size would resume at the saved batch of another epoch: rows
+    repeated or never seen, without a word. The loader's state records the rows (count, tokens, lengths)."""
+    from harness import fit, resumable_demo_cli
+
+    model_dir = tiny_model("llama")
+    first = resumable_demo_cli(model_dir, tmp_path / "first", 1, 1)
+    fit(first)
+    ckpt = tmp_path / "first" / "checkpoints" / "step=1.ckpt"  # batch 1 of the epoch's 2
+    same = resumable_demo_cli(model_dir, tmp_path / "same", 1, 2)
+    fit(same, ckpt_path=str(ckpt))  # the same rows: resumes
+    assert same.trainer.global_step == 2
+    other = resumable_demo_cli(model_dir, tmp_path / "other", 1, 2, *changed)
+    with pytest.raises(CheckpointSettingsMismatch, match="a mid-epoch resume needs the same training rows"):
+        fit(other, ckpt_path=str(ckpt))

@@ -28,7 +28,7 @@ from lit_lora.data.contract import (TRAINING_SPLIT_KEYS, DataContract, declared_
 from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
 from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.packing import packed_train_loader, packing_summary
-from lit_lora.data.resumable import train_loader
+from lit_lora.data.resumable import train_loader, training_rows
 from lit_lora.data.sources import load_rows, take_subset
 from lit_lora.model_source import resolve_model_path
 
@@ -367,13 +367,16 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # seeded order that a mid-epoch checkpoint resumes exactly (see lit_lora/data/resumable.py)
         train = self.datasets["train"]
+        lengths = [len(ids) for ids in train["input_ids"]]
         if self.packing:
-            return packed_train_loader(train, [len(ids) for ids in train["input_ids"]], self.max_length,
-                                       self.sequences_per_batch, self.seed, self.packed_collate_fn(),
-                                       trainer=self.trainer, num_workers=self.num_workers)
-        lengths = [len(ids) for ids in train["input_ids"]] if self.group_by_length else None
-        return train_loader(train, self.batch_size, self.seed, self.trainer, lengths=lengths,
-                            collate_fn=self.collate_fn(), num_workers=self.num_workers)
+            loader = packed_train_loader(train, lengths, self.max_length, self.sequences_per_batch, self.seed,
+                                         self.packed_collate_fn(), trainer=self.trainer, num_workers=self.num_workers)
+        else:
+            loader = train_loader(train, self.batch_size, self.seed, self.trainer,
+                                  lengths=lengths if self.group_by_length else None, collate_fn=self.collate_fn(),
+                                  num_workers=self.num_workers)
+        loader.rows = training_rows(lengths)  # a mid-epoch resume checks it trains on the same rows
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader("validation")

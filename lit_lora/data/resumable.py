@@ -23,17 +23,18 @@ the whole step as ``batch["step_labels"]``, the divisor of the token-normalised 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from lit_lora.errors import CheckpointSettingsMismatch
 from lit_lora.data.length_grouping import LengthGroupedSampler
 from lit_lora.data.samplers import ResumableSampler
+from lit_lora.errors import CheckpointSettingsMismatch
 
-__all__ = ["ResumableDataLoader", "ResumableSampler", "optimizer_step_windows", "train_loader"]
+__all__ = ["ResumableDataLoader", "ResumableSampler", "optimizer_step_windows", "train_loader", "training_rows"]
 
 
 class ResumableDataLoader(DataLoader):
@@ -57,6 +58,7 @@ class ResumableDataLoader(DataLoader):
                                            seed=seed, accumulation=accumulation)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self.trainer: Optional[Any] = None
+        self.rows: Optional[dict] = None  # training_rows(...) of the tokenised rows, set by the datamodule
 
     def __iter__(self) -> Iterator[Any]:
         # A generator, like the sampler's: the position is read when the first batch is drawn, after Lightning
@@ -81,7 +83,7 @@ class ResumableDataLoader(DataLoader):
     def state_dict(self) -> dict:
         return {"epoch": int(self.sampler.epoch), "batches": self.batches_trained(), "batch_size": self.batch_size,
                 "num_replicas": self.sampler.num_replicas, "seed": self.sampler.seed, "order": self.sampler.order,
-                "accumulation": self.grouped_accumulation(), "epoch_batches": self.epoch_batches()}
+                "accumulation": self.grouped_accumulation(), "epoch_batches": self.epoch_batches(), "rows": self.rows}
 
     def epoch_batches(self) -> int:
         """Batches of a whole epoch (``limit_train_batches`` included)."""
@@ -104,6 +106,14 @@ class ResumableDataLoader(DataLoader):
 
     def check_same_order(self, state: dict) -> None:
         """Refuse, in one line, a mid-epoch resume whose settings would draw another order of batches."""
+        saved_rows = state.get("rows")  # absent: written before the rows were recorded
+        if saved_rows and self.rows and saved_rows != self.rows:
+            raise CheckpointSettingsMismatch(
+                f"the checkpoint trained on {saved_rows['count']} rows of {saved_rows['tokens']} tokens, this run "
+                f"has {self.rows['count']} rows of {self.rows['tokens']} tokens (or the same counts of other "
+                "lengths): a mid-epoch resume needs the same training rows, so the same data.source, max_samples / "
+                "sample_fraction, val_fraction, max_length, template and tokenizer (at an epoch's end they may "
+                "change)")
         if state.get("num_replicas", self.sampler.num_replicas) != self.sampler.num_replicas:
             raise CheckpointSettingsMismatch(
                 f"the checkpoint was written by {state['num_replicas']} data-parallel ranks, this run has "
@@ -123,6 +133,13 @@ class ResumableDataLoader(DataLoader):
                 f"the checkpoint grouped rows by length into optimizer steps of {state.get('accumulation', 1)} "
                 f"micro-batches, this run into steps of {self.grouped_accumulation()}: a mid-epoch resume with "
                 "data.group_by_length needs the same trainer.accumulate_grad_batches")
+
+
+def training_rows(lengths: Sequence[int]) -> dict:
+    """What identifies the tokenised training rows for a resume: their count, tokens and a digest of the
+    lengths in row order (content-derived, so a copy of the data elsewhere is the same data)."""
+    digest = hashlib.blake2b(",".join(map(str, lengths)).encode(), digest_size=8).hexdigest()
+    return {"count": len(lengths), "tokens": int(sum(lengths)), "digest": digest}
 
 
 def optimizer_step_windows(batches: Iterable[Any], accumulate: int, first: int = 0,
