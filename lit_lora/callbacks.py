@@ -12,6 +12,7 @@ In YAML they are top-level keys (``checkpoint:``, ``export:``, ``baseline:``, ``
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from lit_lora.cluster.sharding import run_device
 from lit_lora.console import evaluation_lines, perplexity_text, scalar_metrics
 from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.export import merge_and_save
-from lit_lora.finite_guard import NonFiniteTrainingError, NonFiniteWeightsError, check_finite_weights
+from lit_lora.finite_guard import FLOAT16_HINT, NonFiniteTrainingError, NonFiniteWeightsError, \
+    check_finite_weights, runs_in_float16
 from lit_lora.memory import peak_memory
 from lit_lora.strict_json import dumps
 
@@ -245,6 +247,11 @@ class BaselineComparison(Callback):
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "before_after.json").write_text(dumps(result, indent=2))
+        if not math.isfinite(tuned):  # finite weights, outputs that overflow: the guard's checks cannot see it
+            raise NonFiniteTrainingError(
+                f"non-finite validation loss of the tuned model ({tuned}) after training: the adapter exported "
+                f"to {out_dir} gives non-finite outputs on the validation rows; do not use it."
+                f"{FLOAT16_HINT if runs_in_float16(trainer, pl_module) else ' Lower model.init_args.optim.lr.'}")
         if self.base_loss is None:
             print(f"[lit-lora] validation loss: tuned {tuned:.4f} (base not measured on a resumed full fine-tune)")
             return

@@ -15,7 +15,8 @@ taken on every rank together, so DDP / FSDP ranks never disagree. Under DeepSpee
 itself and keeps gradients in its own buffers: the loss is checked, and a bad batch always stops the run.
 Under fp16 AMP the GradScaler already skips steps with overflowing gradients, so only the loss is checked.
 
-``check_finite_weights`` is what the export paths call before writing an adapter or a checkpoint.
+A fit's validation loss that is not finite stops the run too (the weights can be finite while float16
+outputs overflow). ``check_finite_weights`` is what the export paths call before writing an adapter or a checkpoint.
 """
 
 from __future__ import annotations
@@ -66,6 +67,28 @@ def check_finite_weights(pl_module: LightningModule, target: str, trainer: Optio
         raise NonFiniteWeightsError(f"refusing to write {target}: another rank holds non-finite trainable weights")
     if bad:
         raise non_finite_error(bad, target)
+
+
+FLOAT16_HINT = (" float16 overflows past 65504: train in bfloat16 (trainer.precision bf16-mixed, model.init_args.dtype "
+                "bfloat16) or float32.")
+
+
+def runs_in_float16(trainer: Trainer, pl_module: LightningModule) -> bool:
+    """float16 autocast or weights (``16-mixed``, ``16-true``, ``dtype: float16``), where activations overflow."""
+    return str(trainer.precision).startswith("16") or \
+        str(getattr(pl_module, "dtype_name", "")) in ("float16", "fp16", "half")
+
+
+def non_finite_validation_message(bad: dict, trainer: Trainer, pl_module: LightningModule) -> str:
+    """Why a run stopped on a non-finite validation loss, with the float16 hint where it applies."""
+    losses = ", ".join(f"{name} {value}" for name, value in bad.items())
+    where = "in the sanity check before training" if trainer.sanity_checking else \
+        f"at global step {trainer.global_step}"
+    hint = FLOAT16_HINT if runs_in_float16(trainer, pl_module) else \
+        " Lower model.init_args.optim.lr or clip gradients (trainer.gradient_clip_val)."
+    return (f"non-finite validation loss ({losses}) {where}: the model's outputs on the validation rows are not "
+            f"finite although its weights are. The run stopped before exporting an adapter (a checkpoint of this "
+            f"step, if one was written before the validation, holds these weights).{hint}")
 
 
 def _uses_grad_scaler(trainer: Trainer) -> bool:
@@ -159,6 +182,17 @@ class FiniteGuard(Callback):
                 f"step and exported nothing from it ({how}). Lower model.init_args.optim.lr, clip gradients "
                 "(trainer.gradient_clip_val), check this batch's data, or raise finite_guard.max_skipped_batches "
                 "to skip a few bad batches")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A fit's validation loss that is not finite stops the run before that validation's checkpoint: the
+        weights may all be finite while the outputs overflow (float16 activations), which the checks on the
+        training loss, the gradients and the weights do not see."""
+        if trainer.state.fn != "fit":
+            return
+        bad = {name: float(value) for name, value in trainer.callback_metrics.items()
+               if name.startswith("val") and "loss" in name and not torch.isfinite(torch.as_tensor(value)).all()}
+        if bad:
+            raise NonFiniteTrainingError(non_finite_validation_message(bad, trainer, pl_module))
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         """Every save, whoever asks for it (``AdapterCheckpoint`` checks first and names its file; a preemption

@@ -158,6 +158,23 @@ def test_bad_batches_are_skipped_up_to_the_limit_and_logged(tiny_model, tmp_path
             "--finite_guard.max_skipped_batches", "1", poison(grads_at=[1, 3]))
 
 
+def test_a_validation_loss_that_is_not_finite_stops_the_run_and_exports_nothing(tiny_model, tmp_path):
+    """float16 weights and lr 1.0: the weights stay finite, the outputs overflow. Before, the run printed
+    "tuned nan", exited 0 and exported the adapter."""
+    float16 = ["--model.init_args.dtype", "float16", "--model.init_args.optim.lr", "1.0", "--trainer.max_steps", "3",
+               "--trainer.val_check_interval", "3"]  # the training loss of steps 1-3 is still finite
+    with pytest.raises(RuntimeError, match=r"non-finite validation loss \(val_loss nan\) at global step \d+: .*"
+                                           r"float16 overflows"):
+        fit(tiny_model("llama"), tmp_path / "during", *float16)
+    assert not list((tmp_path / "during").rglob("adapter"))
+
+    # no validation during the fit: the closing base-vs-tuned figure finds it, and the run fails
+    with pytest.raises(RuntimeError, match=r"non-finite validation loss of the tuned model \(nan\) after training: "
+                                           r"the adapter exported to .* do not use it"):
+        fit(tiny_model("llama"), tmp_path / "after", *float16, "--trainer.limit_val_batches", "0", "--baseline.enabled", "true", "--baseline.limit_batches", "2")
+    written_json(tmp_path / "after")
+
+
 def test_every_json_lit_lora_writes_is_valid_even_with_nan(tmp_path, monkeypatch):
     """A NaN validation loss is written as null in before_after.json, and NaN metrics as null in report.json."""
     from types import SimpleNamespace
@@ -167,10 +184,11 @@ def test_every_json_lit_lora_writes_is_valid_even_with_nan(tmp_path, monkeypatch
 
     monkeypatch.setattr(callbacks, "mean_validation_loss", lambda *a: float("nan"))
     trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), loggers=[], global_step=3,
-                              is_global_zero=True)
+                              is_global_zero=True, precision="32-true")
     baseline = callbacks.BaselineComparison()
     baseline.base_loss = float("inf")
-    baseline.on_train_end(trainer, SimpleNamespace(is_peft=False))  # a full fine-tune: base scored before fit
+    with pytest.raises(RuntimeError, match="non-finite validation loss of the tuned model"):  # written, then failed
+        baseline.on_train_end(trainer, SimpleNamespace(is_peft=False))  # a full fine-tune: base scored before fit
     assert strict_json((tmp_path / "before_after.json").read_text()) == {"base_val_loss": None,
                                                                          "tuned_val_loss": None}
 
