@@ -78,6 +78,20 @@ def build(module) -> Built:
 
 
 # ---- memory ----------------------------------------------------------------------------------------------
+def generation_call(module, prompt_tokens: int) -> Optional[tuple[int, int]]:
+    """(rows, tokens a row) of the largest ``generate`` call of a module that generates (evaluation,
+    ``lit-lora incontext``): prompts of ``prompt_tokens`` cut into batches as ``evaluation.generation``
+    cuts them, each row holding its prompt and ``max_new_tokens`` (times ``num_beams``); None for a module
+    that only scores."""
+    from lit_lora.evaluation.generation import GenerationSettings, batch_sizes
+
+    settings = getattr(module, "evaluation", None)
+    if not isinstance(settings, GenerationSettings):
+        return None
+    rows = batch_sizes([prompt_tokens] * max(1, settings.generation_batch_size), settings)[0]
+    return rows * max(1, settings.num_beams), prompt_tokens + settings.max_new_tokens
+
+
 def data_settings(cfg) -> dict:
     """Batch size and sequence lengths from the data section, whatever the datamodule calls them."""
     data = cfg.data.init_args.as_dict() if hasattr(cfg.data.init_args, "as_dict") else dict(cfg.data.init_args)
@@ -168,6 +182,7 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     virtual = spec.virtual_tokens
     eager = (module.attn_implementation or getattr(built.config, "_attn_implementation", None)) == "eager"
     chunk = label_only_chunk(module, built, shape) if trainable else None  # generation runs the full head
+    generating = not trainable and generation_call(module, seq) is not None  # its batch: the largest generate call
     if trainable:
         mixed = "mixed" in precision
         acts = activation_bytes(shape, batch, seq + virtual, value_bytes, checkpointing,
@@ -176,14 +191,16 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
                                 residual_bytes=embedding_bytes(model))
     else:  # nothing trains (NoAdapter): a forward pass keeps no activations for backward
         acts = inference_activation_bytes(shape, batch, seq + virtual, value_bytes,
-                                          logits=built.head in ("causal", "seq2seq"))
+                                          logits=built.head in ("causal", "seq2seq"), generating=generating)
     estimate = MemoryEstimate(weights, quant, gradients, optimizer, acts, int(overhead_gib * GIB))
-    assumptions = {"batch": batch, "seq": seq + virtual, "target_seq": target_seq if shape.decoder_layers else None,
+    assumptions = {"batch": f"{batch} (the largest generate call)" if generating else batch, "seq": seq + virtual, "target_seq": target_seq if shape.decoder_layers else None,
                    "activation_bytes": value_bytes, "gradient_checkpointing": checkpointing,
                    "attention": "eager (scores kept)" if eager
                    else "SDPA (k/v repeated to the query heads, no s x s scores)",
                    "optimizer": module.optim.name, "precision": precision,
+                   "activation_dtype": f"precision {precision}" if "16" in precision else "the compute dtype",
                    "lm_head": f"label-only LM head ({chunk} positions a chunk)" if chunk
+                   else "the last position's logits (generate)" if generating
                    else "full logits" if built.head in ("causal", "seq2seq") else "no LM head"}
     return estimate, assumptions
 
@@ -255,7 +272,7 @@ def report(module, built: Built, estimate: MemoryEstimate, assumptions: dict, gp
         "",
         f"assumptions: batch {a['batch']} per device, every row padded to {a['seq']} tokens"
         + (f" (target {a['target_seq']})" if a["target_seq"] else "")
-        + f", {a['activation_bytes']}-byte activations (precision {a['precision']}),"
+        + f", {a['activation_bytes']}-byte activations ({a['activation_dtype']}),"
         f" gradient checkpointing {'on' if a['gradient_checkpointing'] else 'off'}, {a['attention']},"
         f" {a['lm_head']};"
         " gradient accumulation adds no memory; formulas in lit_lora/memory.py",

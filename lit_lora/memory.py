@@ -168,18 +168,20 @@ def label_only_head_bytes(shape: Shape, tokens: int, value_bytes: int, chunk_pos
 
 
 def inference_activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int,
-                               logits: bool = True) -> dict[str, int]:
+                               logits: bool = True, generating: bool = False) -> dict[str, int]:
     """Activation memory of a forward pass with nothing to train (evaluation, in-context prompting).
 
     No layer keeps activations for a backward pass: one layer's values are live at a time
     (``b * s * per_layer``), plus the KV cache of generation (``2 * L * b * s * kv_dim``) and the logits
-    in the compute dtype (``b * s * vocab``).
+    in the compute dtype (``b * s * vocab``); ``generating``: ``generate`` computes the last position's logits
+    only (``logits_to_keep=1``), which its logits processors hold in float32 (``b * vocab * 4``).
     """
     tokens = batch * seq
     layers = shape.layers + (shape.decoder_layers or 0)
+    logit_bytes = batch * shape.vocab * 4 if generating else tokens * shape.vocab * value_bytes
     return {"layers": tokens * layer_values_per_token(shape, value_bytes=value_bytes) * value_bytes,
             "kv_cache": 2 * layers * tokens * shape.kv_dim * value_bytes,
-            "logits": tokens * shape.vocab * value_bytes if logits else 0}
+            "logits": logit_bytes if logits else 0}
 
 
 def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, checkpointing: bool,

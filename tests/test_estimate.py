@@ -173,6 +173,13 @@ def test_a_config_that_trains_nothing_is_estimated_as_inference(capsys):
     assert "trainable params: 0 ||" in out
     assert "activations/kv_cache" in out  # a forward pass with a KV cache, not stored backward activations
     assert "gradients              0.00 GiB" in out and "optimizer state        0.00 GiB" in out
+    # its batch is the largest generate call lit-lora incontext makes, not data.batch_size: generation_batch_size
+    # (64) rows within generation_batch_tokens (16384 slots) of 512-token prompts + max_new_tokens (10)
+    rows = 16384 // (512 + 10)
+    assert f"batch {rows} (the largest generate call) per device, every row padded to 522 tokens" in out
+    kv_gib = 2 * 32 * rows * 522 * 1024 * 2 / 2**30  # Llama-3-8B: 32 layers, 8 KV heads x 128, bf16
+    assert f"activations/kv_cache   {kv_gib:.2f} GiB" in out
+    assert "the last position's logits (generate)" in out
 
 
 def test_logits_are_counted_as_the_label_only_head_keeps_them():

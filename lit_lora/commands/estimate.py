@@ -21,7 +21,7 @@ import sys
 from typing import Optional
 
 from lit_lora.commands.experiment import load_experiment
-from lit_lora.estimate import build, data_settings, memory_estimate, report
+from lit_lora.estimate import build, data_settings, generation_call, memory_estimate, report
 from lit_lora.memory import GIB
 
 
@@ -29,7 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpu_memory_gib", type=float, default=80.0,
                         help="GPU memory to check the total against; exit status 1 when the total does not fit")
     parser.add_argument("--batch_size", type=Optional[int], default=None,
-                        help="per-device batch size (default: data.batch_size)")
+                        help="per-device batch size (default: data.batch_size; for a config that trains "
+                             "nothing, the rows of its largest generate call)")
     parser.add_argument("--seq_len", type=Optional[int], default=None,
                         help="tokens per row (default: the data's max length)")
     parser.add_argument("--overhead_gib", type=float, default=1.0, help="CUDA context and allocator slack")
@@ -44,6 +45,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     batch = options.batch_size or data["batch_size"]
     seq = options.seq_len or data["seq"]
     target = options.seq_len or data["target_seq"]
+    call = generation_call(module, seq) if built.trainable == 0 else None
+    if call and not options.batch_size:  # nothing trains: its largest batch is a generate call's
+        batch, seq = call
     estimate, assumptions = memory_estimate(built, module, options, batch, seq, target, options.overhead_gib)
     print(report(module, built, estimate, assumptions, options.gpu_memory_gib))
     if not estimate.fits(options.gpu_memory_gib * GIB):
