@@ -284,7 +284,9 @@ class MetricsWriter(Callback):
         result = {"stage": stage, "ckpt_path": trainer.ckpt_path, "metrics": scalars,
                   "details": getattr(pl_module, "extra_metrics", {})}
         (out_dir / self.filename).write_text(dumps(result, indent=2, default=str))
-        print("\n".join(evaluation_lines(trainer, stage, result, out_dir / self.filename)), flush=True)
+        eval_splits = getattr(trainer.datamodule, "eval_splits", None)
+        splits = eval_splits(stage) if eval_splits else None
+        print("\n".join(evaluation_lines(trainer, stage, result, out_dir / self.filename, splits)), flush=True)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, pl_module, "test")

@@ -225,26 +225,26 @@ def group_lines(per_group: dict) -> list[str]:
     return lines
 
 
-def scored_splits(trainer: Trainer, stage: str) -> str:
-    """``"; on the validation split (the data has no test split)"``: what ``stage`` scored, for its header."""
-    splits = getattr(trainer.datamodule, "eval_splits", None)
-    if splits is None:
+def scored_splits(names: Optional[list[str]], stage: str) -> str:
+    """``"; on the validation split (the data has no test split)"``: what ``stage`` scored (the datamodule's
+    ``eval_splits``), for its header."""
+    if not names:
         return ""
-    names = splits(stage)
     missing = " (the data has no test split)" if stage == "test" and "test" not in names and \
         not any(name.startswith("test") for name in names) else ""
     return f"; on the {', '.join(names)} split{'s' if len(names) > 1 else ''}{missing}"
 
 
-def evaluation_lines(trainer: Trainer, stage: str, result: dict, path: Path) -> list[str]:
-    """What ``lit-lora validate`` / ``test`` prints: the checkpoint and splits scored, each scalar metric, the
+def evaluation_lines(trainer: Trainer, stage: str, result: dict, path: Path,
+                     splits: Optional[list[str]] = None) -> list[str]:
+    """What ``lit-lora validate`` / ``test`` prints: the checkpoint and ``splits`` scored, each scalar metric, the
     per-group lines and the predictions file (``result``: what ``callbacks.MetricsWriter`` wrote to ``path``)."""
     scalars = result["metrics"]
     width = max((len(name) for name in scalars), default=0) + 2
     rows = [f"  {name:<{width}}{value:.6g}" for name, value in sorted(scalars.items())]
     scored = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else \
         "no --ckpt_path: the model as configured (an adapter not trained yet leaves the base model as it is)"
-    lines = [f"[lit-lora] {stage} metrics ({scored}{scored_splits(trainer, stage)}), written to {path}:", *rows]
+    lines = [f"[lit-lora] {stage} metrics ({scored}{scored_splits(splits, stage)}), written to {path}:", *rows]
     details = result["details"] if isinstance(result["details"], dict) else {}
     lines += group_lines(details.get("per_group") or {})
     if details.get("predictions_file"):

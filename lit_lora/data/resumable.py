@@ -96,12 +96,12 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict) -> None:
         """Continue after the checkpoint's last trained batch. Mid-epoch that needs the order the checkpoint drew;
         at an epoch's end the next epoch starts afresh, so the world size, batch size and order may change."""
-        if 0 < int(state["batches"]) < state.get("epoch_batches", math.inf):  # absent: written before it was saved
-            self.check_same_order(state)
-        if state.get("seed", self.sampler.seed) != self.sampler.seed:
+        if state.get("seed", self.sampler.seed) != self.sampler.seed:  # first: another seed draws other rows too
             raise CheckpointSettingsMismatch(
                 f"the checkpoint drew its batch order with seed {state['seed']}, this run with {self.sampler.seed}:"
                 " a resume needs the same data.seed (it also draws the validation split)")
+        if 0 < int(state["batches"]) < state.get("epoch_batches", math.inf):  # absent: written before it was saved
+            self.check_same_order(state)
         self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.samples_per_batch)
 
     def check_same_order(self, state: dict) -> None:
