@@ -336,10 +336,15 @@ def worst_row_error(model, rows, plan, flatten: bool, device: str = "cpu", with_
     return logit_error, loss_error, abs(whole - total) / max(abs(total), 1.0)
 
 
+def set_tf32(matmul: bool, cudnn: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", CAUSAL)
-def test_a_packed_row_equals_the_row_alone(arch, attn, device, tiny_model, monkeypatch):
+def test_a_packed_row_equals_the_row_alone(arch, attn, device, tiny_model, request):
     """float32, so 1e-5 holds; on a GPU without flash-attn, sdpa's block mask is the packing a bf16 run gets too.
     TF32 (on in some CUDA images) would round float32 matmuls to about 1e-3: turned off for this comparison."""
     from transformers import AutoModelForCausalLM
@@ -347,8 +352,10 @@ def test_a_packed_row_equals_the_row_alone(arch, attn, device, tiny_model, monke
     if device == "cuda":
         if os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") == "1":
             pytest.skip("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 forces TF32 matmuls: float32 packing cannot be checked")
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        # set and restored by hand: torch's flags are module properties, which monkeypatch cannot undo (torch 2.11)
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        request.addfinalizer(lambda: set_tf32(*saved))
+        set_tf32(False, False)
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation=attn,
                                                  dtype=torch.float32).to(device).eval()
