@@ -160,6 +160,25 @@ def test_resume_checks_adapter_names_also_where_deepspeed_drops_the_state_dict(t
             module("all-linear").on_load_checkpoint(other)
 
 
+def test_a_checkpoint_without_the_trainable_weights_is_refused_when_written(tiny_model):
+    """A state dict whose names did not match the trainable weights (FSDP's wrapped names) was cut to nothing and
+    the resume started from the initial adapter; the rank that writes the checkpoint now stops instead."""
+    from lit_lora.adapters import LoRA
+    from lit_lora.models import CausalLMModule
+
+    module = CausalLMModule(tiny_model("llama"), adapter=LoRA(r=4))
+    module.configure_model()
+    state = module.state_dict()
+    renamed = {k.replace("layers.0.", "layers.0._fsdp_wrapped_module."): v for k, v in state.items()}
+    kept = {"state_dict": dict(state)}
+    module.on_save_checkpoint(kept)
+    assert set(kept["state_dict"]) == module.trainable_state_keys() and kept["state_dict"]
+    with pytest.raises(RuntimeError, match=r"lacks \d+ trainable weights \(first: model\.base_model\.\S+layers\.0"):
+        module.on_save_checkpoint({"state_dict": renamed})
+    with pytest.raises(RuntimeError, match="lacks"):
+        module.on_save_checkpoint({"state_dict": {}})
+
+
 def test_every_strategys_saves_are_made_atomic():
     from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 

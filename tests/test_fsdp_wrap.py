@@ -1,9 +1,16 @@
-"""FSDP's per-layer auto-wrap policy (``configs/strategies/fsdp.yaml``): parsed by the CLI, resolved per model.
+"""FSDP (``configs/strategies/fsdp.yaml``): the per-layer auto-wrap policy, and ``lit-lora fit`` under it.
 
-FSDP itself runs here on the CPU (one gloo process): the policy must produce one FSDP unit per
-decoder layer of a peft-wrapped tiny model, and forward / backward must work through those units.
-On a GPU (marker ``gpu``; Lightning's FSDPStrategy and torch's FSDP refuse CPU processes) ``lit-lora fit``
-with the fragment trains LoRA and QLoRA a few steps, validates, and saves a whole adapter.
+FSDP itself runs here on the CPU (gloo): the policy must produce one FSDP unit per decoder layer of a
+peft-wrapped tiny model, forward / backward must work through those units, and the root unit's frozen
+weights must stay registered parameters after a backward on one rank (``cluster/fsdp_units.py``).
+
+``lit-lora fit`` with the fragment trains LoRA and QLoRA a few steps, validates with generated answers,
+checkpoints and saves a whole adapter, and a resume from a checkpoint repeats the whole run's losses, on
+
+* ``cpu-1`` / ``cpu-2``: one / two CPU ranks through ``tests/workers/cpu_as_cuda.py`` (Lightning's FSDPStrategy
+  refuses a CPU accelerator; the worker presents CPU ranks as CUDA devices). One rank is FSDP's ``NO_SHARD``,
+  two shard every unit: the two cases where FSDP left the root unit's weights unusable;
+* ``cuda`` (marker ``gpu``): one GPU, the run a user makes.
 """
 
 from __future__ import annotations
@@ -13,8 +20,8 @@ from typing import Union
 import pytest
 import torch
 import yaml
-from harness import (CONFIGS, DEMO, assert_complete_lora_adapter, metrics_dir, read_losses, run_cli,
-                     run_cli_subprocess, validation_rows)
+from harness import (CONFIGS, DEMO, adapter_tensors, assert_complete_lora_adapter, metrics_dir, read_losses,
+                     run_cli, run_cli_subprocess, validation_rows)
 
 from lit_lora.adapters import LoRA
 from lit_lora.cluster.sharding import DecoderLayerWrapPolicy, layer_classes
@@ -116,6 +123,40 @@ def test_an_fsdp_wrapped_model_saves_its_whole_adapter(tiny_model, tmp_path, mon
         torch.testing.assert_close(got[name], tensor)
 
 
+def test_the_root_units_frozen_weights_stay_parameters_after_a_backward_on_one_rank(tiny_model, tmp_path):
+    """On one rank FSDP does not shard (``NO_SHARD``) and left the root unit's frozen weights (embeddings, norm,
+    LM head) as plain tensors after a backward: gone from ``named_parameters()`` and the state dict, where
+    Lightning's first checkpoint save stopped. ``restore_parameters`` registers the same parameters again."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from lit_lora.cluster.fsdp_units import restore_parameters, unregistered_parameters
+
+    module = lora_module(tiny_model("llama"))
+    embeddings = module.model.get_base_model().model.embed_tokens
+    original = embeddings.weight
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = FSDP(module, auto_wrap_policy=DecoderLayerWrapPolicy(), use_orig_params=True,
+                       device_id=torch.device("cpu"))
+        ids = torch.tensor([[1, 5, 6, 7, 8]])
+        for _ in range(2):  # the second forward would adopt plain tensors left by the first backward for good
+            wrapped({"input_ids": ids, "labels": ids}).loss.backward()
+            root = FSDP.fsdp_modules(wrapped)[0]
+            missing = unregistered_parameters(root)
+            assert restore_parameters(wrapped) == missing and not unregistered_parameters(root)
+            assert embeddings.weight is original and "weight" in dict(embeddings.named_parameters())
+        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=True)):
+            full = wrapped.state_dict()
+        root_weights = {"model.base_model.model.model.embed_tokens.weight", "model.base_model.model.lm_head.weight"}
+        assert root_weights <= set(full)
+        assert module.trainable_state_keys() <= set(full)  # the checkpoint keeps the adapter under these names
+        assert all("_fsdp_wrapped_module" not in k for k in module.trainable_state_keys())
+    finally:
+        dist.destroy_process_group()
+
+
 def test_models_are_built_outside_deepspeed_zero3_init(monkeypatch, tiny_model):
     """Under ZeRO-3 Lightning calls configure_model inside zero.Init; from_pretrained must see whole tensors."""
     from deepspeed.runtime.zero import partition_parameters
@@ -153,21 +194,35 @@ ADAPTERS = {
               "--model.init_args.adapter.init_args.quant_storage", "bfloat16",  # FSDP: one dtype per unit
               "--model.init_args.adapter.init_args.compute_dtype", "bfloat16"],
 }
+ROWS = 8  # training rows: one global batch, repeated every step
+RANKS = {"cpu-1": 1, "cpu-2": 2, "cuda": 1}
+DEVICES = [pytest.param("cpu-1"), pytest.param("cpu-2"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def fsdp_fit_args(adapter: str, model_dir: str, root) -> list[str]:
-    """The run a user makes with the fragment: 4 steps on one repeated batch of 8 rows, validating each step."""
+def fsdp_fit_args(adapter: str, model_dir: str, root, device: str = "cuda") -> list[str]:
+    """The run a user makes with the fragment: 4 steps on one repeated global batch of 8 rows (split over the
+    ranks), a flat learning rate, validating each step."""
     lora = [a for k, v in LORA.items() for a in (f"--model.init_args.adapter.init_args.{k}", str(v))]
+    ranks = RANKS[device]
     return [
         "fit", "--config", DEMO, "--config", str(FSDP_YAML), "--model.init_args.model_name_or_path", model_dir,
         *ADAPTERS[adapter], *lora, "--model.init_args.optim.lr", "1e-2", "--model.init_args.optim.warmup_steps",
         "0", "--model.init_args.optim.scheduler", "constant", "--model.init_args.evaluation.during_validation",
-        "true", "--model.init_args.evaluation.max_new_tokens", "8", "--data.init_args.max_samples", "10",
-        "--data.init_args.val_fraction", "0.2", "--data.init_args.batch_size", "8", "--trainer.devices", "1",
-        "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "null",
-        "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(root), "--baseline.enabled", "false",
+        "true", "--model.init_args.evaluation.max_new_tokens", "8", "--data.init_args.max_samples", str(ROWS + 2),
+        "--data.init_args.val_fraction", "0.2", "--data.init_args.batch_size", str(ROWS // ranks),
+        "--trainer.devices", str(ranks), "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1",
+        "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root), "--baseline.enabled",
+        "false",
     ]
+
+
+def run_fsdp(args: list[str], device: str, cwd) -> None:
+    """``lit-lora <args>`` in a fresh process: on ``cuda`` as a user runs it, on CPU ranks through the worker."""
+    if device == "cuda":
+        run_cli_subprocess(args, via="module", cwd=cwd)
+    else:
+        run_cli_subprocess(args, via="cpu_as_cuda", cwd=cwd, env={"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
@@ -184,15 +239,16 @@ def test_the_gpu_runs_arguments_parse_into_fsdp(adapter, tiny_model, tmp_path, c
     assert config["model"]["init_args"]["adapter"]["init_args"]["r"] == LORA["r"]
 
 
-@pytest.mark.gpu
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
-def test_fsdp_fit_on_a_gpu_trains_validates_and_saves_a_whole_adapter(adapter, tiny_model, tmp_path):
-    """bf16-true, as the fragment says: the loss falls on the repeated batch, each validation generates, and the
-    adapter gathered from FSDP's units is complete and loadable."""
+def test_fsdp_fit_trains_validates_and_saves_a_whole_adapter(adapter, device, tiny_model, tmp_path):
+    """bf16-true, as the fragment says: the loss falls on the repeated batch, each validation generates (the root
+    unit's embeddings gathered), the checkpoint holds every trainable weight, and the adapter gathered from
+    FSDP's units is complete and loadable."""
     import math
 
     model_dir = tiny_model("llama")
-    run_cli_subprocess(fsdp_fit_args(adapter, model_dir, tmp_path / "run"), via="module", cwd=tmp_path)
+    run_fsdp(fsdp_fit_args(adapter, model_dir, tmp_path / "run", device), device, cwd=tmp_path)
     run_dir = metrics_dir(tmp_path / "run")
     losses = [loss for _, loss in sorted(read_losses(run_dir).items())]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
@@ -200,3 +256,25 @@ def test_fsdp_fit_on_a_gpu_trains_validates_and_saves_a_whole_adapter(adapter, t
     assert len(validations) == 4 and all(math.isfinite(r["val_loss"]) for r in validations), validations
     assert len((run_dir / "predictions.jsonl").read_text().splitlines()) == 2  # both validation rows answered
     assert_complete_lora_adapter(run_dir / "adapter", model_dir, tmp_path / "reference", LORA)
+    (checkpoint,) = (run_dir / "checkpoints").glob("*.ckpt")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    lora_tensors = {k for k in saved["state_dict"] if ".lora_" in k}
+    assert len(lora_tensors) == len(adapter_tensors(run_dir / "adapter")) > 0, sorted(saved["state_dict"])[:4]
+    assert set(saved["state_dict"]) == set(saved["lit_lora"]["trainable_keys"])
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu-2"), pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fsdp_checkpoint_resumes_to_the_losses_of_the_whole_run(device, tiny_model, tmp_path):
+    """A run resumed (``--ckpt_path``) from its step-2 FSDP checkpoint repeats steps 3-4: the adapter and Adam's
+    moments come back (a checkpoint that kept no weights resumed from the initial adapter without a word)."""
+    model_dir = tiny_model("llama")
+    every = ["--checkpoint.dirpath", str(tmp_path / "checkpoints"), "--checkpoint.filename", "{step}",
+             "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "-1"]
+    run_fsdp([*fsdp_fit_args("lora", model_dir, tmp_path / "whole", device), *every], device, cwd=tmp_path)
+    whole = read_losses(metrics_dir(tmp_path / "whole"))
+    run_fsdp([*fsdp_fit_args("lora", model_dir, tmp_path / "resumed", device), "--ckpt_path",
+              str(tmp_path / "checkpoints" / "step=2.ckpt")], device, cwd=tmp_path)
+    resumed = read_losses(metrics_dir(tmp_path / "resumed"))
+    assert sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-3), (step, resumed, whole)

@@ -19,6 +19,8 @@
   belongs to, its ``hpc_ckpt_N.ckpt`` files (read cheaply by the launch checks, ``compare`` and the sweep).
 * ``step_seed``: ``StepSeed``, torch seeded before every training micro-batch, so a resume redraws dropout exactly.
 * ``step_aligned``: ``StepAlignedCheckpoints``, a checkpoint inside an accumulation window resumes at its start.
+* ``fsdp_units``: the FSDP root unit's weights (embeddings, LM head) usable where FSDP leaves them unusable:
+  registered again after a backward on one rank (``FrozenFSDPUnitsRestored``), whole around ``generate``.
 * ``early_signals``: SLURM's requeue signal and SIGTERM kept from the first line of ``lit-lora fit`` (during the
   imports) until ``preemption`` takes them over.
 * ``lightning_compat``: every private Lightning API the above touches, behind small named functions,

@@ -12,7 +12,9 @@ have them (``atomic``, ``start_fresh_if_no_checkpoint``):
 * ``StepSeed``: before every training micro-batch, seed torch from the run's seed, the micro-batch and the
   rank, so that a resumed run draws the dropout masks the uninterrupted run drew;
 * ``StepAlignedCheckpoints``: a checkpoint written between two optimizer steps of an accumulation window
-  resumes at the window's first micro-batch, so the resumed run takes the step the uninterrupted one took.
+  resumes at the window's first micro-batch, so the resumed run takes the step the uninterrupted one took;
+* ``FrozenFSDPUnitsRestored``: after each backward, an unsharded FSDP unit of frozen weights (one rank) has
+  its parameters registered again, so the next checkpoint holds them.
 
 The same for a Trainer built in Python::
 
@@ -33,6 +35,7 @@ from lightning.pytorch import Callback
 
 from lit_lora.cluster.checkpoint_io import PartialCheckpointCleanup, make_saves_atomic
 from lit_lora.cluster.csv_history import CSVHistoryResume
+from lit_lora.cluster.fsdp_units import FrozenFSDPUnitsRestored
 from lit_lora.cluster.launch_checks import RunDirectoryCheck
 from lit_lora.cluster.step_aligned import StepAlignedCheckpoints
 from lit_lora.cluster.step_seed import StepSeed
@@ -46,7 +49,7 @@ def runtime_callbacks(preemption: Optional[Any] = None) -> list[Callback]:
     """
     start_fresh = bool(getattr(preemption, "start_fresh_if_no_checkpoint", False))
     return [RunDirectoryCheck(start_fresh_if_no_checkpoint=start_fresh), PartialCheckpointCleanup(),
-            CSVHistoryResume(), StepSeed(), StepAlignedCheckpoints()]
+            CSVHistoryResume(), StepSeed(), StepAlignedCheckpoints(), FrozenFSDPUnitsRestored()]
 
 
 def install_atomic_saves(trainer: Any, preemption: Optional[Any] = None) -> None:

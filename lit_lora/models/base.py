@@ -33,7 +33,7 @@ from lit_lora.adapters.base import format_parameter_report, to_dtype
 from lit_lora.data.contract import DataContract, contract_of
 from lit_lora.evaluation.evaluators import Evaluator, LossEvaluator
 from lit_lora.model_source import resolve_model_path
-from lit_lora.models import builder
+from lit_lora.models import builder, checkpoint_state
 from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
 from lit_lora.models.packing_support import flattens, model_packing_refusal
 from lit_lora.token_loss import label_count, step_label_count, summed_loss
@@ -331,11 +331,12 @@ class FineTuneModule(L.LightningModule):
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def trainable_state_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        return checkpoint_state.trainable_names(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_state_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["state_dict"] = checkpoint_state.trainable_only(checkpoint["state_dict"], keep, self.adapter.method,
+                                                                   writes=self._writes_files())
         checkpoint["lit_lora"] = {"model_name_or_path": self.model_name_or_path, "method": self.adapter.method,
                                   "data": self._training_split_settings(), "trainable_keys": sorted(keep)}
 
@@ -344,10 +345,7 @@ class FineTuneModule(L.LightningModule):
         return dict(self.data_contract.training_settings) if self.data_contract is not None else {}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # DeepSpeed restores the weights itself and hands over a checkpoint without "state_dict":
-        # there the names recorded at save time stand in for it
-        saved = checkpoint.get("state_dict", checkpoint.get("lit_lora", {}).get("trainable_keys"))
-        missing = sorted(self.trainable_state_keys() - set(saved)) if saved is not None else []
+        missing = checkpoint_state.missing_on_load(checkpoint, self.trainable_state_keys())
         if missing:
             raise RuntimeError(
                 f"checkpoint lacks {len(missing)} trainable weights of this {self.adapter.method} model "

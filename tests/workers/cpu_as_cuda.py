@@ -1,12 +1,13 @@
 """``lit-lora`` with Lightning's CUDA-only strategies running on CPU processes (tests only).
 
-Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA, while DeepSpeed itself runs on
-a CPU (its CPU accelerator, gloo). (torch's FSDP does not: it refuses to start without a non-CPU
-accelerator, so ``FSDPStrategy`` cannot be run this way.) This entry point registers
-``CPUAsCUDAAccelerator`` as Lightning's ``cuda`` accelerator: a ``CUDAAccelerator`` whose devices are
-CPU processes. Everything else is the real code path of a GPU run: lit-lora's CLI and checks, the
-strategy fragment from ``configs/strategies/``, Lightning's strategy and launcher, DeepSpeed's engine,
-checkpointing and the adapter save. What it cannot show is what only CUDA does (kernels, NCCL, memory).
+Lightning's ``DeepSpeedStrategy`` and ``FSDPStrategy`` refuse any accelerator but CUDA, while DeepSpeed
+(its CPU accelerator) and torch's FSDP (given ``device_id=cpu``) run on CPU processes over gloo. This entry
+point registers ``CPUAsCUDAAccelerator`` as Lightning's ``cuda`` accelerator: a ``CUDAAccelerator`` whose
+devices are CPU processes, and ``fsdp_on_cpu`` adjusts the two places where a CPU run of FSDP needs other
+arguments than Lightning gives. Everything else is the real code path of a GPU run: lit-lora's CLI and checks,
+the strategy fragment from ``configs/strategies/``, Lightning's strategy and launcher, DeepSpeed's engine or
+FSDP's units, checkpointing and the adapter save. What it cannot show is what only CUDA does (kernels, NCCL,
+memory).
 
 Arguments are ``lit-lora``'s::
 
@@ -65,6 +66,35 @@ def present_cpu_as_cuda() -> None:
     CUDAAccelerator.is_available = staticmethod(lambda: True)
 
 
+def fsdp_on_cpu() -> None:
+    """torch's FSDP on CPU ranks under Lightning's ``FSDPStrategy``, which passes arguments meant for CUDA:
+
+    * the device: Lightning gives the CUDA index (``root_device.index``), torch needs ``device_id=cpu`` there;
+    * full state dicts: Lightning asks for ``offload_to_cpu=True``, where FSDP's copy to the CPU (``.cpu()``) is
+      what keeps each gathered tensor: on CPU tensors it copies nothing, so the weights are read after they are
+      freed (a segmentation fault) and each optimizer state aliases the next one gathered (Adam's ``exp_avg``
+      saved as its ``exp_avg_sq``). Without offloading FSDP clones them instead.
+    """
+    import lightning.pytorch.strategies.fsdp as lightning_fsdp
+    import torch.distributed.fsdp as fsdp
+
+    wrap = fsdp.FullyShardedDataParallel.__init__
+
+    def on_cpu(self, module, *args, device_id=None, **kwargs):
+        wrap(self, module, *args, device_id=torch.device("cpu"), **kwargs)
+
+    def full_state_dict_context(module, world_size: int, rank0_only: bool = True):
+        kept = {"offload_to_cpu": False, "rank0_only": rank0_only}
+        return fsdp.FullyShardedDataParallel.state_dict_type(
+            module, fsdp.StateDictType.FULL_STATE_DICT, fsdp.FullStateDictConfig(**kept),
+            fsdp.FullOptimStateDictConfig(**kept))
+
+    if not hasattr(lightning_fsdp, "_get_full_state_dict_context"):
+        raise RuntimeError("lightning.pytorch.strategies.fsdp._get_full_state_dict_context is gone: update fsdp_on_cpu")
+    fsdp.FullyShardedDataParallel.__init__ = on_cpu
+    lightning_fsdp._get_full_state_dict_context = full_state_dict_context
+
+
 def exit_without_teardown(code: int) -> None:
     """Leave the process with ``code`` once the run is over, skipping interpreter teardown.
 
@@ -81,6 +111,7 @@ def exit_without_teardown(code: int) -> None:
 
 if __name__ == "__main__":
     present_cpu_as_cuda()
+    fsdp_on_cpu()
     from lit_lora.cli import main
 
     try:

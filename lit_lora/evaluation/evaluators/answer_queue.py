@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from lit_lora.cluster.fsdp_units import root_unit_gathered
 from lit_lora.data.eval_sharding import counted_indices
 from lit_lora.evaluation.generation import Generated, generate_texts
 
@@ -50,7 +51,7 @@ class AnswerQueue:
                      len(queued), " on each rank" if module.trainer.world_size > 1 else "",
                      module.evaluation.generation_batch_size)
         contract = module.data_contract
-        with module.evaluated_model():
+        with module.evaluated_model(), root_unit_gathered(module):  # FSDP: generate bypasses the root's forward
             answers = generate_texts(module.model, contract.tokenizer, [r["prompt"] for r in queued],
                                      module.evaluation, encoder_decoder=contract.encoder_decoder,
                                      add_special_tokens=contract.add_special_tokens, max_length=contract.max_length)

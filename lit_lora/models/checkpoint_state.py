@@ -1,0 +1,50 @@
+"""What a lit-lora checkpoint keeps of the model: the trainable weights only, under the names a state dict uses.
+
+A LoRA checkpoint of an 8B model is megabytes, not gigabytes, because the frozen base is reloaded from
+``model_name_or_path``. The trainable weights are picked by name, and the names must be the state dict's:
+under FSDP ``named_parameters()`` runs through the wrappers (``layers.0._fsdp_wrapped_module.self_attn…``)
+while the full state dict is clean (``layers.0.self_attn…``). Picking by the wrapped names kept nothing, and a
+resume then started from the initial adapter without a word. So the wrappers' segments are removed, and a
+state dict that lacks a trainable weight is refused when the checkpoint is written::
+
+    >>> state_name("model.layers.0._fsdp_wrapped_module.self_attn.q_proj.lora_A.default.weight")
+    'model.layers.0.self_attn.q_proj.lora_A.default.weight'
+"""
+
+from __future__ import annotations
+
+import torch
+
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # FSDP units, activation checkpointing
+
+
+def state_name(parameter_name: str) -> str:
+    """A parameter's name as a full state dict has it: without the FSDP and activation-checkpointing wrappers."""
+    for segment in WRAPPER_SEGMENTS:
+        parameter_name = parameter_name.replace(segment, "")
+    return parameter_name
+
+
+def trainable_names(module: torch.nn.Module) -> set[str]:
+    """State-dict names of ``module``'s trainable parameters."""
+    return {state_name(name) for name, p in module.named_parameters() if p.requires_grad}
+
+
+def trainable_only(state_dict: dict, keep: set[str], method: str, writes: bool = True) -> dict:
+    """``state_dict`` cut to the ``keep`` weights. On the rank that ``writes`` the checkpoint, raises when some of
+    those are missing: the checkpoint would resume from other weights. (The other ranks' state dicts may hold
+    nothing, or only buffers: FSDP gathers full weights to the writing rank alone.)"""
+    missing = sorted(keep - set(state_dict)) if writes else []
+    if missing:
+        example = next(iter(state_dict), "nothing")
+        raise RuntimeError(f"the {method} checkpoint being written lacks {len(missing)} trainable weights (first: "
+                           f"{missing[0]}; the state dict has {example}{' …' if len(state_dict) > 1 else ''}): "
+                           "a resume from it would start from other weights")
+    return {k: v for k, v in state_dict.items() if k in keep}
+
+
+def missing_on_load(checkpoint: dict, keep: set[str]) -> list[str]:
+    """Trainable weights a checkpoint lacks. DeepSpeed and FSDP load the weights themselves and hand over the
+    checkpoint without ``state_dict``: there the names recorded at save time stand in for it."""
+    saved = checkpoint.get("state_dict", checkpoint.get("lit_lora", {}).get("trainable_keys"))
+    return sorted(keep - set(saved)) if saved is not None else []
