@@ -23,6 +23,7 @@ from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_lora.cluster.fsdp_units import root_unit_gathered
 from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.sharding import run_device
 from lit_lora.console import evaluation_lines, perplexity_text, scalar_metrics
@@ -194,13 +195,14 @@ def mean_validation_loss(trainer: Trainer, pl_module: LightningModule, limit_bat
     device = run_device(pl_module)  # not pl_module.device: the CPU under ZeRO-3, which moves no module
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
-    for i, batch in enumerate(loader):
-        if limit_batches is not None and i >= limit_batches:
-            break
-        with trainer.precision_plugin.val_step_context():  # bf16-mixed / 16-mixed: autocast, as val_loss has
-            summed, n = pl_module.loss_terms(without_uncounted_labels(move_data_to_device(batch, device)))
-        total += summed.double()
-        count += n
+    with root_unit_gathered(pl_module):  # FSDP: these forwards bypass the root unit's, which gathers its weights
+        for i, batch in enumerate(loader):
+            if limit_batches is not None and i >= limit_batches:
+                break
+            with trainer.precision_plugin.val_step_context():  # bf16-mixed / 16-mixed: autocast, as val_loss has
+                summed, n = pl_module.loss_terms(without_uncounted_labels(move_data_to_device(batch, device)))
+            total += summed.double()
+            count += n
     pl_module.train(was_training)
     total = trainer.strategy.reduce(total, reduce_op="sum")  # every rank calls this hook: a safe collective
     count = trainer.strategy.reduce(count, reduce_op="sum")

@@ -103,6 +103,11 @@ def problems(s: Setup) -> list[str]:
         found.append(f"export.merge: true merges LoRA weights into the base, and {s.method} has none (full "
                      "fine-tuning saves the whole model already; a prompt method's virtual tokens live outside "
                      "the weights); fix: drop export.merge")
+    if s.strategy == "fsdp" and s.optimizer != "adamw":
+        found.append(f"FSDP gathers each optimizer state into the shape of its parameter when it checkpoints, and "
+                     f"the bitsandbytes optimizer {s.optimizer!r} keeps states of other shapes (the first checkpoint "
+                     "stops); fix: model.init_args.optim.name: adamw (FSDP shards its states across the GPUs), or "
+                     "configs/strategies/deepspeed_zero2.yaml / deepspeed_zero3.yaml")
     if s.strategy == "deepspeed" and s.offload_optimizer and s.optimizer != "adamw":
         found.append(f"ZeRO optimizer offload runs DeepSpeed's CPU Adam and cannot offload the bitsandbytes "
                      f"optimizer {s.optimizer!r}; fix: model.init_args.optim.name: adamw, or a strategy "

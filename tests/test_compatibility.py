@@ -46,6 +46,14 @@ def test_dtype_aliases_name_the_same_dtype():
                 precision="bf16-true", **GPU))
 
 
+def test_fsdp_refuses_bitsandbytes_optimizers_whose_states_it_cannot_gather():
+    for optimizer in ("adamw_8bit", "paged_adamw", "paged_adamw_8bit"):
+        assert any("bitsandbytes optimizer" in p and "optim.name: adamw" in p
+                   for p in problems(Setup(strategy="fsdp", optimizer=optimizer, cuda_available=True)))
+    assert problems(Setup(strategy="fsdp", optimizer="adamw", cuda_available=True)) == []
+    assert problems(Setup(strategy="deepspeed", optimizer="paged_adamw_8bit", cuda_available=True)) == []
+
+
 def test_offload_refuses_bitsandbytes_optimizers():
     s = Setup(strategy="deepspeed", zero_stage=3, offload_optimizer=True, optimizer="paged_adamw_8bit", **GPU)
     assert "optim.name: adamw" in problems(s)[0]

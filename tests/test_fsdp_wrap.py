@@ -15,13 +15,14 @@ checkpoints and saves a whole adapter, and a resume from a checkpoint repeats th
 
 from __future__ import annotations
 
+import json
 from typing import Union
 
 import pytest
 import torch
 import yaml
 from harness import (CONFIGS, DEMO, adapter_tensors, assert_complete_lora_adapter, metrics_dir, read_losses,
-                     run_cli, run_cli_subprocess, validation_rows)
+                     run_cli, run_cli_subprocess, validation_rows, version_dir)
 
 from lit_lora.adapters import LoRA
 from lit_lora.cluster.sharding import DecoderLayerWrapPolicy, layer_classes
@@ -65,6 +66,17 @@ def test_policy_picks_the_decoder_layer_class(tiny_model, arch):
     layers = module.model.get_base_model().model.layers
     assert set(targets) == set(layers)  # every decoder layer, nothing else
     assert policy(layers[0], recurse=False) and not policy(layers[0].self_attn, recurse=False)
+
+
+@pytest.mark.parametrize("arch, layer", [("roberta", "RobertaLayer"), ("t5", "T5Block")])
+def test_the_policy_leaves_the_input_embeddings_in_the_root_unit(arch, layer, tiny_model):
+    """RoBERTa names its embeddings block in ``_no_split_modules`` too; as a unit of its own, peft's prompt
+    learning (which calls the embeddings itself) found them sharded."""
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    head = AutoModelForSeq2SeqLM if arch == "t5" else AutoModelForSequenceClassification
+    model = head.from_pretrained(tiny_model(arch))
+    assert {c.__name__ for c in layer_classes(model)} == {layer}
 
 
 def test_a_model_without_layer_classes_is_a_clear_error():
@@ -201,7 +213,8 @@ DEVICES = [pytest.param("cpu-1"), pytest.param("cpu-2"), pytest.param("cuda", ma
 
 def fsdp_fit_args(adapter: str, model_dir: str, root, device: str = "cuda") -> list[str]:
     """The run a user makes with the fragment: 4 steps on one repeated global batch of 8 rows (split over the
-    ranks), a flat learning rate, validating each step."""
+    ranks), a flat learning rate, gradients clipped by norm (as the reference QLoRA configs do), validating each
+    step, and the base model's validation loss next to the tuned one's at the end."""
     lora = [a for k, v in LORA.items() for a in (f"--model.init_args.adapter.init_args.{k}", str(v))]
     ranks = RANKS[device]
     return [
@@ -212,8 +225,8 @@ def fsdp_fit_args(adapter: str, model_dir: str, root, device: str = "cuda") -> l
         "--data.init_args.val_fraction", "0.2", "--data.init_args.batch_size", str(ROWS // ranks),
         "--trainer.devices", str(ranks), "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1",
         "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root), "--baseline.enabled",
-        "false",
+        "--trainer.gradient_clip_val", "1.0", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(root),
     ]
 
 
@@ -242,9 +255,10 @@ def test_the_gpu_runs_arguments_parse_into_fsdp(adapter, tiny_model, tmp_path, c
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 def test_fsdp_fit_trains_validates_and_saves_a_whole_adapter(adapter, device, tiny_model, tmp_path):
-    """bf16-true, as the fragment says: the loss falls on the repeated batch, each validation generates (the root
-    unit's embeddings gathered), the checkpoint holds every trainable weight, and the adapter gathered from
-    FSDP's units is complete and loadable."""
+    """bf16-true, as the fragment says: the loss falls on the repeated batch, each validation generates and the
+    base / tuned comparison runs (both outside FSDP's forward: the root unit's embeddings gathered), the
+    checkpoint holds every trainable weight, and the adapter gathered from FSDP's units is complete and
+    loadable."""
     import math
 
     model_dir = tiny_model("llama")
@@ -255,6 +269,9 @@ def test_fsdp_fit_trains_validates_and_saves_a_whole_adapter(adapter, device, ti
     validations = validation_rows(run_dir)
     assert len(validations) == 4 and all(math.isfinite(r["val_loss"]) for r in validations), validations
     assert len((run_dir / "predictions.jsonl").read_text().splitlines()) == 2  # both validation rows answered
+    before_after = json.loads((run_dir / "before_after.json").read_text())
+    base, tuned = before_after["base_val_loss"], before_after["tuned_val_loss"]
+    assert math.isfinite(base) and tuned < base, before_after
     assert_complete_lora_adapter(run_dir / "adapter", model_dir, tmp_path / "reference", LORA)
     (checkpoint,) = (run_dir / "checkpoints").glob("*.ckpt")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -278,3 +295,35 @@ def test_fsdp_checkpoint_resumes_to_the_losses_of_the_whole_run(device, tiny_mod
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(whole[step], rel=1e-3), (step, resumed, whole)
+
+
+# Reference experiments whose model or method meets FSDP differently, as their tiny twins: a prompt encoder in the
+# root unit that peft runs to save the prompt (p-tuning) and RoBERTa's embeddings block, which its
+# _no_split_modules names but which must stay in the root unit; an encoder-decoder; a QLoRA classifier clipping
+# its gradients by norm. FSDP checkpoints torch's AdamW states only (the configs' bitsandbytes optimizer is refused).
+REFERENCE_RUNS = {
+    "nli/roberta_large_ptuning_multinli.yaml": ("roberta", "multinli_train.jsonl", []),
+    "code/codet5_base_lora_python_codes.yaml": ("t5", "python_codes_25k.jsonl", []),
+    "nli/llama3_8b_qlora_classifier_multinli.yaml": ("llama", "multinli_train.jsonl", [
+        "--model.init_args.dtype", "bfloat16", "--model.init_args.adapter.init_args.quant_storage", "bfloat16",
+        "--model.init_args.adapter.init_args.compute_dtype", "bfloat16", "--model.init_args.optim.name", "adamw"]),
+}
+
+
+@pytest.mark.parametrize("config", sorted(REFERENCE_RUNS))
+def test_reference_configs_fit_under_fsdp_on_two_ranks(config, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    arch, sample, extra = REFERENCE_RUNS[config]
+    run_fsdp(["fit", "--config", str(CONFIGS / config), "--config", str(FSDP_YAML),
+              "--model.init_args.model_name_or_path", tiny_model(arch), "--data.init_args.source", sample, *extra,
+              "--trainer.devices", "2", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+              "--data.init_args.max_eval_samples", "4", "--trainer.default_root_dir", str(tmp_path / "run")],
+             "cpu-2", cwd=tmp_path)
+    run_dir = version_dir(tmp_path / "run")
+    assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == 2
+    saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert saved and all(t.numel() > 0 and torch.isfinite(t.float()).all() for t in saved.values())
+    last = sorted((run_dir / "checkpoints").glob("*.ckpt"))[-1]
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["state_dict"] and set(checkpoint["state_dict"]) == set(checkpoint["lit_lora"]["trainable_keys"])

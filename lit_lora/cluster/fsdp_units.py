@@ -1,4 +1,4 @@
-"""Two places where torch's FSDP (``FullyShardedDataParallel``, as Lightning's ``FSDPStrategy`` wraps the
+"""Three places where torch's FSDP (``FullyShardedDataParallel``, as Lightning's ``FSDPStrategy`` wraps the
 LightningModule: ``use_orig_params=True``, one unit per decoder layer, the rest in the root unit) leaves the
 weights of the root unit — embeddings, final norm, LM head — unusable, and what ``lit-lora`` does about each.
 
@@ -21,6 +21,11 @@ head, not the layers. Outside FSDP it does nothing::
 
     with root_unit_gathered(module):
         module.model.generate(input_ids)
+
+**Gradient clipping by norm.** Lightning's FSDP precision plugin refuses ``gradient_clip_algorithm: norm`` (the
+reference QLoRA configs clip at 0.3 or 1.0): the norm must be taken over every rank's shard, which the root
+unit's ``clip_grad_norm_`` does. ``FineTuneModule.configure_gradient_clipping`` calls it through
+``clip_fsdp_grad_norm``, as Lightning's FSDP guide does.
 """
 
 from __future__ import annotations
@@ -54,6 +59,16 @@ def root_unit_gathered(module) -> Iterator[None]:
         return
     with FullyShardedDataParallel.summon_full_params(root, recurse=False, writeback=False):
         yield
+
+
+def clip_fsdp_grad_norm(module, max_norm, algorithm) -> bool:
+    """Clip ``module``'s gradients to the total norm ``max_norm`` across every rank's shard, when it trains under
+    FSDP and clips by norm (collective: every rank calls it); False otherwise, for Lightning's own clipping."""
+    root = fsdp_root(module)
+    if root is None or not max_norm or str(getattr(algorithm, "value", algorithm) or "norm") != "norm":
+        return False
+    root.clip_grad_norm_(max_norm)
+    return True
 
 
 def unsharded_fsdp_units(model) -> list:

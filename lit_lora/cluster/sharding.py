@@ -103,19 +103,34 @@ def gathered_state_dict(module) -> Optional[dict[str, torch.Tensor]]:
 def layer_classes(model: torch.nn.Module) -> set[type]:
     """Classes of the submodules that the Hugging Face models inside ``model`` name in ``_no_split_modules``.
 
-    Those are the units transformers never splits across devices: the decoder / encoder layers
-    (plus, for some models, e.g. RoBERTa's embeddings block). Raises when ``model`` names none.
+    Those are the units transformers never splits across devices: the decoder / encoder layers, and for some
+    models a block holding the input embeddings (RoBERTa's ``RobertaEmbeddings``), which is left out: peft's
+    prompt learning and generation call the embeddings themselves, outside that block's forward, where its own
+    FSDP unit would leave them sharded; in the root unit they are gathered. Raises when ``model`` names none.
     """
     names: set[str] = set()
     for module in model.modules():
         names.update(getattr(type(module), "_no_split_modules", None) or ())
-    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    embeddings = input_embeddings(model)
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names
+               and not any(id(inner) in embeddings for inner in m.modules())}
     if not classes:
         found = ", ".join(sorted(names)) or "none"
         raise ValueError(
             f"DecoderLayerWrapPolicy found no layer class to wrap in {type(model).__name__} (_no_split_modules: "
             f"{found}); set trainer.strategy.init_args.auto_wrap_policy to a set of layer classes instead")
     return classes
+
+
+def input_embeddings(model: torch.nn.Module) -> set[int]:
+    """``id``s of the input-embedding modules of the Hugging Face models inside ``model``."""
+    found = set()
+    for module in model.modules():
+        getter = getattr(module, "get_input_embeddings", None)
+        if hasattr(type(module), "_no_split_modules") and callable(getter):
+            with contextlib.suppress(NotImplementedError, AttributeError):
+                found.add(id(getter()))
+    return found
 
 
 class DecoderLayerWrapPolicy(ModuleWrapPolicy):

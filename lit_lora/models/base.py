@@ -38,6 +38,7 @@ from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head,
 from lit_lora.models.packing_support import flattens, model_packing_refusal
 from lit_lora.token_loss import label_count, step_label_count, summed_loss
 from lit_lora.cluster import sharding
+from lit_lora.cluster.fsdp_units import clip_fsdp_grad_norm, root_unit_gathered
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init, partitioned_loading, partitioned_share, zero3_config
 from lit_lora.optim import OptimizerSettings, build_optimizer, continue_schedule
@@ -345,19 +346,13 @@ class FineTuneModule(L.LightningModule):
         return dict(self.data_contract.training_settings) if self.data_contract is not None else {}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        missing = checkpoint_state.missing_on_load(checkpoint, self.trainable_state_keys())
-        if missing:
-            raise RuntimeError(
-                f"checkpoint lacks {len(missing)} trainable weights of this {self.adapter.method} model "
-                f"(first: {missing[0]}); was it written with a different adapter configuration?"
-            )
-        trained_on = checkpoint.get("lit_lora", {}).get("data")
-        now = self._training_split_settings()
-        changed = {k: (trained_on[k], now.get(k)) for k in trained_on or {} if now and trained_on[k] != now.get(k)}
-        if changed:
-            detail = ", ".join(f"{k}: trained with {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            log.warning("[lit-lora] the data settings differ from the ones this checkpoint was trained with (%s): "
-                        "the train-overlap check sees today's training split, not the checkpoint's", detail)
+        checkpoint_state.check_loaded(checkpoint, self.trainable_state_keys(), self.adapter.method,
+                                      self._training_split_settings())
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """By norm under FSDP through its root unit (Lightning's FSDP precision plugin cannot; see fsdp_units)."""
+        if not clip_fsdp_grad_norm(self, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- export ---------------------------------------------------------------------------------
     def save_pretrained(self, out_dir: str | Path) -> Path:
@@ -366,12 +361,18 @@ class FineTuneModule(L.LightningModule):
         Call it on every rank: under ZeRO-3 / FSDP the weights are gathered first (a collective),
         then global rank 0 writes, so the saved adapter is complete rather than empty shards.
         """
-        from lit_lora.cluster.sharding import gathered_state_dict, peft_keyed, without_fsdp_names
+        from lit_lora.cluster.sharding import gathered_state_dict
 
         out = Path(out_dir)
         state_dict = gathered_state_dict(self)
-        if not self._writes_files():
-            return out
+        with root_unit_gathered(self):  # FSDP: peft runs a p-tuning prompt encoder (root unit) to save its prompt
+            if self._writes_files():
+                self._write_pretrained(out, state_dict)
+        return out
+
+    def _write_pretrained(self, out: Path, state_dict: Optional[dict]) -> None:
+        from lit_lora.cluster.sharding import peft_keyed, without_fsdp_names
+
         out.mkdir(parents=True, exist_ok=True)
         if state_dict is None:
             self.model.save_pretrained(out)
@@ -382,7 +383,6 @@ class FineTuneModule(L.LightningModule):
             self.model.save_pretrained(out, state_dict=state_dict)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out)
-        return out
 
     def _writes_files(self) -> bool:
         """Global rank 0 writes: the trainer's rank, else the process group's (a module driven outside Lightning)."""

@@ -13,7 +13,11 @@ state dict that lacks a trainable weight is refused when the checkpoint is writt
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger("lit_lora")
 
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # FSDP units, activation checkpointing
 
@@ -48,3 +52,18 @@ def missing_on_load(checkpoint: dict, keep: set[str]) -> list[str]:
     checkpoint without ``state_dict``: there the names recorded at save time stand in for it."""
     saved = checkpoint.get("state_dict", checkpoint.get("lit_lora", {}).get("trainable_keys"))
     return sorted(keep - set(saved)) if saved is not None else []
+
+
+def check_loaded(checkpoint: dict, keep: set[str], method: str, data_settings: dict) -> None:
+    """Raise when the checkpoint lacks one of the ``keep`` weights; warn when it was trained on other data
+    settings than ``data_settings`` (the train-overlap check then sees today's training split)."""
+    missing = missing_on_load(checkpoint, keep)
+    if missing:
+        raise RuntimeError(f"checkpoint lacks {len(missing)} trainable weights of this {method} model "
+                           f"(first: {missing[0]}); was it written with a different adapter configuration?")
+    trained_on = checkpoint.get("lit_lora", {}).get("data") or {}
+    changed = {k: (v, data_settings.get(k)) for k, v in trained_on.items() if data_settings and v != data_settings.get(k)}
+    if changed:
+        detail = ", ".join(f"{k}: trained with {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        log.warning("[lit-lora] the data settings differ from the ones this checkpoint was trained with (%s): "
+                    "the train-overlap check sees today's training split, not the checkpoint's", detail)
