@@ -238,3 +238,16 @@ def test_zero3_trains_a_sequence_classifier_from_a_whole_loaded_base(tiny_model,
     assert [int(r["step"]) for r in rows if r.get("train_loss")] == [0, 1]
     assert any(r.get("val_matched/accuracy") for r in rows)
     assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_an_epoch_shorter_than_one_accumulation_window_stops_with_the_fix(tiny_model, torch_extensions_dir, tmp_path):
+    """8 rows on 2 ranks × batch 4 is one micro-batch per rank and epoch; with ``accumulate_grad_batches`` 2 under
+    DeepSpeed Lightning never counted a step, and the run went on through epochs without end."""
+    result = run_cli_subprocess([*fit_args("zero2-lora", tiny_model("llama"), tmp_path / "run", "cpu"),
+                                 "--trainer.accumulate_grad_batches", "2", "--trainer.limit_val_batches", "0"],
+                                via="cpu_as_cuda", cwd=tmp_path, env=deepspeed_on_cpu_env(torch_extensions_dir),
+                                check=False, timeout=240)
+    assert result.returncode not in (0, 124, 137), result.returncode
+    err = result.stdout + result.stderr
+    assert "each epoch holds 1 micro-batch per rank, fewer than trainer.accumulate_grad_batches=2" in err, err[-3000:]
+    assert "fix: trainer.accumulate_grad_batches: 1 or less" in err

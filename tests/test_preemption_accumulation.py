@@ -104,3 +104,12 @@ def test_a_checkpoint_validation_writes_mid_window_resumes_exactly(tiny_model, t
         assert after[step] == pytest.approx(reference[step], rel=1e-6), (step, after[step], reference[step])
     final = [adapter_tensors(Path(run.trainer.log_dir) / "adapter") for run in (full, resumed)]
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
+
+
+def test_only_a_strategy_that_accumulates_itself_is_stopped_by_a_short_epoch():
+    from lit_lora.cluster.step_aligned import short_epoch_problem
+
+    assert "fewer than trainer.accumulate_grad_batches=4" in short_epoch_problem(2, 4, strategy_accumulates=True)
+    assert short_epoch_problem(2, 4, strategy_accumulates=False) == ""  # Lightning steps at the epoch's end
+    assert short_epoch_problem(4, 4, strategy_accumulates=True) == ""
+    assert short_epoch_problem(float("inf"), 4, strategy_accumulates=True) == ""  # an iterable of unknown length

@@ -7,7 +7,10 @@ are those of the last optimizer step, but the saved position counts the micro-ba
 one, whose half-accumulated gradients are not saved: a resume would skip them, and every step after would
 differ from the uninterrupted run's. ``StepAlignedCheckpoints`` moves the saved position (Lightning's batch
 progress and the ``ResumableDataLoader``'s) back to the window's start, so the resume reads those micro-batches
-again and takes the same step. ``lit-lora`` adds it to every Trainer it builds (``cluster/runtime.py``)::
+again and takes the same step. ``lit-lora`` adds it to every Trainer it builds (``cluster/runtime.py``), with
+``ShortEpochCheck``: under DeepSpeed, which accumulates gradients itself, Lightning never forces a step at an
+epoch's end and counts the window within each epoch, so an epoch shorter than one window never counts a step
+and the run never reaches ``max_steps``; it stops at the start of training with the numbers and the fix::
 
     >>> micro_batches_past_step(ready=9, accumulate=2, epoch_batches=12)   # batch 9 (of 0-11) began step 5
     1
@@ -20,6 +23,8 @@ from __future__ import annotations
 import logging
 
 from lightning.pytorch import Callback
+
+from lit_lora.errors import IncompatibleConfig
 
 log = logging.getLogger("lit_lora")
 
@@ -63,3 +68,24 @@ class StepAlignedCheckpoints(Callback):
             log.info("[lit-lora] checkpoint at step %d, %d micro-batch%s into the next step: a resume reads %s "
                      "again (and so for every checkpoint between two steps)", trainer.global_step, partial, "" if partial == 1 else "es",
                      "it" if partial == 1 else "them")
+
+
+def short_epoch_problem(batches: float, accumulate: int, strategy_accumulates: bool) -> str:
+    """Why a fit whose epochs hold ``batches`` micro-batches per rank cannot count a step ('' when it can)."""
+    if not strategy_accumulates or accumulate <= 1 or batches >= accumulate:
+        return ""
+    return (f"each epoch holds {int(batches)} micro-batch{'' if batches == 1 else 'es'} per rank, fewer than "
+            f"trainer.accumulate_grad_batches={accumulate}: DeepSpeed accumulates gradients itself, Lightning then "
+            "never ends a step at an epoch's end, and this run would never count one (nor reach max_steps); fix: "
+            f"trainer.accumulate_grad_batches: {max(1, int(batches))} or less (with a larger data.init_args.batch_size "
+            "for the same step), or more training rows")
+
+
+class ShortEpochCheck(Callback):
+    """Stops a fit that could never count an optimizer step (see the module docstring)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        problem = short_epoch_problem(trainer.num_training_batches, trainer.accumulate_grad_batches,
+                                      bool(getattr(trainer.strategy, "handles_gradient_accumulation", False)))
+        if problem:
+            raise IncompatibleConfig(problem)
