@@ -106,10 +106,13 @@ def test_a_checkpoint_validation_writes_mid_window_resumes_exactly(tiny_model, t
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
 
 
-def test_only_a_strategy_that_accumulates_itself_is_stopped_by_a_short_epoch():
-    from lit_lora.cluster.step_aligned import short_epoch_problem
+def test_only_a_strategy_that_accumulates_itself_is_stopped_by_an_epoch_cut_inside_a_window():
+    from lit_lora.cluster.step_aligned import partial_window_problem
 
-    assert "fewer than trainer.accumulate_grad_batches=4" in short_epoch_problem(2, 4, strategy_accumulates=True)
-    assert short_epoch_problem(2, 4, strategy_accumulates=False) == ""  # Lightning steps at the epoch's end
-    assert short_epoch_problem(4, 4, strategy_accumulates=True) == ""
-    assert short_epoch_problem(float("inf"), 4, strategy_accumulates=True) == ""  # an iterable of unknown length
+    problem = partial_window_problem(7, 4, strategy_accumulates=True)
+    assert "each epoch 7 micro-batches per rank, not a whole number of trainer.accumulate_grad_batches=4" in problem
+    assert problem.endswith("fix: trainer.limit_train_batches: 4 (a multiple of 4)")
+    assert partial_window_problem(2, 4, strategy_accumulates=True).endswith("limit_train_batches: 4 (a multiple of 4)")
+    assert partial_window_problem(7, 4, strategy_accumulates=False) == ""  # Lightning steps at the epoch's end
+    assert partial_window_problem(8, 4, strategy_accumulates=True) == ""
+    assert partial_window_problem(float("inf"), 4, strategy_accumulates=True) == ""  # an iterable of unknown length

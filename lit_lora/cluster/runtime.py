@@ -13,8 +13,9 @@ have them (``atomic``, ``start_fresh_if_no_checkpoint``):
   rank, so that a resumed run draws the dropout masks the uninterrupted run drew;
 * ``StepAlignedCheckpoints``: a checkpoint written between two optimizer steps of an accumulation window
   resumes at the window's first micro-batch, so the resumed run takes the step the uninterrupted one took;
-* ``ShortEpochCheck``: under DeepSpeed, an epoch shorter than one accumulation window (no step would ever be
-  counted) stops at the start of training with the fix;
+* ``PartialWindowCheck``: under DeepSpeed, which cannot end a step early, an epoch that ``limit_train_batches``
+  cuts inside an accumulation window stops at the start of training with the fix (the training loader pads
+  every other epoch to whole windows);
 * ``FrozenFSDPUnitsRestored``: after each backward, an unsharded FSDP unit of frozen weights (one rank) has
   its parameters registered again, so the next checkpoint holds them.
 
@@ -39,7 +40,7 @@ from lit_lora.cluster.checkpoint_io import PartialCheckpointCleanup, make_saves_
 from lit_lora.cluster.csv_history import CSVHistoryResume
 from lit_lora.cluster.fsdp_units import FrozenFSDPUnitsRestored
 from lit_lora.cluster.launch_checks import RunDirectoryCheck
-from lit_lora.cluster.step_aligned import ShortEpochCheck, StepAlignedCheckpoints
+from lit_lora.cluster.step_aligned import PartialWindowCheck, StepAlignedCheckpoints
 from lit_lora.cluster.step_seed import StepSeed
 
 
@@ -51,7 +52,7 @@ def runtime_callbacks(preemption: Optional[Any] = None) -> list[Callback]:
     """
     start_fresh = bool(getattr(preemption, "start_fresh_if_no_checkpoint", False))
     return [RunDirectoryCheck(start_fresh_if_no_checkpoint=start_fresh), PartialCheckpointCleanup(),
-            CSVHistoryResume(), StepSeed(), StepAlignedCheckpoints(), ShortEpochCheck(),
+            CSVHistoryResume(), StepSeed(), StepAlignedCheckpoints(), PartialWindowCheck(),
             FrozenFSDPUnitsRestored()]
 
 

@@ -8,9 +8,9 @@ one, whose half-accumulated gradients are not saved: a resume would skip them, a
 differ from the uninterrupted run's. ``StepAlignedCheckpoints`` moves the saved position (Lightning's batch
 progress and the ``ResumableDataLoader``'s) back to the window's start, so the resume reads those micro-batches
 again and takes the same step. ``lit-lora`` adds it to every Trainer it builds (``cluster/runtime.py``), with
-``ShortEpochCheck``: under DeepSpeed, which accumulates gradients itself, Lightning never forces a step at an
-epoch's end and counts the window within each epoch, so an epoch shorter than one window never counts a step
-and the run never reaches ``max_steps``; it stops at the start of training with the numbers and the fix::
+``PartialWindowCheck``: under DeepSpeed, which accumulates gradients itself and cannot end a step early, the
+training loader pads every epoch to whole windows (``lit_lora.data.resumable.unlabelled_tail``), and an epoch
+that ``limit_train_batches`` cuts inside a window stops at the start of training with the numbers and the fix::
 
     >>> micro_batches_past_step(ready=9, accumulate=2, epoch_batches=12)   # batch 9 (of 0-11) began step 5
     1
@@ -21,6 +21,7 @@ and the run never reaches ``max_steps``; it stops at the start of training with 
 from __future__ import annotations
 
 import logging
+import math
 
 from lightning.pytorch import Callback
 
@@ -66,26 +67,29 @@ class StepAlignedCheckpoints(Callback):
         if partial and not self.said:
             self.said = True
             log.info("[lit-lora] checkpoint at step %d, %d micro-batch%s into the next step: a resume reads %s "
-                     "again (and so for every checkpoint between two steps)", trainer.global_step, partial, "" if partial == 1 else "es",
-                     "it" if partial == 1 else "them")
+                     "again (and so for every checkpoint between two steps)", trainer.global_step, partial,
+                     "" if partial == 1 else "es", "it" if partial == 1 else "them")
 
 
-def short_epoch_problem(batches: float, accumulate: int, strategy_accumulates: bool) -> str:
-    """Why a fit whose epochs hold ``batches`` micro-batches per rank cannot count a step ('' when it can)."""
-    if not strategy_accumulates or accumulate <= 1 or batches >= accumulate:
+def partial_window_problem(batches: float, accumulate: int, strategy_accumulates: bool) -> str:
+    """Why an epoch of ``batches`` micro-batches per rank would put the strategy's steps out of step with
+    Lightning's ('' when it does not)."""
+    if not strategy_accumulates or accumulate <= 1 or math.isinf(batches) or batches % accumulate == 0:
         return ""
-    return (f"each epoch holds {int(batches)} micro-batch{'' if batches == 1 else 'es'} per rank, fewer than "
-            f"trainer.accumulate_grad_batches={accumulate}: DeepSpeed accumulates gradients itself, Lightning then "
-            "never ends a step at an epoch's end, and this run would never count one (nor reach max_steps); fix: "
-            f"trainer.accumulate_grad_batches: {max(1, int(batches))} or less (with a larger data.init_args.batch_size "
-            "for the same step), or more training rows")
+    below = int(batches) - int(batches) % accumulate
+    return (f"trainer.limit_train_batches gives each epoch {int(batches)} micro-batches per rank, not a whole "
+            f"number of trainer.accumulate_grad_batches={accumulate} windows: DeepSpeed accumulates gradients "
+            "itself and cannot end a step early, so its optimizer steps would drift from Lightning's (LR schedule, "
+            f"logged steps, checkpoints); fix: trainer.limit_train_batches: {below or accumulate} (a multiple of "
+            f"{accumulate})")
 
 
-class ShortEpochCheck(Callback):
-    """Stops a fit that could never count an optimizer step (see the module docstring)."""
+class PartialWindowCheck(Callback):
+    """Stops a fit whose epochs end inside an accumulation window the strategy cannot end early (see the module
+    docstring)."""
 
     def on_train_start(self, trainer, pl_module) -> None:
-        problem = short_epoch_problem(trainer.num_training_batches, trainer.accumulate_grad_batches,
-                                      bool(getattr(trainer.strategy, "handles_gradient_accumulation", False)))
+        problem = partial_window_problem(trainer.num_training_batches, trainer.accumulate_grad_batches,
+                                         bool(getattr(trainer.strategy, "handles_gradient_accumulation", False)))
         if problem:
             raise IncompatibleConfig(problem)

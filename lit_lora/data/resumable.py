@@ -18,23 +18,30 @@ replace it under DDP, and the order depends only on ``seed + epoch``, never on t
 Batches come in optimizer steps: the loader reads the micro-batches of one step (``accumulate_grad_batches``
 of them, aligned with Lightning's accumulation) before yielding the first, and gives each the labels of
 the whole step as ``batch["step_labels"]``, the divisor of the token-normalised loss
-(``lit_lora.token_loss``).
+(``lit_lora.token_loss``). Where the strategy accumulates by itself (DeepSpeed), every epoch ends on a whole
+window: see ``unlabelled_tail``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lit_lora.data.collators import IGNORE_INDEX
 from lit_lora.data.length_grouping import LengthGroupedSampler
 from lit_lora.data.samplers import ResumableSampler
 from lit_lora.errors import CheckpointSettingsMismatch
 
-__all__ = ["ResumableDataLoader", "ResumableSampler", "optimizer_step_windows", "train_loader", "training_rows"]
+__all__ = ["ResumableDataLoader", "ResumableSampler", "optimizer_step_windows", "train_loader", "training_rows",
+           "unlabelled_tail"]
+
+log = logging.getLogger("lit_lora")
 
 
 class ResumableDataLoader(DataLoader):
@@ -59,6 +66,10 @@ class ResumableDataLoader(DataLoader):
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self.trainer: Optional[Any] = None
         self.rows: Optional[dict] = None  # training_rows(...) of the tokenised rows, set by the datamodule
+        self.said_padding = False
+
+    def __len__(self) -> int:
+        return super().__len__() + self.window_padding()
 
     def __iter__(self) -> Iterator[Any]:
         # A generator, like the sampler's: the position is read when the first batch is drawn, after Lightning
@@ -68,7 +79,25 @@ class ResumableDataLoader(DataLoader):
         if self.trainer is not None:
             accumulate = self.trainer.accumulate_grad_batches
             limit = min(limit, self.trainer.num_training_batches)  # limit_train_batches
-        yield from optimizer_step_windows(super().__iter__(), accumulate, first, limit)
+        batches, padding = super().__iter__(), self.window_padding()
+        if padding:
+            self.say_padding(padding, accumulate)
+            batches = unlabelled_tail(batches, padding)
+        yield from optimizer_step_windows(batches, accumulate, first, limit)
+
+    def window_padding(self) -> int:
+        """Unlabelled micro-batches that end each epoch on a whole accumulation window where the strategy
+        accumulates by itself (DeepSpeed, see ``unlabelled_tail``); 0 elsewhere."""
+        if not getattr(getattr(self.trainer, "strategy", None), "handles_gradient_accumulation", False):
+            return 0
+        return -super().__len__() % self.trainer.accumulate_grad_batches
+
+    def say_padding(self, padding: int, accumulate: int) -> None:
+        if not self.said_padding:
+            self.said_padding = True
+            log.info("[lit-lora] DeepSpeed accumulates gradients itself and cannot end a step early: each epoch's "
+                     "%d micro-batches per rank are followed by %d without labels, completing a last window of %d "
+                     "(they add nothing to the loss or the gradients)", super().__len__(), padding, accumulate)
 
     @property
     def samples_per_batch(self) -> int:
@@ -164,6 +193,30 @@ def optimizer_step_windows(batches: Iterable[Any], accumulate: int, first: int =
                 batch["step_labels"] = labels
             yield batch
         index += len(window)
+
+
+def unlabelled_tail(batches: Iterable[dict], count: int) -> Iterator[dict]:
+    """Yield ``batches``, then ``count`` copies of the last one with every label ignored.
+
+    Lightning ends an epoch's last optimizer step early, after fewer micro-batches than
+    ``accumulate_grad_batches``, but not under DeepSpeed, whose engine counts micro-batches across epochs and
+    steps after every ``accumulate_grad_batches`` of them. Its steps would then drift from Lightning's (which
+    steps the LR schedule, logs and checkpoints) and mix two epochs' windows, each normalised by its own tokens.
+    An epoch padded to whole windows keeps both counts equal: the copies have no label, so their loss and
+    gradients are zero and the step's token count (``step_labels``) is that of its real micro-batches.
+    """
+    last = None
+    for last in batches:
+        yield last
+    if last is None:
+        return
+    if not isinstance(last, dict) or "labels" not in last:
+        raise TypeError(f"a training batch must be a dict with 'labels' to end an epoch on a whole accumulation "
+                        f"window under DeepSpeed, got {type(last).__name__}")
+    unlabelled = {key: value for key, value in last.items() if key != "step_labels"}
+    unlabelled["labels"] = torch.full_like(last["labels"], IGNORE_INDEX)
+    for _ in range(count):
+        yield dict(unlabelled)
 
 
 def train_loader(dataset: Dataset, batch_size: Optional[int], seed: int, trainer: Optional[Any] = None,
