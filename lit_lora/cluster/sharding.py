@@ -27,6 +27,7 @@ from typing import Any, Optional
 import torch
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+from lit_lora.cluster.fsdp_units import fsdp_root
 from lit_lora.cluster.lightning_compat import attached_trainer
 
 
@@ -91,12 +92,7 @@ def gathered_state_dict(module) -> Optional[dict[str, torch.Tensor]]:
     """Full state dict of ``module.model`` under ZeRO-3 / FSDP (collective: call on all ranks), else ``None``."""
     if is_zero3_partitioned(module.model):
         return _zero3_state_dict(module.model, trainable_only=module.is_peft)
-    trainer = attached_trainer(module)
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if trainer is not None and isinstance(trainer.strategy, FSDPStrategy):
-        return _fsdp_state_dict(module)
-    return None
+    return _fsdp_state_dict(module) if fsdp_root(module) is not None else None
 
 
 # ---- FSDP auto-wrap policy -----------------------------------------------------------------------

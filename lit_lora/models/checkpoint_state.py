@@ -17,9 +17,11 @@ import logging
 
 import torch
 
+from lit_lora.cluster.sharding import FSDP_SEGMENT
+
 log = logging.getLogger("lit_lora")
 
-WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # FSDP units, activation checkpointing
+WRAPPER_SEGMENTS = (FSDP_SEGMENT, "_checkpoint_wrapped_module.")  # FSDP units, activation checkpointing
 
 
 def state_name(parameter_name: str) -> str:
