@@ -95,6 +95,21 @@ def assert_merged_equals_the_adapter(adapter_dir: Path, merged_dir: Path) -> Non
         assert torch.allclose(merged(ids).logits, peft_model(ids).logits, atol=1e-4)
 
 
+def test_info_lines_come_from_rank_zero_only_and_warnings_from_every_rank(monkeypatch):
+    import logging
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from lit_lora.commands import InfoFromRankZero
+
+    def shown(level: int, rank: int) -> bool:
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        return InfoFromRankZero().filter(logging.LogRecord("lit_lora", level, __file__, 1, "message", None, None))
+
+    assert shown(logging.INFO, 0) and not shown(logging.INFO, 1)
+    assert shown(logging.WARNING, 1) and shown(logging.ERROR, 3)
+
+
 def test_perplexity_is_printed_readably_however_large():
     from lit_lora.console import perplexity_text
 

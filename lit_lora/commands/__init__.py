@@ -73,13 +73,26 @@ def usage() -> str:
 
 
 def configure_logging() -> None:
-    """``lit_lora`` log records at INFO to stderr, as bare messages."""
+    """``lit_lora`` log records at INFO to stderr, as bare messages; info from rank 0 only."""
     logger = logging.getLogger("lit_lora")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(InfoFromRankZero())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+
+
+class InfoFromRankZero(logging.Filter):
+    """Every rank runs the same code and would print each info line once per rank: the other ranks print only
+    warnings and errors. The rank is Lightning's (environment at start, the strategy's once it is set up)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        return getattr(rank_zero_only, "rank", 0) == 0
 
 
 BOOLEANS = ("true", "false", "yes", "no", "1", "0", "on", "off")

@@ -27,7 +27,7 @@ from lit_lora.data.contract import (TRAINING_SPLIT_KEYS, DataContract, declared_
                                     declared_packing_refusal)
 from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
 from lit_lora.data.file_errors import DataFileError
-from lit_lora.data.packing import packed_train_loader, packing_summary
+from lit_lora.data.packing import packed_train_loader, packing_summary, size_deepspeed_micro_batches
 from lit_lora.data.resumable import train_loader, training_rows
 from lit_lora.data.sources import load_rows, take_subset
 from lit_lora.model_source import resolve_model_path
@@ -283,6 +283,8 @@ class TextDataModule(L.LightningDataModule):
         return {"input_ids": [], "attention_mask": [], "labels": []}
 
     def setup(self, stage: Optional[str] = None) -> None:
+        if self.packing:
+            size_deepspeed_micro_batches(self.trainer, self.sequences_per_batch)
         if self.datasets:
             return
         if self.packing:

@@ -144,3 +144,15 @@ def packed_train_loader(dataset: Any, lengths: Sequence[int], max_length: int, s
                             seed=seed)
     return train_loader(PackedRows(dataset), None, seed, trainer, sampler=sampler, collate_fn=collate_fn,
                         num_workers=num_workers)
+
+
+def size_deepspeed_micro_batches(trainer: Optional[Any], sequences_per_batch: int) -> None:
+    """Give a DeepSpeed strategy its ``train_micro_batch_size_per_gpu`` (DeepSpeed's throughput log) as the packed
+    sequences per batch: Lightning otherwise reads the training loader's ``batch_sampler.batch_size``, and a loader
+    of whole packed batches has no batch sampler (setting up stopped inside Lightning). A value the user's
+    DeepSpeed config sets wins."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = getattr(trainer, "strategy", None)
+    if isinstance(strategy, DeepSpeedStrategy) and isinstance(strategy.config, dict):
+        strategy.config.setdefault("train_micro_batch_size_per_gpu", sequences_per_batch)
