@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The full test run: CPU tests, then the SLURM suite on a local cluster when it can be started here.
+# --durations 25: the slowest tests are listed at the end, to keep the run near 30 minutes
 #   PY=.venv/bin/python bash scripts/test.sh [pytest arguments …]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +11,4 @@ export PATH
 if [ -x .ci/slurm_up.sh ] && [ "${LIT_LORA_SKIP_SLURM:-0}" != 1 ]; then
   bash .ci/slurm_up.sh
 fi
-"$PY" -m pytest -q --timeout 900 -p no:cacheprovider "$@"
+"$PY" -m pytest -q --timeout 900 --durations 25 -p no:cacheprovider "$@"
