@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full test run: CPU tests, then the SLURM suite on a local cluster when it can be started here.
-# --durations 25: the slowest tests are listed at the end, to keep the run near 30 minutes
 #   PY=.venv/bin/python bash scripts/test.sh [pytest arguments …]
+# --durations 25: the slowest tests are listed at the end, to keep the run near 30 minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
