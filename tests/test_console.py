@@ -100,14 +100,17 @@ def test_info_lines_come_from_rank_zero_only_and_warnings_from_every_rank(monkey
 
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from lit_lora.commands import InfoFromRankZero
+    from lit_lora.verbosity import EVERY_RANK, InfoFromRankZero
 
-    def shown(level: int, rank: int) -> bool:
+    def shown(level: int, rank: int, extra: dict = {}) -> bool:
         monkeypatch.setattr(rank_zero_only, "rank", rank)
-        return InfoFromRankZero().filter(logging.LogRecord("lit_lora", level, __file__, 1, "message", None, None))
+        record = logging.LogRecord("lit_lora", level, __file__, 1, "message", None, None)
+        record.__dict__.update(extra)
+        return InfoFromRankZero().filter(record)
 
     assert shown(logging.INFO, 0) and not shown(logging.INFO, 1)
     assert shown(logging.WARNING, 1) and shown(logging.ERROR, 3)
+    assert shown(logging.INFO, 1, EVERY_RANK)  # a line about the rank's own share
 
 
 def test_perplexity_is_printed_readably_however_large():

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-from lit_lora.verbosity import VERBOSE_ENV, verbose
+from lit_lora.verbosity import VERBOSE_ENV, InfoFromRankZero, verbose
 
 
 @dataclass(frozen=True)
@@ -81,18 +81,6 @@ def configure_logging() -> None:
         handler.addFilter(InfoFromRankZero())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-
-
-class InfoFromRankZero(logging.Filter):
-    """Every rank runs the same code and would print each info line once per rank: the other ranks print only
-    warnings and errors. The rank is Lightning's (environment at start, the strategy's once it is set up)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-        return getattr(rank_zero_only, "rank", 0) == 0
 
 
 BOOLEANS = ("true", "false", "yes", "no", "1", "0", "on", "off")

@@ -31,6 +31,7 @@ from lit_lora.data.packing import packed_train_loader, packing_summary, size_dee
 from lit_lora.data.resumable import train_loader, training_rows
 from lit_lora.data.sources import load_rows, take_subset
 from lit_lora.model_source import resolve_model_path
+from lit_lora.verbosity import EVERY_RANK
 
 log = logging.getLogger("lit_lora")
 
@@ -267,7 +268,7 @@ class TextDataModule(L.LightningDataModule):
         log.info("[lit-lora] %s: kept %d of %d rows%s%s", split, len(encoded), len(dataset),
                  f"; dropped {sum(reasons.values())} ({detail})" if reasons else "",
                  f"; {truncated} kept rows cut at max_length={self.max_length} ({self.truncation})"
-                 if truncated else "")
+                 if truncated else "", extra=EVERY_RANK)  # each rank reads the files itself (on its own node)
         if len(encoded) == 0:
             raise DataFileError(f"{where}: every row was dropped ({detail})")
         return encoded.remove_columns(["_drop", "_truncated"])

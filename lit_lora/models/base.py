@@ -42,6 +42,7 @@ from lit_lora.cluster.fsdp_units import clip_fsdp_grad_norm, root_unit_gathered
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init, partitioned_loading, partitioned_share, zero3_config
 from lit_lora.optim import OptimizerSettings, build_optimizer, continue_schedule
+from lit_lora.verbosity import EVERY_RANK
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class FineTuneModule(L.LightningModule):
         if sharded:
             held, total = partitioned_share(self.model)
             log.info("[lit-lora] ZeRO-3: rank %d loaded %s of %s base weights (its partition)",
-                     self.global_rank, f"{held:,}", f"{total:,}")
+                     self.global_rank, f"{held:,}", f"{total:,}", extra=EVERY_RANK)
 
     def _build_model(self, model: torch.nn.Module) -> None:
         self.model = builder.adapt(self, model)
