@@ -291,3 +291,24 @@ def test_an_epoch_of_packed_batches_shorter_than_one_accumulation_window_counts_
     rows = [r for r in metrics_rows(metrics_dir(tmp_path / "run")) if r.get("train_loss")]
     assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(0, 0), (1, 1)], rows
     assert all(math.isfinite(float(r["train_loss"])) for r in rows)
+
+
+def test_zero3_saves_a_p_tuning_prompt_computed_on_every_rank(tiny_model, lit_lora, tmp_path):
+    """peft saves a p-tuning prompt by running its prompt encoder, whose weights ZeRO-3 partitions: run on rank 0
+    alone, that forward waited for the other rank's shards and the first checkpoint hung. Every rank now computes
+    the prompt before rank 0 writes it: the run ends and its adapter holds the whole prompt."""
+    from safetensors.torch import load_file
+
+    lit_lora("fit", "--config", str(CONFIGS / "tutorials" / "nli_roberta_lora.yaml"),
+             "--config", str(CONFIGS / "strategies" / "deepspeed_zero3.yaml"),
+             "--model.init_args.model_name_or_path", tiny_model("roberta"),
+             "--model.init_args.adapter", "lit_lora.adapters.PTuning",
+             "--model.init_args.adapter.init_args.num_virtual_tokens", "4",
+             "--model.init_args.adapter.init_args.encoder_hidden_size", "16", "--data.init_args.batch_size", "4",
+             "--trainer.devices", "2", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+             "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path, device="cpu")
+    saved = load_file(metrics_dir(tmp_path / "run") / "adapter" / "adapter_model.safetensors")
+    prompt = saved["prompt_embeddings"]
+    hidden = json.loads((Path(tiny_model("roberta")) / "config.json").read_text())["hidden_size"]
+    assert prompt.shape == (4, hidden) and torch.isfinite(prompt).all() and prompt.abs().sum() > 0, prompt

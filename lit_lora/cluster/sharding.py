@@ -43,6 +43,28 @@ def is_zero3_partitioned(model: torch.nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
+@contextlib.contextmanager
+def zero3_prompt_embeddings(model: torch.nn.Module):
+    """Under ZeRO-3, compute a prompt-learning adapter's prompt embeddings on every rank before rank 0 saves.
+
+    peft's ``save_pretrained`` saves p-tuning / prefix tuning prompts by running the prompt encoder
+    (``get_prompt_embedding_to_save``). Its weights are partitioned, so on rank 0 alone that forward waits for
+    the other ranks' shards forever (the first checkpoint of a p-tuning run under ZeRO-3 hung). Inside the block
+    the save reads the embeddings every rank computed together. A collective: call it on every rank.
+    """
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+    if config is None or not config.is_prompt_learning or not is_zero3_partitioned(model):
+        yield
+        return
+    with torch.no_grad():
+        embeddings = {name: model.get_prompt_embedding_to_save(adapter_name=name) for name in model.prompt_encoder}
+    model.get_prompt_embedding_to_save = lambda adapter_name: embeddings[adapter_name]
+    try:
+        yield
+    finally:
+        del model.get_prompt_embedding_to_save
+
+
 def _zero3_state_dict(model: torch.nn.Module, trainable_only: bool) -> dict[str, torch.Tensor]:
     """Gather partitioned parameters (only the trainable ones for an adapter) and copy them to the CPU."""
     import deepspeed

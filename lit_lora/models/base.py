@@ -362,11 +362,12 @@ class FineTuneModule(L.LightningModule):
         Call it on every rank: under ZeRO-3 / FSDP the weights are gathered first (a collective),
         then global rank 0 writes, so the saved adapter is complete rather than empty shards.
         """
-        from lit_lora.cluster.sharding import gathered_state_dict
+        from lit_lora.cluster.sharding import gathered_state_dict, zero3_prompt_embeddings
 
         out = Path(out_dir)
         state_dict = gathered_state_dict(self)
-        with root_unit_gathered(self):  # FSDP: peft runs a p-tuning prompt encoder (root unit) to save its prompt
+        # peft runs a p-tuning prompt encoder to save its prompt: the FSDP root unit's / ZeRO-3's weights, gathered
+        with root_unit_gathered(self), zero3_prompt_embeddings(self.model):
             if self._writes_files():
                 self._write_pretrained(out, state_dict)
         return out
