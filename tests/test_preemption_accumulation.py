@@ -116,3 +116,23 @@ def test_only_a_strategy_that_accumulates_itself_is_stopped_by_an_epoch_cut_insi
     assert partial_window_problem(7, 4, strategy_accumulates=False) == ""  # Lightning steps at the epoch's end
     assert partial_window_problem(8, 4, strategy_accumulates=True) == ""
     assert partial_window_problem(float("inf"), 4, strategy_accumulates=True) == ""  # an iterable of unknown length
+
+
+def test_an_epoch_cut_inside_a_window_by_a_loader_that_does_not_pad_names_the_loader():
+    """A user's own loader (not lit-lora's, which pads its epochs to whole windows) is what the message blames,
+    unless ``limit_train_batches`` cut the epoch."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader
+
+    from lit_lora.cluster.step_aligned import _unpadded_loader, partial_window_problem
+    from lit_lora.data.resumable import ResumableDataLoader
+
+    own, padded = DataLoader(list(range(7))), ResumableDataLoader(list(range(7)), batch_size=1)
+    assert _unpadded_loader(SimpleNamespace(limit_train_batches=1.0, train_dataloader=own)) == "DataLoader"
+    assert _unpadded_loader(SimpleNamespace(limit_train_batches=None, train_dataloader=[padded, own])) == "DataLoader"
+    assert _unpadded_loader(SimpleNamespace(limit_train_batches=1.0, train_dataloader=padded)) == ""
+    assert _unpadded_loader(SimpleNamespace(limit_train_batches=7, train_dataloader=own)) == ""
+    problem = partial_window_problem(7, 4, strategy_accumulates=True, loader="DataLoader")
+    assert problem.startswith("the training loader (DataLoader) gives each epoch 7 micro-batches per rank")
+    assert "limit_train_batches" not in problem and "a multiple of 4" in problem

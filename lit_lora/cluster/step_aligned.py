@@ -10,7 +10,8 @@ progress and the ``ResumableDataLoader``'s) back to the window's start, so the r
 again and takes the same step. ``lit-lora`` adds it to every Trainer it builds (``cluster/runtime.py``), with
 ``PartialWindowCheck``: under DeepSpeed, which accumulates gradients itself and cannot end a step early, the
 training loader pads every epoch to whole windows (``lit_lora.data.resumable.unlabelled_tail``), and an epoch
-that ``limit_train_batches`` cuts inside a window stops at the start of training with the numbers and the fix::
+that ``limit_train_batches`` or a loader that does not pad (a datamodule of the user's own) cuts inside a window
+stops at the start of training with the numbers, the culprit and the fix::
 
     >>> micro_batches_past_step(ready=9, accumulate=2, epoch_batches=12)   # batch 9 (of 0-11) began step 5
     1
@@ -71,17 +72,24 @@ class StepAlignedCheckpoints(Callback):
                      "" if partial == 1 else "es", "it" if partial == 1 else "them")
 
 
-def partial_window_problem(batches: float, accumulate: int, strategy_accumulates: bool) -> str:
+def partial_window_problem(batches: float, accumulate: int, strategy_accumulates: bool,
+                           loader: str = "") -> str:
     """Why an epoch of ``batches`` micro-batches per rank would put the strategy's steps out of step with
-    Lightning's ('' when it does not)."""
+    Lightning's ('' when it does not). ``loader``: the training loader's class when it is not lit-lora's
+    ``ResumableDataLoader`` (which pads its epochs to whole windows, so only ``limit_train_batches`` can cut one)."""
     if not strategy_accumulates or accumulate <= 1 or math.isinf(batches) or batches % accumulate == 0:
         return ""
     below = int(batches) - int(batches) % accumulate
+    why = ("DeepSpeed accumulates gradients itself and cannot end a step early, so its optimizer steps would drift "
+           "from Lightning's (LR schedule, logged steps, checkpoints)")
+    if loader:
+        return (f"the training loader ({loader}) gives each epoch {int(batches)} micro-batches per rank, not a "
+                f"whole number of trainer.accumulate_grad_batches={accumulate} windows: {why}; fix: a loader whose "
+                f"length per rank is a multiple of {accumulate} (lit-lora's datamodules pad their epochs to whole "
+                "windows), or a strategy that is not DeepSpeed")
     return (f"trainer.limit_train_batches gives each epoch {int(batches)} micro-batches per rank, not a whole "
-            f"number of trainer.accumulate_grad_batches={accumulate} windows: DeepSpeed accumulates gradients "
-            "itself and cannot end a step early, so its optimizer steps would drift from Lightning's (LR schedule, "
-            f"logged steps, checkpoints); fix: trainer.limit_train_batches: {below or accumulate} (a multiple of "
-            f"{accumulate})")
+            f"number of trainer.accumulate_grad_batches={accumulate} windows: {why}; fix: "
+            f"trainer.limit_train_batches: {below or accumulate} (a multiple of {accumulate})")
 
 
 class PartialWindowCheck(Callback):
@@ -90,6 +98,20 @@ class PartialWindowCheck(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         problem = partial_window_problem(trainer.num_training_batches, trainer.accumulate_grad_batches,
-                                         bool(getattr(trainer.strategy, "handles_gradient_accumulation", False)))
+                                         bool(getattr(trainer.strategy, "handles_gradient_accumulation", False)),
+                                         loader=_unpadded_loader(trainer))
         if problem:
             raise IncompatibleConfig(problem)
+
+
+def _unpadded_loader(trainer) -> str:
+    """The training loader's class name when it is not one that pads its epochs (and ``limit_train_batches`` is
+    not what cut the epoch), else ''."""
+    limit = trainer.limit_train_batches
+    if limit is not None and limit != 1.0:
+        return ""
+    loaders = trainer.train_dataloader
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    odd = [type(loader).__name__ for loader in loaders
+           if loader is not None and not hasattr(loader, "window_padding")]  # ResumableDataLoader's
+    return ", ".join(odd)
