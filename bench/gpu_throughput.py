@@ -15,6 +15,8 @@ in its own process with ``bench/lit_probe.py``:
     lora_bf16    LoRA r=16 alpha 32 on all linear layers, bf16 base weights, bf16-mixed, no gradient checkpointing
     qlora_nf4    QLoRA: NF4 4-bit base with double quant, bf16 compute, the same LoRA, gradient checkpointing
                  (QLoRA's default)
+    lora_bf16_compile  lora_bf16 with --model.init_args.compile true (only when named in --variants: the
+                 compile is timed out of the window by --warmup, but it costs the lease minutes)
 
 both at sequence length 2048 with packing (``--data.init_args.packing true``, 4 packed sequences = 8192 token slots
 per step) when the CLI accepts it, else 4 rows per batch padded to the longest (far fewer tokens per step; the
@@ -55,7 +57,8 @@ LLAMA3 = "meta-llama/Meta-Llama-3-8B"
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12),  # before the generic names
              ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("GH200", 989e12),
              ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12)]
-VARIANTS = ("lora_bf16", "qlora_nf4")
+VARIANTS = ("lora_bf16", "qlora_nf4", "lora_bf16_compile")
+DEFAULT_VARIANTS = ("lora_bf16", "qlora_nf4")  # what bench/gpu.sh runs; the compile one takes minutes to compile
 LORA = ["--model.init_args.adapter.init_args.r", "16", "--model.init_args.adapter.init_args.alpha", "32",
         "--model.init_args.adapter.init_args.dropout", "0.0",
         "--model.init_args.adapter.init_args.target_modules", "all-linear"]
@@ -174,6 +177,8 @@ def config_args(variant: str, model: Path, data: Path, packing: bool, steps: int
                  "--model.init_args.adapter.init_args.compute_dtype", "bfloat16"]
     else:
         args += LORA
+    if variant == "lora_bf16_compile":
+        args += ["--model.init_args.compile", "true"]
     return args
 
 
@@ -321,7 +326,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=8, help="decoder layers of Llama-3-8B's 32 (default 8)")
     parser.add_argument("--steps", type=int, default=15, help="optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the timed window")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {VARIANTS}")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, of {VARIANTS}")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: by GPU)")
     parser.add_argument("--budget-s", type=float, default=420, help="seconds this script may take in all")
     parser.add_argument("--work", type=Path, default=None,

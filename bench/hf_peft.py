@@ -19,6 +19,8 @@
 ``--bf16``: bfloat16 mixed precision, as ``--trainer.precision bf16-mixed`` is in lit-lora: the Trainer's
 ``bf16=True`` (``torch.autocast``), and ``torch.autocast(device, torch.bfloat16)`` around the plain loop's forward.
 ``--dtype bfloat16``: the frozen base weights loaded in bfloat16, as lit-lora's ``--model.init_args.dtype bfloat16``.
+``--compile``: the Trainer's ``torch_compile=True`` (it compiles the whole model), against lit-lora's
+``--model.init_args.compile true``.
 
 Rows are tokenised by lit-lora's own ``InstructionDataModule`` (same split, tokens and labels as ``lit-lora fit``);
 measurement is ``bench/measure.py``'s, written to ``$BENCH_RESULT``.
@@ -111,7 +113,7 @@ def run_trainer(kind: str, args, meter: StepMeter) -> dict:
         output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         report_to=[], save_strategy="no", logging_steps=1, dataloader_num_workers=0, use_cpu=args.device == "cpu",
-        bf16=args.bf16, seed=args.seed, **sampling_kwargs(kind == "hf_grouped"))
+        bf16=args.bf16, torch_compile=args.compile, seed=args.seed, **sampling_kwargs(kind == "hf_grouped"))
     trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collate,
                       processing_class=tokenizer, callbacks=[Probe()])
     trainer.train()
@@ -188,6 +190,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (autocast)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="base weights' dtype")
+    parser.add_argument("--compile", action="store_true", help="the Trainer's torch_compile=True (Trainer kinds)")
     parser.add_argument("--output-dir", default="hf-bench-output", help="Trainer output_dir (nothing is saved)")
     args = parser.parse_args(argv)
     meter = StepMeter(args.steps, cuda=args.device.startswith("cuda"))

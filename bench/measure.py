@@ -11,7 +11,8 @@ A contender calls ``StepMeter.step_begin`` once its step's batch is in hand (bef
 * ``launch_to_step1_s``: wall time from the process launch (``$BENCH_LAUNCH_TIME``, set by the parent right
   before it starts the process) to the end of the first optimizer step, and ``launch_to_step1_start_s`` to its
   start (imports, data and model set-up: what a tool costs before it computes anything; the first step's own
-  work depends on its batch, e.g. length grouping puts the longest batch first);
+  work depends on its batch, e.g. length grouping puts the longest batch first); ``launch_to_end_s`` to the end of
+  the last step (the whole run as its user waits for it, one-off costs such as ``torch.compile``'s included);
 * ``loss``: the training loss at steps 1, 10 and the last step, as the tool itself reports it;
 * on CUDA, ``cuda_peak_allocated_gib`` / ``cuda_peak_reserved_gib`` (``torch.cuda.max_memory_*``).
 
@@ -102,6 +103,7 @@ class StepMeter:
         self.window_end: Optional[float] = None
         self.step1_start: Optional[float] = None
         self.step1_end: Optional[float] = None
+        self.last_end: Optional[float] = None
         self.steps_done = 0
 
     def _sync(self) -> None:
@@ -129,6 +131,7 @@ class StepMeter:
         if step == self.total_steps:
             self._sync()
             self.window_end = time.perf_counter()
+            self.last_end = time.time()
 
     def record_loss(self, step: int, loss: Any) -> None:
         """A loss reported after ``step_end`` (e.g. by a logging hook)."""
@@ -155,6 +158,7 @@ class StepMeter:
             "peak_rss_mib": peak_rss_mib(),
             "launch_to_step1_s": self.step1_end - launched if self.step1_end and launched else None,
             "launch_to_step1_start_s": self.step1_start - launched if self.step1_start and launched else None,
+            "launch_to_end_s": self.last_end - launched if self.last_end and launched else None,
             "loss": {str(s): as_float(v) for s, v in sorted(self.losses.items())},
         }
         if self.cuda:

@@ -24,6 +24,8 @@ the same training split (lit-lora's tokenisation of it):
     lit-lora bf16 weights the same with the frozen base weights stored in bfloat16 (--model.init_args.dtype)
     HF grouped bf16       HF grouped with bf16=True; plain grouped bf16: plain grouped under torch.autocast bf16
     HF grouped bf16 weights  HF grouped bf16 with the base weights loaded in bfloat16
+    lit-lora compile      the default with --model.init_args.compile true (torch.compile on the transformer layers)
+    HF grouped compile    HF grouped with torch_compile=True (the Trainer compiles the whole model)
 
 Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
 process measures itself (``bench/measure.py``): real tokens/s from the start of step 2 to the end of the last
@@ -80,6 +82,8 @@ CONTENDERS = (
     Contender("HF grouped bf16", "hf_grouped", ("--bf16",)),
     Contender("HF grouped bf16 weights", "hf_grouped", ("--bf16", "--dtype", "bfloat16")),
     Contender("plain grouped bf16", "plain_grouped", ("--bf16",)),
+    Contender("lit-lora compile", "lit", ("--model.init_args.compile", "true")),
+    Contender("HF grouped compile", "hf_grouped", ("--compile",)),
 )
 
 
@@ -94,6 +98,7 @@ class Settings:
     lr: float = 3e-4
     seed: int = 42
     timeout: int = 3600
+    warmup_steps: int = 1  # steps before the tokens/s window (bench/measure.py)
 
 
 # ---- setup --------------------------------------------------------------------------------------------
@@ -199,7 +204,8 @@ def run_contender(contender: Contender, settings: Settings, round_index: int) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / "result.json"
     env = child_env(settings.work)
-    env.update(BENCH_RESULT=str(result_path), BENCH_LAUNCH_TIME=repr(time.time()))
+    env.update(BENCH_RESULT=str(result_path), BENCH_LAUNCH_TIME=repr(time.time()),
+               BENCH_WARMUP_STEPS=str(settings.warmup_steps))
     try:
         done = subprocess.run(command(contender, settings, run_dir), cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=settings.timeout)
@@ -225,8 +231,8 @@ def loss_cells(result: dict, steps: int) -> list[str]:
     return [fmt(loss.get(str(s)), ".4f") for s in (1, 10, steps)]
 
 
-HEADER = ["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "launch→step1 start s", "loss@1",
-          "loss@10", "loss@last", "step-1 tokens"]
+HEADER = ["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "launch→step1 start s",
+          "launch→end s", "loss@1", "loss@10", "loss@last", "step-1 tokens"]
 
 
 def round_table(results: dict[str, dict], order: list[str], steps: int) -> str:
@@ -238,7 +244,8 @@ def round_table(results: dict[str, dict], order: list[str], steps: int) -> str:
             continue
         rows.append([name, fmt(r.get("tokens_per_s"), ".0f"), fmt(r.get("padding"), ".1%"),
                      fmt(r.get("peak_rss_mib"), ".0f"), fmt(r.get("launch_to_step1_s"), ".1f"),
-                     fmt(r.get("launch_to_step1_start_s"), ".1f"), *loss_cells(r, steps),
+                     fmt(r.get("launch_to_step1_start_s"), ".1f"), fmt(r.get("launch_to_end_s"), ".1f"),
+                     *loss_cells(r, steps),
                      fmt(r.get("step1_tokens"), "d")])
     return table(rows)
 
@@ -250,7 +257,7 @@ def median_of(values: list) -> Optional[float]:
 
 def summary_table(rounds: list[dict[str, dict]], names: list[str]) -> str:
     rows = [["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "launch→step1 start s",
-             f"tokens/s ÷ {REFERENCE}", "rounds"]]
+             "launch→end s", f"tokens/s ÷ {REFERENCE}", "rounds"]]
     for name in names:
         ok = [r[name] for r in rounds if name in r and "error" not in r[name]]
         ratios = [r[name]["tokens_per_s"] / r[REFERENCE]["tokens_per_s"] for r in rounds
@@ -261,6 +268,7 @@ def summary_table(rounds: list[dict[str, dict]], names: list[str]) -> str:
                      fmt(median_of([x.get("peak_rss_mib") for x in ok]), ".0f"),
                      fmt(median_of([x.get("launch_to_step1_s") for x in ok]), ".1f"),
                      fmt(median_of([x.get("launch_to_step1_start_s") for x in ok]), ".1f"),
+                     fmt(median_of([x.get("launch_to_end_s") for x in ok]), ".1f"),
                      fmt(median_of(ratios), ".2f"), str(len(ok))])
     return table(rows)
 
@@ -285,6 +293,15 @@ TARGETS = (
     ("lit-lora default ÷ HF default, tokens/s (target ≥ 2.0)", ("lit-lora",), ("HF",), "tokens_per_s"),
     ("lit-lora best ÷ HF best, both float32, tokens/s (target ≥ 1.2)", ("lit-lora", "lit-lora packing"),
      ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
+    ("lit-lora best ÷ HF best, both float32, torch.compile included, tokens/s",
+     ("lit-lora", "lit-lora packing", "lit-lora compile"), ("HF", "HF grouped", "HF flatten", "HF grouped compile"),
+     "tokens_per_s"),
+    ("lit-lora compile ÷ HF grouped compile (same setting), tokens/s", ("lit-lora compile",), ("HF grouped compile",),
+     "tokens_per_s"),
+    ("lit-lora compile ÷ lit-lora (torch.compile ÷ eager), tokens/s", ("lit-lora compile",), ("lit-lora",),
+     "tokens_per_s"),
+    ("lit-lora compile ÷ lit-lora, launch→end (the whole run, compiling included)", ("lit-lora compile",),
+     ("lit-lora",), "launch_to_end_s"),
     ("lit-lora best bf16 ÷ HF best float32, tokens/s (target ≥ 1.2)", ("lit-lora bf16", "lit-lora bf16 weights"),
      ("HF", "HF grouped", "HF flatten"), "tokens_per_s"),
     ("lit-lora best ÷ HF best, any precision, tokens/s", ("lit-lora", "lit-lora packing", "lit-lora bf16",
@@ -330,6 +347,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                              "unpacked contender trains on every row once, so the length-grouped ones time the same "
                              "rows in different batches")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick 1)")
+    parser.add_argument("--warmup-steps", type=int, default=1,
+                        help="steps left out of the tokens/s window (default 1: timed from step 2); more leaves "
+                             "one-off costs such as torch.compile's out (launch→end still has them)")
     parser.add_argument("--hidden", type=int, default=None, help="model hidden size (default 512; --quick 64)")
     parser.add_argument("--layers", type=int, default=None,
                         help="model layers (default 9: 29.6M parameters; --quick 2)")
@@ -379,12 +399,15 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     model, params = build_model(rows, work / "model", args.hidden, args.layers, args.vocab_size)
     print(f"model: random-init LlamaForCausalLM, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab_size}:"
           f" {params / 1e6:.1f}M parameters -> {model}", flush=True)
-    settings = Settings(model=model, data=data, work=work, steps=args.steps, timeout=args.timeout)
+    settings = Settings(model=model, data=data, work=work, steps=args.steps, timeout=args.timeout,
+                        warmup_steps=args.warmup_steps)
     described, train_rows = warm_tokenisation(settings)
     print(f"tokenised: {described}", flush=True)
     if args.epoch:
         args.steps = settings.steps = -(-train_rows // settings.batch_size)
         print(f"--epoch: {args.steps} steps, every training row once (packing covers it in fewer and goes on)")
+    if not 0 <= args.warmup_steps < args.steps:
+        sys.exit(f"--warmup-steps {args.warmup_steps} leaves no timed step of {args.steps}")
     contenders = chosen_contenders(args.only)
     if any(c.tool == "lit" for c in contenders):
         warm_lit_lora(settings)
@@ -393,7 +416,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         contenders = [c for c in contenders if c.name != "lit-lora packing"]
     print(f"settings: {args.steps} steps, batch {settings.batch_size}, max_length {settings.max_length}, "
           f"lr {settings.lr} constant, LoRA r=16 alpha 32 dropout 0 all-linear, grad clip 1.0, seed {settings.seed}; "
-          f"tokens/s timed from the start of step 2 to the end of step {args.steps}; {args.rounds} round(s)",
+          f"tokens/s timed from the start of step {args.warmup_steps + 1} to the end of step {args.steps}; "
+          f"{args.rounds} round(s)",
           flush=True)
     names = [c.name for c in contenders]
     rounds: list[dict[str, dict]] = []

@@ -7,7 +7,7 @@ adapter and optimizer settings whatever the config and command line say. ``fit``
 ``config.yaml`` then records). ``validate`` / ``test`` need the checkpoint's architecture
 to load its weights: they go on and log what was replaced. Every other model setting says how to run, not
 what was trained (``dtype``, ``attn_implementation``, ``gradient_checkpointing`` and QLoRA's default for it,
-``label_only_loss``, ``evaluation.*``): there the config's value is kept, and each one that differs from the
+``label_only_loss``, ``compile``, ``evaluation.*``): there the config's value is kept, and each one that differs from the
 checkpoint's is logged (``keep_run_settings``). Trainer and data settings are not compared here (``max_steps`` is meant to
 change on a resume: the learning-rate schedule follows it, ``optim.continue_schedule``; the train loader
 refuses another batch size, order or data seed mid-epoch, ``data/resumable.py``)::

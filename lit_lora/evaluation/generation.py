@@ -194,9 +194,10 @@ def generate_batch(model, tokenizer, rows: list[list[int]], settings: Generation
     """One ``generate`` call on tokenised prompts, padded to the longest; the decoded answers in row order."""
     input_ids, attention_mask = padded(rows, tokenizer.pad_token_id, left=not encoder_decoder,
                                        device=next(model.parameters()).device)  # (batch, prompt_len)
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                         generation_config=settings.generation_config(tokenizer),
-                         synced_gpus=True if needs_synced_steps(model) else None)  # None: transformers decides (FSDP)
+    with torch.compiler.set_stance("force_eager"):  # compiled layers (compile: true) would recompile every step
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                             generation_config=settings.generation_config(tokenizer),
+                             synced_gpus=True if needs_synced_steps(model) else None)  # None: transformers decides
     new_tokens = out if encoder_decoder else out[:, input_ids.shape[1]:]  # (batch, new_len)
     results = []
     for row in new_tokens.tolist():

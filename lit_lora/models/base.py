@@ -34,6 +34,7 @@ from lit_lora.data.contract import DataContract, contract_of
 from lit_lora.evaluation.evaluators import Evaluator, LossEvaluator
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models import builder, checkpoint_state
+from lit_lora.models.compiled_layers import compile_layers
 from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
 from lit_lora.models.packing_support import flattens, model_packing_refusal
 from lit_lora.token_loss import label_count, step_label_count, summed_loss
@@ -67,6 +68,8 @@ class FineTuneModule(L.LightningModule):
             computed chunk by chunk (``models/label_only_loss.py``): no ``[tokens, vocab]`` logits are kept. Same
             loss and gradients as full logits; causal LMs only (other heads always use full logits).
         label_only_chunk: Positions per chunk of the label-only head; ``None`` sizes chunks to the vocabulary.
+        compile: ``torch.compile`` the transformer layers (``models/compiled_layers.py``): faster steps once the
+            first ones have compiled; one device or DDP.
         tokenizer: Set by the CLI from the datamodule (``link_arguments``), and by ``connect`` from the data
             contract; not a YAML key.
     """
@@ -88,6 +91,7 @@ class FineTuneModule(L.LightningModule):
         gradient_checkpointing: Optional[bool] = None,
         label_only_loss: bool = True,
         label_only_chunk: Optional[int] = None,
+        compile: bool = False,
         tokenizer: Any = None,
     ):
         super().__init__()
@@ -104,6 +108,7 @@ class FineTuneModule(L.LightningModule):
             raise ValueError(f"label_only_chunk must be a positive number of positions, got {label_only_chunk}")
         self.label_only_loss = label_only_loss
         self.label_only_chunk = label_only_chunk
+        self.compile_layers = compile
         self.tokenizer = tokenizer
         self.data_contract: Optional[DataContract] = None  # what the data decided; set by connect
         self.model: Optional[torch.nn.Module] = None
@@ -175,6 +180,9 @@ class FineTuneModule(L.LightningModule):
 
     def _build_model(self, model: torch.nn.Module) -> None:
         self.model = builder.adapt(self, model)
+        if self.compile_layers:
+            trainer = attached_trainer(self)
+            compile_layers(self.model, type(trainer.strategy).__name__ if trainer is not None else "")
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as they are
         self.parameter_counts = parameter_report(self.model)
 
@@ -369,22 +377,8 @@ class FineTuneModule(L.LightningModule):
         # peft runs a p-tuning prompt encoder to save its prompt: the FSDP root unit's / ZeRO-3's weights, gathered
         with root_unit_gathered(self), zero3_prompt_embeddings(self.model):
             if self._writes_files():
-                self._write_pretrained(out, state_dict)
+                checkpoint_state.write_pretrained(self.model, out, state_dict, self.is_peft, self.tokenizer)
         return out
-
-    def _write_pretrained(self, out: Path, state_dict: Optional[dict]) -> None:
-        from lit_lora.cluster.sharding import peft_keyed, without_fsdp_names
-
-        out.mkdir(parents=True, exist_ok=True)
-        if state_dict is None:
-            self.model.save_pretrained(out)
-        elif self.is_peft:  # keys as peft finds them in the (FSDP-wrapped) model, then without the wrapper
-            self.model.save_pretrained(out, state_dict=peft_keyed(self.model, state_dict))
-            without_fsdp_names(out)
-        else:
-            self.model.save_pretrained(out, state_dict=state_dict)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(out)
 
     def _writes_files(self) -> bool:
         """Global rank 0 writes: the trainer's rank, else the process group's (a module driven outside Lightning)."""

@@ -69,3 +69,20 @@ def check_loaded(checkpoint: dict, keep: set[str], method: str, data_settings: d
         detail = ", ".join(f"{k}: trained with {a!r}, now {b!r}" for k, (a, b) in changed.items())
         log.warning("[lit-lora] the data settings differ from the ones this checkpoint was trained with (%s): "
                     "the train-overlap check sees today's training split, not the checkpoint's", detail)
+
+
+def write_pretrained(model, out, state_dict, is_peft: bool, tokenizer=None) -> None:
+    """``save_pretrained`` of the model (``state_dict``: the gathered weights under ZeRO-3 / FSDP, ``None``:
+    its own) and of the tokenizer into ``out``; a peft adapter under the names peft gives outside any wrapper."""
+    from lit_lora.cluster.sharding import peft_keyed, without_fsdp_names
+
+    out.mkdir(parents=True, exist_ok=True)
+    if state_dict is None:
+        model.save_pretrained(out)
+    elif is_peft:  # keys as peft finds them in the (FSDP-wrapped) model, then without the wrapper
+        model.save_pretrained(out, state_dict=peft_keyed(model, state_dict))
+        without_fsdp_names(out)
+    else:
+        model.save_pretrained(out, state_dict=state_dict)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
