@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -87,3 +89,11 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model, device, a
 def test_a_strategy_that_wraps_the_layers_is_refused_by_name(strategy):
     with pytest.raises(IncompatibleConfig, match=f"compile: true .* not under {strategy}"):
         compile_layers(torch.nn.Linear(2, 2), strategy)
+
+
+def test_the_refusal_comes_before_the_weights_load():
+    """A hub id nobody published: the refusal is what stops ``configure_model``, not the model's absence."""
+    module = CausalLMModule("lit-lora-tests/never-published", compile=True)
+    module._trainer = SimpleNamespace(strategy=type("DeepSpeedStrategy", (), {})())  # what Lightning attaches
+    with pytest.raises(IncompatibleConfig, match="not under DeepSpeedStrategy"):
+        module.configure_model()

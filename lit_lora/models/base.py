@@ -34,7 +34,7 @@ from lit_lora.data.contract import DataContract, contract_of
 from lit_lora.evaluation.evaluators import Evaluator, LossEvaluator
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models import builder, checkpoint_state
-from lit_lora.models.compiled_layers import compile_layers
+from lit_lora.models.compiled_layers import check_strategy, compile_layers
 from lit_lora.models.label_only_loss import LabelOnlyHead, find_label_only_head, head_input, summed_label_only_loss
 from lit_lora.models.packing_support import flattens, model_packing_refusal
 from lit_lora.token_loss import label_count, step_label_count, summed_loss
@@ -146,6 +146,9 @@ class FineTuneModule(L.LightningModule):
             return device.index if device.type == "cuda" else device.type
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def _strategy_name(self) -> str:
+        return type(self.trainer.strategy).__name__ if attached_trainer(self) is not None else ""
+
     def prepare_architecture(self, config) -> None:
         """Set what the module derives from the architecture before the base is loaded (``models.builder``
         calls it, for training and for ``estimate`` alike); a classifier sizes and names its head here."""
@@ -164,6 +167,8 @@ class FineTuneModule(L.LightningModule):
         """
         if self.model is not None:
             return
+        if self.compile_layers:
+            check_strategy(self._strategy_name())
         builder.architecture(self)  # the module's settings on the architecture; the adapter may refuse it
         zero3 = zero3_config(self)
         sharded = zero3 is not None and self.loads_zero3_partitions and self.adapter.quantization_config() is None
@@ -181,8 +186,7 @@ class FineTuneModule(L.LightningModule):
     def _build_model(self, model: torch.nn.Module) -> None:
         self.model = builder.adapt(self, model)
         if self.compile_layers:
-            trainer = attached_trainer(self)
-            compile_layers(self.model, type(trainer.strategy).__name__ if trainer is not None else "")
+            compile_layers(self.model, self._strategy_name())
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as they are
         self.parameter_counts = parameter_report(self.model)
 
@@ -233,7 +237,7 @@ class FineTuneModule(L.LightningModule):
             return None, "label_only_loss: false"
         if not (self.shifts_labels and self.task_type == "CAUSAL_LM"):
             return None, f"{type(self).__name__} computes its loss from full logits"
-        strategy = type(self.trainer.strategy).__name__ if attached_trainer(self) is not None else ""
+        strategy = self._strategy_name()
         if "FSDP" in strategy or "ModelParallel" in strategy:
             return None, f"{strategy} shards the LM head"
         return find_label_only_head(self.model)

@@ -34,12 +34,17 @@ log = logging.getLogger("lit_lora")
 UNSUPPORTED_STRATEGIES = ("FSDP", "DeepSpeed", "ModelParallel")
 
 
-def compile_layers(model: nn.Module, strategy: str = "") -> int:
-    """Compile ``model``'s transformer layers in place; the number compiled. ``strategy``: the Trainer's class name."""
-    refused = next((name for name in UNSUPPORTED_STRATEGIES if name in strategy), None)
-    if refused:
+def check_strategy(strategy: str) -> None:
+    """Refuse a strategy (the Trainer's strategy class name) that compiled layers do not run under: before the
+    weights load, so that a refused run stops in seconds."""
+    if any(name in strategy for name in UNSUPPORTED_STRATEGIES):
         raise IncompatibleConfig(f"model.init_args.compile: true is supported on one device and under DDP, not "
                                  f"under {strategy}; drop it, or train with the ddp strategy")
+
+
+def compile_layers(model: nn.Module, strategy: str = "") -> int:
+    """Compile ``model``'s transformer layers in place; the number compiled. ``strategy``: the Trainer's class name."""
+    check_strategy(strategy)
     try:
         classes = layer_classes(model)
     except ValueError as error:
