@@ -90,6 +90,15 @@ def test_lora_update_bench_compares_equal_steps():
     assert re.search(r"^median +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
 
 
+def test_causal_mask_bench_times_equal_steps():
+    """The padding mask and the causal mask alone give the same first step on both batches (the bench fails if
+    lit-lora kept the mask of a right-padded batch)."""
+    out = run_bench("causal_mask.py", "--quick")
+    gaps = re.findall(r"\|loss mask - loss causal\| (\S+), largest relative gradient difference (\S+)", out)
+    assert len(gaps) == 2 and all(float(loss) < 1e-5 and float(grad) < 1e-5 for loss, grad in gaps), out
+    assert len(re.findall(r"^median +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M)) == 2, out
+
+
 def test_step_profile_bench_profiles_both_precisions():
     out = run_bench("step_profile.py", "--quick", "--top", "3")
     assert "float32:" in out and "bfloat16 autocast:" in out and "aten::mm" in out, out

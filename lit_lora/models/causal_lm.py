@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from transformers import AutoModelForCausalLM
 
+from lit_lora.models.causal_mask import without_redundant_mask
 from lit_lora.models.generative import GenerativeModule
 
 
@@ -18,3 +19,7 @@ class CausalLMModule(GenerativeModule):
 
     task_type: ClassVar[str] = "CAUSAL_LM"
     auto_model_class: ClassVar[Any] = AutoModelForCausalLM
+
+    def forward(self, batch: dict, **kwargs: Any) -> Any:
+        """A right-padded batch goes without its padding mask: causal attention alone is the same (``causal_mask``)."""
+        return super().forward(without_redundant_mask(batch, self.model), **kwargs)
