@@ -3,13 +3,15 @@
 * which masks count as right-padded (ones then zeros, 0/1 only, two dimensions);
 * for Llama, Gemma, Phi and Falcon with SDPA and eager attention: the model is called with no mask, and the loss
   and every LoRA gradient equal the model's own with the mask (float32, 1e-5), on CPU and on a GPU;
-* a left-padded batch, a prompt-learning adapter, FlashAttention and remote code keep the mask.
+* a left-padded batch, a prompt-learning adapter, FlashAttention and remote code keep the mask (a model that FSDP2's
+  ``fully_shard`` gave its own class does not).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 from lit_lora.adapters import LoRA, PromptTuning
 from lit_lora.models import CausalLMModule
@@ -113,4 +115,8 @@ def test_prompt_learning_flash_attention_and_remote_code_keep_the_mask(tiny_mode
         assert attention in keeps_padding_mask(flash)
     remote = type("RemoteCodeLM", (torch.nn.Module,), {"__module__": "transformers_modules.org.model"})()
     assert "remote code" in keeps_padding_mask(remote)
+    sharded = build(tiny_model("llama"), "sdpa", "cpu").model.get_base_model()
+    sharded.__class__ = type(f"FSDP{type(sharded).__name__}", (FSDPModule, type(sharded)),  # as fully_shard does
+                             {"__module__": "torch.distributed.fsdp._fully_shard._fsdp_init"})
+    assert keeps_padding_mask(sharded) is None
     assert keeps_padding_mask(build(tiny_model("llama"), "sdpa", "cpu").model) is None

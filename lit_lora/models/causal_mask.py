@@ -38,8 +38,9 @@ def right_padded(mask: torch.Tensor) -> bool:
 def keeps_padding_mask(model: Optional[torch.nn.Module]) -> Optional[str]:
     """Why this built causal LM needs its padding mask even when right-padded, or ``None``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not type(base).__module__.startswith("transformers."):
-        return f"{type(base).__name__} is remote code, whose attention may need the mask to be causal"
+    model_class = next(c for c in type(base).__mro__ if not c.__module__.startswith("torch."))  # past FSDP2's class
+    if not model_class.__module__.startswith("transformers."):
+        return f"{model_class.__name__} is remote code, whose attention may need the mask to be causal"
     config = getattr(model, "config", None)
     attention = getattr(config, "_attn_implementation", None)
     if attention not in CAUSAL_KERNEL_ATTENTION:
