@@ -6,9 +6,9 @@
 
 The model is a random-init ``LlamaForCausalLM`` (hidden ``--hidden``, MLP twice that, 4 heads / 2 KV heads,
 vocabulary 8,192, sdpa attention) with lit-lora's LoRA r=16, alpha 32, dropout 0 on every linear layer. Two
-batches of ``--batch`` rows, right-padded, the first 40 tokens of each row (25 in ``random``) without a label (a prompt):
-``grouped``, 270-300 tokens (what length grouping hands a step), and ``random``, lengths drawn
-from 50 to 500 (random order). A step is the forward (the model's own loss), backward and ``torch.optim.AdamW``;
+batches of ``--batch`` rows, right-padded: ``grouped``, 270-300 tokens (what length grouping hands a step), and
+``random``, lengths drawn from 50 to 500 (random order); the first 40 tokens of each row (25 in ``random``) have
+no label (a prompt). A step is the forward (the model's own loss), backward and ``torch.optim.AdamW``;
 ``mask`` passes ``attention_mask``, ``causal`` passes what ``without_redundant_mask`` leaves (no mask). Each round
 times ``--steps`` steps of one variant, then of the other, alternating which goes first; the report gives every
 round, the medians, the median same-round ratio (mask ÷ causal step time) and how far apart the two variants'
