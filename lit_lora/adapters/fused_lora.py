@@ -4,8 +4,10 @@ peft's ``lora.Linear`` adds ``lora_B(lora_A(x)) * scaling`` to the base layer's 
 two more passes over the layer's whole output in the forward, and the scaling one more in the backward. Here
 the product accumulates straight into the base output (``result.addmm_(lora_A(x), lora_Bᵀ, alpha=scaling)``,
 one BLAS call with ``beta=1``), so those passes go and the scaling falls on the rank-``r`` factors in the
-backward. The value is peft's (to the last bit where ``scaling`` is a power of two, as ``alpha = 2r`` gives),
-the parameters and the saved adapter are peft's own, and every case this fast path does not cover (merged or
+backward. The base product is taken on the rows flattened to 2-D, so ``result`` owns its storage: an in-place
+product on a view of it would cost the backward a copy of the whole output gradient (autograd's ``CopySlices``).
+The value is peft's (to the last bit where ``scaling`` is a power of two, as ``alpha = 2r`` gives), the
+parameters and the saved adapter are peft's own, and every case this fast path does not cover (merged or
 disabled adapters, several active ones, DoRA and other variants, a LoRA bias, ZeRO-3's partitioned weights, a
 base in another dtype than the adapter without autocast) runs peft's forward::
 
@@ -38,15 +40,16 @@ class FusedLoraLinear(PeftLoraLinear):
         if name is None:
             return super().forward(x, *args, **kwargs)
         self._check_forward_args(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
+        rows = x.reshape(-1, x.shape[-1])  # the base layer's product as a 2-D tensor of its own, not a view
+        result = self.base_layer(rows, *args, **kwargs)
         lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-        update_in = lora_A(self.lora_dropout[name](self._cast_input_dtype(x, lora_A.weight.dtype)))
-        update_in = update_in.to(result.dtype).reshape(-1, update_in.shape[-1])
+        update_in = lora_A(self.lora_dropout[name](self._cast_input_dtype(rows, lora_A.weight.dtype)))
         lora_B_t = lora_B.weight.to(result.dtype).t()
-        if not result.is_contiguous():  # a view of it could not take the product in place
-            return result + (update_in @ lora_B_t).view(result.shape) * self.scaling[name]
-        result.view(-1, result.shape[-1]).addmm_(update_in, lora_B_t, alpha=self.scaling[name])
-        return result
+        if result._is_view() or not result.is_contiguous():  # in place only on a tensor that owns its storage
+            result = torch.addmm(result, update_in.to(result.dtype), lora_B_t, alpha=self.scaling[name])
+        else:  # an in-place product on a view would cost autograd a copy of the gradient (CopySlices)
+            result.addmm_(update_in.to(result.dtype), lora_B_t, alpha=self.scaling[name])
+        return result.view(*x.shape[:-1], result.shape[-1])
 
     def fusable_adapter(self, x: torch.Tensor, kwargs: dict) -> Optional[str]:
         """The one active vanilla LoRA adapter the fast path computes exactly as peft does, else ``None``."""
