@@ -90,6 +90,14 @@ def test_lora_update_bench_compares_equal_steps():
     assert re.search(r"^median +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
 
 
+def test_lora_dropout_bench_times_both_dropouts():
+    """torch's and lit-lora's dropout train the same model (first losses of one scale), both timed."""
+    out = run_bench("lora_dropout.py", "--quick")
+    losses = re.search(r"first loss: torch ([\d.]+), lit-lora ([\d.]+), none ([\d.]+)", out)
+    assert losses and abs(float(losses[1]) - float(losses[2])) < 0.05 * float(losses[3]), out
+    assert len(re.findall(r"^median +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M)) == 2, out
+
+
 def test_causal_mask_bench_times_equal_steps():
     """The padding mask and the causal mask alone give the same first step on both batches (the bench fails if
     lit-lora kept the mask of a right-padded batch)."""

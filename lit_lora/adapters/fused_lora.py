@@ -31,6 +31,8 @@ from typing import Any, Optional
 import torch
 from peft.tuners.lora import Linear as PeftLoraLinear
 
+from lit_lora.adapters import cpu_dropout
+
 
 class FusedLoraLinear(PeftLoraLinear):
     """``lora.Linear`` whose vanilla-LoRA forward adds the update with one ``addmm_`` (see the module docstring)."""
@@ -43,13 +45,19 @@ class FusedLoraLinear(PeftLoraLinear):
         rows = x.reshape(-1, x.shape[-1])  # the base layer's product as a 2-D tensor of its own, not a view
         result = self.base_layer(rows, *args, **kwargs)
         lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-        update_in = lora_A(self.lora_dropout[name](self._cast_input_dtype(rows, lora_A.weight.dtype)))
+        update_in = lora_A(self.dropped(name, self._cast_input_dtype(x, lora_A.weight.dtype)))
+        update_in = update_in.reshape(-1, update_in.shape[-1])
         lora_B_t = lora_B.weight.to(result.dtype).t()
         if result._is_view() or not result.is_contiguous():  # in place only on a tensor that owns its storage
             result = torch.addmm(result, update_in.to(result.dtype), lora_B_t, alpha=self.scaling[name])
         else:  # an in-place product on a view would cost autograd a copy of the gradient (CopySlices)
             result.addmm_(update_in.to(result.dtype), lora_B_t, alpha=self.scaling[name])
         return result.view(*x.shape[:-1], result.shape[-1])
+
+    def dropped(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's dropout of ``x``: on a CPU drawn two elements to a random number (``cpu_dropout``)."""
+        module = self.lora_dropout[name]
+        return cpu_dropout.dropout(x, module.p) if cpu_dropout.applies(module, x) else module(x)
 
     def fusable_adapter(self, x: torch.Tensor, kwargs: dict) -> Optional[str]:
         """The one active vanilla LoRA adapter the fast path computes exactly as peft does, else ``None``."""

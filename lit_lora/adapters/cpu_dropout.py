@@ -1,0 +1,67 @@
+"""LoRA's dropout on a CPU, drawn two elements to a random number: torch's dropout distribution, faster.
+
+On a CPU torch draws a dropout mask with ``bernoulli_``: one Mersenne Twister number per element, about 6 ns
+each on the 2-core bench machine. With LoRA's default dropout (0.05) on every linear layer that is about a
+quarter of a CPU training step (``python bench/lora_dropout.py``). Here one ``random_`` draw of 63 random bits
+decides two elements, 31 bits each, each dropped when its bits fall below ``p · 2³¹``. So every element is dropped independently with probability ``p`` (rounded to 2⁻³¹), the
+kept ones are scaled by ``1 / (1 - p)`` as ``torch.nn.functional.dropout`` scales them, the draws come from
+torch's default generator (``torch.manual_seed`` repeats them, as lit-lora's per-step seeding needs), and the
+backward keeps a one-byte mask instead of a float one::
+
+    >>> import torch
+    >>> from lit_lora.adapters.cpu_dropout import dropout
+    >>> _ = torch.manual_seed(0)
+    >>> kept = dropout(torch.ones(1000, 1000), 0.1)
+    >>> round(float((kept == 0).float().mean()), 3), kept.max().item() == torch.tensor(1 / 0.9).item()
+    (0.1, True)
+
+``fused_lora.FusedLoraLinear`` uses it for peft's ``nn.Dropout`` on CPU tensors outside ``torch.compile``
+(inductor draws its own masks in generated code); a GPU keeps torch's fused dropout kernel.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+
+# below this many elements torch's one-call dropout is faster than the few calls here (64k: about level)
+MIN_ELEMENTS = 1 << 16
+
+
+def applies(module: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` is a training ``nn.Dropout`` (exactly, not a subclass) this function can stand in for."""
+    return (type(module) is torch.nn.Dropout and module.training and 0.0 < module.p < 1.0 and x.device.type == "cpu"
+            and x.is_floating_point() and x.numel() >= MIN_ELEMENTS and sys.byteorder == "little"
+            and not torch.compiler.is_compiling())
+
+
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """A boolean mask of ``shape``, each element ``False`` with probability ``p``, two elements per random draw."""
+    numel = shape.numel()
+    draws = torch.empty((numel + 1) // 2, dtype=torch.int64).random_()  # uniform on [0, 2^63): 63 random bits
+    halves = draws.bitwise_and_(LOW_31_BITS_OF_EACH_HALF).view(torch.int32)  # 2 × 31 random bits, little-endian
+    return (halves >= round(p * 2**31))[:numel].view(shape)
+
+
+LOW_31_BITS_OF_EACH_HALF = 0x7FFFFFFF7FFFFFFF
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep = keep_mask(x.shape, p)
+        ctx.scale = 1.0 / (1.0 - p)
+        ctx.save_for_backward(keep)
+        return torch.where(keep, x, 0.0).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout of a CPU tensor with probability ``p`` in (0, 1) (see the module docstring)."""
+    return _Dropout.apply(x, p)
