@@ -19,6 +19,7 @@
 ``--bf16``: bfloat16 mixed precision, as ``--trainer.precision bf16-mixed`` is in lit-lora: the Trainer's
 ``bf16=True`` (``torch.autocast``), and ``torch.autocast(device, torch.bfloat16)`` around the plain loop's forward.
 ``--dtype bfloat16``: the frozen base weights loaded in bfloat16, as lit-lora's ``--model.init_args.dtype bfloat16``.
+``--lora-dropout 0.05``: LoRA dropout, as lit-lora's ``--model.init_args.adapter.init_args.dropout``.
 ``--compile``: the Trainer's ``torch_compile=True`` (it compiles the whole model), against lit-lora's
 ``--model.init_args.compile true``.
 
@@ -50,7 +51,8 @@ def tokenised_rows(model_dir: str, data: str, max_length: int, batch_size: int, 
     return datamodule.tokenizer, datamodule.datasets["train"].select_columns(COLUMNS)
 
 
-def peft_model(model_dir: str, tokenizer, seed: int, r: int = 16, alpha: int = 32, dtype: str = "float32"):
+def peft_model(model_dir: str, tokenizer, seed: int, r: int = 16, alpha: int = 32, dtype: str = "float32",
+               dropout: float = 0.0):
     """The base model (weights in ``dtype``) with LoRA on every linear layer, as the peft docs build it (peft keeps
     the adapter weights in float32)."""
     from peft import LoraConfig, get_peft_model
@@ -59,7 +61,7 @@ def peft_model(model_dir: str, tokenizer, seed: int, r: int = 16, alpha: int = 3
     set_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     model.config.pad_token_id = tokenizer.pad_token_id
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
@@ -91,7 +93,7 @@ def run_trainer(kind: str, args, meter: StepMeter) -> dict:
         TrainingArguments
 
     tokenizer, train = tokenised_rows(args.model, args.data, args.max_length, args.batch_size, args.seed)
-    model = peft_model(args.model, tokenizer, args.seed, dtype=args.dtype)
+    model = peft_model(args.model, tokenizer, args.seed, dtype=args.dtype, dropout=args.lora_dropout)
     if kind == "hf_flatten":
         collate = Recording(DataCollatorWithFlattening())
     else:
@@ -151,7 +153,8 @@ GROUPING = {"plain": "", "plain_grouped": "lit-lora", "plain_hf_grouped": "trans
 
 def run_plain(args, meter: StepMeter, grouping: str = "") -> dict:
     tokenizer, train = tokenised_rows(args.model, args.data, args.max_length, args.batch_size, args.seed)
-    model = peft_model(args.model, tokenizer, args.seed, dtype=args.dtype).to(args.device)
+    model = peft_model(args.model, tokenizer, args.seed, dtype=args.dtype,
+                       dropout=args.lora_dropout).to(args.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     model.train()
@@ -190,6 +193,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (autocast)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="base weights' dtype")
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (peft's lora_dropout)")
     parser.add_argument("--compile", action="store_true", help="the Trainer's torch_compile=True (Trainer kinds)")
     parser.add_argument("--output-dir", default="hf-bench-output", help="Trainer output_dir (nothing is saved)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """One LoRA training step with LoRA dropout drawn by torch (``bernoulli_``) against lit-lora's CPU dropout
 (``lit_lora/adapters/cpu_dropout.py``), and without dropout, same model, same batch, interleaved rounds.
 
-    python bench/lora_dropout.py                 # the training bench's CPU model, dropout 0.05 (LoRA's default), 5 rounds
+    python bench/lora_dropout.py                 # the training bench's CPU model, dropout 0.05, 5 rounds
     python bench/lora_dropout.py --dropout 0.1
     python bench/lora_dropout.py --quick         # smoke run: hidden 64, 2 layers, 1 round of 1 step
 

@@ -26,6 +26,8 @@ the same training split (lit-lora's tokenisation of it):
     HF grouped bf16 weights  HF grouped bf16 with the base weights loaded in bfloat16
     lit-lora compile      the default with --model.init_args.compile true (torch.compile on the transformer layers)
     HF grouped compile    HF grouped with torch_compile=True (the Trainer compiles the whole model)
+    lit-lora dropout      the default with LoRA dropout 0.05 (lit-lora's default and the reference configs')
+    HF grouped dropout    HF grouped with lora_dropout=0.05
 
 Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
 process measures itself (``bench/measure.py``): real tokens/s from the start of step 2 to the end of the last
@@ -84,6 +86,8 @@ CONTENDERS = (
     Contender("plain grouped bf16", "plain_grouped", ("--bf16",)),
     Contender("lit-lora compile", "lit", ("--model.init_args.compile", "true")),
     Contender("HF grouped compile", "hf_grouped", ("--compile",)),
+    Contender("lit-lora dropout", "lit", ("--model.init_args.adapter.init_args.dropout", "0.05")),
+    Contender("HF grouped dropout", "hf_grouped", ("--lora-dropout", "0.05")),
 )
 
 
@@ -320,6 +324,8 @@ TARGETS = (
      "tokens_per_s"),
     ("lit-lora ÷ plain grouped (same batches), tokens/s (target ≥ 0.97)", ("lit-lora",), ("plain grouped",),
      "tokens_per_s"),
+    ("lit-lora dropout ÷ HF grouped dropout (LoRA dropout 0.05 in both), tokens/s", ("lit-lora dropout",),
+     ("HF grouped dropout",), "tokens_per_s"),
     ("lit-lora ÷ lit-lora full logits (the label-only head), tokens/s", ("lit-lora",), ("lit-lora full logits",),
      "tokens_per_s"),
     ("lit-lora random ÷ HF (same batches), peak RSS (target ≤ 1.0)", ("lit-lora random",), ("HF",), "peak_rss_mib"),
