@@ -113,6 +113,18 @@ def test_the_backward_copies_no_gradient():
     assert not nodes & {"CopySlices", "AsStridedBackward0"}, nodes
 
 
+def test_the_fast_path_traces_into_one_graph():
+    """``compile: true`` compiles the decoder layers, so every check of the fast path must trace with dynamo:
+    one graph break per adapted layer would undo what compiling gains. Training mode, with dropout."""
+    import torch._dynamo
+
+    plain, fused = model_pair(dropout=0.1)
+    fused.train()
+    layers = fused.base_model.model
+    explained = torch._dynamo.explain(layers)(torch.randn(4, cpu_dropout.MIN_ELEMENTS // 64, 16))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 @pytest.mark.parametrize("device, dtype", [("cpu", torch.bfloat16), pytest.param("cuda", torch.bfloat16,
                                             marks=pytest.mark.gpu), pytest.param("cuda", torch.float16,
                                                                                  marks=pytest.mark.gpu)])

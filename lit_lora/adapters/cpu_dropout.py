@@ -33,9 +33,9 @@ MIN_ELEMENTS = 1 << 16
 
 def applies(module: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether ``module`` is a training ``nn.Dropout`` (exactly, not a subclass) this function can stand in for."""
-    return (type(module) is torch.nn.Dropout and module.training and 0.0 < module.p < 1.0 and x.device.type == "cpu"
-            and x.is_floating_point() and x.numel() >= MIN_ELEMENTS and sys.byteorder == "little"
-            and not torch.compiler.is_compiling())
+    return (not torch.compiler.is_compiling() and type(module) is torch.nn.Dropout and module.training
+            and 0.0 < module.p < 1.0 and x.device.type == "cpu" and x.is_floating_point()
+            and x.numel() >= MIN_ELEMENTS and sys.byteorder == "little")
 
 
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:

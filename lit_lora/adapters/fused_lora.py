@@ -48,9 +48,9 @@ class FusedLoraLinear(PeftLoraLinear):
         update_in = lora_A(self.dropped(name, self._cast_input_dtype(x, lora_A.weight.dtype)))
         update_in = update_in.reshape(-1, update_in.shape[-1])
         lora_B_t = lora_B.weight.to(result.dtype).t()
-        if result._is_view() or not result.is_contiguous():  # in place only on a tensor that owns its storage
+        if not result.is_contiguous():  # nn.Linear's product of 2-D rows is a tensor of its own, contiguous
             result = torch.addmm(result, update_in.to(result.dtype), lora_B_t, alpha=self.scaling[name])
-        else:  # an in-place product on a view would cost autograd a copy of the gradient (CopySlices)
+        else:  # in place; on a view it would cost autograd a copy of the gradient (CopySlices)
             result.addmm_(update_in.to(result.dtype), lora_B_t, alpha=self.scaling[name])
         return result.view(*x.shape[:-1], result.shape[-1])
 
