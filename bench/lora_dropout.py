@@ -52,7 +52,8 @@ def build(hidden: int, layers: int, vocab: int, dropout: float) -> dict:
         model.train()
     for module in models["torch"].modules():
         for name, child in list(getattr(module, "lora_dropout", {}).items()):
-            module.lora_dropout[name] = TorchDropout(child.p)
+            if isinstance(child, torch.nn.Dropout):  # dropout 0: peft's nn.Identity, nothing to swap
+                module.lora_dropout[name] = TorchDropout(child.p)
     assert any(isinstance(m, TorchDropout) for m in models["torch"].modules()) or dropout == 0
     return models
 

@@ -29,6 +29,7 @@ import torch
 
 # below this many elements torch's one-call dropout is faster than the few calls here (64k: about level)
 MIN_ELEMENTS = 1 << 16
+LOW_31_BITS_OF_EACH_HALF = 0x7FFFFFFF7FFFFFFF  # of an int64 draw: two 31-bit numbers
 
 
 def applies(module: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -44,9 +45,6 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     draws = torch.empty((numel + 1) // 2, dtype=torch.int64).random_()  # uniform on [0, 2^63): 63 random bits
     halves = draws.bitwise_and_(LOW_31_BITS_OF_EACH_HALF).view(torch.int32)  # 2 × 31 random bits, little-endian
     return (halves >= round(p * 2**31))[:numel].view(shape)
-
-
-LOW_31_BITS_OF_EACH_HALF = 0x7FFFFFFF7FFFFFFF
 
 
 class _Dropout(torch.autograd.Function):
