@@ -14,14 +14,26 @@ train the same numbers on every machine: at the start of a float32 CPU fit of a 
     'this CPU computes bfloat16 natively (amx_bf16)'
     >>> bf16_hint("cpu", "bf16-mixed", ["amx_bf16"], hidden_size=4096) is None
     True
+
+The other way round, a CPU without those kernels (AVX2 only: many cluster login and older compute nodes,
+laptops) multiplies bfloat16 and float16 matrices on a slow fallback, 40–85× float32's time on a 2-core AMD
+EPYC (``python -c "from lit_lora.cpu_bf16 import matmul_slowdown as m; import torch; print(m(torch.bfloat16))"``).
+A fit that computes in such a dtype there, through ``bf16-mixed`` or a base model whose weights are stored in
+bfloat16 (``model.init_args.dtype: auto`` keeps a checkpoint's), looks hung; ``Bf16Hint`` then warns with the
+measured factor and the flags that avoid it:
+
+    >>> slow_precision_warning(torch.bfloat16, 85.0, ["--trainer.precision bf16-mixed"]).split(";")[0]
+    'this CPU multiplies bfloat16 matrices 85× slower than float32 (measured at start)'
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
+import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.accelerators import CPUAccelerator
 
@@ -30,6 +42,9 @@ log = logging.getLogger(__name__)
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16 = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flag names (Linux)
 MIN_HIDDEN_SIZE = 512  # the narrowest model bf16-mixed was measured to speed up (bench/train_throughput.py)
+SLOW_FACTOR = 3.0  # a half-precision product this many times float32's time is a fallback, not a kernel
+HALF_PRECISIONS = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "bf16": torch.bfloat16,
+                   "16-mixed": torch.float16, "16-true": torch.float16, "16": torch.float16}
 
 
 def native_bf16_flags(cpuinfo: Optional[str] = None) -> list[str]:
@@ -67,13 +82,69 @@ def hidden_size_of(model) -> Optional[int]:
     return getattr(text, "hidden_size", None)
 
 
+def matmul_slowdown(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
+    """How many times longer a ``size``-square matrix product takes in ``dtype`` than in float32 on this CPU
+    (best of ``repeats`` each, interleaved): about 1 or less with oneDNN's kernels, tens without."""
+    best = {torch.float32: float("inf"), dtype: float("inf")}
+    for _ in range(repeats):
+        for each in best:
+            a, b = torch.ones(size, size, dtype=each), torch.ones(size, size, dtype=each)
+            started = time.perf_counter()
+            torch.mm(a, b)
+            best[each] = min(best[each], time.perf_counter() - started)
+    return best[dtype] / max(best[torch.float32], 1e-9)
+
+
+def half_dtypes_in_use(precision: str, module: torch.nn.Module) -> dict[torch.dtype, list[str]]:
+    """The 16-bit dtypes a fit computes matrix products in, each with what brings it in: the precision setting,
+    or weights stored in it."""
+    found: dict[torch.dtype, list[str]] = {}
+    if precision in HALF_PRECISIONS:
+        found.setdefault(HALF_PRECISIONS[precision], []).append(f"--trainer.precision {precision}")
+    stored = {p.dtype for p in module.parameters()} & {torch.bfloat16, torch.float16}
+    for dtype in sorted(stored, key=str):
+        found.setdefault(dtype, []).append(f"weights stored in {str(dtype).removeprefix('torch.')} "
+                                           "(model.init_args.dtype)")
+    return found
+
+
+def slow_precision_warning(dtype: torch.dtype, slowdown: float, reasons: list[str]) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return (f"this CPU multiplies {name} matrices {slowdown:.0f}× slower than float32 (measured at start); this run "
+            f"computes in {name} ({'; '.join(reasons)}), so each step takes far longer than in float32. On this "
+            "machine use --trainer.precision 32-true --model.init_args.dtype float32")
+
+
 class Bf16Hint(Callback):
-    """Logs the hint once, on global rank 0, when a fit starts (the model is built by then)."""
+    """Logs, once, on global rank 0 when a CPU run starts (the model is built by then): the bf16-mixed hint on a
+    CPU with native bfloat16, or the warning for a run in a 16-bit dtype this CPU multiplies slowly."""
+
+    def __init__(self):
+        self.done = False
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or not isinstance(trainer.accelerator, CPUAccelerator):
+        self.advise(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.advise(trainer, pl_module)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.advise(trainer, pl_module)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.advise(trainer, pl_module)
+
+    def advise(self, trainer, pl_module) -> None:
+        if self.done or not trainer.is_global_zero or not isinstance(trainer.accelerator, CPUAccelerator):
             return
-        hint = bf16_hint("cpu", str(trainer.precision), native_bf16_flags(),
-                         hidden_size_of(getattr(pl_module, "model", None)))
+        self.done = True
+        precision = str(trainer.precision)
+        for dtype, reasons in half_dtypes_in_use(precision, pl_module).items():
+            slowdown = matmul_slowdown(dtype)
+            if slowdown >= SLOW_FACTOR:
+                log.warning("[lit-lora] warning: %s", slow_precision_warning(dtype, slowdown, reasons))
+        if trainer.state.fn != "fit":
+            return
+        hint = bf16_hint("cpu", precision, native_bf16_flags(), hidden_size_of(getattr(pl_module, "model", None)))
         if hint:
             log.info("[lit-lora] %s", hint)

@@ -82,3 +82,56 @@ def test_bf16_mixed_fit_on_cpu_keeps_float32_adapter_weights(wide_model, tmp_pat
     assert trained and all(p.dtype == torch.float32 for p in trained)
     saved = adapter_tensors(version_dir(tmp_path / "run") / "adapter")
     assert saved and all(t.dtype == torch.float32 for t in saved.values())
+
+
+# ---- a 16-bit run on a CPU without fast 16-bit matrix products -------------------------------------------
+SLOW = "multiplies bfloat16 matrices"
+
+
+def test_the_slowdown_is_measured_and_matches_onednn_support():
+    """oneDNN's bfloat16 kernels (AVX512 and later) run about as fast as float32; without them (AVX2) torch falls
+    back to a loop tens of times slower. The measured factor tells the two apart on the machine at hand."""
+    slowdown = cpu_bf16.matmul_slowdown(torch.bfloat16)
+    assert 0 < slowdown < float("inf")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert slowdown < cpu_bf16.SLOW_FACTOR
+    else:
+        assert slowdown >= cpu_bf16.SLOW_FACTOR
+
+
+def test_the_16_bit_dtypes_a_run_computes_in():
+    layer = torch.nn.Linear(4, 4)
+    assert cpu_bf16.half_dtypes_in_use("32-true", layer) == {}
+    assert cpu_bf16.half_dtypes_in_use("bf16-mixed", layer) == {torch.bfloat16: ["--trainer.precision bf16-mixed"]}
+    assert list(cpu_bf16.half_dtypes_in_use("16-mixed", layer)) == [torch.float16]
+    stored = cpu_bf16.half_dtypes_in_use("bf16-mixed", layer.to(torch.bfloat16))
+    assert stored == {torch.bfloat16: ["--trainer.precision bf16-mixed",
+                                       "weights stored in bfloat16 (model.init_args.dtype)"]}
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    (("--trainer.precision", "bf16-mixed"), "(--trainer.precision bf16-mixed)"),
+    (("--model.init_args.dtype", "bfloat16"), "(weights stored in bfloat16 (model.init_args.dtype))"),
+], ids=["bf16-mixed", "bf16-weights"])
+def test_a_bf16_fit_on_a_cpu_slow_at_bf16_warns_once(extra, reason, tiny_model, tmp_path, caplog, monkeypatch):
+    measured = []
+    monkeypatch.setattr(cpu_bf16, "matmul_slowdown", lambda dtype: measured.append(dtype) or 40.0)
+    _, text = fit_logs(tiny_model("llama"), tmp_path, caplog, monkeypatch, SKYLAKE, *extra)
+    assert measured == [torch.bfloat16]
+    assert text.count(SLOW) == 1 and f"40× slower than float32 (measured at start); this run computes in " \
+                                       f"bfloat16 {reason}" in text
+    assert "--trainer.precision 32-true --model.init_args.dtype float32" in text
+    warned = [r for r in caplog.records if SLOW in r.getMessage()]
+    assert warned[0].levelno == logging.WARNING
+
+
+def test_no_warning_where_bf16_is_fast_or_unused(tiny_model, tmp_path, caplog, monkeypatch):
+    measured = []
+    monkeypatch.setattr(cpu_bf16, "matmul_slowdown", lambda dtype: measured.append(dtype) or 0.8)
+    for run in ("fast", "float32"):
+        (tmp_path / run).mkdir()
+    _, text = fit_logs(tiny_model("llama"), tmp_path / "fast", caplog, monkeypatch, SKYLAKE,
+                       "--trainer.precision", "bf16-mixed")
+    assert measured == [torch.bfloat16] and SLOW not in text
+    _, text = fit_logs(tiny_model("llama"), tmp_path / "float32", caplog, monkeypatch, SKYLAKE)
+    assert measured == [torch.bfloat16] and SLOW not in text  # a float32 run measures nothing
