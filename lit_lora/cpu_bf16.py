@@ -16,7 +16,7 @@ train the same numbers on every machine: at the start of a float32 CPU fit of a 
     True
 
 The other way round, a CPU without those kernels (AVX2 only: many cluster login and older compute nodes,
-laptops) multiplies bfloat16 and float16 matrices on a slow fallback, 40–85× float32's time on a 2-core AMD
+laptops) multiplies bfloat16 and float16 matrices on a slow fallback, 40–86× float32's time on a 2-core AMD
 EPYC (``python -c "from lit_lora.cpu_bf16 import matmul_slowdown as m; import torch; print(m(torch.bfloat16))"``).
 A fit that computes in such a dtype there, through ``bf16-mixed`` or a base model whose weights are stored in
 bfloat16 (``model.init_args.dtype: auto`` keeps a checkpoint's), looks hung; ``Bf16Hint`` then warns with the
