@@ -43,8 +43,8 @@ CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16 = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flag names (Linux)
 MIN_HIDDEN_SIZE = 512  # the narrowest model bf16-mixed was measured to speed up (bench/train_throughput.py)
 SLOW_FACTOR = 3.0  # a half-precision product this many times float32's time is a fallback, not a kernel
-HALF_PRECISIONS = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "bf16": torch.bfloat16,
-                   "16-mixed": torch.float16, "16-true": torch.float16, "16": torch.float16}
+HALF_PRECISIONS = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16,  # trainer.precision, normalised
+                   "16-mixed": torch.float16, "16-true": torch.float16}
 
 
 def native_bf16_flags(cpuinfo: Optional[str] = None) -> list[str]:
@@ -82,16 +82,17 @@ def hidden_size_of(model) -> Optional[int]:
     return getattr(text, "hidden_size", None)
 
 
-def matmul_slowdown(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
+def matmul_slowdown(dtype: torch.dtype, size: int = 256, repeats: int = 3, clock=time.perf_counter) -> float:
     """How many times longer a ``size``-square matrix product takes in ``dtype`` than in float32 on this CPU
-    (best of ``repeats`` each, interleaved): about 1 or less with oneDNN's kernels, tens without."""
+    (best of ``repeats`` each, float32 first in every round): about 1 or less with oneDNN's kernels, tens
+    without. ``clock`` is read before and after each product."""
     best = {torch.float32: float("inf"), dtype: float("inf")}
     for _ in range(repeats):
         for each in best:
             a, b = torch.ones(size, size, dtype=each), torch.ones(size, size, dtype=each)
-            started = time.perf_counter()
+            started = clock()
             torch.mm(a, b)
-            best[each] = min(best[each], time.perf_counter() - started)
+            best[each] = min(best[each], clock() - started)
     return best[dtype] / max(best[torch.float32], 1e-9)
 
 

@@ -88,15 +88,16 @@ def test_bf16_mixed_fit_on_cpu_keeps_float32_adapter_weights(wide_model, tmp_pat
 SLOW = "multiplies bfloat16 matrices"
 
 
-def test_the_slowdown_is_measured_and_matches_onednn_support():
-    """oneDNN's bfloat16 kernels (AVX512 and later) run about as fast as float32; without them (AVX2) torch falls
-    back to a loop tens of times slower. The measured factor tells the two apart on the machine at hand."""
-    slowdown = cpu_bf16.matmul_slowdown(torch.bfloat16)
-    assert 0 < slowdown < float("inf")
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert slowdown < cpu_bf16.SLOW_FACTOR
-    else:
-        assert slowdown >= cpu_bf16.SLOW_FACTOR
+def test_the_slowdown_is_the_ratio_of_the_best_times_of_each_dtype():
+    """Each round times float32, then the half dtype; the factor is best half time over best float32 time, so
+    one disturbed product in either dtype does not move it. (The machine's own figure is a bench command in
+    docs/benchmarks.md, not a timed test.)"""
+    # (float32 start, end, bfloat16 start, end) per round: float32 takes 2, 1, 3; bfloat16 takes 90, 40, 41
+    readings = iter([0, 2, 2, 92,   92, 93, 93, 133,   133, 136, 136, 177])
+    slowdown = cpu_bf16.matmul_slowdown(torch.bfloat16, size=8, repeats=3, clock=lambda: next(readings))
+    assert slowdown == 40.0
+    assert next(readings, None) is None  # two readings per product, three rounds, two dtypes
+    assert 0 < cpu_bf16.matmul_slowdown(torch.bfloat16, size=8, repeats=1) < float("inf")  # the real clock
 
 
 def test_the_16_bit_dtypes_a_run_computes_in():
