@@ -92,6 +92,9 @@ CONTENDERS = (
     Contender("HF grouped bf16 weights compile", "hf_grouped", ("--bf16", "--dtype", "bfloat16", "--compile")),
     Contender("lit-lora dropout", "lit", ("--model.init_args.adapter.init_args.dropout", "0.05")),
     Contender("HF grouped dropout", "hf_grouped", ("--lora-dropout", "0.05")),
+    Contender("lit-lora compile dropout", "lit", ("--model.init_args.compile", "true",
+                                                  "--model.init_args.adapter.init_args.dropout", "0.05")),
+    Contender("HF grouped compile dropout", "hf_grouped", ("--compile", "--lora-dropout", "0.05")),
 )
 
 
@@ -337,6 +340,11 @@ TARGETS = (
      "tokens_per_s"),
     ("lit-lora dropout ÷ HF grouped dropout (LoRA dropout 0.05 in both), tokens/s", ("lit-lora dropout",),
      ("HF grouped dropout",), "tokens_per_s"),
+    ("lit-lora best ÷ HF best, both float32 with LoRA dropout 0.05, torch.compile included, tokens/s",
+     ("lit-lora dropout", "lit-lora compile dropout"), ("HF grouped dropout", "HF grouped compile dropout"),
+     "tokens_per_s"),
+    ("lit-lora compile dropout ÷ HF grouped compile dropout (same setting), tokens/s", ("lit-lora compile dropout",),
+     ("HF grouped compile dropout",), "tokens_per_s"),
     ("lit-lora ÷ lit-lora full logits (the label-only head), tokens/s", ("lit-lora",), ("lit-lora full logits",),
      "tokens_per_s"),
     ("lit-lora random ÷ HF (same batches), peak RSS (target ≤ 1.0)", ("lit-lora random",), ("HF",), "peak_rss_mib"),
