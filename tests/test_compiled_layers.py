@@ -3,6 +3,7 @@
 * the transformer layers, and only they, are compiled in place: same parameter names, so the same checkpoints;
 * the loss (through the label-only head, whose hook sits outside the compiled layers) and every LoRA gradient
   equal the eager module's, at two batch lengths (``dynamic=True``: the second length needs no recompile);
+* with LoRA dropout, compiled layers draw the eager masks (``cpu_dropout``), gradient checkpointing's recompute too;
 * evaluation generation, which runs the layers eagerly, answers as the eager module does;
 * a strategy that wraps or partitions the layers after ``configure_model`` is refused by name.
 """
@@ -15,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lit_lora.adapters import LoRA, QLoRA
+from lit_lora.adapters import LoRA, QLoRA, cpu_dropout
 from lit_lora.errors import IncompatibleConfig
 from lit_lora.evaluation.generation import GenerationSettings, generate_batch
 from lit_lora.models import CausalLMModule
@@ -29,9 +30,9 @@ ADAPTERS = {"lora": lambda: LoRA(r=4, alpha=8, dropout=0.0),
             "qlora": lambda: QLoRA(r=4, alpha=8, dropout=0.0)}  # 4-bit base, gradient checkpointing (its default)
 
 
-def build(model_dir: str, compile: bool, device: str, adapter: str = "lora") -> CausalLMModule:
+def build(model_dir: str, compile: bool, device: str, adapter: str = "lora", **module_args) -> CausalLMModule:
     torch.manual_seed(0)  # LoRA's A matrices: the same initial adapter in both modules
-    module = CausalLMModule(model_dir, adapter=ADAPTERS[adapter](), compile=compile)
+    module = CausalLMModule(model_dir, adapter=ADAPTERS[adapter](), compile=compile, **module_args)
     module.configure_model()
     return module.to(device)
 
@@ -83,6 +84,33 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model, device, a
     answers = [generate_batch(module.model, tokenizer, prompts, settings, encoder_decoder=False)
                for module in (eager, compiled)]
     assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_compiled_layers_draw_the_eager_lora_dropout_masks(tiny_model, monkeypatch, checkpointing):
+    """LoRA dropout 0.3 on every projection, drawn by ``cpu_dropout`` in both (its size floor off: the tiny model's
+    tensors are small). Under one seed the compiled step drops what the eager one drops, in each of q, k and v
+    (one input, three masks) and again in gradient checkpointing's recompute: loss and gradients agree."""
+    monkeypatch.setattr(cpu_dropout, "MIN_ELEMENTS", 0)
+    monkeypatch.setitem(ADAPTERS, "lora", lambda: LoRA(r=4, alpha=8, dropout=0.3))
+    model_dir = tiny_model("llama")
+    eager = build(model_dir, False, "cpu")
+    compiled = build(model_dir, True, "cpu", gradient_checkpointing=checkpointing)
+    assert is_checkpointing(compiled.model) == checkpointing
+    for module in (eager, compiled):
+        module.train()
+    results = []
+    for module in (eager, compiled):
+        torch.manual_seed(1)
+        results.append(loss_and_grads(module, batch(module, 17)))
+    (want_loss, want_grads), (got_loss, got_grads) = results
+    torch.testing.assert_close(got_loss, want_loss, **TOLERANCE)
+    assert got_grads.keys() == want_grads.keys()
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, **TOLERANCE, msg=name)
+    torch.manual_seed(2)  # another seed, other masks: B's gradient (B starts at zero, so the loss does not move)
+    other_grads = loss_and_grads(eager, batch(eager, 17))[1]
+    assert any(not torch.equal(other_grads[name], grad) for name, grad in want_grads.items() if "lora_B" in name)
 
 
 @pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"])

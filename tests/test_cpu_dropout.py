@@ -88,3 +88,30 @@ def test_fused_lora_draws_its_dropout_here_in_training():
     torch.testing.assert_close(got, layer.base_layer(x) + update)
     model.eval()
     assert torch.equal(model(x), model(x))  # no dropout outside training
+
+
+class TwoDropoutsOfOneInput(torch.nn.Module):
+    """peft's q, k and v projections: dropouts of the same input, each its own mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return dropout(x, 0.5, site=self.a), dropout(x, 0.5, site=self.b)
+
+
+def test_compiled_dropout_draws_the_eager_masks_one_per_site():
+    """Under ``torch.compile`` the mask is one opaque operator: the draws are the eager ones under the same seed,
+    and two sites over one input draw two masks (a graph compiler would merge two calls with equal arguments)."""
+    x = torch.randn(64, 64, requires_grad=True)
+    compiled = TwoDropoutsOfOneInput()
+    compiled.compile(dynamic=True)
+    torch.manual_seed(0)
+    got = compiled(x)
+    torch.manual_seed(0)
+    want = TwoDropoutsOfOneInput()(x)
+    assert not torch.equal(got[0] != 0, got[1] != 0)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    sum(out.sum() for out in got).backward()
+    torch.testing.assert_close(x.grad, ((want[0] != 0).float() + (want[1] != 0).float()) * 2.0, rtol=0, atol=0)

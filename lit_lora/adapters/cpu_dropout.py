@@ -16,13 +16,15 @@ one-byte mask::
     >>> round(float((kept == 0).float().mean()), 3), kept.max().item() == torch.tensor(1 / 0.9).item()
     (0.1, True)
 
-``fused_lora.FusedLoraLinear`` uses it for peft's ``nn.Dropout`` on CPU tensors outside ``torch.compile``
-(inductor draws its own masks in generated code); a GPU keeps torch's fused dropout kernel.
+``fused_lora.FusedLoraLinear`` uses it for peft's ``nn.Dropout`` on CPU tensors; a GPU keeps torch's fused dropout
+kernel. The mask is drawn by one custom operator (``lit_lora::keep_mask``), so compiled layers (``compile: true``)
+draw the eager masks too instead of inductor's own, tensor by tensor the same under the same seed.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import torch
 
@@ -34,9 +36,10 @@ LOW_31_BITS_OF_EACH_HALF = 0x7FFFFFFF7FFFFFFF  # of an int64 draw: two 31-bit nu
 
 def applies(module: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether ``module`` is a training ``nn.Dropout`` (exactly, not a subclass) this function can stand in for."""
-    return (not torch.compiler.is_compiling() and type(module) is torch.nn.Dropout and module.training
-            and 0.0 < module.p < 1.0 and x.device.type == "cpu" and x.is_floating_point()
-            and x.numel() >= MIN_ELEMENTS and sys.byteorder == "little")
+    compiling = torch.compiler.is_compiling()  # compiled: no size test, a guard on it could recompile the layer
+    return (type(module) is torch.nn.Dropout and module.training and 0.0 < module.p < 1.0
+            and x.device.type == "cpu" and x.is_floating_point() and sys.byteorder == "little"
+            and (compiling or x.numel() >= MIN_ELEMENTS))
 
 
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
@@ -47,20 +50,22 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     return (halves >= round(p * 2**31))[:numel].view(shape)
 
 
-class _Dropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep = keep_mask(x.shape, p)
-        ctx.scale = 1.0 / (1.0 - p)
-        ctx.save_for_backward(keep)
-        return torch.where(keep, x, 0.0).mul_(ctx.scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
+@torch.library.custom_op("lit_lora::keep_mask", mutates_args=(), device_types="cpu",
+                        tags=(torch.Tag.nondeterministic_seeded,))
+def _keep_mask_op(x: torch.Tensor, site: torch.Tensor, p: float) -> torch.Tensor:
+    """``keep_mask`` for ``x`` as one opaque operator: ``torch.compile`` calls it rather than drawing its own
+    masks. ``site`` (a tensor of the dropout's own layer) is unused: it keeps a graph compiler from merging two
+    draws over the same input (peft's q, k and v dropouts) into one shared mask. The tag marks it random."""
+    return keep_mask(x.shape, p)
 
 
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-mode dropout of a CPU tensor with probability ``p`` in (0, 1) (see the module docstring)."""
-    return _Dropout.apply(x, p)
+@_keep_mask_op.register_fake
+def _(x: torch.Tensor, site: torch.Tensor, p: float) -> torch.Tensor:
+    return x.new_empty(x.shape, dtype=torch.bool)
+
+
+def dropout(x: torch.Tensor, p: float, site: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Training-mode dropout of a CPU tensor with probability ``p`` in (0, 1) (see the module docstring); ``site``:
+    a tensor owned by the dropout's layer (its LoRA A weight), so that compiled draws stay one per layer."""
+    keep = _keep_mask_op(x, x if site is None else site, p)
+    return torch.where(keep, x, 0.0).mul_(1.0 / (1.0 - p))  # autograd keeps only the boolean mask

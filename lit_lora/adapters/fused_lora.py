@@ -57,7 +57,9 @@ class FusedLoraLinear(PeftLoraLinear):
     def dropped(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The adapter's dropout of ``x``: on a CPU drawn two elements to a random number (``cpu_dropout``)."""
         module = self.lora_dropout[name]
-        return cpu_dropout.dropout(x, module.p) if cpu_dropout.applies(module, x) else module(x)
+        if cpu_dropout.applies(module, x):
+            return cpu_dropout.dropout(x, module.p, site=self.lora_A[name].weight)
+        return module(x)
 
     def fusable_adapter(self, x: torch.Tensor, kwargs: dict) -> Optional[str]:
         """The one active vanilla LoRA adapter the fast path computes exactly as peft does, else ``None``."""
