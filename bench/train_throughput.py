@@ -28,6 +28,7 @@ the same training split (lit-lora's tokenisation of it):
     HF grouped compile    HF grouped with torch_compile=True (the Trainer compiles the whole model)
     lit-lora dropout      the default with LoRA dropout 0.05 (lit-lora's default and the reference configs')
     HF grouped dropout    HF grouped with lora_dropout=0.05
+    lit-lora compile dropout, HF grouped compile dropout: the two compiled ones with LoRA dropout 0.05
 
 Each round runs every contender once, each in a fresh process, the order rotated from round to round. Each
 process measures itself (``bench/measure.py``): real tokens/s from the start of step 2 to the end of the last
@@ -345,6 +346,8 @@ TARGETS = (
      "tokens_per_s"),
     ("lit-lora compile dropout ÷ HF grouped compile dropout (same setting), tokens/s", ("lit-lora compile dropout",),
      ("HF grouped compile dropout",), "tokens_per_s"),
+    ("lit-lora compile dropout ÷ lit-lora dropout (torch.compile ÷ eager, with dropout), tokens/s",
+     ("lit-lora compile dropout",), ("lit-lora dropout",), "tokens_per_s"),
     ("lit-lora ÷ lit-lora full logits (the label-only head), tokens/s", ("lit-lora",), ("lit-lora full logits",),
      "tokens_per_s"),
     ("lit-lora random ÷ HF (same batches), peak RSS (target ≤ 1.0)", ("lit-lora random",), ("HF",), "peak_rss_mib"),
