@@ -14,6 +14,9 @@ A contender calls ``StepMeter.step_begin`` once its step's batch is in hand (bef
   work depends on its batch, e.g. length grouping puts the longest batch first); ``launch_to_end_s`` to the end of
   the last step (the whole run as its user waits for it, one-off costs such as ``torch.compile``'s included);
 * ``loss``: the training loss at steps 1, 10 and the last step, as the tool itself reports it;
+* ``step_seconds`` (CPU only): each step's wall time from ``step_begin`` to ``step_end``, to compare two
+  contenders batch by batch where they train the same batches (e.g. ``lit-lora dropout`` and
+  ``lit-lora compile dropout``);
 * on CUDA, ``cuda_peak_allocated_gib`` / ``cuda_peak_reserved_gib`` (``torch.cuda.max_memory_*``).
 
 Token counts stay tensors until the end (no device sync per step); CUDA timings synchronise at the window's ends.
@@ -99,6 +102,8 @@ class StepMeter:
         self.counts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.labelled: dict[int, torch.Tensor] = {}
         self.losses: dict[int, Any] = {}
+        self.begun: dict[int, float] = {}
+        self.step_seconds: dict[int, float] = {}
         self.window_start: Optional[float] = None
         self.window_end: Optional[float] = None
         self.step1_start: Optional[float] = None
@@ -118,11 +123,14 @@ class StepMeter:
             self._sync()
             self.window_start = time.perf_counter()
         self.counts[step] = counts
+        self.begun[step] = time.perf_counter()
         if labelled is not None:
             self.labelled[step] = labelled
 
     def step_end(self, step: int, loss: Any = None) -> None:
         self.steps_done = max(self.steps_done, step)
+        if step in self.begun and not self.cuda:  # on CUDA a per-step sync would slow what it times
+            self.step_seconds[step] = time.perf_counter() - self.begun[step]
         if loss is not None and (step in LOSS_STEPS or step == self.total_steps):
             self.losses[step] = loss.detach() if isinstance(loss, torch.Tensor) else loss
         if step == 1:
@@ -160,6 +168,7 @@ class StepMeter:
             "launch_to_step1_start_s": self.step1_start - launched if self.step1_start and launched else None,
             "launch_to_end_s": self.last_end - launched if self.last_end and launched else None,
             "loss": {str(s): as_float(v) for s, v in sorted(self.losses.items())},
+            "step_seconds": {str(s): round(v, 4) for s, v in sorted(self.step_seconds.items())},
         }
         if self.cuda:
             result["cuda_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB

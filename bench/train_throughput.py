@@ -267,9 +267,19 @@ def median_of(values: list) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-def summary_table(rounds: list[dict[str, dict]], names: list[str]) -> str:
+def step_spread(results: list[dict], first_timed: int) -> Optional[float]:
+    """How noisy the machine was for one contender: for each timed step (the same batch in every round), its
+    slowest time over the rounds ÷ its fastest, median over the steps. 1.30 means one batch took 30% longer in
+    one round than in another, so same-round ratios closer to 1 than that are within the noise."""
+    times = [r.get("step_seconds") or {} for r in results]
+    spreads = [max(t[s] for t in times) / min(t[s] for t in times) for s in times[0]
+               if int(s) >= first_timed and all(t.get(s) for t in times)] if len(times) > 1 else []
+    return median_of(spreads)
+
+
+def summary_table(rounds: list[dict[str, dict]], names: list[str], first_timed: int) -> str:
     rows = [["contender", "tokens/s", "padding", "peak RSS MiB", "launch→step1 s", "launch→step1 start s",
-             "launch→end s", f"tokens/s ÷ {REFERENCE}", "rounds"]]
+             "launch→end s", f"tokens/s ÷ {REFERENCE}", "rounds", "step spread"]]
     for name in names:
         ok = [r[name] for r in rounds if name in r and "error" not in r[name]]
         ratios = [r[name]["tokens_per_s"] / r[REFERENCE]["tokens_per_s"] for r in rounds
@@ -281,7 +291,7 @@ def summary_table(rounds: list[dict[str, dict]], names: list[str]) -> str:
                      fmt(median_of([x.get("launch_to_step1_s") for x in ok]), ".1f"),
                      fmt(median_of([x.get("launch_to_step1_start_s") for x in ok]), ".1f"),
                      fmt(median_of([x.get("launch_to_end_s") for x in ok]), ".1f"),
-                     fmt(median_of(ratios), ".2f"), str(len(ok))])
+                     fmt(median_of(ratios), ".2f"), str(len(ok)), fmt(step_spread(ok, first_timed), ".2f")])
     return table(rows)
 
 
@@ -443,7 +453,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         print("note: lit-lora fit does not accept --data.init_args.packing here; skipping 'lit-lora packing'")
         contenders = [c for c in contenders if c.name != "lit-lora packing"]
     print(f"settings: {args.steps} steps, batch {settings.batch_size}, max_length {settings.max_length}, "
-          f"lr {settings.lr} constant, LoRA r=16 alpha 32 dropout 0 all-linear, grad clip 1.0, seed {settings.seed}; "
+          f"lr {settings.lr} constant, LoRA r=16 alpha 32 dropout 0 (0.05 in the dropout ones) all-linear, "
+          f"grad clip 1.0, seed {settings.seed}; "
           f"tokens/s timed from the start of step {args.warmup_steps + 1} to the end of step {args.steps}; "
           f"{args.rounds} round(s)",
           flush=True)
@@ -455,7 +466,9 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         results = {c.name: run_contender(c, settings, k) for c in order}
         rounds.append(results)
         print(round_table(results, [c.name for c in order], args.steps), flush=True)
-    print(f"\nsummary: medians over {args.rounds} round(s)\n{summary_table(rounds, names)}")
+    print(f"\nsummary: medians over {args.rounds} round(s); step spread: a timed step's slowest ÷ fastest time "
+          f"over the rounds, median over the steps (the machine's noise)\n"
+          f"{summary_table(rounds, names, args.warmup_steps + 1)}")
     print(f"\n{targets_table(rounds)}")
     report = {"settings": {**vars(args), "workdir": str(work), "parameters": params, "python": sys.version.split()[0],
                            "contenders": names}, "rounds": rounds}

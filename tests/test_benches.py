@@ -7,6 +7,7 @@ machine is shared).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -39,10 +40,24 @@ def test_train_throughput_contenders_run_on_the_batches_they_claim(tmp_path):
     for name, result in results.items():
         assert "error" not in result, (name, result.get("error"))
         assert result["tokens_per_s"] > 0 and result["steps"] == 4, (name, result)
+        seconds = result["step_seconds"]  # every step timed on its own, for the batch-by-batch noise measure
+        assert sorted(map(int, seconds)) == [1, 2, 3, 4] and all(v > 0 for v in seconds.values()), (name, seconds)
     # lit-lora's default and the plain loop over its grouping train the same first batch to the same loss
     assert results["lit-lora"]["step1_tokens"] == results["plain grouped"]["step1_tokens"]
     assert results["lit-lora"]["loss"]["1"] == pytest.approx(results["plain grouped"]["loss"]["1"], rel=1e-5)
     assert results["plain grouped bf16"]["loss"]["1"] != results["plain grouped"]["loss"]["1"]  # autocast ran
+
+
+def test_step_spread_is_the_same_batchs_slowest_over_fastest_round_past_the_warm_up():
+    spec = importlib.util.spec_from_file_location("train_throughput", REPO / "bench" / "train_throughput.py")
+    bench = sys.modules["train_throughput"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
+    spec.loader.exec_module(bench)
+    rounds = [{"step_seconds": {"1": 9.0, "2": 1.0, "3": 2.0, "4": 1.0}},
+              {"step_seconds": {"1": 1.0, "2": 1.5, "3": 2.0, "4": 1.2}},
+              {"step_seconds": {"1": 1.0, "2": 1.2, "3": 3.0, "4": 1.1}}]
+    assert bench.step_spread(rounds, first_timed=2) == pytest.approx(1.5)  # median of 1.5, 1.5, 1.2 (step 1 left out)
+    assert bench.step_spread(rounds, first_timed=4) == pytest.approx(1.2)
+    assert bench.step_spread(rounds[:1], first_timed=2) is None  # one round: no spread
 
 
 @pytest.mark.parametrize("per_row_prompts", [None, 5])
