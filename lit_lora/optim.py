@@ -17,6 +17,8 @@ from typing import Callable, Literal, Union
 
 import torch
 
+from lit_lora.errors import IncompatibleConfig
+
 log = logging.getLogger("lit_lora")
 
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
@@ -43,6 +45,19 @@ class OptimizerSettings:
     eps: float = 1e-8
     scheduler: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_steps: int = 0
+
+    def __post_init__(self):
+        """Refuse a value torch would refuse only once the model is loaded and the data tokenised (on a cluster,
+        after the queue and a baseline evaluation), named as its config key."""
+        problems = [f"{name} must be above 0, got {value!r}" for name, value in (("lr", self.lr), ("eps", self.eps))
+                    if not value > 0]
+        problems += [f"{name} must be at least 0, got {value!r}"
+                     for name, value in (("weight_decay", self.weight_decay), ("warmup_steps", self.warmup_steps))
+                     if not value >= 0]
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            problems.append(f"betas must be two numbers each at least 0 and below 1, got {tuple(self.betas)!r}")
+        if problems:
+            raise IncompatibleConfig("model.init_args.optim." + "; model.init_args.optim.".join(problems))
 
 
 def optimizer_class(name: str):

@@ -108,6 +108,26 @@ def test_an_adapter_setting_out_of_range_is_one_line_before_anything_loads(key, 
     assert "Traceback" not in result.stderr and "kept" not in result.stderr  # no data was read
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", "-1", "lr must be above 0, got -1.0"),
+    ("eps", "0", "eps must be above 0, got 0.0"),
+    ("weight_decay", "-0.1", "weight_decay must be at least 0, got -0.1"),
+    ("warmup_steps", "-5", "warmup_steps must be at least 0, got -5"),
+    ("betas", "[0.9, 1.0]", "betas must be two numbers each at least 0 and below 1, got (0.9, 1.0)"),
+])
+def test_an_optimizer_setting_out_of_range_is_refused_before_anything_loads(key, value, message, tmp_path):
+    """torch refused a negative learning rate only when the optimizer was built: after the model loaded, the
+    data were tokenised and the baseline evaluated (minutes on a cluster, after the queue)."""
+    from lit_lora.commands import input_error_in
+
+    with pytest.raises(Exception) as refused:
+        run_cli(["fit", "--config", DEMO, f"--model.init_args.optim.{key}", value,
+                 "--trainer.default_root_dir", str(tmp_path)])
+    error = input_error_in(refused.value)
+    assert type(error).__name__ == "IncompatibleConfig" and str(error) == f"model.init_args.optim.{message}"
+    assert not any(tmp_path.iterdir())  # no run directory: nothing was built
+
+
 @pytest.mark.parametrize("override, named", [
     (["--data.init_args.val_fraction", "1.5"], "data.init_args.val_fraction must be between 0 and 1 (both excluded), got 1.5"),
     (["--data.init_args.sample_fraction", "5"], "data.init_args.sample_fraction must be above 0 and at most 1, got 5"),

@@ -186,6 +186,9 @@ def test_a_local_run_after_a_slurm_submission_decides_the_points_state(tmp_path)
 
 
 # ---- a local sweep -------------------------------------------------------------------------------------
+BAD_LR = "model.init_args.optim.lr must be above 0, got -1.0"  # how the point of lr -1 fails, before it loads
+
+
 def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     model = tiny_model("llama")
     args = ["--config", DEMO, "--grid", f"{LR}=3e-3,-1", "--seeds", "2", "--runs_dir", str(tmp_path),
@@ -206,10 +209,10 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
         assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == 2
         assert json.loads((run_dir / "sweep_status.json").read_text())["returncode"] == 0
     for name in failed:
-        assert f"{name} FAILED (exit status 1)" in out and "Invalid learning rate" in out
+        assert f"{name} FAILED (exit status 1)" in out and "optim.lr must be above 0" in out
         said = out.splitlines()
         at = next(i for i, line in enumerate(said) if f"{name} FAILED" in line)
-        assert said[at + 1].strip() == "ValueError: Invalid learning rate: -1.0", said[at:at + 8]  # not a traceback
+        assert said[at + 1].strip() == f"lit-lora: IncompatibleConfig: {BAD_LR}", said[at:at + 8]  # not a traceback
     seed1 = yaml.safe_load((sweep_dir / "lr=0.003-seed=1" / "config.yaml").read_text())
     assert seed1["seed_everything"] == 1
 
@@ -225,7 +228,7 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     report = (sweep_dir / "report.md").read_text()
     assert "## Mean ± std over seeds" in report and "| lr=0.003 | 2 |" in report
     assert "★" in report
-    assert "### lr=-1-seed=0: failed (exit status 1)" in report and "Invalid learning rate: -1.0" in report
+    assert "### lr=-1-seed=0: failed (exit status 1)" in report and BAD_LR in report
     assert "(plots/vs_lr.png)" not in report  # one finished value of lr: nothing to plot against
     adapter = sweep_dir / "lr=0.003-seed=0" / "adapter" / "adapter_model.safetensors"
     trained_at = adapter.stat().st_mtime_ns
@@ -238,8 +241,8 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     assert adapter.stat().st_mtime_ns == trained_at
     for name in failed:
         assert f"{name}: the earlier attempt (failed) moved to" in second.stdout
-        assert "Invalid learning rate" in (sweep_dir / name / "attempts" / "1" / "log.txt").read_text()
-        assert "Invalid learning rate" in (sweep_dir / name / "log.txt").read_text()
+        assert BAD_LR in (sweep_dir / name / "attempts" / "1" / "log.txt").read_text()
+        assert BAD_LR in (sweep_dir / name / "log.txt").read_text()
 
     # adding a value extends the same sweep: only the new point trains (and the failed one retries); a plot appears
     args[args.index(f"{LR}=3e-3,-1")] = f"{LR}=3e-3,-1,1e-2"

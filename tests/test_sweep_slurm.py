@@ -85,7 +85,7 @@ def test_sweep_runs_as_one_job_array(tiny_model, tmp_path):
     assert [r["state"] for r in rows] == ["finished", "finished", "failed"]
     assert all(float(r["tuned_val_loss"]) > 0 for r in rows[:2])
     md = (sweep_dir / "report.md").read_text()
-    assert "### lr=-1: failed" in md and "Invalid learning rate: -1.0" in md
+    assert "### lr=-1: failed" in md and "optim.lr must be above 0, got -1.0" in md
     assert f"SLURM array job {job}" in md
 
     # resubmitting the same sweep sends only the point that did not finish, as a new one-task array
@@ -95,7 +95,7 @@ def test_sweep_runs_as_one_job_array(tiny_model, tmp_path):
     assert len(sweep["slurm"]) == 2 and sweep["slurm"][1]["indices"] == [2]
     states = wait_until_settled(sweep_dir)
     assert states["lr=-1"].state == FAILED and states["lr=0.001"].state == FINISHED
-    assert "Invalid learning rate" in (sweep_dir / "lr=-1" / "attempts" / "1" / "log.txt").read_text()
+    assert "optim.lr must be above 0" in (sweep_dir / "lr=-1" / "attempts" / "1" / "log.txt").read_text()
 
 
 def test_a_cancelled_point_resumes_from_its_preemption_checkpoint_when_resubmitted(tiny_model, tmp_path):
