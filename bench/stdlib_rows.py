@@ -6,6 +6,11 @@ answers are written), ``input`` is empty and ``text`` joins instruction and outp
 Nothing is downloaded; the rows depend on the Python version that reads its own standard library (about
 6,300 rows on CPython 3.11), so the benches print the version and a digest of the rows they used.
 
+Parsing the whole standard library takes about 15 s on a laptop core, so the rows are kept in a cache file
+keyed by the interpreter, the standard library's files (paths, sizes, modification times) and the length
+limits: ``$LIT_LORA_BENCH_CACHE``, else ``$XDG_CACHE_HOME/lit-lora/bench``, else ``~/.cache/lit-lora/bench``.
+A changed standard library gets a new key; deleting the folder is always safe.
+
     python bench/stdlib_rows.py /tmp/rows.jsonl --rows 4000
 """
 
@@ -15,6 +20,7 @@ import argparse
 import ast
 import hashlib
 import json
+import os
 import random
 import sys
 import sysconfig
@@ -57,19 +63,38 @@ def function_rows(path: Path, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
 def stdlib_rows(rows: Optional[int] = None, seed: int = 0, min_chars: int = MIN_CHARS,
                 max_chars: int = MAX_CHARS) -> list[dict]:
     """Deduplicated rows in a seeded random order; the first ``rows`` of them (all when ``None``)."""
-    seen: set[tuple[str, str]] = set()
-    found: list[dict] = []
-    for path in stdlib_files():
-        for row in function_rows(path, min_chars, max_chars):
-            key = (row["instruction"], row["output"])
-            if key not in seen:
-                seen.add(key)
-                found.append(row)
+    found = cached_function_rows(min_chars, max_chars)
     random.Random(seed).shuffle(found)
     if rows is not None and rows > len(found):
         print(f"[stdlib_rows] asked for {rows} rows, the standard library of Python "
               f"{sys.version.split()[0]} gives {len(found)}: using them all", file=sys.stderr)
     return found[:rows] if rows is not None else found
+
+
+def cached_function_rows(min_chars: int, max_chars: int) -> list[dict]:
+    """Every deduplicated row of the standard library in file order, from the cache when its key matches."""
+    files = stdlib_files()
+    key = hashlib.sha256(json.dumps([sys.version, min_chars, max_chars, *(
+        (str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)]).encode()).hexdigest()[:16]
+    cache = cache_dir() / f"stdlib-rows-{key}.jsonl"
+    if cache.is_file():
+        return read_jsonl(cache)
+    seen: set[tuple[str, str]] = set()
+    found: list[dict] = []
+    for path in files:
+        for row in function_rows(path, min_chars, max_chars):
+            if (row["instruction"], row["output"]) not in seen:
+                seen.add((row["instruction"], row["output"]))
+                found.append(row)
+    partial = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # two benches at once never read half a file
+    write_jsonl(found, partial).replace(cache)
+    return found
+
+
+def cache_dir() -> Path:
+    if os.environ.get("LIT_LORA_BENCH_CACHE"):
+        return Path(os.environ["LIT_LORA_BENCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lit-lora" / "bench"
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:

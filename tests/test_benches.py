@@ -60,6 +60,25 @@ def test_step_spread_is_the_same_batchs_slowest_over_fastest_round_past_the_warm
     assert bench.step_spread(rounds[:1], first_timed=2) is None  # one round: no spread
 
 
+def test_stdlib_rows_come_from_the_cache_only_while_the_files_they_were_read_from_are_unchanged(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("stdlib_rows", REPO / "bench" / "stdlib_rows.py")
+    rows = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rows)
+    source = tmp_path / "lib" / "shapes.py"
+    source.parent.mkdir()
+    body = "    area = width * height\n    perimeter = 2 * (width + height)\n    return area, perimeter\n"
+    source.write_text(f'def box(width, height):\n    """Area and perimeter of a box."""\n{body}')
+    monkeypatch.setattr(rows, "stdlib_files", lambda: [source])
+    monkeypatch.setenv("LIT_LORA_BENCH_CACHE", str(tmp_path / "cache"))
+    first = rows.stdlib_rows()
+    assert [r["instruction"] for r in first] == ["Area and perimeter of a box."]
+    (cached,) = (tmp_path / "cache").glob("stdlib-rows-*.jsonl")
+    assert rows.stdlib_rows() == first  # read back from the cache
+    source.write_text(source.read_text().replace("Area and perimeter", "Perimeter and area,"))
+    assert [r["instruction"] for r in rows.stdlib_rows()] == ["Perimeter and area, of a box."]  # a new key
+    assert len(list((tmp_path / "cache").glob("stdlib-rows-*.jsonl"))) == 2 and cached.exists()
+
+
 @pytest.mark.parametrize("per_row_prompts", [None, 5])
 def test_generation_bench_batches_answer_as_per_row_calls(tmp_path, per_row_prompts):
     """``--per-row-prompts N`` (the GPU step's) times one call per row on the first N prompts: the ratio is of rates."""
