@@ -6,7 +6,8 @@
 * where things are: ``REPO``, ``CONFIGS``, ``DEMO`` (``configs/demo.yaml``), ``SAMPLES``, ``WORKERS``;
 * the CLI in this process: ``run_cli(args)`` is ``lit-lora <args>`` through the entry point's ``main`` (every
   command: fit / validate / test, compare, incontext, configs, …); ``build_cli(args, run=…)`` returns the
-  ``LitLoraCLI`` itself (``run=False``: built, nothing run, ``fit(cli)`` runs it); ``demo_args`` /
+  ``LitLoraCLI`` itself (``run=False``: built, nothing run, ``fit(cli)`` runs it); ``cli_exit(args)`` is the
+  installed command's ``entry`` for a command that stops (its exit status and one-line message); ``demo_args`` /
   ``demo_cli`` are the demo config on a tiny model, quiet, with the test's overrides last;
 * the CLI in a fresh process: ``run_cli_subprocess(args, via=…)`` through the installed ``lit-lora``, ``python
   -m lit_lora.cli`` or ``tests/workers/cpu_as_cuda.py`` (Lightning's CUDA-only strategies on CPU ranks), under
@@ -66,6 +67,29 @@ def run_cli(args: Sequence[str]) -> None:
     from lit_lora.commands import main
 
     main(list(args))
+
+
+def cli_exit(args: Sequence[str]) -> tuple[int, str]:
+    """``lit-lora <args>`` through ``lit_lora.commands.entry`` (what the installed command runs), in this process,
+    without ``--verbose``: the exit status and the message the interpreter prints as stderr's last line when a
+    command stops with ``sys.exit("…")``. An error ``entry`` does not turn into that line (a user would see a
+    traceback) reaches the test. A fresh process pays about 8 s of imports; this pays them once a session, so
+    the refusals are checked here and ``run_cli_subprocess`` keeps the checks of the command itself."""
+    from lit_lora.commands import entry
+
+    argv, verbose = sys.argv, os.environ.pop("LIT_LORA_VERBOSE", None)
+    sys.argv = ["lit-lora", *map(str, args)]
+    try:
+        entry()
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0, ""
+        return 1, str(stop.code)
+    finally:
+        sys.argv = argv
+        if verbose is not None:
+            os.environ["LIT_LORA_VERBOSE"] = verbose
+    return 0, ""
 
 
 def build_cli(args: Sequence[str], run: bool = True):

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from harness import DEMO, build_cli, code_row, config, instruction_dm, output, run_cli_subprocess, setup_error, \
+from harness import DEMO, build_cli, cli_exit, code_row, config, instruction_dm, run_cli_subprocess, setup_error, \
     snli_csv, write_lines
 
 from lit_lora.data.counselling import CounsellingDataModule
@@ -288,32 +288,30 @@ def write_jsonl_rows(path: Path, rows: list[dict]) -> str:
     return write_lines(path, [json.dumps(r) for r in rows])
 
 
-# ---- 4. model_name_or_path (``lit-lora`` as a user runs it: the entry point installed beside this Python) ----
+# ---- 4. model_name_or_path, checkpoints, data files: what ``lit-lora`` prints (``cli_exit``: the installed command's
+# ``entry`` in this process; ``test_a_bad_data_line_ends_the_command_with_one_line_naming_it`` runs the command) ----
 def test_missing_model_directory_is_one_short_line_naming_it(tmp_path):
     missing = str(tmp_path / "no-such-model")
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
-                                 "--model.init_args.model_name_or_path", missing], check=False)
-    assert result.returncode != 0
-    assert "Union" not in result.stderr and "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if missing in line]
-    assert line.startswith(f"lit-lora: model_name_or_path {missing!r}: not a local directory")
+    status, line = cli_exit(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+                             "--model.init_args.model_name_or_path", missing])
+    assert status == 1 and "Union" not in line and "\n" not in line
+    assert line.startswith(f"lit-lora: model_name_or_path {missing!r}: not a local directory"), line
 
 
 @pytest.mark.parametrize("command", ["fit", "test", "compare"])
-def test_a_missing_checkpoint_or_adapter_is_one_line_before_anything_runs(tmp_path, command):
+def test_a_missing_checkpoint_or_adapter_is_one_line_before_anything_runs(tmp_path, command, capsys, caplog,
+                                                                            monkeypatch):
     """Lightning finds a missing --ckpt_path only after building the model and data (compare: after scoring
     the base model); lit-lora names it first."""
+    monkeypatch.chdir(tmp_path)
     missing = str(tmp_path / "nope.ckpt")
     given = ["--adapter_dir", missing] if command == "compare" else ["--ckpt_path", missing]
-    result = run_cli_subprocess([command, "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
-                                 *given], env={"LIT_LORA_VERBOSE": None}, check=False, cwd=str(tmp_path))
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+    status, line = cli_exit([command, "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"), *given])
     expected = (f"lit-lora compare: --adapter_dir {missing}: " if command == "compare"
                 else f"lit-lora: MissingCheckpoint: --ckpt_path {missing}: ")
-    assert last == expected + "no such file or directory"
-    assert "generating" not in result.stdout + result.stderr and not (tmp_path / "compare").exists()
+    assert status == 1 and line == expected + "no such file or directory"
+    printed = capsys.readouterr()
+    assert "generating" not in printed.out + printed.err + caplog.text and not (tmp_path / "compare").exists()
 
 
 def test_lightning_clis_optimizer_flags_are_not_offered(tmp_path):
@@ -344,30 +342,24 @@ def test_a_bad_data_line_ends_the_command_with_one_line_naming_it(tmp_path, via)
 def test_an_evaluation_stopped_by_bad_data_leaves_no_empty_run_directory(tmp_path, command):
     """As a fit stopped before its first step: the next evaluation takes ``version_0``, not ``version_1``."""
     data = write_lines(tmp_path / "codes.jsonl", ['{"instruction": "x", "input": "", "output": "y"}', '{"oops'])
-    result = run_cli_subprocess([command, "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
-                                 "--data.init_args.source", data], env={"LIT_LORA_VERBOSE": None}, check=False)
-    assert result.returncode == 1 and "DataFileError" in result.stderr.strip().splitlines()[-1]
-    assert not list((tmp_path / "runs").rglob("version_*")), output(result)[-2000:]
+    status, line = cli_exit([command, "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                             "--data.init_args.source", data])
+    assert status == 1 and line.startswith(f"lit-lora: DataFileError: {data}: line 2"), line
+    assert not list((tmp_path / "runs").rglob("version_*"))
 
 
 def test_a_missing_data_file_ends_the_command_with_one_line_naming_it(tmp_path):
     missing = str(tmp_path / "nope.jsonl")
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
-                                 "--data.init_args.source", missing], env={"LIT_LORA_VERBOSE": None}, check=False)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"lit-lora: DataFileError: {missing}: no such file or directory")
+    status, line = cli_exit(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                             "--data.init_args.source", missing])
+    assert status == 1 and line.startswith(f"lit-lora: DataFileError: {missing}: no such file or directory"), line
 
 
 def test_a_refused_packing_setting_ends_the_command_with_one_line(tmp_path):
     """A packing budget below one sequence is a config error the user fixes: one line naming both keys."""
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
-                                 "--data.init_args.packing", "true", "--data.init_args.max_tokens_per_batch", "100"],
-                                env={"LIT_LORA_VERBOSE": None}, check=False)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1] == (
+    status, line = cli_exit(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path),
+                             "--data.init_args.packing", "true", "--data.init_args.max_tokens_per_batch", "100"])
+    assert status == 1 and line == (
         "lit-lora: IncompatibleConfig: data.max_tokens_per_batch (100) must hold one packed sequence of "
         "data.max_length (256) tokens")
 
@@ -408,23 +400,20 @@ def test_a_hub_id_the_hub_does_not_give_is_one_line_online_too(tmp_path):
                                        "loads under lit_lora.models.CausalLMModule"),
 ])
 def test_a_model_the_modules_head_cannot_load_is_one_line_before_tokenisation(tmp_path, tiny_model, config_name,
-                                                                               arch, expected):
+                                                                               arch, expected, caplog, monkeypatch):
     model = tiny_model(arch)
-    result = run_cli_subprocess(["fit", "--config", config(config_name), "--trainer.default_root_dir", str(tmp_path),
-                                 "--model.init_args.model_name_or_path", model], check=False, cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr and "kept" not in result.stderr, \
-        result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"lit-lora: IncompatibleConfig: model_name_or_path {model}: {expected}"), last
+    monkeypatch.chdir(tmp_path)
+    status, line = cli_exit(["fit", "--config", config(config_name), "--trainer.default_root_dir", str(tmp_path),
+                             "--model.init_args.model_name_or_path", model])
+    assert status == 1 and "kept" not in caplog.text
+    assert line.startswith(f"lit-lora: IncompatibleConfig: model_name_or_path {model}: {expected}"), line
 
 
 def test_estimate_names_a_missing_model_directory_in_one_line(tmp_path):
     """jsonargparse wrapped the error of estimate's model in its "Does not validate" report, with a traceback."""
     missing = str(tmp_path / "no-model")
-    result = run_cli_subprocess(["estimate", "--config", DEMO, "--model.init_args.model_name_or_path", missing],
-                                check=False, cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1] == (
+    status, line = cli_exit(["estimate", "--config", DEMO, "--model.init_args.model_name_or_path", missing])
+    assert status == 1 and line == (
         f"lit-lora: model_name_or_path {missing!r}: not a local directory (looked in {missing}), and not a hub id "
         "('org/name')")
 

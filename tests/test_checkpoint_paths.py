@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import DEMO, QUIET, config, run_cli, run_cli_subprocess
+from harness import DEMO, QUIET, cli_exit, config, run_cli
 
 pytestmark = pytest.mark.faults
 
@@ -24,33 +24,33 @@ def runs(tmp_path_factory, tiny_model) -> dict[str, Path]:
     return {name: root / name / "lightning_logs" / "version_0" for name in ("demo", "nli")}
 
 
-def last_line(command: str, ckpt_path: Path, tmp_path: Path, tiny_model) -> str:
-    result = run_cli_subprocess([command, "--config", DEMO, "--model.init_args.model_name_or_path", tiny_model("llama"),
-                                 "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt_path)],
-                                check=False, cwd=tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert "kept" not in result.stderr, "the data was tokenised before the refusal"
-    return result.stderr.strip().splitlines()[-1]
+def last_line(command: str, ckpt_path: Path, tmp_path: Path, tiny_model, caplog) -> str:
+    """The line ``lit-lora <command> --ckpt_path <ckpt_path>`` stops with (``cli_exit``: no traceback)."""
+    caplog.clear()
+    status, line = cli_exit([command, "--config", DEMO, "--model.init_args.model_name_or_path", tiny_model("llama"),
+                             "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt_path)])
+    assert status == 1 and "kept" not in caplog.text, "the data was tokenised before the refusal"
+    return line
 
 
-def test_an_adapter_file_or_a_checkpoints_directory_is_named_as_such(runs, tmp_path, tiny_model):
+def test_an_adapter_file_or_a_checkpoints_directory_is_named_as_such(runs, tmp_path, tiny_model, caplog):
     weights = runs["demo"] / "adapter" / "adapter_model.safetensors"
-    assert last_line("test", weights, tmp_path, tiny_model) == (
+    assert last_line("test", weights, tmp_path, tiny_model, caplog) == (
         f"lit-lora: MissingCheckpoint: --ckpt_path {weights}: not a checkpoint Lightning wrote (a .ckpt file in a "
         "run's checkpoints/ directory) (adapter weights: lit-lora compare and merge take the adapter's directory as "
         "--adapter_dir)")
     directory = runs["demo"] / "checkpoints"
     held = sorted(p.name for p in directory.glob("*.ckpt"))
-    assert last_line("test", directory, tmp_path, tiny_model) == (
+    assert last_line("test", directory, tmp_path, tiny_model, caplog) == (
         f"lit-lora: MissingCheckpoint: --ckpt_path {directory}: a directory, not a checkpoint; it holds "
         f"{', '.join(held)}: name one")
 
 
 @pytest.mark.parametrize("command", ["test", "compare"])
-def test_a_checkpoint_of_another_module_is_refused_with_its_runs_config(runs, tmp_path, tiny_model, command):
+def test_a_checkpoint_of_another_module_is_refused_with_its_runs_config(runs, tmp_path, tiny_model, command, caplog):
     ckpt = runs["nli"] / "checkpoints" / "last.ckpt"
     prefix = "lit-lora compare: " if command == "compare" else "lit-lora: CheckpointSettingsMismatch: "
-    assert last_line(command, ckpt, tmp_path, tiny_model) == (
+    assert last_line(command, ckpt, tmp_path, tiny_model, caplog) == (
         f"{prefix}--ckpt_path {ckpt} holds a lit_lora.models.SequenceClassifierModule, this config a "
         f"lit_lora.models.CausalLMModule: score a checkpoint with the config of its run (lit-lora {command} --config "
         f"{runs['nli'] / 'config.yaml'} --ckpt_path {ckpt})")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from harness import DEMO, run_cli, run_cli_subprocess, validation_rows, version_dir
+from harness import DEMO, cli_exit, run_cli, run_cli_subprocess, validation_rows, version_dir
 
 SMALL = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
          "--data.init_args.max_samples", "40", "--data.init_args.batch_size", "4"]
@@ -67,11 +67,10 @@ def test_every_key_is_documented_in_help():
 
 
 def test_bad_target_module_fails_before_training(tmp_path):
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                                 "--model.init_args.adapter.init_args.target_modules", "[q_proj, v_prj]"], check=False)
-    assert result.returncode != 0
-    assert "'v_prj' matches no module" in result.stderr and "v_proj" in result.stderr
-    assert "Traceback" not in result.stderr and "model.init_args.adapter.init_args.target_modules" in result.stderr
+    status, message = cli_exit(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+                                "--model.init_args.adapter.init_args.target_modules", "[q_proj, v_prj]"])
+    assert status == 1 and "'v_prj' matches no module" in message and "v_proj" in message, message
+    assert "model.init_args.adapter.init_args.target_modules" in message
 
 
 def test_a_command_without_checkpoints_refuses_a_ckpt_path_but_reads_a_saved_run_config(tmp_path):
@@ -99,13 +98,13 @@ def test_the_learning_rate_is_logged_at_every_logged_step(tmp_path):
     ("adapter.init_args.dropout", "1.5", "dropout must be in [0, 1), got 1.5"),
     ("adapter.init_args.alpha", "0", "alpha must be positive, got 0"),
 ])
-def test_an_adapter_setting_out_of_range_is_one_line_before_anything_loads(key, value, message, tmp_path):
+def test_an_adapter_setting_out_of_range_is_one_line_before_anything_loads(key, value, message, tmp_path, caplog):
     """peft refuses such values only after the data are tokenised and the model loaded, with a traceback."""
-    result = run_cli_subprocess(["fit", "--config", DEMO, f"--model.init_args.{key}", value,
-                                 "--trainer.default_root_dir", str(tmp_path)], cwd=tmp_path, check=False)
-    assert result.returncode == 1
-    assert f"lit-lora: InvalidAdapterSetting: model.init_args.adapter (lora): {message}" in result.stderr
-    assert "Traceback" not in result.stderr and "kept" not in result.stderr  # no data was read
+    status, line = cli_exit(["fit", "--config", DEMO, f"--model.init_args.{key}", value,
+                             "--trainer.default_root_dir", str(tmp_path)])
+    assert status == 1 and line.startswith("lit-lora: InvalidAdapterSetting: model.init_args.adapter (lora): "
+                                           f"{message}"), line
+    assert "kept" not in caplog.text  # no data was read
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -136,25 +135,24 @@ def test_an_optimizer_setting_out_of_range_is_refused_before_anything_loads(key,
     (["--data", "lit_lora.data.DS1000DataModule", "--data.init_args.template", "alpaca"],
      "data.init_args.template must be one of plain, chat for DS1000DataModule, got 'alpaca'"),
 ], ids=["val_fraction", "sample_fraction", "batch_size", "system_prompt", "ds1000_template"])
-def test_a_data_setting_out_of_range_is_one_line_naming_its_key(tmp_path, override, named):
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                                 *override], check=False)
-    assert result.returncode == 1 and named in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and "kept" not in result.stderr  # before any data was read
+def test_a_data_setting_out_of_range_is_one_line_naming_its_key(tmp_path, override, named, caplog):
+    status, line = cli_exit(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL, *override])
+    assert status == 1 and line.startswith("lit-lora: ") and named in line, line
+    assert "kept" not in caplog.text  # before any data was read
 
 
 def test_a_value_for_a_key_the_cli_links_is_refused_not_dropped(tmp_path):
     """jsonargparse drops a value given for a link target without a word: the data's trust_remote_code and
     tokenizer follow the model's, so ``--data.init_args.trust_remote_code true`` did nothing."""
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--data.init_args.trust_remote_code", "true",
-                                 "--trainer.default_root_dir", str(tmp_path), *SMALL], check=False)
-    assert result.returncode == 1 and "--data.init_args.trust_remote_code (command line)" in result.stderr
-    assert "comes from model.init_args.trust_remote_code" in result.stderr and "Traceback" not in result.stderr
+    status, line = cli_exit(["fit", "--config", DEMO, "--data.init_args.trust_remote_code", "true",
+                             "--trainer.default_root_dir", str(tmp_path), *SMALL])
+    assert status == 1 and "--data.init_args.trust_remote_code (command line)" in line, line
+    assert "comes from model.init_args.trust_remote_code" in line
     extra = tmp_path / "extra.yaml"
     extra.write_text("data:\n  init_args:\n    max_length: 64\n    tokenizer_name_or_path: /elsewhere\n")
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--config", str(extra), "--trainer.default_root_dir",
-                                 str(tmp_path), *SMALL], check=False)
-    assert result.returncode == 1 and f"{extra}: line 4: data.init_args.tokenizer_name_or_path" in result.stderr
+    status, line = cli_exit(["fit", "--config", DEMO, "--config", str(extra), "--trainer.default_root_dir",
+                             str(tmp_path), *SMALL])
+    assert status == 1 and f"{extra}: line 4: data.init_args.tokenizer_name_or_path" in line, line
     assert not (tmp_path / "lightning_logs").exists()  # refused before anything was built
 
 
@@ -171,13 +169,11 @@ def test_the_tuned_figure_is_val_loss_under_mixed_precision(tmp_path):
 
 @pytest.mark.parametrize("key, value", [("batch_size", "2"), ("seed", "7")])  # the seed draws order and split
 def test_a_mid_epoch_resume_with_another_batch_size_or_data_seed_is_one_line(tmp_path, key, value):
-    run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL])
+    run_cli(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL])
     ckpt = sorted((version_dir(tmp_path) / "checkpoints").glob("*.ckpt"))[-1]  # step 4 of a 9-batch epoch
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                                 "--trainer.max_steps", "6", f"--data.init_args.{key}", value,
-                                 "--ckpt_path", str(ckpt)], check=False)
-    assert result.returncode == 1 and f"resume needs the same data.{key}" in result.stderr
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    status, line = cli_exit(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+                             "--trainer.max_steps", "6", f"--data.init_args.{key}", value, "--ckpt_path", str(ckpt)])
+    assert status == 1 and line.startswith("lit-lora: ") and f"resume needs the same data.{key}" in line, line
 
 
 def test_the_final_step_is_the_latest_checkpoint_when_it_was_no_validation_step(tmp_path):
@@ -206,12 +202,12 @@ def test_a_fit_that_stops_before_its_first_step_leaves_no_numbered_run_directory
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a" "input": ""}\n')
     root = tmp_path / "runs"
-    for _ in range(2):
-        refused = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(root), *SMALL,
-                                      "--data.init_args.source", str(bad)], check=False)
-        assert refused.returncode == 1 and "bad.jsonl: line 2" in refused.stderr, refused.stderr[-2000:]
-        assert "Failed to load JSON" not in refused.stderr  # datasets' own line, counted from another origin
+    args = ["fit", "--config", DEMO, "--trainer.default_root_dir", str(root), *SMALL, "--data.init_args.source", bad]
+    refused = run_cli_subprocess(args, check=False)
+    assert refused.returncode == 1 and "bad.jsonl: line 2" in refused.stderr, refused.stderr[-2000:]
+    assert "Failed to load JSON" not in refused.stderr  # datasets' own line, counted from another origin
+    status, line = cli_exit(args)  # a second refusal, as the first
+    assert status == 1 and "bad.jsonl: line 2" in line, line
     assert not list((root / "lightning_logs").glob("version_*"))
-    run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(root), *SMALL,
-                        "--trainer.max_steps", "1"])
+    run_cli(["fit", "--config", DEMO, "--trainer.default_root_dir", str(root), *SMALL, "--trainer.max_steps", "1"])
     assert [p.name for p in (root / "lightning_logs").glob("version_*")] == ["version_0"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from harness import DEMO, run_cli_subprocess
+from harness import DEMO, cli_exit, run_cli_subprocess
 
 from lit_lora.data import MultiNLIDataModule
 from lit_lora.evaluation.incontext import build_prompts
@@ -28,7 +28,7 @@ def test_classification_demonstrations_end_in_an_answer_cue_before_their_label(t
             assert label in dm.label_names, block
 
 
-def test_scores_count_truncated_answers_and_each_evaluation_gets_its_own_directory(tiny_model, tmp_path):
+def test_scores_count_truncated_answers_and_each_evaluation_gets_its_own_directory(tiny_model, tmp_path, monkeypatch):
     args = ["incontext", "--config", DEMO, "--model.init_args.model_name_or_path", tiny_model("llama"),
             "--model.init_args.evaluation.max_new_tokens", "3", "--shots", "0", "1", "--max_rows", "4",
             "--trainer.default_root_dir", str(tmp_path)]
@@ -48,8 +48,9 @@ def test_scores_count_truncated_answers_and_each_evaluation_gets_its_own_directo
     assert f"wrote {tmp_path / 'incontext_1' / 'incontext.json'}" in second.stderr
     assert json.loads((out_dir / "incontext.json").read_text()) == scores  # the first evaluation untouched
 
-    refused = run_cli_subprocess([*args, "--out_dir", str(out_dir)], via="module", cwd=tmp_path, check=False)
-    assert refused.returncode != 0 and "holds an earlier evaluation" in refused.stderr, refused.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    status, line = cli_exit([*args, "--out_dir", str(out_dir)])
+    assert status == 1 and line.startswith(f"lit-lora incontext: {out_dir} holds an earlier evaluation"), line
 
 
 def test_every_prompt_of_a_shot_count_goes_to_one_sorted_batched_generation(tiny_model, tmp_path, monkeypatch):
