@@ -13,7 +13,7 @@ SMALL = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--tra
          "--data.init_args.max_samples", "40", "--data.init_args.batch_size", "4"]
 
 
-def test_demo_config_runs_end_to_end_through_the_entry_point(tmp_path):
+def test_demo_config_runs_end_to_end_through_the_entry_point(tmp_path, capsys, caplog):
     result = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL])
     out = result.stdout + result.stderr
     assert "trainable params:" in out and "trainable%:" in out
@@ -36,33 +36,43 @@ def test_demo_config_runs_end_to_end_through_the_entry_point(tmp_path):
     assert state and all("lora_" in k for k in state)
     assert (ckpt.with_name(ckpt.stem + "-adapter") / "adapter_model.safetensors").exists()
 
-    # `lit-lora test --ckpt_path` rebuilds the base, loads the adapter and writes metrics.json
-    tested = run_cli_subprocess(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "test"),
-                                 *SMALL, "--ckpt_path", str(ckpt)])
+    # `lit-lora test --ckpt_path` rebuilds the base, loads the adapter and writes metrics.json (in this process)
+    capsys.readouterr()
+    run_cli(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "test"), *SMALL,
+             "--ckpt_path", str(ckpt)])
     metrics = json.loads((version_dir(tmp_path / "test") / "metrics.json").read_text())
     assert abs(metrics["metrics"]["test_loss"] - before_after["tuned_val_loss"]) < 1e-5  # one aggregation
-    assert "; on the validation split (the data has no test split)" in tested.stdout  # said, not hidden
+    assert "; on the validation split (the data has no test split)" in capsys.readouterr().out  # said, not hidden
 
     # other data settings than the checkpoint's: the overlap check could miss trained rows, so say so
-    other = run_cli_subprocess(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "other"),
-                                *SMALL, "--data.init_args.max_samples", "30", "--ckpt_path", str(ckpt)])
-    assert "max_samples: trained with 40, now 30" in other.stderr
+    run_cli(["test", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "other"), *SMALL,
+             "--data.init_args.max_samples", "30", "--ckpt_path", str(ckpt)])
+    assert "max_samples: trained with 40, now 30" in caplog.text
 
 
-def test_print_config_round_trips(tmp_path):
-    printed = run_cli_subprocess(["fit", "--config", DEMO, "--print_config"]).stdout
-    config = yaml.safe_load(printed)
+def printed(capsys, args: list[str]) -> str:
+    """stdout of ``lit-lora <args>`` in this process, for a command that prints and exits 0 (help, print_config)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_cli(args)
+    assert stop.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    printed_config = printed(capsys, ["fit", "--config", DEMO, "--print_config"])
+    config = yaml.safe_load(printed_config)
     assert config["model"]["init_args"]["adapter"]["class_path"] == "lit_lora.adapters.LoRA"
     assert "tokenizer_name_or_path" not in config["data"]["init_args"]  # linked, never repeated
     path = tmp_path / "printed.yaml"
-    path.write_text(printed)
-    assert run_cli_subprocess(["fit", "--config", str(path), "--print_config"]).stdout == printed
+    path.write_text(printed_config)
+    assert printed(capsys, ["fit", "--config", str(path), "--print_config"]) == printed_config
 
 
-def test_every_key_is_documented_in_help():
-    help_text = run_cli_subprocess(["fit", "--model.help", "lit_lora.models.CausalLMModule"]).stdout
+def test_every_key_is_documented_in_help(capsys):
+    help_text = printed(capsys, ["fit", "--model.help", "lit_lora.models.CausalLMModule"])
     assert "Hub id" in help_text  # model_name_or_path's docstring reaches the CLI
-    adapter_help = run_cli_subprocess(["fit", "--model.adapter.help", "lit_lora.adapters.QLoRA"]).stdout
+    adapter_help = printed(capsys, ["fit", "--model.adapter.help", "lit_lora.adapters.QLoRA"])
     assert "double_quant" in adapter_help and "Quantize the quantization constants" in adapter_help
 
 
@@ -159,8 +169,8 @@ def test_a_value_for_a_key_the_cli_links_is_refused_not_dropped(tmp_path):
 def test_the_tuned_figure_is_val_loss_under_mixed_precision(tmp_path):
     """Under bf16-mixed the before/after figure is computed as val_loss is (in the precision plugin's autocast):
     both score the final weights on the same rows, so they agree (they differed by 1e-3 without it)."""
-    run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                        "--trainer.precision", "bf16-mixed", "--trainer.log_every_n_steps", "1"])
+    run_cli(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+             "--trainer.precision", "bf16-mixed", "--trainer.log_every_n_steps", "1"])
     run = version_dir(tmp_path)
     final_val = [row["val_loss"] for row in validation_rows(run) if row["step"] == 3][-1]  # step 4's, logged as 3
     tuned = json.loads((run / "before_after.json").read_text())["tuned_val_loss"]
@@ -176,23 +186,25 @@ def test_a_mid_epoch_resume_with_another_batch_size_or_data_seed_is_one_line(tmp
     assert status == 1 and line.startswith("lit-lora: ") and f"resume needs the same data.{key}" in line, line
 
 
-def test_the_final_step_is_the_latest_checkpoint_when_it_was_no_validation_step(tmp_path):
+def test_the_final_step_is_the_latest_checkpoint_when_it_was_no_validation_step(tmp_path, capsys):
     """5 steps, validation every 2: the step-5 weights (the exported adapter) are saved as the latest checkpoint
     too, so the printed test / compare commands score the exported model and resuming from it continues the run."""
-    out = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                              "--trainer.max_steps", "5"]).stdout
+    capsys.readouterr()
+    run_cli(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL, "--trainer.max_steps", "5"])
+    out = capsys.readouterr().out
     run = version_dir(tmp_path)
     (ckpt,) = (run / "checkpoints").glob("*.ckpt")
     assert ckpt.name == "epoch=0-step=5.ckpt" and f"--ckpt_path {ckpt}" in out  # the epoch step 5 ran in
     assert "(validation at step 4)" in out  # the val_loss shown is step 4's, not the final weights'
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 5
-    resumed = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                                  "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)]).stdout
+    run_cli(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+             "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)])
+    resumed = capsys.readouterr().out
     assert "step 6 (1 step after resuming at step 5)" in resumed and not (tmp_path / "lightning_logs" / "version_1").exists()
     config = (run / "config.yaml").read_text()
-    done = run_cli_subprocess(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
-                               "--trainer.max_steps", "5", "--ckpt_path", str(ckpt)], check=False)
-    assert done.returncode == 1 and "is at step 5 and trainer.max_steps is 5: nothing left to train" in done.stderr
+    status, line = cli_exit(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+                             "--trainer.max_steps", "5", "--ckpt_path", str(ckpt)])
+    assert status == 1 and "is at step 5 and trainer.max_steps is 5: nothing left to train" in line, line
     assert (run / "config.yaml").read_text() == config  # refused before anything was written
 
 
