@@ -7,7 +7,8 @@
 * the CLI in this process: ``run_cli(args)`` is ``lit-lora <args>`` through the entry point's ``main`` (every
   command: fit / validate / test, compare, incontext, configs, …); ``build_cli(args, run=…)`` returns the
   ``LitLoraCLI`` itself (``run=False``: built, nothing run, ``fit(cli)`` runs it); ``cli_exit(args)`` is the
-  installed command's ``entry`` for a command that stops (its exit status and one-line message); ``demo_args`` /
+  installed command's ``entry`` for a command that stops (its exit status and one-line message), ``cli_run``
+  the same with its output captured; ``demo_args`` /
   ``demo_cli`` are the demo config on a tiny model, quiet, with the test's overrides last;
 * the CLI in a fresh process: ``run_cli_subprocess(args, via=…)`` through the installed ``lit-lora``, ``python
   -m lit_lora.cli`` or ``tests/workers/cpu_as_cuda.py`` (Lightning's CUDA-only strategies on CPU ranks), under
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -90,6 +92,21 @@ def cli_exit(args: Sequence[str]) -> tuple[int, str]:
         if verbose is not None:
             os.environ["LIT_LORA_VERBOSE"] = verbose
     return 0, ""
+
+
+def cli_run(args: Sequence[str], cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """``lit-lora <args>`` as ``cli_exit`` runs it, from ``cwd``, with what it prints captured: the
+    ``CompletedProcess`` ``run_cli_subprocess`` gives (stderr ends with the line of a ``sys.exit("…")``). For a
+    command whose work runs in processes of its own (``sweep``: each point is a ``lit-lora fit``), so that only
+    the command's own start-up is saved. lit-lora's log lines go to the test's capture, not to this stderr."""
+    from lit_lora.commands import configure_logging
+
+    configure_logging()  # its handler keeps the stream it is made with: made here, outside the redirection
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status, message = cli_exit(args)
+    stderr = err.getvalue() + (f"{message}\n" if message else "")
+    return subprocess.CompletedProcess(["lit-lora", *map(str, args)], status, out.getvalue(), stderr)
 
 
 def build_cli(args: Sequence[str], run: bool = True):

@@ -19,7 +19,7 @@ import zipfile
 
 import pytest
 import yaml
-from harness import CONFIGS, DEMO, REPO, run_cli, run_cli_subprocess
+from harness import CONFIGS, DEMO, REPO, cli_run, run_cli, run_cli_subprocess
 
 from lit_lora.sweep.grid import axis_labels, expand, parse_axis, seed_axis, split_values, value_label
 from lit_lora.sweep.report import direction, point_metrics
@@ -34,7 +34,11 @@ TINY_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--
 
 
 def sweep_cmd(*args: str, cwd=REPO, check=True) -> subprocess.CompletedProcess:
-    return run_cli_subprocess(["sweep", *args], via="module", cwd=cwd, timeout=900, check=check)
+    """``lit-lora sweep <args>`` in this process (its points are ``lit-lora fit`` processes of their own)."""
+    result = cli_run(["sweep", *args], cwd=cwd)
+    assert not check or result.returncode == 0, \
+        f"lit-lora sweep exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
 
 
 # ---- the grid ------------------------------------------------------------------------------------------
