@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-from harness import DEMO, build_cli, cli_exit, code_row, config, instruction_dm, run_cli_subprocess, setup_error, \
-    snli_csv, write_lines
+from harness import DEMO, build_cli, cli_exit, cli_run, code_row, config, instruction_dm, run_cli_subprocess, \
+    setup_error, snli_csv, write_lines
 
 from lit_lora.data.counselling import CounsellingDataModule
 from lit_lora.data.file_errors import DataFileError
@@ -316,9 +316,8 @@ def test_a_missing_checkpoint_or_adapter_is_one_line_before_anything_runs(tmp_pa
 
 def test_lightning_clis_optimizer_flags_are_not_offered(tmp_path):
     """The optimizer is model.init_args.optim; LightningCLI's --optimizer would be overridden by it."""
-    result = run_cli_subprocess(["fit", "--config", DEMO, "--optimizer", "torch.optim.SGD", "--print_config"],
-                                check=False)
-    assert result.returncode == 2 and "unrecognized arguments: --optimizer" in result.stderr
+    result = cli_run(["fit", "--config", DEMO, "--optimizer", "torch.optim.SGD", "--print_config"])
+    assert result.returncode == 2 and "unrecognized arguments: --optimizer" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("via", ["entry_point", "module"])
