@@ -87,7 +87,10 @@ def cached_function_rows(min_chars: int, max_chars: int) -> list[dict]:
                 seen.add((row["instruction"], row["output"]))
                 found.append(row)
     partial = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # two benches at once never read half a file
-    write_jsonl(found, partial).replace(cache)
+    try:
+        write_jsonl(found, partial).replace(cache)
+    except OSError as err:  # a read-only home: the rows are still right, only the next run parses again
+        print(f"[stdlib_rows] not cached ({err}); set LIT_LORA_BENCH_CACHE to a writable folder", file=sys.stderr)
     return found
 
 

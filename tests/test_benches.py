@@ -77,6 +77,8 @@ def test_stdlib_rows_come_from_the_cache_only_while_the_files_they_were_read_fro
     source.write_text(source.read_text().replace("Area and perimeter", "Perimeter and area,"))
     assert [r["instruction"] for r in rows.stdlib_rows()] == ["Perimeter and area, of a box."]  # a new key
     assert len(list((tmp_path / "cache").glob("stdlib-rows-*.jsonl"))) == 2 and cached.exists()
+    monkeypatch.setenv("LIT_LORA_BENCH_CACHE", str(source))  # a file, not a folder: no cache, the same rows
+    assert [r["instruction"] for r in rows.stdlib_rows()] == ["Perimeter and area, of a box."]
 
 
 @pytest.mark.parametrize("per_row_prompts", [None, 5])
