@@ -12,4 +12,15 @@ export PATH
 if [ -x .ci/slurm_up.sh ] && [ "${LIT_LORA_SKIP_SLURM:-0}" != 1 ]; then
   bash .ci/slurm_up.sh
 fi
-"$PY" -m pytest -q --timeout 900 --durations 25 --junitxml build/test-report.xml -p no:cacheprovider "$@"
+# Two pytest-xdist workers (LIT_LORA_TEST_WORKERS; 0 runs the tests in this process), one test file at a time
+# each, the SLURM tests and the DeepSpeed tests each kept on one worker (tests/conftest.py). Most of a test's
+# time is a fresh `lit-lora` process importing the stack on one core, so two workers overlap it; each of their
+# processes computes on one thread (OMP_NUM_THREADS), so that two of them never fight over the cores.
+WORKERS=${LIT_LORA_TEST_WORKERS:-2}
+PARALLEL=()
+if [ "$WORKERS" != 0 ]; then
+  PARALLEL=(-n "$WORKERS" --dist loadgroup)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+"$PY" -m pytest -q "${PARALLEL[@]}" --timeout 900 --durations 25 --junitxml build/test-report.xml \
+  -p no:cacheprovider "$@"

@@ -51,13 +51,28 @@ def torch_extensions_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("torch_extensions"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Skip ``gpu`` tests where no CUDA device is present (the only hardware-based skip)."""
+    """Group tests for pytest-xdist's ``--dist loadgroup`` (``scripts/test.sh``), then skip ``gpu`` tests where no
+    CUDA device is present (the only hardware-based skip)."""
     import torch
 
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _worker_group(item) -> str:
+    """Which tests one pytest-xdist worker runs one after another: a test file's tests together (its module
+    fixtures are built once), every ``slurm`` test together (one submitter keeps the small cluster's queue
+    short) and every DeepSpeed test together (DeepSpeed's CPU op is JIT-built once per worker)."""
+    if item.get_closest_marker("slurm"):
+        return "slurm"
+    if "torch_extensions_dir" in item.fixturenames:
+        return "deepspeed"
+    return item.nodeid.split("::")[0]
