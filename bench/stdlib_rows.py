@@ -74,8 +74,8 @@ def stdlib_rows(rows: Optional[int] = None, seed: int = 0, min_chars: int = MIN_
 def cached_function_rows(min_chars: int, max_chars: int) -> list[dict]:
     """Every deduplicated row of the standard library in file order, from the cache when its key matches."""
     files = stdlib_files()
-    key = hashlib.sha256(json.dumps([sys.version, min_chars, max_chars, *(
-        (str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)]).encode()).hexdigest()[:16]
+    stats = [(str(p), s.st_size, s.st_mtime_ns) for p in files for s in [p.stat()]]
+    key = hashlib.sha256(json.dumps([sys.version, min_chars, max_chars, *stats]).encode()).hexdigest()[:16]
     cache = cache_dir() / f"stdlib-rows-{key}.jsonl"
     if cache.is_file():
         return read_jsonl(cache)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from harness import DEMO, cli_exit, run_cli, run_cli_subprocess, validation_rows, version_dir
+from harness import DEMO, cli_exit, cli_run, run_cli, run_cli_subprocess, validation_rows, version_dir
 
 SMALL = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
          "--data.init_args.max_samples", "40", "--data.init_args.batch_size", "4"]
@@ -50,29 +50,27 @@ def test_demo_config_runs_end_to_end_through_the_entry_point(tmp_path, capsys, c
     assert "max_samples: trained with 40, now 30" in caplog.text
 
 
-def printed(capsys, args: list[str]) -> str:
+def printed(args: list[str]) -> str:
     """stdout of ``lit-lora <args>`` in this process, for a command that prints and exits 0 (help, print_config)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        run_cli(args)
-    assert stop.value.code in (0, None)
-    return capsys.readouterr().out
+    result = cli_run(args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
-def test_print_config_round_trips(tmp_path, capsys):
-    printed_config = printed(capsys, ["fit", "--config", DEMO, "--print_config"])
+def test_print_config_round_trips(tmp_path):
+    printed_config = printed(["fit", "--config", DEMO, "--print_config"])
     config = yaml.safe_load(printed_config)
     assert config["model"]["init_args"]["adapter"]["class_path"] == "lit_lora.adapters.LoRA"
     assert "tokenizer_name_or_path" not in config["data"]["init_args"]  # linked, never repeated
     path = tmp_path / "printed.yaml"
     path.write_text(printed_config)
-    assert printed(capsys, ["fit", "--config", str(path), "--print_config"]) == printed_config
+    assert printed(["fit", "--config", str(path), "--print_config"]) == printed_config
 
 
-def test_every_key_is_documented_in_help(capsys):
-    help_text = printed(capsys, ["fit", "--model.help", "lit_lora.models.CausalLMModule"])
+def test_every_key_is_documented_in_help():
+    help_text = printed(["fit", "--model.help", "lit_lora.models.CausalLMModule"])
     assert "Hub id" in help_text  # model_name_or_path's docstring reaches the CLI
-    adapter_help = printed(capsys, ["fit", "--model.adapter.help", "lit_lora.adapters.QLoRA"])
+    adapter_help = printed(["fit", "--model.adapter.help", "lit_lora.adapters.QLoRA"])
     assert "double_quant" in adapter_help and "Quantize the quantization constants" in adapter_help
 
 
