@@ -15,6 +15,9 @@ in its own process with ``bench/lit_probe.py``:
     lora_bf16    LoRA r=16 alpha 32 on all linear layers, bf16 base weights, bf16-mixed, no gradient checkpointing
     qlora_nf4    QLoRA: NF4 4-bit base with double quant, bf16 compute, the same LoRA, gradient checkpointing
                  (QLoRA's default)
+    lora_bf16_varlen   lora_bf16 with --model.init_args.attn_implementation torch_varlen: the packed rows through
+                 PyTorch's own FlashAttention varlen kernel (lit_lora/models/varlen_attention.py), where lora_bf16
+                 gets flash-attn's when it is installed and sdpa's block mask when not
     lora_bf16_compile  lora_bf16 with --model.init_args.compile true (only when named in --variants: the
                  compile is timed out of the window by --warmup, but it costs the lease minutes)
 
@@ -57,8 +60,9 @@ LLAMA3 = "meta-llama/Meta-Llama-3-8B"
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12),  # before the generic names
              ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("GH200", 989e12),
              ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12)]
-VARIANTS = ("lora_bf16", "qlora_nf4", "lora_bf16_compile")
-DEFAULT_VARIANTS = ("lora_bf16", "qlora_nf4")  # what bench/gpu.sh runs; the compile one takes minutes to compile
+VARIANTS = ("lora_bf16", "qlora_nf4", "lora_bf16_varlen", "lora_bf16_compile")
+# what bench/gpu.sh runs; the compile one takes minutes to compile
+DEFAULT_VARIANTS = ("lora_bf16", "qlora_nf4", "lora_bf16_varlen")
 LORA = ["--model.init_args.adapter.init_args.r", "16", "--model.init_args.adapter.init_args.alpha", "32",
         "--model.init_args.adapter.init_args.dropout", "0.0",
         "--model.init_args.adapter.init_args.target_modules", "all-linear"]
@@ -179,6 +183,8 @@ def config_args(variant: str, model: Path, data: Path, packing: bool, steps: int
         args += LORA
     if variant == "lora_bf16_compile":
         args += ["--model.init_args.compile", "true"]
+    if variant == "lora_bf16_varlen":
+        args += ["--model.init_args.attn_implementation", "torch_varlen"]
     return args
 
 

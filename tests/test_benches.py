@@ -163,10 +163,10 @@ def fake_wheel(out, name: str, version: str) -> None:
                    capture_output=True)
 
 
-def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_both_variants(tmp_path):
+def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_every_variant(tmp_path):
     """``bash bench/gpu.sh --wheels DIR --dry-run`` on a CPU: the wheels go ahead of the interpreter's packages
-    (a flash_attn the environment lacks is found), a ``lit-lora`` command is on the PATH, both variants are
-    estimated, and every step reports ok."""
+    (a flash_attn the environment lacks is found), a ``lit-lora`` command is on the PATH, every default variant
+    is estimated, and every step reports ok."""
     wheels, out = tmp_path / "wheels", tmp_path / "out"
     wheels.mkdir()
     fake_wheel(wheels, "flash_attn", "0.0.1")
@@ -181,14 +181,14 @@ def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_both
     site = re.search(r"lit-lora: (/tmp/lit-lora-site\.\w+)/bin/lit-lora", env_log)
     assert site, env_log
     variants = {v["variant"]: v for v in json.loads((out / "gpu_throughput.json").read_text())["variants"]}
-    assert sorted(variants) == ["lora_bf16", "qlora_nf4"]
+    assert sorted(variants) == ["lora_bf16", "lora_bf16_varlen", "qlora_nf4"]
     assert all(v["estimate_total_gib"] > 1 for v in variants.values()), variants  # the 8-layer 8B shape
     assert not Path(site.group(1)).exists()  # the temporary install is removed at exit
 
 
-def test_gpu_throughput_cpu_smoke_trains_both_variants_packed(tmp_path):
+def test_gpu_throughput_cpu_smoke_trains_every_variant_packed(tmp_path):
     """``bench/gpu_throughput.py --cpu-smoke``: the GPU bench's whole path (data, tokenizer, model, ``lit-lora fit``
-    with packing for LoRA bf16 and QLoRA NF4, the measurements) on a tiny model. A peak is passed so that MFU is
+    with packing for LoRA bf16, QLoRA NF4 and LoRA bf16 on ``torch_varlen``, the measurements) on a tiny model. A peak is passed so that MFU is
     computed: with the head counted on labelled tokens only (prompts carry none) it is below the 6N figure."""
     run_bench("gpu_throughput.py", "--cpu-smoke", "--steps", "3", "--warmup", "1", "--peak-tflops", "1",
               "--out", str(tmp_path))
@@ -197,8 +197,9 @@ def test_gpu_throughput_cpu_smoke_trains_both_variants_packed(tmp_path):
     for variant in setup["variants"]:
         assert variant["steps"] == 3 and variant["tokens_per_s"] > 0, variant
         assert variant["packing"] and variant["padding"] < 0.1, variant
-        assert variant["attention"] == "sdpa", variant  # transformers' choice on a CPU (the GPU default is models/attention.py)
+        # transformers' choice on a CPU (the GPU default is models/attention.py), or the one the variant names
+        assert variant["attention"] == ("torch_varlen" if variant["variant"] == "lora_bf16_varlen" else "sdpa"), variant
         assert variant["estimate_total_gib"] > 0 and set(variant["loss"]) == {"1", "3"}, variant
         assert 0 < variant["label_tokens_per_s"] < variant["tokens_per_s"], variant
         assert 0 < variant["mfu_label_head"] < variant["mfu"], variant
-    assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "qlora_nf4"]
+    assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "qlora_nf4", "lora_bf16_varlen"]

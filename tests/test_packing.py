@@ -302,6 +302,14 @@ def row_spans(plan: list[list[int]], flatten: bool) -> dict[int, tuple[int, int]
     return spans
 
 
+def flattened_boundaries(plan: list[list[int]]) -> list[int]:
+    """``cu_seqlens`` of the flattened batch of ``plan``: where each row starts, then the total."""
+    ends = [0]
+    for i in (i for sequence in plan for i in sequence):
+        ends.append(ends[-1] + ROW_LENGTHS[i])
+    return ends
+
+
 def summed_loss64(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``summed_loss`` (causal shift) in float64."""
     logits, labels = logits[:, :-1].double(), labels[:, 1:].to(logits.device)  # position t predicts t + 1
@@ -371,23 +379,112 @@ def test_a_packed_row_equals_the_row_alone(arch, attn, device, tiny_model, reque
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("arch", CAUSAL)
-def test_a_packed_row_equals_the_row_alone_with_flash_attention(arch, tiny_model):
-    """FlashAttention 2 (varlen from position_ids, one flattened row), float16 on a CUDA GPU: half-precision
-    noise, not fp32's 1e-5, so the bounds are looser, and far below what a row seeing another costs."""
-    pytest.importorskip("flash_attn", reason="flash_attention_2 needs the flash-attn package")
+@pytest.mark.parametrize("arch,attn", [(arch, "flash_attention_2") for arch in CAUSAL]
+                         + [(arch, "torch_varlen") for arch in CAUSAL if arch != "falcon"])  # Falcon: refused
+def test_a_packed_row_equals_the_row_alone_with_flash_attention(arch, attn, tiny_model, monkeypatch):
+    """FlashAttention varlen (from position_ids, one flattened row), float16 on a CUDA GPU: flash-attn's kernel
+    (``flash_attention_2``) or PyTorch's (``torch_varlen``, which must really run it); half-precision noise, not
+    fp32's 1e-5, so the bounds are looser, and far below what a row seeing another costs."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation="flash_attention_2",
+    from lit_lora.models import varlen_attention
+
+    calls: list = []
+    if attn == "flash_attention_2":
+        pytest.importorskip("flash_attn", reason="flash_attention_2 needs the flash-attn package")
+    else:
+        if torch.cuda.get_device_capability() < (8, 0):
+            pytest.skip("torch.nn.attention.varlen needs an A100 or newer GPU")
+        varlen_attention.register()
+        kernel = varlen_attention.varlen_kernel()
+        monkeypatch.setattr(varlen_attention, "varlen_kernel",
+                            lambda: lambda *args, **kwargs: calls.append(args[3].tolist()) or kernel(*args, **kwargs))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation=attn,
                                                  dtype=torch.float16).to("cuda").eval()
-    assert model.config._attn_implementation == "flash_attention_2"
+    assert model.config._attn_implementation == attn
     rows, plan = packed_rows()
     assert flattens(model.config._attn_implementation)  # the layout the datamodule picks for it
     logits, loss, whole = worst_row_error(model, rows, plan, flatten=True, device="cuda")
-    print(f"{arch} flash_attention_2 flattened: logits {logits:.1e}, summed loss {loss:.1e}")
+    print(f"{arch} {attn} flattened: logits {logits:.1e}, summed loss {loss:.1e}")
     assert logits < 2e-2 and loss < 1e-1 and whole < 1e-3, (arch, logits, loss, whole)
+    if attn == "torch_varlen":
+        assert calls == [flattened_boundaries(plan)] * model.config.num_hidden_layers
     contaminated, _, _ = worst_row_error(model, rows, plan, flatten=True, device="cuda", with_positions=False)
     assert contaminated > 0.5, contaminated
+
+
+# ---- torch_varlen: PyTorch's FlashAttention varlen kernel -------------------------------------------------
+def varlen_contract(calls: list):
+    """``torch.nn.attention.varlen.varlen_attn`` as its documentation states it, computed per row with sdpa on
+    a CPU (the kernel is CUDA-only); each call's ``cu_seqlens`` go to ``calls``."""
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        assert window_size == (-1, 0) and torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32
+        assert max_q == max_k == int(cu_q.diff().max()) and q.shape[0] == k.shape[0] == int(cu_q[-1])
+        calls.append(cu_q.tolist())
+        rows = []
+        for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            row = [t[start:end].transpose(0, 1) for t in (q, k, v)]  # (heads, length, head_dim)
+            rows.append(torch.nn.functional.scaled_dot_product_attention(
+                *row, is_causal=True, scale=scale, enable_gqa=enable_gqa).transpose(0, 1))
+        return torch.cat(rows)
+
+    return varlen_attn
+
+
+@pytest.mark.parametrize("arch", ("llama", "gemma", "phi"))
+def test_torch_varlen_hands_the_kernel_each_packed_row_as_its_own_sequence(arch, tiny_model, monkeypatch):
+    """What lit-lora gives the kernel (the flattened rows, ``cu_seqlens`` from the restarting positions, GQA,
+    the scale) and takes back (the output layout), checked on a CPU against the kernel's documented contract:
+    every packed row equals the row alone, in fp32 to 1e-5. The kernel itself runs in the gpu test below."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.models import varlen_attention
+
+    calls: list = []
+    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
+    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls))
+    varlen_attention.register()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation="torch_varlen",
+                                                 dtype=torch.float32).eval()
+    rows, plan = packed_rows()
+    logits, loss, whole = worst_row_error(model, rows, plan, flatten=True)
+    assert logits < 1e-5 and loss < 1e-5 and whole < 1e-6, (arch, logits, loss, whole)
+    # the packed batch went through the kernel in every layer; the rows alone (positions from 0, no restart) not
+    assert calls == [flattened_boundaries(plan)] * model.config.num_hidden_layers
+    calls.clear()
+    contaminated, _, _ = worst_row_error(model, rows, plan, flatten=True, with_positions=False)
+    assert contaminated > 1e-2 and calls == []  # one causal sequence: sdpa, later rows see earlier ones
+
+
+def test_torch_varlen_is_sdpa_where_its_kernel_cannot_run(tiny_model):
+    """On a CPU (and for float32, dropout, a sliding window) the registered attention is transformers' sdpa with
+    sdpa's mask: packed, left-padded and generated outputs are sdpa's to the bit."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.models import varlen_attention
+
+    varlen_attention.register()
+    models = [AutoModelForCausalLM.from_pretrained(tiny_model("llama"), attn_implementation=attn,
+                                                   dtype=torch.float32).eval() for attn in ("sdpa", "torch_varlen")]
+    rows, plan = packed_rows()
+    packed = PackCollator(pad_token_id=0, flatten=True)([[rows[i] for i in sequence] for sequence in plan])
+    padded = {"input_ids": torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]]),
+              "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])}
+    with torch.no_grad():
+        sdpa, varlen = ([m(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits,
+                         m(**padded).logits] for m in models)
+        generated = [m.generate(**padded, max_new_tokens=4, do_sample=False, pad_token_id=0) for m in models]
+    assert all(torch.equal(a, b) for a, b in zip(sdpa, varlen)) and torch.equal(*generated)
+
+
+def test_torch_varlen_is_refused_for_a_model_that_does_not_use_attention_interface(tiny_model):
+    from lit_lora.errors import IncompatibleConfig
+    from lit_lora.models import CausalLMModule
+    from lit_lora.models.builder import architecture
+
+    with pytest.raises(IncompatibleConfig, match="torch_varlen runs through transformers' AttentionInterface, "
+                                                 "which FalconForCausalLM does not use"):
+        architecture(CausalLMModule(tiny_model("falcon"), attn_implementation="torch_varlen"))
 
 
 # ---- through lit-lora fit ---------------------------------------------------------------------------------
@@ -508,3 +605,35 @@ def test_one_step_has_the_same_gradient_packed_and_unpacked(budget, accumulate, 
     assert set(packed) == set(unpacked) and any(g.abs().max() > 1e-3 for g in unpacked.values())
     for name, grad in unpacked.items():
         torch.testing.assert_close(packed[name], grad, rtol=0, atol=1e-5, msg=name)
+
+
+def test_a_torch_varlen_step_has_the_gradient_of_an_sdpa_step(tiny_model, tmp_path, monkeypatch):
+    """``lit-lora fit`` with packing and ``attn_implementation: torch_varlen`` on a CPU, the kernel replaced by its
+    contract (see above): the batches arrive as one flattened row, every layer hands the kernel the row
+    boundaries, and the first step's gradient is the sdpa run's, whose packed sequences are stacked."""
+    from lit_lora.models import varlen_attention
+
+    calls: list = []
+    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
+    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls))
+    data = write_code_rows(tmp_path / "rows.jsonl")
+
+    def first_step(attn: str):
+        grads, layout = FirstStepGradients(), BatchLayout()
+        run = cli(tiny_model("llama"), tmp_path / attn, 1, "--data.init_args.source", str(data),
+                  "--data.init_args.validation_source", str(data), "--data.init_args.max_samples", "100",
+                  "--data.init_args.max_length", "512", "--data.init_args.packing", "true",
+                  "--data.init_args.batch_size", "8", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+                  "--model.init_args.attn_implementation", attn)
+        run.trainer.callbacks.extend([grads, layout])
+        fit(run)
+        return grads.grads, layout.seen
+
+    sdpa, sdpa_batches = first_step("sdpa")
+    assert calls == [] and all(rows > 1 for _, (rows, _) in sdpa_batches)
+    varlen, varlen_batches = first_step("torch_varlen")
+    assert [rows for _, (rows, _) in varlen_batches] == [1] and calls  # one flattened row through the kernel
+    assert all(len(boundaries) > 2 and boundaries[-1] == varlen_batches[0][1][1] for boundaries in calls)
+    assert set(varlen) == set(sdpa) and any(g.abs().max() > 1e-3 for g in sdpa.values())
+    for name, grad in sdpa.items():
+        torch.testing.assert_close(varlen[name], grad, rtol=0, atol=1e-5, msg=name)

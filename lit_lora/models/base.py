@@ -60,7 +60,8 @@ class FineTuneModule(L.LightningModule):
         adapter: The fine-tuning method: ``lit_lora.adapters.FullFineTuning``, ``LoRA``, ``QLoRA`` …
         optim: Optimizer, learning rate, weight decay and warmup schedule.
         dtype: Dtype to load the weights in (``auto`` = as stored; ``float32``, ``bfloat16``, ``float16``).
-        attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2``; ``None``: see ``models/attention.py``.
+        attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2`` or ``torch_varlen`` (PyTorch's varlen
+            kernel: ``models/varlen_attention.py``); ``None``: see ``models/attention.py``.
         trust_remote_code: Run modelling code shipped with the checkpoint (off: only transformers' own classes).
         gradient_checkpointing: Recompute activations in backward to save memory. ``None``: the adapter's
             default (on for ``QLoRA``, as peft's ``prepare_model_for_kbit_training``; off otherwise).

@@ -33,6 +33,7 @@ from torch import nn
 from lit_lora.adapters.base import to_dtype
 from lit_lora.cluster.sharding import outside_zero3_init
 from lit_lora.model_source import resolve_model_path
+from lit_lora.models import varlen_attention
 from lit_lora.models.quantizable import plain_linear_layers
 
 log = logging.getLogger("lit_lora")
@@ -56,6 +57,8 @@ def architecture(module, meta: bool = False):
     for key, value in module.architecture_kwargs().items():  # e.g. num_labels of a classification head
         if key != "trust_remote_code":
             setattr(config, key, value)
+    if module.attn_implementation == varlen_attention.NAME:
+        varlen_attention.require(config, module.auto_model_class)
     with outside_zero3_init():  # a probe model of the adapter's must not be partitioned
         module.adapter.check_base(config, module.auto_model_class, module.task_type,
                                   trust_remote_code=module.trust_remote_code)

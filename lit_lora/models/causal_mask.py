@@ -23,7 +23,8 @@ from typing import Optional
 
 import torch
 
-CAUSAL_KERNEL_ATTENTION = ("sdpa", "eager")  # attention that reads no mask for a right-padded causal batch
+# attention that reads no mask for a right-padded causal batch (torch_varlen runs such a batch through sdpa)
+CAUSAL_KERNEL_ATTENTION = ("sdpa", "eager", "torch_varlen")
 
 
 def right_padded(mask: torch.Tensor) -> bool:

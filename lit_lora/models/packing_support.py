@@ -9,8 +9,8 @@ model: a causal LM of a verified architecture with rotary positions, whose atten
     True
     >>> model_packing_refusal(GPT2Config())[:43]
     'packing: true keeps rows apart only where t'
-    >>> flattens("flash_attention_2"), flattens("sdpa")
-    (True, False)
+    >>> flattens("flash_attention_2"), flattens("torch_varlen"), flattens("sdpa")
+    (True, True, False)
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ PACKING_ARCHITECTURES = ("llama", "gemma", "phi", "falcon")
 
 
 def flattens(attn_implementation: Optional[str]) -> bool:
-    """FlashAttention finds packed rows from ``position_ids`` only in a batch of one row (transformers'
-    ``_is_packed_sequence``), so its batches are flattened; sdpa / eager stack the packed sequences, which
-    keeps their attention at ``sequences × max_length²`` instead of ``(sequences × max_length)²``."""
-    return "flash" in str(attn_implementation or "")
+    """FlashAttention (the flash-attn package's, or PyTorch's through ``torch_varlen``:
+    ``lit_lora.models.varlen_attention``) finds packed rows from ``position_ids`` only in a batch of one row
+    (transformers' ``_is_packed_sequence``), so its batches are flattened; sdpa / eager stack the packed sequences,
+    which keeps their attention at ``sequences × max_length²`` instead of ``(sequences × max_length)²``."""
+    from lit_lora.models.varlen_attention import NAME
+
+    return "flash" in str(attn_implementation or "") or attn_implementation == NAME
 
 
 def model_packing_refusal(config: Any, adapter: Any = None) -> Optional[str]:
