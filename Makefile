@@ -26,7 +26,7 @@ test: install
 	PY=$(BIN)/python bash scripts/test.sh
 
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slurm and not slow"
+	LIT_LORA_SKIP_SLURM=1 PY=$(BIN)/python bash scripts/test.sh -m "not slurm and not slow"
 
 test-latest:
 	bash scripts/test_latest.sh
