@@ -414,35 +414,52 @@ def test_a_packed_row_equals_the_row_alone_with_flash_attention(arch, attn, tiny
 
 
 # ---- torch_varlen: PyTorch's FlashAttention varlen kernel -------------------------------------------------
-def varlen_contract(calls: list):
+def varlen_contract(calls: list, first_release: bool = False):
     """``torch.nn.attention.varlen.varlen_attn`` as its documentation states it, computed per row with sdpa on
-    a CPU (the kernel is CUDA-only); each call's ``cu_seqlens`` go to ``calls``."""
-    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
-        assert window_size == (-1, 0) and torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32
-        assert max_q == max_k == int(cu_q.diff().max()) and q.shape[0] == k.shape[0] == int(cu_q[-1])
-        calls.append(cu_q.tolist())
+    a CPU (the kernel is CUDA-only); each call's ``cu_seqlens`` go to ``calls``. ``first_release``: the first
+    signature (PyTorch 2.10: ``is_causal``, no scale, as many key heads as query heads), else today's."""
+    def per_row(q, k, v, cu, scale=None, enable_gqa=False):
+        calls.append(cu.tolist())
         rows = []
-        for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
             row = [t[start:end].transpose(0, 1) for t in (q, k, v)]  # (heads, length, head_dim)
             rows.append(torch.nn.functional.scaled_dot_product_attention(
                 *row, is_causal=True, scale=scale, enable_gqa=enable_gqa).transpose(0, 1))
         return torch.cat(rows)
 
-    return varlen_attn
+    def check(q, k, cu_q, cu_k, max_q, max_k):
+        assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32
+        assert max_q == max_k == int(cu_q.diff().max()) and q.shape[0] == k.shape[0] == int(cu_q[-1])
+
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1),
+                    enable_gqa=False):
+        check(q, k, cu_q, cu_k, max_q, max_k)
+        assert window_size == (-1, 0)
+        return per_row(q, k, v, cu_q, scale, enable_gqa)
+
+    def first_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+        check(q, k, cu_q, cu_k, max_q, max_k)
+        assert is_causal and k.shape[1] == q.shape[1]
+        return per_row(q, k, v, cu_q)
+
+    return first_varlen_attn if first_release else varlen_attn
 
 
-@pytest.mark.parametrize("arch", ("llama", "gemma", "phi"))
-def test_torch_varlen_hands_the_kernel_each_packed_row_as_its_own_sequence(arch, tiny_model, monkeypatch):
-    """What lit-lora gives the kernel (the flattened rows, ``cu_seqlens`` from the restarting positions, GQA,
-    the scale) and takes back (the output layout), checked on a CPU against the kernel's documented contract:
-    every packed row equals the row alone, in fp32 to 1e-5. The kernel itself runs in the gpu test below."""
+@pytest.mark.parametrize("first_release", [False, True], ids=["today", "first-release"])
+@pytest.mark.parametrize("arch", ("llama", "gemma", "phi"))  # grouped-query, multi-query, multi-head attention
+def test_torch_varlen_hands_the_kernel_each_packed_row_as_its_own_sequence(arch, first_release, tiny_model,
+                                                                            monkeypatch):
+    """What lit-lora gives the kernel (the flattened rows, ``cu_seqlens`` from the restarting positions, key
+    heads, the scale) and takes back (the output layout), checked on a CPU against the kernel's documented
+    contract in both of its signatures: every packed row equals the row alone, in fp32 to 1e-5. The kernel
+    itself runs in the gpu test above."""
     from transformers import AutoModelForCausalLM
 
     from lit_lora.models import varlen_attention
 
     calls: list = []
     monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
-    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls))
+    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls, first_release))
     varlen_attention.register()
     model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation="torch_varlen",
                                                  dtype=torch.float32).eval()
@@ -454,6 +471,25 @@ def test_torch_varlen_hands_the_kernel_each_packed_row_as_its_own_sequence(arch,
     calls.clear()
     contaminated, _, _ = worst_row_error(model, rows, plan, flatten=True, with_positions=False)
     assert contaminated > 1e-2 and calls == []  # one causal sequence: sdpa, later rows see earlier ones
+
+
+def test_a_scale_the_first_kernel_cannot_take_goes_to_sdpa(tiny_model, monkeypatch):
+    """The first ``varlen_attn`` has no ``scale``: a model whose attention scale is not 1/sqrt(head_dim) runs
+    sdpa there (with sdpa's block mask), so its packed rows still equal the rows alone."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.models import varlen_attention
+
+    calls: list = []
+    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
+    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls, first_release=True))
+    varlen_attention.register()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), attn_implementation="torch_varlen",
+                                                 dtype=torch.float32).eval()
+    for layer in model.model.layers:
+        layer.self_attn.scaling *= 2
+    logits, loss, whole = worst_row_error(model, *packed_rows(), flatten=True)
+    assert logits < 1e-5 and loss < 1e-5 and whole < 1e-6 and calls == [], (logits, loss, whole, calls)
 
 
 def test_torch_varlen_is_sdpa_where_its_kernel_cannot_run(tiny_model):

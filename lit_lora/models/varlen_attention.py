@@ -12,13 +12,17 @@ transformers' ``AttentionInterface``::
 Packed rows then arrive as one flattened row (``packing_support.flattens``) whose ``position_ids`` restart at every
 row; each attention layer turns the restarts into ``cu_seqlens`` (transformers'
 ``prepare_fa_kwargs_from_position_ids``, as its FlashAttention path does) and runs the kernel causally. Every other
-forward (evaluation and generation batches, float32, a CPU, attention dropout, a sliding window) runs transformers'
-sdpa with the mask transformers builds for sdpa, so the model computes what ``sdpa`` computes wherever the kernel
-does not apply. Models whose attention does not go through ``AttentionInterface`` (Falcon) cannot use it.
+forward (evaluation and generation batches, float32, a CPU or an older GPU, attention dropout, a sliding window, a
+scale the installed PyTorch's kernel cannot take) runs transformers' sdpa with the mask transformers builds for
+sdpa, so the model computes what ``sdpa`` computes wherever the kernel does not apply. Models whose attention does
+not go through ``AttentionInterface`` (Falcon) cannot use it.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 from typing import Optional
 
 import torch
@@ -60,8 +64,13 @@ def register() -> None:
 
 
 def kernel_runs_on(query: torch.Tensor) -> bool:
-    """Where ``varlen_attn`` has a kernel: CUDA tensors in half precision."""
-    return query.is_cuda and query.dtype in HALF
+    """Where ``varlen_attn`` has a kernel: CUDA tensors in half precision on an A100 or newer (compute 8.0)."""
+    return query.is_cuda and query.dtype in HALF and ampere_or_newer(query.device.index or 0)
+
+
+@functools.lru_cache(maxsize=None)
+def ampere_or_newer(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (8, 0)
 
 
 def varlen_kernel():
@@ -90,17 +99,38 @@ def varlen_or_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: 
     (batch, kv_heads, length, head_dim) in; (batch, length, heads, head_dim) out, no attention weights."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if (not kernel_runs_on(query) or dropout or softcap or sliding_window
-            or not getattr(module, "is_causal", True) or not packed_rows(query, key, position_ids)):
+    out = None
+    if (kernel_runs_on(query) and not (dropout or softcap or sliding_window)
+            and getattr(module, "is_causal", True) and packed_rows(query, key, position_ids)):
+        out = packed_attention(query, key, value, position_ids, scaling)
+    if out is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, softcap=softcap, **kwargs)
+    return out, None
+
+
+def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor,
+                     scaling: Optional[float]) -> Optional[torch.Tensor]:
+    """Causal attention of every packed row on its own through the varlen kernel, or ``None`` where the installed
+    PyTorch's ``varlen_attn`` cannot take this scale. Its signature changed between releases: the first takes
+    ``is_causal`` and no scale, with as many key heads as query heads; later ones take ``window_size=(-1, 0)``
+    for causal, ``scale`` and (``enable_gqa``) fewer key heads."""
     from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
-    (cu_seqlens, _), (longest, _) = prepare_fa_kwargs_from_position_ids(position_ids)
-    longest = int(longest)
-    heads, kv_heads = query.shape[1], key.shape[1]
+    kernel = varlen_kernel()
+    accepts = inspect.signature(kernel).parameters
+    options: dict = {"window_size": (-1, 0)} if "window_size" in accepts else {"is_causal": True}
+    if "scale" in accepts:
+        options["scale"] = scaling
+    elif scaling is not None and not math.isclose(scaling, query.shape[-1] ** -0.5):
+        return None  # the kernel's default, 1/sqrt(head_dim), is not this model's scale
     # (1, heads, tokens, head_dim) -> (tokens, heads, head_dim): the packed layout varlen kernels read
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
-    out = varlen_kernel()(q, k, v, cu_seqlens, cu_seqlens, longest, longest, scale=scaling, window_size=(-1, 0),
-                      enable_gqa=kv_heads != heads)
-    return out.unsqueeze(0), None
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and "enable_gqa" in accepts:
+        options["enable_gqa"] = True
+    elif groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    (cu_seqlens, _), (longest, _) = prepare_fa_kwargs_from_position_ids(position_ids)
+    out = kernel(q, k, v, cu_seqlens, cu_seqlens, int(longest), int(longest), **options)
+    return out.unsqueeze(0)
