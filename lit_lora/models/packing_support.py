@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from lit_lora.adapters.prompt import _PromptLearning
+from lit_lora.models.varlen_attention import NAME
 
 # model types whose packed rows were checked to match the rows run alone (tests/test_packing.py);
 # a new one is added here after that test passes for it
@@ -29,8 +30,6 @@ def flattens(attn_implementation: Optional[str]) -> bool:
     ``lit_lora.models.varlen_attention``) finds packed rows from ``position_ids`` only in a batch of one row
     (transformers' ``_is_packed_sequence``), so its batches are flattened; sdpa / eager stack the packed sequences,
     which keeps their attention at ``sequences × max_length²`` instead of ``(sequences × max_length)²``."""
-    from lit_lora.models.varlen_attention import NAME
-
     return "flash" in str(attn_implementation or "") or attn_implementation == NAME
 
 

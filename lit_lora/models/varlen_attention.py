@@ -27,8 +27,9 @@ from typing import Optional
 
 import torch
 
+from lit_lora.models.attention import HALF
+
 NAME = "torch_varlen"
-HALF = (torch.bfloat16, torch.float16)
 
 
 def require(config, auto_model_class) -> None:
@@ -80,6 +81,12 @@ def varlen_kernel():
     return varlen_attn
 
 
+@functools.lru_cache(maxsize=8)
+def parameters_of(kernel) -> frozenset:
+    """The keyword names ``kernel`` takes, read once, not in every layer's forward."""
+    return frozenset(inspect.signature(kernel).parameters)
+
+
 def packed_rows(query: torch.Tensor, key: torch.Tensor, position_ids: Optional[torch.Tensor]) -> bool:
     """Whether this forward is one flattened row of packed rows: batch of one, no cached keys before the queries,
     and ``position_ids`` that restart (transformers' own test for packed input, ``_is_packed_sequence``)."""
@@ -118,7 +125,7 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
     kernel = varlen_kernel()
-    accepts = inspect.signature(kernel).parameters
+    accepts = parameters_of(kernel)
     options: dict = {"window_size": (-1, 0)} if "window_size" in accepts else {"is_causal": True}
     if "scale" in accepts:
         options["scale"] = scaling
