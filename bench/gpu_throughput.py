@@ -304,6 +304,17 @@ def note(result: dict, setup: dict) -> str:
     return text.replace("|", "/").replace("\n", " ")[:100]
 
 
+def attention_cell(result: dict) -> str:
+    """The attention a variant ran; for ``torch_varlen``, the share of packed attention calls the kernel took."""
+    paths = result.get("attention_paths")
+    if not paths:
+        return result.get("attention") or "-"
+    kernel = paths.get("varlen kernel", 0)
+    fallback = "; ".join(reason for reason in paths if reason != "varlen kernel")
+    return (f"{result['attention']}: kernel in {kernel} of {sum(paths.values())} packed calls"
+            + (f", sdpa for {fallback}" if fallback else "")).replace("|", "/")
+
+
 def markdown(report: dict) -> str:
     ctx = report["setup"]
     shape = "tiny Llama (CPU smoke run)" if ctx.get("cpu_smoke") else f"Llama-3-8B shape, {ctx['layers']} of 32 layers"
@@ -318,7 +329,7 @@ def markdown(report: dict) -> str:
     for r in report["variants"]:
         def cell(key, spec):
             return shown(r.get(key), spec)
-        lines.append(f"| {r['variant']} | {r.get('attention') or '-'}"
+        lines.append(f"| {r['variant']} | {attention_cell(r)}"
                      f" | {cell('tokens_per_s', '.0f')} | {cell('mfu', '.1%')} | {cell('mfu_label_head', '.1%')}"
                      f" | {cell('padding', '.1%')}"
                      f" | {cell('cuda_peak_allocated_gib', '.2f')} | {cell('cuda_peak_reserved_gib', '.2f')}"

@@ -5,13 +5,16 @@
 
 Step ``k`` starts at ``on_train_batch_start`` (its batch fetched and on the device) and ends at
 ``on_train_batch_end`` (after the optimizer step). The result is written at the end of the last step,
-before Lightning saves a checkpoint or lit-lora exports the adapter.
+before Lightning saves a checkpoint or lit-lora exports the adapter. Under ``attn_implementation: torch_varlen`` it
+also reports how many attention calls on packed rows ran the varlen kernel and how many fell back to sdpa, and why
+(``attention_paths``), so a bench never labels sdpa's speed as the kernel's.
 """
 
 from __future__ import annotations
 
 from lightning.pytorch import Callback
 
+from lit_lora.models import varlen_attention
 from measure import StepMeter, label_count, token_counts, write_result
 
 
@@ -31,10 +34,12 @@ class Probe(Callback):
         self.meter.step_end(step, loss)
         if step == trainer.max_steps and trainer.is_global_zero:
             datamodule = trainer.datamodule
+            attention = getattr(getattr(pl_module.model, "config", None), "_attn_implementation", None)
             write_result(self.meter.result(
                 tool="lit-lora",
                 packing=bool(getattr(datamodule, "packing", False)),
                 group_by_length=bool(getattr(datamodule, "group_by_length", False)),
-                attention=getattr(getattr(pl_module.model, "config", None), "_attn_implementation", None),
+                attention=attention,
+                attention_paths=dict(varlen_attention.PACKED_FORWARDS) if attention == varlen_attention.NAME else None,
                 train_rows=len(datamodule.datasets["train"]) if getattr(datamodule, "datasets", None) else None,
             ))

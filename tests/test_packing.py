@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -397,8 +399,14 @@ def test_a_packed_row_equals_the_row_alone_with_flash_attention(arch, attn, tiny
             pytest.skip("torch.nn.attention.varlen needs an A100 or newer GPU")
         varlen_attention.register()
         kernel = varlen_attention.varlen_kernel()
-        monkeypatch.setattr(varlen_attention, "varlen_kernel",
-                            lambda: lambda *args, **kwargs: calls.append(args[3].tolist()) or kernel(*args, **kwargs))
+
+        @functools.wraps(kernel)  # the glue reads the kernel's signature: the spy keeps it
+        def spy(*args, **kwargs):
+            calls.append(args[3].tolist())
+            return kernel(*args, **kwargs)
+
+        monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: spy)
+        monkeypatch.setattr(varlen_attention, "PACKED_FORWARDS", Counter())
     model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation=attn,
                                                  dtype=torch.float16).to("cuda").eval()
     assert model.config._attn_implementation == attn
@@ -409,6 +417,7 @@ def test_a_packed_row_equals_the_row_alone_with_flash_attention(arch, attn, tiny
     assert logits < 2e-2 and loss < 1e-1 and whole < 1e-3, (arch, logits, loss, whole)
     if attn == "torch_varlen":
         assert calls == [flattened_boundaries(plan)] * model.config.num_hidden_layers
+        assert dict(varlen_attention.PACKED_FORWARDS) == {varlen_attention.KERNEL: len(calls)}  # no sdpa fallback
     contaminated, _, _ = worst_row_error(model, rows, plan, flatten=True, device="cuda", with_positions=False)
     assert contaminated > 0.5, contaminated
 
@@ -511,6 +520,46 @@ def test_torch_varlen_is_sdpa_where_its_kernel_cannot_run(tiny_model):
                          m(**padded).logits] for m in models)
         generated = [m.generate(**padded, max_new_tokens=4, do_sample=False, pad_token_id=0) for m in models]
     assert all(torch.equal(a, b) for a, b in zip(sdpa, varlen)) and torch.equal(*generated)
+
+
+def test_torch_varlen_says_once_which_path_packed_rows_took(tiny_model, monkeypatch, caplog):
+    """Packed rows that cannot reach the kernel (here a CPU in float32) are a warning naming the reason, once;
+    packed rows that reach it an info line, once; ``PACKED_FORWARDS`` counts every attention call on packed rows
+    by path (what the GPU bench reports), and no call on unpacked rows."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.models import varlen_attention
+
+    monkeypatch.setattr(varlen_attention, "PACKED_FORWARDS", Counter())
+    varlen_attention.register()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), attn_implementation="torch_varlen",
+                                                 dtype=torch.float32).eval()
+    rows, plan = packed_rows()
+    packed = PackCollator(pad_token_id=0, flatten=True)([[rows[i] for i in sequence] for sequence in plan])
+    calls_per_forward = model.config.num_hidden_layers
+
+    def two_forwards() -> list:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lit_lora"), torch.no_grad():
+            for _ in range(2):
+                model(input_ids=packed["input_ids"], position_ids=packed["position_ids"])
+            model(input_ids=torch.tensor([[5, 6, 7], [8, 9, 10]]))  # unpacked: neither said nor counted
+        return [(r.levelname, r.getMessage()) for r in caplog.records if "torch_varlen" in r.getMessage()]
+
+    said = two_forwards()
+    fallback = "cpu float32 attention, where the kernel needs CUDA, bfloat16 / float16 and an A100 or newer"
+    assert len(said) == 1 and said[0][0] == "WARNING" and f"({fallback})" in said[0][1], said
+    assert "attn_implementation: sdpa keeps packed sequences stacked" in said[0][1]
+    assert varlen_attention.PACKED_FORWARDS == {fallback: 2 * calls_per_forward}
+    calls: list = []
+    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
+    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls))
+    said = two_forwards()
+    assert said == [("INFO", "[lit-lora] torch_varlen: packed rows through torch.nn.attention.varlen "
+                              "(FlashAttention varlen)")], said
+    assert varlen_attention.PACKED_FORWARDS == {fallback: 2 * calls_per_forward,
+                                                varlen_attention.KERNEL: 2 * calls_per_forward}
+    assert len(calls) == 2 * calls_per_forward
 
 
 def test_torch_varlen_is_refused_for_a_model_that_does_not_use_attention_interface(tiny_model):

@@ -15,14 +15,18 @@ row; each attention layer turns the restarts into ``cu_seqlens`` (transformers'
 forward (evaluation and generation batches, float32, a CPU or an older GPU, attention dropout, a sliding window, a
 scale the installed PyTorch's kernel cannot take) runs transformers' sdpa with the mask transformers builds for
 sdpa, so the model computes what ``sdpa`` computes wherever the kernel does not apply. Models whose attention does
-not go through ``AttentionInterface`` (Falcon) cannot use it.
+not go through ``AttentionInterface`` (Falcon) cannot use it. The first packed forward says which path it took: an
+info line where the kernel runs, a warning naming the reason where packed rows fall back to sdpa (a block mask over
+the whole flattened batch, slower than plain ``sdpa``'s stacked sequences); ``PACKED_FORWARDS`` counts both.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
+from collections import Counter
 from typing import Optional
 
 import torch
@@ -30,6 +34,9 @@ import torch
 from lit_lora.models.attention import HALF
 
 NAME = "torch_varlen"
+KERNEL = "varlen kernel"
+PACKED_FORWARDS: Counter = Counter()  # attention-layer calls on packed rows, by path: KERNEL or the fallback's reason
+log = logging.getLogger("lit_lora")
 
 
 def require(config, auto_model_class) -> None:
@@ -107,13 +114,43 @@ def varlen_or_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     out = None
-    if (kernel_runs_on(query) and not (dropout or softcap or sliding_window)
-            and getattr(module, "is_causal", True) and packed_rows(query, key, position_ids)):
-        out = packed_attention(query, key, value, position_ids, scaling)
+    if packed_rows(query, key, position_ids):
+        refusal = kernel_refusal(module, query, dropout, softcap, sliding_window)
+        if refusal is None:
+            out = packed_attention(query, key, value, position_ids, scaling)
+            refusal = None if out is not None else f"attention scale {scaling:g}, which this torch's kernel cannot take"
+        tell(refusal)
     if out is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, softcap=softcap, **kwargs)
     return out, None
+
+
+def kernel_refusal(module: torch.nn.Module, query: torch.Tensor, dropout: float, softcap: Optional[float],
+                   sliding_window: Optional[int]) -> Optional[str]:
+    """Why the varlen kernel cannot run this forward of packed rows, or ``None`` where it can."""
+    if not kernel_runs_on(query):
+        return (f"{query.device.type} {str(query.dtype).removeprefix('torch.')} attention, where the kernel needs "
+                "CUDA, bfloat16 / float16 and an A100 or newer")
+    if dropout or softcap or sliding_window:
+        return "attention dropout" if dropout else "a logit softcap" if softcap else "a sliding window"
+    return None if getattr(module, "is_causal", True) else "attention that is not causal"
+
+
+def tell(refusal: Optional[str]) -> None:
+    """Count this packed forward's path; say it the first time it is taken (once per process and reason)."""
+    if torch.compiler.is_compiling():
+        return
+    path = refusal or KERNEL
+    PACKED_FORWARDS[path] += 1
+    if PACKED_FORWARDS[path] > 1:
+        return
+    if refusal is None:
+        log.info("[lit-lora] %s: packed rows through torch.nn.attention.varlen (FlashAttention varlen)", NAME)
+    else:
+        log.warning("[lit-lora] warning: %s: packed rows run through sdpa with a block mask over the whole flattened "
+                    "batch (%s); attn_implementation: sdpa keeps packed sequences stacked and is faster here",
+                    NAME, refusal)
 
 
 def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor,
