@@ -307,8 +307,10 @@ def note(result: dict, setup: dict) -> str:
 def attention_cell(result: dict) -> str:
     """The attention a variant ran; for ``torch_varlen``, the share of packed attention calls the kernel took."""
     paths = result.get("attention_paths")
-    if not paths:
+    if paths is None:
         return result.get("attention") or "-"
+    if not paths:  # lit_lora.models.varlen_attention.flattens_on: no kernel on this device
+        return f"{result['attention']}: packed sequences stacked, through sdpa"
     kernel = paths.get("varlen kernel", 0)
     fallback = "; ".join(reason for reason in paths if reason != "varlen kernel")
     return (f"{result['attention']}: kernel in {kernel} of {sum(paths.values())} packed calls"

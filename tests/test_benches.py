@@ -199,11 +199,11 @@ def test_gpu_throughput_cpu_smoke_trains_every_variant_packed(tmp_path):
         assert variant["packing"] and variant["padding"] < 0.1, variant
         # transformers' choice on a CPU (the GPU default is models/attention.py), or the one the variant names
         assert variant["attention"] == ("torch_varlen" if variant["variant"] == "lora_bf16_varlen" else "sdpa"), variant
-        if variant["attention"] == "torch_varlen":  # on a CPU every packed attention call fell back to sdpa
-            paths = variant["attention_paths"]
-            assert "varlen kernel" not in paths and list(paths)[0].startswith("cpu bfloat16 attention"), paths
-            assert sum(paths.values()) >= 3 * 2, paths  # every step, every layer of the tiny model
+        if variant["attention"] == "torch_varlen":  # no kernel on a CPU: stacked sequences, no flattened row
+            assert variant["attention_paths"] == {}, variant
         assert variant["estimate_total_gib"] > 0 and set(variant["loss"]) == {"1", "3"}, variant
         assert 0 < variant["label_tokens_per_s"] < variant["tokens_per_s"], variant
         assert 0 < variant["mfu_label_head"] < variant["mfu"], variant
     assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "qlora_nf4", "lora_bf16_varlen"]
+    table = (tmp_path / "gpu_throughput.md").read_text()
+    assert "| lora_bf16_varlen | torch_varlen: packed sequences stacked, through sdpa |" in table, table

@@ -186,6 +186,7 @@ def test_collator_restarts_positions_and_masks_each_rows_first_label():
     assert flat["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, 4]]
     assert flattens("flash_attention_2") and flattens("kernels-community/flash-attn3")
     assert not flattens("sdpa") and not flattens("eager") and not flattens(None)
+    assert flattens("torch_varlen") and not flattens("torch_varlen", torch.device("cpu"))  # its kernel: CUDA only
 
 
 def test_sft_data_groups_by_length_by_default_and_classification_data_does_not(tiny_model):
@@ -692,20 +693,22 @@ def test_one_step_has_the_same_gradient_packed_and_unpacked(budget, accumulate, 
         torch.testing.assert_close(packed[name], grad, rtol=0, atol=1e-5, msg=name)
 
 
-def test_a_torch_varlen_step_has_the_gradient_of_an_sdpa_step(tiny_model, tmp_path, monkeypatch):
+def test_a_torch_varlen_step_has_the_gradient_of_an_sdpa_step(tiny_model, tmp_path, monkeypatch, caplog):
     """``lit-lora fit`` with packing and ``attn_implementation: torch_varlen`` on a CPU, the kernel replaced by its
     contract (see above): the batches arrive as one flattened row, every layer hands the kernel the row
-    boundaries, and the first step's gradient is the sdpa run's, whose packed sequences are stacked."""
+    boundaries, and the first step's gradient is the sdpa run's, whose packed sequences are stacked. Without the
+    stand-in (a CPU, where the kernel does not run) the run is the sdpa run: the same stacked batches and gradient."""
     from lit_lora.models import varlen_attention
 
     calls: list = []
+    monkeypatch.setattr(varlen_attention, "kernel_device", lambda device: True)
     monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
     monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls))
     data = write_code_rows(tmp_path / "rows.jsonl")
 
-    def first_step(attn: str):
+    def first_step(attn: str, name: str = ""):
         grads, layout = FirstStepGradients(), BatchLayout()
-        run = cli(tiny_model("llama"), tmp_path / attn, 1, "--data.init_args.source", str(data),
+        run = cli(tiny_model("llama"), tmp_path / (name or attn), 1, "--data.init_args.source", str(data),
                   "--data.init_args.validation_source", str(data), "--data.init_args.max_samples", "100",
                   "--data.init_args.max_length", "512", "--data.init_args.packing", "true",
                   "--data.init_args.batch_size", "8", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
@@ -722,3 +725,15 @@ def test_a_torch_varlen_step_has_the_gradient_of_an_sdpa_step(tiny_model, tmp_pa
     assert set(varlen) == set(sdpa) and any(g.abs().max() > 1e-3 for g in sdpa.values())
     for name, grad in sdpa.items():
         torch.testing.assert_close(varlen[name], grad, rtol=0, atol=1e-5, msg=name)
+
+    # the same config on this CPU as it is: no kernel, so the packed sequences stay stacked as for sdpa, and it says so
+    monkeypatch.undo()
+    monkeypatch.setattr(varlen_attention, "SAID", set())
+    calls.clear()
+    with caplog.at_level(logging.INFO, logger="lit_lora"):
+        on_cpu, on_cpu_batches = first_step("torch_varlen", "torch_varlen-cpu")
+    assert calls == [] and on_cpu_batches == sdpa_batches
+    assert ("torch_varlen: its kernel needs a CUDA GPU of compute 8.0 or newer, not cpu: packed sequences stay "
+            "stacked and run through sdpa") in caplog.text
+    for name, grad in sdpa.items():
+        torch.testing.assert_close(on_cpu[name], grad, rtol=0, atol=0, msg=name)

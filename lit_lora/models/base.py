@@ -224,9 +224,9 @@ class FineTuneModule(L.LightningModule):
 
     def flattens_packed_rows(self) -> bool:
         """Whether packed rows should arrive as one flattened row: FlashAttention varlen reads the row boundaries
-        from ``position_ids`` (``packing_support.flattens``). Asked of the built model, what it really runs."""
+        from ``position_ids`` (``packing_support.flattens``). Asked of the built model on its device."""
         config = getattr(self.model, "config", None)
-        return flattens(getattr(config, "_attn_implementation", None) or self.attn_implementation)
+        return flattens(getattr(config, "_attn_implementation", None) or self.attn_implementation, self.device)
 
     def loss_path(self) -> tuple[Optional[LabelOnlyHead], str]:
         """The head ``loss_terms`` runs on labelled positions only, or ``None`` for full logits; and why.

@@ -9,7 +9,7 @@ model: a causal LM of a verified architecture with rotary positions, whose atten
     True
     >>> model_packing_refusal(GPT2Config())[:43]
     'packing: true keeps rows apart only where t'
-    >>> flattens("flash_attention_2"), flattens("torch_varlen"), flattens("sdpa")
+    >>> flattens("flash_attention_2"), flattens("torch_varlen"), flattens("torch_varlen", torch.device("cpu"))
     (True, True, False)
 """
 
@@ -17,20 +17,25 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
+
 from lit_lora.adapters.prompt import _PromptLearning
-from lit_lora.models.varlen_attention import NAME
+from lit_lora.models.varlen_attention import NAME, flattens_on
 
 # model types whose packed rows were checked to match the rows run alone (tests/test_packing.py);
 # a new one is added here after that test passes for it
 PACKING_ARCHITECTURES = ("llama", "gemma", "phi", "falcon")
 
 
-def flattens(attn_implementation: Optional[str]) -> bool:
+def flattens(attn_implementation: Optional[str], device: Optional[torch.device] = None) -> bool:
     """FlashAttention (the flash-attn package's, or PyTorch's through ``torch_varlen``:
     ``lit_lora.models.varlen_attention``) finds packed rows from ``position_ids`` only in a batch of one row
     (transformers' ``_is_packed_sequence``), so its batches are flattened; sdpa / eager stack the packed sequences,
-    which keeps their attention at ``sequences × max_length²`` instead of ``(sequences × max_length)²``."""
-    return "flash" in str(attn_implementation or "") or attn_implementation == NAME
+    which keeps their attention at ``sequences × max_length²`` instead of ``(sequences × max_length)²``, and so does
+    ``torch_varlen`` on a ``device`` its kernel does not run on (a CPU: it is sdpa there)."""
+    if attn_implementation == NAME:
+        return flattens_on(device)
+    return "flash" in str(attn_implementation or "")
 
 
 def model_packing_refusal(config: Any, adapter: Any = None) -> Optional[str]:

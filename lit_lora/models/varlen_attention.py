@@ -15,9 +15,10 @@ row; each attention layer turns the restarts into ``cu_seqlens`` (transformers'
 forward (evaluation and generation batches, float32, a CPU or an older GPU, attention dropout, a sliding window, a
 scale the installed PyTorch's kernel cannot take) runs transformers' sdpa with the mask transformers builds for
 sdpa, so the model computes what ``sdpa`` computes wherever the kernel does not apply. Models whose attention does
-not go through ``AttentionInterface`` (Falcon) cannot use it. The first packed forward says which path it took: an
-info line where the kernel runs, a warning naming the reason where packed rows fall back to sdpa (a block mask over
-the whole flattened batch, slower than plain ``sdpa``'s stacked sequences); ``PACKED_FORWARDS`` counts both.
+not go through ``AttentionInterface`` (Falcon) cannot use it. On a device the kernel does not run on (a CPU) packed
+rows stay stacked, as for sdpa (``flattens_on``). The first packed forward says which path it took: an info line
+where the kernel runs, a warning naming the reason where flattened rows fall back to sdpa (a block mask over the
+whole flattened batch, slower than stacked sequences); ``PACKED_FORWARDS`` counts both.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from lit_lora.models.attention import HALF
 NAME = "torch_varlen"
 KERNEL = "varlen kernel"
 PACKED_FORWARDS: Counter = Counter()  # attention-layer calls on packed rows, by path: KERNEL or the fallback's reason
+SAID: set = set()  # the once-per-process lines already logged
 log = logging.getLogger("lit_lora")
 
 
@@ -73,7 +75,25 @@ def register() -> None:
 
 def kernel_runs_on(query: torch.Tensor) -> bool:
     """Where ``varlen_attn`` has a kernel: CUDA tensors in half precision on an A100 or newer (compute 8.0)."""
-    return query.is_cuda and query.dtype in HALF and ampere_or_newer(query.device.index or 0)
+    return query.dtype in HALF and kernel_device(query.device)
+
+
+def kernel_device(device: torch.device) -> bool:
+    """Whether ``device`` is one the kernel runs on: a CUDA GPU of compute 8.0 or newer."""
+    return device.type == "cuda" and ampere_or_newer(device.index or 0)
+
+
+def flattens_on(device: Optional[torch.device]) -> bool:
+    """Whether packed rows go to a model on ``device`` as one flattened row for the kernel. Where the kernel cannot
+    run they stay stacked, as for ``sdpa`` (a block mask over the whole flattened batch costs more attention), and
+    the log says so once; ``None`` (no device known yet): flattened."""
+    if device is None or kernel_device(torch.device(device)):
+        return True
+    if "stacked" not in SAID:
+        SAID.add("stacked")
+        log.info("[lit-lora] %s: its kernel needs a CUDA GPU of compute 8.0 or newer, not %s: packed sequences stay "
+                 "stacked and run through sdpa", NAME, torch.device(device).type)
+    return False
 
 
 @functools.lru_cache(maxsize=None)
