@@ -11,7 +11,7 @@
 # Uses $PYTHON, else .venv/bin/python, else python / python3 on PATH, and installs nothing into it: --wheels DIR
 # installs DIR/*.whl into a temporary folder put ahead of that Python's packages (PYTHONPATH, with the
 # working tree, so `python -m lit_lora.cli` and the `lit-lora` command run this checkout). Steps, each with a
-# timeout cut from one time budget (--budget, default 480 s), each failure reported loudly (FAILED ... and the
+# timeout cut from one time budget (--budget, default 420 s), each failure reported loudly (FAILED ... and the
 # end of its log), and the next step run anyway:
 #   1. env:         GPU, driver and package versions                     -> env.log
 #   2. pytest_gpu:  python -m pytest -m gpu -v, 6 workers with pytest-xdist, 150 s a test at most (at most 200 s;
@@ -79,6 +79,8 @@ if [ -n "$WHEELS" ]; then
   printf '#!/bin/sh\nexec "%s" -m lit_lora.commands "$@"\n' "$PY" > "$SITE/bin/lit-lora"
   chmod +x "$SITE/bin/lit-lora"
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
+else  # the tests' `python -m lit_lora.cli` runs from their own folders: this checkout, installed or not
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \
   PYTHONUNBUFFERED=1 LIT_LORA_VERBOSE=1  # a cut step still leaves what it printed; every traceback and warning

@@ -186,6 +186,18 @@ def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_ever
     assert not Path(site.group(1)).exists()  # the temporary install is removed at exit
 
 
+def test_a_short_gpu_bench_budget_measures_the_first_variants_whole():
+    """Three variants: with time for all, each of the first keeps a share for the rest; with time for one, the first
+    gets it (a minute) instead of every variant getting too little and being skipped; past the budget, nothing."""
+    spec = importlib.util.spec_from_file_location("gpu_throughput", REPO / "bench" / "gpu_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.variant_deadline(0, 400, after=2) == 200 and bench.variant_deadline(200, 400, after=1) == 350
+    assert bench.variant_deadline(350, 400, after=0) == 400
+    assert bench.variant_deadline(0, 90, after=2) == bench.MIN_VARIANT_S + 5  # not 45 s: too short, skipped
+    assert bench.variant_deadline(0, 40, after=2) == 40  # never past the budget
+
+
 def test_gpu_throughput_cpu_smoke_trains_every_variant_packed(tmp_path):
     """``bench/gpu_throughput.py --cpu-smoke``: the GPU bench's whole path (data, tokenizer, model, ``lit-lora fit``
     with packing for LoRA bf16, QLoRA NF4 and LoRA bf16 on ``torch_varlen``, the measurements) on a tiny model. A peak is passed so that MFU is
@@ -204,6 +216,6 @@ def test_gpu_throughput_cpu_smoke_trains_every_variant_packed(tmp_path):
         assert variant["estimate_total_gib"] > 0 and set(variant["loss"]) == {"1", "3"}, variant
         assert 0 < variant["label_tokens_per_s"] < variant["tokens_per_s"], variant
         assert 0 < variant["mfu_label_head"] < variant["mfu"], variant
-    assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "qlora_nf4", "lora_bf16_varlen"]
+    assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "lora_bf16_varlen", "qlora_nf4"]
     table = (tmp_path / "gpu_throughput.md").read_text()
     assert "| lora_bf16_varlen | torch_varlen: packed sequences stacked, through sdpa |" in table, table
