@@ -7,7 +7,8 @@ Step ``k`` starts at ``on_train_batch_start`` (its batch fetched and on the devi
 ``on_train_batch_end`` (after the optimizer step). The result is written at the end of the last step,
 before Lightning saves a checkpoint or lit-lora exports the adapter. Under ``attn_implementation: torch_varlen`` it
 also reports how many attention calls on packed rows ran the varlen kernel and how many fell back to sdpa, and why
-(``attention_paths``), so a bench never labels sdpa's speed as the kernel's.
+(``attention_paths``; not under ``compile: true``, whose layers count nothing), so a bench never labels sdpa's
+speed as the kernel's.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Probe(Callback):
                 packing=bool(getattr(datamodule, "packing", False)),
                 group_by_length=bool(getattr(datamodule, "group_by_length", False)),
                 attention=attention,
-                attention_paths=dict(varlen_attention.PACKED_FORWARDS) if attention == varlen_attention.NAME else None,
+                attention_paths=dict(varlen_attention.PACKED_FORWARDS)  # compiled layers count nothing
+                if attention == varlen_attention.NAME and not getattr(pl_module, "compile_layers", False) else None,
                 train_rows=len(datamodule.datasets["train"]) if getattr(datamodule, "datasets", None) else None,
             ))

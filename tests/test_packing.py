@@ -455,6 +455,15 @@ def varlen_contract(calls: list, first_release: bool = False):
     return first_varlen_attn if first_release else varlen_attn
 
 
+def stand_in_kernel(monkeypatch, calls: list, first_release: bool = False) -> None:
+    """This CPU as a GPU with the kernel, in float32 too, the kernel being its contract (``varlen_contract``)."""
+    from lit_lora.models import varlen_attention
+
+    monkeypatch.setattr(varlen_attention, "kernel_device", lambda device: True)
+    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
+    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls, first_release))
+
+
 @pytest.mark.parametrize("first_release", [False, True], ids=["today", "first-release"])
 @pytest.mark.parametrize("arch", ("llama", "gemma", "phi"))  # grouped-query, multi-query, multi-head attention
 def test_torch_varlen_hands_the_kernel_each_packed_row_as_its_own_sequence(arch, first_release, tiny_model,
@@ -468,8 +477,7 @@ def test_torch_varlen_hands_the_kernel_each_packed_row_as_its_own_sequence(arch,
     from lit_lora.models import varlen_attention
 
     calls: list = []
-    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
-    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls, first_release))
+    stand_in_kernel(monkeypatch, calls, first_release)
     varlen_attention.register()
     model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation="torch_varlen",
                                                  dtype=torch.float32).eval()
@@ -491,8 +499,7 @@ def test_a_scale_the_first_kernel_cannot_take_goes_to_sdpa(tiny_model, monkeypat
     from lit_lora.models import varlen_attention
 
     calls: list = []
-    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
-    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls, first_release=True))
+    stand_in_kernel(monkeypatch, calls, first_release=True)
     varlen_attention.register()
     model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), attn_implementation="torch_varlen",
                                                  dtype=torch.float32).eval()
@@ -524,9 +531,10 @@ def test_torch_varlen_is_sdpa_where_its_kernel_cannot_run(tiny_model):
 
 
 def test_torch_varlen_says_once_which_path_packed_rows_took(tiny_model, monkeypatch, caplog):
-    """Packed rows that cannot reach the kernel (here a CPU in float32) are a warning naming the reason, once;
-    packed rows that reach it an info line, once; ``PACKED_FORWARDS`` counts every attention call on packed rows
-    by path (what the GPU bench reports), and no call on unpacked rows."""
+    """On a device with the kernel, packed rows that cannot reach it (here float32) are a warning naming the reason,
+    once; packed rows that reach it an info line, once; ``PACKED_FORWARDS`` counts every attention call on packed
+    rows by path (what the GPU bench reports), and no call on unpacked rows. On a CPU (no kernel: the datamodule
+    stacks packed sequences there) a packed row is sdpa's, neither said nor counted."""
     from transformers import AutoModelForCausalLM
 
     from lit_lora.models import varlen_attention
@@ -547,14 +555,15 @@ def test_torch_varlen_says_once_which_path_packed_rows_took(tiny_model, monkeypa
             model(input_ids=torch.tensor([[5, 6, 7], [8, 9, 10]]))  # unpacked: neither said nor counted
         return [(r.levelname, r.getMessage()) for r in caplog.records if "torch_varlen" in r.getMessage()]
 
+    assert two_forwards() == [] and not varlen_attention.PACKED_FORWARDS  # a CPU
+    monkeypatch.setattr(varlen_attention, "kernel_device", lambda device: True)  # a GPU with the kernel
     said = two_forwards()
-    fallback = "cpu float32 attention, where the kernel needs CUDA, bfloat16 / float16 and an A100 or newer"
+    fallback = "float32 attention, where the kernel needs bfloat16 / float16"
     assert len(said) == 1 and said[0][0] == "WARNING" and f"({fallback})" in said[0][1], said
     assert "attn_implementation: sdpa keeps packed sequences stacked" in said[0][1]
     assert varlen_attention.PACKED_FORWARDS == {fallback: 2 * calls_per_forward}
     calls: list = []
-    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
-    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls))
+    stand_in_kernel(monkeypatch, calls)
     said = two_forwards()
     assert said == [("INFO", "[lit-lora] torch_varlen: packed rows through torch.nn.attention.varlen "
                               "(FlashAttention varlen)")], said
@@ -701,9 +710,7 @@ def test_a_torch_varlen_step_has_the_gradient_of_an_sdpa_step(tiny_model, tmp_pa
     from lit_lora.models import varlen_attention
 
     calls: list = []
-    monkeypatch.setattr(varlen_attention, "kernel_device", lambda device: True)
-    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
-    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls))
+    stand_in_kernel(monkeypatch, calls)
     data = write_code_rows(tmp_path / "rows.jsonl")
 
     def first_step(attn: str, name: str = ""):
@@ -729,10 +736,11 @@ def test_a_torch_varlen_step_has_the_gradient_of_an_sdpa_step(tiny_model, tmp_pa
     # the same config on this CPU as it is: no kernel, so the packed sequences stay stacked as for sdpa, and it says so
     monkeypatch.undo()
     monkeypatch.setattr(varlen_attention, "SAID", set())
-    calls.clear()
+    monkeypatch.setattr(varlen_attention, "PACKED_FORWARDS", Counter())
     with caplog.at_level(logging.INFO, logger="lit_lora"):
         on_cpu, on_cpu_batches = first_step("torch_varlen", "torch_varlen-cpu")
-    assert calls == [] and on_cpu_batches == sdpa_batches
+    assert on_cpu_batches == sdpa_batches and not varlen_attention.PACKED_FORWARDS  # stacked: neither path taken
+    assert "packed rows run through sdpa" not in caplog.text  # no fallback warning for the stacked sdpa run
     assert ("torch_varlen: its kernel needs a CUDA GPU of compute 8.0 or newer, not cpu: packed sequences stay "
             "stacked and run through sdpa") in caplog.text
     for name, grad in sdpa.items():

@@ -224,9 +224,9 @@ class FineTuneModule(L.LightningModule):
 
     def flattens_packed_rows(self) -> bool:
         """Whether packed rows should arrive as one flattened row: FlashAttention varlen reads the row boundaries
-        from ``position_ids`` (``packing_support.flattens``). Asked of the built model on its device."""
-        config = getattr(self.model, "config", None)
-        return flattens(getattr(config, "_attn_implementation", None) or self.attn_implementation, self.device)
+        from ``position_ids`` (``packing_support.flattens``). Asked of the built model, on the strategy's device."""
+        attention = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+        return flattens(attention or self.attn_implementation, sharding.run_device(self))
 
     def loss_path(self) -> tuple[Optional[LabelOnlyHead], str]:
         """The head ``loss_terms`` runs on labelled positions only, or ``None`` for full logits; and why.

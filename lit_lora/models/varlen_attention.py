@@ -134,7 +134,8 @@ def varlen_or_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     out = None
-    if packed_rows(query, key, position_ids):
+    # on a device without the kernel packed rows come stacked (flattens_on): a batch of one is no fallback there
+    if kernel_device(query.device) and packed_rows(query, key, position_ids):
         refusal = kernel_refusal(module, query, dropout, softcap, sliding_window)
         if refusal is None:
             out = packed_attention(query, key, value, position_ids, scaling)
@@ -148,17 +149,17 @@ def varlen_or_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: 
 
 def kernel_refusal(module: torch.nn.Module, query: torch.Tensor, dropout: float, softcap: Optional[float],
                    sliding_window: Optional[int]) -> Optional[str]:
-    """Why the varlen kernel cannot run this forward of packed rows, or ``None`` where it can."""
+    """Why the varlen kernel cannot run this forward of packed rows on its device, or ``None`` where it can."""
     if not kernel_runs_on(query):
-        return (f"{query.device.type} {str(query.dtype).removeprefix('torch.')} attention, where the kernel needs "
-                "CUDA, bfloat16 / float16 and an A100 or newer")
+        return f"{str(query.dtype).removeprefix('torch.')} attention, where the kernel needs bfloat16 / float16"
     if dropout or softcap or sliding_window:
         return "attention dropout" if dropout else "a logit softcap" if softcap else "a sliding window"
     return None if getattr(module, "is_causal", True) else "attention that is not causal"
 
 
 def tell(refusal: Optional[str]) -> None:
-    """Count this packed forward's path; say it the first time it is taken (once per process and reason)."""
+    """Count this packed forward's path; say it the first time it is taken (once per process and reason). Compiled
+    layers (``compile: true``) run neither: their packed forwards go uncounted."""
     if torch.compiler.is_compiling():
         return
     path = refusal or KERNEL
