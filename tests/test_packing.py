@@ -572,6 +572,19 @@ def test_torch_varlen_says_once_which_path_packed_rows_took(tiny_model, monkeypa
     assert len(calls) == 2 * calls_per_forward
 
 
+def test_torch_varlen_flattens_packed_rows_for_the_strategys_device_not_the_modules(tiny_model, monkeypatch):
+    """Under DeepSpeed ZeRO-3 no one moves the module (it says the CPU) while the strategy trains on the GPU: whether
+    packed rows are flattened for the kernel is asked of the strategy's device."""
+    from lit_lora.models import CausalLMModule, varlen_attention
+
+    monkeypatch.setattr(varlen_attention, "kernel_device", lambda device: device.type == "cuda")
+    module = CausalLMModule(tiny_model("llama"), attn_implementation="torch_varlen")
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert module.device.type == "cpu" and module.flattens_packed_rows()
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    assert not module.flattens_packed_rows()
+
+
 def test_torch_varlen_is_refused_for_a_model_that_does_not_use_attention_interface(tiny_model):
     from lit_lora.errors import IncompatibleConfig
     from lit_lora.models import CausalLMModule
