@@ -89,10 +89,13 @@ def flattens_on(device: Optional[torch.device]) -> bool:
     the log says so once; ``None`` (no device known yet): flattened."""
     if device is None or kernel_device(torch.device(device)):
         return True
+    device = torch.device(device)
     if "stacked" not in SAID:
         SAID.add("stacked")
+        here = (f"compute {'.'.join(map(str, torch.cuda.get_device_capability(device)))}" if device.type == "cuda"
+                else device.type)
         log.info("[lit-lora] %s: its kernel needs a CUDA GPU of compute 8.0 or newer, not %s: packed sequences stay "
-                 "stacked and run through sdpa", NAME, torch.device(device).type)
+                 "stacked and run through sdpa", NAME, here)
     return False
 
 
