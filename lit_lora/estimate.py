@@ -93,12 +93,15 @@ def generation_call(module, prompt_tokens: int) -> Optional[tuple[int, int]]:
 
 
 def data_settings(cfg) -> dict:
-    """Batch size and sequence lengths from the data section, whatever the datamodule calls them."""
+    """Batch size and sequence lengths from the data section, whatever the datamodule calls them; packed, the
+    batch is the token budget's sequences of ``max_length`` tokens (the rows the datamodule stacks)."""
     data = cfg.data.init_args.as_dict() if hasattr(cfg.data.init_args, "as_dict") else dict(cfg.data.init_args)
     batch = data.get("batch_size") or 1
     source = data.get("max_source_length") or data.get("max_length") or 512
+    if data.get("packing") and data.get("max_tokens_per_batch"):
+        batch = max(data["max_tokens_per_batch"] // source, 1)
     target = data.get("max_target_length") or source
-    return {"batch_size": batch, "seq": source, "target_seq": target}
+    return {"batch_size": batch, "seq": source, "target_seq": target, "packing": bool(data.get("packing"))}
 
 
 ATTENTION_OUTPUTS = ("o_proj", "o", "out_proj", "dense", "c_proj")  # read SDPA's output, already counted
@@ -180,7 +183,8 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     checkpointing = builder.is_checkpointing(model)  # as built: the module's switch, else the adapter's default
     shape = Shape.from_config(built.config, gated_mlp=is_gated(model))
     virtual = spec.virtual_tokens
-    eager = (module.attn_implementation or getattr(built.config, "_attn_implementation", None)) == "eager"
+    attention = module.attn_implementation or getattr(built.config, "_attn_implementation", None)
+    eager, varlen = attention == "eager", varlen_kernel_runs(attention, data_settings(cfg)["packing"], value_bytes)
     chunk = label_only_chunk(module, built, shape) if trainable else None  # generation runs the full head
     generating = not trainable and generation_call(module, seq) is not None  # its batch: the largest generate call
     if trainable:
@@ -188,7 +192,7 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
         acts = activation_bytes(shape, batch, seq + virtual, value_bytes, checkpointing,
                                 trainable_kept_values(model, shape, mixed, value_bytes), target_seq, eager,
                                 logits=built.head in ("causal", "seq2seq"), label_only_chunk=chunk,
-                                residual_bytes=embedding_bytes(model))
+                                residual_bytes=embedding_bytes(model), kv_repeated=not varlen)
     else:  # nothing trains (NoAdapter): a forward pass keeps no activations for backward
         acts = inference_activation_bytes(shape, batch, seq + virtual, value_bytes,
                                           logits=built.head in ("causal", "seq2seq"), generating=generating)
@@ -196,6 +200,7 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     assumptions = {"batch": f"{batch} (the largest generate call)" if generating else batch, "seq": seq + virtual, "target_seq": target_seq if shape.decoder_layers else None,
                    "activation_bytes": value_bytes, "gradient_checkpointing": checkpointing,
                    "attention": "eager (scores kept)" if eager
+                   else f"{attention}'s varlen kernel (k/v at their own heads)" if varlen
                    else "SDPA (k/v repeated to the query heads, no s x s scores)",
                    "optimizer": module.optim.name, "precision": precision,
                    "activation_dtype": f"precision {precision}" if "16" in precision else "the compute dtype",
@@ -203,6 +208,12 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
                    else "the last position's logits (generate)" if generating
                    else "full logits" if built.head in ("causal", "seq2seq") else "no LM head"}
     return estimate, assumptions
+
+
+def varlen_kernel_runs(attention: Optional[str], packing: bool, value_bytes: int) -> bool:
+    """Whether training attention runs a FlashAttention varlen kernel, which takes grouped key/value heads as they
+    are: ``flash_attention_2`` always, ``torch_varlen`` on packed rows in half precision (elsewhere it is sdpa)."""
+    return attention == "flash_attention_2" or (attention == "torch_varlen" and packing and value_bytes == 2)
 
 
 def label_only_chunk(module, built: Built, shape: Shape) -> Optional[int]:

@@ -131,12 +131,13 @@ class Shape:
 
 
 def layer_values_per_token(shape: Shape, cross_attention: bool = False, projection_inputs: Optional[int] = None,
-                           value_bytes: int = 2) -> int:
+                           value_bytes: int = 2, kv_repeated: bool = True) -> int:
     """Values (of ``value_bytes``) one transformer layer keeps for backward per token (no checkpointing, SDPA).
 
     norms: each keeps its input in float32 (RMSNorm upcasts, autocast runs LayerNorm in float32), ``shape.norms``;
     attention: q, and k and v repeated to the query heads (SDPA with a padding mask; without a mask transformers
-    lets SDPA do the grouping), and the output, which the output projection reads in place -> 4 q_dim;
+    lets SDPA do the grouping), and the output, which the output projection reads in place -> 4 q_dim; a
+    FlashAttention varlen kernel (``kv_repeated=False``) keeps k and v at their own heads -> 2 q_dim + 2 kv_dim;
     MLP: a gated MLP keeps gate, act(gate) and up (3i), a plain MLP its pre-activation (i), plus what a Python
     activation keeps (``shape.activation_extra`` i: Phi's ``gelu_new`` 3i);
     the projections' inputs: ``projection_inputs`` (``estimate.trainable_kept_values`` counts them on the
@@ -148,7 +149,8 @@ def layer_values_per_token(shape: Shape, cross_attention: bool = False, projecti
     """
     norm = shape.hidden * 4 // value_bytes  # one float32 norm input
     mlp = 3 if shape.gated_mlp else 1 + shape.activation_extra
-    values = shape.norms * norm + 4 * shape.q_dim + mlp * shape.intermediate
+    attention = 2 * shape.q_dim + 2 * (shape.q_dim if kv_repeated else shape.kv_dim)
+    values = shape.norms * norm + attention + mlp * shape.intermediate
     values += shape.norms * shape.hidden + shape.intermediate if projection_inputs is None else projection_inputs
     if cross_attention:
         values += norm + shape.hidden + 2 * shape.q_dim
@@ -187,7 +189,7 @@ def inference_activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: 
 def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, checkpointing: bool,
                      projection_inputs: Optional[int] = None, target_seq: Optional[int] = None,
                      eager_attention: bool = False, logits: bool = True, label_only_chunk: Optional[int] = None,
-                     residual_bytes: Optional[int] = None) -> dict[str, int]:
+                     residual_bytes: Optional[int] = None, kv_repeated: bool = True) -> dict[str, int]:
     """Activation memory of one forward/backward at ``batch`` x ``seq`` (every row padded to ``seq``).
 
     Per layer and token: ``layer_values_per_token`` with ``projection_inputs`` (see there). Without gradient
@@ -200,7 +202,8 @@ def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, check
     fp32 copy and fp32 log-softmax that the cross-entropy keeps (``4 + 4`` bytes). Encoder-decoder models
     count the encoder at ``seq`` and the decoder at ``target_seq``, whose cross-attention also keeps the
     projected encoder keys and values (``2 * kv_dim`` a source token). ``label_only_chunk``: the LM head runs on
-    labelled positions in chunks of that many (``label_only_head_bytes``) instead.
+    labelled positions in chunks of that many (``label_only_head_bytes``) instead. ``kv_repeated``: see
+    ``layer_values_per_token`` (decoder-only models; the varlen kernels are for packed causal rows).
     """
     def stack(layers: int, tokens: int, per_layer: int, extra_per_layer: int = 0) -> int:
         if checkpointing:
@@ -212,7 +215,7 @@ def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, check
         return 2 * batch * shape.heads * length * kv_length if eager_attention else 0
 
     tokens = batch * seq
-    per_layer = layer_values_per_token(shape, False, projection_inputs, value_bytes)
+    per_layer = layer_values_per_token(shape, False, projection_inputs, value_bytes, kv_repeated)
     parts = {"layers": stack(shape.layers, tokens, per_layer, scores(seq, seq))}
     out_tokens = tokens
     if shape.decoder_layers:

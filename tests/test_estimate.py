@@ -221,3 +221,35 @@ def test_activations_assume_the_checkpointing_the_run_would_use(capsys):
         return float(next(line for line in report.splitlines() if "activations/layers" in line).split()[1])
 
     assert layers_gib(off) > 2 * layers_gib(default)
+
+
+def test_a_varlen_kernel_is_counted_with_keys_and_values_at_their_own_heads():
+    """``torch_varlen`` on packed rows in half precision keeps k and v at the key-value heads
+    (``tests/test_activation_memory.py`` measures it), where SDPA with a mask repeats them to the query heads:
+    Gemma-2B's one key-value head makes that 2 x (2048 - 256) values a token and layer fewer. Unpacked, or with
+    float32 activations (the demo's LoRA), torch_varlen is sdpa and is counted as sdpa; a token budget sets the
+    packed batch's sequences."""
+    from lit_lora.estimate import data_settings, memory_estimate
+
+    def estimate(config: Path, attention: str, *overrides: str):
+        cfg, module, built = estimate_for(config, "--model.init_args.attn_implementation", attention,
+                                          "--model.init_args.gradient_checkpointing", "false", *overrides)
+        return memory_estimate(built, module, cfg, 2, 1024, 1024, 1.0), built.config
+
+    packed = ("--data.init_args.packing", "true")
+    (varlen, said), config = estimate(GEMMA_CONFIG, "torch_varlen", *packed)
+    (sdpa, said_sdpa), _ = estimate(GEMMA_CONFIG, "sdpa", *packed)
+    assert said["attention"] == "torch_varlen's varlen kernel (k/v at their own heads)"
+    assert said_sdpa["attention"].startswith("SDPA (k/v repeated")
+    q_dim, kv_dim = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    fewer = config.num_hidden_layers * 2 * 1024 * 2 * (q_dim - kv_dim) * said["activation_bytes"]
+    assert sdpa.activations["layers"] - varlen.activations["layers"] == fewer > 0
+    for config, overrides in ((GEMMA_CONFIG, ()), (CONFIGS / "demo.yaml", packed)):
+        (_, said_other), _ = estimate(config, "torch_varlen", *overrides)
+        assert said_other["attention"] == said_sdpa["attention"], (config, overrides)
+    (_, said_bf16), _ = estimate(CONFIGS / "demo.yaml", "torch_varlen", *packed, "--trainer.precision", "bf16-mixed")
+    assert said_bf16["attention"] == said["attention"]
+
+    cfg, _, _ = estimate_for(GEMMA_CONFIG, *packed, "--data.init_args.max_tokens_per_batch", "16384",
+                             "--data.init_args.max_length", "2048")
+    assert data_settings(cfg)["batch_size"] == 8

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from flash_reference import flash_kernel_on_cpu
 from harness import (KillBeforeStep, Killed, adapter_tensors, fake_trainer, fit, read_losses, resumable_demo_cli,
                      write_code_rows)
 from lightning.pytorch import Callback
@@ -464,20 +465,36 @@ def stand_in_kernel(monkeypatch, calls: list, first_release: bool = False) -> No
     monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: varlen_contract(calls, first_release))
 
 
-@pytest.mark.parametrize("first_release", [False, True], ids=["today", "first-release"])
+@pytest.fixture
+def torch_kernel_on_cpu(monkeypatch):
+    """This CPU as a GPU with PyTorch's own ``varlen_attn``: its wrapper, operator and autograd as shipped, over
+    ``flash_reference``'s CPU FlashAttention, in float32 too; yields the list of each call's ``cu_seqlens``."""
+    from lit_lora.models import varlen_attention
+
+    monkeypatch.setattr(varlen_attention, "kernel_device", lambda device: True)
+    monkeypatch.setattr(varlen_attention, "kernel_runs_on", lambda query: True)
+    with flash_kernel_on_cpu([]) as calls:
+        yield calls
+
+
+@pytest.mark.parametrize("kernel", ["today", "first-release", "torch"])
 @pytest.mark.parametrize("arch", ("llama", "gemma", "phi"))  # grouped-query, multi-query, multi-head attention
-def test_torch_varlen_hands_the_kernel_each_packed_row_as_its_own_sequence(arch, first_release, tiny_model,
-                                                                            monkeypatch):
+def test_torch_varlen_hands_the_kernel_each_packed_row_as_its_own_sequence(arch, kernel, tiny_model, monkeypatch,
+                                                                            request):
     """What lit-lora gives the kernel (the flattened rows, ``cu_seqlens`` from the restarting positions, key
     heads, the scale) and takes back (the output layout), checked on a CPU against the kernel's documented
-    contract in both of its signatures: every packed row equals the row alone, in fp32 to 1e-5. The kernel
-    itself runs in the gpu test above."""
+    contract in both of its signatures, and through the installed PyTorch's own ``varlen_attn`` over a reference
+    FlashAttention (``torch``): every packed row equals the row alone, in fp32 to 1e-5. The CUDA kernel itself
+    runs in the gpu test above."""
     from transformers import AutoModelForCausalLM
 
     from lit_lora.models import varlen_attention
 
-    calls: list = []
-    stand_in_kernel(monkeypatch, calls, first_release)
+    if kernel == "torch":
+        calls = request.getfixturevalue("torch_kernel_on_cpu")
+    else:
+        calls = []
+        stand_in_kernel(monkeypatch, calls, first_release=kernel == "first-release")
     varlen_attention.register()
     model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation="torch_varlen",
                                                  dtype=torch.float32).eval()
@@ -715,15 +732,16 @@ def test_one_step_has_the_same_gradient_packed_and_unpacked(budget, accumulate, 
         torch.testing.assert_close(packed[name], grad, rtol=0, atol=1e-5, msg=name)
 
 
-def test_a_torch_varlen_step_has_the_gradient_of_an_sdpa_step(tiny_model, tmp_path, monkeypatch, caplog):
-    """``lit-lora fit`` with packing and ``attn_implementation: torch_varlen`` on a CPU, the kernel replaced by its
-    contract (see above): the batches arrive as one flattened row, every layer hands the kernel the row
-    boundaries, and the first step's gradient is the sdpa run's, whose packed sequences are stacked. Without the
-    stand-in (a CPU, where the kernel does not run) the run is the sdpa run: the same stacked batches and gradient."""
+def test_a_torch_varlen_step_has_the_gradient_of_an_sdpa_step(tiny_model, tmp_path, monkeypatch, caplog,
+                                                              torch_kernel_on_cpu):
+    """``lit-lora fit`` with packing and ``attn_implementation: torch_varlen`` on a CPU, through PyTorch's own
+    ``varlen_attn`` and its autograd over a reference FlashAttention (see above): the batches arrive as one
+    flattened row, every layer hands the kernel the row boundaries, and the first step's gradient is the sdpa
+    run's, whose packed sequences are stacked. As this CPU is (no kernel) the run is the sdpa run: the same
+    stacked batches and gradient."""
     from lit_lora.models import varlen_attention
 
-    calls: list = []
-    stand_in_kernel(monkeypatch, calls)
+    calls = torch_kernel_on_cpu
     data = write_code_rows(tmp_path / "rows.jsonl")
 
     def first_step(attn: str, name: str = ""):
