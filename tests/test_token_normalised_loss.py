@@ -49,3 +49,36 @@ def test_one_step_is_the_same_however_its_rows_are_split(tiny_model, tmp_path):
         torch.testing.assert_close(ranks[name], grad, rtol=0, atol=1e-9,
                                    msg=lambda detail, name=name: f"2 ranks: {name}\n{detail}")
     assert acc_loss == pytest.approx(whole_loss, rel=1e-5) and ranks_loss == pytest.approx(whole_loss, rel=1e-5)
+
+
+def test_the_returned_loss_is_this_ranks_share_though_the_all_reduce_sums_in_place(tiny_model, monkeypatch):
+    """``training_step`` returns this rank's summed token loss × world ÷ the step's label tokens on every rank,
+    and logs the step's mean. DDP's all-reduce sums in place; in float32 ``.float()`` is no copy, so a reduce of
+    the logged sum's storage would turn the returned loss (what callbacks, ``FiniteGuard`` and backward see) into
+    every rank's sum. Two ranks here: the other one's loss sum and label count are added in place, as gloo does."""
+    from types import SimpleNamespace
+
+    from lit_lora.models import CausalLMModule
+
+    module = CausalLMModule(tiny_model("llama"))
+    module.configure_model()
+    torch.manual_seed(0)
+    ids = torch.randint(3, 500, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    summed, count = (t.detach() for t in module.loss_terms(batch))
+    assert summed.dtype == torch.float32
+    other_rank = iter([count.float() + 5, 2 * summed])  # its label tokens, then its loss sum: the reduce order
+
+    def all_reduce(tensor, reduce_op):
+        assert reduce_op == "sum"
+        return tensor.add_(next(other_rank))
+
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **_: logged.update({name: float(value)}))
+    strategy = SimpleNamespace(reduce=all_reduce, handles_gradient_accumulation=False)
+    module._trainer = SimpleNamespace(strategy=strategy, world_size=2, accumulate_grad_batches=1)
+    module.on_train_epoch_start()
+    returned = module.training_step(batch, 0)
+    step_tokens = float(count) * 2 + 5
+    assert float(returned) == pytest.approx(float(summed) * 2 / step_tokens, rel=1e-6)
+    assert logged["train_loss"] == pytest.approx(3 * float(summed) / step_tokens, rel=1e-6)

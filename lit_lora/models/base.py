@@ -296,7 +296,8 @@ class FineTuneModule(L.LightningModule):
         self._step_batches += 1
         if self._step_batches < step_batches:
             return
-        total = self.trainer.strategy.reduce(self._step_loss_sum.float(), reduce_op="sum")
+        # DDP's all-reduce sums in place: a copy, never the storage of the loss training_step returns
+        total = self.trainer.strategy.reduce(self._step_loss_sum.float().clone(), reduce_op="sum")
         self.log("train_loss", total / step_tokens, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self._step_loss_sum, self._step_batches = None, 0
 
