@@ -284,6 +284,13 @@ def test_unknown_label_after_a_blank_line_names_the_right_line(tmp_path, tiny_mo
     assert "named.jsonl (train): data row 3 (0-based; line 4), field 'label': 'maybe' is not a label" in setup_error(dm)
 
 
+def test_unknown_label_after_a_line_of_spaces_names_the_right_line(tmp_path, tiny_model):
+    """pandas skips a line of only spaces as it skips a blank one: no data row starts there."""
+    lines = ["premise,hypothesis,label", "A dog runs.,A dog moves.,entailment", "   ", "C,D,neutral", "E,F,bogus"]
+    dm = SNLIDataModule(source=write_lines(tmp_path / "snli.csv", lines), tokenizer_name_or_path=tiny_model("llama"))
+    assert "snli.csv (train): data row 2 (0-based; line 5), field 'label': 'bogus' is not a label" in setup_error(dm)
+
+
 def write_jsonl_rows(path: Path, rows: list[dict]) -> str:
     return write_lines(path, [json.dumps(r) for r in rows])
 

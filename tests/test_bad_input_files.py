@@ -87,6 +87,45 @@ def test_json_objects_spread_over_lines_are_rows_checked_with_the_line_they_star
     assert message.startswith(f"{path}: line {line}, field 'output': missing from the row")
 
 
+def spread_rows(path, rows: list[dict]) -> list[int]:
+    """Write ``rows`` as ``json.dump(row, f, indent=2)`` each; the line each row starts on."""
+    texts = [json.dumps(row, indent=2) for row in rows]
+    path.write_text("".join(text + "\n" for text in texts))
+    return [1 + sum(text.count("\n") + 1 for text in texts[:i]) for i in range(len(texts))]
+
+
+def test_errors_in_json_objects_spread_over_lines_name_the_line_the_row_starts_on(tmp_path, tiny_model):
+    """Rows found after datasets read the file, and files datasets cannot read, are named by the row's first line."""
+    path = tmp_path / "codes.jsonl"
+    starts = spread_rows(path, [code_row(i, output=None if i < 6 else 9) for i in range(8)])
+    message = setup_error(instruction_dm(tiny_model, str(path)), DataFileError)
+    assert message == (f"{path}: column 'output' holds int64 values; expected text (a string, or null for empty); "
+                       f"first at data row 6 (0-based; line {starts[6]}): 9")
+
+    starts = spread_rows(path, [code_row(i, output=str(i) if i < 6 else 9) for i in range(8)])
+    message = setup_error(instruction_dm(tiny_model, str(path)), DataFileError)  # datasets fails: read again
+    assert message == f"{path}: line {starts[6]}, field 'output': a JSON number where line 1 holds a string " \
+                      "(give the field one type)"
+
+    path.write_text(path.read_text().replace('"output": 9', '"output" 9'))  # broken: its own line and column
+    bad_line = next(n for n, line in enumerate(path.read_text().split("\n"), 1) if '"output" 9' in line)
+    message = setup_error(instruction_dm(tiny_model, str(path)), DataFileError)
+    assert message == f"{path}: line {bad_line}, column 12: invalid JSON (Expecting ':' delimiter)"
+
+    lines = [json.dumps(code_row(i)) for i in range(8)]
+    lines[2] = lines[2][:-1]  # cut short in a file of one row a line: that line is named, not the one after it
+    message = setup_error(instruction_dm(tiny_model, write_lines(tmp_path / "cut.jsonl", lines)), DataFileError)
+    assert message == f"{tmp_path / 'cut.jsonl'}: line 3, column {len(lines[2]) + 1}: invalid JSON " \
+                      "(Expecting ',' delimiter)"
+
+    rows = [{"premise": f"The dog is running {i}.", "hypothesis": "A dog is running.", "label": 7 if i == 3 else i % 3}
+            for i in range(6)]
+    starts = spread_rows(tmp_path / "snli.jsonl", rows)
+    dm = SNLIDataModule(source=str(tmp_path / "snli.jsonl"), tokenizer_name_or_path=tiny_model("llama"))
+    assert f"snli.jsonl (train): data row 3 (0-based; line {starts[3]}), field 'label': 7 is not a label" \
+        in setup_error(dm)
+
+
 def test_one_json_object_of_columns_is_refused_naming_the_layout(tmp_path, tiny_model):
     rows = [code_row(i) for i in range(8)]
     path = tmp_path / "codes.json"

@@ -54,6 +54,26 @@ def test_label_names_as_strings_are_accepted(tiny_model, tmp_path):
     assert sorted(list(dm.datasets["train"]["labels"]) + list(dm.datasets["validation"]["labels"])) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
+def test_snli_no_gold_label_given_as_text_is_dropped_and_counted(tiny_model, tmp_path):
+    """A label column that also holds names is read as text: "-1" there is still SNLI's "no gold label"."""
+    rows = [{"premise": f"The cat is eating {i}.", "hypothesis": "A cat is eating.",
+             "label": "-1" if i == 4 else ["entailment", "1", "contradiction"][i % 3]} for i in range(9)]
+    dm = SNLIDataModule(source=write_jsonl(tmp_path / "named.jsonl", rows),
+                        tokenizer_name_or_path=tiny_model("roberta"), val_fraction=0.25)
+    dm.setup()
+    assert dm.drop_counts["train"] + dm.drop_counts["validation"] == {"no gold label (-1)": 1}
+    kept = list(dm.datasets["train"]["labels"]) + list(dm.datasets["validation"]["labels"])
+    assert sorted(kept) == [0, 0, 0, 1, 1, 2, 2, 2]
+
+    labels = ["neutral", "-1", "0", "2"] * 2  # names among numbers: pandas reads text
+    lines = "".join(f"A dog runs ({i}).,A dog moves.,{label}\n" for i, label in enumerate(labels))
+    (tmp_path / "snli.csv").write_text("premise,hypothesis,label\n" + lines)
+    dm = SNLIDataModule(source=str(tmp_path / "snli.csv"), tokenizer_name_or_path=tiny_model("roberta"),
+                        val_fraction=0.25)
+    dm.setup()
+    assert dm.drop_counts["train"] + dm.drop_counts["validation"] == {"no gold label (-1)": 2}
+
+
 def test_multinli_matched_and_mismatched_are_separate_eval_sets(tiny_model):
     dm = MultiNLIDataModule(tokenizer_name_or_path=tiny_model("roberta"), batch_size=8)
     dm.setup()

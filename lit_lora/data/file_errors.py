@@ -29,6 +29,7 @@ TEXT_FILES = (".json", ".jsonl", ".csv")
 TEXT_DTYPES = ("string", "large_string", "null")
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte that is not UTF-8
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs "\ud83d\ude00"; one left alone is no character
+SPACE = re.compile(r"\s*")  # what str.lstrip strips: skipped between the JSON values of a JSON-lines file
 
 
 class DataFileError(InputError, ValueError):
@@ -93,8 +94,26 @@ def json_problem(path: str) -> Optional[str]:
         return "no rows: the file is empty"
     if text.lstrip().startswith("["):  # one JSON document: an array of rows
         return json_array_problem(text)
-    lines = ((n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip())
-    return json_rows_problem(lines, "each line")
+    try:  # lazily, line by line: a type change early is named before a broken line late
+        return json_rows_problem(line_rows(text), "each line")
+    except json.JSONDecodeError as line_err:  # rows spread over lines (datasets reads them), or broken JSON
+        try:
+            return json_rows_problem(json_values(text), "each line")
+        except json.JSONDecodeError as err:  # rows were lines before the failing one: its own place, else the decoder's
+            first_line = text.count("\n", 0, len(text) - len(text.lstrip())) + 1
+            return invalid_json(err if line_err.lineno == first_line else line_err)
+
+
+def line_rows(text: str):
+    """(line, parsed row) of each non-blank line of ``text``; ``JSONDecodeError`` placed in the whole text."""
+    at = 0
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                yield n, parse_row(line)
+            except json.JSONDecodeError as err:
+                raise json.JSONDecodeError(err.msg, text, at + err.pos) from None
+        at += len(line) + 1
 
 
 def parquet_problem(path: str) -> Optional[str]:
@@ -111,10 +130,14 @@ def json_array_problem(text: str) -> Optional[str]:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as err:
-        return f"line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
+        return invalid_json(err)
     if not isinstance(rows, list) or not rows:
         return "no rows: an empty JSON array" if isinstance(rows, list) else None
-    return json_rows_problem(array_elements(text, len(rows)), "each element of the array", parsed=True)
+    return json_rows_problem(array_elements(text, len(rows)), "each element of the array")
+
+
+def invalid_json(err: json.JSONDecodeError) -> str:
+    return f"line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
 
 
 def array_elements(text: str, count: int):
@@ -148,14 +171,10 @@ def parse_row(line: str) -> Any:
     return json.loads(line, object_pairs_hook=keep_duplicates)
 
 
-def json_rows_problem(lines, each: str, parsed: bool = False) -> Optional[str]:
-    """The first line (of ``(line number, text or parsed row)``) that is not a row, or whose field changes type."""
+def json_rows_problem(rows, each: str) -> Optional[str]:
+    """The first of ``(line number, parsed row)`` that is not a row, or whose field changes type."""
     first_kind: dict[str, tuple[str, int]] = {}
-    for lineno, line in lines:
-        try:
-            row = line if parsed else parse_row(line)
-        except json.JSONDecodeError as err:
-            return f"line {lineno}, column {err.colno}: invalid JSON ({err.msg})"
+    for lineno, row in rows:
         if not isinstance(row, dict):
             return f"line {lineno}: a JSON {json_kind(row)} where {each} must be an object (one row)"
         if row.duplicates:
@@ -222,20 +241,26 @@ def json_lines(path: str, f):
         return
     except json.JSONDecodeError:  # rows already checked are checked again below: the checks repeat harmlessly
         f.seek(0)
-    text, decoder, at = f.read(), json.JSONDecoder(object_pairs_hook=keep_duplicates), 0
-    values = []
-    while (at := len(text) - len(text[at:].lstrip())) < len(text):
-        try:
-            value, end = decoder.raw_decode(text, at)
-        except json.JSONDecodeError as err:
-            raise DataFileError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})") from None
-        values.append((text.count("\n", 0, at) + 1, value))
-        at = end
+    try:
+        values = json_values(f.read())
+    except json.JSONDecodeError as err:
+        raise DataFileError(f"{path}: {invalid_json(err)}") from None
     if len(values) == 1 and isinstance(values[0][1], dict) and values[0][1] \
             and all(isinstance(v, list) for v in values[0][1].values()):
         raise DataFileError(f"{path}: line {values[0][0]}: one JSON object of columns ({{\"{next(iter(values[0][1]))}\": "
                             f"[...], ...}}); lit-lora reads rows: one object per row (JSON lines) or an array of them")
     yield from values
+
+
+def json_values(text: str) -> list[tuple[int, Any]]:
+    """(line it starts on, value) of each JSON value of ``text`` in turn, whatever the lines: how ``datasets`` reads
+    JSON lines whose rows span several. ``JSONDecodeError`` (line and column in ``text``) where one is broken."""
+    decoder, values, at, line, counted = json.JSONDecoder(object_pairs_hook=keep_duplicates), [], 0, 1, 0
+    while (at := SPACE.match(text, at).end()) < len(text):  # no slice of the rest: a large file stays linear
+        value, end = decoder.raw_decode(text, at)
+        line, counted, at = line + text.count("\n", counted, at), at, end
+        values.append((line, value))
+    return values
 
 
 def row_problem(lineno: int, row: Row, required: Sequence[str], text_columns: Sequence[str]) -> Optional[str]:
@@ -281,7 +306,7 @@ def csv_problem(path: str) -> Optional[str]:
             for record in reader:
                 if len(record) > len(header):
                     return f"line {start}: {len(record)} fields where the header has {len(header)}"
-                rows += bool(record)
+                rows += is_record(record)
                 start = reader.line_num + 1
         except csv.Error as err:
             unclosed = " (a quoted field that starts on this line is never closed)" if "end of data" in str(err) else ""
@@ -347,23 +372,27 @@ def locate_row(files: Sequence[str], index: int) -> Optional[tuple[str, int]]:
 
 
 def row_lines(path: str) -> Optional[list[int]]:
-    """The 1-based line where each data row of a JSON-lines or CSV file starts (blank lines hold none);
-    None for a file whose lines are not rows (parquet, a JSON array)."""
+    """The 1-based line where each data row of a JSON-lines or CSV file starts (blank lines hold none, a row spread
+    over lines starts on its first); None for a file whose lines are not rows (parquet, a JSON array)."""
     suffix = Path(path).suffix
     if suffix == ".csv":
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
             reader = csv.reader(f)
             starts, start = [], 1
             for record in reader:
-                if record:
+                if is_record(record):
                     starts.append(start)
                 start = reader.line_num + 1
         return starts[1:]  # the header is no data row
     if suffix not in TEXT_FILES:
         return None
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    if text.lstrip().startswith("["):
+    text = Path(path).read_text(encoding="utf-8-sig", errors="replace")
+    try:  # value by value, as json_lines reads a file whose rows span several lines
+        return None if text.lstrip().startswith("[") else [n for n, _ in json_values(text)]
+    except json.JSONDecodeError:  # datasets read it, so it parses; if not, no line is better than a wrong one
         return None
-    return [n for n, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
+def is_record(record: list[str]) -> bool:
+    """A CSV line that is a row: pandas skips a blank line and one of only spaces (csv.reader gives ``['   ']``)."""
+    return len(record) > 1 or bool(record and record[0].strip())

@@ -5,9 +5,10 @@
 
 Labels are the hub's integers (0 entailment, 1 neutral, 2 contradiction) or those names as strings;
 a float that is an integer counts as it (``1.0``: pandas reads a CSV label column with a blank cell as
-floats). SNLI marks pairs without a gold label with -1, and a blank label (an empty CSV cell, a null)
-is no gold label in either dataset: such pairs are dropped and counted. Any other label is an error
-that names the file, the data row and its line, and the value, raised in ``setup`` before tokenisation.
+floats), and so does an integer as text (``"-1"``: a column that mixes names and numbers is text).
+SNLI marks pairs without a gold label with -1, and a blank label (an empty CSV cell, a null) is no
+gold label in either dataset: such pairs are dropped and counted. Any other label is an error that
+names the file, the data row and its line, and the value, raised in ``setup`` before tokenisation.
 
 MultiNLI is evaluated on ``validation_matched`` and ``validation_mismatched`` separately (two
 validation dataloaders, metrics named ``val_matched/…`` and ``val_mismatched/…``).
@@ -36,7 +37,13 @@ def is_blank(value: Any) -> bool:
 
 
 def integral(value: Any) -> Any:
-    """``1.0`` as ``1`` (a CSV label column with a blank cell is read as floats); any other value as it is."""
+    """``1.0`` and ``"1"`` as ``1`` (a CSV label column with a blank cell is read as floats, one that also holds
+    label names as text); any other value as it is. Class and "no gold label" are both told from this."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
@@ -104,12 +111,7 @@ class NLIRows:
         value = integral(value)
         if isinstance(value, str):
             value = value.strip().lower()
-            if value in self.label_names:
-                return self.label_names.index(value)
-            try:
-                value = int(value)
-            except ValueError:
-                return None
+            return self.label_names.index(value) if value in self.label_names else None
         if isinstance(value, bool) or not isinstance(value, int):
             return None
         return value if 0 <= value < len(self.label_names) else None
