@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import adapter_tensors, demo_cli, fit, read_losses
+from harness import adapter_tensors, demo_cli, fit, logged_steps, read_losses
 from lightning.pytorch import Callback
 
 from lit_lora.commands.train import LitLoraCLI
@@ -104,6 +104,48 @@ def test_a_checkpoint_validation_writes_mid_window_resumes_exactly(tiny_model, t
         assert after[step] == pytest.approx(reference[step], rel=1e-6), (step, after[step], reference[step])
     final = [adapter_tensors(Path(run.trainer.log_dir) / "adapter") for run in (full, resumed)]
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
+
+
+class StopAfterBatch(Callback):
+    """Stop after batch ``index`` (1-based) of epoch ``epoch`` as ``max_time`` does: ``should_stop`` set in
+    ``on_train_batch_end``, where lit-lora's checkpoint saves the run's last position."""
+
+    def __init__(self, epoch: int, index: int):
+        self.epoch, self.index = epoch, index
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx + 1 == self.index:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("epoch, batch, steps_done", [(0, 6, 1), (1, 2, 3)], ids=["mid-epoch", "epoch-start"])
+def test_a_stop_inside_a_window_resumes_with_the_same_steps_logged(epoch, batch, steps_done, tiny_model, tmp_path):
+    """A run stopped inside a window (``max_time``; lit-lora's checkpoint saves at ``on_train_batch_end``): after
+    batch 6, in the window 5-8, whose start is a window's end, or after batch 2 of the second epoch, whose start
+    is the epoch's. The saved position is the window's start; the resume logs every later step under its own
+    number, as the uninterrupted run does (Lightning adds a step on resuming at a window's end, which the saved
+    step count already holds), with the same loss."""
+    model_dir = tiny_model("llama")
+
+    def run(root: Path, *callbacks: Callback) -> LitLoraCLI:
+        cli_run = demo_cli(model_dir, root, *cli_args(root), "--checkpoint.dirpath", str(root / "checkpoints"))
+        cli_run.trainer.callbacks[:0] = callbacks  # before the checkpoint, as Lightning's Timer is
+        return cli_run
+
+    full = run(tmp_path / "full")
+    fit(full)
+    stopped = run(tmp_path / "stopped", StopAfterBatch(epoch, batch))
+    fit(stopped)
+    (ckpt,) = (tmp_path / "stopped" / "checkpoints").glob("*.ckpt")
+    assert stopped.trainer.global_step == steps_done and torch.load(ckpt, weights_only=False)["loops"]["fit_loop"][
+        "epoch_loop.batch_progress"]["current"]["ready"] == batch - batch % ACCUMULATE
+    resumed = run(tmp_path / "resumed")
+    fit(resumed, ckpt_path=str(ckpt))
+    assert logged_steps(stopped.trainer.log_dir) == list(range(steps_done))
+    assert logged_steps(resumed.trainer.log_dir) == list(range(steps_done, MAX_STEPS))  # logged 0-based
+    reference, after = read_losses(full.trainer.log_dir), read_losses(resumed.trainer.log_dir)
+    for step in after:
+        assert after[step] == pytest.approx(reference[step], rel=1e-6), (step, after[step], reference[step])
 
 
 def test_only_a_strategy_that_accumulates_itself_is_stopped_by_an_epoch_cut_inside_a_window():

@@ -40,12 +40,24 @@ def micro_batches_past_step(ready: int, accumulate: int, epoch_batches: float) -
 
 def rewind_fit_position(fit_loop_state: dict, micro_batches: int) -> None:
     """Move a checkpoint's training position ``micro_batches`` back: Lightning's batch progress (every counter of
-    the epoch and of the run, so the resumed micro-batches keep their indices) and each resumable loader's."""
+    the epoch and of the run, so the resumed micro-batches keep their indices) and each resumable loader's.
+
+    Lightning reads from the counters where in a batch a checkpoint was saved, and on a resume at a window's end it
+    counts that window's step for the loggers (``_batches_that_stepped``) when the save came before the count, as
+    one at ``on_train_batch_end`` does. The rewound position is always saved as such a batch's end, its step count
+    lowered by the one Lightning adds back; at an epoch's start, as that epoch's first batch not begun.
+    """
     progress = fit_loop_state["epoch_loop.batch_progress"]
     for scope in ("current", "total"):
         counters = progress[scope]
         for name in counters:
             counters[name] = max(0, counters[name] - micro_batches)
+    at_a_window_end = progress["current"]["ready"] > 0
+    for scope in ("current", "total"):
+        progress[scope]["completed"] = progress[scope]["processed"] - at_a_window_end
+    epoch_loop = fit_loop_state.get("epoch_loop.state_dict", {})
+    if at_a_window_end and "_batches_that_stepped" in epoch_loop:
+        epoch_loop["_batches_that_stepped"] -= 1
     for loader in fit_loop_state.get("state_dict", {}).get("combined_loader", []) or []:
         if isinstance(loader, dict) and "batches" in loader:
             loader["batches"] = max(0, loader["batches"] - micro_batches)
