@@ -1,5 +1,6 @@
 """Code-cleaning switches of python-codes-25k: each changes what it should and is counted in the log."""
 
+import ast
 import json
 import logging
 
@@ -41,6 +42,16 @@ def test_switches_are_independent():
 
 def test_helpers_keep_code_that_only_looks_like_a_comment_or_fence():
     assert drop_comments('url = "http://x#y"  # note') == 'url = "http://x#y"'
+
+
+def test_a_comment_line_a_backslash_joined_to_goes_with_the_backslash():
+    """``a = 1 \\`` then a comment line is one valid logical line; dropping the comment alone would join the
+    next line to ``a = 1`` (or end the code on a backslash): the code would no longer parse."""
+    for code, dropped in (("a = 1 \\\n# c\nb = 2\n", "a = 1\nb = 2\n"), ("a = 1 \\\n    # c", "a = 1"),
+                          ("s = 'x \\\n# y'  # z\n", "s = 'x \\\n# y'\n")):  # inside a string: no comment
+        ast.parse(code)
+        assert drop_comments(code) == dropped, code
+        ast.parse(dropped)
     assert strip_fence("pythonic = True") == "pythonic = True"
 
 

@@ -69,6 +69,8 @@ def drop_comments(code: str) -> str:
         row, col = tok.start
         if not lines[row - 1][:col].strip():
             whole_line.add(row)
+            if row > 1 and lines[row - 2].endswith("\\"):  # a line joined to this comment alone: no longer
+                lines[row - 2] = lines[row - 2][:-1].rstrip()
         lines[row - 1] = lines[row - 1][:col].rstrip()
     return "\n".join(line for i, line in enumerate(lines, 1) if i not in whole_line)
 
