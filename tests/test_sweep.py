@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -427,6 +428,57 @@ def test_settings_a_sweep_decides_itself_are_refused(args, message, tmp_path):
     swept trainer.devices would silently train every point alike."""
     result = sweep_cmd("--config", DEMO, "--runs_dir", str(tmp_path), "--name", "alloc", *args, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([f"--{LR}", "5e-4"], f"--{LR} 5e-4 would be dropped: --grid {LR}=… sets it in every point"),
+    (["--model.optim.lr=5e-4"], f"--model.optim.lr 5e-4 would be dropped: --grid {LR}=…"),  # the short form
+    (["--seeds", "2", "--seed_everything", "7"], "--seed_everything 7 and --seeds 2 both set the seed"),
+])
+def test_a_base_override_of_a_swept_key_is_refused_not_dropped(args, message, tmp_path):
+    """Every point's grid value (or --seeds' seed) replaces a base override of the same key, so the base value
+    would vanish from every point.yaml without a word while sweep.json still lists it."""
+    result = sweep_cmd("--config", DEMO, "--grid", f"{LR}=1e-3,3e-3", "--runs_dir", str(tmp_path), "--name", "base",
+                       "--dry_run", *args, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert not (tmp_path / "base").exists()
+
+
+def test_one_value_spelled_two_ways_is_refused_not_run_twice(tmp_path):
+    """``1e-4`` and ``0.0001`` (``true`` / ``True``, ``1`` / ``1.0``) are one value to lit-lora fit: two points
+    would train the same config under two names. Distinct values keep their names."""
+    for spec, first, second in [(f"{LR}=1e-4,0.0001,1e-5", "1e-4", "0.0001"), ("x=true,True", "true", "True"),
+                                ("x=1,1.0", "1", "1.0"), ("x=[q,v],[q, v]", "[q,v]", "[q, v]")]:
+        with pytest.raises(ValueError, match=re.escape(f"{first} and {second} are the same value")):
+            parse_axis(spec)
+    assert [p.name for p in expand([parse_axis(f"{LR}=1e-4,1e-5"), parse_axis("x=1,true")])] == \
+        ["lr=0.0001-x=1", "lr=0.0001-x=true", "lr=1e-05-x=1", "lr=1e-05-x=true"]
+    refused = sweep_cmd("--config", DEMO, "--grid", f"{LR}=1e-4,0.0001", "--runs_dir", str(tmp_path), "--dry_run",
+                        check=False)
+    assert refused.returncode != 0 and "1e-4 and 0.0001 are the same value" in refused.stderr, refused.stderr
+    # spellings only the parser tells apart (a class and its short name): the resolved configs are equal
+    alias = sweep_cmd("--config", DEMO, "--grid", f"{ADAPTER}=LoRA,lit_lora.adapters.LoRA", "--runs_dir",
+                      str(tmp_path), "--name", "alias", "--dry_run", check=False)
+    assert alias.returncode != 0 and "resolve to the same config" in alias.stderr, alias.stderr
+    assert not (tmp_path / "alias").exists()
+
+
+def test_points_never_share_a_checkpoint_directory(tmp_path):
+    """Each point's checkpoints (and the cleanup of its partial ones) are its own, in <point>/checkpoints:
+    a checkpoint.dirpath from the command line or a config file would be one directory for every point."""
+    common = ["--config", DEMO, "--grid", "model.init_args.adapter.init_args.use_rslora=false,true", "--runs_dir",
+              str(tmp_path), "--name", "ckpt", "--dry_run"]
+    given = sweep_cmd(*common, "--checkpoint.dirpath", "ckpts", check=False)
+    assert given.returncode != 0 and "checkpoint.dirpath cannot be set" in given.stderr, given.stderr
+    fragment = tmp_path / "ckpt.yaml"
+    fragment.write_text("checkpoint:\n  dirpath: ckpts\n")
+    configured = sweep_cmd(*common, "--config", str(fragment), check=False)
+    assert configured.returncode != 0 and "checkpoint.dirpath cannot be set (the configs or overrides give " \
+        "'ckpts')" in configured.stderr, configured.stderr
+    assert not (tmp_path / "ckpt").exists()
+    sweep_cmd(*common)  # unset: each point's run directory holds its checkpoints/
+    point = yaml.safe_load((tmp_path / "ckpt" / "use_rslora=true" / "point.yaml").read_text())
+    assert point["checkpoint"]["dirpath"] is None
 
 
 def test_a_sweep_name_keeps_its_axes(tmp_path):

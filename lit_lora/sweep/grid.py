@@ -15,7 +15,8 @@ values; commas inside ``[…]``, ``{…}`` or quotes do not split (``target_modu
 A point's name joins ``label=value`` per axis with ``-``: the label is the key's last part (``init_args``
 skipped; more parts where two axes would share one, ``seed_everything`` is ``seed``), a class path
 shows its class name, a number its Python value, anything else its text with ``/`` and other
-characters that do not belong in a directory name replaced by ``_``.
+characters that do not belong in a directory name replaced by ``_``. Two spellings of one value (``1e-4`` and
+``0.0001``, ``true`` and ``True``) are refused: they would be two points running the same config.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
+
+import yaml
 
 SEED_KEY = "seed_everything"
 CLASS_PATH = re.compile(r"(?:[A-Za-z_]\w*\.)+[A-Z]\w*")  # dotted path ending in a class name
@@ -73,9 +76,45 @@ def parse_axis(spec: str) -> Axis:
     parts = split_values(values) if sep else []
     if not key or not parts or any(v == "" for v in parts):
         raise ValueError(f"--grid {spec!r}: expected KEY=V1,V2,… (e.g. model.init_args.optim.lr=1e-3,3e-3)")
-    if len(set(parts)) != len(parts):
-        raise ValueError(f"--grid {spec!r}: a value is repeated")
+    seen: dict = {}
+    for value in parts:
+        meaning = parsed_value(value)
+        if meaning in seen:  # two points would run one config under two names
+            same = f"{value} is given twice" if seen[meaning] == value else \
+                f"{seen[meaning]} and {value} are the same value (as lit-lora fit reads them)"
+            raise ValueError(f"--grid {key}: {same}; give it once")
+        seen[meaning] = value
     return Axis(key, tuple(parts))
+
+
+class _ValueLoader(yaml.SafeLoader):
+    """YAML as jsonargparse reads a command-line value: ``1e-4`` is a float there (YAML 1.1 wants ``1.0e-4``)."""
+
+
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")  # 1e-4, 2.5E3
+_ValueLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def parsed_value(text: str):
+    """What a value means, to compare two spellings: ``1e-4`` and ``0.0001``, ``true`` and ``True``, ``1`` and
+    ``1.0`` are one value, as jsonargparse reads them; ``1`` and ``true`` are not (``True == 1`` in Python)."""
+    try:
+        value = yaml.load(text, Loader=_ValueLoader)
+    except yaml.YAMLError:
+        value = text
+    return _value_key(value)
+
+
+def _value_key(value):
+    if isinstance(value, bool) or value is None:
+        return (type(value).__name__, value)
+    if isinstance(value, (int, float)):
+        return ("number", value)  # 1 == 1.0, with one hash
+    if isinstance(value, list):
+        return ("list", tuple(_value_key(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _value_key(v)) for k, v in value.items())))
+    return ("text", str(value))
 
 
 def seed_axis(seeds: int) -> Axis:

@@ -15,7 +15,8 @@ not accepted by the point's class (``r`` of ``FullFineTuning``) is left out of t
 ``pin_run`` makes the point's run directory its own: ``trainer.default_root_dir`` is the point directory,
 and a ``ResumableCSVLogger`` logging straight into it is the first logger (so ``trainer.log_dir`` is the
 point directory, locally and under SLURM, and ``metrics.csv``, ``config.yaml``, ``run_summary.json``,
-``before_after.json`` and ``adapter/`` land there, a requeued array task continuing the same files).
+``before_after.json``, ``adapter/`` and, as ``checkpoint.dirpath`` stays unset (the sweep refuses one, which
+every point would share), ``checkpoints/`` land there, a requeued array task continuing the same files).
 Configured loggers stay after it; a ``WandbRun`` gets the sweep name as its group and, when it has
 none, the point name as its run name.
 """
@@ -94,6 +95,11 @@ def pin_run(config_text: str, run_dir: str | Path, sweep: str, point: str) -> di
         others.append(entry)
     trainer["logger"] = [csv_logger, *others] if others else csv_logger
     return config
+
+
+def checkpoint_dirpath(config_text: str) -> Any:
+    """The configured ``checkpoint.dirpath`` (``None``: the run directory's ``checkpoints/``, a point's own)."""
+    return (yaml.safe_load(config_text).get("checkpoint") or {}).get("dirpath")
 
 
 def config_yaml(config: dict, header: list[str]) -> str:

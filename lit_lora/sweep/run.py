@@ -37,8 +37,8 @@ from typing import Optional
 
 from lit_lora.cluster.run_files import hpc_checkpoints
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
-from lit_lora.sweep.resolve import PointConfigError, PrintConfig, changed_settings, config_yaml, pin_run, \
-    resolve_point
+from lit_lora.sweep.resolve import PointConfigError, PrintConfig, changed_settings, checkpoint_dirpath, config_yaml, \
+    pin_run, resolve_point
 from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, STATUS_FILE, \
     STOPPED, config_digest, failure_lines, load_sweep, move_earlier_attempt, point_state, save_sweep, slurm_tasks
 from lit_lora.strict_json import dumps
@@ -57,15 +57,21 @@ def now() -> str:
 # ---- the sweep directory ---------------------------------------------------------------------------
 def resolve_points(points: list[Point], configs: list[str], base_args: list[str], sweep: str,
                    print_config: PrintConfig) -> list[tuple[Point, str]]:
-    """Each point's resolved config text; a key its class does not accept is left out, duplicates then dropped."""
+    """Each point's resolved config text; a key its class does not accept is left out, duplicates then dropped.
+    Two points with one config (two spellings of a value ``grid.parsed_value`` cannot tell apart, such as a class
+    path and its short name) and a configured ``checkpoint.dirpath`` (shared by every point) are refused."""
     keys = list(points[0].overrides) if points else []
     label_of = axis_labels(keys)
-    resolved, seen = [], set()
+    resolved, seen, texts = [], set(), {}
     for point in points:
         try:
             text, dropped = resolve_point(configs, base_args, point.overrides, print_config)
         except PointConfigError as err:
             raise SystemExit(f"lit-lora sweep {sweep}: point {point.name}: lit-lora fit refuses its arguments:\n{err}")
+        dirpath = checkpoint_dirpath(text)
+        if dirpath is not None:
+            raise SystemExit(f"lit-lora sweep {sweep}: checkpoint.dirpath cannot be set (the configs or overrides give "
+                             f"{dirpath!r}): {PINNED_KEYS['checkpoint.dirpath']}")
         if dropped:
             point.not_applicable = dropped
             point.overrides = {k: v for k, v in point.overrides.items() if k not in dropped}
@@ -74,7 +80,11 @@ def resolve_points(points: list[Point], configs: list[str], base_args: list[str]
         identity = tuple(sorted(point.overrides.items()))
         if identity in seen:
             continue
+        if text in texts:
+            raise SystemExit(f"lit-lora sweep {sweep}: points {texts[text]} and {point.name} resolve to the same "
+                             "config (one value spelled two ways?): give each value once")
         seen.add(identity)
+        texts[text] = point.name
         resolved.append((point, text))
     applied = {key for point, _ in resolved for key in point.overrides}
     for key in (k for k in keys if k not in applied):  # a misspelled key under a swept class path
@@ -83,17 +93,44 @@ def resolve_points(points: list[Point], configs: list[str], base_args: list[str]
     return resolved
 
 
-PINNED_KEYS = {"trainer.default_root_dir": "every point runs in its own directory under the sweep's"}
+PINNED_KEYS = {"trainer.default_root_dir": "every point runs in its own directory under the sweep's",
+               "checkpoint.dirpath": "every point keeps its checkpoints in its own <point>/checkpoints (points "
+                                     "sharing one would overwrite and clean up each other's)"}
 ALLOCATION_KEYS = ("trainer.devices", "trainer.num_nodes")
 
 
-def check_allocation_keys(grid_keys: list[str], base_args: list[str], slurm: bool) -> None:
-    """Refuse settings a sweep decides itself: the run directory always, and under ``--slurm`` the processes,
-    which ``slurm/launch.sh`` takes from the allocation (every array task gets the same one)."""
-    given = set(grid_keys) | {a[2:].split("=", 1)[0] for a in base_args if a.startswith("--")}
-    for key in sorted(given):
-        if key in PINNED_KEYS:
-            raise SystemExit(f"lit-lora sweep: {key} cannot be set: {PINNED_KEYS[key]}")
+def config_key(key: str) -> str:
+    """``model.init_args.optim.lr`` and ``model.optim.lr`` are one key to ``lit-lora fit``."""
+    return ".".join(part for part in key.split(".") if part != "init_args")
+
+
+def base_values(base_args: list[str]) -> dict[str, str]:
+    """``["--a", "1", "--b=2"]`` -> ``{"a": "1", "b": "2"}``."""
+    values = {}
+    for i, arg in enumerate(base_args):
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            values[key] = value if eq else " ".join(a for a in base_args[i + 1:i + 2] if not a.startswith("--"))
+    return values
+
+
+def check_given_keys(grid_keys: list[str], base_args: list[str], slurm: bool, seeds: Optional[int] = None) -> None:
+    """Refuse settings a sweep decides itself: the run and checkpoint directories always, under ``--slurm`` the
+    processes, which ``slurm/launch.sh`` takes from the allocation (every array task gets the same one), and a base
+    override of a swept key, which every point's grid value would silently replace."""
+    base = base_values(base_args)
+    swept = {config_key(k): k for k in grid_keys}
+    for key, value in base.items():
+        if config_key(key) not in swept:
+            continue
+        if seeds and swept[config_key(key)] == SEED_KEY:
+            raise SystemExit(f"lit-lora sweep: --{key} {value} and --seeds {seeds} both set the seed (--seeds runs "
+                             f"{SEED_KEY} 0 … {seeds - 1}): give one of them")
+        raise SystemExit(f"lit-lora sweep: --{key} {value} would be dropped: --grid {swept[config_key(key)]}=… sets "
+                         "it in every point; give its values in --grid only")
+    for key in sorted(set(grid_keys) | set(base)):
+        if config_key(key) in PINNED_KEYS:
+            raise SystemExit(f"lit-lora sweep: {key} cannot be set: {PINNED_KEYS[config_key(key)]}")
         if slurm and key in ALLOCATION_KEYS:
             raise SystemExit(f"lit-lora sweep --slurm: {key} comes from the SLURM allocation, the same for every "
                              "array task; give sbatch --nodes / --ntasks-per-node after --slurm instead")
@@ -163,7 +200,7 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
         if any(a.key == SEED_KEY for a in axes):
             raise SystemExit("lit-lora sweep: give seeds as --seeds N or as --grid seed_everything=…, not both")
         axes.append(seed_axis(args.seeds))
-    check_allocation_keys([a.key for a in axes], base_args, bool(getattr(args, "slurm", False)))
+    check_given_keys([a.key for a in axes], base_args, bool(getattr(args, "slurm", False)), args.seeds)
     name = args.name or Path(args.config[0]).stem
     if not name or "/" in name or name in (".", ".."):
         raise SystemExit(f"lit-lora sweep: --name {name!r} is not a directory name")
