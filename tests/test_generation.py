@@ -71,6 +71,38 @@ def test_sampling_is_seeded(tiny_model):
     assert first != greedy
 
 
+@pytest.mark.parametrize("eos_bias", [-1e4, 1e4])
+def test_an_encoder_decoder_starting_with_eos_flags_its_cut_off_answers(tiny_model, eos_bias):
+    """BART / mBART start decoding with ``</s>``, their EOS: that start token is no answer token, so an answer
+    that never emits EOS is flagged ``hit_limit`` (it read as ended), and one that ends at once is not."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    _, tokenizer = load(tiny_model("t5"), seq2seq=True)
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                        max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+                        bos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=None)
+    model = BartForConditionalGeneration(config).eval()
+    model.final_logits_bias[0, eos] = eos_bias  # -1e4: EOS never wins, every answer runs to max_new_tokens
+    outs = generate_texts(model, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=3), encoder_decoder=True)
+    assert [out.hit_limit for out in outs] == [eos_bias < 0] * len(PROMPTS)
+
+
+def test_generation_stops_at_the_models_own_end_of_turn_token(tiny_model):
+    """An instruct model's ``generation_config`` lists its end-of-turn token beside EOS (Llama-3, Gemma-it):
+    the answer stops there, as ``model.generate`` alone stops, and is not counted as cut off."""
+    model, tokenizer = load(tiny_model("llama"), seq2seq=False)
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")
+    end_of_turn = int(model.generate(**ids, max_new_tokens=2, do_sample=False)[0, -1])  # greedy's second token
+    assert end_of_turn != tokenizer.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    own = model.generate(**ids, max_new_tokens=8, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    out = generate_texts(model, tokenizer, [PROMPTS[0]], GenerationSettings(max_new_tokens=8))[0]
+    assert out == (tokenizer.decode(own, skip_special_tokens=True).strip(), False)
+
+
 @pytest.mark.parametrize("datamodule", [InstructionDataModule, CounsellingDataModule, DS1000DataModule])
 @pytest.mark.parametrize("k", [0, 3])
 def test_kshot_prompts_never_contain_the_evaluated_example(tiny_model, datamodule, k):

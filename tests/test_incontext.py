@@ -79,3 +79,23 @@ def test_every_prompt_of_a_shot_count_goes_to_one_sorted_batched_generation(tiny
     for k in (0, 1):  # classification scores count cut answers too, as generation scores do
         rows = [json.loads(line) for line in (tmp_path / f"predictions_{k}shot.jsonl").read_text().splitlines()]
         assert results[f"{k}-shot"]["hit_max_new_tokens"] == sum(r["hit_max_new_tokens"] for r in rows) > 0
+
+
+def test_a_prompt_learning_adapter_of_the_config_is_off_while_the_pretrained_model_answers(tiny_model, tmp_path):
+    """The config's adapter is untrained: prompt tuning would prepend random virtual tokens, scoring a
+    random-prompt model. The answers are the pretrained model's, as with no adapter at all."""
+    import dataclasses
+
+    from lit_lora.adapters import NoAdapter, PromptTuning
+    from lit_lora.evaluation import incontext
+    from lit_lora.models import CausalLMModule
+
+    model, answers = tiny_model("llama"), {}
+    for name, adapter in (("none", NoAdapter()), ("prompt_tuning", PromptTuning(num_virtual_tokens=8))):
+        dm = MultiNLIDataModule(tokenizer_name_or_path=model, max_eval_samples=4)
+        module = CausalLMModule(model, adapter=adapter, tokenizer=dm.tokenizer)
+        module.evaluation = dataclasses.replace(module.evaluation, generate=True, max_new_tokens=6)
+        incontext.evaluate_incontext(module, dm, [0], seed=0, split=None, max_rows=4, out_dir=tmp_path / name)
+        lines = (tmp_path / name / "predictions_0shot.jsonl").read_text().splitlines()
+        answers[name] = [json.loads(line)["prediction"] for line in lines]
+    assert answers["prompt_tuning"] == answers["none"] and len(answers["none"]) == 4

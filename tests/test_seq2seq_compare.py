@@ -95,6 +95,16 @@ def test_compare_keeps_the_row_limit_of_a_smoke_run_for_both_models(trained, tmp
     assert "No curve" not in md
 
 
+def test_the_console_names_the_predictions_files_that_were_written(trained, tmp_path, capsys):
+    """``evaluation.predictions_file`` names each model's predictions; the closing summary points at those."""
+    compare(trained, tmp_path, "--trainer.limit_test_batches", "1",
+            "--model.init_args.evaluation.predictions_file", "answers.jsonl")
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("predictions "))
+    written = [tmp_path / side / "answers.jsonl" for side in ("base", "tuned")]
+    assert all(path.is_file() for path in written)
+    assert line.split(None, 1)[1] == ", ".join(map(str, written))
+
+
 def test_a_second_comparison_gets_a_directory_of_its_own(trained):
     """The default ``<run>/compare`` holding an earlier report: the next goes to ``compare_1``; an explicit
     ``--out_dir`` holding one is refused before anything is scored."""

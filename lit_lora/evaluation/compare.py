@@ -5,9 +5,10 @@
     report = compare_models(module, datamodule, {"accelerator": "cpu", "devices": 1}, settings)
 
 Both models are evaluated with the test loop of the module (loss, perplexity, BLEU, ROUGE, exact match,
-per-group metrics); ``report.md``, ``report.json``, ``base/predictions.jsonl`` and ``tuned/predictions.jsonl``
-go to ``settings.out_dir`` (default: ``<run dir>/compare``, or ``compare_N`` when an earlier report is there; an
-explicit ``out_dir`` holding one is refused). ``lit-lora compare`` is the command around it.
+per-group metrics); ``report.md``, ``report.json`` and each model's predictions (``base/`` and ``tuned/``, named
+by ``evaluation.predictions_file``) go to ``settings.out_dir`` (default: ``<run dir>/compare``, or ``compare_N``
+when an earlier report is there; an explicit ``out_dir`` holding one is refused). ``lit-lora compare`` is the
+command around it.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def evaluate(module, datamodule, trainer_kwargs: dict, out_dir: Path, ckpt_path:
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = {k.removeprefix("test_"): v for k, v in scalar_metrics(trainer).items() if k.startswith("test_")}
     per_group = module.extra_metrics.get("per_group", {})
+    written = module.extra_metrics.get("predictions_file") or out_dir / module.evaluation.predictions_file
     return {"metrics": metrics, "per_group": per_group, "predictions": list(module.predictions),
-            "overlap": module.extra_metrics.get("train_overlap")}
+            "overlap": module.extra_metrics.get("train_overlap"), "predictions_file": str(written)}
 
 
 def run_info(module, settings: CompareSettings, split: str, rows: int) -> dict:
@@ -152,5 +154,5 @@ def compare_models(module, datamodule, trainer_kwargs: dict, settings: CompareSe
     examples = example_rows(base["predictions"], tuned["predictions"], settings.right_if, settings.examples)
     report = build_report(base, tuned, info, tuned["overlap"], examples, evaluation)
     md, js = write_report(report, out_dir)
-    print(console_summary(report, md, js, out_dir), flush=True)
+    print(console_summary(report, md, js, [base["predictions_file"], tuned["predictions_file"]]), flush=True)
     return report

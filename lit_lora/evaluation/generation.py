@@ -10,7 +10,8 @@ is the first one), cut into batches of ``generation_batch_size`` rows within ``g
 the answers returned in the order of the prompts. Greedy answers match one-prompt-at-a-time answers (left
 padding is masked out; only a numerical near-tie between two tokens could flip). A prompt-learning adapter
 (peft ignores ``position_ids`` there) gets batches of equal-length prompts only, which need no padding.
-A completion that ends because it reached ``max_new_tokens`` (not an EOS) is flagged ``hit_limit`` and counted
+An answer ends at any of the model's own EOS ids (its ``generation_config``) or the tokenizer's EOS
+(``stop_ids``); one that ends because it reached ``max_new_tokens`` instead is flagged ``hit_limit`` and counted
 in the metrics, so a cut-off answer is never passed off as a finished one.
 """
 
@@ -60,13 +61,14 @@ class GenerationSettings:
     generation_batch_size: int = 64
     generation_batch_tokens: Optional[int] = 16384
 
-    def generation_config(self, tokenizer):
+    def generation_config(self, tokenizer, eos_ids: Optional[list[int]] = None):
+        """``eos_ids``: the tokens that end an answer (``stop_ids``; default: the tokenizer's EOS)."""
         from transformers import GenerationConfig
 
         sampling = dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k) if self.do_sample else {}
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
                                 num_beams=self.num_beams, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=tokenizer.eos_token_id, **sampling)
+                                eos_token_id=eos_ids or tokenizer.eos_token_id, **sampling)
 
 
 class Generated(NamedTuple):
@@ -189,19 +191,31 @@ def generate_texts(model, tokenizer, prompts: list[str], settings: GenerationSet
     return results
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """The model's own end tokens (an instruct model's ``generation_config`` lists its end-of-turn token beside
+    EOS, e.g. Llama-3's ``<|eot_id|>``) and the tokenizer's EOS: an answer ends at any of them, and one that
+    reached one was not cut off. Passing the tokenizer's EOS alone would run the model on past its turn."""
+    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [*(own if isinstance(own, (list, tuple)) else [own]), tokenizer.eos_token_id]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
 def generate_batch(model, tokenizer, rows: list[list[int]], settings: GenerationSettings,
                    encoder_decoder: bool) -> list[Generated]:
     """One ``generate`` call on tokenised prompts, padded to the longest; the decoded answers in row order."""
     input_ids, attention_mask = padded(rows, tokenizer.pad_token_id, left=not encoder_decoder,
                                        device=next(model.parameters()).device)  # (batch, prompt_len)
+    stops = stop_ids(model, tokenizer)
     with torch.compiler.set_stance("force_eager"):  # compiled layers (compile: true) would recompile every step
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                             generation_config=settings.generation_config(tokenizer),
+                             generation_config=settings.generation_config(tokenizer, stops),
                              synced_gpus=True if needs_synced_steps(model) else None)  # None: transformers decides
-    new_tokens = out if encoder_decoder else out[:, input_ids.shape[1]:]  # (batch, new_len)
+    # an encoder-decoder's output starts with the decoder-start token, which is no answer token: BART / mBART
+    # start with </s> (their EOS), which would mark every answer as ended
+    new_tokens = out[:, 1:] if encoder_decoder else out[:, input_ids.shape[1]:]  # (batch, new_len)
     results = []
     for row in new_tokens.tolist():
-        ended = tokenizer.eos_token_id in row
+        ended = not set(stops).isdisjoint(row)  # reached an end token (then padding follows)
         text = tokenizer.decode(row, skip_special_tokens=True)
         results.append(Generated(text.strip(), hit_limit=not ended and len(row) >= settings.max_new_tokens))
     return results

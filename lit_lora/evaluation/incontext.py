@@ -8,10 +8,11 @@
 
 Demonstrations are drawn (seeded, per evaluated row) from the *training* split only, and a
 demonstration whose normalised input equals the evaluated row's is never used, so a prompt never
-contains the example it is scored on. With a chat template the demonstrations are user / assistant
-turns; otherwise they are concatenated as prompt + answer blocks. Generation data (SFT datamodules:
-``format_example``) is scored with BLEU / ROUGE / exact match; classification data (``label_names``,
-``row_label``) by parsing the label word out of the answer (``evaluation.labels.label_index``).
+contains the example it is scored on. The pretrained model answers: the config's adapter (untrained) is
+switched off. With a chat template the demonstrations are user / assistant turns; otherwise they are
+concatenated as prompt + answer blocks. Generation data (SFT datamodules: ``format_example``) is scored
+with BLEU / ROUGE / exact match; classification data (``label_names``, ``row_label``) by parsing the label
+word out of the answer (``evaluation.labels.label_index``).
 """
 
 from __future__ import annotations
@@ -115,26 +116,40 @@ def score(datamodule, records: list[dict], predictions: list[str]) -> dict:
 def evaluate_incontext(module, datamodule, shots: list[int], seed: int, split: Optional[str], max_rows: Optional[int],
                        out_dir: Path) -> dict:
     """Score each ``k``-shot prompting of the pretrained model; one ``generate_texts`` call per ``k`` sorts every
-    prompt by length and batches them by the evaluation's ``generation_batch_size`` / ``generation_batch_tokens``."""
+    prompt by length and batches them by the evaluation's ``generation_batch_size`` / ``generation_batch_tokens``.
+
+    The config's adapter is switched off while generating (as ``lit-lora compare`` scores its base column): it is
+    untrained, and an untrained prompt-learning adapter would prepend random virtual tokens to every prompt."""
     module.configure_model()
     if torch.cuda.is_available() and getattr(module.model, "hf_quantizer", None) is None:
         module.model.to("cuda")  # no trainer places it here; a quantized base was loaded onto its device
-    settings = module.evaluation
     results = {}
-    for k in shots:
-        records = build_prompts(datamodule, k, seed, split, max_rows)
-        log.info("[lit-lora] incontext %d-shot: %d rows of the %s split", k, len(records),
-                 records[0]["split"] if records else split)
-        chat = bool(getattr(datamodule.tokenizer, "chat_template", None))
-        outs = generate_texts(module.model, datamodule.tokenizer, [r["prompt"] for r in records], settings,
-                              encoder_decoder=module.encoder_decoder,
-                              add_special_tokens=not prompt_carries_special_tokens("chat" if chat else "plain",
-                                                                                   module.encoder_decoder))
-        for record, out in zip(records, outs):
-            record.update(prediction=out.text, hit_max_new_tokens=out.hit_limit)
-        results[f"{k}-shot"] = score(datamodule, records, [o.text for o in outs])
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with (out_dir / f"predictions_{k}shot.jsonl").open("w") as f:
-            for record in records:
-                f.write(dumps(record) + "\n")
+    module.disable_adapter_in_eval = True
+    try:
+        with module.evaluated_model():
+            for k in shots:
+                results[f"{k}-shot"] = evaluate_shots(module, datamodule, k, seed, split, max_rows, out_dir)
+    finally:
+        module.disable_adapter_in_eval = False
     return results
+
+
+def evaluate_shots(module, datamodule, k: int, seed: int, split: Optional[str], max_rows: Optional[int],
+                   out_dir: Path) -> dict:
+    """The ``k``-shot scores; the prompts and answers go to ``predictions_<k>shot.jsonl``."""
+    records = build_prompts(datamodule, k, seed, split, max_rows)
+    log.info("[lit-lora] incontext %d-shot: %d rows of the %s split", k, len(records),
+             records[0]["split"] if records else split)
+    chat = bool(getattr(datamodule.tokenizer, "chat_template", None))
+    outs = generate_texts(module.model, datamodule.tokenizer, [r["prompt"] for r in records], module.evaluation,
+                          encoder_decoder=module.encoder_decoder,
+                          add_special_tokens=not prompt_carries_special_tokens("chat" if chat else "plain",
+                                                                               module.encoder_decoder))
+    for record, out in zip(records, outs):
+        record.update(prediction=out.text, hit_max_new_tokens=out.hit_limit)
+    scores = score(datamodule, records, [o.text for o in outs])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / f"predictions_{k}shot.jsonl").open("w") as f:
+        for record in records:
+            f.write(dumps(record) + "\n")
+    return scores

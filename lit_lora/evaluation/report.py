@@ -213,8 +213,9 @@ def training_cost_line(run: dict) -> str:
 HEADLINE = ("loss", "perplexity", "bleu", "rougeL_fmeasure", "exact_match", "accuracy", "f1_macro")
 
 
-def console_summary(report: dict, md: Path, js: Path, out_dir: Path) -> str:
-    """A few lines for the console: the headline metrics base -> fine-tuned, and where the report went."""
+def console_summary(report: dict, md: Path, js: Path, predictions: list) -> str:
+    """A few lines for the console: the headline metrics base -> fine-tuned, and where the report and the
+    ``predictions`` files (base, then fine-tuned: named by ``evaluation.predictions_file``) went."""
     lines = ["[lit-lora] base -> fine-tuned on "
              f"{report['run'].get('rows')} {report['run'].get('split')} rows:"]
     for name, row in report["metrics"].items():
@@ -222,6 +223,5 @@ def console_summary(report: dict, md: Path, js: Path, out_dir: Path) -> str:
             better = {"min": "lower is better", "max": "higher is better"}.get(direction(name), "")
             lines.append(f"  {name:<16}{row['base']:.4g} -> {row['tuned']:.4g} ({_fmt(row.get('delta'))}; {better})")
     lines.append(f"  {'report':<16}{md} (and {js.name})")
-    lines.append(f"  {'predictions':<16}{out_dir / 'base' / 'predictions.jsonl'}, "
-                 f"{out_dir / 'tuned' / 'predictions.jsonl'}")
+    lines.append(f"  {'predictions':<16}{', '.join(str(path) for path in predictions)}")
     return "\n".join(lines)
