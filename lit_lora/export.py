@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lit_lora.adapters.base import to_dtype
 from lit_lora.adapters.loading import load_peft_model
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.finite_guard import NonFiniteWeightsError, non_finite_error, non_finite_names
 
 WIDER = {"float16": "bfloat16 or float32", "bfloat16": "float32"}  # what a merge that overflows can use instead
@@ -27,11 +28,13 @@ def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str
 
     base = auto_model_class.from_pretrained(base_name_or_path, dtype=to_dtype(dtype), **load_kwargs)
     model = load_peft_model(base, adapter_dir)
+    check_untied_targets(model, adapter_dir)
     bad = non_finite_names(get_peft_model_state_dict(model).items())
     if bad:  # a NaN / inf adapter would merge into a model that outputs NaN
         raise non_finite_error(bad, f"a merged model from {adapter_dir}")
     merged = model.merge_and_unload()
     check_finite_merge(merged, adapter_dir, out_dir)  # before anything is written: no directory is left behind
+    carry_pad_token(merged, tokenizer)
     out = Path(out_dir)
     merged.save_pretrained(out)
     if tokenizer is not None:
@@ -55,3 +58,35 @@ def check_finite_merge(merged, adapter_dir: str | Path, out_dir: str | Path) -> 
         f"non-finite values (NaN or inf) in {len(bad)} of {len(state)} weight tensors, first: {bad[0]}; "
         f"the adapter itself is finite, so {advice}")
 
+
+def check_untied_targets(model, adapter_dir: str | Path) -> None:
+    """Refuse to merge LoRA into a weight another module shares (an input embedding tied to the output layer,
+    ``tie_word_embeddings``): merging changes the shared tensor, so the other module changes too and the merged
+    model computes something else than the adapter did (peft only warns)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    owners: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(parameter), []).append(name)
+    for name, module in model.named_modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        weight = getattr(module.get_base_layer(), "weight", None)
+        shared = [n for n in owners.get(id(weight), []) if not n.startswith(f"{name}.")]
+        if shared:
+            raise IncompatibleConfig(
+                f"refusing to merge {adapter_dir}: its LoRA layer {name.removeprefix('base_model.model.')} adapts a "
+                f"weight tied to {shared[0].removeprefix('base_model.model.').removesuffix('.weight')} "
+                "(tie_word_embeddings), which merging would change too. The adapter stays usable unmerged (peft's "
+                "PeftModel.from_pretrained loads it onto the base); to merge, train with the embedding left out of "
+                "the LoRA target_modules")
+
+
+def carry_pad_token(merged, tokenizer) -> None:
+    """Give the merged config the pad token training gave the model, from the tokenizer (where the base config has
+    none; a classifier always, it pools on the last token that is not padding): the base reloaded here has only
+    its own, often none, and a decoder classifier without one refuses every padded batch."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    classifier = type(merged).__name__.endswith("ForSequenceClassification")
+    if pad is not None and (merged.config.pad_token_id is None or classifier):
+        merged.config.pad_token_id = pad

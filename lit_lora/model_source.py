@@ -39,8 +39,8 @@ def resolve_model_path(name_or_path: str, check_hub: bool = True) -> str:
     """
     candidates = local_candidates(name_or_path)
     found = next((c for c in candidates if c.is_dir()), None)
-    if found is not None:
-        return name_or_path if found == candidates[0] else str(found)
+    if found is not None:  # a ~ expanded: transformers takes an unexpanded ~/model for a hub id
+        return name_or_path if found == Path(name_or_path) else str(found)
     looked = f"not a local directory (looked in {', '.join(str(c.absolute()) for c in candidates)})"
     if not is_hub_id(name_or_path):
         raise ModelNotFoundError(f"model_name_or_path {name_or_path!r}: {looked}, and not a hub id ('org/name')")

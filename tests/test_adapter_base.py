@@ -1,16 +1,19 @@
 """An adapter loaded onto another base model than the one it was trained on (``lit_lora.adapters.loading``):
 tensors of the same shapes load without error onto any model of the family, so it is said; tensors of other
-shapes are one error naming the first, not torch's traceback with a line per tensor."""
+shapes are one error naming the first, not torch's traceback with a line per tensor. A saved prompt loads
+into a model wrapped for training as it was trained."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
+import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from lit_lora.adapters.loading import AdapterMismatchError, load_peft_model
+from lit_lora.adapters import PrefixTuning, PTuning
+from lit_lora.adapters.loading import AdapterMismatchError, load_adapter_weights, load_peft_model
 from lit_lora.tiny import build_tiny_model
 
 
@@ -58,3 +61,27 @@ def test_an_adapter_for_another_architectures_layers_is_one_error(adapter_dir, t
     assert message.startswith(f"{adapter_dir}: Target modules "), message
     assert message.endswith(f"not found in the base model ({t5}): the adapter was trained on another base model; "
                             "use the config.yaml of its run"), message
+
+
+@pytest.mark.parametrize("make", [lambda: PTuning(num_virtual_tokens=3, encoder_hidden_size=16),
+                                  lambda: PTuning(num_virtual_tokens=3, reparameterization="LSTM",
+                                                  encoder_hidden_size=16),
+                                  lambda: PrefixTuning(num_virtual_tokens=3, prefix_projection=True,
+                                                       encoder_hidden_size=16)],
+                         ids=["p_tuning_mlp", "p_tuning_lstm", "prefix_projection"])
+def test_a_saved_encoded_prompt_loads_into_a_training_wrap_as_it_was_trained(tiny_model, tmp_path, make):
+    """peft saves these prompts as their encoder's output; ``load_adapter_weights`` (``lit-lora compare
+    --adapter_dir``) must not run them through the encoder again, nor take the projection for another base."""
+    input_ids = torch.tensor([[1, 5, 9, 13, 40, 77]])
+    trained = make().wrap(AutoModelForCausalLM.from_pretrained(tiny_model("llama")), "CAUSAL_LM")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))
+        expected = trained.eval()(input_ids=input_ids).logits
+    trained.save_pretrained(tmp_path / "adapter")
+    fresh = make().wrap(AutoModelForCausalLM.from_pretrained(tiny_model("llama")), "CAUSAL_LM")
+    load_adapter_weights(fresh, tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(input_ids=input_ids).logits, expected)

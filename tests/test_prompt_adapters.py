@@ -1,9 +1,10 @@
-"""Prompt adapters build the peft configs they claim and train only virtual tokens (+ the head)."""
+"""Prompt adapters build the peft configs they claim and train only virtual tokens (+ the head); wrapping a
+model leaves an adapter's settings as they were."""
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from lit_lora.adapters import PrefixTuning, PromptTuning, PTuning
+from lit_lora.adapters import LoRA, PrefixTuning, PromptTuning, PTuning
 
 
 @pytest.mark.parametrize("adapter, peft_type, encoder_part", [
@@ -45,3 +46,20 @@ def test_prompt_tuning_text_init_uses_the_models_tokenizer(tiny_model):
 def test_num_virtual_tokens_must_be_positive():
     with pytest.raises(ValueError, match="num_virtual_tokens"):
         PTuning(num_virtual_tokens=0)
+
+
+@pytest.mark.parametrize("make", [lambda: LoRA(r=4, modules_to_save=["classifier"]),
+                                  lambda: PTuning(num_virtual_tokens=3, encoder_hidden_size=16,
+                                                  modules_to_save=["classifier"]),
+                                  lambda: PromptTuning(num_virtual_tokens=3, modules_to_save=["classifier"])],
+                         ids=["lora", "p_tuning", "prompt_tuning"])
+def test_one_adapter_wraps_a_second_classifier_as_it_did_the_first(tiny_model, make):
+    """Under SEQ_CLS peft appends its head names ("classifier", "score") to the modules_to_save list it gets:
+    the adapter's own list must not grow, or RoBERTa has no "score" the next time."""
+    adapter = make()
+    first = adapter.wrap(AutoModelForSequenceClassification.from_pretrained(tiny_model("roberta"), num_labels=3),
+                         "SEQ_CLS")
+    assert adapter.modules_to_save == ["classifier"]
+    second = adapter.wrap(AutoModelForSequenceClassification.from_pretrained(tiny_model("roberta"), num_labels=3),
+                          "SEQ_CLS")
+    assert second.peft_config["default"].modules_to_save == first.peft_config["default"].modules_to_save

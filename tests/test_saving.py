@@ -7,6 +7,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lit_lora.adapters import FullFineTuning, LoRA
+from lit_lora.adapters.loading import load_peft_model
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.export import merge_and_save
 from lit_lora.finite_guard import NonFiniteWeightsError
 
@@ -15,6 +17,15 @@ def logits_of(model, input_ids):
     model.eval()
     with torch.no_grad():
         return model(input_ids=input_ids).logits
+
+
+def nudge_trained(model, scale: float = 0.05) -> None:
+    """Stand-in for training: move the trained weights (head, LoRA B matrices) off their initialisation."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
 
 
 def test_lora_adapter_round_trip_through_plain_peft_and_merge(tiny_model, tmp_path):
@@ -53,10 +64,7 @@ def test_classifier_lora_merges_with_its_trained_head(tiny_model, tmp_path):
     module = SequenceClassifierModule(tiny_model("roberta"), adapter=LoRA(r=4, alpha=8, dropout=0.0),
                                       label_names=["entailment", "neutral", "contradiction"])
     module.configure_model()
-    with torch.no_grad():  # stand-in for training: move the head and the LoRA B matrices off their init
-        for name, p in module.model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
+    nudge_trained(module.model)
     adapter = module.save_pretrained(tmp_path / "adapter")
     merged_dir = merge_and_save(module.model_name_or_path, adapter, tmp_path / "merged",
                                 AutoModelForSequenceClassification, **module.architecture_kwargs())
@@ -64,6 +72,54 @@ def test_classifier_lora_merges_with_its_trained_head(tiny_model, tmp_path):
     assert merged.config.id2label[2] == "contradiction"
     input_ids = torch.tensor([[0, 5, 9, 13, 2]])
     torch.testing.assert_close(logits_of(merged, input_ids), logits_of(module.model, input_ids), rtol=1e-4, atol=1e-4)
+
+
+def test_a_merged_decoder_classifier_keeps_the_pad_token_it_pools_on(tiny_model, tmp_path):
+    """Training gives a Llama classifier its pad token from the tokenizer (the base config has none); the merged
+    model needs it too, or it refuses every padded batch."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lit_lora.data.base import load_tokenizer
+    from lit_lora.models.classifier import SequenceClassifierModule
+
+    tokenizer = load_tokenizer(tiny_model("llama"))
+    module = SequenceClassifierModule(tiny_model("llama"), adapter=LoRA(r=4, alpha=8, dropout=0.0),
+                                      tokenizer=tokenizer, label_names=["entailment", "neutral", "contradiction"])
+    module.configure_model()
+    nudge_trained(module.model, 0.3)
+    batch = dict(tokenizer(["the cat sat on the mat", "hi"], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        expected = module.model.eval()(**batch).logits
+    merged_dir = merge_and_save(module.model_name_or_path, module.save_pretrained(tmp_path / "adapter"),
+                                tmp_path / "merged", AutoModelForSequenceClassification, "float32", module.tokenizer,
+                                **module.architecture_kwargs())
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    assert merged.config.pad_token_id == tokenizer.pad_token_id is not None
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch, embedding", [("gemma", "model.embed_tokens"),
+                                             ("falcon", "transformer.word_embeddings")])
+def test_a_lora_on_a_tied_embedding_is_not_merged_and_stays_usable_unmerged(tiny_model, tmp_path, arch, embedding):
+    """The embedding shares its weight with the output layer (tie_word_embeddings): merging would change both,
+    and the merged model would compute something else than the adapter."""
+    base_dir = tiny_model(arch)
+    model = LoRA(r=4, alpha=8, dropout=0.0, target_modules=[embedding.split(".")[-1]]).wrap(
+        AutoModelForCausalLM.from_pretrained(base_dir), "CAUSAL_LM")
+    nudge_trained(model)
+    input_ids = torch.tensor([[1, 5, 9, 13, 40, 77]])
+    expected = logits_of(model, input_ids)
+    model.save_pretrained(tmp_path / "adapter")
+    adapter = str(tmp_path / "adapter")
+    with pytest.raises(IncompatibleConfig) as err:
+        merge_and_save(base_dir, adapter, tmp_path / "merged", AutoModelForCausalLM)
+    assert str(err.value).startswith(f"refusing to merge {adapter}: its LoRA layer {embedding} adapts a weight tied "
+                                     "to lm_head (tie_word_embeddings), which merging would change too. The adapter "
+                                     "stays usable unmerged"), str(err.value)
+    assert not (tmp_path / "merged").exists()
+    reloaded = load_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), adapter)
+    torch.testing.assert_close(logits_of(reloaded, input_ids), expected)
 
 
 def overflowing_adapter(base_dir: str, out) -> str:

@@ -68,8 +68,28 @@ def load_adapter_weights(model: nn.Module, adapter_dir: str | Path) -> None:
     weights = load_peft_weights(str(adapter_dir), device="cpu")
     check_adapter_keys(model, weights, adapter_dir)
     warn_on_another_base(adapter_dir, model)
+    name = getattr(model, "active_adapter", "default")
+    if model.peft_config[name].is_prompt_learning:
+        saved_prompt_encoder(model, name)
     with shapes_named(adapter_dir, model):
-        set_peft_model_state_dict(model, weights, adapter_name=getattr(model, "active_adapter", "default"))
+        set_peft_model_state_dict(model, weights, adapter_name=name)
+
+
+def saved_prompt_encoder(model: nn.Module, adapter_name: str) -> None:
+    """Turn the adapter's prompt encoder into the one a saved prompt loads into, as ``PeftModel.from_pretrained``
+    builds it (``inference_mode``). peft saves a P-tuning or projected prefix-tuning prompt as its encoder's
+    output: put into the training encoder it would run through the MLP / LSTM a second time (wrong outputs, no
+    error), or not fit the prefix projection's smaller input table at all."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.utils import PeftType
+
+    config = model.peft_config[adapter_name]
+    config.inference_mode = True
+    if config.peft_type not in (PeftType.P_TUNING, PeftType.PREFIX_TUNING):
+        return  # prompt tuning saves the embedding table itself, which its encoder is already
+    table = model.prompt_encoder[adapter_name].embedding.weight
+    encoder = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type](config)
+    model.prompt_encoder[adapter_name] = encoder.to(device=table.device, dtype=table.dtype).requires_grad_(False)
 
 
 def load_peft_model(base: nn.Module, adapter_dir: str | Path, **kwargs) -> nn.Module:

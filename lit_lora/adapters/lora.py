@@ -96,7 +96,7 @@ class LoRA(Adapter):
             target_modules=self.target_modules,
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
-            modules_to_save=self.modules_to_save,
+            modules_to_save=copy.copy(self.modules_to_save),  # peft appends its SEQ_CLS head names to it
         )
 
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:

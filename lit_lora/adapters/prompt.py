@@ -36,6 +36,8 @@ class _PromptLearning(Adapter):
         return adapter
 
     def peft_config(self, task_type: str, model: nn.Module):
+        """The peft config, given a copy of ``modules_to_save``: under ``SEQ_CLS`` peft appends its head names to
+        the list it gets, which would change this adapter and break the next model it wraps."""
         raise NotImplementedError
 
     def wrap(self, model: nn.Module, task_type: str) -> nn.Module:
@@ -69,7 +71,7 @@ class PromptTuning(_PromptLearning):
             kwargs = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": self.init_text,
                       "tokenizer_name_or_path": model.config.name_or_path}
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens,
-                                  modules_to_save=self.modules_to_save, **kwargs)
+                                  modules_to_save=copy.copy(self.modules_to_save), **kwargs)
 
 
 class PTuning(_PromptLearning):
@@ -102,7 +104,7 @@ class PTuning(_PromptLearning):
             task_type=task_type, num_virtual_tokens=self.num_virtual_tokens,
             encoder_reparameterization_type=self.reparameterization, encoder_hidden_size=self.encoder_hidden_size,
             encoder_num_layers=self.encoder_num_layers, encoder_dropout=self.encoder_dropout,
-            modules_to_save=self.modules_to_save,
+            modules_to_save=copy.copy(self.modules_to_save),
         )
 
 
@@ -148,7 +150,8 @@ class PrefixTuning(_PromptLearning):
 
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens,
                                   prefix_projection=self.prefix_projection,
-                                  encoder_hidden_size=self.encoder_hidden_size, modules_to_save=self.modules_to_save)
+                                  encoder_hidden_size=self.encoder_hidden_size,
+                                  modules_to_save=copy.copy(self.modules_to_save))
 
 
 def prefix_support_problem(config: PretrainedConfig, model_class: type, task_type: str, **kwargs) -> Optional[str]:
