@@ -47,12 +47,22 @@ export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 export TOKENIZERS_PARALLELISM=false
 STRATEGY_ARGS=()
 if [ -n "${LIT_LORA_STRATEGY:-}" ]; then STRATEGY_ARGS=(--config "$LIT_LORA_STRATEGY"); fi
+# the user's --config files go before the keys set here (a later --config would override them, the run directory
+# announced below included); their other arguments after, as given
+USER_CONFIGS=(); USER_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config|-c) USER_CONFIGS+=("$1" "${2:-}"); shift $(( $# > 1 ? 2 : 1 ));;
+    --config=*) USER_CONFIGS+=("$1"); shift;;
+    *) USER_ARGS+=("$1"); shift;;
+  esac
+done
 
 echo "[lit-lora] job ${TASK:-$SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_NNODES} node(s) × ${SLURM_NTASKS_PER_NODE} task(s), run dir $RUN_DIR"
 # trainer.num_nodes / devices follow the allocation; lit-lora checks them against SLURM_NNODES /
 # SLURM_NTASKS_PER_NODE on every rank before building anything (a mismatch is an error, not a hang).
-srun --kill-on-bad-exit=1 lit-lora fit --config "$CONFIG" "${STRATEGY_ARGS[@]}" \
+srun --kill-on-bad-exit=1 lit-lora fit --config "$CONFIG" "${STRATEGY_ARGS[@]}" "${USER_CONFIGS[@]}" \
   --trainer.num_nodes "${LIT_LORA_NUM_NODES:-$SLURM_NNODES}" \
   --trainer.devices "${LIT_LORA_DEVICES:-$SLURM_NTASKS_PER_NODE}" \
   --trainer.default_root_dir "$RUN_DIR" \
-  "$@"
+  "${USER_ARGS[@]}"

@@ -435,6 +435,19 @@ def test_demo_config_runs_from_another_directory(tmp_path):
     assert "trainable params:" in result.stdout + result.stderr
 
 
+def test_a_model_path_may_start_at_the_home_directory(tmp_path, tiny_model, monkeypatch):
+    """A YAML value is not shell-expanded: ``~/tiny`` must reach transformers as the directory, not as a hub id."""
+    from lit_lora.adapters import LoRA
+    from lit_lora.models import CausalLMModule
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "tiny").symlink_to(tiny_model("llama"))
+    module = CausalLMModule("~/tiny", adapter=LoRA(r=4))
+    module.configure_model()
+    assert module.model_name_or_path == str(tmp_path / "tiny")
+    assert 0 < module.parameter_counts["trainable_params"] < module.parameter_counts["total_params"]
+
+
 # ---- 5. config files ------------------------------------------------------------------------------------------
 def config_error(capsys, *args: str) -> list[str]:
     from lit_lora.commands import main
@@ -459,6 +472,22 @@ def test_a_misspelled_config_key_is_named_with_its_file_line_and_the_option_mean
     line = next(n for n, t in enumerate(typo.read_text().splitlines(), 1) if "rr: 16" in t)
     err = config_error(capsys, "--config", DEMO, "--config", str(typo))  # the second of two files
     assert f"error: {typo}: line {line}: 'rr' is not an option of lit_lora.adapters.LoRA (did you mean 'r'?)" in err
+
+
+def test_a_key_in_the_wrong_section_is_named_at_its_own_line(tmp_path, capsys):
+    """``dropout`` is the adapter's, not the data's: the line named is the data section's, not the adapter's valid
+    one above it; in a fragment, under the class_path an earlier file gives; on the command line, none."""
+    text = Path(DEMO).read_text()
+    assert "\n        dropout: " in text and text.endswith("\n    batch_size: 16\n")
+    misplaced = tmp_path / "misplaced.yaml"
+    misplaced.write_text(text + "    dropout: 0.1\n")
+    line = len(misplaced.read_text().splitlines())
+    expected = "'dropout' is not an option of lit_lora.data.InstructionDataModule"
+    assert f"error: {misplaced}: line {line}: {expected}" in config_error(capsys, "--config", str(misplaced))
+    fragment = tmp_path / "fragment.yaml"
+    fragment.write_text("data:\n  init_args:\n    dropout: 0.1\n")
+    assert f"error: {fragment}: line 3: {expected}" in config_error(capsys, "--config", DEMO, "--config", str(fragment))
+    assert f"error: {expected}" in config_error(capsys, "--config", DEMO, "--data.init_args.dropout", "0.1")
 
 
 @pytest.mark.parametrize("old, new, expected", [

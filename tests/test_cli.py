@@ -162,6 +162,24 @@ def test_a_value_for_a_key_the_cli_links_is_refused_not_dropped(tmp_path):
                              str(tmp_path), *SMALL])
     assert status == 1 and f"{extra}: line 4: data.init_args.tokenizer_name_or_path" in line, line
     assert not (tmp_path / "lightning_logs").exists()  # refused before anything was built
+    both = tmp_path / "both.yaml"  # the model's own trust_remote_code comes first: the data's line is named
+    both.write_text("model:\n  init_args:\n    trust_remote_code: false\n"
+                    "data:\n  init_args:\n    trust_remote_code: true\n")
+    status, line = cli_exit(["fit", "--config", DEMO, "--config", str(both), "--trainer.default_root_dir",
+                             str(tmp_path), *SMALL])
+    assert status == 1 and line.startswith(f"lit-lora: {both}: line 6: data.init_args.trust_remote_code, which comes "
+                                           "from model.init_args.trust_remote_code."), line
+
+
+def test_validate_keeps_a_verbose_true_it_is_given(tmp_path, capsys):
+    """validate / test turn Lightning's results table off (MetricsWriter prints each metric once), unless the
+    command line asks for it with Lightning's own --verbose true."""
+    run_cli(["validate", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+             "--trainer.limit_val_batches", "1", "--verbose", "true"])
+    assert "Validate metric" in capsys.readouterr().out
+    run_cli(["validate", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL,
+             "--trainer.limit_val_batches", "1"])
+    assert "Validate metric" not in capsys.readouterr().out
 
 
 def test_the_tuned_figure_is_val_loss_under_mixed_precision(tmp_path):

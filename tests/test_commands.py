@@ -255,3 +255,15 @@ def test_merge_refuses_a_method_without_mergeable_weights_and_a_directory_withou
               "--adapter_dir", str(tmp_path)])
     with pytest.raises(IncompatibleConfig, match="no adapter_config.json"):
         main(["merge", "--config", DEMO, "--adapter_dir", str(tmp_path)])
+
+
+def test_a_fragment_copied_by_its_short_name_is_said_to_go_after_a_whole_config(tmp_path, capsys):
+    """``configs copy wandb`` copies loggers/wandb.yaml: the hint is a fragment's, not a whole config's."""
+    from lit_lora.commands import main
+
+    for name in ("wandb", "ddp", "strategies/ddp"):
+        main(["configs", "copy", name, f"{tmp_path}/", "--force"])
+        copy = tmp_path / f"{name.rsplit('/', 1)[-1]}.yaml"
+        assert capsys.readouterr().out == (
+            f"[lit-lora] copied {name} to {copy}; run it with: lit-lora fit --config <experiment>.yaml --config "
+            f"{copy}   (a fragment: it goes after a whole config)\n")

@@ -2,6 +2,8 @@
 
     bash .ci/slurm_up.sh && python -m pytest -m slurm tests/test_slurm.py
 
+The order of ``slurm/launch.sh``'s arguments is checked without a cluster (a stand-in ``srun`` prints the config).
+
 Tiny Llama, LoRA, CPU, DDP over gloo. Preemption: ``scancel --signal=USR1`` the running job, release
 the requeued job (``scontrol update StartTime=now``) and compare its per-step training loss with an
 uninterrupted run: same steps, same losses within 1e-4 (same batches in the same order, same optimizer state).
@@ -16,13 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import REPO, logged_steps, read_losses
+import yaml
+from harness import DEMO, REPO, logged_steps, read_losses, subprocess_env
 
-pytestmark = pytest.mark.slurm
 LOSS_TOLERANCE = 1e-4
+NO_CLUSTER = shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0
 
-if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
-    pytestmark = [pytest.mark.slurm, pytest.mark.skip(reason="no SLURM cluster (run .ci/slurm_up.sh as root)")]
+
+def on_slurm(test):
+    """A test that submits jobs to the real cluster: marked ``slurm``, skipped without one."""
+    skip = pytest.mark.skipif(NO_CLUSTER, reason="no SLURM cluster (run .ci/slurm_up.sh as root)")
+    return pytest.mark.slurm(skip(test))
 
 CONFIG = """\
 seed_everything: 0
@@ -101,6 +107,7 @@ def assert_trained_once(run_dir: Path, log: Path, ranks: int, steps: int) -> Non
     assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == steps
 
 
+@on_slurm
 @pytest.mark.parametrize("script, sbatch_args, ranks", [
     ("single_node.sbatch", ("--nodes=1", "--ntasks-per-node=2"), 2),
     ("multi_node_deepspeed.sbatch", ("--nodes=2", "--ntasks-per-node=1"), 2),
@@ -115,6 +122,7 @@ def test_sbatch_script_trains_on_every_rank(setup, script, sbatch_args, ranks):
     assert_trained_once(run_dir, log, ranks, steps=8)
 
 
+@on_slurm
 def test_allocation_mismatch_fails_fast(setup):
     root, config = setup
     runs = root / "mismatch"
@@ -127,6 +135,7 @@ def test_allocation_mismatch_fails_fast(setup):
     assert "AllocationMismatch" in log.read_text() and "trainer.devices=1 but 2 task(s) per node" in log.read_text()
 
 
+@on_slurm
 def test_preempted_job_requeues_and_matches_an_uninterrupted_run(setup):
     root, config = setup
     steps = 60
@@ -175,3 +184,24 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(setup):
     assert logged_steps(run_dir) == list(range(steps))  # none repeated, none skipped
     for step in resumed:
         assert abs(resumed[step] - expected[step]) <= LOSS_TOLERANCE, (step, resumed[step], expected[step])
+
+
+def test_the_launchers_keys_come_after_the_users_config_files(tmp_path):
+    """A user's ``--config`` goes before the keys launch.sh sets: its default_root_dir does not move the run away
+    from the directory the job log announces; the user's other arguments still come last."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f'#!/bin/bash\nshift\nexec "$@" --print_config > {tmp_path}/printed.yaml\n')
+    (bin_dir / "srun").chmod(0o755)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("trainer:\n  default_root_dir: elsewhere\n  max_steps: 5\n  devices: 3\n")
+    env = subprocess_env({"SLURM_JOB_ID": "7", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2",
+                          "MASTER_ADDR": "127.0.0.1", "LIT_LORA_RUNS": str(tmp_path / "runs")})
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = subprocess.run(["bash", "slurm/launch.sh", DEMO, "--config", str(mine), "--trainer.max_steps", "3"],
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    run_dir = tmp_path / "runs" / "demo" / "7"
+    assert result.returncode == 0 and f"run dir {run_dir}" in result.stdout, result.stdout + result.stderr
+    trainer = yaml.safe_load((tmp_path / "printed.yaml").read_text())["trainer"]
+    assert (trainer["default_root_dir"], trainer["devices"], trainer["num_nodes"], trainer["max_steps"]) == \
+        (str(run_dir), "2", 1, 3)  # devices: a str or int option, read as given

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from lit_lora.cli_links import LINKS
+from lit_lora.commands.config_layers import DuplicateKeyError, canonical, every_key, same_class
 from lit_lora.models.from_config import class_of
 
 IN_CLASS = r"Problem with given class_path '([\w.]+)':\s*"
@@ -97,8 +98,9 @@ def unknown_option(message: str, files: Sequence[str]) -> Optional[str]:
     if not match:
         return None
     class_path, *keys = match.groups()
-    key, owner, options = first_unknown(class_path, ".".join(keys).split("."))
-    where = next((f"{path}: line {n}: " for path in files for n in lines_with_key(path, key)), "")
+    keys = ".".join(keys).split(".")
+    key, owner, options = first_unknown(class_path, keys)
+    where = in_class(files, class_path, ".".join(keys[:keys.index(key) + 1]) if key in keys else key)
     close = difflib.get_close_matches(key, options, n=1)
     return f"{where}{key!r} is not an option of {owner}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
@@ -116,6 +118,22 @@ def first_unknown(class_path: str, keys: list[str]) -> tuple[str, str, list[str]
         owner, cls = f"{owner} {key} ({annotation.__name__})", annotation
         options = [f.name for f in dataclasses.fields(annotation)]
     return keys[-1], owner, options
+
+
+def in_class(files: Sequence[str], class_path: str, key: str) -> str:
+    """``file: line N: `` of ``key`` (dotted, under ``init_args``) in a section of ``files`` whose ``class_path`` is
+    ``class_path`` (that section may be in an earlier file): by its dotted path, not any key of that name."""
+    sections, lines = [], []
+    for path in files:
+        try:
+            found = every_key(path)
+        except (OSError, UnicodeDecodeError, DuplicateKeyError, yaml.YAMLError):
+            continue
+        lines += [(path, k, n) for k, (_, n) in found.items()]
+        sections += [k.removesuffix("class_path") for k, (value, _) in found.items()
+                     if (k == "class_path" or k.endswith(".class_path")) and same_class(value, class_path)]
+    wanted = {canonical(section + key) for section in sections}
+    return next((f"{path}: line {n}: " for path, k, n in lines if canonical(k) in wanted), "")
 
 
 def unknown_class(message: str, files: Sequence[str]) -> Optional[str]:
@@ -212,7 +230,9 @@ def linked_values(argv: Sequence[str]) -> list[tuple[str, str]]:
                 continue
             section = config.get(group) if isinstance(config, dict) else None
             if isinstance(section, dict) and (name in section or name in (section.get("init_args") or {})):
-                where = next((f": line {n}" for n in lines_with_key(path, name)), "")
+                lines = every_key(path)
+                where = next((f": line {lines[k][1]}" for k in (f"{group}.init_args.{name}", f"{group}.{name}")
+                              if k in lines), "")
                 found.append((key, f"{path}{where}"))
     return found
 

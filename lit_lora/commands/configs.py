@@ -124,8 +124,9 @@ def copy_config(name: str, dest: Optional[str], force: bool) -> Path:
         raise SystemExit(f"lit-lora configs copy: {target} exists; pass --force to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
+    fragment = is_fragment(source.relative_to(configs_dir()).as_posix())  # `copy wandb` names loggers/wandb.yaml
     run = f"lit-lora fit --config <experiment>.yaml --config {target}   (a fragment: it goes after a whole config)" \
-        if is_fragment(name) else f"lit-lora fit --config {target}"
+        if fragment else f"lit-lora fit --config {target}"
     print(f"[lit-lora] copied {name} to {target}; run it with: {run}")
     return target
 

@@ -43,7 +43,7 @@ from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
 from lit_lora.cli_links import LINKS
 from lit_lora.commands.config_errors import check_linked, config_files, explain
-from lit_lora.commands.config_layers import check_config_files
+from lit_lora.commands.config_layers import check_layers
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models.base import FineTuneModule
 from lit_lora.models.from_config import check_model_kind
@@ -150,7 +150,7 @@ class LitLoraCLI(LightningCLI):
         (``before_instantiate_classes`` compares the two and puts the run settings back). A value for a linked
         key is refused first: jsonargparse would drop it silently."""
         argv = sys.argv[1:] if args is None else args
-        check_config_files(config_files(argv))
+        self._given_keys = check_layers(argv)
         check_linked(argv)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
@@ -168,7 +168,8 @@ class LitLoraCLI(LightningCLI):
             keep_run_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"))
             check_resume_settings(getattr(self, "_given_model", None), config.get("model"), config.get("ckpt_path"),
                                   self.subcommand, accept=bool(config.get(SWITCH)))
-        if self.subcommand in ("test", "validate") and not console.verbose():
+        if self.subcommand in ("test", "validate") and not console.verbose() and \
+                "verbose" not in getattr(self, "_given_keys", ()):  # the user's --verbose true is kept
             config["verbose"] = False  # MetricsWriter prints one row per metric; Lightning's table repeats every
             # metric under each evaluation set's column (MultiNLI's matched / mismatched)
         trainer = config.trainer
