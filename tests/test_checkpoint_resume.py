@@ -1,5 +1,9 @@
 """Atomic checkpoint writes and the resumable train loader's position."""
 
+import os
+import stat
+
+import fsspec
 import pytest
 import torch
 from harness import DEMO, build_cli
@@ -25,6 +29,33 @@ def test_a_kill_during_save_leaves_no_checkpoint_that_resume_would_pick(tmp_path
     assert not any("hpc_ckpt_" in p.name for p in tmp_path.iterdir() if p.name != "hpc_ckpt_1.ckpt")
     monkeypatch.undo()
     assert torch.load(tmp_path / "hpc_ckpt_1.ckpt")["step"] == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=["umask-022", "umask-002"])
+def test_an_atomic_checkpoint_gets_the_mode_a_plain_open_gives(tmp_path, umask):
+    """Group members of a shared run directory read the checkpoints as they read any other file (not mkstemp's 0600)."""
+    previous = os.umask(umask)
+    try:
+        (tmp_path / "plain").write_bytes(b"")
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "atomic.ckpt")
+    finally:
+        os.umask(previous)
+    modes = {stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("plain", "atomic.ckpt")}
+    assert modes == {0o666 & ~umask}
+
+
+def test_a_remote_checkpoint_is_written_to_its_filesystem_not_the_local_disk(tmp_path, monkeypatch):
+    """``memory://`` stands in for ``s3://``: ``Path`` would have made it ``memory:/...``, a local directory."""
+    monkeypatch.chdir(tmp_path)
+    remote = fsspec.filesystem("memory")
+    try:
+        AtomicCheckpointIO().save_checkpoint({"step": 3}, "memory://lit-lora-bucket/run/last.ckpt")
+        assert list(tmp_path.iterdir()) == []
+        with remote.open("/lit-lora-bucket/run/last.ckpt", "rb") as f:
+            assert torch.load(f)["step"] == 3
+    finally:
+        if remote.exists("/lit-lora-bucket"):  # the memory filesystem is shared by the whole process
+            remote.rm("/lit-lora-bucket", recursive=True)
 
 
 class Progress:  # the part of the Trainer the loader reads

@@ -61,17 +61,37 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read from ``/proc`` where it can be: ``os.umask`` can only read it by setting it,
+    which other threads creating files at that moment would see."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a hidden temp file in the target directory, fsync, then ``os.replace``."""
+    """``torch.save`` to a hidden temp file in the target directory, fsync, then ``os.replace``.
+
+    Remote paths (``s3://``, ``gs://``, ...) go to Lightning's own fsspec writer. The temp file gets the mode a plain
+    ``open()`` would give (``mkstemp``'s is 0600), so group members of a shared run directory can read checkpoints.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if "://" in str(path):  # before ``Path``, which turns ``s3://b/x`` into ``s3:/b/x``
+            return super().save_checkpoint(checkpoint, str(path), storage_options)
         path = Path(path)
-        if "://" in str(path):  # remote filesystems: fsspec's own semantics
-            return super().save_checkpoint(checkpoint, path, storage_options)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
