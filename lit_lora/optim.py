@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Union
+from typing import Callable, Literal, Optional, Union
 
 import torch
 
@@ -34,7 +34,8 @@ class OptimizerSettings:
         weight_decay: Decoupled weight decay, not applied to biases and norm weights.
         betas: Adam betas.
         eps: Adam epsilon.
-        scheduler: ``constant``, ``linear`` (to zero) or ``cosine`` (to zero) after the warmup.
+        scheduler: ``constant``, ``linear`` (to zero) or ``cosine`` (to zero) after the warmup; the last two decay
+            over the run's length, so need ``trainer.max_steps`` (or ``max_epochs`` over data of known length).
         warmup_steps: Optimizer steps of linear warmup from zero.
     """
 
@@ -69,16 +70,37 @@ def optimizer_class(name: str):
             "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[name]
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases and norm weights (1-D) are not decayed."""
+def param_groups(model: torch.nn.Module, weight_decay: float, wrapper: Optional[torch.nn.Module] = None) -> list[dict]:
+    """Weight decay on matrices only: biases and norm weights (1-D) are not decayed.
+
+    Each weight is classed by the shape it was created with, so the groups are the same on one device, under FSDP
+    and under ZeRO-3, which both hide that shape by the time ``configure_optimizers`` runs: FSDP leaves a 1-D view
+    of this rank's shard (its unit keeps the shape; ``wrapper``: the FSDP root around ``model``, if any), ZeRO-3
+    an empty tensor (the shape in ``ds_shape``).
+    """
+    flattened = _flattened_ndims([model] if wrapper is None else [model, wrapper])
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            ndim = len(p.ds_shape) if hasattr(p, "ds_shape") else flattened.get(id(p), p.ndim)
+            (decay if ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
+
+
+def _flattened_ndims(modules: list[torch.nn.Module]) -> dict[int, int]:
+    """``id(weight) -> ndim`` of the weights FSDP (``use_orig_params``) flattened into the units within ``modules``,
+    read from each unit's flat parameter (``_params`` and ``_shapes``, beside the ``_fqns`` of
+    ``cluster/fsdp_units.py``): a weight's own tensor is a 1-D shard view, or empty on a rank holding none of it."""
+    ndims: dict[int, int] = {}
+    for root in modules:
+        for module in root.modules():
+            flat = getattr(getattr(module, "_handle", None), "flat_param", None)
+            if getattr(flat, "_params", None) is not None:
+                ndims.update((id(p), len(shape)) for p, shape in zip(flat._params, flat._shapes))
+    return ndims
 
 
 def lr_lambda(scheduler: str, warmup_steps: int, total_steps: Union[int, Callable[[], int]]):
@@ -110,17 +132,47 @@ def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, trainer
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: every weight is frozen (adapter NoAdapter?); evaluate with "
                          "`lit-lora test` / `lit-lora incontext`, or choose a LoRA / QLoRA / full adapter to fit")
+    wrapper = getattr(getattr(trainer, "strategy", None), "model", None)  # FSDP's root unit wraps the module
     optimizer = optimizer_class(settings.name)(
-        param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas, eps=settings.eps
+        param_groups(model, settings.weight_decay, wrapper), lr=settings.lr, betas=settings.betas, eps=settings.eps
     )
 
     def total_steps() -> int:
-        total = trainer.estimated_stepping_batches if trainer is not None else 1
-        return int(total) if math.isfinite(total) else settings.warmup_steps + 1
+        if trainer is None:
+            return 1
+        check_schedule_length(settings, trainer, data_loaded=True)
+        return int(trainer.estimated_stepping_batches)
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.scheduler, settings.warmup_steps,
                                                                       total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}
+
+
+def check_schedule_length(settings: OptimizerSettings, trainer, data_loaded: bool = False) -> None:
+    """Refuse a linear or cosine schedule over a run of unknown length: it would decay over no steps and train at
+    a learning rate of 0 from the first step after the warmup on.
+
+    Without ``data_loaded`` only the trainer's settings are read (the base model need not be loaded for it); with
+    it, the length of the train loader too (an iterable one has none), which must not be loaded before Lightning
+    restores a checkpoint (see ``build_optimizer``).
+    """
+    if settings.scheduler == "constant" or trainer is None:
+        return
+    steps, epochs = trainer.max_steps, trainer.max_epochs
+    if steps is not None and steps >= 0:
+        return
+    if epochs is None or epochs < 0:
+        why = f"trainer.max_steps ({steps}) and trainer.max_epochs ({epochs}) are unset: the run ends at " \
+              "trainer.max_time, or never"
+    elif data_loaded and not 0 <= trainer.estimated_stepping_batches < math.inf:
+        why = "trainer.max_steps is unset and the training data has no length (an iterable dataset), so " \
+              f"trainer.max_epochs ({epochs}) gives no number of steps"
+    else:
+        return
+    raise IncompatibleConfig(
+        f"model.init_args.optim.scheduler: {settings.scheduler} decays the learning rate to 0 over the run's "
+        f"optimizer steps, and their number is unknown: {why}; fix: set trainer.max_steps (or trainer.max_epochs, "
+        "over data of known length), or model.init_args.optim.scheduler: constant")
 
 
 def continue_schedule(trainer, settings: OptimizerSettings) -> None:
@@ -129,7 +181,9 @@ def continue_schedule(trainer, settings: OptimizerSettings) -> None:
     The checkpoint holds the rate its own schedule had reached. A resume with another ``trainer.max_steps`` (or
     ``max_epochs``) gives a linear or cosine schedule another length: without this, its first step would train
     at the old rate (0 where the old schedule had ended) and only the next ones on the new schedule. With the
-    same length the rate is the checkpoint's, to the bit (``LambdaLR`` computes it the same way)."""
+    same length the rate is the checkpoint's, to the bit (``LambdaLR`` computes it the same way). Called when
+    training starts, resumed or not, it also refuses a schedule over data of no length (``check_schedule_length``)."""
+    check_schedule_length(settings, trainer, data_loaded=True)
     for config in getattr(trainer, "lr_scheduler_configs", []):
         schedule = config.scheduler
         if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR) or schedule.last_epoch <= 0:
@@ -138,7 +192,7 @@ def continue_schedule(trainer, settings: OptimizerSettings) -> None:
         rates = [base * factor(step) for base, factor in zip(schedule.base_lrs, schedule.lr_lambdas)]
         if rates[0] != groups[0]["lr"] and trainer.is_global_zero:
             log.warning("[lit-lora] resumed at step %d: the checkpoint's learning rate %.4g came from a schedule of "
-                        "another length; this run's %s schedule over %d steps (trainer.max_steps / max_epochs) "
+                        "another length; this run's %s schedule over %s steps (trainer.max_steps / max_epochs) "
                         "continues at %.4g", step, groups[0]["lr"], settings.scheduler,
                         trainer.estimated_stepping_batches, rates[0])
         for group, lr in zip(groups, rates):

@@ -42,7 +42,7 @@ from lit_lora.cluster import sharding
 from lit_lora.cluster.fsdp_units import clip_fsdp_grad_norm, root_unit_gathered
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init, partitioned_loading, partitioned_share, zero3_config
-from lit_lora.optim import OptimizerSettings, build_optimizer, continue_schedule
+from lit_lora.optim import OptimizerSettings, build_optimizer, check_schedule_length, continue_schedule
 from lit_lora.verbosity import EVERY_RANK
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,8 @@ class FineTuneModule(L.LightningModule):
     # ---- the data (lit_lora.data.contract) --------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Take the data's contract once per stage: after ``datamodule.setup``, before ``configure_model``."""
+        if stage == "fit":
+            check_schedule_length(self.optim, self.trainer)  # before configure_model loads the base
         self.connect(contract_of(self.trainer))
 
     def connect(self, contract: DataContract) -> None:
@@ -376,12 +378,10 @@ class FineTuneModule(L.LightningModule):
         Call it on every rank: under ZeRO-3 / FSDP the weights are gathered first (a collective),
         then global rank 0 writes, so the saved adapter is complete rather than empty shards.
         """
-        from lit_lora.cluster.sharding import gathered_state_dict, zero3_prompt_embeddings
-
         out = Path(out_dir)
-        state_dict = gathered_state_dict(self)
+        state_dict = sharding.gathered_state_dict(self)
         # peft runs a p-tuning prompt encoder to save its prompt: the FSDP root unit's / ZeRO-3's weights, gathered
-        with root_unit_gathered(self), zero3_prompt_embeddings(self.model):
+        with root_unit_gathered(self), sharding.zero3_prompt_embeddings(self.model):
             if self._writes_files():
                 checkpoint_state.write_pretrained(self.model, out, state_dict, self.is_peft, self.tokenizer)
         return out
