@@ -197,3 +197,104 @@ def test_a_split_off_validation_holds_no_training_prompt(tmp_path, tiny_model, c
     expected = Dataset.from_list(unique).train_test_split(test_size=0.25, seed=plain.seed)
     assert len(plain.datasets["validation"]) == len(expected["test"])
     assert sorted(plain.datasets["validation"]["reference"]) == sorted(r["output"] for r in expected["test"])
+
+
+def test_a_split_named_for_a_local_file_is_refused_not_read_as_the_training_rows(tmp_path, tiny_model):
+    """A local file has no splits: ``datasets`` reads it whole, so a ``validation_split`` of it validated on the
+    training rows, without a word. It is one input error naming the key and the file, before anything loads."""
+    from harness import setup_error
+
+    from lit_lora.data import DS1000DataModule
+    from lit_lora.errors import IncompatibleConfig
+
+    source = write_jsonl(tmp_path / "rows.jsonl", [row(f"Task {i}.") for i in range(20)])
+    message = setup_error(make_dm(tiny_model, source, validation_split="validation"), IncompatibleConfig)
+    assert message.startswith(f"data.init_args.validation_split: 'validation' names a split of a hub dataset, but "
+                              f"{source} is a local file, which has no splits: it is read whole as the training rows, "
+                              "and validation would be those same rows.")
+    assert "validation_source (a file)" in message and "val_fraction" in message
+    assert setup_error(make_dm(tiny_model, source, split="test"), IncompatibleConfig).startswith(
+        f"data.init_args.split: 'test' names a split of a hub dataset, but {source} is a local file")
+    other = write_jsonl(tmp_path / "val.jsonl", [row(f"Other {i}.") for i in range(4)])
+    assert f"but {other} is a local file" in setup_error(
+        make_dm(tiny_model, source, validation_source=other, validation_split="validation"), IncompatibleConfig)
+
+    make_dm(tiny_model, source, validation_source=other).setup("fit")  # a validation file, whole, still works
+    DS1000DataModule(tokenizer_name_or_path=tiny_model("llama"), max_samples=8).setup("fit")  # its own split: test
+
+
+def test_a_tokenizer_changed_in_place_is_not_served_stale_rows(tmp_path, tiny_model):
+    """The cache key holds what the tokenizer does, not only its path: another EOS under the same directory."""
+    import shutil
+
+    model_dir = tmp_path / "tok"
+    shutil.copytree(tiny_model("llama"), model_dir)
+    config_path = model_dir / "tokenizer_config.json"
+    config = {**json.loads(config_path.read_text()), "pad_token": "<unk>"}
+    config_path.write_text(json.dumps(config))
+    source = write_jsonl(tmp_path / "d.jsonl", [row(f"Add {i} and b.") for i in range(12)])
+    first = InstructionDataModule(source=source, tokenizer_name_or_path=str(model_dir))
+    first.setup("fit")
+    assert first.datasets["train"][0]["input_ids"][-1] == first.tokenizer.convert_tokens_to_ids("</s>")
+
+    config_path.write_text(json.dumps({**config, "eos_token": "<s>"}))
+    changed = InstructionDataModule(source=source, tokenizer_name_or_path=str(model_dir))
+    changed.setup("fit")
+    assert changed.tokenizer.eos_token == "<s>"
+    assert all(ids[-1] == changed.tokenizer.eos_token_id for ids in changed.datasets["train"]["input_ids"])
+
+
+def test_the_code_hash_of_the_cache_covers_the_templates_and_the_bos_rule(monkeypatch):
+    """Rows are rendered by ``templates`` and get BOS by ``contract``'s rule: edited, they are tokenised again."""
+    import inspect
+
+    from lit_lora.data import cache_key, contract, templates
+
+    before = cache_key.encoding_code_hash(InstructionDataModule)
+    for module in (templates, contract):
+        source = inspect.getsource
+        monkeypatch.setattr(cache_key.inspect, "getsource", lambda obj, m=module: source(obj) + "#" * (obj is m))
+        assert cache_key.encoding_code_hash(InstructionDataModule) != before, module.__name__
+        monkeypatch.undo()
+
+
+def test_special_token_text_in_a_row_stays_text(tiny_model, tmp_path):
+    """``"<s>"`` / ``"</s>"`` written in a code answer or a plain prompt is text: one BOS first, one EOS last; a chat
+    template's own special tokens stay special."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    code = 'html = "<s>old</s> new"'
+    dm = InstructionDataModule(tokenizer_name_or_path=tiny_model("llama"), template="plain")
+    tok = dm.tokenizer
+    for prompt in ("### Response:\n", "Strip </s> and <s> tags.\n"):
+        ids = dm.tokenize_example(prompt, code)["input_ids"]
+        assert [i for i, t in enumerate(ids) if t in (tok.bos_token_id, tok.eos_token_id)] == [0, len(ids) - 1]
+        assert tok.decode(ids) == f"<s>{prompt}{code}</s>"
+
+    chat = tmp_path / "chat-model"
+    shutil.copytree(tiny_model("llama"), chat)
+    chat_tok = AutoTokenizer.from_pretrained(chat)
+    chat_tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}</s>{% endfor %}"
+    chat_tok.save_pretrained(chat)
+    chat_dm = InstructionDataModule(tokenizer_name_or_path=str(chat), template="chat")
+    prompt = chat_dm.format_example(row("Strip tags.", output=code))[0]
+    ids = chat_dm.tokenize_example(prompt, code)["input_ids"]
+    assert ids[0] == chat_tok.bos_token_id and ids.count(chat_tok.eos_token_id) == 2  # the template's, and the last
+
+    seq2seq = InstructionDataModule(tokenizer_name_or_path=tiny_model("t5"), encoder_decoder=True)
+    features = seq2seq.tokenize_seq2seq("Strip </s> tags.", code)
+    eos = seq2seq.tokenizer.eos_token_id
+    assert features["input_ids"].count(eos) == 1 and features["labels"].count(eos) == 1
+
+
+def test_rows_dropped_later_leave_a_prompt_in_training_when_split_by_prompt(tmp_path, tiny_model):
+    """Split by prompt, the validation size counts the rows that train: counted, seven empty answers made room for
+    every prompt in validation, and training failed with "every row was dropped"."""
+    rows = [row("A."), row("A."), row("B.")] + [row(f"Empty {i}.", output="") for i in range(7)]
+    dm = make_dm(tiny_model, write_jsonl(tmp_path / "mostly_empty.jsonl", rows), val_fraction=0.5, seed=2)
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["validation"]
+    assert len(train) >= 1 and len(val) >= 1 and not set(train["prompt"]) & set(val["prompt"])
+    assert dm.drop_counts["train"]["empty output"] + dm.drop_counts["validation"]["empty output"] == 7

@@ -138,3 +138,28 @@ def test_an_nli_split_that_cannot_be_made_is_one_input_error(tiny_model, tmp_pat
     with pytest.raises(input_error_types()) as error:
         dm.setup()
     assert message in str(error.value)
+
+
+def test_a_validation_split_of_a_local_file_is_refused(tiny_model, tmp_path):
+    """``validation_split`` names a hub split; of a local file (read whole) it validated on the training rows."""
+    from harness import setup_error
+
+    from lit_lora.errors import IncompatibleConfig
+
+    rows = [{"premise": f"A man walks {i}.", "hypothesis": "He moves.", "label": i % 3} for i in range(8)]
+    source = write_jsonl(tmp_path / "nli.jsonl", rows)
+    dm = SNLIDataModule(source=source, validation_split="validation", tokenizer_name_or_path=tiny_model("roberta"))
+    assert setup_error(dm, IncompatibleConfig).startswith(
+        f"data.init_args.validation_split: 'validation' names a split of a hub dataset, but {source} is a local file")
+
+
+def test_special_token_text_in_a_sentence_stays_text(tiny_model, tmp_path):
+    """A premise that writes ``</s>`` holds no extra separator: the pair keeps the tokenizer's own special tokens."""
+    rows = [{"premise": f"The page ends with </s> {i}.", "hypothesis": "A <s> tag.", "label": i % 3} for i in range(4)]
+    dm = SNLIDataModule(source=write_jsonl(tmp_path / "tags.jsonl", rows), tokenizer_name_or_path=tiny_model("roberta"),
+                        val_fraction=0.5)
+    dm.setup()
+    plain = dm.tokenizer("The page ends with 0.", "A tag.")["input_ids"]
+    specials = set(dm.tokenizer.all_special_ids)
+    for ids in list(dm.datasets["train"]["input_ids"]) + list(dm.datasets["validation"]["input_ids"]):
+        assert [t for t in ids if t in specials] == [t for t in plain if t in specials]

@@ -9,9 +9,7 @@ cannot train are never dropped silently: each is counted by reason and the count
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 import math
 from collections import Counter
@@ -22,6 +20,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from lit_lora.errors import IncompatibleConfig
+from lit_lora.data.cache_key import tokenised_rows_key
 from lit_lora.data.collators import PackCollator, PadCollator
 from lit_lora.data.contract import (TRAINING_SPLIT_KEYS, DataContract, declared_flattened_packing,
                                     declared_packing_refusal)
@@ -29,7 +28,7 @@ from lit_lora.data.eval_sharding import CountedEvalSampler, CountedRows
 from lit_lora.data.file_errors import DataFileError
 from lit_lora.data.packing import packed_train_loader, packing_summary, size_deepspeed_micro_batches
 from lit_lora.data.resumable import train_loader, training_rows
-from lit_lora.data.sources import load_rows, take_subset
+from lit_lora.data.sources import load_rows, refuse_local_split, take_subset
 from lit_lora.model_source import resolve_model_path
 from lit_lora.verbosity import EVERY_RANK
 
@@ -59,10 +58,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
     return tokenizer
 
 
-def encoding_code_hash(cls: type) -> str:
-    """Hash of the source of every lit-lora class ``cls`` inherits from: changed code, fresh cache."""
-    sources = [inspect.getsource(klass) for klass in cls.__mro__ if klass.__module__.startswith("lit_lora")]
-    return hashlib.sha256("".join(sources).encode()).hexdigest()[:16]
+def declared_default(cls: type, name: str) -> Any:
+    """The default of ``name`` in the nearest ``__init__`` of ``cls`` that takes it (DS-1000's ``split``: test)."""
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is not None and name in inspect.signature(init).parameters:
+            return inspect.signature(init).parameters[name].default
+    return None
 
 
 # the smallest value of each count-like data setting
@@ -89,11 +91,11 @@ class TextDataModule(L.LightningDataModule):
     Args:
         source: Hub dataset id, a local json / jsonl / parquet / csv file or directory, or a bundled
             sample name; ``None`` uses this dataset's bundled sample.
-        split: Split of a hub ``source`` to train on.
+        split: Split of a hub ``source`` to train on (a local file has no splits: naming one is refused).
         subset: Hub dataset configuration name, if it has several.
         validation_source: Separate validation data (same forms as ``source``); else ``validation_split``
             of ``source``; else a seeded ``val_fraction`` of the training rows.
-        validation_split: Split of a hub ``source`` to validate on (e.g. ``validation_matched``).
+        validation_split: Split of a hub ``source`` to validate on (e.g. ``validation_matched``); not for a file.
         val_fraction: Fraction of training rows held out for validation when no validation data is named.
         max_samples: Keep only the first N training rows.
         sample_fraction: Keep a seeded random fraction of the training rows (e.g. 0.05).
@@ -209,6 +211,7 @@ class TextDataModule(L.LightningDataModule):
 
     # ---- loading ------------------------------------------------------------------------------
     def load_raw_splits(self) -> dict[str, Dataset]:
+        self.check_local_splits()
         train = self.clean_rows(load_rows(self.source, self.split, self.subset, self.required_columns,
                                           self.text_columns, self.row_may_omit), f"{self.source} (train)")
         if self.validation_source or self.validation_split:
@@ -221,6 +224,15 @@ class TextDataModule(L.LightningDataModule):
         if self.max_eval_samples is not None:
             val = val.select(range(min(self.max_eval_samples, len(val))))
         return {"train": train, "validation": val}
+
+    def check_local_splits(self) -> None:
+        """Refuse a split named for a local file, which has none (``sources.refuse_local_split``); the class's own
+        default ``split`` (DS-1000's ``test``, for its hub id) is no choice, and stays allowed."""
+        if self.split != declared_default(type(self), "split"):
+            refuse_local_split("split", self.split, self.source, "the training rows")
+        refuse_local_split("validation_split", self.validation_split, self.validation_source or self.source,
+                           "the validation rows" if self.validation_source else
+                           "the training rows, and validation would be those same rows")
 
     def split_off_validation(self, train: Dataset) -> tuple[Dataset, Dataset]:
         """``train``'s subset, split into train and ``val_fraction`` validation rows, for a datamodule given no
@@ -238,17 +250,12 @@ class TextDataModule(L.LightningDataModule):
         return parts["train"], parts["test"]
 
     def cache_fingerprint(self, dataset: Dataset, split: str) -> str:
-        """Key of the tokenised cache: the raw data, this class, its settings and the tokenizer."""
-        batching = ("batch_size", "eval_batch_size", "num_workers", "group_by_length", "packing",
-                    "max_tokens_per_batch")
-        settings = {k: v for k, v in self.hparams.items() if k not in batching}
+        """Key of the tokenised cache: the raw data, this class and its code, its settings and the tokenizer
+        (``data/cache_key.py``)."""
+        settings = dict(self.hparams)
         if "encoder_decoder" in settings:  # as decided for the paired module, not the argument (None: ask it)
             settings["encoder_decoder"] = self.encoder_decoder
-        tokenizer = self.tokenizer
-        key = json.dumps([dataset._fingerprint, type(self).__qualname__, encoding_code_hash(type(self)), settings, split,
-                          tokenizer.name_or_path, len(tokenizer), tokenizer.pad_token,
-                          getattr(tokenizer, "chat_template", None)], sort_keys=True, default=str)
-        return hashlib.sha256(key.encode()).hexdigest()[:32]
+        return tokenised_rows_key(dataset._fingerprint, type(self), settings, split, self.tokenizer)
 
     def encode_split(self, dataset: Dataset, split: str) -> Dataset:
         """Tokenise (cached by ``datasets``), then drop the rows that cannot train, counting each reason."""

@@ -3,8 +3,8 @@
 A random split of data with repeated prompts (the same instruction answered twice) puts some of them on both
 sides; generation evaluation then finds its rows in training and stops (``evaluation/overlap.py``). Where the
 plain split of ``val_fraction`` would do that, an SFT datamodule splits by prompt instead: each prompt's rows all
-go to one side, about as many validation rows as before, counted in the log. Data without repeated prompts keeps
-the plain split::
+go to one side, about as many validation rows as before (rows dropped later not counted), counted in the log, and
+never every prompt in validation. Data without repeated prompts keeps the plain split::
 
     >>> from datasets import Dataset
     >>> train = Dataset.from_list([{"q": "Add a and b."}, {"q": "Sort a list."}, {"q": "Reverse a string."}])
@@ -34,8 +34,10 @@ def normalize_input(text: str) -> str:
 def keep_prompts_apart(train: Dataset, val: Dataset, key: Callable[[dict], Optional[str]], seed: int,
                        where: str) -> tuple[Dataset, Dataset]:
     """``train`` and ``val`` as given where no ``val`` row's ``key`` (its normalised prompt; ``None``: none) is
-    a ``train`` row's too; else the rows of both split again by key, seeded, ``len(val)`` validation rows
-    as near as whole prompts allow, each side in the order of ``train`` then ``val``; one prompt in all: as given."""
+    a ``train`` row's too; else the rows of both split again by key, seeded, as many validation rows as ``val`` held
+    rows with a key, as near as whole prompts allow, each side in the order of ``train`` then ``val``; one prompt in
+    all: as given. Rows without a key (dropped later) count toward neither size: counted, they made room for every
+    prompt in validation, and training then held dropped rows only."""
     keys = [key(row) for row in train]
     seen = {k for k in keys if k is not None}
     val_keys = [key(row) for row in val]
@@ -51,9 +53,11 @@ def keep_prompts_apart(train: Dataset, val: Dataset, key: Callable[[dict], Optio
         return train, val
     order = list(groups)
     random.Random(seed).shuffle(order)
+    # the validation rows that will train, and never every one of them: at least one prompt stays in training
+    room = min(sum(k is not None for k in val_keys), sum(len(rows) for rows in groups.values()) - 1)
     chosen: list[int] = []
     for group in order:  # whole prompts, skipping one that would overshoot the validation size
-        if len(chosen) + len(groups[group]) <= len(val):
+        if len(chosen) + len(groups[group]) <= room:
             chosen += groups[group]
     if not chosen:
         chosen = min(groups.values(), key=len)

@@ -89,6 +89,7 @@ class NLIRows:
         return self.clean_rows(rows, where)
 
     def load_raw_splits(self) -> dict[str, Dataset]:
+        self.check_local_splits()  # a local file has no splits: its validation_split would be its training rows
         train = self.load_checked(self.source, self.split, "train")
         plan = self.eval_plan()
         splits: dict[str, Dataset] = {}
@@ -179,11 +180,12 @@ class NLIDataModule(NLIRows, TextDataModule):
         label = self.row_label(row)
         if isinstance(label, str):
             return {"_drop": label}
-        features = self.tokenizer(row["premise"], row["hypothesis"])
+        # a sentence's "<s>" / "</s>" is text, not a CLS / SEP in the middle of the pair
+        features = self.tokenizer(row["premise"], row["hypothesis"], split_special_tokens=True)
         truncated = len(features["input_ids"]) > self.max_length
         if truncated:  # counted by the base class; the longer side is shortened first
             features = self.tokenizer(row["premise"], row["hypothesis"], truncation="longest_first",
-                                      max_length=self.max_length)
+                                      max_length=self.max_length, split_special_tokens=True)
         return {**{k: list(v) for k, v in features.items()}, "labels": label, "_truncated": truncated}
 
     def empty_features(self) -> dict[str, Any]:

@@ -108,12 +108,22 @@ class SFTDataModule(TextDataModule):
     def format_example(self, row: dict) -> Example:
         raise NotImplementedError
 
+    @property
+    def prompt_is_row_text(self) -> bool:
+        """Whether the prompt is the row's text in an ``alpaca`` / ``plain`` template, whose ``"<s>"`` stays text like
+        a response's (``split_special_tokens``); a prompt that carries special tokens (a chat template writes them
+        as text) keeps them special."""
+        return not self.prompt_has_special_tokens and self.template != "chat"
+
     def tokenize_example(self, prompt: str, response: str) -> dict:
         """Features of one prompt / response pair, or ``{"_drop": reason}``."""
         tok = self.tokenizer
         # a chat-template prompt already carries its special tokens (BOS included): the contract's one decision
-        prompt_ids = tok(prompt, add_special_tokens=not self.prompt_has_special_tokens)["input_ids"]
-        response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        prompt_ids = tok(prompt, add_special_tokens=not self.prompt_has_special_tokens,
+                         split_special_tokens=self.prompt_is_row_text)["input_ids"]
+        # "</s>" in a code answer is text, not an EOS mid-response: the one EOS is the one appended here
+        response_ids = tok(response, add_special_tokens=False, split_special_tokens=True)["input_ids"] \
+            + [tok.eos_token_id]
         if len(prompt_ids) >= self.max_length:
             return {"_drop": "response truncated away"}
         truncated = len(prompt_ids) + len(response_ids) > self.max_length
@@ -127,10 +137,11 @@ class SFTDataModule(TextDataModule):
                 "_truncated": truncated}
 
     def tokenize_seq2seq(self, prompt: str, response: str) -> dict:
-        """Encoder input and decoder labels of one pair (special tokens as the tokenizer adds them)."""
+        """Encoder input and decoder labels of one pair (special tokens as the tokenizer adds them; the row's own
+        special-token text stays text, as in ``tokenize_example``)."""
         tok = self.tokenizer
-        input_ids = tok(prompt)["input_ids"]
-        labels = tok(text_target=response)["input_ids"]
+        input_ids = tok(prompt, split_special_tokens=self.prompt_is_row_text)["input_ids"]
+        labels = tok(text_target=response, split_special_tokens=True)["input_ids"]
         if len(input_ids) > self.max_length:
             return {"_drop": "prompt longer than max_length"}
         if len(labels) > self.max_length:

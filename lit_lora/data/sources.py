@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.data.csv_options import csv_read_options, duplicate_column
 from lit_lora.data.file_errors import (TEXT_DTYPES, TEXT_FILES, DataFileError, check_json_rows, check_text_columns,
                                       check_utf8, probably_meant, short_row, unreadable)
@@ -46,6 +47,17 @@ def local_files(source: str) -> Optional[list[str]]:
         raise DataFileError(f"{source}: no such file or directory (and it is not a bundled sample: "
                                 f"{', '.join(sorted(p.name for p in SAMPLES_DIR.glob('*.jsonl')))})")
     return None  # a hub dataset id such as nyu-mll/multi_nli
+
+
+def refuse_local_split(key: str, split: Optional[str], source: str, read_as: str) -> None:
+    """Refuse the split ``key`` names where ``source`` is a local file: ``datasets`` reads a file whole (``read_as``),
+    so the split was ignored without a word, and a ``validation_split`` of the training file validated on its rows."""
+    if split is None or local_files(source) is None:
+        return
+    raise IncompatibleConfig(
+        f"data.init_args.{key}: {split!r} names a split of a hub dataset, but {source} is a local file, which has no "
+        f"splits: it is read whole as {read_as}. Drop {key}; give validation rows as validation_source (a file), "
+        "or leave them to val_fraction (held out of the training rows)")
 
 
 def directory_files(source: str, path: Path) -> list[str]:
