@@ -162,3 +162,29 @@ def test_each_group_of_rows_gets_a_console_line_with_its_headline_metrics():
     assert lines == ["  by group (2, all metrics in details.per_group):",
                      "    Numpy (3 rows): bleu 0.25, rougeL_fmeasure 0.5", "    Pandas (1 row)"]
     assert group_lines({}) == []
+
+
+@pytest.mark.parametrize("template", ["plain", "alpaca"])
+def test_a_prompt_holding_special_token_text_is_generated_from_as_it_was_trained(template, tiny_model, tmp_path,
+                                                                              monkeypatch):
+    """``"</s>"`` written in an instruction is text in the training row (``split_special_tokens``); tokenised as the
+    data contract says (what the answer queue passes), the prompt reaches ``generate`` as the same ids, not with an
+    EOS in its middle."""
+    from lit_lora.data.collators import IGNORE_INDEX
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"Strip the </s> and <s> tags, case {i}.", "input": "",
+                                        "output": "x = 1"}) + "\n" for i in range(4)))
+    dm = InstructionDataModule(source=str(rows), tokenizer_name_or_path=tiny_model("llama"), template=template,
+                               val_fraction=0.25)
+    dm.setup("fit")
+    contract, trained = dm.contract(), dm.datasets["train"][0]
+    prompt_ids = trained["input_ids"][:trained["labels"].count(IGNORE_INDEX)]  # the prompt's labels are ignored
+    assert contract.tokenizer.eos_token_id not in prompt_ids  # the "</s>" of the instruction stayed text
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama")).eval()
+    seen, real = [], model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: (seen.append(kw["input_ids"][0].tolist()), real(**kw))[1])
+    generate_texts(model, contract.tokenizer, [trained["prompt"]], GenerationSettings(max_new_tokens=2),
+                   add_special_tokens=contract.add_special_tokens, max_length=contract.max_length,
+                   split_special_tokens=contract.prompt_is_row_text)
+    assert seen == [prompt_ids]

@@ -319,8 +319,8 @@ class TextDataModule(L.LightningDataModule):
         settings = {k: hparams.get(k) for k in TRAINING_SPLIT_KEYS if k in hparams}
         label_names = getattr(self, "label_names", None)
         return DataContract(
-            tokenizer=self.tokenizer, prompt_has_special_tokens=self.prompt_has_special_tokens,
-            max_length=self.max_length, encoder_decoder=bool(self.encoder_decoder),
+            self.tokenizer, self.prompt_has_special_tokens, self.max_length, bool(self.encoder_decoder),
+            prompt_is_row_text=getattr(self, "prompt_is_row_text", True),  # SFT data: every template but chat
             label_names=tuple(label_names) if label_names else None, eval_names=tuple(self.eval_names),
             splits=tuple(self.datasets), test_splits=tuple(self.eval_splits("test")),
             training_settings={**settings, "class": type(self).__qualname__},

@@ -73,6 +73,9 @@ class DataContract:
     """The datamodule's class name, for messages."""
     prompts: Callable[[str], Optional[list[str]]] = no_prompts
     """The prompt texts of a split (``"train"``, ``"validation"``, ``"matched"`` …); None when it has none."""
+    prompt_is_row_text: bool = True
+    """Whether a prompt is the row's own text (every template but ``chat``), whose ``"</s>"`` stays text
+    (``split_special_tokens``): generation and likelihood scoring tokenise prompts as the training rows were."""
 
     @property
     def add_special_tokens(self) -> bool:

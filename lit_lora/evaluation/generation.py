@@ -153,16 +153,18 @@ def padded(rows: list[list[int]], pad_id: int, left: bool, device) -> tuple[torc
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], settings: GenerationSettings,
                    encoder_decoder: bool = False, add_special_tokens: bool = True,
-                   max_length: Optional[int] = None) -> list[Generated]:
+                   max_length: Optional[int] = None, split_special_tokens: bool = False) -> list[Generated]:
     """Answers to ``prompts`` in their order, generated longest prompt first in batched ``generate`` calls.
 
     Causal models get left padding (every prompt ends where its answer starts); encoder-decoder models
-    get right-padded encoder input. ``add_special_tokens`` must match how the prompt was tokenised in
-    training (a chat-template prompt already carries BOS). Under torch.distributed every rank calls this
+    get right-padded encoder input. ``add_special_tokens`` and ``split_special_tokens`` must match how the
+    prompt was tokenised in training (a chat-template prompt already carries BOS; a row's own ``"</s>"`` is
+    text). Under torch.distributed every rank calls this
     (the ranks agree on the batches).
     """
     encoded = tokenizer(prompts, add_special_tokens=add_special_tokens, truncation=max_length is not None,
-                        max_length=max_length)["input_ids"] if prompts else []
+                        max_length=max_length, split_special_tokens=split_special_tokens)["input_ids"] \
+        if prompts else []
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: equal lengths keep their order
     lengths = agreed_lengths([len(encoded[i]) for i in order])
     sizes = batch_sizes(lengths, settings)

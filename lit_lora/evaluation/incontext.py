@@ -144,7 +144,8 @@ def evaluate_shots(module, datamodule, k: int, seed: int, split: Optional[str], 
     outs = generate_texts(module.model, datamodule.tokenizer, [r["prompt"] for r in records], module.evaluation,
                           encoder_decoder=module.encoder_decoder,
                           add_special_tokens=not prompt_carries_special_tokens("chat" if chat else "plain",
-                                                                               module.encoder_decoder))
+                                                                               module.encoder_decoder),
+                          split_special_tokens=not chat)  # a row's own "</s>" is text, as in training
     for record, out in zip(records, outs):
         record.update(prediction=out.text, hit_max_new_tokens=out.hit_limit)
     scores = score(datamodule, records, [o.text for o in outs])

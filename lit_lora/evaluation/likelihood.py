@@ -24,15 +24,17 @@ from lit_lora.evaluation.generation import drops_position_ids
 
 @torch.no_grad()
 def candidate_log_likelihoods(model, tokenizer, prompts: Sequence[str], candidates: Sequence[str],
-                              add_special_tokens: bool = True, append_eos: bool = True) -> torch.Tensor:
+                              add_special_tokens: bool = True, append_eos: bool = True,
+                              split_special_tokens: bool = False) -> torch.Tensor:
     """Summed log-probabilities, shape (len(prompts), len(candidates)); one prompt at a time for a
     prompt-learning adapter, which ignores ``position_ids`` (``generation.drops_position_ids``)."""
     if drops_position_ids(model) and len(prompts) > 1:
         return torch.cat([candidate_log_likelihoods(model, tokenizer, [p], candidates, add_special_tokens,
-                                                    append_eos) for p in prompts])
+                                                    append_eos, split_special_tokens) for p in prompts])
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens,
+                           split_special_tokens=split_special_tokens)["input_ids"]  # as the training rows
     cand_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if append_eos else [])
                 for c in candidates]
     b, k = len(prompt_ids), len(cand_ids)

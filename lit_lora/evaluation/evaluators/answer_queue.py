@@ -54,5 +54,6 @@ class AnswerQueue:
         with module.evaluated_model(), root_unit_gathered(module):  # FSDP: generate bypasses the root's forward
             answers = generate_texts(module.model, contract.tokenizer, [r["prompt"] for r in queued],
                                      module.evaluation, encoder_decoder=contract.encoder_decoder,
-                                     add_special_tokens=contract.add_special_tokens, max_length=contract.max_length)
+                                     add_special_tokens=contract.add_special_tokens, max_length=contract.max_length,
+                                     split_special_tokens=contract.prompt_is_row_text)
         return list(zip(queued, answers))

@@ -55,7 +55,8 @@ class LabelWordEvaluator(Evaluator):
         names, contract = module.label_names, module.data_contract
         gold = torch.tensor([names.index(r) for r in batch["reference"]], device=run_device(module))
         scores = candidate_log_likelihoods(module.model, contract.tokenizer, batch["prompt"], names,
-                                           add_special_tokens=contract.add_special_tokens)
+                                           add_special_tokens=contract.add_special_tokens,
+                                           split_special_tokens=contract.prompt_is_row_text)
         self.sets.metrics_for(module, stage, dataloader_idx, "likelihood").update(scores.argmax(-1)[keep], gold[keep])
         if generates(module, stage):  # answered at the end of the epoch, with every set's prompts
             self.sets.metrics_for(module, stage, dataloader_idx, "generation", allow_unparseable=True)  # log order
