@@ -3,6 +3,9 @@
 * W&B unreachable: the run logs to an offline W&B run (``wandb sync`` later), on the first start and after a requeue.
 * SIGTERM, and a preemption signal that arrives before training (during tokenisation): checkpoint at the
   next optimizer-step boundary, exit, and the requeued job continues from there.
+* A signal during the last step lets the run finish; one before it exits only after that step's checkpoints and
+  validation; a failed ``scontrol requeue`` names the ``--ckpt_path`` to resubmit with; a requeued job resumes
+  from the run's newest checkpoint, also when that is a periodic one newer than ``hpc_ckpt_N.ckpt``.
 * A requeued job without a checkpoint starts fresh only when ``preemption.start_fresh_if_no_checkpoint`` says so.
 * A run directory inside the data or the model directory, or a fresh run into a used run directory: refused at start.
 
@@ -22,7 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import SAMPLES, demo_cli, fit, logged_steps
+from harness import SAMPLES, KillBeforeStep, Killed, demo_cli, fit, logged_steps, validation_rows
 from lightning.pytorch import Callback
 
 from lit_lora.commands.train import LitLoraCLI
@@ -207,6 +210,123 @@ def test_a_signal_during_the_imports_checkpoints_at_the_first_step(tiny_model, t
     assert signal_net == []
     assert first.trainer.global_step == 1 and [p.name for p in hpc_checkpoints(root)] == ["hpc_ckpt_1.ckpt"]
     assert "SIGUSR1 received before training started" in messages(caplog) and requeues == [JOB_ID]
+
+
+@pytest.mark.parametrize("limits, index", [(("--trainer.max_steps", "3"), 2),
+                                           (("--trainer.max_steps", "-1", "--trainer.max_epochs", "1"), 4)],
+                         ids=["max_steps", "max_epochs"])
+def test_a_signal_during_the_last_step_lets_the_run_finish(tiny_model, tmp_path, slurm, signal_net, caplog, limits,
+                                                          index):
+    """Saving and requeueing at the run's last step would leave a requeued job with nothing to train: no
+    adapter, no final checkpoint, no summary. The run finishes instead."""
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    caplog.set_level(logging.INFO, logger="lit_lora")
+    run = cli(model, root, *limits)
+    run.trainer.callbacks.append(SendAtBatch(signal.SIGUSR1, index=index))  # the last of 5 batches in max_epochs
+    fit(run)
+    assert signal_net == [] and hpc_checkpoints(root) == []
+    assert (root / "adapter").is_dir() and (root / "run_summary.json").is_file()
+    assert [p.name for p in (root / "checkpoints").glob("*.ckpt")] == [f"epoch=0-step={index + 1}.ckpt"]
+    assert "SIGUSR1 received after the last optimizer step; the run finished instead" in messages(caplog)
+
+
+def test_the_checkpoint_and_validation_due_at_the_preempted_step_still_run(tiny_model, tmp_path, slurm):
+    """The job stops at the next batch's start, after the loop validated and the checkpoint callbacks saved at the
+    step it checkpointed; the requeued job redoes neither."""
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    every_two = ["--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+                 "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "-1",
+                 "--checkpoint.filename", "{step}"]
+    first = cli(model, root, *every_two, steps=4)
+    first.trainer.callbacks.append(SendAtBatch(signal.SIGUSR1, index=1))  # step 2
+    with pytest.raises(Requeued):
+        fit(first)
+    assert first.trainer.global_step == 2 and [p.name for p in hpc_checkpoints(root)] == ["hpc_ckpt_1.ckpt"]
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["step=2-adapter", "step=2.ckpt"]
+    assert [row["step"] for row in validation_rows(root)] == [1]
+
+    slurm(restarts=1)
+    fit(cli(model, root, *every_two, steps=4))
+    assert sorted(p.name for p in (root / "checkpoints").glob("*.ckpt")) == ["step=2.ckpt", "step=4.ckpt"]
+    assert [row["step"] for row in validation_rows(root)] == [1, 3] and logged_steps(root) == [0, 1, 2, 3]
+
+
+def test_a_failed_requeue_keeps_the_steps_metrics_and_names_the_checkpoint_to_resubmit_with(tiny_model, tmp_path,
+                                                                                         slurm, monkeypatch):
+    """slurm/launch.sh names the run directory by job id: the same sbatch command would start a new run from step
+    0, so the error names the ``--ckpt_path`` that continues this one."""
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'scontrol: error: Invalid job id specified' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    first = cli(model, root, "--preemption.requeue", "true", steps=4)
+    first.trainer.callbacks.append(SendAtBatch(signal.SIGUSR1, index=1))
+    with pytest.raises(RuntimeError, match="scontrol requeue 4242 failed") as failed:
+        fit(first)
+    assert f"resubmit with --ckpt_path {root / 'hpc_ckpt_1.ckpt'} to continue" in str(failed.value)
+    assert logged_steps(root) == [0, 1]  # the saved step's row too
+
+
+def test_a_requeued_job_resumes_from_the_newest_checkpoint_not_an_older_hpc_one(tiny_model, tmp_path, slurm,
+                                                                                caplog):
+    """Preempted at step 2 (``hpc_ckpt_1.ckpt``), the requeued job checkpoints steps 3 and 4 and dies unsaved (a
+    node failure). Lightning's auto-resume would load ``hpc_ckpt_1.ckpt`` and train steps 3 and 4 again
+    (``step=3-v1.ckpt`` …); the next restart resumes from ``step=4.ckpt``. A tie goes to ``hpc_ckpt_N``."""
+    model, root = tiny_model("llama"), tmp_path / JOB_ID
+    caplog.set_level(logging.INFO, logger="lit_lora")
+    every_step = ["--checkpoint.every_n_train_steps", "1", "--checkpoint.save_top_k", "-1",
+                  "--checkpoint.filename", "{step}"]
+    first = cli(model, root, *every_step, steps=6)
+    first.trainer.callbacks.append(SendAtBatch(signal.SIGUSR1, index=1))
+    with pytest.raises(Requeued):
+        fit(first)
+
+    slurm(restarts=1)
+    second = cli(model, root, *every_step, steps=6)
+    second.trainer.callbacks.append(KillBeforeStep(4))
+    with pytest.raises(Killed):
+        fit(second)
+    assert second.trainer.ckpt_path == str(root / "hpc_ckpt_1.ckpt")  # step 2, as step=2.ckpt: Lightning's pick
+
+    slurm(restarts=2)
+    caplog.clear()
+    third = cli(model, root, *every_step, steps=6)
+    fit(third)
+    newest = root / "checkpoints" / "step=4.ckpt"
+    assert third.trainer.ckpt_path == str(newest) and third.trainer.global_step == 6
+    assert f"resuming from {newest} at global step 4, the run's newest checkpoint, newer than hpc_ckpt_1.ckpt " \
+           "(step 2)" in messages(caplog)
+    assert sorted(p.name for p in (root / "checkpoints").glob("*.ckpt")) == [f"step={n}.ckpt" for n in range(1, 7)]
+    assert logged_steps(root) == list(range(6))
+
+
+def test_the_newest_checkpoint_is_a_complete_one_and_only_a_restart_looks(tmp_path):
+    """A save in progress (hidden ``.partial-*`` name) and an unreadable file are no candidates; a first start
+    without ``hpc_ckpt_N.ckpt`` resumes nothing."""
+    import torch
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_lora.cluster.preemption import resume_newest
+
+    saved = {"hpc_ckpt_1.ckpt": 2, "checkpoints/step=5.ckpt": 5, "checkpoints/.partial-1.step=9.ckpt": 9}
+    for name, step in saved.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        torch.save({"global_step": step}, tmp_path / name)
+    (tmp_path / "checkpoints" / "step=7.ckpt").write_bytes(b"cut short")
+
+    def trainer() -> Trainer:
+        return Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                       callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints")])
+
+    restarted = trainer()
+    assert resume_newest(restarted, env={**SLURM_ENV, "SLURM_RESTART_COUNT": "1"}) == tmp_path / "checkpoints" / \
+        "step=5.ckpt" and restarted.ckpt_path == str(tmp_path / "checkpoints" / "step=5.ckpt")
+    (tmp_path / "hpc_ckpt_1.ckpt").unlink()
+    fresh = trainer()
+    assert resume_newest(fresh, env=SLURM_ENV) is None and fresh.ckpt_path is None
 
 
 def test_a_kept_signal_no_run_takes_goes_to_the_handler_it_replaced(monkeypatch):

@@ -40,7 +40,6 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
     ("lightning.pytorch.Trainer", "_run", "fit_ckpt_path: the ckpt_path argument of the running fit"),
     ("lightning.pytorch.Trainer", "_accelerator_connector", "cluster_environment"),
     ("lightning.pytorch.Trainer", "_checkpoint_connector", "hpc_save_path"),
-    ("lightning.pytorch.Trainer", "_logger_connector", "log_step_metrics_now"),
     ("lightning.pytorch.Trainer", "_signal_connector", "handlers_lightning_restores, forget_lightning_sigterm"),
     ("lightning.pytorch.trainer.connectors.accelerator_connector._AcceleratorConnector", "cluster_environment",
      "cluster_environment"),
@@ -48,10 +47,6 @@ PRIVATE_API: tuple[tuple[str, str, str], ...] = (
      "hpc_save_path: the hpc_ckpt_N.ckpt name Lightning's SLURM auto-resume picks up"),
     ("lightning.pytorch.trainer.connectors.checkpoint_connector._CheckpointConnector", "_hpc_resume_path",
      "run_files.hpc_checkpoints mirrors which hpc_ckpt_N.ckpt the auto-resume picks"),
-    ("lightning.pytorch.trainer.connectors.logger_connector.logger_connector._LoggerConnector", "on_batch_end",
-     "log_step_metrics_now"),
-    ("lightning.pytorch.trainer.connectors.logger_connector.logger_connector._LoggerConnector",
-     "update_train_step_metrics", "log_step_metrics_now"),
     ("lightning.pytorch.trainer.connectors.signal_connector._SignalConnector", "_original_handlers",
      "handlers_lightning_restores (instance)"),
     ("lightning.pytorch.trainer.connectors.signal_connector._SignalConnector", "received_sigterm",
@@ -145,16 +140,6 @@ def hpc_save_path(trainer: Any) -> str:
     ``trainer._checkpoint_connector.hpc_save_path``.
     """
     return trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
-
-
-def log_step_metrics_now(trainer: Any) -> None:
-    """Log the current training step's metrics now, as the loop would after ``on_train_batch_end``.
-
-    ``trainer._logger_connector.on_batch_end`` and ``update_train_step_metrics``: a preemption exits inside
-    ``on_train_batch_end``, before the loop logs the step it just saved.
-    """
-    trainer._logger_connector.on_batch_end()
-    trainer._logger_connector.update_train_step_metrics()
 
 
 def handlers_lightning_restores(trainer: Any) -> dict:

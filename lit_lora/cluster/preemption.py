@@ -5,9 +5,12 @@ whatever line the signal interrupts (possibly between ``optimizer.step()`` and t
 or in the middle of a DDP collective on one rank only). ``PreemptionCheckpoint`` only records the
 signal; at the end of the next optimizer step (after the last micro-batch of an accumulation window,
 so no partly accumulated gradient is lost) all ranks agree (an ``any`` reduction) and save the same
-step, global rank 0 runs ``scontrol requeue``, and every rank exits. The requeued job finds
-``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (Lightning's SLURM auto-resume) and, with the resumable
-train loader, continues with the next unseen batch. Test it by hand on a running job::
+step. The job stops at the start of the next batch, once the loop has logged that step and run the
+validation and the checkpoints due at it: global rank 0 runs ``scontrol requeue``, and every rank exits.
+A signal during the run's last step saves nothing: the run finishes and exports. The requeued job finds
+``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (Lightning's SLURM auto-resume; ``resume_newest`` picks a
+periodic checkpoint of the run instead where one is newer) and, with the resumable train loader,
+continues with the next unseen batch. Test it by hand on a running job::
 
     scancel --signal=USR1 <jobid>                       # what --signal=SIGUSR1@90 sends before the time limit
     scontrol update JobId=<jobid> StartTime=now         # release the requeued job (held with a BeginTime)
@@ -39,15 +42,21 @@ import os
 import signal
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_lora.callbacks import stops_after_this_step
 from lit_lora.cluster import early_signals
 from lit_lora.cluster.early_signals import under_slurm
 from lit_lora.cluster.lightning_compat import cluster_environment, forget_lightning_sigterm, \
-    handlers_lightning_restores, hpc_save_path, log_step_metrics_now
+    handlers_lightning_restores, hpc_save_path
+from lit_lora.cluster.run_dir import run_dir
+from lit_lora.cluster.run_files import hpc_checkpoints
 
 log = logging.getLogger("lit_lora")
 
@@ -85,6 +94,7 @@ class PreemptionCheckpoint(Callback):
         self.received: set[int] = set()
         self.signum: Optional[int] = None
         self._step_before_batch: Optional[int] = None
+        self.saved: Optional[str] = None  # the checkpoint saved at the last step's end; the job stops next batch
         self._replaced: dict[int, Any] = {}  # signal -> the handler ours replaced, put back when fit ends
         if enabled and under_slurm():
             # now, not in setup: tokenisation and model loading come first, and a signal then must not kill the job
@@ -106,6 +116,7 @@ class PreemptionCheckpoint(Callback):
             # Installed before Lightning registers its handlers, so Lightning does not add its own
             # save-inside-the-handler for this signal (it skips signals that already have a handler).
             self.signum = environment.requeue_signal or signal.SIGUSR1
+            self.saved = None
             handled = (self.signum, signal.SIGTERM)
             self._release([s for s in self._replaced if s not in handled], redeliver=True)
             self._take(handled)
@@ -186,34 +197,117 @@ class PreemptionCheckpoint(Callback):
 
     # ---- the step boundary -----------------------------------------------------------------------
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
+        if self.saved is not None:
+            self._stop(trainer, self.saved)
         self._step_before_batch = trainer.global_step
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        """Save at an optimizer step's end; the job stops at the next batch's start (``_stop``).
+
+        Stopping here would skip what the loop and the checkpoint callbacks (which Lightning runs after this one)
+        still do for this step: its periodic checkpoint, its validation and the checkpoint after it, which the
+        resumed job does not redo. The step that ends the run is not saved: the run finishes and exports.
+        """
         if self.signum is None:
             return
         if trainer.global_step == self._step_before_batch:
             return  # inside an accumulation window: saving now would lose the partly accumulated gradient
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
+        if ends_the_run(trainer):
+            return  # a requeued job would find nothing to train, and never export (teardown says so)
         path = hpc_save_path(trainer)
         trainer.save_checkpoint(path)
         trainer.strategy.barrier("lit_lora_preemption_saved")
         if trainer.is_global_zero:
             print(f"[lit-lora] preemption: saved {path} at global step {trainer.global_step}", flush=True)
-            if self._should_requeue(path):
-                self._requeue()
-        # the loop logs this step's metrics only after on_train_batch_end: log them now, as it would
-        log_step_metrics_now(trainer)
-        for logger in trainer.loggers:
-            logger.finalize("preempted")
+        self.saved = path
+
+    def _stop(self, trainer: Trainer, path: str) -> None:
+        """Requeue (global rank 0) and exit every rank; the loggers are finalised also when the requeue fails.
+
+        The requeue comes last: ``scontrol requeue`` ends the running job within SLURM's ``KillWait``.
+        """
+        failure = None
+        try:
+            if trainer.is_global_zero and self._should_requeue(path):
+                failure = self._requeue()
+        finally:
+            for logger in trainer.loggers:
+                logger.finalize("preempted")
+        if failure:
+            raise RuntimeError(f"{failure}; the checkpoint is saved: resubmit with --ckpt_path {path} to continue "
+                               "(the same sbatch command alone gets a new job id, hence a new run directory "
+                               "from step 0)")
         raise Requeued(0)
 
     @staticmethod
-    def _requeue() -> None:
+    def _requeue() -> Optional[str]:
+        """``scontrol requeue`` this job; returns why it failed, or None."""
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID")
         job_id = f"{job_id}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job_id else os.environ["SLURM_JOB_ID"]
         result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"scontrol requeue {job_id} failed ({result.returncode}): {result.stderr.strip()}; "
-                               "the checkpoint is saved: resubmit the same sbatch command to continue")
+            return f"scontrol requeue {job_id} failed ({result.returncode}): {result.stderr.strip()}"
         print(f"[lit-lora] preemption: requeued SLURM job {job_id}", flush=True)
+        return None
+
+
+def ends_the_run(trainer: Trainer) -> bool:
+    """The optimizer step that just ended is the run's last: ``max_steps``, a stop asked for, or the last batch of
+    the last epoch (``max_epochs``)."""
+    if stops_after_this_step(trainer):
+        return True
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0 or trainer.current_epoch + 1 < max_epochs:
+        return False
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready >= trainer.num_training_batches
+
+
+# ---- the restart -----------------------------------------------------------------------------------------
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The global step a checkpoint (a file, or a DeepSpeed directory) was saved at; None when it cannot be read."""
+    if path.is_dir():
+        path = next(iter(sorted(path.glob("*/*model_states.pt"))), path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # no tensor data read
+    except Exception:  # noqa: BLE001 - unreadable: not a complete checkpoint
+        return None
+    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    return None if step is None else int(step)
+
+
+def run_checkpoints(trainer: Trainer) -> list[Path]:
+    """The complete checkpoints the run's checkpoint callbacks wrote (a save in progress has a hidden name)."""
+    default = run_dir(trainer) / "checkpoints"  # AdapterCheckpoint's, and ModelCheckpoint's under a pinned logger
+    folders = {Path(getattr(c, "dirpath", None) or default) for c in trainer.checkpoint_callbacks}
+    return sorted(p for folder in folders for p in folder.glob("*.ckpt") if not p.name.startswith("."))
+
+
+def resume_newest(trainer: Trainer, env: Optional[dict] = None) -> Optional[Path]:
+    """Before ``fit`` of a restarted SLURM job: resume from the run's checkpoint with the highest global step.
+
+    Lightning's auto-resume looks at ``hpc_ckpt_N.ckpt`` only. A requeued job that wrote periodic checkpoints
+    after resuming from one and then died unsaved (a node failure) would train those steps again; here it
+    resumes from the newest of them (``trainer.ckpt_path``). Returns the checkpoint, logged on rank 0.
+    """
+    env = os.environ if env is None else env
+    hpc = hpc_checkpoints(trainer.default_root_dir)
+    if not under_slurm(env) or trainer.ckpt_path or not (hpc or int(env.get("SLURM_RESTART_COUNT") or 0)):
+        return None
+    steps = {p: checkpoint_step(p) for p in [*hpc, *run_checkpoints(trainer)]}
+    steps = {p: s for p, s in steps.items() if s is not None}
+    if not steps:
+        return None  # RunDirectoryCheck stops a requeued job without a checkpoint
+    # a tie goes to the newest hpc_ckpt_N (Lightning's own pick), else to the latest written
+    newest = max(steps, key=lambda p: (steps[p], p in hpc, hpc.index(p) if p in hpc else p.stat().st_mtime))
+    if not hpc or newest != hpc[-1]:
+        trainer.ckpt_path = str(newest)
+    if rank_zero_only.rank == 0:
+        older = ""
+        if hpc and newest != hpc[-1]:  # what Lightning would have loaded
+            seen = f"step {steps[hpc[-1]]}" if hpc[-1] in steps else "unreadable"
+            older = f", newer than {hpc[-1].name} ({seen})"
+        log.info("[lit-lora] restarted SLURM job: resuming from %s at global step %d, the run's newest "
+                 "checkpoint%s", newest, steps[newest], older)
+    return newest
