@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import SAMPLES, KillBeforeStep, Killed, demo_cli, fit, logged_steps, validation_rows
+from harness import SAMPLES, KillBeforeStep, Killed, build_cli, demo_args, demo_cli, fit, logged_steps, \
+    validation_rows
 from lightning.pytorch import Callback
 
 from lit_lora.commands.train import LitLoraCLI
@@ -71,14 +72,17 @@ def slurm(monkeypatch, signal_net):
     return restart
 
 
+def small_run(*extra: str, steps: int = 2) -> list[str]:
+    """9 training rows in batches of 2 (5 batches an epoch), no validation."""
+    return ["--data.init_args.max_samples", "12", "--data.init_args.val_fraction", "0.25",
+            "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
+            "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1",
+            "--trainer.limit_val_batches", "0", "--baseline.enabled", "false", "--preemption.requeue", "false", *extra]
+
+
 def cli(model_dir: str, root: Path, *extra: str, steps: int = 2) -> LitLoraCLI:
-    """The demo config, 9 training rows in batches of 2 (5 batches an epoch), no validation."""
-    return demo_cli(model_dir, root,
-                    "--data.init_args.max_samples", "12", "--data.init_args.val_fraction", "0.25",
-                    "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
-                    "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1",
-                    "--trainer.limit_val_batches", "0", "--baseline.enabled", "false", "--preemption.requeue", "false",
-                    *extra)
+    """The demo config on ``small_run``, built but not run (``fit(cli)``)."""
+    return demo_cli(model_dir, root, *small_run(*extra, steps=steps))
 
 
 class SendAtBatch(Callback):
@@ -300,6 +304,14 @@ def test_a_requeued_job_resumes_from_the_newest_checkpoint_not_an_older_hpc_one(
            "(step 2)" in messages(caplog)
     assert sorted(p.name for p in (root / "checkpoints").glob("*.ckpt")) == [f"step={n}.ckpt" for n in range(1, 7)]
     assert logged_steps(root) == list(range(6))
+
+    # `lit-lora fit --ckpt_path` (what a failed requeue says to resubmit with) resumes that one, newer ones or not
+    slurm(restarts=3)
+    caplog.clear()
+    chosen = root / "checkpoints" / "step=2.ckpt"
+    fourth = build_cli(["fit", *demo_args(model, root, *small_run(*every_step, steps=3)), "--ckpt_path", str(chosen)])
+    assert fourth.trainer.ckpt_path == str(chosen) and fourth.trainer.global_step == 3
+    assert "resuming from" not in messages(caplog)
 
 
 def test_the_newest_checkpoint_is_a_complete_one_and_only_a_restart_looks(tmp_path):

@@ -5,8 +5,9 @@ have them (``atomic``, ``start_fresh_if_no_checkpoint``):
 
 * ``make_saves_atomic``: the atomic ``CheckpointIO`` plugin (or DeepSpeed's directory wrapper), on the
   Trainer's strategy right after the Trainer is built (``preemption.atomic: false``: Lightning's own writes);
-* ``preemption.resume_newest``: then too, a restarted SLURM job is pointed at its run's newest checkpoint (the
-  highest global step among ``hpc_ckpt_N.ckpt`` and ``checkpoints/*.ckpt``; Lightning looks at the first only);
+* ``preemption.resume_newest``: before ``fit`` without a ``ckpt_path``, a restarted SLURM job is pointed at its
+  run's newest checkpoint (the highest global step among ``hpc_ckpt_N.ckpt`` and ``checkpoints/*.ckpt``;
+  Lightning looks at the first only);
 * ``RunDirectoryCheck``: at the start of ``fit``, refuse a run directory that would mix with the data, the
   model or an earlier run, and a requeued job without a checkpoint;
 * ``PartialCheckpointCleanup``: at the start of ``fit``, delete what a killed save left behind;
@@ -24,12 +25,13 @@ have them (``atomic``, ``start_fresh_if_no_checkpoint``):
 The same for a Trainer built in Python::
 
     from lightning.pytorch import Trainer
-    from lit_lora.cluster.preemption import PreemptionCheckpoint
+    from lit_lora.cluster.preemption import PreemptionCheckpoint, resume_newest
     from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 
     preemption = PreemptionCheckpoint()
     trainer = Trainer(callbacks=[*runtime_callbacks(preemption), preemption])
     install_atomic_saves(trainer, preemption)
+    resume_newest(trainer)  # before trainer.fit(...) without a ckpt_path
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from lit_lora.cluster.checkpoint_io import PartialCheckpointCleanup, make_saves_
 from lit_lora.cluster.csv_history import CSVHistoryResume
 from lit_lora.cluster.fsdp_units import FrozenFSDPUnitsRestored
 from lit_lora.cluster.launch_checks import RunDirectoryCheck
-from lit_lora.cluster.preemption import resume_newest
 from lit_lora.cluster.step_aligned import PartialWindowCheck, StepAlignedCheckpoints
 from lit_lora.cluster.step_seed import StepSeed
 
@@ -60,8 +61,6 @@ def runtime_callbacks(preemption: Optional[Any] = None) -> list[Callback]:
 
 
 def install_atomic_saves(trainer: Any, preemption: Optional[Any] = None) -> None:
-    """Make ``trainer``'s checkpoint writes atomic, unless ``preemption.atomic`` is off; in a restarted SLURM job,
-    resume from the run's newest checkpoint (``resume_newest``, which needs the Trainer and must precede ``fit``)."""
+    """Make ``trainer``'s checkpoint writes atomic, unless ``preemption.atomic`` is off."""
     if getattr(preemption, "atomic", True):
         make_saves_atomic(trainer.strategy)
-    resume_newest(trainer)

@@ -37,7 +37,7 @@ from lit_lora.data.base import TextDataModule
 from lit_lora.finite_guard import FiniteGuard
 from lit_lora.cluster.csv_history import default_csv_logger, pin_log_dir
 from lit_lora.cluster.launch_checks import check_allocation
-from lit_lora.cluster.preemption import PreemptionCheckpoint
+from lit_lora.cluster.preemption import PreemptionCheckpoint, resume_newest
 from lit_lora.cluster.run_dir import evaluation_dirs, run_dir
 from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
@@ -116,9 +116,9 @@ class LitLoraCLI(LightningCLI):
                     not any(isinstance(c, LearningRateMonitor) for c in callbacks):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))  # the "lr" curve of every logger
             kwargs["callbacks"] = callbacks
+        settings = self.config[self.subcommand] if self.subcommand else self.config
+        resumes = settings.get("ckpt_path") if self.subcommand == "fit" else None
         if "logger" not in kwargs:
-            settings = self.config[self.subcommand] if self.subcommand else self.config
-            resumes = settings.get("ckpt_path") if self.subcommand == "fit" else None
             logger = default_csv_logger(settings.trainer, resumes)
             if logger is not None:
                 kwargs["logger"] = logger
@@ -127,6 +127,8 @@ class LitLoraCLI(LightningCLI):
         kwargs["callbacks"] = [*as_list(kwargs["callbacks"]), *runtime_callbacks(preemption), Bf16Hint()]
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_saves(trainer, preemption)
+        if self.subcommand in (None, "fit") and not resumes:  # a --ckpt_path given is the checkpoint resumed
+            resume_newest(trainer)
         for logger in trainer.loggers:  # RunDirectoryCheck releases it: a refused run starts no W&B run
             if isinstance(logger, WandbRun):
                 logger.hold()
