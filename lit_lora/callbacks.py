@@ -215,8 +215,9 @@ class BaselineComparison(Callback):
     An adapter leaves the base frozen, so the base (adapter disabled) is scored after training, where it costs
     nothing before the first step; full fine-tuning changes the base, so it is scored before step 1.
 
-    Prints the before/after figure, logs ``baseline/val_loss`` and ``tuned/val_loss``, and writes
-    ``before_after.json`` to the run directory.
+    Prints the before/after figure, logs ``base/val_loss`` and ``tuned/val_loss``, and writes
+    ``before_after.json`` to the run directory. A full fine-tune's base loss is kept in its checkpoints: a resumed
+    or extended run, which cannot score the base it has changed, reports it still.
 
     Args:
         enabled: Measure and print the comparison.
@@ -228,8 +229,14 @@ class BaselineComparison(Callback):
         self.limit_batches = limit_batches
         self.base_loss: Optional[float] = None
 
+    def state_dict(self) -> dict:
+        return {"base_loss": self.base_loss}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.base_loss = state_dict.get("base_loss")
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # full fine-tuning changes the base itself: score it before step 1 (not on a resume, where it is gone)
+        # full fine-tuning changes the base itself: score it before step 1 (on a resume the checkpoint holds it)
         if self.enabled and not pl_module.is_peft and trainer.ckpt_path is None:
             self.base_loss = mean_validation_loss(trainer, pl_module, self.limit_batches)
 

@@ -102,3 +102,23 @@ def test_the_base_scored_after_training_is_the_base_training_started_from(tiny_m
     short, long = before_after(1), before_after(6)
     assert short["base_val_loss"] == pytest.approx(long["base_val_loss"], rel=1e-6, abs=1e-6)
     assert long["tuned_val_loss"] < short["tuned_val_loss"] < short["base_val_loss"]
+
+
+def test_an_extended_full_fine_tune_keeps_its_base_loss(tiny_model, tmp_path):
+    """Full fine-tuning scores its base before step 1, the only time it exists: the checkpoint keeps the figure,
+    so a run extended from it (``--ckpt_path``, a larger ``max_steps``) reports the same base loss, not null."""
+    from pathlib import Path
+
+    from harness import demo_cli, fit, version_dir
+
+    def run(steps: int, ckpt_path=None):
+        cli = demo_cli(tiny_model("llama"), tmp_path, "--model.init_args.adapter", "lit_lora.adapters.FullFineTuning",
+                       "--data.init_args.max_samples", "24", "--trainer.max_steps", str(steps),
+                       "--trainer.val_check_interval", "2", "--checkpoint.filename", "{step}")
+        fit(cli, ckpt_path=ckpt_path)
+        return json.loads((Path(cli.trainer.log_dir) / "before_after.json").read_text())
+
+    first = run(2)
+    extended = run(3, str(version_dir(tmp_path) / "checkpoints" / "step=2.ckpt"))
+    assert first["base_val_loss"] is not None and extended["base_val_loss"] == first["base_val_loss"]
+    assert extended["tuned_val_loss"] != first["tuned_val_loss"]
