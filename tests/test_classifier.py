@@ -74,9 +74,14 @@ def build(path, adapter=None, label_names=("entailment", "neutral", "contradicti
     return module, tokenizer
 
 
+@pytest.mark.parametrize("adapter", [FullFineTuning, lambda: PromptTuning(num_virtual_tokens=3),
+                                     lambda: PTuning(num_virtual_tokens=3)], ids=["full", "prompt", "ptuning"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_last_non_pad_pooling_matches_unpadded_examples(backbone, side):
-    module, tokenizer = build(backbone("llama"))
+def test_last_non_pad_pooling_matches_unpadded_examples(backbone, side, adapter):
+    """Each row's logits in a padded batch are the row's alone: pooled on its last real token, and with prompt
+    learning (peft hands the decoder ``inputs_embeds``, numbered 0..L-1 whatever the mask) no padding between the
+    virtual tokens and the row's own."""
+    module, tokenizer = build(backbone("llama"), adapter())
     assert module.model.config.pad_token_id == tokenizer.pad_token_id is not None
     pairs = [("The girl is running.", "A girl is running."),
              ("The old knight is laughing in the forest.", "The knight is not laughing."),

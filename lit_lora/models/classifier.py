@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init
@@ -190,7 +191,24 @@ class SequenceClassifierModule(LabelledModule, FineTuneModule):
     shifts_labels: ClassVar[bool] = False  # one label per row: the token-normalised loss becomes row-normalised
 
     def forward(self, batch: dict, **kwargs: Any) -> Any:
+        if self.align_left and not bool(batch["attention_mask"].all()):
+            return self.forward_unpadded(batch, **kwargs)
         return self.model(**self.model_inputs(batch), **kwargs)
+
+    def forward_unpadded(self, batch: dict, **kwargs: Any) -> SequenceClassifierOutput:
+        """Prompt learning on a decoder: rows of one length run together, without padding, their logits put back
+        in row order. peft hands the decoder ``inputs_embeds`` only, which transformers numbers 0..L-1 whatever the
+        mask: left padding would sit between the virtual tokens and a row's own, so a row's logits would depend on
+        its batch. Unpadded, the last position is the last real token (what the head pools)."""
+        inputs = {k: v for k, v in self.model_inputs(batch).items() if k != "labels"}  # left-aligned
+        lengths = batch["attention_mask"].sum(dim=1)
+        logits = None
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero(as_tuple=True)[0]
+            part = self.model(**{k: v[rows][:, -length:] for k, v in inputs.items()}, **kwargs).logits
+            logits = part.new_zeros(len(lengths), *part.shape[1:]) if logits is None else logits
+            logits = logits.index_copy(0, rows, part)
+        return SequenceClassifierOutput(logits=logits)
 
     def loss_forward_kwargs(self) -> dict:
         return {"use_cache": False} if "use_cache" in self.accepted_inputs() else {}
