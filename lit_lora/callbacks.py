@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_lora.cluster.fsdp_units import root_unit_gathered
 from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.sharding import run_device
+from lit_lora.cluster.step_aligned import stops_after_this_step
 from lit_lora.console import evaluation_lines, perplexity_text, scalar_metrics
 from lit_lora.data.eval_sharding import without_uncounted_labels
 from lit_lora.export import merge_and_save
@@ -99,16 +100,6 @@ class AdapterCheckpoint(ModelCheckpoint):
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
             shutil.rmtree(adapter_dir_for(filepath), ignore_errors=True)
-
-
-def stops_after_this_step(trainer: Trainer) -> bool:
-    """The step that just ended is the run's last: ``max_steps`` reached, or a stop asked for (``max_time``, early
-    stopping, a signal) once ``min_steps`` / ``min_epochs`` are met (before that, Lightning trains on)."""
-    if 0 < trainer.max_steps <= trainer.global_step:
-        return True
-    loop = trainer.fit_loop
-    return trainer.should_stop and trainer.global_step >= (loop.min_steps or 0) \
-        and trainer.current_epoch >= (loop.min_epochs or 0)
 
 
 class FinalExport(Callback):

@@ -138,7 +138,7 @@ def test_a_stop_asked_for_before_min_steps_is_not_the_last_step():
     so the final-step checkpoint waits for the step that really ends the run."""
     from types import SimpleNamespace
 
-    from lit_lora.callbacks import stops_after_this_step
+    from lit_lora.cluster.step_aligned import stops_after_this_step
 
     def trainer(step, should_stop, min_steps=None, min_epochs=None, max_steps=-1, epoch=0):
         return SimpleNamespace(max_steps=max_steps, global_step=step, should_stop=should_stop, current_epoch=epoch,

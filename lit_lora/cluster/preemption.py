@@ -50,13 +50,13 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_lora.callbacks import stops_after_this_step
 from lit_lora.cluster import early_signals
 from lit_lora.cluster.early_signals import under_slurm
 from lit_lora.cluster.lightning_compat import cluster_environment, forget_lightning_sigterm, \
     handlers_lightning_restores, hpc_save_path
 from lit_lora.cluster.run_dir import run_dir
 from lit_lora.cluster.run_files import hpc_checkpoints
+from lit_lora.cluster.step_aligned import stops_after_this_step
 
 log = logging.getLogger("lit_lora")
 

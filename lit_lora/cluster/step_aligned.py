@@ -38,6 +38,16 @@ def micro_batches_past_step(ready: int, accumulate: int, epoch_batches: float) -
     return ready % accumulate
 
 
+def stops_after_this_step(trainer) -> bool:
+    """The step that just ended is the run's last: ``max_steps`` reached, or a stop asked for (``max_time``, early
+    stopping, a signal) once ``min_steps`` / ``min_epochs`` are met (before that, Lightning trains on)."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return True
+    loop = trainer.fit_loop
+    return trainer.should_stop and trainer.global_step >= (loop.min_steps or 0) \
+        and trainer.current_epoch >= (loop.min_epochs or 0)
+
+
 def rewind_fit_position(fit_loop_state: dict, micro_batches: int) -> None:
     """Move a checkpoint's training position ``micro_batches`` back: Lightning's batch progress (every counter of
     the epoch and of the run, so the resumed micro-batches keep their indices) and each resumable loader's.
