@@ -38,3 +38,9 @@ def linked_names(section: Optional[str] = None) -> set[str]:
     """The argument names the links set (in ``section``, ``model`` or ``data``, where given)."""
     return {link.target.rsplit(".", 1)[-1] for link in LINKS
             if section is None or link.target.startswith(f"{section}.")}
+
+
+def canonical(key: str) -> str:
+    """``model.init_args.adapter.init_args.r`` -> ``model.adapter.r``: one name however the key is given (jsonargparse
+    takes ``--data.batch_size`` for ``data.init_args.batch_size``)."""
+    return ".".join(part for part in key.split(".") if part != "init_args")

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import yaml
+from jsonargparse import get_loader
+
+from lit_lora.cli_links import canonical
 
 log = logging.getLogger("lit_lora")
 KEY = re.compile(r"[A-Za-z_][\w.]*")
@@ -80,8 +83,16 @@ def _walk(path: str, node: yaml.Node, prefix: str, line: int, lists: bool) -> It
 
 
 def _value(node: yaml.Node) -> Any:
-    """The Python value of one YAML node, as ``yaml.safe_load`` builds it."""
-    return yaml.SafeLoader(yaml.serialize(node)).get_single_data() if node is not None else None
+    """The Python value of one YAML node, as jsonargparse reads it (``1e-4`` a float, as ``0.0001``)."""
+    return read_value(yaml.serialize(node)) if node is not None else None
+
+
+def read_value(text: str) -> Any:
+    """``text`` as jsonargparse reads a value (its own YAML loader); text that is not YAML, as it is."""
+    try:
+        return get_loader("yaml")(text)
+    except yaml.YAMLError:
+        return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +113,6 @@ class Given:
 
 
 Layer = dict[str, Given]  # canonical key -> what one --config file or --key value gives it
-
-
-def canonical(key: str) -> str:
-    """``model.init_args.adapter.init_args.r`` -> ``model.adapter.r``: one name however the key is given (jsonargparse
-    takes ``--data.batch_size`` for ``data.init_args.batch_size``)."""
-    return ".".join(part for part in key.split(".") if part != "init_args")
 
 
 def layers(argv: Sequence[str]) -> Iterator[Layer]:
@@ -135,10 +140,7 @@ def layers(argv: Sequence[str]) -> Iterator[Layer]:
 
 def _argument(key: str, text: str) -> Layer:
     """What ``--key text`` gives, read as jsonargparse reads it (YAML; a mapping gives each of its keys)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
+    value = read_value(text)
     typed = f"--{key} {text}" if len(text) <= 60 else f"--{key} {text[:57]}..."
 
     def flat(key: str, value: Any) -> Iterator[tuple[str, Any]]:

@@ -110,10 +110,9 @@ class SFTDataModule(TextDataModule):
 
     @property
     def prompt_is_row_text(self) -> bool:
-        """Whether the prompt is the row's text in an ``alpaca`` / ``plain`` template, whose ``"<s>"`` stays text like
-        a response's (``split_special_tokens``); a prompt that carries special tokens (a chat template writes them
-        as text) keeps them special."""
-        return not self.prompt_has_special_tokens and self.template != "chat"
+        """Whether the prompt is the row's text (every template but ``chat``), whose ``"<s>"`` stays text like a
+        response's (``split_special_tokens``); a chat template writes its special tokens as text: they stay special."""
+        return self.template != "chat"
 
     def tokenize_example(self, prompt: str, response: str) -> dict:
         """Features of one prompt / response pair, or ``{"_drop": reason}``."""

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 import yaml
+from jsonargparse import get_loader
 
 SEED_KEY = "seed_everything"
 CLASS_PATH = re.compile(r"(?:[A-Za-z_]\w*\.)+[A-Z]\w*")  # dotted path ending in a class name
@@ -87,19 +88,12 @@ def parse_axis(spec: str) -> Axis:
     return Axis(key, tuple(parts))
 
 
-class _ValueLoader(yaml.SafeLoader):
-    """YAML as jsonargparse reads a command-line value: ``1e-4`` is a float there (YAML 1.1 wants ``1.0e-4``)."""
-
-
-EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")  # 1e-4, 2.5E3
-_ValueLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
-
-
 def parsed_value(text: str):
     """What a value means, to compare two spellings: ``1e-4`` and ``0.0001``, ``true`` and ``True``, ``1`` and
-    ``1.0`` are one value, as jsonargparse reads them; ``1`` and ``true`` are not (``True == 1`` in Python)."""
+    ``1.0`` are one value, as jsonargparse reads them (its own YAML loader); ``1`` and ``true`` are not
+    (``True == 1`` in Python)."""
     try:
-        value = yaml.load(text, Loader=_ValueLoader)
+        value = get_loader("yaml")(text)
     except yaml.YAMLError:
         value = text
     return _value_key(value)

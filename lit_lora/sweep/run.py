@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from lit_lora.cli_links import canonical
 from lit_lora.cluster.run_files import hpc_checkpoints
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
 from lit_lora.sweep.resolve import PointConfigError, PrintConfig, changed_settings, checkpoint_dirpath, config_yaml, \
@@ -99,11 +100,6 @@ PINNED_KEYS = {"trainer.default_root_dir": "every point runs in its own director
 ALLOCATION_KEYS = ("trainer.devices", "trainer.num_nodes")
 
 
-def config_key(key: str) -> str:
-    """``model.init_args.optim.lr`` and ``model.optim.lr`` are one key to ``lit-lora fit``."""
-    return ".".join(part for part in key.split(".") if part != "init_args")
-
-
 def base_values(base_args: list[str]) -> dict[str, str]:
     """``["--a", "1", "--b=2"]`` -> ``{"a": "1", "b": "2"}``."""
     values = {}
@@ -119,18 +115,18 @@ def check_given_keys(grid_keys: list[str], base_args: list[str], slurm: bool, se
     processes, which ``slurm/launch.sh`` takes from the allocation (every array task gets the same one), and a base
     override of a swept key, which every point's grid value would silently replace."""
     base = base_values(base_args)
-    swept = {config_key(k): k for k in grid_keys}
+    swept = {canonical(k): k for k in grid_keys}
     for key, value in base.items():
-        if config_key(key) not in swept:
+        if canonical(key) not in swept:
             continue
-        if seeds and swept[config_key(key)] == SEED_KEY:
+        if seeds and swept[canonical(key)] == SEED_KEY:
             raise SystemExit(f"lit-lora sweep: --{key} {value} and --seeds {seeds} both set the seed (--seeds runs "
                              f"{SEED_KEY} 0 … {seeds - 1}): give one of them")
-        raise SystemExit(f"lit-lora sweep: --{key} {value} would be dropped: --grid {swept[config_key(key)]}=… sets "
+        raise SystemExit(f"lit-lora sweep: --{key} {value} would be dropped: --grid {swept[canonical(key)]}=… sets "
                          "it in every point; give its values in --grid only")
     for key in sorted(set(grid_keys) | set(base)):
-        if config_key(key) in PINNED_KEYS:
-            raise SystemExit(f"lit-lora sweep: {key} cannot be set: {PINNED_KEYS[config_key(key)]}")
+        if canonical(key) in PINNED_KEYS:
+            raise SystemExit(f"lit-lora sweep: {key} cannot be set: {PINNED_KEYS[canonical(key)]}")
         if slurm and key in ALLOCATION_KEYS:
             raise SystemExit(f"lit-lora sweep --slurm: {key} comes from the SLURM allocation, the same for every "
                              "array task; give sbatch --nodes / --ntasks-per-node after --slurm instead")
