@@ -110,9 +110,10 @@ class SFTDataModule(TextDataModule):
 
     @property
     def prompt_is_row_text(self) -> bool:
-        """Whether the prompt is the row's text (every template but ``chat``), whose ``"<s>"`` stays text like a
-        response's (``split_special_tokens``); a chat template writes its special tokens as text: they stay special."""
-        return self.template != "chat"
+        """Whether the prompt is the row's text, whose ``"<s>"`` stays text like a response's (``split_special_tokens``):
+        not where a chat template, or a datamodule's own ``format_example`` (``prompt_has_special_tokens``), writes
+        special tokens as text, which stay special."""
+        return not self.prompt_has_special_tokens and self.template != "chat"
 
     def tokenize_example(self, prompt: str, response: str) -> dict:
         """Features of one prompt / response pair, or ``{"_drop": reason}``."""
