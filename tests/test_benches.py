@@ -219,3 +219,10 @@ def test_gpu_throughput_cpu_smoke_trains_every_variant_packed(tmp_path):
     assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "lora_bf16_varlen", "qlora_nf4"]
     table = (tmp_path / "gpu_throughput.md").read_text()
     assert "| lora_bf16_varlen | torch_varlen: packed sequences stacked, through sdpa |" in table, table
+
+
+def test_cache_key_bench_hashes_the_tokenizer_once_a_run():
+    out = run_bench("cache_key.py", "--quick")
+    times = re.search(r"^median: key of the first split ([\d.]+) ms, of the next ([\d.]+) ms", out, re.M)
+    assert times and float(times[1]) > 0 and float(times[2]) > 0, out
+    assert "tokenizer: 4,096 tokens" in out, out

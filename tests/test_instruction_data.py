@@ -298,3 +298,34 @@ def test_rows_dropped_later_leave_a_prompt_in_training_when_split_by_prompt(tmp_
     train, val = dm.datasets["train"], dm.datasets["validation"]
     assert len(train) >= 1 and len(val) >= 1 and not set(train["prompt"]) & set(val["prompt"])
     assert dm.drop_counts["train"]["empty output"] + dm.drop_counts["validation"]["empty output"] == 7
+
+
+def test_a_run_serialises_its_tokenizer_once_for_all_splits_and_again_once_tokens_are_added(tiny_model, monkeypatch):
+    """The tokenizer's state is megabytes at a 128k vocabulary (``bench/cache_key.py``): hashed once per tokenizer,
+    not per split, and hashed again where adding a token changed it."""
+    from transformers import AutoTokenizer
+
+    from lit_lora.data import cache_key
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    backend_type = type(tokenizer.backend_tokenizer)
+    serialised = []
+    monkeypatch.setattr(cache_key, "_STATE_HASHES", cache_key.weakref.WeakKeyDictionary())
+
+    class CountingBackend:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def to_str(self):
+            serialised.append(1)
+            return self.backend.to_str()
+
+    monkeypatch.setattr(type(tokenizer), "backend_tokenizer", property(lambda t: CountingBackend(t._tokenizer)))
+    assert isinstance(tokenizer._tokenizer, backend_type)
+    keys = [cache_key.tokenised_rows_key("raw", InstructionDataModule, {}, split, tokenizer)
+            for split in ("train", "validation", "test")]
+    assert len(serialised) == 1 and len(set(keys)) == 3  # one hash, three splits
+
+    before = cache_key.tokenizer_identity(tokenizer)[-1]
+    tokenizer.add_tokens(["<new-token>"])
+    assert cache_key.tokenizer_identity(tokenizer)[-1] != before and len(serialised) == 2

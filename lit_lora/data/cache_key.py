@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import weakref
 from typing import Any
 
 # modules outside a datamodule's own classes whose code decides its rows: the prompt templates, and the rule
@@ -34,11 +35,28 @@ def tokenizer_identity(tokenizer) -> list[Any]:
     """What of ``tokenizer`` shapes tokenised rows: its path and size, its special tokens and their ids, whether it
     adds BOS / EOS, its chat template, and (a fast tokenizer) a hash of its whole state, which holds the vocabulary
     and the BOS / EOS its post-processor adds."""
+    settings = [tokenizer.name_or_path, len(tokenizer), tokenizer.pad_token, tokenizer.pad_token_id,
+                tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.special_tokens_map,
+                getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None),
+                getattr(tokenizer, "chat_template", None)]
+    return settings + [backend_state_hash(tokenizer, json.dumps(settings, sort_keys=True, default=str))]
+
+
+# one hash of a tokenizer's serialized state per tokenizer object and settings: at Llama 3's 128k tokens the state
+# is megabytes (``python bench/cache_key.py``), and every split of a run asks for it
+_STATE_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def backend_state_hash(tokenizer, settings: str) -> str | None:
+    """sha256 of a fast tokenizer's ``tokenizer.json`` state (None for a slow one), computed again only where the
+    object or its ``settings`` (size, special tokens, BOS / EOS flags: what adding tokens or flags changes) differ."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None
-    return [tokenizer.name_or_path, len(tokenizer), tokenizer.pad_token, tokenizer.pad_token_id, tokenizer.eos_token_id,
-            tokenizer.bos_token_id, tokenizer.special_tokens_map, getattr(tokenizer, "add_bos_token", None),
-            getattr(tokenizer, "add_eos_token", None), getattr(tokenizer, "chat_template", None), state]
+    if backend is None:
+        return None
+    known = _STATE_HASHES.get(tokenizer)
+    if known is None or known[0] != settings:
+        known = _STATE_HASHES[tokenizer] = (settings, hashlib.sha256(backend.to_str().encode()).hexdigest())
+    return known[1]
 
 
 def tokenised_rows_key(fingerprint: str, cls: type, settings: dict, split: str, tokenizer) -> str:
