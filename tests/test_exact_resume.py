@@ -150,3 +150,40 @@ def test_a_stop_asked_for_before_min_steps_is_not_the_last_step():
     assert not stops_after_this_step(trainer(2, True, min_steps=8)) and stops_after_this_step(trainer(8, True, min_steps=8))
     assert not stops_after_this_step(trainer(9, True, min_epochs=2, epoch=1))
     assert stops_after_this_step(trainer(12, True, min_epochs=2, epoch=2))
+
+
+class BatchesSeen:
+    """Lightning callback recording (epoch, batch_idx, micro-batches in the batch's step window, labelled rows)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        rows = {tuple(ids[labels != -100].tolist()) for ids, labels in zip(batch["input_ids"], batch["labels"])}
+        self.batches.append((trainer.current_epoch, batch_idx, len(batch["step_labels"]), rows))
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_resume_at_an_epochs_end_into_a_longer_epoch_trains_all_of_it(tiny_model, tmp_path, accumulate):
+    """Batch 4 → 2 at an epoch's end (as a requeue on fewer ranks): the next epoch has twice the batches. Lightning
+    would start it at the saved batch count, train half of it and end its steps off the loader's windows; it
+    trains every row, from batch 0, in windows of ``accumulate``."""
+    from lightning.pytorch.callbacks import LambdaCallback
+
+    model_dir = tiny_model("llama")
+    first = resumable_demo_cli(model_dir, tmp_path / "first", BATCHES_PER_EPOCH, BATCHES_PER_EPOCH,
+                               "--data.init_args.batch_size", "4")
+    fit(first)
+    ckpt = tmp_path / "first" / "checkpoints" / f"step={BATCHES_PER_EPOCH}.ckpt"
+    epoch = 2 * BATCHES_PER_EPOCH // accumulate  # optimizer steps of a batch-2 epoch
+    resumed = resumable_demo_cli(model_dir, tmp_path / "resumed", 1000, BATCHES_PER_EPOCH + epoch,
+                                 "--data.init_args.batch_size", "2", "--trainer.accumulate_grad_batches", str(accumulate))
+    seen = BatchesSeen()
+    resumed.trainer.callbacks.append(LambdaCallback(on_train_batch_start=seen.on_train_batch_start))
+    fit(resumed, ckpt_path=str(ckpt))
+
+    assert [(epoch_index, index) for epoch_index, index, _, _ in seen.batches] == \
+        [(1, index) for index in range(2 * BATCHES_PER_EPOCH)]
+    assert {window for _, _, window, _ in seen.batches} == {accumulate}
+    trained = set().union(*(rows for *_, rows in seen.batches))
+    assert len(trained) == len(resumed.datamodule.datasets["train"]) == 4 * BATCHES_PER_EPOCH

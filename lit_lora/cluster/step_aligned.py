@@ -8,7 +8,9 @@ one, whose half-accumulated gradients are not saved: a resume would skip them, a
 differ from the uninterrupted run's. ``StepAlignedCheckpoints`` moves the saved position (Lightning's batch
 progress and the ``ResumableDataLoader``'s) back to the window's start, so the resume reads those micro-batches
 again and takes the same step. ``lit-lora`` adds it to every Trainer it builds (``cluster/runtime.py``), with
-``PartialWindowCheck``: under DeepSpeed, which accumulates gradients itself and cannot end a step early, the
+``PartialWindowCheck``. A resume from an epoch's last batch starts the next epoch at its first batch even where
+that epoch is longer than the saved one (``read_as_an_ended_epoch``). Under DeepSpeed, which accumulates gradients
+itself and cannot end a step early, the
 training loader pads every epoch to whole windows (``lit_lora.data.resumable.unlabelled_tail``), and an epoch
 that ``limit_train_batches`` or a loader that does not pad (a datamodule of the user's own) cuts inside a window
 stops at the start of training with the numbers, the culprit and the fix::
@@ -73,11 +75,35 @@ def rewind_fit_position(fit_loop_state: dict, micro_batches: int) -> None:
             loader["batches"] = max(0, loader["batches"] - micro_batches)
 
 
+def read_as_an_ended_epoch(trainer) -> bool:
+    """Make a resume from an epoch's last batch start the next epoch at its first batch, whatever its length.
+
+    Lightning starts the next epoch afresh only where the saved batch count reaches this run's epoch length: resumed
+    with a longer epoch (fewer ranks, a smaller batch or token budget), it would go on counting from the saved
+    batch, train the next epoch's first batches only and end its steps off the loader's windows. The saved epoch
+    ended (``is_last_batch``), so its count is moved to this run's epoch length, as if the epochs were alike.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    progress, batches = loop.batch_progress, trainer.num_training_batches
+    if not (loop.restarting and progress.is_last_batch and not math.isinf(batches)):
+        return False
+    current = progress.current
+    if current.ready >= batches:
+        return False
+    unfinished = current.processed - current.completed  # 1 where saved at the batch's end, before its count
+    current.ready = current.started = current.processed = int(batches)
+    current.completed = int(batches) - unfinished
+    return True
+
+
 class StepAlignedCheckpoints(Callback):
     """Every checkpoint of a fit resumes at an optimizer step's first micro-batch (see the module docstring)."""
 
     def __init__(self) -> None:
         self.said = False  # the log line comes once a run: with accumulation, every validation may be mid-step
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        read_as_an_ended_epoch(trainer)  # after the loops are restored, before the epoch loop reads its position
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         fit_loop_state = (checkpoint.get("loops") or {}).get("fit_loop")
