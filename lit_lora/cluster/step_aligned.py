@@ -10,10 +10,10 @@ progress and the ``ResumableDataLoader``'s) back to the window's start, so the r
 again and takes the same step. ``lit-lora`` adds it to every Trainer it builds (``cluster/runtime.py``), with
 ``PartialWindowCheck``. A resume from an epoch's last batch starts the next epoch at its first batch even where
 that epoch is longer than the saved one (``read_as_an_ended_epoch``). Under DeepSpeed, which accumulates gradients
-itself and cannot end a step early, the
-training loader pads every epoch to whole windows (``lit_lora.data.resumable.unlabelled_tail``), and an epoch
-that ``limit_train_batches`` or a loader that does not pad (a datamodule of the user's own) cuts inside a window
-stops at the start of training with the numbers, the culprit and the fix::
+itself and cannot end a step early, the training loader pads every epoch to whole windows
+(``lit_lora.data.resumable.unlabelled_tail``), and an epoch that ``limit_train_batches`` or a loader that does not
+pad (a datamodule of the user's own) cuts inside a window stops at the start of training with the numbers, the
+culprit and the fix::
 
     >>> micro_batches_past_step(ready=9, accumulate=2, epoch_batches=12)   # batch 9 (of 0-11) began step 5
     1
