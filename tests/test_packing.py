@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import random
 from collections import Counter
@@ -79,8 +80,25 @@ def test_every_row_once_per_epoch_across_ranks_within_the_budget(world):
     assert all(sum(lengths[i] for i in seq) <= max_length for b in batches for seq in b)
     drawn = [i for b in batches for seq in b for i in seq]
     assert sorted(set(drawn)) == list(range(n))
-    unique = samplers[0].global_batches(0)[:samplers[0].num_batches]  # before the padding for the world size
-    assert sorted(i for b in unique for seq in b for i in seq) == list(range(n))  # each row exactly once
+    sequences = [seq for b in batches for seq in b]
+    repeated = len(sequences) - len({tuple(seq) for seq in sequences})
+    assert repeated == -samplers[0].num_sequences % world  # as DistributedSampler pads: under one sequence a rank
+    assert sorted(i for seq in samplers[0].sequences(0) for i in seq) == list(range(n))  # each row exactly once
+
+
+@pytest.mark.parametrize("world", [2, 8])
+def test_ranks_share_the_last_steps_sequences_instead_of_repeating_batches(world):
+    """18 sequences of 8 a batch on 8 ranks: 3 global steps, none repeated whole; 6 sequences of padding, not 6
+    batches of 8 (a third of the epoch trained twice)."""
+    lengths = [200] * 18  # one row a sequence at max_length 256
+    samplers = [PackedSampler(range(18), lengths, 256, 8, num_replicas=world, rank=r, seed=1) for r in range(world)]
+    shards = [list(s) for s in samplers]
+    steps = len(shards[0])
+    assert all(len(shard) == steps for shard in shards) and steps == math.ceil(math.ceil(18 / world) * world / (8 * world))
+    rows = [i for shard in shards for b in shard for seq in b for i in seq]
+    assert sorted(set(rows)) == list(range(18)) and len(rows) - 18 == -18 % world
+    for step in range(steps):  # every rank trains the same number of sequences at each step
+        assert len({len(shard[step]) for shard in shards}) == 1
 
 
 def test_plan_depends_on_seed_and_epoch_only():

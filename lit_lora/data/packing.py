@@ -20,10 +20,11 @@ for sdpa / eager and joined into one row for FlashAttention, whose varlen path n
 
 The plan of an epoch is a function of ``(seed, epoch)`` and the row lengths only: ties between rows of
 equal length are broken by a seeded permutation and the sequences are shuffled with it, so a mid-epoch
-resume rebuilds the same plan and ``ResumableSampler``'s ``skip`` drops the batches already trained. Global
-batches are dealt to ranks in turn (rank ``r`` takes batches ``r``, ``r + world`` …), padded by repeating
-the first ones as ``DistributedSampler`` pads rows. The number of sequences, hence of batches, does not
-depend on the tie-breaking, so every epoch has the same length.
+resume rebuilds the same plan and ``ResumableSampler``'s ``skip`` drops the batches already trained. Ranks
+share the epoch's sequences as ``DistributedSampler`` shares rows: padded to a multiple of the world size by
+repeating the first ones (at most ``world - 1`` sequences trained twice, never whole batches), then each step's
+``world × sequences_per_batch`` sequences split into one slice per rank, the last step's evenly. The number of
+sequences, hence of batches, does not depend on the tie-breaking, so every epoch has the same length.
 """
 
 from __future__ import annotations
@@ -83,10 +84,11 @@ class PackedSampler(LengthAwareSampler):
         self.sequences_per_batch = sequences_per_batch
         # a resume must rebuild the same plan: the settings that shape it are part of the saved order
         self.order = f"packed(max_length={max_length}, sequences_per_batch={sequences_per_batch})"
+        if num_replicas > 1:  # ranks share sequences, not whole batches (before: batches dealt in turn)
+            self.order += ", ranks share sequences"
         self.num_sequences = len(best_fit_decreasing(self.lengths, max_length))  # the same every epoch
-        self.num_batches = math.ceil(self.num_sequences / sequences_per_batch)  # global, every rank's together
-        self.num_samples = math.ceil(self.num_batches / num_replicas)  # this rank's batches
-        self.total_size = self.num_samples * num_replicas
+        self.total_size = math.ceil(self.num_sequences / num_replicas) * num_replicas  # sequences, padded
+        self.num_samples = math.ceil(self.total_size / (sequences_per_batch * num_replicas))  # this rank's batches
 
     def __len__(self) -> int:
         return self.num_samples
@@ -99,16 +101,23 @@ class PackedSampler(LengthAwareSampler):
         packed = best_fit_decreasing(self.lengths, self.max_length, order=ties)
         return [packed[i] for i in torch.randperm(len(packed), generator=generator).tolist()]
 
-    def global_batches(self, epoch: int) -> list[list[list[int]]]:
-        """Every rank's batches of ``epoch``, padded by repetition to a multiple of the world size."""
-        packed, k = self.sequences(epoch), self.sequences_per_batch
-        batches = [packed[s:s + k] for s in range(0, len(packed), k)]
-        while len(batches) < self.total_size:  # as DistributedSampler pads: repeat the first ones
-            batches += batches[:self.total_size - len(batches)]
+    def padded_sequences(self, epoch: int) -> list[list[int]]:
+        """The sequences of ``epoch``, the first ones repeated up to a multiple of the world size."""
+        packed = self.sequences(epoch)
+        return packed + packed[:self.total_size - len(packed)]
+
+    def rank_batches(self, epoch: int, rank: int) -> list[list[list[int]]]:
+        """Rank ``rank``'s batches of ``epoch``: its slice of every step's sequences."""
+        packed, world, k = self.padded_sequences(epoch), self.num_replicas, self.sequences_per_batch
+        batches = []
+        for start in range(0, len(packed), k * world):
+            step = packed[start:start + k * world]
+            share = len(step) // world  # k, fewer on the last step: a multiple of world, split evenly
+            batches.append(step[rank * share:(rank + 1) * share])
         return batches
 
     def epoch_indices(self) -> list[list[list[int]]]:
-        return self.global_batches(self.epoch)[self.rank::self.num_replicas]
+        return self.rank_batches(self.epoch, self.rank)
 
 
 class PackedRows(Dataset):
