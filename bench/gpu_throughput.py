@@ -25,11 +25,14 @@ both at sequence length 2048 with packing (``--data.init_args.packing true``, 4 
 per step) when the CLI accepts it, else 4 rows per batch padded to the longest (far fewer tokens per step; the
 report then says "packing OFF").
 Reported per variant: real tokens/s (timed after ``--warmup`` steps), MFU = 6·N·tokens/s / peak bf16 FLOP/s (N =
-parameters of the model run, input embedding excluded; the peak used is printed), CUDA peak memory (allocated,
+parameters of the model run, input embedding excluded; the peak used is printed: the usual convention), the same
+with the LM head counted on labelled tokens only, and with the work a frozen base needs (4 FLOPs a parameter and
+token, forward and input gradient, plus 6 for each LoRA parameter: its weight gradient too), CUDA peak memory (allocated,
 reserved) next to ``lit-lora estimate``'s prediction for the same config (the estimates and the CLI's packing
 check are CPU processes, run beside the GPU work). Every step that fails says so and the
-next one runs; results and logs go to ``<out>/gpu_throughput.{json,md}`` and ``<out>/<variant>/``, the weights and
-Lightning run directories to a temporary ``--work`` directory (removed at the end), never under ``<out>``.
+next one runs; results go to ``<out>/gpu_throughput.{json,md}``, each variant's fit and estimate logs to stdout once it
+is done (two files in ``<out>``: a lent machine's run returns few), the weights, logs and Lightning run directories to
+a temporary ``--work`` directory (removed at the end), never under ``<out>``.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ VARIANTS = ("lora_bf16", "qlora_nf4", "lora_bf16_varlen", "lora_bf16_compile")
 # what bench/gpu.sh runs; the compile one takes minutes to compile
 DEFAULT_VARIANTS = ("lora_bf16", "lora_bf16_varlen", "qlora_nf4")  # in order of need, for a budget that runs short
 MIN_VARIANT_S = 60  # a fit of the 8-layer shape: ~25 s on an H100 plus the start; less is not tried (``measure``)
-LORA = ["--model.init_args.adapter.init_args.r", "16", "--model.init_args.adapter.init_args.alpha", "32",
+LORA_RANK = 16
+LORA = ["--model.init_args.adapter.init_args.r", str(LORA_RANK), "--model.init_args.adapter.init_args.alpha", "32",
         "--model.init_args.adapter.init_args.dropout", "0.0",
         "--model.init_args.adapter.init_args.target_modules", "all-linear"]
 
@@ -103,22 +107,35 @@ def build_model_dir(rows: list[dict], out: Path, layers: int) -> dict:
 
 
 def parameter_counts(model) -> dict:
-    """All parameters; N for MFU (the input embedding is a lookup, not a matmul); the LM head's share of N."""
+    """All parameters; N for MFU (the input embedding is a lookup, not a matmul); the LM head's share of N; the
+    LoRA parameters of ``LORA`` (rank ``LORA_RANK`` on every linear layer but the head, as peft's all-linear)."""
+    import torch
+
     total = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings()
+    adapter = sum(LORA_RANK * (m.in_features + m.out_features) for m in model.modules()
+                  if isinstance(m, torch.nn.Linear) and m is not head)
     return {"parameters": total, "flop_parameters": total - model.get_input_embeddings().weight.numel(),
-            "head_parameters": model.get_output_embeddings().weight.numel()}
+            "head_parameters": head.weight.numel(), "adapter_parameters": adapter}
 
 
 def model_flops_per_s(ctx: dict, measured: dict) -> dict:
-    """MFU two ways: 6N per real token (the convention), and with the LM head counted only on labelled tokens,
-    where lit-lora's label-only head runs it (the first figure credits the skipped head FLOPs as done)."""
+    """MFU three ways: 6N per real token (the convention, which counts a weight gradient for every parameter); with
+    the LM head counted only on labelled tokens, where lit-lora's label-only head runs it (the first figure credits
+    the skipped head FLOPs as done); and the work a frozen base needs, 4N (forward and input gradient, head on
+    labelled tokens) plus 6 FLOPs a token for each LoRA parameter. Gradient checkpointing's recomputed forward
+    (QLoRA) is in none of them."""
     tokens, labels = measured.get("tokens_per_s"), measured.get("label_tokens_per_s")
     if not ctx["peak"] or not tokens:
         return {}
     flops = {"mfu": 6 * ctx["flop_parameters"] * tokens / ctx["peak"]}
     if labels is not None and ctx.get("head_parameters"):
-        body = ctx["flop_parameters"] - ctx["head_parameters"]
-        flops["mfu_label_head"] = 6 * (body * tokens + ctx["head_parameters"] * labels) / ctx["peak"]
+        head = ctx["head_parameters"]
+        body = ctx["flop_parameters"] - head
+        flops["mfu_label_head"] = 6 * (body * tokens + head * labels) / ctx["peak"]
+        if ctx.get("adapter_parameters"):
+            frozen = 4 * (body * tokens + head * labels) + 6 * ctx["adapter_parameters"] * tokens
+            flops["mfu_frozen_base"] = frozen / ctx["peak"]
     return flops
 
 
@@ -250,10 +267,23 @@ def variant_args(variant: str, ctx: dict) -> list[str]:
                        ctx["accelerator"])
 
 
+def variant_logs(variant: str, ctx: dict) -> Path:
+    """The folder of ``variant``'s logs and result, in the work directory (printed by ``print_logs``)."""
+    folder = ctx["work"] / "logs" / variant
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def print_logs(variant: str, ctx: dict) -> None:
+    """``variant``'s estimate and fit logs on stdout, whole: the copy of them that leaves the machine."""
+    for path in sorted(variant_logs(variant, ctx).glob("*.log")):
+        print(f"----- {variant}: {path.name} -----\n{path.read_text(errors='replace').rstrip()}\n----- end -----",
+              flush=True)
+
+
 def estimate_variant(variant: str, ctx: dict) -> dict:
     """``lit-lora estimate`` of ``variant`` (a CPU process: it runs beside the GPU fits), or its error."""
-    run_dir = ctx["out"] / variant
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = variant_logs(variant, ctx)
     try:
         found = estimate(variant, ctx["env"], variant_args(variant, ctx), ctx["gpu"]["memory_gib"],
                          run_dir / "estimate.log")
@@ -266,8 +296,7 @@ def estimate_variant(variant: str, ctx: dict) -> dict:
 
 def bench_variant(variant: str, ctx: dict, deadline: float, estimated: Future) -> dict:
     """The fit of ``variant``, then its estimate (started earlier, see ``bench``) beside the measurement."""
-    run_dir = ctx["out"] / variant
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = variant_logs(variant, ctx)
     args = variant_args(variant, ctx)
     result: dict = {"variant": variant, "command": " ".join(lit_lora_command() + ["fit", *args])}
     if ctx["dry_run"]:
@@ -292,7 +321,8 @@ def measure(variant: str, ctx: dict, deadline: float, args: list[str], run_dir: 
         result.update(measured)
         result.update(model_flops_per_s(ctx, measured))
         log(f"{variant}: {shown(measured.get('tokens_per_s'), '.0f')} tokens/s, MFU {shown(result.get('mfu'), '.1%')} "
-            f"({shown(result.get('mfu_label_head'), '.1%')} with the head on labelled tokens only), "
+            f"({shown(result.get('mfu_label_head'), '.1%')} with the head on labelled tokens only, "
+            f"{shown(result.get('mfu_frozen_base'), '.1%')} counting the work of a frozen base), "
             f"CUDA peak allocated {shown(measured.get('cuda_peak_allocated_gib'), '.1f')} GiB")
     except Exception as err:  # noqa: BLE001
         result["error"] = str(err)
@@ -326,14 +356,15 @@ def markdown(report: dict) -> str:
              f"embedding); seq 2048, {'packing on' if ctx['packing'] else 'packing OFF (not accepted by the CLI)'}; "
              f"{ctx['steps']} steps, timed after {ctx['warmup']}; MFU peak: {ctx['peak_note']}",
              *([f"ERROR: {ctx['error']}"] if ctx.get("error") else []), "",
-             "| variant | attention | tokens/s | MFU (6N) | MFU (head on labels) | padding | CUDA peak allocated GiB "
-             "| reserved GiB | estimate GiB | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | attention | tokens/s | MFU (6N) | MFU (head on labels) | MFU (frozen base) | padding "
+             "| CUDA peak allocated GiB | reserved GiB | estimate GiB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["variants"]:
         def cell(key, spec):
             return shown(r.get(key), spec)
         lines.append(f"| {r['variant']} | {attention_cell(r)}"
                      f" | {cell('tokens_per_s', '.0f')} | {cell('mfu', '.1%')} | {cell('mfu_label_head', '.1%')}"
+                     f" | {cell('mfu_frozen_base', '.1%')}"
                      f" | {cell('padding', '.1%')}"
                      f" | {cell('cuda_peak_allocated_gib', '.2f')} | {cell('cuda_peak_reserved_gib', '.2f')}"
                      f" | {cell('estimate_total_gib', '.2f')} | {note(r, ctx)} |")
@@ -420,7 +451,7 @@ def bench(args: argparse.Namespace, out: Path, work: Path, deadline: float) -> i
     # the CLI check and the estimates are CPU processes: they run while the GPU builds the weights and trains
     pool = ThreadPoolExecutor(max_workers=1 + len(args.variants))
     packing_check = pool.submit(packing_supported, env, config_args("lora_bf16", model_dir, data, False, args.steps,
-                                                                    work / "probe"), out / "packing_check.log")
+                                                                    work / "probe"), work / "packing_check.log")
     if not dry_run and not args.cpu_smoke:
         try:
             save_random_weights(model_dir)
@@ -434,9 +465,12 @@ def bench(args: argparse.Namespace, out: Path, work: Path, deadline: float) -> i
     packing = packing_check.result()
     setup["packing"] = packing
     log(f"packing: {'on' if packing else 'OFF: lit-lora fit does not accept --data.init_args.packing here'}")
+    if not packing:
+        print((work / "packing_check.log").read_text(errors="replace"), flush=True)
     ctx = {**setup, "out": out, "work": work, "env": env, "model": model_dir, "data": data, "peak": peak,
            "dry_run": dry_run, "accelerator": "cpu" if args.cpu_smoke else "gpu"}
     estimates = {variant: pool.submit(estimate_variant, variant, ctx) for variant in args.variants}
+    printed: set = set()
     for i, variant in enumerate(args.variants):
         own = variant_deadline(time.time(), deadline, after=len(args.variants) - i - 1)
         try:
@@ -445,7 +479,13 @@ def bench(args: argparse.Namespace, out: Path, work: Path, deadline: float) -> i
             log(f"FAILED {variant}:\n{traceback.format_exc()}")
             results.append({"variant": variant, "error": traceback.format_exc().strip().splitlines()[-1]})
         write_report(out, {"setup": setup, "variants": results})  # each result kept even if the run is cut later
+        if estimates[variant].done():  # else its estimate still writes its log: printed below
+            print_logs(variant, ctx)
+            printed.add(variant)
     pool.shutdown(wait=True)
+    for variant in args.variants:
+        if variant not in printed:
+            print_logs(variant, ctx)
     report = {"setup": setup, "variants": results}
     write_report(out, report)
     print(markdown(report))

@@ -61,6 +61,9 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
     if torch.cuda.is_available():
         return
+    if os.environ.get("LIT_LORA_REQUIRE_CUDA") == "1":  # bench/gpu.sh: a GPU run whose tests all skip is no run
+        raise pytest.UsageError("LIT_LORA_REQUIRE_CUDA=1, but torch sees no CUDA device (torch "
+                                f"{torch.__version__}): every gpu test would be skipped")
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:

@@ -166,7 +166,8 @@ def fake_wheel(out, name: str, version: str) -> None:
 def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_every_variant(tmp_path):
     """``bash bench/gpu.sh --wheels DIR --dry-run`` on a CPU: the wheels go ahead of the interpreter's packages
     (a flash_attn the environment lacks is found), a ``lit-lora`` command is on the PATH, every default variant
-    is estimated, and every step reports ok."""
+    is estimated, every step reports ok, and the results folder holds no more files than a lent machine's run
+    returns (8)."""
     wheels, out = tmp_path / "wheels", tmp_path / "out"
     wheels.mkdir()
     fake_wheel(wheels, "flash_attn", "0.0.1")
@@ -176,7 +177,7 @@ def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_ever
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     summary = (out / "summary.txt").read_text()
     assert "ok env" in summary and "ok throughput" in summary and "FAILED" not in summary, summary
-    env_log = (out / "env.log").read_text()
+    env_log = summary  # the env step's report, in the summary
     assert "flash_attn 0.0.1" in env_log, env_log
     site = re.search(r"lit-lora: (/tmp/lit-lora-site\.\w+)/bin/lit-lora", env_log)
     assert site, env_log
@@ -184,6 +185,7 @@ def test_gpu_script_dry_run_installs_the_carried_wheels_ahead_and_estimates_ever
     assert sorted(variants) == ["lora_bf16", "lora_bf16_varlen", "qlora_nf4"]
     assert all(v["estimate_total_gib"] > 1 for v in variants.values()), variants  # the 8-layer 8B shape
     assert not Path(site.group(1)).exists()  # the temporary install is removed at exit
+    assert len([path for path in out.rglob("*") if path.is_file()]) <= 8, sorted(out.rglob("*"))
 
 
 def test_a_short_gpu_bench_budget_measures_the_first_variants_whole():
@@ -201,8 +203,10 @@ def test_a_short_gpu_bench_budget_measures_the_first_variants_whole():
 def test_gpu_throughput_cpu_smoke_trains_every_variant_packed(tmp_path):
     """``bench/gpu_throughput.py --cpu-smoke``: the GPU bench's whole path (data, tokenizer, model, ``lit-lora fit``
     with packing for LoRA bf16, QLoRA NF4 and LoRA bf16 on ``torch_varlen``, the measurements) on a tiny model. A peak is passed so that MFU is
-    computed: with the head counted on labelled tokens only (prompts carry none) it is below the 6N figure."""
-    run_bench("gpu_throughput.py", "--cpu-smoke", "--steps", "3", "--warmup", "1", "--peak-tflops", "1",
+    computed: with the head counted on labelled tokens only (prompts carry none) it is below the 6N figure, and
+    counting a frozen base's work below that. Each variant's fit and estimate logs come out on stdout, and only
+    the two report files go to ``--out``."""
+    stdout = run_bench("gpu_throughput.py", "--cpu-smoke", "--steps", "3", "--warmup", "1", "--peak-tflops", "1",
               "--out", str(tmp_path))
     setup = json.loads((tmp_path / "gpu_throughput.json").read_text())
     assert setup["setup"]["packing"] is True
@@ -215,7 +219,10 @@ def test_gpu_throughput_cpu_smoke_trains_every_variant_packed(tmp_path):
             assert variant["attention_paths"] == {}, variant
         assert variant["estimate_total_gib"] > 0 and set(variant["loss"]) == {"1", "3"}, variant
         assert 0 < variant["label_tokens_per_s"] < variant["tokens_per_s"], variant
-        assert 0 < variant["mfu_label_head"] < variant["mfu"], variant
+        assert 0 < variant["mfu_frozen_base"] < variant["mfu_label_head"] < variant["mfu"], variant
+        for log_name in ("estimate.log", "fit.log"):
+            assert f"----- {variant['variant']}: {log_name} -----" in stdout, stdout[-3000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gpu_throughput.json", "gpu_throughput.md"]
     assert [v["variant"] for v in setup["variants"]] == ["lora_bf16", "lora_bf16_varlen", "qlora_nf4"]
     table = (tmp_path / "gpu_throughput.md").read_text()
     assert "| lora_bf16_varlen | torch_varlen: packed sequences stacked, through sdpa |" in table, table
@@ -226,3 +233,16 @@ def test_cache_key_bench_hashes_the_tokenizer_once_a_run():
     times = re.search(r"^median: key of the first split ([\d.]+) ms, of the next ([\d.]+) ms", out, re.M)
     assert times and float(times[1]) > 0 and float(times[2]) > 0, out
     assert "tokenizer: 4,096 tokens" in out, out
+
+
+def test_the_gpu_scripts_test_step_fails_where_torch_sees_no_cuda_device():
+    """``bench/gpu.sh`` runs ``pytest -m gpu`` with ``LIT_LORA_REQUIRE_CUDA=1``: on a machine where torch finds no GPU
+    that is an error, not a green run of skipped tests."""
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--collect-only",
+               "tests/test_packing.py"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=subprocess_env({"LIT_LORA_REQUIRE_CUDA": "1", "CUDA_VISIBLE_DEVICES": ""}))
+    assert done.returncode != 0 and "torch sees no CUDA device" in done.stdout + done.stderr, done.stdout[-2000:]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=subprocess_env({"CUDA_VISIBLE_DEVICES": ""}))
+    assert done.returncode == 0, done.stdout[-2000:]  # without it, the gpu tests are collected (and skipped)
