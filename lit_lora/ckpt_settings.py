@@ -57,6 +57,10 @@ def check_ckpt_path_exists(ckpt_path: Optional[str]) -> None:
         listed = f"; it holds {', '.join(held[:3])}{', …' * (len(held) > 3)}: name one" if held else ""
         raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: a directory, not a checkpoint{listed}")
     if path.is_file() and not zipfile.is_zipfile(path):  # torch.save's format, which Lightning writes
+        if path.stat().st_size == 0 or path.suffix == ".ckpt":
+            what = "an empty file" if path.stat().st_size == 0 else "cut short or damaged"
+            raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: {what}, not a whole checkpoint (a save or a copy that "
+                                    "did not finish?)")
         adapter = " (adapter weights: lit-lora compare and merge take the adapter's directory as --adapter_dir)" \
             if path.suffix in (".safetensors", ".bin") else ""
         raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: not a checkpoint Lightning wrote (a .ckpt file in a run's "

@@ -54,3 +54,20 @@ def test_a_checkpoint_of_another_module_is_refused_with_its_runs_config(runs, tm
         f"{prefix}--ckpt_path {ckpt} holds a lit_lora.models.SequenceClassifierModule, this config a "
         f"lit_lora.models.CausalLMModule: score a checkpoint with the config of its run (lit-lora {command} --config "
         f"{runs['nli'] / 'config.yaml'} --ckpt_path {ckpt})")
+
+
+@pytest.mark.parametrize("command", ["fit", "test"])
+def test_an_empty_or_cut_short_checkpoint_is_one_line_not_a_torch_traceback(runs, tmp_path, tiny_model, command, caplog):
+    """LightningCLI ``torch.load``s a ``--ckpt_path`` for its hyperparameters while parsing: a half-copied checkpoint
+    (a common cluster mistake) is named before that, as it is by ``compare``."""
+    whole = sorted((runs["demo"] / "checkpoints").glob("*.ckpt"))[0]
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[:100_000])
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    assert last_line(command, cut, tmp_path, tiny_model, caplog) == (
+        f"lit-lora: MissingCheckpoint: --ckpt_path {cut}: cut short or damaged, not a whole checkpoint (a save or a "
+        "copy that did not finish?)")
+    assert last_line(command, empty, tmp_path, tiny_model, caplog) == (
+        f"lit-lora: MissingCheckpoint: --ckpt_path {empty}: an empty file, not a whole checkpoint (a save or a copy "
+        "that did not finish?)")

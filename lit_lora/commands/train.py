@@ -150,12 +150,15 @@ class LitLoraCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         """Keep the ``model`` section as given: LightningCLI then swaps in a ``--ckpt_path``'s hyperparameters
         (``before_instantiate_classes`` compares the two and puts the run settings back). A value for a linked
-        key is refused first: jsonargparse would drop it silently."""
+        key is refused first: jsonargparse would drop it silently. A ``--ckpt_path`` that holds no checkpoint (empty,
+        cut short, another format) is named before LightningCLI ``torch.load``s it for those hyperparameters."""
         argv = sys.argv[1:] if args is None else args
         self._given_keys = check_layers(argv)
         check_linked(argv)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_ckpt_path_exists(self.config[subcommand].get("ckpt_path"))
         given = self.config[subcommand].get("model") if subcommand else None
         self._given_model = given.clone() if given is not None else None
 
