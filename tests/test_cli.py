@@ -139,10 +139,11 @@ def test_an_optimizer_setting_out_of_range_is_refused_before_anything_loads(key,
     (["--data.init_args.val_fraction", "1.5"], "data.init_args.val_fraction must be between 0 and 1 (both excluded), got 1.5"),
     (["--data.init_args.sample_fraction", "5"], "data.init_args.sample_fraction must be above 0 and at most 1, got 5"),
     (["--data.init_args.batch_size", "0"], "data.init_args.batch_size must be at least 1, got 0"),
+    (["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches must be at least 1, got 0"),
     (["--data.init_args.system_prompt", "Be brief."], "with template 'alpaca' it would be ignored"),
     (["--data", "lit_lora.data.DS1000DataModule", "--data.init_args.template", "alpaca"],
      "data.init_args.template must be one of plain, chat for DS1000DataModule, got 'alpaca'"),
-], ids=["val_fraction", "sample_fraction", "batch_size", "system_prompt", "ds1000_template"])
+], ids=["val_fraction", "sample_fraction", "batch_size", "accumulate_grad_batches", "system_prompt", "ds1000_template"])
 def test_a_data_setting_out_of_range_is_one_line_naming_its_key(tmp_path, override, named, caplog):
     status, line = cli_exit(["fit", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path), *SMALL, *override])
     assert status == 1 and line.startswith("lit-lora: ") and named in line, line
