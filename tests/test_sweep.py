@@ -317,6 +317,7 @@ def test_configs_list_and_copy_give_configs_fit_accepts(tmp_path):
     from lit_lora.commands.experiment import print_config
 
     listing = run_main("configs", "list")
+    assert run_main("configs") == listing  # a bare `lit-lora configs` lists them too
     names = list(available())
     assert "demo" in names and "nli/roberta_large_lora_multinli" in names and "loggers/wandb" in names
     assert "tutorials/nli_roberta_lora" in names and "code/gemma2b_qlora_python_codes" in names

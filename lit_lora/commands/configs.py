@@ -1,6 +1,7 @@
 """``lit-lora configs``: the reference and tutorial configs that ship inside the package, to list and copy.
 
     lit-lora configs list                          # every bundled config, by group, with its first header line
+    lit-lora configs                               # the same
     lit-lora configs copy demo                     # -> ./demo.yaml (refuses to overwrite without --force)
     lit-lora configs copy nli/roberta_large_lora_multinli my_exp.yaml   # or just roberta_large_lora_multinli
     lit-lora configs copy loggers/wandb configs/   # a fragment, into a directory
@@ -133,14 +134,14 @@ def copy_config(name: str, dest: Optional[str], force: bool) -> Path:
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="lit-lora configs", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")  # none: list, what a bare `lit-lora configs` is asked for
     sub.add_parser("list", help="name and first header line of every bundled config")
     copy = sub.add_parser("copy", help="write a bundled config to DEST (default: ./<name>.yaml)")
     copy.add_argument("name", help="a name from `lit-lora configs list` (e.g. demo, loggers/wandb)")
     copy.add_argument("dest", nargs="?", help="file or existing directory (default: the current directory)")
     copy.add_argument("--force", action="store_true", help="overwrite an existing file")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "list":
+    if args.command in ("list", None):
         list_configs()
     else:
         copy_config(args.name, args.dest, args.force)
