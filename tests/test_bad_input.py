@@ -175,6 +175,53 @@ def test_an_alpaca_row_may_leave_out_its_input(tmp_path, tiny_model):
     assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 10 and not dm.drop_counts["train"]
 
 
+def tokenised_rows(tiny_model, source: str) -> dict:
+    """Every split's tokenised rows of an ``InstructionDataModule`` on ``source``."""
+    dm = instruction_dm(tiny_model, source)
+    dm.setup("fit")
+    return {name: dataset.to_dict() for name, dataset in dm.datasets.items()}
+
+
+def test_a_jsonl_file_where_no_row_gives_input_trains_as_one_with_empty_inputs(tmp_path, tiny_model):
+    """``input`` may be left out of a row, so of every row: the file was refused as missing the column, though
+    giving ``"input": ""`` in one row trained it. A required column left out of every row is still named."""
+    with_input = [code_row(i, input="") for i in range(8)]
+    without = [{k: v for k, v in row.items() if k != "input"} for row in with_input]
+    expected = tokenised_rows(tiny_model, write_jsonl_rows(tmp_path / "empty_input.jsonl", with_input))
+    assert tokenised_rows(tiny_model, write_jsonl_rows(tmp_path / "noinput.jsonl", without)) == expected
+
+    (tmp_path / "data").mkdir()  # a directory: a file giving input in some rows joins one giving it in none
+    write_jsonl_rows(tmp_path / "data" / "a.jsonl", [code_row(i, input=f"a = {i}") for i in range(4)])
+    write_jsonl_rows(tmp_path / "data" / "b.jsonl", without[4:])
+    assert sum(len(rows["input_ids"]) for rows in tokenised_rows(tiny_model, str(tmp_path / "data")).values()) == 8
+
+    no_output = [{k: v for k, v in row.items() if k != "output"} for row in without]
+    message = setup_error(instruction_dm(tiny_model, write_jsonl_rows(tmp_path / "no_output.jsonl", no_output)),
+                          DataFileError)
+    assert "no_output.jsonl: missing column 'output' (required: instruction, input, output; found: instruction, " \
+        "text)" in message
+
+
+def test_a_csv_file_without_an_input_column_trains_as_one_with_empty_inputs(tmp_path, tiny_model):
+    """A CSV of instruction,output columns was refused as missing ``input``, a column every row may leave empty."""
+    (tmp_path / "empty_input.csv").write_text("instruction,input,output\n" +
+                                              "".join(f"Return {i}.,,x = {i}\n" for i in range(8)))
+    (tmp_path / "noinput.csv").write_text("instruction,output\n" + "".join(f"Return {i}.,x = {i}\n" for i in range(8)))
+    expected = tokenised_rows(tiny_model, str(tmp_path / "empty_input.csv"))
+    assert tokenised_rows(tiny_model, str(tmp_path / "noinput.csv")) == expected
+
+    (tmp_path / "data").mkdir()  # a directory: the added column takes the type another file's column has
+    (tmp_path / "data" / "a.csv").write_text("instruction,input,output\n" +
+                                             "".join(f"Return {i}.,a = {i},x = {i}\n" for i in range(4)))
+    (tmp_path / "data" / "b.csv").write_text((tmp_path / "noinput.csv").read_text())
+    assert sum(len(rows["input_ids"]) for rows in tokenised_rows(tiny_model, str(tmp_path / "data")).values()) == 12
+
+    (tmp_path / "no_output.csv").write_text("instruction,input\n" + "".join(f"Return {i}.,\n" for i in range(8)))
+    message = setup_error(instruction_dm(tiny_model, str(tmp_path / "no_output.csv")), DataFileError)
+    assert "no_output.csv: missing column 'output' (required: instruction, input, output; found: instruction, " \
+        "input)" in message
+
+
 def test_a_null_or_empty_value_given_as_such_stays_a_counted_drop(tmp_path, tiny_model):
     lines = [json.dumps(code_row(i)) for i in range(10)]
     lines[6] = json.dumps(code_row(6, output=None))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
@@ -83,25 +83,28 @@ def load_rows(source: str, split: str = "train", subset: Optional[str] = None,
               required: Sequence[str] = (), text_columns: Sequence[str] = (),
               row_may_omit: Sequence[str] = ()) -> Dataset:
     """Rows of ``source`` (hub id, file, directory or bundled sample name) with ``required`` columns checked
-    (a JSON row may leave out those in ``row_may_omit``: read as null, which means empty there).
+    (a JSON row may leave out those in ``row_may_omit``: read as null, which means empty there; a file or
+    dataset none of whose rows give one gets it as a column of nulls, as if every row had left it out).
 
     ``text_columns`` must hold strings (or nulls, read as empty): a column of numbers or lists is an
     error naming its first such row, raised here rather than as an ``AttributeError`` mid-tokenisation.
     """
     files = local_files(source)
     if files is not None:
-        dataset = load_local(source, files, text_columns, [c for c in required if c not in row_may_omit])
+        dataset = load_local(source, files, text_columns, [c for c in required if c not in row_may_omit],
+                             row_may_omit)
         where = files[0] if len(files) == 1 else source
     else:
         dataset = load_hub_dataset(source, subset, split)
         where = f"{source} (split {split})"
-    missing = [c for c in required if c not in dataset.column_names]
+    missing = [c for c in required if c not in dataset.column_names and c not in row_may_omit]
     if missing:
         raise DataFileError(
             f"{where}: missing column {', '.join(repr(c) for c in missing)} "
             f"(required: {', '.join(required)}; found: {', '.join(dataset.column_names)})"
             f"{meant(missing, required, dataset)}"
         )
+    dataset = add_omitted_columns(dataset, row_may_omit, where)
     check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], where, files)
     return dataset
 
@@ -126,20 +129,23 @@ def meant(missing: Sequence[str], required: Sequence[str], dataset: Dataset) -> 
 
 # ---- local files ------------------------------------------------------------------------------------
 def load_local(source: str, files: list[str], text_columns: Sequence[str] = (),
-               required: Sequence[str] = ()) -> Dataset:
+               required: Sequence[str] = (), may_omit: Sequence[str] = ()) -> Dataset:
     """``datasets``' reading of local files, with what it cannot read named by file and line.
 
     The files of a directory are read and checked one by one, then joined: read together, ``datasets``
     casts every file to the first one's column types, turning a list or a number in a later file into text.
     A JSON row that leaves out a ``required`` key the file's other rows give is an error naming its line
-    (``datasets`` would read it as null, an empty value dropped from training)."""
+    (``datasets`` would read it as null, an empty value dropped from training). A ``may_omit`` column no row
+    of one file gives, where another file's rows do, is added to it as nulls, so the files join."""
     suffixes = {Path(f).suffix for f in files}
     unknown = suffixes - set(BUILDERS)
     if unknown or len({BUILDERS[s] for s in suffixes}) != 1:
         raise DataFileError(f"{source}: expected files of one kind among {', '.join(BUILDERS)}, "
                             f"got {sorted(suffixes)}")
     if len(files) > 1:
-        return join_files(source, files, [load_local(path, [path], text_columns, required) for path in files])
+        parts = [load_local(path, [path], text_columns, required) for path in files]
+        given = {c: part.features[c] for part in reversed(parts) for c in part.column_names if c in may_omit}
+        return join_files(source, files, [add_omitted_columns(part, given, path) for path, part in zip(files, parts)])
     path, builder = files[0], BUILDERS[suffixes.pop()]
     if Path(path).suffix in TEXT_FILES:
         check_utf8(path)
@@ -158,6 +164,17 @@ def load_local(source: str, files: list[str], text_columns: Sequence[str] = (),
     if builder == "json":
         check_json_rows(path, [c for c in required if c in dataset.column_names], text_columns)
     check_text_columns(dataset, [c for c in text_columns if c in dataset.column_names], path, files)
+    return dataset
+
+
+def add_omitted_columns(dataset: Dataset, columns: Union[Sequence[str], dict], where: str) -> Dataset:
+    """``columns`` that no row gives, added as text nulls: what ``datasets`` reads for a JSON row that leaves
+    one out, so a file where every row leaves ``input`` out trains as one where some do (no input). A dict
+    gives each column's type (another file's, which the joined files must share); text otherwise."""
+    for column in [c for c in columns if c not in dataset.column_names]:
+        log.info("[lit-lora] %s: no row gives %r: read as empty in every row", where, column)
+        feature = columns[column] if isinstance(columns, dict) else Value("string")
+        dataset = dataset.add_column(column, [None] * len(dataset)).cast_column(column, feature)
     return dataset
 
 
