@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lit_lora.adapters.base import to_dtype
 from lit_lora.adapters.loading import load_peft_model
+from lit_lora.cluster.checkpoint_io import files_follow_umask
 from lit_lora.errors import IncompatibleConfig
 from lit_lora.finite_guard import NonFiniteWeightsError, non_finite_error, non_finite_names
 
@@ -23,7 +24,8 @@ WIDER = {"float16": "bfloat16 or float32", "bfloat16": "float32"}  # what a merg
 
 def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str | Path, auto_model_class,
                    dtype: str = "float32", tokenizer=None, **load_kwargs) -> Path:
-    """``load_kwargs`` rebuild the same head as in training (e.g. ``num_labels``, ``id2label``)."""
+    """``load_kwargs`` rebuild the same head as in training (e.g. ``num_labels``, ``id2label``). The merged
+    files get the umask's mode, as the run's other files (safetensors writes 0600)."""
     from peft import get_peft_model_state_dict
 
     base = auto_model_class.from_pretrained(base_name_or_path, dtype=to_dtype(dtype), **load_kwargs)
@@ -39,6 +41,7 @@ def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str
     merged.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    files_follow_umask(out)
     return out
 
 

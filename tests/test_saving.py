@@ -1,8 +1,11 @@
 """Saved adapters load with plain peft / transformers and give the trained model's logits."""
 
+import os
+import stat
+
 import pytest
 import torch
-from harness import DEMO, overfit, run_cli
+from harness import DEMO, build_cli, demo_args, overfit, run_cli
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -162,3 +165,23 @@ def test_lit_lora_merge_refuses_a_merge_that_overflows_its_dtype(tiny_model, tmp
         run_cli(["merge", "--config", DEMO, "--model.init_args.model_name_or_path", base_dir,
                  "--adapter_dir", adapter, "--dtype", "float16"])
     assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=["umask-022", "umask-002"])
+def test_saved_adapters_and_merged_weights_get_the_mode_the_umask_gives(tiny_model, tmp_path, umask):
+    """safetensors writes 0600: the adapter, each checkpoint's adapter twin and the merged model were unreadable to
+    the group sharing a run directory, whose every other file follows the umask (0644 under 022)."""
+    args = demo_args(tiny_model("llama"), tmp_path, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+                     "--baseline.enabled", "false", "--data.init_args.max_samples", "8", "--export.merge", "true",
+                     "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_top_k", "-1")
+    previous = os.umask(umask)
+    try:
+        build_cli(["fit", *args])
+    finally:
+        os.umask(previous)
+    run = tmp_path / "lightning_logs" / "version_0"
+    weights = {p.parent.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in run.rglob("*.safetensors")}
+    assert weights == dict.fromkeys(["adapter", "epoch=0-step=1-adapter", "epoch=1-step=2-adapter", "merged"],
+                                    oct(0o666 & ~umask))  # 0o644 under 022, 0o664 under 002
+    modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in run.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes  # as every other file of the run

@@ -76,6 +76,20 @@ def _umask() -> int:
     return mask
 
 
+def umask_file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file (0666 less the umask): what the run's other files get."""
+    return 0o666 & ~_umask()
+
+
+def files_follow_umask(directory: Path) -> None:
+    """Give the files in ``directory`` the mode ``open()`` would: safetensors' ``save_file`` (under peft's and
+    transformers' ``save_pretrained``) writes 0600, which the group sharing a run directory cannot read."""
+    mode = umask_file_mode()
+    for path in Path(directory).iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a hidden temp file in the target directory, fsync, then ``os.replace``.
 
@@ -91,7 +105,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o666 & ~_umask())
+                os.fchmod(f.fileno(), umask_file_mode())
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())

@@ -73,7 +73,9 @@ def check_loaded(checkpoint: dict, keep: set[str], method: str, data_settings: d
 
 def write_pretrained(model, out, state_dict, is_peft: bool, tokenizer=None) -> None:
     """``save_pretrained`` of the model (``state_dict``: the gathered weights under ZeRO-3 / FSDP, ``None``:
-    its own) and of the tokenizer into ``out``; a peft adapter under the names peft gives outside any wrapper."""
+    its own) and of the tokenizer into ``out``; a peft adapter under the names peft gives outside any wrapper.
+    Its files get the umask's mode, as the run's other files (safetensors writes 0600)."""
+    from lit_lora.cluster.checkpoint_io import files_follow_umask
     from lit_lora.cluster.sharding import peft_keyed, without_fsdp_names
 
     out.mkdir(parents=True, exist_ok=True)
@@ -86,3 +88,4 @@ def write_pretrained(model, out, state_dict, is_peft: bool, tokenizer=None) -> N
         model.save_pretrained(out, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    files_follow_umask(out)
