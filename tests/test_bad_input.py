@@ -568,6 +568,62 @@ def test_a_misspelled_model_key_on_the_command_line_gets_the_one_meant(capsys, f
     assert f"error: {expected}" in config_error(capsys, "--config", DEMO, flag, value)
 
 
+@pytest.mark.parametrize("old, new, expected", [
+    ("\n  max_steps: ", "\n  max_stepz: ",
+     "'trainer.max_stepz' is not an option of fit (did you mean 'trainer.max_steps'?)"),
+    ("\nseed_everything: ", "\nseed_everyting: ", "'seed_everyting' is not an option of fit "
+                                                   "(did you mean 'seed_everything'?)"),
+    ("\ntrainer:\n", "\ntrainr:\n", "'trainr' is not an option of fit (did you mean 'trainer'?)"),  # not trainr.…
+    ("\nmodel:\n", "\nmodle:\n", "'modle' is not an option of fit (did you mean 'model'?)"),
+], ids=["trainer_key", "top_key", "section", "class_section"])
+def test_a_misspelled_key_outside_init_args_is_named_with_its_file_line_and_the_key_meant(tmp_path, capsys, old,
+                                                                                           new, expected):
+    """jsonargparse says "Subcommand 'fit' does not accept option 'modle.init_args.adapter.init_args.r'": no file."""
+    text = Path(DEMO).read_text()
+    assert old in text
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text.replace(old, new, 1))
+    line = next(n for n, t in enumerate(typo.read_text().splitlines(), 1) if new.strip() in t)
+    assert f"error: {typo}: line {line}: {expected}" in config_error(capsys, "--config", str(typo))
+
+
+def test_a_misspelled_key_in_a_fragment_or_for_another_command_is_named_too(tmp_path, capsys):
+    from lit_lora.commands import main
+
+    fragment = tmp_path / "fragment.yaml"
+    fragment.write_text("trainer:\n  max_stepz: 3\n")
+    expected = "'trainer.max_stepz' is not an option of {} (did you mean 'trainer.max_steps'?)"
+    assert f"error: {fragment}: line 2: {expected.format('fit')}" in config_error(
+        capsys, "--config", DEMO, "--config", str(fragment))
+    with pytest.raises(SystemExit):  # no subcommand: jsonargparse says "Group 'trainer' does not accept …"
+        main(["estimate", "--config", DEMO, "--config", str(fragment)])
+    assert f"error: {fragment}: line 2: {expected.format('estimate')}" in capsys.readouterr().err.splitlines()
+
+
+def test_settings_beside_class_path_are_said_to_go_under_init_args(tmp_path, capsys):
+    """jsonargparse blames class_path itself, as not an option of the class (for data:, of its base class)."""
+    text = Path(DEMO).read_text()
+    data = "\n  class_path: lit_lora.data.InstructionDataModule\n  init_args:\n    max_length: 256\n" \
+           "    batch_size: 16\n"
+    adapter = "\n      init_args:\n        r: 16\n        alpha: 32\n        dropout: 0.0\n" \
+              "        target_modules: all-linear\n"
+    assert data in text and adapter in text
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(text.replace(data, "\n  class_path: lit_lora.data.InstructionDataModule\n  batch_size: 4\n"))
+    line = len(flat.read_text().splitlines())
+    assert f"error: {flat}: line {line}: data: the settings of lit_lora.data.InstructionDataModule (batch_size) go " \
+           "under init_args: beneath class_path:, not beside it" in config_error(capsys, "--config", str(flat))
+    flat.write_text(text.replace(adapter, "\n      r: 16\n      alpha: 32\n"))
+    line = next(n for n, t in enumerate(flat.read_text().splitlines(), 1) if t == "      r: 16")
+    assert f"error: {flat}: line {line}: model.init_args.adapter: the settings of lit_lora.adapters.LoRA (r, alpha) " \
+           "go under init_args: beneath class_path:, not beside it" in config_error(capsys, "--config", str(flat))
+    fragment = tmp_path / "fragment.yaml"  # a key that would not be an option under init_args either
+    fragment.write_text("data:\n  class_path: lit_lora.data.InstructionDataModule\n  max_lenght: 8\n")
+    assert f"error: {fragment}: line 3: data: the settings of lit_lora.data.InstructionDataModule (max_lenght) go " \
+           "under init_args: beneath class_path:, not beside it; 'max_lenght' is not an option of it either (did " \
+           "you mean 'max_length'?)" in config_error(capsys, "--config", DEMO, "--config", str(fragment))
+
+
 def test_a_value_of_the_wrong_type_is_named_with_its_file_and_line(tmp_path, capsys):
     text = Path(DEMO).read_text()
     assert "\n    batch_size: " in text

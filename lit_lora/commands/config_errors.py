@@ -5,6 +5,8 @@
     #        (did you mean 'max_length'?)
     #        … jsonargparse's own message follows
     # and for `batch_size: sixteen`: my.yaml: line 32: batch_size: expected int, got 'sixteen'
+    # and for `max_stepz: 3` under trainer: my.yaml: line 9: 'trainer.max_stepz' is not an option of fit
+    #        (did you mean 'trainer.max_steps'?)
 
 ``ShortUsageParser`` (``commands/train.py``) calls ``explain`` with the ``--config`` files of the command line.
 ``linked_values`` finds a value given for a key the CLI sets itself (``link_arguments``): jsonargparse drops it
@@ -32,6 +34,13 @@ IN_CLASS = r"Problem with given class_path '([\w.]+)':\s*"
 UNKNOWN_KEYS = (re.compile(IN_CLASS + r"Option '([\w.]+)' is not accepted"),             # a YAML key
                 re.compile(IN_CLASS + r"unrecognized arguments: --([\w.]+)"),             # a command-line key
                 re.compile(IN_CLASS + r"Group '(\w+)' does not accept option '(\w+)'"))  # a dataclass field
+# a key outside a class's init_args, for fit / validate / test (a subcommand) and for merge, estimate, …
+TOP_LEVEL_KEYS = (re.compile(r"Subcommand '(?P<command>\w+)' does not accept option '(?P<key>[\w.]+)'"),
+                  re.compile(r"Group '(?P<group>\w+)' does not accept option '(?P<key>[\w.]+)'"),
+                  re.compile(r"Option '(?P<key>[\w.]+)' is not accepted$"))
+BESIDE_CLASS_PATH = re.compile(IN_CLASS + r"Option 'class_path' is not accepted")
+NOT_SETTINGS = ("class_path", "init_args", "dict_kwargs", "__path__")  # what a class's section holds beside them
+NOT_KEYS = ("help", "config", "print_config")  # parser options that are not config keys
 UNKNOWN_CLASS = re.compile(IN_CLASS + r"module '([\w.]+)' has no attribute '(\w+)'")
 WRONG_TYPE = re.compile(r"Parser key \"([\w.]+)\":\s*Expected a (.+?)\. Got value: (.+)")
 YAML_PROBLEM = '"<unicode string>"'
@@ -49,11 +58,13 @@ def config_files(argv: Sequence[str]) -> list[str]:
     return files
 
 
-def explain(message: str, files: Sequence[str]) -> str:
-    """``message`` with a first line naming the file and line of the mistake, where one of ``files`` holds it."""
+def explain(message: str, files: Sequence[str], parser: Any = None) -> str:
+    """``message`` with a first line naming the file and line of the mistake, where one of ``files`` holds it;
+    ``parser``, the one that refused it, gives the keys a misspelled one is matched against."""
     found = yaml_error(files) if YAML_PROBLEM in message else empty_file(message, files) or \
-        missing_section(message, files) or unknown_option(message, files) or unknown_class(message, files) or \
-        wrong_type(message, files)
+        missing_section(message, files) or settings_beside_class_path(message, files) or \
+        unknown_option(message, files) or unknown_top_level(message, files, parser) or \
+        unknown_class(message, files) or wrong_type(message, files)
     return f"{found}\n{message}" if found else message
 
 
@@ -123,17 +134,99 @@ def first_unknown(class_path: str, keys: list[str]) -> tuple[str, str, list[str]
 def in_class(files: Sequence[str], class_path: str, key: str) -> str:
     """``file: line N: `` of ``key`` (dotted, under ``init_args``) in a section of ``files`` whose ``class_path`` is
     ``class_path`` (that section may be in an earlier file): by its dotted path, not any key of that name."""
-    sections, lines = [], []
+    lines = key_lines(files)
+    sections = [k.removesuffix("class_path") for _, k, value, _ in lines
+                if (k == "class_path" or k.endswith(".class_path")) and same_class(value, class_path)]
+    wanted = {canonical(section + key) for section in sections}
+    return next((f"{path}: line {n}: " for path, k, _, n in lines if canonical(k) in wanted), "")
+
+
+def key_lines(files: Sequence[str]) -> list[tuple[str, str, Any, int]]:
+    """``(file, dotted key, value, line)`` of every key in ``files`` (those that do not read as YAML are left out:
+    jsonargparse names them)."""
+    found = []
     for path in files:
         try:
-            found = every_key(path)
+            found += [(path, k, value, n) for k, (value, n) in every_key(path).items()]
         except (OSError, UnicodeDecodeError, DuplicateKeyError, yaml.YAMLError):
             continue
-        lines += [(path, k, n) for k, (_, n) in found.items()]
-        sections += [k.removesuffix("class_path") for k, (value, _) in found.items()
-                     if (k == "class_path" or k.endswith(".class_path")) and same_class(value, class_path)]
-    wanted = {canonical(section + key) for section in sections}
-    return next((f"{path}: line {n}: " for path, k, n in lines if canonical(k) in wanted), "")
+    return found
+
+
+def unknown_top_level(message: str, files: Sequence[str], parser: Any = None) -> Optional[str]:
+    """``file: line N: 'trainer.max_stepz' is not an option of fit (did you mean 'trainer.max_steps'?)`` for a key
+    outside a class's ``init_args``: jsonargparse names the first value under it (``modle.init_args.…``), no file."""
+    match = next((m for pattern in TOP_LEVEL_KEYS for m in [pattern.match(message)] if m), None)
+    if not match:
+        return None
+    found = match.groupdict()
+    command = found.get("command") or getattr(parser, "prog", "lit-lora").replace(" [options]", "").split()[-1]
+    known = option_keys(parser)
+    key = first_unknown_key(".".join(filter(None, (found.get("group"), found["key"]))), known)
+    parent, _, name = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    close = difflib.get_close_matches(name, list(siblings), n=1)
+    where = next((f"{path}: line {n}: " for path, k, _, n in key_lines(files) if k == key), "")
+    return f"{where}{key!r} is not an option of {command}" + \
+        (f" (did you mean {siblings[close[0]]!r}?)" if close else "")
+
+
+def first_unknown_key(given: str, known: set[str]) -> str:
+    """The section or key of ``given`` (``trainr.accelerator``) that is not in ``known``: ``trainr``, where the
+    typo is (``given`` itself where nothing is known)."""
+    parts = given.split(".")
+    prefixes = (".".join(parts[:n]) for n in range(1, len(parts) + 1))
+    return next((key for key in prefixes if key not in known), given) if known else given
+
+
+def option_keys(parser: Any) -> set[str]:
+    """The keys a config of ``parser`` may give, sections included (``trainer`` and ``trainer.max_steps``)."""
+    keys = {a.dest for a in getattr(parser, "_actions", []) if isinstance(a.dest, str)
+            and re.fullmatch(r"\w+(\.\w+)*", a.dest) and a.dest.rsplit(".")[-1] not in NOT_KEYS}
+    return keys | {".".join(k.split(".")[:n]) for k in keys for n in range(1, k.count(".") + 1)}
+
+
+def settings_beside_class_path(message: str, files: Sequence[str]) -> Optional[str]:
+    """``file: line N: data: the settings of Class (batch_size) go under init_args: …`` for settings written beside
+    ``class_path:``: jsonargparse then blames class_path itself, as an option of the class (or its base), no file."""
+    match = BESIDE_CLASS_PATH.search(message)
+    if not match:
+        return None
+    found = beside_class_path(files, match.group(1))
+    if not found:  # given on the command line
+        return "a class's settings go under init_args: beneath its class_path:, not beside it"
+    section, class_path, beside = found
+    names = [k.rpartition(".")[2] for _, k, _ in beside]
+    options = init_options(class_path) if isinstance(class_path, str) else []
+    unknown = [name for name in names if options and name not in options]
+    close = difflib.get_close_matches(unknown[0], options, n=1) if unknown else []
+    path, _, line = beside[0]
+    return f"{path}: line {line}: {section}: the settings of {class_path} ({', '.join(names)}) go under init_args: " \
+           "beneath class_path:, not beside it" + \
+           (f"; {unknown[0]!r} is not an option of it either" if unknown else "") + \
+           (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def beside_class_path(files: Sequence[str], reported: str) -> Optional[tuple[str, Any, list[tuple[str, str, int]]]]:
+    """``(section, its class_path, [(file, key, line) beside class_path])`` of the first section of ``files`` with
+    keys beside its ``class_path:``, one naming ``reported`` or a subclass of it first."""
+    lines, found = key_lines(files), []
+    for path, key, value, _ in lines:
+        section, _, name = key.rpartition(".")
+        if name != "class_path" or not section:
+            continue
+        beside = [(p, k, n) for p, k, _, n in lines if p == path and k.rpartition(".")[0] == section
+                  and k.rpartition(".")[2] not in NOT_SETTINGS]
+        if beside:
+            found.append((kind_of(value, reported), section, value, beside))
+    return max(found, key=lambda f: f[0])[1:] if found else None  # the first of those that match, if any
+
+
+def kind_of(class_path: Any, base: str) -> bool:
+    """``class_path`` names ``base`` or a subclass of it (jsonargparse may name the base class)."""
+    cls, base_cls = class_of(class_path) if isinstance(class_path, str) else None, class_of(base)
+    return same_class(class_path, base) or (isinstance(cls, type) and isinstance(base_cls, type)
+                                            and issubclass(cls, base_cls))
 
 
 def unknown_class(message: str, files: Sequence[str]) -> Optional[str]:

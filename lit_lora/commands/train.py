@@ -80,7 +80,8 @@ class ShortUsageParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Optional[Exception] = None):
         if self.exit_on_error:  # the parser that prints, not a nested one raising to it
-            message = explain(message, ShortUsageParser.config_files)
+            parser = getattr(ex, "subcommand_parser", None) or self  # fit / validate / test: the subcommand's
+            message = explain(message, ShortUsageParser.config_files, parser)
         return super().error(message, ex)
 
 
