@@ -241,9 +241,14 @@ def test_a_mistyped_option_is_a_short_answer_not_every_option(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["fit", "--config", DEMO, "--trainer.max_stepz", "3"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and len(err) <= 4, err
-    assert " fit --config FILE [" in err[0] and err[-1].startswith(
-        "error: unrecognized arguments: --trainer.max_stepz")
+    assert stop.value.code == 2 and len(err) <= 5, err
+    assert " fit --config FILE [" in err[0] and err[-2:] == [
+        "error: 'trainer.max_stepz' is not an option of fit (did you mean 'trainer.max_steps'?)",
+        "unrecognized arguments: --trainer.max_stepz 3"], err
+    with pytest.raises(SystemExit):  # a prefix of an option is a mistake too, not that option (argparse's abbrev)
+        main(["fit", "--config", DEMO, "--trainer.max_ste", "3", "--print_config"])
+    err = capsys.readouterr()
+    assert "unrecognized arguments: --trainer.max_ste 3" in err.err and "max_steps: 3" not in err.out, err
 
 
 def test_merge_refuses_a_method_without_mergeable_weights_and_a_directory_without_an_adapter(tmp_path):

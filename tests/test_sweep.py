@@ -113,6 +113,10 @@ def test_a_value_fit_refuses_is_an_error_before_anything_runs(tmp_path):
                        "--data.init_args.trust_remote_code", "true", check=False)
     assert linked.returncode != 0 and "exit status" not in linked.stderr
     assert "comes from model.init_args.trust_remote_code" in linked.stderr, linked.stderr
+    prefix = sweep_cmd("--config", DEMO, "--grid", "trainer.max_step=2,4", "--runs_dir", str(tmp_path),  # not max_steps
+                       "--trainer.max_steps", "4", "--dry_run", check=False)
+    assert prefix.returncode != 0 and "'trainer.max_step' is not an option of fit (did you mean " \
+        "'trainer.max_steps'?)" in prefix.stderr, prefix.stderr
 
 
 # ---- states ---------------------------------------------------------------------------------------------

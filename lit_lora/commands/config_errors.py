@@ -37,7 +37,8 @@ UNKNOWN_KEYS = (re.compile(IN_CLASS + r"Option '([\w.]+)' is not accepted"),    
 # a key outside a class's init_args, for fit / validate / test (a subcommand) and for merge, estimate, …
 TOP_LEVEL_KEYS = (re.compile(r"Subcommand '(?P<command>\w+)' does not accept option '(?P<key>[\w.]+)'"),
                   re.compile(r"Group '(?P<group>\w+)' does not accept option '(?P<key>[\w.]+)'"),
-                  re.compile(r"Option '(?P<key>[\w.]+)' is not accepted$"))
+                  re.compile(r"Option '(?P<key>[\w.]+)' is not accepted$"),
+                  re.compile(r"unrecognized arguments: --(?P<key>[\w.]+)"))  # on the command line (argparse's)
 BESIDE_CLASS_PATH = re.compile(IN_CLASS + r"Option 'class_path' is not accepted")
 NOT_SETTINGS = ("class_path", "init_args", "dict_kwargs", "__path__")  # what a class's section holds beside them
 NOT_KEYS = ("help", "config", "print_config")  # parser options that are not config keys

@@ -74,6 +74,10 @@ class ShortUsageParser(LightningArgumentParser):
 
     config_files: list[str] = []  # the command line's, set by LitLoraCLI
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --trainer.max_ste 3 is a mistake, not trainer.max_steps
+        super().__init__(*args, **kwargs)
+
     def format_usage(self) -> str:
         prog = self.prog.replace(" [options]", "")
         return f"usage: {prog} --config FILE [--model.… / --data.… / --trainer.… VALUE]\n"
