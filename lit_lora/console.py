@@ -175,7 +175,8 @@ def fit_summary(trainer: Trainer, run_dir: Path, config_path: Optional[str], sta
     steps = []
     if ckpt:
         lines.append(f"  {'checkpoint':<13}{ckpt}")
-        steps.append(f"lit-lora test --config {config} --ckpt_path {ckpt}")
+        one_node = " --trainer.num_nodes 1" if trainer.num_nodes > 1 else ""  # run where it is printed, not waiting
+        steps.append(f"lit-lora test --config {config} --ckpt_path {ckpt}{one_node}")
         if compares:
             steps.append(f"lit-lora compare --config {config} --ckpt_path {ckpt}   # base vs fine-tuned report")
     elif compares and (run_dir / "adapter").exists():  # no checkpoint kept: the adapter is what there is

@@ -169,3 +169,20 @@ def test_a_resumed_fit_continues_its_run_directory_and_says_what_it_ran(tmp_path
     assert (tmp_path / "lightning_logs" / "version_1" / "run_summary.json").is_file(), again[-2000:]
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
     assert json.loads((run / "run_summary.json").read_text()) == summary
+
+
+def test_a_multi_node_runs_next_test_command_runs_where_it_is_printed(tmp_path):
+    """The run's config.yaml keeps num_nodes: 2, which outside the job would wait for a second node forever."""
+    import time
+    from types import SimpleNamespace
+
+    from lit_lora.console import fit_summary
+
+    def trainer(num_nodes):
+        return SimpleNamespace(callback_metrics={}, callbacks=[], global_step=4, num_nodes=num_nodes,
+                               checkpoint_callback=SimpleNamespace(last_model_path="run/last.ckpt", best_model_path=""))
+
+    several = fit_summary(trainer(2), tmp_path, "run/config.yaml", time.perf_counter())
+    assert "next: lit-lora test --config run/config.yaml --ckpt_path run/last.ckpt --trainer.num_nodes 1" in several
+    one = fit_summary(trainer(1), tmp_path, "run/config.yaml", time.perf_counter())
+    assert one.rstrip().endswith("next: lit-lora test --config run/config.yaml --ckpt_path run/last.ckpt"), one

@@ -15,7 +15,25 @@ SLURM = {"SLURM_JOB_ID": "42", "SLURM_JOB_NAME": "lit-lora", "SLURM_NTASKS": "4"
 def test_matching_allocation_passes_and_no_slurm_is_ignored():
     check_allocation(2, 2, {**SLURM, "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "2"})
     check_allocation(2, 2, {**SLURM, "SLURM_NNODES": "2", "SLURM_TASKS_PER_NODE": "2(x2)"})
-    check_allocation(8, 8, {})
+    check_allocation(1, 8, {})
+    check_allocation(8, 8, {"TORCHELASTIC_RUN_ID": "1"})  # torchrun on every node
+    check_allocation(2, 1, {"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"})  # Lightning's own multi-node launch
+
+
+def test_several_nodes_outside_any_launcher_are_refused_not_waited_for(tmp_path, monkeypatch):
+    """A multi-node run's config.yaml given to ``lit-lora test`` on a login node: the Trainer would wait for nodes
+    no launcher starts, forever (the printed ``next: lit-lora test`` of such a run adds --trainer.num_nodes 1)."""
+    from harness import DEMO, cli_exit
+
+    from lit_lora.cluster.launch_checks import LAUNCHER_VARIABLES
+
+    for name in (*LAUNCHER_VARIABLES, "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(AllocationMismatch, match=r"trainer.num_nodes=2, but no launcher started the other nodes"):
+        check_allocation(2, 1, {})
+    status, line = cli_exit(["test", "--config", DEMO, "--trainer.num_nodes", "2",
+                             "--trainer.default_root_dir", str(tmp_path)])
+    assert status == 1 and line.startswith("lit-lora: AllocationMismatch: trainer.num_nodes=2, but no launcher"), line
 
 
 @pytest.mark.parametrize("nodes, devices, expected", [(1, 2, "num_nodes=1 but SLURM_NNODES=2"),

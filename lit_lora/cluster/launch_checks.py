@@ -78,11 +78,23 @@ def device_count(devices: Union[int, str, list, None], accelerator: Optional[str
     return None
 
 
+# what a launcher of every node sets (torchrun, Lightning's own NODE_RANK / MASTER_ADDR, LSF, MPI); SLURM aside
+LAUNCHER_VARIABLES = ("NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "LSB_JOBID",
+                      "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
 def check_allocation(num_nodes: int, devices, env: Optional[Mapping[str, str]] = None,
                      accelerator: Optional[str] = None) -> None:
-    """Raise ``AllocationMismatch`` when running under SLURM and the allocation differs from the Trainer's."""
+    """Raise ``AllocationMismatch`` when running under SLURM and the allocation differs from the Trainer's, or
+    outside any launcher with ``num_nodes`` > 1 (a multi-node run's ``config.yaml`` given to ``lit-lora test`` on
+    a login node): the process would wait for the other nodes forever."""
     env = os.environ if env is None else env
     if not under_slurm(env):
+        if num_nodes and num_nodes > 1 and not any(name in env for name in LAUNCHER_VARIABLES):
+            raise AllocationMismatch(
+                f"trainer.num_nodes={num_nodes}, but no launcher started the other nodes (no SLURM job, torchrun or "
+                "NODE_RANK / MASTER_ADDR): this process would wait for them forever. On one machine pass "
+                "--trainer.num_nodes 1; on a cluster launch it there (sbatch slurm/…)")
         return
     nnodes = int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
     per_node = _tasks_per_node(env)
