@@ -8,6 +8,9 @@
 # with SLURM_ARRAY_TASK_ID set and a *.txt list instead of a config, task N runs the config on line N + 1 of
 # the list in that config's directory (runs/<sweep>/<point>/: log.txt, and sweep_status.json with the exit status).
 set -euo pipefail
+if [ $# -ge 1 ] && [ ! -f "$1" ]; then
+  echo "[lit-lora] no config file '$1' (from $PWD); sbatch from the lit-lora checkout's root with a path relative to it" >&2
+fi
 if [ $# -lt 1 ] || [ ! -f "$1" ]; then
   echo "usage: sbatch slurm/<script>.sbatch configs/<group>/<exp>.yaml [lit-lora fit arguments …]" >&2
   echo "       sbatch --array=0-N slurm/<script>.sbatch runs/<sweep>/points.txt   (lit-lora sweep --slurm)" >&2

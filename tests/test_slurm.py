@@ -205,3 +205,12 @@ def test_the_launchers_keys_come_after_the_users_config_files(tmp_path):
     trainer = yaml.safe_load((tmp_path / "printed.yaml").read_text())["trainer"]
     assert (trainer["default_root_dir"], trainer["devices"], trainer["num_nodes"], trainer["max_steps"]) == \
         (str(run_dir), "2", 1, 3)  # devices: a str or int option, read as given
+
+
+def test_a_config_path_that_names_no_file_is_said_in_the_job_log(tmp_path):
+    """The log of a job whose config path is wrong (a typo, or relative to another directory) says so, not only
+    the usage lines."""
+    result = subprocess.run(["bash", "slurm/launch.sh", "configs/dmeo.yaml"], cwd=REPO, capture_output=True,
+                            text=True, env=subprocess_env({"SLURM_JOB_ID": "7"}))
+    assert result.returncode == 2, result.stderr
+    assert f"[lit-lora] no config file 'configs/dmeo.yaml' (from {REPO})" in result.stderr, result.stderr
