@@ -125,6 +125,8 @@ def test_point_states(tmp_path):
     run_dir = tmp_path / "p"
     run_dir.mkdir()
     assert point_state(tmp_path, point).state == NOT_STARTED
+    never_ran = point_state(tmp_path, point, ("7_0", "CANCELLED"))  # scancel while pending: no log, no status
+    assert (never_ran.state, never_ran.detail) == (NOT_STARTED, "SLURM 7_0 cancelled before it started")
     (run_dir / "log.txt").write_text("starting\n")
     assert point_state(tmp_path, point).state == INTERRUPTED
     (run_dir / "sweep_status.json").write_text(json.dumps({"runner": "local", "returncode": 1}))

@@ -291,6 +291,8 @@ def point_state(sweep_dir: str | Path, point: dict, task: Optional[tuple] = None
                           saved)
     if returncode not in (None, 0):
         return PointState(FAILED, f"{where}exit status {returncode}", log)
+    if slurm_state == "CANCELLED" and log is None and not status:  # scancel of a task still pending
+        return PointState(NOT_STARTED, f"SLURM {task_id} cancelled before it started", log)
     if slurm_state in SLURM_FAILED:
         return PointState(FAILED, f"SLURM {task_id} {slurm_state}", log)
     if returncode == 0 or slurm_state == "COMPLETED":
