@@ -438,3 +438,20 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_the_corrected_re
     rerun = cli(model, root, steps=1)
     fit(rerun)
     assert rerun.trainer.global_step == 1 and (root / "adapter").is_dir()
+
+
+@pytest.mark.parametrize("array_task, advice", [
+    (None, "otherwise resubmit with --ckpt_path runs/7/hpc_ckpt_1.ckpt"),
+    ("3", "otherwise run the sweep command again, which resumes this point from it"),
+])
+def test_the_advice_after_a_sigterm_fits_a_job_or_a_sweeps_array_task(monkeypatch, caplog, array_task, advice):
+    """A sweep point is resumed by running the sweep again: resubmitting its checkpoint by hand would start a run
+    outside the sweep."""
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    if array_task is not None:
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", array_task)
+    caplog.set_level(logging.WARNING, logger="lit_lora")
+    callback = PreemptionCheckpoint(requeue=True)
+    callback.received = {signal.SIGTERM}
+    assert callback._should_requeue("runs/7/hpc_ckpt_1.ckpt") is False
+    assert advice in caplog.text and "scontrol requeue" in caplog.text, caplog.text

@@ -188,10 +188,12 @@ class PreemptionCheckpoint(Callback):
         if not self.requeue:
             return False
         if self.received == {signal.SIGTERM} and not self.requeue_on_sigterm:
+            again = ("run the sweep command again, which resumes this point from it" if os.environ.get(
+                "SLURM_ARRAY_TASK_ID") else f"resubmit with --ckpt_path {path}")
             log.warning("[lit-lora] preemption: not requeueing after SIGTERM: SLURM sends it when it cancels "
                         "(scancel), times out or preempts the job, and a requeue would bring a cancelled job back. "
-                        "A job preempted with PreemptMode=REQUEUE comes back by itself and resumes; otherwise "
-                        "resubmit with --ckpt_path %s (preemption.requeue_on_sigterm: true requeues)", path)
+                        "A job requeued by SLURM (scontrol requeue, PreemptMode=REQUEUE) comes back by itself and "
+                        "resumes; otherwise %s (preemption.requeue_on_sigterm: true requeues)", again)
             return False
         return True
 
