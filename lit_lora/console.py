@@ -10,6 +10,7 @@ module that emits it; every warning lit-lora raises itself stays. ``--verbose`` 
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import time
@@ -81,11 +82,35 @@ def quiet_libraries() -> None:
         logging.getLogger(name).addFilter(_OnlyOnce(prefixes))
 
 
+LINE_EVERY_S = 30.0  # a training bar written to a file (a batch job's log) prints a line this often, and at the end
+
+
+class LineByLine:
+    """stderr for a progress bar in a file: each refresh on a line of its own. tqdm rewrites one terminal line with
+    ``\\r`` (and moves up with ``ESC[A`` to a second bar), which in a job log piles a whole run onto one line."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        line = text.replace("\x1b[A", "").replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _made_on_stderr(init_bar: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A ``TQDMProgressBar.init_*_tqdm`` whose bar writes to stderr."""
+    """A ``TQDMProgressBar.init_*_tqdm`` whose bar writes to stderr; where that is a file, line by line, and only
+    the training bar (an evaluation's would add a line a batch)."""
     def made_on_stderr(self: Any) -> Any:
-        with redirect_stdout(sys.stderr):
-            return init_bar(self)
+        terminal, training = sys.stderr.isatty(), init_bar is TQDMProgressBar.init_train_tqdm
+        with redirect_stdout(sys.stderr if terminal else LineByLine(sys.stderr) if training else io.StringIO()):
+            bar = init_bar(self)
+        bar.disable = bar.disable or not (terminal or training)
+        return bar
     return made_on_stderr
 
 
@@ -98,6 +123,7 @@ class StepProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate)
         self._tokens = 0
         self._started: Optional[float] = None
+        self._last_line = 0.0  # when the training bar last printed (``_line_due``)
 
     # Lightning builds each bar with ``file=sys.stdout``, read when the bar is made
     init_sanity_tqdm = _made_on_stderr(TQDMProgressBar.init_sanity_tqdm)
@@ -143,8 +169,18 @@ class StepProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         if trainer.global_step != bar.n and not bar.disable:
             bar.n = trainer.global_step
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            bar.refresh()
+            if self._line_due(trainer):
+                bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+                bar.refresh()
+
+    def _line_due(self, trainer: Trainer) -> bool:
+        """Every step on a terminal; in a file every ``LINE_EVERY_S`` seconds, the first and the last step."""
+        now = time.perf_counter()
+        if sys.stderr.isatty() or trainer.global_step in (1, trainer.max_steps) or \
+                now - self._last_line >= LINE_EVERY_S:
+            self._last_line = now
+            return True
+        return False
 
 
 def scalar_metrics(trainer: Trainer) -> dict[str, float]:

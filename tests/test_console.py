@@ -45,6 +45,11 @@ def test_demo_console_is_quiet_and_step_based(tmp_path):
     assert re.search(r"step: 100%\|.*\| 2/2 .*train_loss=", out), out[-2000:]
     assert re.search(r"\| 2/2 .*tokens/s=[\d,]+", out), out[-2000:]  # real tokens per second since step 1
     assert "[lit-lora] done: 2 steps" in out and "next: lit-lora test --config" in out
+    # stderr is a file here, as in a batch job's log: the bar prints whole lines, not one line rewritten with \r
+    bar_lines = [line for line in result.stderr.splitlines() if "step:" in line]
+    assert bar_lines and all(line.startswith("step:") and "\r" not in line and len(line) < 300
+                             for line in bar_lines), bar_lines
+    assert "Validation" not in result.stderr and "Sanity Checking" not in result.stderr  # a line a batch
 
     loud = demo(tmp_path / "verbose", "--verbose")
     shown = [name for name, text in NOISE.items() if text in loud]
