@@ -214,6 +214,15 @@ def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
     )
 
 
-def check_config(config: Any) -> None:
-    """``check(from_config(config))``: called by the CLI before anything is instantiated."""
-    check(from_config(config))
+def check_config(config: Any, cuda_available: Optional[bool] = None) -> None:
+    """``check(from_config(config))`` and the trainer's accumulation: called by the CLI before anything is
+    instantiated, and by ``lit-lora sweep`` for every point (``cuda_available``: the nodes it submits to)."""
+    check_accumulation(_get(_get(config, "trainer"), "accumulate_grad_batches"))
+    check(from_config(config, cuda_available))
+
+
+def check_accumulation(accumulate: Any) -> None:
+    """Refuse ``trainer.accumulate_grad_batches`` below 1 by its key: Lightning reads it only when the training
+    loader is built, after the model and the data have loaded."""
+    if accumulate is not None and (not isinstance(accumulate, int) or accumulate < 1):
+        raise IncompatibleConfig(f"trainer.accumulate_grad_batches must be at least 1, got {accumulate!r}")

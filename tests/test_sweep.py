@@ -113,6 +113,14 @@ def test_a_value_fit_refuses_is_an_error_before_anything_runs(tmp_path):
                        "--data.init_args.trust_remote_code", "true", check=False)
     assert linked.returncode != 0 and "exit status" not in linked.stderr
     assert "comes from model.init_args.trust_remote_code" in linked.stderr, linked.stderr
+    for grid, refusal in (("model.init_args.optim.lr=1e-3,-1", "point lr=-1: lit-lora fit would refuse it: "
+                                                                "model.init_args.optim.lr must be above 0, got -1"),
+                          ("data.init_args.batch_size=4,0", "point batch_size=0: lit-lora fit would refuse it: "
+                                                           "data.init_args.batch_size must be at least 1, got 0")):
+        value = sweep_cmd("--config", DEMO, "--grid", grid, "--runs_dir", str(tmp_path), "--name", "values",
+                          "--slurm", "--dry_run", check=False)  # refused before a task could wait in the queue
+        assert value.returncode != 0 and refusal in value.stderr, value.stderr
+        assert not (tmp_path / "values").exists()
     prefix = sweep_cmd("--config", DEMO, "--grid", "trainer.max_step=2,4", "--runs_dir", str(tmp_path),  # not max_steps
                        "--trainer.max_steps", "4", "--dry_run", check=False)
     assert prefix.returncode != 0 and "'trainer.max_step' is not an option of fit (did you mean " \
@@ -197,19 +205,20 @@ def test_a_local_run_after_a_slurm_submission_decides_the_points_state(tmp_path)
 
 
 # ---- a local sweep -------------------------------------------------------------------------------------
-BAD_LR = "model.init_args.optim.lr must be above 0, got -1.0"  # how the point of lr -1 fails, before it loads
+# how the point of lr 1e30 fails while it runs (lr -1 is refused before a sweep runs: the first test above)
+BAD_LR = "non-finite training loss (nan) at global step 1"
 
 
 def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     model = tiny_model("llama")
-    args = ["--config", DEMO, "--grid", f"{LR}=3e-3,-1", "--seeds", "2", "--runs_dir", str(tmp_path),
+    args = ["--config", DEMO, "--grid", f"{LR}=3e-3,1e30", "--seeds", "2", "--runs_dir", str(tmp_path),
             "--name", "lr", "--model.init_args.model_name_or_path", model, *TINY_RUN]
     first = sweep_cmd(*args, check=False)
     out = first.stdout
     assert first.returncode == 1, out + first.stderr  # a point failed; the sweep still ran every point
     sweep_dir = tmp_path / "lr"
     finished = ["lr=0.003-seed=0", "lr=0.003-seed=1"]
-    failed = ["lr=-1-seed=0", "lr=-1-seed=1"]
+    failed = ["lr=1e+30-seed=0", "lr=1e+30-seed=1"]
     for name in finished:
         run_dir = sweep_dir / name
         assert f"{name} finished in" in out
@@ -220,10 +229,10 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
         assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == 2
         assert json.loads((run_dir / "sweep_status.json").read_text())["returncode"] == 0
     for name in failed:
-        assert f"{name} FAILED (exit status 1)" in out and "optim.lr must be above 0" in out
+        assert f"{name} FAILED (exit status 1)" in out and BAD_LR in out
         said = out.splitlines()
         at = next(i for i, line in enumerate(said) if f"{name} FAILED" in line)
-        assert said[at + 1].strip() == f"lit-lora: IncompatibleConfig: {BAD_LR}", said[at:at + 8]  # not a traceback
+        assert said[at + 1].strip().startswith(f"lit-lora: NonFiniteTrainingError: {BAD_LR}"), said[at:at + 8]
     seed1 = yaml.safe_load((sweep_dir / "lr=0.003-seed=1" / "config.yaml").read_text())
     assert seed1["seed_everything"] == 1
 
@@ -239,7 +248,7 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     report = (sweep_dir / "report.md").read_text()
     assert "## Mean ± std over seeds" in report and "| lr=0.003 | 2 |" in report
     assert "★" in report
-    assert "### lr=-1-seed=0: failed (exit status 1)" in report and BAD_LR in report
+    assert "### lr=1e+30-seed=0: failed (exit status 1)" in report and BAD_LR in report
     assert "(plots/vs_lr.png)" not in report  # one finished value of lr: nothing to plot against
     adapter = sweep_dir / "lr=0.003-seed=0" / "adapter" / "adapter_model.safetensors"
     trained_at = adapter.stat().st_mtime_ns
@@ -256,7 +265,7 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
         assert BAD_LR in (sweep_dir / name / "log.txt").read_text()
 
     # adding a value extends the same sweep: only the new point trains (and the failed one retries); a plot appears
-    args[args.index(f"{LR}=3e-3,-1")] = f"{LR}=3e-3,-1,1e-2"
+    args[args.index(f"{LR}=3e-3,1e30")] = f"{LR}=3e-3,1e30,1e-2"
     args[args.index("--seeds") + 1] = "1"
     third = sweep_cmd(*args, check=False)
     assert "lr=0.01-seed=0 finished in" in third.stdout and "lr=0.003-seed=0 finished earlier, skipped" in third.stdout
@@ -267,7 +276,7 @@ def test_local_sweep_runs_resumes_and_reports(tmp_path, tiny_model):
     assert (sweep_dir / "plots" / "vs_lr.png").stat().st_size > 0
 
     report_out = sweep_cmd("report", str(sweep_dir)).stdout
-    assert "report.md" in report_out and "lr=-1-seed=0: failed (exit status 1)" in report_out
+    assert "report.md" in report_out and "lr=1e+30-seed=0: failed (exit status 1)" in report_out
 
     # the same settings spelled otherwise resolve to the same point configs: accepted
     at = args.index("--trainer.max_steps")

@@ -34,7 +34,6 @@ from lit_lora.ckpt_settings import SWITCH, check_ckpt_path_exists, check_resume_
 from lit_lora.compatibility import check_config
 from lit_lora.cpu_bf16 import Bf16Hint
 from lit_lora.data.base import TextDataModule
-from lit_lora.errors import IncompatibleConfig
 from lit_lora.finite_guard import FiniteGuard
 from lit_lora.cluster.csv_history import default_csv_logger, pin_log_dir
 from lit_lora.cluster.launch_checks import check_allocation
@@ -87,13 +86,6 @@ class ShortUsageParser(LightningArgumentParser):
             parser = getattr(ex, "subcommand_parser", None) or self  # fit / validate / test: the subcommand's
             message = explain(message, ShortUsageParser.config_files, parser)
         return super().error(message, ex)
-
-
-def check_accumulation(accumulate) -> None:
-    """Refuse ``trainer.accumulate_grad_batches`` below 1 by its key: Lightning reads it only when the training
-    loader is built, after the model and the data have loaded."""
-    if accumulate is not None and (not isinstance(accumulate, int) or accumulate < 1):
-        raise IncompatibleConfig(f"trainer.accumulate_grad_batches must be at least 1, got {accumulate!r}")
 
 
 class LitLoraCLI(LightningCLI):
@@ -196,7 +188,6 @@ class LitLoraCLI(LightningCLI):
             resolve_model_path(model_args["model_name_or_path"])  # one clear line now, not a jsonargparse report later
             check_model_kind(config.get("model"))  # before tokenisation, not in from_pretrained after it
         check_config(config)
-        check_accumulation(trainer.get("accumulate_grad_batches"))
         check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
         fill_save_dirs(trainer)
         pin_log_dir(trainer)

@@ -35,9 +35,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from lit_lora.cli_links import canonical
 from lit_lora.cluster.run_files import hpc_checkpoints
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
+from lit_lora.sweep.point_checks import refused_values
 from lit_lora.sweep.resolve import PointConfigError, PrintConfig, changed_settings, checkpoint_dirpath, config_yaml, \
     pin_run, resolve_point
 from lit_lora.sweep.state import FINISHED, LOG_FILE, PENDING, POINT_CONFIG, POINTS_FILE, RUNNING, STATUS_FILE, \
@@ -69,6 +72,9 @@ def resolve_points(points: list[Point], configs: list[str], base_args: list[str]
             text, dropped = resolve_point(configs, base_args, point.overrides, print_config)
         except PointConfigError as err:
             raise SystemExit(f"lit-lora sweep {sweep}: point {point.name}: lit-lora fit refuses its arguments:\n{err}")
+        refused = refused_values(yaml.safe_load(text))
+        if refused:
+            raise SystemExit(f"lit-lora sweep {sweep}: point {point.name}: lit-lora fit would refuse it: {refused}")
         dirpath = checkpoint_dirpath(text)
         if dirpath is not None:
             raise SystemExit(f"lit-lora sweep {sweep}: checkpoint.dirpath cannot be set (the configs or overrides give "
