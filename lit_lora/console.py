@@ -80,6 +80,12 @@ def quiet_libraries() -> None:
         logging.getLogger(name).addFilter(_DropMessages(prefix))
     for name, prefixes in ONCE_LOG_RECORDS:
         logging.getLogger(name).addFilter(_OnlyOnce(prefixes))
+    if not sys.stderr.isatty():  # a job log: their bars rewrite one line with \r, piling every refresh onto it
+        import datasets
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights"
+        datasets.disable_progress_bars()  # "tokenising train" (the kept-rows line that follows stays)
 
 
 LINE_EVERY_S = 30.0  # a training bar written to a file (a batch job's log) prints a line this often, and at the end

@@ -191,3 +191,19 @@ def test_a_multi_node_runs_next_test_command_runs_where_it_is_printed(tmp_path):
     assert "next: lit-lora test --config run/config.yaml --ckpt_path run/last.ckpt --trainer.num_nodes 1" in several
     one = fit_summary(trainer(1), tmp_path, "run/config.yaml", time.perf_counter())
     assert one.rstrip().endswith("next: lit-lora test --config run/config.yaml --ckpt_path run/last.ckpt"), one
+
+
+def test_the_libraries_bars_are_off_in_a_job_log():
+    """transformers' "Loading weights" and datasets' tokenising bars rewrite one line with \\r: where stderr is a
+    file (a batch job's log), lit-lora's console turns them off; lit-lora's own bar prints line by line there."""
+    import subprocess
+    import sys
+
+    from harness import subprocess_env
+
+    probe = ("from lit_lora.console import quiet_libraries; quiet_libraries()\n"
+             "import datasets.utils.logging as d, transformers.utils.logging as t\n"
+             "print(t.is_progress_bar_enabled(), d.is_progress_bar_enabled())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env=subprocess_env({"LIT_LORA_VERBOSE": None}))
+    assert done.returncode == 0 and done.stdout.split() == ["False", "False"], done.stdout + done.stderr[-2000:]
