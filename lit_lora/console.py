@@ -285,8 +285,9 @@ def evaluation_lines(trainer: Trainer, stage: str, result: dict, path: Path,
     scalars = result["metrics"]
     width = max((len(name) for name in scalars), default=0) + 2
     rows = [f"  {name:<{width}}{value:.6g}" for name, value in sorted(scalars.items())]
-    scored = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else \
-        "no --ckpt_path: the model as configured (an adapter not trained yet leaves the base model as it is)"
+    scored = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else (
+        "no --ckpt_path: the model as configured, untrained (a new LoRA adapter leaves the base model as it is; "
+        "a new classification head or prompt-learning virtual tokens start random)")
     lines = [f"[lit-lora] {stage} metrics ({scored}{scored_splits(splits, stage)}), written to {path}:", *rows]
     details = result["details"] if isinstance(result["details"], dict) else {}
     lines += group_lines(details.get("per_group") or {})

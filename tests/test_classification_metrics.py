@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torchmetrics.classification import MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 from lit_lora.evaluation.classification import ClassificationMetrics
 
@@ -49,3 +50,31 @@ def test_reset_and_strictness():
     assert metrics.compute()[0]["accuracy"] == 0.5
     with pytest.raises(ValueError, match="unparseable"):
         metrics.update(torch.tensor([-1]), torch.tensor([0]))
+
+
+# Macro averages run over the classes that occur, as torchmetrics' average="macro" does: a small evaluation set
+# (max_eval_samples, incontext --max_rows) often lacks a class, and counting it as a 0 would report a perfect
+# classifier's macro F1 as 0.667 on a 3-label task.
+@pytest.mark.parametrize("gold, pred", [
+    ([0, 0, 2, 2], [0, 0, 2, 2]),          # "neutral" neither gold nor predicted: a perfect score is 1
+    ([0, 0, 2, 2, 0], [0, 2, 2, 0, 0]),    # still absent, mistakes between the other two
+    ([0, 0, 2, 2], [0, 1, 2, 2]),          # predicted but never gold: it counts (precision 0)
+])
+def test_macro_averages_equal_torchmetrics_when_a_class_is_absent(gold, pred):
+    metrics = ClassificationMetrics(LABELS)
+    metrics.update(torch.tensor(pred), torch.tensor(gold))
+    scalars, _ = metrics.compute()
+    for name, cls in (("precision", MulticlassPrecision), ("recall", MulticlassRecall), ("f1", MulticlassF1Score)):
+        reference = float(cls(3, average="macro")(torch.tensor(pred), torch.tensor(gold)))
+        assert scalars[f"{name}_macro"] == pytest.approx(reference), name
+
+
+def test_an_unparseable_answer_counts_against_its_gold_class_only():
+    """Gold {0, 2}; one answer of class 2 unparseable: class 1 stays out of the mean, class 2 loses recall."""
+    metrics = ClassificationMetrics(LABELS, allow_unparseable=True)
+    metrics.update(torch.tensor([0, 0, 2, -1]), torch.tensor([0, 0, 2, 2]))
+    scalars, _ = metrics.compute()
+    assert scalars["precision_macro"] == pytest.approx(1.0)
+    assert scalars["recall_macro"] == pytest.approx((1.0 + 0.5) / 2)
+    assert scalars["f1_macro"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert scalars["f1/neutral"] == 0.0 and scalars["unparseable"] == 1.0

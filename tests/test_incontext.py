@@ -7,10 +7,11 @@ and an output directory per evaluation.
 from __future__ import annotations
 
 import json
+import logging
 
 from harness import DEMO, cli_exit, run_cli_subprocess
 
-from lit_lora.data import MultiNLIDataModule
+from lit_lora.data import MultiNLIDataModule, SNLIDataModule
 from lit_lora.evaluation.incontext import build_prompts
 
 
@@ -99,3 +100,17 @@ def test_a_prompt_learning_adapter_of_the_config_is_off_while_the_pretrained_mod
         lines = (tmp_path / name / "predictions_0shot.jsonl").read_text().splitlines()
         answers[name] = [json.loads(line)["prediction"] for line in lines]
     assert answers["prompt_tuning"] == answers["none"] and len(answers["none"]) == 4
+
+
+def test_rows_without_a_gold_label_are_skipped_counted_and_logged(caplog):
+    """SNLI's "no gold label" rows (-1) are left out of the scores, and the log says how many and why."""
+    dm = SNLIDataModule(tokenizer_name_or_path="lit_lora/assets/tiny-llama")
+    raw = dm.load_raw_splits()
+    no_gold = sum(row["label"] == -1 for row in raw["validation"])
+    assert no_gold > 0  # the bundled sample has such rows
+    with caplog.at_level(logging.WARNING, logger="lit_lora"):
+        records = build_prompts(dm, 0, split="validation")
+    assert len(records) == len(raw["validation"]) - no_gold
+    lines = [r.getMessage() for r in caplog.records if "incontext validation" in r.getMessage()]
+    assert lines == [f"[lit-lora] incontext validation: skipped {no_gold} of {len(raw['validation'])} rows "
+                     f"({no_gold} no gold label (-1))"], json.dumps([r.getMessage() for r in caplog.records])

@@ -11,7 +11,9 @@ numbers are those of the whole evaluation set under DDP::
 
 An unparseable prediction (index -1) counts as wrong: it is a false negative of its gold class and
 a false positive of no class (it is kept in an extra "unparseable" confusion-matrix column). Macro
-averages are the unweighted mean over the real classes.
+averages are the unweighted mean over the real classes that occur (as gold label or prediction), as
+torchmetrics' and scikit-learn's ``average="macro"`` take it: a class absent from a small evaluation
+set would otherwise add a 0 and halve a perfect score.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from torchmetrics.classification import (
 from lit_lora.evaluation.labels import UNPARSEABLE
 
 
+def macro(per_class: torch.Tensor, confusion: torch.Tensor, k: int) -> float:
+    """Mean of ``per_class`` over the first ``k`` classes that are some row's gold label or prediction
+    (torchmetrics' macro average; 0 when no row was scored)."""
+    occurs = (confusion[:k].sum(1) + confusion[:k, :k].sum(0)) > 0  # gold support + predicted count
+    return float(per_class[occurs].sum() / occurs.sum()) if bool(occurs.any()) else 0.0
+
+
 class ClassificationMetrics(nn.Module):
     """The metrics of one evaluation set (one per dataloader: MultiNLI matched and mismatched apart)."""
 
@@ -46,7 +55,11 @@ class ClassificationMetrics(nn.Module):
         self.confusion = MulticlassConfusionMatrix(k)
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """``preds`` / ``target``: class indices of shape (batch,); ``preds`` may hold -1 (unparseable)."""
+        """``preds`` / ``target``: class indices of shape (batch,); ``preds`` may hold -1 (unparseable). An empty
+        update (a DDP rank's batch of repeated rows only, which count for nothing) adds nothing: torchmetrics
+        refuses empty tensors, and the rank still takes part in the sync of ``compute``."""
+        if target.numel() == 0:
+            return
         preds = preds.long().to(target.device)
         if (preds == UNPARSEABLE).any():
             if not self.allow_unparseable:
@@ -62,9 +75,9 @@ class ClassificationMetrics(nn.Module):
         confusion = self.confusion.compute()
         scalars = {
             "accuracy": float(self.accuracy.compute()),
-            "precision_macro": float(precision.mean()),
-            "recall_macro": float(recall.mean()),
-            "f1_macro": float(f1.mean()),
+            "precision_macro": macro(precision, confusion, k),
+            "recall_macro": macro(recall, confusion, k),
+            "f1_macro": macro(f1, confusion, k),
             **{f"f1/{name}": float(f1[i]) for i, name in enumerate(self.label_names)},
         }
         details = {

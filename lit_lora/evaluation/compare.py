@@ -25,6 +25,7 @@ import lightning as L
 
 from lit_lora.cluster.run_files import output_dir, run_of_checkpoint
 from lit_lora.console import scalar_metrics
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.evaluation.report import build_report, console_summary, example_rows, plot_loss_curve, write_report
 from lit_lora.memory import peak_memory
 
@@ -74,19 +75,32 @@ class CompareSettings:
 
 def load_adapter_dir(module, adapter_dir: str) -> None:
     """Put the weights of a peft adapter directory (or a full model directory) into ``module``."""
+    check_adapter_dir(module, adapter_dir)
     path = Path(adapter_dir)
     if (path / "adapter_config.json").is_file():
         from lit_lora.adapters.loading import load_adapter_weights
 
         if not module.is_peft:
-            raise ValueError(f"{path} is a peft adapter but the config's adapter is {module.adapter.method}")
+            raise IncompatibleConfig(f"--adapter_dir {path} is a peft adapter but the config's model is not one")
         load_adapter_weights(module.model, path)  # strict: missing or unexpected tensors are an error
-    elif (path / "config.json").is_file():
+    else:
         module.model = None
         module.model_name_or_path = str(path)
         module.configure_model()
-    else:
-        raise FileNotFoundError(f"{path}: neither adapter_config.json nor config.json found")
+
+
+def check_adapter_dir(module, adapter_dir: str) -> None:
+    """Refuse an ``adapter_dir`` that ``load_adapter_dir`` could not load, before the base model is scored (a whole
+    evaluation with generation), not after it: ``IncompatibleConfig`` names the directory."""
+    path = Path(adapter_dir)
+    method = getattr(module.adapter, "method", None)
+    if (path / "adapter_config.json").is_file():
+        if method in ("full", "none"):
+            raise IncompatibleConfig(f"--adapter_dir {path} is a peft adapter but the config's adapter is {method}: "
+                                     "give the config the run was trained with")
+    elif not (path / "config.json").is_file():
+        raise IncompatibleConfig(f"--adapter_dir {path}: neither adapter_config.json (a peft adapter) nor config.json "
+                                 "(a fully fine-tuned model) found; a run keeps its adapter in <run dir>/adapter")
 
 
 def evaluate(module, datamodule, trainer_kwargs: dict, out_dir: Path, ckpt_path: Optional[str]) -> dict:
@@ -131,9 +145,12 @@ def compare_models(module, datamodule, trainer_kwargs: dict, settings: CompareSe
     if not getattr(getattr(module, "evaluator", None), "compares_generated_text", False):  # its evaluator says
         raise NotComparable(
             f"{type(module).__name__} is scored by label metrics, not by generated text; compare it with "
-            "`lit-lora test --config …` (the base: an untrained adapter is the identity) and "
+            "`lit-lora test --config …` (the model as configured: an untrained LoRA / QLoRA adapter leaves the base "
+            "as it is, but a new classification head and prompt-learning virtual tokens start random) and "
             "`lit-lora test --config … --ckpt_path …` (fine-tuned). "
             "compare takes CausalLMModule / Seq2SeqModule configs")
+    if settings.adapter_dir:
+        check_adapter_dir(module, settings.adapter_dir)
     module.evaluation = dataclasses.replace(module.evaluation, generate=True,
                                             allow_train_overlap=settings.allow_train_overlap)
     out_dir = output_dir("compare", settings.out_dir, settings.resolved_run_dir() / "compare", REPORT_FILES)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -34,18 +35,22 @@ from lit_lora.strict_json import dumps
 log = logging.getLogger(__name__)
 
 
-def example_pairs(datamodule, rows) -> list[tuple[str, str]]:
-    """``(input, answer)`` of each usable raw row, as the datamodule formats it; unusable rows are skipped."""
-    pairs = []
+def example_pairs(datamodule, rows, where: str = "rows") -> list[tuple[str, str]]:
+    """``(input, answer)`` of each usable raw row, as the datamodule formats it; unusable rows (SNLI's "no gold
+    label", an empty answer …) are skipped, counted by reason and logged (``where``: the split), never silently."""
+    pairs, skipped = [], Counter()
     if hasattr(datamodule, "label_names"):  # classification: text columns in, label word out
         text_columns = [c for c in datamodule.required_columns if c not in ("label", "genre")]
         names = ", ".join(datamodule.label_names)
         for row in rows:
             label = datamodule.row_label(row)
-            if isinstance(label, int):
-                text = "\n".join(f"{c.capitalize()}: {str(row[c]).strip()}" for c in text_columns)
-                # ends with a cue, so that a demonstration's answer does not run on from the instruction
-                pairs.append((f"{text}\nAnswer with one word: {names}.\nAnswer:", datamodule.label_names[label]))
+            if not isinstance(label, int):
+                skipped[label] += 1
+                continue
+            text = "\n".join(f"{c.capitalize()}: {str(row[c]).strip()}" for c in text_columns)
+            # ends with a cue, so that a demonstration's answer does not run on from the instruction
+            pairs.append((f"{text}\nAnswer with one word: {names}.\nAnswer:", datamodule.label_names[label]))
+        log_skipped(where, len(rows), skipped)
         return pairs
     if not hasattr(datamodule, "format_example"):
         raise TypeError(f"{type(datamodule).__name__} has neither format_example nor label_names")
@@ -54,9 +59,19 @@ def example_pairs(datamodule, rows) -> list[tuple[str, str]]:
                          "template themselves, around the demonstrations")
     for row in rows:
         example = datamodule.format_example(row)
-        if not isinstance(example, str):
+        if isinstance(example, str):
+            skipped[example] += 1
+        else:
             pairs.append(example)
+    log_skipped(where, len(rows), skipped)
     return pairs
+
+
+def log_skipped(where: str, total: int, skipped: Counter) -> None:
+    """One line per split with what was left out and why, as training's tokenisation logs its drops."""
+    if skipped:
+        detail = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
+        log.warning("[lit-lora] incontext %s: skipped %d of %d rows (%s)", where, sum(skipped.values()), total, detail)
 
 
 def kshot_prompt(tokenizer, demos: list[tuple[str, str]], query: str, use_chat_template: bool = True) -> str:
@@ -78,8 +93,8 @@ def build_prompts(datamodule, k: int, seed: int = 0, split: Optional[str] = None
     split = split or next(name for name in raw if name != "train")
     if split not in raw:
         raise IncompatibleConfig(f"--split {split}: the data has the splits {', '.join(raw)}")
-    train = example_pairs(datamodule, raw["train"])
-    evaluated = example_pairs(datamodule, raw[split])[:max_rows]
+    train = example_pairs(datamodule, raw["train"], "train")
+    evaluated = example_pairs(datamodule, raw[split], split)[:max_rows]
     if k > len(train):
         raise IncompatibleConfig(f"--shots {k}: {k}-shot needs {k} training examples; the training split has "
                                  f"{len(train)}")
