@@ -28,8 +28,8 @@ from torch import nn
 
 from lit_lora.adapters.base import count_parameters, to_dtype
 from lit_lora.architectures import HEADS, lookup
-from lit_lora.memory import GIB, MemoryEstimate, Shape, activation_bytes, inference_activation_bytes, \
-    optimizer_state_bytes, quant_constant_bytes, tensor_bytes
+from lit_lora.memory import GIB, MemoryEstimate, Shape, Sharding, activation_bytes, inference_activation_bytes, \
+    optimizer_state_bytes, quant_constant_bytes, sharded_state, tensor_bytes
 from lit_lora.models import builder
 from lit_lora.models.label_only_loss import default_chunk_size, find_label_only_head
 
@@ -169,14 +169,15 @@ def quant_bytes(built: Built, adapter) -> int:
 
 def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq: int,
                     overhead_gib: float) -> tuple[MemoryEstimate, dict]:
-    """The memory parts of the run, and the assumptions behind them (printed with the numbers)."""
+    """The memory parts of the run on one of its devices, and the assumptions behind them (printed with the
+    numbers). The meta model is first cast as the run casts it (``cast_as_trained``)."""
     model, adapter, spec = built.model, module.adapter, module.adapter.spec()
-    weights, quant = weight_bytes(model), quant_bytes(built, adapter)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    gradients = sum(tensor_bytes(p) for p in trainable)
-    optimizer = optimizer_state_bytes(trainable, module.optim.name)
-
     precision = str(cfg.trainer.precision or "32-true")
+    sharding = Sharding.of_trainer(cfg.trainer)
+    cast_as_trained(model, precision, sharding)
+    quant = quant_bytes(built, adapter)
+    weights, gradients, optimizer, load_peak = state_bytes(built, module, sharding)
+    trainable = any(p.requires_grad for p in model.parameters())
     compute = spec.compute_dtype
     value_bytes = 2 if "16" in precision else (torch.empty((), dtype=to_dtype(compute)).element_size()
                                                if compute else model_compute_bytes(model))
@@ -196,8 +197,12 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
     else:  # nothing trains (NoAdapter): a forward pass keeps no activations for backward
         acts = inference_activation_bytes(shape, batch, seq + virtual, value_bytes,
                                           logits=built.head in ("causal", "seq2seq"), generating=generating)
-    estimate = MemoryEstimate(weights, quant, gradients, optimizer, acts, int(overhead_gib * GIB))
-    assumptions = {"batch": f"{batch} (the largest generate call)" if generating else batch, "seq": seq + virtual, "target_seq": target_seq if shape.decoder_layers else None,
+    overhead = int(overhead_gib * GIB)
+    estimate = MemoryEstimate(weights, quant, gradients, optimizer, acts, overhead,
+                              load_peak + quant + overhead if load_peak else 0)
+    assumptions = {"sharding": sharding, "devices_known": sharding.devices_known,
+                   "batch": f"{batch} (the largest generate call)" if generating else batch, "seq": seq + virtual,
+                   "target_seq": target_seq if shape.decoder_layers else None,
                    "activation_bytes": value_bytes, "gradient_checkpointing": checkpointing,
                    "attention": "eager (scores kept)" if eager
                    else f"{attention}'s varlen kernel (k/v at their own heads)" if varlen
@@ -208,6 +213,46 @@ def memory_estimate(built: Built, module, cfg, batch: int, seq: int, target_seq:
                    else "the last position's logits (generate)" if generating
                    else "full logits" if built.head in ("causal", "seq2seq") else "no LM head"}
     return estimate, assumptions
+
+
+# ---- strategies: what each device holds --------------------------------------------------------------------
+def state_bytes(built: Built, module, sharding: Sharding) -> tuple[int, int, int, int]:
+    """(weights, gradients, optimizer state, load peak) on one device: DeepSpeed in 16-bit adds its float32 master
+    copy of the trainable values, whose moments are float32 too; the load peak is the whole base where ZeRO-3
+    partitions a base loaded whole on each device (a quantized one, a classifier's), else 0."""
+    model = built.model
+    weights = weight_bytes(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    gradients = sum(tensor_bytes(p) for p in trainable)
+    if sharding.master_weights:
+        masters = [torch.empty(p.shape, dtype=torch.float32, device="meta") for p in trainable]
+        optimizer = optimizer_state_bytes(masters, module.optim.name) + sum(tensor_bytes(m) for m in masters)
+    else:
+        optimizer = optimizer_state_bytes(trainable, module.optim.name)
+    whole = sharding.weights > 1 and sharding.name.startswith("DeepSpeed") and not (
+        getattr(module, "loads_zero3_partitions", True) and module.adapter.quantization_config() is None)
+    on_device = sharded_state(sharding, weights, gradients, optimizer, largest_layer_bytes(model))
+    return (*on_device, weights if whole else 0)
+
+
+def largest_layer_bytes(model: nn.Module) -> int:
+    """Weights of the largest repeated layer (``….layers.7``): the unit FSDP and ZeRO-3 gather whole to run it."""
+    return max((weight_bytes(m) for name, m in model.named_modules() if re.search(r"\.\d+$", name)), default=0)
+
+
+def cast_as_trained(model: nn.Module, precision: str, sharding: Sharding) -> None:
+    """Cast the meta model as the run casts it before the first step: a ``*-true`` precision converts the whole
+    module (Lightning's ``convert_module``: the float32 LoRA weights peft made too); DeepSpeed in 16-bit casts
+    every floating-point parameter, not the buffers. Packed 4-bit and int8 weights are not floating-point: kept."""
+    dtype = Sharding.half_dtype(precision)
+    if dtype is None:
+        return
+    if precision.endswith("-true"):
+        model.to(dtype)
+    elif sharding.name.startswith("DeepSpeed"):
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
 
 
 def varlen_kernel_runs(attention: Optional[str], packing: bool, value_bytes: int) -> bool:
@@ -257,6 +302,7 @@ def report(module, built: Built, estimate: MemoryEstimate, assumptions: dict, gp
     source = "lit-lora architecture registry" if arch else "model config"
     pct = 100.0 * built.trainable / max(built.total, 1)
     a = assumptions
+    s, notes = a["sharding"], state_notes(a["sharding"], a["optimizer"])
     lines = [
         f"model: {module.model_name_or_path} ({type(base_model(built.model)).__name__} from the {source},"
         " built on the meta device)",
@@ -264,21 +310,24 @@ def report(module, built: Built, estimate: MemoryEstimate, assumptions: dict, gp
         f"trainable params: {built.trainable:,} || all params: {built.total:,} || trainable%: {pct:.4f}",
         *built.notes,
         "",
-        "GPU memory estimate (one device):",
-        f"  weights            {gib(estimate.weights):>12}   parameters + buffers at their storage dtype",
+        "GPU memory estimate (one device):" if s.name == "one device"
+        else f"GPU memory estimate (one device of {s.world}, {s.name}):",
+        f"  weights            {gib(estimate.weights):>12}   {notes['weights']}",
     ]
     if estimate.quant_constants:
         lines.append(f"  quant constants    {gib(estimate.quant_constants):>12}   bitsandbytes absmax / scales "
                      f"({built.quantized_values:,} quantized values)")
     lines += [
-        f"  gradients          {gib(estimate.gradients):>12}   one per trainable value",
-        f"  optimizer state    {gib(estimate.optimizer):>12}   {a['optimizer']}: two moments per trainable value",
+        f"  gradients          {gib(estimate.gradients):>12}   {notes['gradients']}",
+        f"  optimizer state    {gib(estimate.optimizer):>12}   {notes['optimizer']}",
     ]
     for part, n in estimate.activations.items():
         lines.append(f"  {'activations/' + part:<22}{gib(n):>9}")
     lines += [
         f"  CUDA overhead      {gib(estimate.overhead):>12}   context + allocator slack (assumed)",
         f"  total              {gib(estimate.total):>12}",
+        *([f"  load peak          {gib(estimate.load_peak):>12}   the base is loaded whole on each device before "
+           f"ZeRO-3 partitions it"] if estimate.load_peak > estimate.total else []),
         f"fits in {gpu_gib:g} GiB: {'yes' if estimate.fits(gpu_gib * GIB) else 'no'}",
         "",
         f"assumptions: batch {a['batch']} per device, every row padded to {a['seq']} tokens"
@@ -288,4 +337,22 @@ def report(module, built: Built, estimate: MemoryEstimate, assumptions: dict, gp
         f" {a['lm_head']};"
         " gradient accumulation adds no memory; formulas in lit_lora/memory.py",
     ]
+    if not a["devices_known"] and s.name != "one device":
+        lines.append("trainer.devices is auto: counted as one device; give --trainer.devices N (and "
+                     "--trainer.num_nodes) to see the state a strategy shards over them")
     return "\n".join(lines)
+
+
+def state_notes(s: Sharding, optimizer: str) -> dict[str, str]:
+    """What the weights, gradients and optimizer lines count on one device under ``s``."""
+    def share(n: int, offloaded: bool) -> str:
+        return " (offloaded to CPU memory)" if offloaded else f", 1/{n} on each device" if n > 1 else ""
+
+    gathered = " + the largest layer gathered whole" if s.gathered_layer else ""
+    master = " + a float32 master copy (DeepSpeed)" if s.master_weights else ""
+    return {"weights": f"parameters + buffers at their storage dtype{share(s.weights, s.offload_parameters)}"
+                       f"{gathered}",
+            "gradients": f"one per trainable value{share(s.gradients, s.offload_gradients)}"
+                         + (" + DDP's gradient buckets" if s.ddp_buckets and not s.offload_gradients else ""),
+            "optimizer": f"{optimizer}: two moments per trainable value{master}"
+                         f"{share(s.optimizer, s.offload_optimizer)}"}

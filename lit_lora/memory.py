@@ -9,6 +9,9 @@ Four parts, each in bytes, each an estimate with its assumptions stated:
 * **activations** — what autograd keeps for backward at a batch size and sequence length
   (``activation_bytes``), plus a fixed allowance for the CUDA context and allocator slack.
 
+Under DeepSpeed ZeRO or FSDP, ``Sharding`` (read from the Trainer config) says which of the first three parts
+each device holds a share of, or leaves in CPU memory (``sharded_state``).
+
     from lit_lora.memory import optimizer_state_bytes
     optimizer_state_bytes([p for p in model.parameters() if p.requires_grad], "paged_adamw_8bit")
 
@@ -233,9 +236,91 @@ def activation_bytes(shape: Shape, batch: int, seq: int, value_bytes: int, check
     return parts
 
 
+@dataclass(frozen=True)
+class Sharding:
+    """How a strategy spreads the training state over ``world`` devices (``Sharding.of_trainer``).
+
+    ``weights`` / ``gradients`` / ``optimizer``: the number of devices each is split over (1: every device holds it
+    all): ZeRO-1 splits the optimizer state, ZeRO-2 the gradients too, ZeRO-3 and FSDP's ``FULL_SHARD`` the
+    parameters too. ``master_weights``: DeepSpeed in 16-bit keeps a float32 copy of the trainable values in its
+    optimizer. Offloaded parts live in CPU memory (ZeRO's optimizer offload takes the gradient partitions along,
+    FSDP's CPU offload parameters, gradients and optimizer state). ``gathered_layer``: with sharded parameters
+    one layer's weights are gathered whole for its forward / backward. ``ddp_buckets``: DDP's gradient buckets,
+    a second copy of the gradients. Not counted: ZeRO's communication buckets, FSDP's prefetched next unit.
+    """
+
+    name: str = "one device"
+    world: int = 1
+    weights: int = 1
+    gradients: int = 1
+    optimizer: int = 1
+    master_weights: bool = False
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+    offload_gradients: bool = False
+    gathered_layer: bool = False
+    ddp_buckets: bool = False
+    devices_known: bool = True  # False: ``trainer.devices`` is auto / -1, counted as one device
+
+    @staticmethod
+    def half_dtype(precision: str) -> Optional[torch.dtype]:
+        """The 16-bit dtype of a Lightning precision (``bf16-mixed``, ``16-true`` …), None for 32 / 64-bit."""
+        return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") \
+            else None
+
+    @classmethod
+    def of_trainer(cls, trainer) -> "Sharding":
+        """The sharding of ``trainer.strategy`` over ``trainer.devices`` x ``trainer.num_nodes`` as Lightning runs
+        it; more than one device and no strategy is DDP (as Lightning's ``auto`` picks)."""
+        from lit_lora.cluster.launch_checks import device_count
+        from lit_lora.compatibility import _get, _strategy
+
+        known = device_count(trainer.get("devices"), trainer.get("accelerator"))
+        per_node = max(known or 1, 1)
+        world = per_node * max(int(trainer.get("num_nodes") or 1), 1)
+        strategy = trainer.get("strategy")
+        family, stage, offload = _strategy(strategy)
+        args = {} if isinstance(strategy, str) or strategy is None else _get(strategy, "init_args") or {}
+        common = {"world": world, "devices_known": known is not None}
+        if family == "deepspeed":
+            params_off = stage >= 3 and (bool(_get(args, "offload_parameters", False))
+                                         or str(strategy).startswith("deepspeed_stage_3_offload"))
+            return cls(f"DeepSpeed ZeRO-{stage}", weights=world if stage >= 3 else 1,
+                       gradients=world if stage >= 2 else 1, optimizer=world,
+                       master_weights=cls.half_dtype(str(trainer.get("precision") or "")) is not None,
+                       offload_optimizer=offload, offload_parameters=params_off, offload_gradients=offload,
+                       gathered_layer=stage >= 3 and world > 1, **common)
+        if family == "fsdp":
+            mode = str(_get(args, "sharding_strategy", None) or "FULL_SHARD").rsplit(".", 1)[-1].upper().lstrip("_")
+            split = 1 if mode == "NO_SHARD" else per_node if mode.startswith("HYBRID") else world
+            cpu = _get(args, "cpu_offload", None) or strategy == "fsdp_cpu_offload"
+            cpu = bool(_get(_get(cpu, "init_args", None) or cpu, "offload_params", True)) if cpu else False
+            full = mode in ("FULL_SHARD", "HYBRID_SHARD") and split > 1
+            return cls(f"FSDP {mode}", weights=split if full else 1, gradients=split, optimizer=split,
+                       offload_optimizer=cpu, offload_parameters=cpu, offload_gradients=cpu, gathered_layer=full,
+                       ddp_buckets=mode == "NO_SHARD", **common)
+        if family == "ddp" or world > 1:
+            return cls("DDP", ddp_buckets=True, **common)
+        return cls(**common)
+
+
+def sharded_state(sharding: Sharding, weights: int, gradients: int, optimizer: int,
+                  layer_bytes: int) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer state) on one device under ``sharding``, from their unsharded bytes;
+    ``layer_bytes``: the largest layer's weights, gathered whole where parameters are sharded."""
+    on_device = 0 if sharding.offload_parameters else -(-weights // sharding.weights)
+    if sharding.gathered_layer:
+        on_device += layer_bytes
+    grads = 0 if sharding.offload_gradients else -(-gradients // sharding.gradients)
+    grads *= 2 if sharding.ddp_buckets else 1
+    state = 0 if sharding.offload_optimizer else -(-optimizer // sharding.optimizer)
+    return on_device, grads, state
+
+
 @dataclass
 class MemoryEstimate:
-    """The parts of an estimate in bytes, and whether their sum fits a GPU."""
+    """The parts of an estimate in bytes, and whether their sum fits a GPU. ``load_peak``: what a device holds while
+    the model loads, where that exceeds the training total (a base loaded whole before ZeRO-3 partitions it)."""
 
     weights: int
     quant_constants: int
@@ -243,14 +328,19 @@ class MemoryEstimate:
     optimizer: int
     activations: dict[str, int]
     overhead: int
+    load_peak: int = 0
 
     @property
     def total(self) -> int:
         return (self.weights + self.quant_constants + self.gradients + self.optimizer
                 + sum(self.activations.values()) + self.overhead)
 
+    @property
+    def peak(self) -> int:
+        return max(self.total, self.load_peak)
+
     def fits(self, gpu_bytes: float) -> bool:
-        return self.total <= gpu_bytes
+        return self.peak <= gpu_bytes
 
 
 def peak_memory() -> tuple[float, str]:

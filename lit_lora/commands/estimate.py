@@ -8,6 +8,11 @@ override included), with only the module built (it loads nothing) and no hardwar
 estimates need not be the one that trains. The model is built on the meta device by the builder training uses
 (``lit_lora.estimate.build``); the options below join the parser.
 
+With a strategy fragment and a device count (``--config configs/strategies/deepspeed_zero3.yaml --trainer.devices
+4``) the numbers are what one of the devices holds (``lit_lora.memory.Sharding``). A method / strategy /
+quantisation combination that ``fit`` refuses is refused here too, with fit's message (a GPU is assumed: the
+machine that estimates need not have one).
+
 The exit status is 1 when the total does not fit in ``--gpu_memory_gib`` (the report is printed either way),
 so a script queues only what fits::
 
@@ -26,19 +31,30 @@ from lit_lora.memory import GIB
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--gpu_memory_gib", type=float, default=80.0,
+    """The command's options; a value out of range (a batch of -4 gave negative activations) is a parser error."""
+    from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
+
+    parser.add_argument("--gpu_memory_gib", type=PositiveFloat, default=80.0,
                         help="GPU memory to check the total against; exit status 1 when the total does not fit")
-    parser.add_argument("--batch_size", type=Optional[int], default=None,
+    parser.add_argument("--batch_size", type=Optional[PositiveInt], default=None,
                         help="per-device batch size (default: data.batch_size; for a config that trains "
                              "nothing, the rows of its largest generate call)")
-    parser.add_argument("--seq_len", type=Optional[int], default=None,
+    parser.add_argument("--seq_len", type=Optional[PositiveInt], default=None,
                         help="tokens per row (default: the data's max length)")
-    parser.add_argument("--overhead_gib", type=float, default=1.0, help="CUDA context and allocator slack")
+    parser.add_argument("--overhead_gib", type=NonNegativeFloat, default=1.0,
+                        help="CUDA context and allocator slack")
+
+
+def check(config) -> None:
+    """Refuse what ``fit`` refuses when it reads the config (``compatibility.check_config``), on a GPU machine."""
+    from lit_lora.compatibility import check_config
+
+    check_config(config, cuda_available=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    experiment = load_experiment(sys.argv[1:] if argv is None else list(argv), add_arguments, build="model",
-                                 prog="lit-lora estimate")
+    experiment = load_experiment(sys.argv[1:] if argv is None else list(argv), add_arguments, check=check,
+                                 build="model", prog="lit-lora estimate")
     options, module = experiment.config, experiment.module
     built = build(module)
     data = data_settings(options)
