@@ -28,6 +28,7 @@ def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str
     files get the umask's mode, as the run's other files (safetensors writes 0600)."""
     from peft import get_peft_model_state_dict
 
+    check_mergeable_adapter(adapter_dir)
     base = auto_model_class.from_pretrained(base_name_or_path, dtype=to_dtype(dtype), **load_kwargs)
     model = load_peft_model(base, adapter_dir)
     check_untied_targets(model, adapter_dir)
@@ -43,6 +44,21 @@ def merge_and_save(base_name_or_path: str, adapter_dir: str | Path, out_dir: str
         tokenizer.save_pretrained(out)
     files_follow_umask(out)
     return out
+
+
+def check_mergeable_adapter(adapter_dir: str | Path) -> None:
+    """Refuse, before any weights load, an adapter directory whose method has no weights to fold into the base
+    (prompt tuning, P-tuning, prefix tuning: ``adapter_config.json``'s ``peft_type``, whatever the config says):
+    peft's model of it has no ``merge_and_unload``."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    if config.is_prompt_learning:
+        method = getattr(config.peft_type, "value", config.peft_type)
+        raise IncompatibleConfig(
+            f"cannot merge {adapter_dir}: it is a {method} adapter (its adapter_config.json), whose trained virtual "
+            "tokens or prefixes go in front of the input and do not fold into the base weights. Only LoRA / QLoRA "
+            "adapters merge; load this one unmerged with peft's PeftModel.from_pretrained onto its base")
 
 
 def check_finite_merge(merged, adapter_dir: str | Path, out_dir: str | Path) -> None:

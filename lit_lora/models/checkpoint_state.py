@@ -14,10 +14,12 @@ state dict that lacks a trainable weight is refused when the checkpoint is writt
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
 from lit_lora.cluster.sharding import FSDP_SEGMENT
+from lit_lora.errors import InputError
 
 log = logging.getLogger("lit_lora")
 
@@ -49,20 +51,33 @@ def trainable_only(state_dict: dict, keep: set[str], method: str, writes: bool =
     return {k: v for k, v in state_dict.items() if k in keep}
 
 
-def missing_on_load(checkpoint: dict, keep: set[str]) -> list[str]:
-    """Trainable weights a checkpoint lacks. DeepSpeed and FSDP load the weights themselves and hand over the
+class CheckpointWeightsMismatch(InputError, RuntimeError):
+    """A checkpoint's trainable weights are not the ones this module's adapter configuration trains."""
+
+
+def saved_trainable_names(checkpoint: dict) -> Optional[set[str]]:
+    """The trainable weights a checkpoint holds. DeepSpeed and FSDP load the weights themselves and hand over the
     checkpoint without ``state_dict``: there the names recorded at save time stand in for it."""
     saved = checkpoint.get("state_dict", checkpoint.get("lit_lora", {}).get("trainable_keys"))
-    return sorted(keep - set(saved)) if saved is not None else []
+    return set(saved) if saved is not None else None
 
 
 def check_loaded(checkpoint: dict, keep: set[str], method: str, data_settings: dict) -> None:
-    """Raise when the checkpoint lacks one of the ``keep`` weights; warn when it was trained on other data
-    settings than ``data_settings`` (the train-overlap check then sees today's training split)."""
-    missing = missing_on_load(checkpoint, keep)
-    if missing:
-        raise RuntimeError(f"checkpoint lacks {len(missing)} trainable weights of this {method} model "
-                           f"(first: {missing[0]}); was it written with a different adapter configuration?")
+    """Raise when the checkpoint lacks one of the ``keep`` weights or holds trained weights this model has no
+    place for (Lightning loads it with ``strict=False``, which would drop them: a LoRA on fewer layers, or no
+    adapter, would evaluate as if it were the trained model); warn when it was trained on other data settings
+    than ``data_settings`` (the train-overlap check then sees today's training split)."""
+    saved = saved_trainable_names(checkpoint)
+    missing, unexpected = (sorted(keep - saved), sorted(saved - keep)) if saved is not None else ([], [])
+    if missing or unexpected:
+        written_by = checkpoint.get("lit_lora", {}).get("method")
+        problems = ([f"lacks {len(missing)} trainable weights of this {method} model (first: {missing[0]})"]
+                    if missing else []) + ([f"holds {len(unexpected)} trained weights this {method} model has no "
+                                            f"place for (first: {unexpected[0]})"] if unexpected else [])
+        raise CheckpointWeightsMismatch(
+            f"checkpoint {' and '.join(problems)}: it was written by a {written_by or 'differently configured'} "
+            "model with another adapter configuration (method, target_modules, r, modules_to_save); use the "
+            "config.yaml of its run")
     trained_on = checkpoint.get("lit_lora", {}).get("data") or {}
     changed = {k: (v, data_settings.get(k)) for k, v in trained_on.items() if data_settings and v != data_settings.get(k)}
     if changed:
