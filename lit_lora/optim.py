@@ -70,6 +70,28 @@ def optimizer_class(name: str):
             "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[name]
 
 
+def offloads_optimizer(trainer) -> bool:
+    """Whether ``trainer`` runs DeepSpeed with the optimizer offloaded (ZeRO ``offload_optimizer`` to cpu / nvme) and
+    DeepSpeed's default ``zero_force_ds_cpu_optimizer``: its engine then refuses any optimizer but its own CPU Adam
+    (``ZeRORuntimeException`` at the start of training, the ``deepspeed_zero3_offload.yaml`` fragment included)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = getattr(trainer, "strategy", None)
+    config = getattr(strategy, "config", None)
+    if not isinstance(strategy, DeepSpeedStrategy) or not isinstance(config, dict):
+        return False
+    offload = (config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    return str(offload.get("device", "none")) in ("cpu", "nvme") and config.get("zero_force_ds_cpu_optimizer", True)
+
+
+def deepspeed_cpu_adam(groups: list[dict], lr: float, betas: tuple[float, float], eps: float):
+    """``optim.name: adamw`` as DeepSpeed's CPU AdamW (decoupled weight decay, the same per-group decay and rates;
+    the learning-rate schedule steps its groups as torch's)."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float, wrapper: Optional[torch.nn.Module] = None) -> list[dict]:
     """Weight decay on matrices only: biases and norm weights (1-D) are not decayed.
 
@@ -133,9 +155,10 @@ def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, trainer
         raise ValueError("nothing to train: every weight is frozen (adapter NoAdapter?); evaluate with "
                          "`lit-lora test` / `lit-lora incontext`, or choose a LoRA / QLoRA / full adapter to fit")
     wrapper = getattr(getattr(trainer, "strategy", None), "model", None)  # FSDP's root unit wraps the module
-    optimizer = optimizer_class(settings.name)(
-        param_groups(model, settings.weight_decay, wrapper), lr=settings.lr, betas=settings.betas, eps=settings.eps
-    )
+    make = deepspeed_cpu_adam if settings.name == "adamw" and offloads_optimizer(trainer) else \
+        optimizer_class(settings.name)
+    optimizer = make(param_groups(model, settings.weight_decay, wrapper), lr=settings.lr, betas=settings.betas,
+                     eps=settings.eps)
 
     def total_steps() -> int:
         if trainer is None:
