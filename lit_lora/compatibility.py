@@ -20,12 +20,17 @@ which runs real ZeRO-2 / ZeRO-3 engines on CPU):
     parameters grouped by dtype, so 8-bit and uint8-stored 4-bit bases train under it.
   * Optimizer offload (ZeRO ``offload_optimizer``) runs DeepSpeed's CPU Adam; a bitsandbytes optimizer
     (``adamw_8bit``, ``paged_*``) cannot be offloaded: use ``optim.name: adamw``.
+  * A DeepSpeed ``config`` (dict or JSON file) must not carry what the config says elsewhere: with an
+    ``optimizer`` or ``scheduler`` section Lightning skips the module's ``configure_optimizers`` (``model.optim``
+    ignored), and its ``gradient_clipping`` wins over ``trainer.gradient_clip_val``.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -52,6 +57,7 @@ class Setup:
     cuda_available: bool = False
     precision: Optional[str] = None      # the Trainer's, e.g. bf16-mixed, 16-mixed, 32-true
     merge: bool = False                  # export.merge: LoRA merged into its base at the end of fit
+    deepspeed_overrides: tuple = ()      # DeepSpeed config keys that would override the config's settings
 
     @property
     def quantized(self) -> bool:
@@ -112,6 +118,10 @@ def problems(s: Setup) -> list[str]:
         found.append(f"ZeRO optimizer offload runs DeepSpeed's CPU Adam and cannot offload the bitsandbytes "
                      f"optimizer {s.optimizer!r}; fix: model.init_args.optim.name: adamw, or a strategy "
                      "without offload (configs/strategies/deepspeed_zero3.yaml)")
+    if s.deepspeed_overrides:
+        found.append("the DeepSpeed config of trainer.strategy sets " + "; ".join(s.deepspeed_overrides)
+                     + ": DeepSpeed's value would silently replace the config's; fix: remove it from the DeepSpeed "
+                     "config and set model.init_args.optim / trainer.gradient_clip_val instead")
     return found
 
 
@@ -175,6 +185,31 @@ def _strategy(strategy: Any) -> tuple[str, Optional[int], bool]:
     return class_path.rsplit(".", 1)[-1].lower(), None, False
 
 
+def deepspeed_overrides(strategy: Any, gradient_clip_val: Any) -> tuple[str, ...]:
+    """What a DeepSpeed ``config`` (dict, or the path of its JSON file) of ``strategy`` would override: an
+    ``optimizer`` / ``scheduler`` section (Lightning then skips ``configure_optimizers``), and a ``gradient_clipping``
+    other than ``trainer.gradient_clip_val`` (Lightning fills it from the Trainer only where it is missing)."""
+    if isinstance(strategy, str) or "DeepSpeed" not in str(_get(strategy, "class_path") or type(strategy).__name__):
+        return ()
+    config = _get(_get(strategy, "init_args", None), "config", None)
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise IncompatibleConfig(f"trainer.strategy.init_args.config: cannot read {path} as a DeepSpeed JSON "
+                                     f"config ({err})") from None
+    config = config.as_dict() if hasattr(config, "as_dict") else config
+    if not isinstance(config, dict):
+        return ()
+    found = [f"'{key}' (model.init_args.optim ignored: Lightning skips configure_optimizers)"
+             for key in ("optimizer", "scheduler") if key in config]
+    clip = config.get("gradient_clipping")
+    if clip is not None and float(clip) != float(gradient_clip_val or 0.0):
+        found.append(f"'gradient_clipping: {clip}' (trainer.gradient_clip_val is {gradient_clip_val})")
+    return tuple(found)
+
+
 def adapter_spec(adapter: Any) -> AdapterSpec:
     """The ``AdapterSpec`` of a config's adapter: an ``Adapter``'s own, or that of the ``class_path`` /
     ``init_args`` entry, instantiated (an adapter holds settings only; nothing is loaded). No adapter: LoRA's,
@@ -211,6 +246,7 @@ def from_config(config: Any, cuda_available: Optional[bool] = None) -> Setup:
         cuda_available=CUDAAccelerator.is_available() if cuda_available is None else cuda_available,
         precision=None if _get(trainer, "precision") is None else str(_get(trainer, "precision")),
         merge=bool(_get(_get(config, "export"), "merge", False)),
+        deepspeed_overrides=deepspeed_overrides(_get(trainer, "strategy"), _get(trainer, "gradient_clip_val")),
     )
 
 

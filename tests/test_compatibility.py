@@ -98,3 +98,28 @@ def test_cli_refuses_deepspeed_on_cpu_before_building_anything(tiny_model):
     with pytest.raises(IncompatibleConfig, match="ddp.yaml"):
         run_cli(["fit", "--config", DEMO, "--config", str(STRATEGIES / "deepspeed_zero3.yaml"),
                  "--model.init_args.model_name_or_path", tiny_model("llama")])
+
+
+def deepspeed_with(config, clip=1.0) -> dict:
+    strategy = {"class_path": "lightning.pytorch.strategies.DeepSpeedStrategy", "init_args": {"config": config}}
+    return {"trainer": {"strategy": strategy, "accelerator": "gpu", "gradient_clip_val": clip}}
+
+
+def test_a_deepspeed_config_may_not_replace_the_optimizer_schedule_or_clipping(tmp_path):
+    """Lightning skips ``configure_optimizers`` when the DeepSpeed config has an optimizer or scheduler section,
+    and takes its ``gradient_clipping`` over ``trainer.gradient_clip_val``: each is refused by name, from a dict
+    or from the JSON file the strategy reads."""
+    zero = {"zero_optimization": {"stage": 2}}
+    assert problems(from_config(deepspeed_with(zero), cuda_available=True)) == []
+    assert problems(from_config(deepspeed_with({**zero, "gradient_clipping": 1.0}), cuda_available=True)) == []
+    found = problems(from_config(deepspeed_with({**zero, "optimizer": {"type": "AdamW"}, "scheduler": {},
+                                                 "gradient_clipping": 0.5}), cuda_available=True))
+    assert len(found) == 1 and "'optimizer'" in found[0] and "'scheduler'" in found[0], found
+    assert "'gradient_clipping: 0.5' (trainer.gradient_clip_val is 1.0)" in found[0]
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"stage": 3}, "optimizer": {"type": "Adam"}}')
+    with pytest.raises(IncompatibleConfig, match="sets 'optimizer'"):
+        check(from_config(deepspeed_with(str(path)), cuda_available=True))
+    path.write_text('{"zero_optimization": ')
+    with pytest.raises(IncompatibleConfig, match="cannot read .*ds.json as a DeepSpeed JSON config"):
+        from_config(deepspeed_with(str(path)), cuda_available=True)
