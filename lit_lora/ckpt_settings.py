@@ -186,14 +186,28 @@ def other_module(ckpt_path: str, stored: str, given: str, command: str) -> Check
         f"its run" + (f" (lit-lora {command} --config {saved} --ckpt_path {ckpt_path})" if saved and saved.is_file() else ""))
 
 
-def check_checkpoint_module(ckpt_path: str, class_path: Optional[str], command: str) -> None:
-    """Refuse a Lightning checkpoint file whose stored module class (LightningCLI's hyperparameters) is not
-    ``class_path``, before anything is built; read memory-mapped, so only the hyperparameters are touched."""
+def check_checkpoint_module(ckpt_path: str, model: Any, command: str) -> None:
+    """Refuse a Lightning checkpoint file whose stored module class (LightningCLI's hyperparameters) is not the
+    ``model`` config's, or whose adapter settings differ from its (``compare`` builds the config's model and loads
+    the checkpoint's weights into it: a LoRA on other layers would be scored as the trained model), before anything
+    is built; read memory-mapped, so only the hyperparameters are touched."""
+    class_path = (_as_dict(model) or {}).get("class_path")
     if not class_path or not Path(ckpt_path).is_file():
         return
     import torch
 
-    stored = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters") or {}
-    stored_class = stored.get("_class_path")
+    stored = dict(torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters")
+                  or {})
+    stored_class = stored.pop("_class_path", None)
     if stored_class and stored_class != class_path:
         raise other_module(ckpt_path, stored_class, class_path, command)
+    ignored = {"model.init_args.adapter.init_args.dropout"}  # training only
+    diff = {k: v for k, v in differences(model, {"class_path": stored_class, "init_args": stored},
+                                         ("init_args.adapter",)).items() if k not in ignored}
+    if stored_class and "adapter" in stored and diff:
+        run = run_of_checkpoint(ckpt_path)
+        saved = run / "config.yaml" if run else None
+        raise CheckpointSettingsMismatch(
+            f"--ckpt_path {ckpt_path} was trained with other adapter settings than this config, whose model would "
+            f"not hold the checkpoint's weights:\n{_listing(diff)}\nscore it with the config of its run"
+            + (f" (lit-lora {command} --config {saved} --ckpt_path {ckpt_path})" if saved and saved.is_file() else ""))

@@ -7,7 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from harness import DEMO, QUIET, cli_exit, config, run_cli
+
+from lit_lora.ckpt_settings import CheckpointSettingsMismatch, check_checkpoint_module
 
 pytestmark = pytest.mark.faults
 
@@ -71,3 +74,22 @@ def test_an_empty_or_cut_short_checkpoint_is_one_line_not_a_torch_traceback(runs
     assert last_line(command, empty, tmp_path, tiny_model, caplog) == (
         f"lit-lora: MissingCheckpoint: --ckpt_path {empty}: an empty file, not a whole checkpoint (a save or a copy "
         "that did not finish?)")
+
+
+def test_compare_refuses_a_checkpoint_of_other_adapter_settings_before_scoring(runs, tmp_path, tiny_model, caplog):
+    """compare builds the config's model and loads the checkpoint's weights into it: a LoRA on other layers is named
+    with both values before the base is scored; a training-only difference (dropout) is not refused."""
+    ckpt = sorted((runs["demo"] / "checkpoints").glob("*.ckpt"))[0]
+    caplog.clear()
+    status, line = cli_exit(["compare", "--config", str(runs["demo"] / "config.yaml"), "--ckpt_path", str(ckpt),
+                             "--model.init_args.adapter.init_args.target_modules", "[q_proj]",
+                             "--out_dir", str(tmp_path / "out")])
+    assert status == 1 and "kept" not in caplog.text and not (tmp_path / "out").exists()
+    assert line.startswith(f"lit-lora compare: --ckpt_path {ckpt} was trained with other adapter settings"), line
+    model = {"class_path": "lit_lora.models.CausalLMModule", "init_args": {"adapter": {
+        "class_path": "lit_lora.adapters.LoRA", "init_args": {"target_modules": ["q_proj"]}}}}
+    with pytest.raises(CheckpointSettingsMismatch, match="target_modules: config \\['q_proj'\\], checkpoint 'all-linear'"):
+        check_checkpoint_module(str(ckpt), model, "compare")
+    saved = yaml.safe_load((runs["demo"] / "config.yaml").read_text())["model"]
+    saved["init_args"]["adapter"]["init_args"]["dropout"] = 0.3
+    check_checkpoint_module(str(ckpt), saved, "compare")  # dropout trains only: no refusal

@@ -61,7 +61,7 @@ def check(config) -> None:
     if settings.ckpt_path:
         try:
             check_ckpt_path_exists(path)
-            check_checkpoint_module(path, (config.get("model") or {}).get("class_path"), "compare")
+            check_checkpoint_module(path, config.get("model"), "compare")
         except (MissingCheckpoint, CheckpointSettingsMismatch) as err:
             raise SystemExit(f"lit-lora compare: {err}") from None
 
