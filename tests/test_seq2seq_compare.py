@@ -11,7 +11,8 @@ import json
 import random
 
 import pytest
-from harness import config, run_cli
+from harness import cli_exit, config, run_cli
+from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
 CONFIG = config("tutorials/codet5_lora")
 OPERATIONS = [("sum", "+"), ("difference", "-"), ("product", "*"), ("quotient", "/")]
@@ -132,3 +133,52 @@ def test_evaluating_on_training_rows_needs_the_switch(trained, tmp_path, capsys)
     report, md = compare(trained, tmp_path / "allowed", *on_train, "--allow_train_overlap")
     assert md.splitlines()[0].startswith("**WARNING: evaluated on rows the model was trained on** (8 of 8")
     assert report["trained_on_evaluated_rows"] is True
+
+
+# ``--adapter_dir`` that compare cannot load is refused before the base model is scored (on a real model that is the
+# whole base evaluation, generation included), in one line naming the directory.
+def compare_exit(trained, adapter_dir, out, *extra):
+    model, _, source = trained
+    return cli_exit(["compare", *data_args(model, source), "--adapter_dir", str(adapter_dir), "--out_dir", str(out),
+                     "--trainer.accelerator", "cpu", "--trainer.limit_test_batches", "1", *extra])
+
+
+def test_a_run_directory_given_for_the_adapter_is_refused_before_scoring(trained, tmp_path):
+    _, run, _ = trained  # the run directory, not its adapter/ folder: neither adapter_config.json nor config.json
+    status, line = compare_exit(trained, run, tmp_path / "out")
+    assert status == 1 and line.startswith("lit-lora: IncompatibleConfig: --adapter_dir ") and str(run) in line, line
+    assert "adapter_config.json" in line and "config.json" in line
+    assert not (tmp_path / "out" / "base").exists()  # nothing was scored
+
+
+def test_a_peft_adapter_for_a_config_without_one_is_refused_before_scoring(trained, tmp_path):
+    _, run, _ = trained
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    status, line = compare_exit(trained, run / "adapter", tmp_path / "out",
+                                "--model.init_args.adapter", "lit_lora.adapters.FullFineTuning")
+    assert status == 1 and "is a peft adapter" in line and "full" in line, line
+    assert not (tmp_path / "out" / "base").exists()
+
+
+# compare's numbers, recomputed: each column's BLEU / ROUGE / exact match equal torchmetrics run directly on that
+# column's written predictions, both columns scored the same rows, and the console prints report.json's numbers.
+def test_report_numbers_are_the_predictions_scored_directly(trained, tmp_path, capsys):
+    report, _ = compare(trained, tmp_path)
+    console = capsys.readouterr().out
+    rows = {side: [json.loads(line) for line in (tmp_path / side / "predictions.jsonl").read_text().splitlines()]
+            for side in ("base", "tuned")}
+    assert [(r["prompt"], r["reference"]) for r in rows["base"]] == [(r["prompt"], r["reference"]) for r in
+                                                                      rows["tuned"]]
+    for side, written in rows.items():
+        preds, refs = [r["prediction"] for r in written], [r["reference"] for r in written]
+        bleu = float(SacreBLEUScore(tokenize="13a")(preds, [[r] for r in refs]))
+        rouge = ROUGEScore(rouge_keys="rougeL")(preds, refs)
+        exact = sum(" ".join(p.split()) == " ".join(r.split()) for p, r in zip(preds, refs)) / len(refs)
+        metrics = {name: row[side] for name, row in report["metrics"].items()}
+        assert metrics["bleu"] == pytest.approx(bleu, abs=1e-6), side
+        assert metrics["rougeL_fmeasure"] == pytest.approx(float(rouge["rougeL_fmeasure"]), abs=1e-6), side
+        assert metrics["exact_match"] == pytest.approx(exact), side
+        assert metrics["generated_rows"] == len(written) == report["run"]["rows"]
+    for name in ("loss", "bleu", "rougeL_fmeasure"):
+        row = report["metrics"][name]
+        assert f"{row['base']:.4g} -> {row['tuned']:.4g}" in console, name
