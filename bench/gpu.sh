@@ -71,6 +71,7 @@ else PY=$(command -v python || command -v python3 || echo python)
 fi
 # --wheels: the gathered wheels, unpacked without their dependency checks (the lock resolved them together)
 START=$SECONDS  # the budget counts the wheel install too
+RUN_EPOCH=$(date +%s)  # files in the results folder older than this are an earlier run's
 if [ -n "$WHEELS" ]; then
   case "$WHEELS" in /*) ;; *) WHEELS=$CALLER_DIR/$WHEELS ;; esac   # relative to where gpu.sh was called
   ls "$WHEELS"/*.whl > /dev/null 2>&1 || { echo "gpu.sh: no wheels in $WHEELS" >&2; exit 2; }
@@ -150,12 +151,15 @@ step env 60 bash -c env_report
 PARALLEL=$("$PY" -c 'import xdist' 2> /dev/null && echo "-n 6 --dist worksteal")
 [ -n "$PARALLEL" ] || note "pytest-xdist is missing: the gpu tests run one at a time and may not finish" \
   "(--wheels .whl brings it)"
+# without pytest-timeout, `--timeout` is a usage error that would run no gpu test at all: the step's cap alone then
+PER_TEST=$("$PY" -c 'import pytest_timeout' 2> /dev/null && echo "--timeout 150")
+[ -n "$PER_TEST" ] || note "pytest-timeout is missing: no per-test timeout, only the step's (--wheels .whl brings it)"
 if [ "$DRY" -eq 1 ]; then
-  note "dry run: would run: $PY -m pytest -m gpu -v -rA --timeout 150 ${PARALLEL:-} --junitxml=$OUT_DIR/pytest_gpu.xml"
+  note "dry run: would run: $PY -m pytest -m gpu -v -rA ${PER_TEST:-} ${PARALLEL:-} --junitxml=$OUT_DIR/pytest_gpu.xml"
   note "dry run: would run: $PY bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16"
   step throughput 300 "$PY" bench/gpu_throughput.py --dry-run --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS"
 else
-  LIT_LORA_REQUIRE_CUDA=1 step pytest_gpu 200 "$PY" -m pytest -m gpu -v -rA --timeout 150 --durations 10 -p no:cacheprovider $PARALLEL \
+  LIT_LORA_REQUIRE_CUDA=1 step pytest_gpu 200 "$PY" -m pytest -m gpu -v -rA $PER_TEST --durations 10 -p no:cacheprovider $PARALLEL \
     --junitxml="$OUT_DIR/pytest_gpu.xml"
   step generation 80 "$PY" bench/generation.py --device cuda --repeats 1 --batch-sizes 64 --per-row-prompts 16 \
     --json-out "$OUT_DIR/generation.json"
@@ -163,7 +167,12 @@ else
   step throughput "$remaining" "$PY" bench/gpu_throughput.py --out "$OUT_DIR" --layers "$LAYERS" --steps "$STEPS" \
     --budget-s $(( remaining - 40 ))
 fi
-[ -f "$OUT_DIR/gpu_throughput.md" ] && cat "$OUT_DIR/gpu_throughput.md"
+# only a table this run wrote: one left in the folder by an earlier run is not this run's numbers
+if [ -f "$OUT_DIR/gpu_throughput.md" ] && [ "$(stat -c %Y "$OUT_DIR/gpu_throughput.md")" -ge "$RUN_EPOCH" ]; then
+  cat "$OUT_DIR/gpu_throughput.md"
+elif [ -f "$OUT_DIR/gpu_throughput.md" ]; then
+  note "WARNING: $OUT_DIR/gpu_throughput.md is from an earlier run (this one wrote none): not printed"
+fi
 files=$(find "$OUT_DIR" -type f | wc -l)
 [ "$files" -le 8 ] || note "WARNING: $files files in $OUT_DIR; a lent machine's run returns at most 8"
 note "done in $(( SECONDS - START )) s: $FAILURES step(s) failed; logs and results in $OUT_DIR"

@@ -227,10 +227,10 @@ def packing_supported(env: dict, args: list[str], log_path: Path) -> bool:
 def estimate(variant: str, env: dict, args: list[str], gpu_gib: float, log_path: Path) -> dict:
     """``lit-lora estimate`` for the same config: its total (GiB) and full report."""
     done = run(lit_lora_command() + ["estimate", *args, "--gpu_memory_gib", f"{gpu_gib:g}"], env, 300, log_path)
-    if done.returncode not in (0, 1):  # 1: the report says it does not fit in gpu_gib, which is a result too
-        raise RuntimeError(f"lit-lora estimate exited {done.returncode}; see {log_path}")
     match = re.search(r"^\s*total\s+([\d.]+) GiB", done.stdout, re.MULTILINE)
-    return {"estimate_total_gib": float(match.group(1)) if match else None, "estimate_report": done.stdout.strip()}
+    if done.returncode not in (0, 1) or match is None:  # 1 and a total: no fit in gpu_gib; 1 alone: an error
+        raise RuntimeError(f"lit-lora estimate exited {done.returncode}{'' if match else ', no total'}: {log_path}")
+    return {"estimate_total_gib": float(match.group(1)), "estimate_report": done.stdout.strip()}
 
 
 def fit(variant: str, env: dict, args: list[str], warmup: int, timeout: float, run_dir: Path) -> dict:
