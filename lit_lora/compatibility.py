@@ -28,15 +28,14 @@ which runs real ZeRO-2 / ZeRO-3 engines on CPU):
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 
 from lit_lora.adapters.base import Adapter, AdapterSpec, to_dtype
+from lit_lora.cluster.strategy_config import deepspeed_settings, field, strategy_family
 from lit_lora.errors import IncompatibleConfig
 
 
@@ -144,63 +143,24 @@ def check(s: Setup) -> None:
 
 
 # ---- reading a LightningCLI config ---------------------------------------------------------------
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    if node is None:
-        return default
-    if isinstance(node, dict):
-        return node.get(key, default)
-    return getattr(node, key, default) if not hasattr(node, "get") else node.get(key, default)
+_get = field
 
 
 def _strategy(strategy: Any) -> tuple[str, Optional[int], bool]:
     """(family, zero stage, optimizer offload) of a Trainer ``strategy`` value (string, class_path config, object)."""
-    if strategy is None:
-        return "auto", None, False
-    if isinstance(strategy, str):
-        name = strategy.lower()
-        if name.startswith("deepspeed"):
-            stage = next((int(c) for c in name.split("_stage_")[-1][:1] if c.isdigit()), 2) \
-                if "_stage_" in name else 2
-            return "deepspeed", stage, "offload" in name
-        if name.startswith("fsdp"):
-            return "fsdp", None, False
-        return ("ddp" if name.startswith("ddp") else name), None, False
-    class_path = _get(strategy, "class_path") or type(strategy).__name__
-    args = _get(strategy, "init_args", None)
-    if args is None and not _get(strategy, "class_path"):  # an instantiated strategy object
-        args = vars(strategy)
-    if "DeepSpeed" in class_path:
-        stage = _get(args, "stage", None) or _get(args, "zero_stage", None) or 2
-        offload = bool(_get(args, "offload_optimizer", False))
-        config = _get(args, "config", None)
-        if isinstance(config, dict):  # an explicit DeepSpeed JSON config wins
-            zero = config.get("zero_optimization", {})
-            stage = zero.get("stage", stage)
-            offload = offload or bool(zero.get("offload_optimizer"))
-        return "deepspeed", int(stage), offload
-    if "FSDP" in class_path:
-        return "fsdp", None, False
-    if "DDP" in class_path:
-        return "ddp", None, False
-    return class_path.rsplit(".", 1)[-1].lower(), None, False
+    deepspeed = deepspeed_settings(strategy)
+    if deepspeed is not None:
+        return "deepspeed", deepspeed.stage, deepspeed.offload_optimizer
+    return strategy_family(strategy), None, False
 
 
 def deepspeed_overrides(strategy: Any, gradient_clip_val: Any) -> tuple[str, ...]:
     """What a DeepSpeed ``config`` (dict, or the path of its JSON file) of ``strategy`` would override: an
     ``optimizer`` / ``scheduler`` section (Lightning then skips ``configure_optimizers``), and a ``gradient_clipping``
     other than ``trainer.gradient_clip_val`` (Lightning fills it from the Trainer only where it is missing)."""
-    if isinstance(strategy, str) or "DeepSpeed" not in str(_get(strategy, "class_path") or type(strategy).__name__):
-        return ()
-    config = _get(_get(strategy, "init_args", None), "config", None)
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise IncompatibleConfig(f"trainer.strategy.init_args.config: cannot read {path} as a DeepSpeed JSON "
-                                     f"config ({err})") from None
-    config = config.as_dict() if hasattr(config, "as_dict") else config
-    if not isinstance(config, dict):
+    settings = deepspeed_settings(strategy)
+    config = None if settings is None else settings.config
+    if config is None:
         return ()
     found = [f"'{key}' (model.init_args.optim ignored: Lightning skips configure_optimizers)"
              for key in ("optimizer", "scheduler") if key in config]

@@ -273,28 +273,30 @@ class Sharding:
         """The sharding of ``trainer.strategy`` over ``trainer.devices`` x ``trainer.num_nodes`` as Lightning runs
         it; more than one device and no strategy is DDP (as Lightning's ``auto`` picks)."""
         from lit_lora.cluster.launch_checks import device_count
-        from lit_lora.compatibility import _get, _strategy
+        from lit_lora.cluster.strategy_config import deepspeed_settings, field, strategy_family
 
         known = device_count(trainer.get("devices"), trainer.get("accelerator"))
         per_node = max(known or 1, 1)
         world = per_node * max(int(trainer.get("num_nodes") or 1), 1)
         strategy = trainer.get("strategy")
-        family, stage, offload = _strategy(strategy)
-        args = {} if isinstance(strategy, str) or strategy is None else _get(strategy, "init_args") or {}
+        deepspeed = deepspeed_settings(strategy)
+        args = {} if isinstance(strategy, str) or strategy is None else field(strategy, "init_args") or {}
         common = {"world": world, "devices_known": known is not None}
-        if family == "deepspeed":
-            params_off = stage >= 3 and (bool(_get(args, "offload_parameters", False))
-                                         or str(strategy).startswith("deepspeed_stage_3_offload"))
+        if deepspeed is not None:
+            stage = deepspeed.stage
             return cls(f"DeepSpeed ZeRO-{stage}", weights=world if stage >= 3 else 1,
-                       gradients=world if stage >= 2 else 1, optimizer=world,
+                       gradients=world if stage >= 2 else 1, optimizer=world if stage >= 1 else 1,
                        master_weights=cls.half_dtype(str(trainer.get("precision") or "")) is not None,
-                       offload_optimizer=offload, offload_parameters=params_off, offload_gradients=offload,
-                       gathered_layer=stage >= 3 and world > 1, **common)
+                       offload_optimizer=deepspeed.offload_optimizer,
+                       offload_parameters=stage >= 3 and deepspeed.offload_parameters,
+                       offload_gradients=deepspeed.offload_optimizer, gathered_layer=stage >= 3 and world > 1,
+                       **common)
+        family = strategy_family(strategy)
         if family == "fsdp":
-            mode = str(_get(args, "sharding_strategy", None) or "FULL_SHARD").rsplit(".", 1)[-1].upper().lstrip("_")
+            mode = str(field(args, "sharding_strategy", None) or "FULL_SHARD").rsplit(".", 1)[-1].upper().lstrip("_")
             split = 1 if mode == "NO_SHARD" else per_node if mode.startswith("HYBRID") else world
-            cpu = _get(args, "cpu_offload", None) or strategy == "fsdp_cpu_offload"
-            cpu = bool(_get(_get(cpu, "init_args", None) or cpu, "offload_params", True)) if cpu else False
+            cpu = field(args, "cpu_offload", None) or strategy == "fsdp_cpu_offload"
+            cpu = bool(field(field(cpu, "init_args", None) or cpu, "offload_params", True)) if cpu else False
             full = mode in ("FULL_SHARD", "HYBRID_SHARD") and split > 1
             return cls(f"FSDP {mode}", weights=split if full else 1, gradients=split, optimizer=split,
                        offload_optimizer=cpu, offload_parameters=cpu, offload_gradients=cpu, gathered_layer=full,

@@ -76,12 +76,13 @@ def offloads_optimizer(trainer) -> bool:
     (``ZeRORuntimeException`` at the start of training, the ``deepspeed_zero3_offload.yaml`` fragment included)."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
+    from lit_lora.cluster.strategy_config import from_deepspeed_config
+
     strategy = getattr(trainer, "strategy", None)
-    config = getattr(strategy, "config", None)
-    if not isinstance(strategy, DeepSpeedStrategy) or not isinstance(config, dict):
+    if not isinstance(strategy, DeepSpeedStrategy) or not isinstance(getattr(strategy, "config", None), dict):
         return False
-    offload = (config.get("zero_optimization") or {}).get("offload_optimizer") or {}
-    return str(offload.get("device", "none")) in ("cpu", "nvme") and config.get("zero_force_ds_cpu_optimizer", True)
+    forced = strategy.config.get("zero_force_ds_cpu_optimizer", True)
+    return from_deepspeed_config(strategy.config).offload_optimizer and bool(forced)
 
 
 def deepspeed_cpu_adam(groups: list[dict], lr: float, betas: tuple[float, float], eps: float):

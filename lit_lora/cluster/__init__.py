@@ -11,6 +11,8 @@
   model directory, an earlier run's results).
 * ``sharding``: full weights of a ZeRO-3 / FSDP model for export, loading under ZeRO-3, the device a rank
   evaluates on (``run_device``), and ``DecoderLayerWrapPolicy``, the FSDP auto-wrap policy.
+* ``strategy_config``: what a Trainer ``strategy`` value runs (family; DeepSpeed's ZeRO stage and offload from its
+  arguments, its config dict or JSON file), read once for the config check, the estimate and the optimizer.
 * ``tracking``: ``WandbRun``, Weights & Biases with one run per job across requeues and secrets redacted.
 * ``runtime``: what the CLI installs around every Trainer besides ``preemption:`` (one job per callback), on a
   laptop too: atomic checkpoint writes and the run-directory check are read from the ``preemption:`` section.
