@@ -93,3 +93,27 @@ def test_compare_refuses_a_checkpoint_of_other_adapter_settings_before_scoring(r
     saved = yaml.safe_load((runs["demo"] / "config.yaml").read_text())["model"]
     saved["init_args"]["adapter"]["init_args"]["dropout"] = 0.3
     check_checkpoint_module(str(ckpt), saved, "compare")  # dropout trains only: no refusal
+
+
+def test_a_checkpoint_of_another_lora_rank_names_both_shapes_not_a_size_mismatch_list(runs, tmp_path):
+    """The command line runs with the checkpoint's stored settings; Python's ``Trainer.validate(module,
+    ckpt_path=...)`` loads the weights into the module given: a LoRA of another ``r`` was PyTorch's list of size
+    mismatches, one per LoRA tensor; now one line with the first weight and both shapes."""
+    import lightning
+
+    from lit_lora.commands.experiment import load_experiment
+    from lit_lora.models.checkpoint_state import CheckpointWeightsMismatch
+
+    ckpt = sorted((runs["demo"] / "checkpoints").glob("*.ckpt"))[0]
+    r = yaml.safe_load((runs["demo"] / "config.yaml").read_text())["model"]["init_args"]["adapter"]["init_args"]["r"]
+    experiment = load_experiment(["--config", str(runs["demo"] / "config.yaml"), "--trainer.default_root_dir",
+                                  str(tmp_path), "--model.init_args.adapter.init_args.r", str(2 * r)])
+    trainer = lightning.Trainer(accelerator="cpu", logger=False, limit_val_batches=1, enable_progress_bar=False,
+                                default_root_dir=tmp_path)
+    with pytest.raises(CheckpointWeightsMismatch) as info:
+        trainer.validate(experiment.module, datamodule=experiment.datamodule, ckpt_path=str(ckpt))
+    line = str(info.value)
+    assert "\n" not in line and "size mismatch" not in line, line
+    assert line.startswith("checkpoint holds ") and "weights in other shapes than this lora model's (first: " \
+        "model.base_model.model.model.layers.0." in line, line
+    assert f": [{r}, " in line and f"in the checkpoint, [{2 * r}, " in line and "config.yaml of its run" in line, line

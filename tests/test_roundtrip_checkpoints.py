@@ -134,3 +134,12 @@ def test_merging_a_prompt_adapter_is_refused_before_any_weights_load(tiny_model,
                                                  r"adapter_config.json\).* Only LoRA / QLoRA adapters merge"):
         merge_and_save(module.model_name_or_path, saved, tmp_path / "merged", AutoModelForCausalLM)
     assert not (tmp_path / "merged").exists()
+
+
+def test_a_classifier_checkpoint_of_other_labels_is_an_input_error(tiny_model):
+    """The command prints an ``InputError`` as one line (a plain ValueError was a traceback)."""
+    checkpoint = checkpoint_of(trained(tiny_model, "classifier", LoRA(r=4, alpha=8, dropout=0.0)))
+    checkpoint["lit_lora"]["label_names"] = list(reversed(LABELS))
+    with pytest.raises(InputError, match=r"trained with labels \['contradiction', 'neutral', 'entailment'\], this "
+                                         r"run has \['entailment', 'neutral', 'contradiction'\]: use the label"):
+        module_of(tiny_model, "classifier", LoRA(r=4, alpha=8, dropout=0.0)).on_load_checkpoint(checkpoint)

@@ -363,7 +363,7 @@ class FineTuneModule(L.LightningModule):
         return dict(self.data_contract.training_settings) if self.data_contract is not None else {}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint_state.check_loaded(checkpoint, self.trainable_state_keys(), self.adapter.method,
+        checkpoint_state.check_loaded(checkpoint, self, self.adapter.method,
                                       self._training_split_settings())
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -62,18 +62,38 @@ def saved_trainable_names(checkpoint: dict) -> Optional[set[str]]:
     return set(saved) if saved is not None else None
 
 
-def check_loaded(checkpoint: dict, keep: set[str], method: str, data_settings: dict) -> None:
-    """Raise when the checkpoint lacks one of the ``keep`` weights or holds trained weights this model has no
+def other_shapes(state_dict: dict, module: torch.nn.Module) -> dict[str, tuple[torch.Size, torch.Size]]:
+    """The ``state_dict`` tensors whose shape differs from ``module``'s trainable parameter of that name:
+    {name: (saved shape, parameter shape)}. A parameter held as a shard (ZeRO-3's empty placeholder, FSDP's
+    flattened view) is not compared: its own shape is not the weight's."""
+    found = {}
+    for name, p in module.named_parameters():
+        saved = state_dict.get(state_name(name))
+        if p.requires_grad and isinstance(saved, torch.Tensor) and p.numel() > 0 and saved.dim() == p.dim() \
+                and not hasattr(p, "ds_shape") and saved.shape != p.shape:
+            found[state_name(name)] = (saved.shape, p.shape)
+    return found
+
+
+def check_loaded(checkpoint: dict, module: torch.nn.Module, method: str, data_settings: dict) -> None:
+    """Raise when the checkpoint lacks one of ``module``'s trainable weights, holds trained weights it has no
     place for (Lightning loads it with ``strict=False``, which would drop them: a LoRA on fewer layers, or no
-    adapter, would evaluate as if it were the trained model); warn when it was trained on other data settings
-    than ``data_settings`` (the train-overlap check then sees today's training split)."""
+    adapter, would evaluate as if it were the trained model), or holds them in other shapes (another LoRA ``r``:
+    PyTorch's wall of size mismatches); warn when it was trained on other data settings than ``data_settings``
+    (the train-overlap check then sees today's training split)."""
+    keep = trainable_names(module)
     saved = saved_trainable_names(checkpoint)
     missing, unexpected = (sorted(keep - saved), sorted(saved - keep)) if saved is not None else ([], [])
-    if missing or unexpected:
+    reshaped = other_shapes(checkpoint.get("state_dict") or {}, module)
+    if missing or unexpected or reshaped:
         written_by = checkpoint.get("lit_lora", {}).get("method")
         problems = ([f"lacks {len(missing)} trainable weights of this {method} model (first: {missing[0]})"]
                     if missing else []) + ([f"holds {len(unexpected)} trained weights this {method} model has no "
                                             f"place for (first: {unexpected[0]})"] if unexpected else [])
+        if reshaped:
+            name, (theirs, ours) = next(iter(reshaped.items()))
+            problems.append(f"holds {len(reshaped)} weights in other shapes than this {method} model's (first: "
+                            f"{name}: {list(theirs)} in the checkpoint, {list(ours)} here)")
         raise CheckpointWeightsMismatch(
             f"checkpoint {' and '.join(problems)}: it was written by a {written_by or 'differently configured'} "
             "model with another adapter configuration (method, target_modules, r, modules_to_save); use the "

@@ -36,7 +36,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lit_lora.cluster.lightning_compat import attached_trainer
 from lit_lora.cluster.sharding import outside_zero3_init
-from lit_lora.errors import IncompatibleConfig
+from lit_lora.errors import CheckpointSettingsMismatch, IncompatibleConfig
 from lit_lora.evaluation.evaluators import ClassificationEvaluator
 from lit_lora.models.base import MODEL_INPUT_KEYS, FineTuneModule
 from lit_lora.models.labels import LabelledModule
@@ -221,7 +221,8 @@ class SequenceClassifierModule(LabelledModule, FineTuneModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("lit_lora", {}).get("label_names")
         if saved is not None and list(saved) != self.label_names:
-            raise ValueError(f"checkpoint was trained with labels {saved}, this run has {self.label_names}")
+            raise CheckpointSettingsMismatch(f"checkpoint was trained with labels {saved}, this run has "
+                                             f"{self.label_names}: use the label names of its run")
         super().on_load_checkpoint(checkpoint)
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
