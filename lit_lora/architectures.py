@@ -86,6 +86,16 @@ def _roberta(model_id: str, hidden: int, layers: int, heads: int, published: flo
     )
 
 
+def _codet5(model_id: str, width: int, layers: int, heads: int, published: float) -> Architecture:
+    return Architecture(
+        model_id, T5Config,
+        dict(vocab_size=32100, d_model=width, d_kv=64, d_ff=4 * width, num_layers=layers, num_decoder_layers=layers,
+             num_heads=heads, feed_forward_proj="relu", relative_attention_num_buckets=32,
+             layer_norm_epsilon=1e-6, tie_word_embeddings=True, pad_token_id=0, eos_token_id=2, dtype="float32"),
+        head="seq2seq", published_params=published, max_positions=None, mlp="plain",
+    )
+
+
 REGISTRY: dict[str, Architecture] = {a.model_id: a for a in [
     # GemmaForCausalLM: multi-query attention (1 KV head of 256), GeGLU MLP, tied 256k embeddings.
     Architecture(
@@ -96,14 +106,9 @@ REGISTRY: dict[str, Architecture] = {a.model_id: a for a in [
              bos_token_id=2, eos_token_id=1, pad_token_id=0, dtype="bfloat16"),
         head="causal", published_params=2.51e9, max_positions=8192, mlp="gated",
     ),
-    # T5ForConditionalGeneration: 12 + 12 layers, ReLU MLP, relative positions, tied 32,100 embeddings.
-    Architecture(
-        "Salesforce/codet5-base", T5Config,
-        dict(vocab_size=32100, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12,
-             num_heads=12, feed_forward_proj="relu", relative_attention_num_buckets=32,
-             layer_norm_epsilon=1e-6, tie_word_embeddings=True, pad_token_id=0, eos_token_id=2, dtype="float32"),
-        head="seq2seq", published_params=2.23e8, max_positions=None, mlp="plain",
-    ),
+    # T5ForConditionalGeneration: ReLU MLP, relative positions, tied 32,100 embeddings (small: the codet5_lora tutorial).
+    _codet5("Salesforce/codet5-base", width=768, layers=12, heads=12, published=2.23e8),
+    _codet5("Salesforce/codet5-small", width=512, layers=6, heads=8, published=6.0e7),
     # PhiForCausalLM: parallel attention + MLP block, partial rotary (50%), untied LM head with bias.
     Architecture(
         "microsoft/phi-1_5", PhiConfig,

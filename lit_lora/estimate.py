@@ -28,6 +28,7 @@ from torch import nn
 
 from lit_lora.adapters.base import count_parameters, to_dtype
 from lit_lora.architectures import HEADS, lookup
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.memory import GIB, MemoryEstimate, Shape, Sharding, activation_bytes, inference_activation_bytes, \
     optimizer_state_bytes, quant_constant_bytes, sharded_state, tensor_bytes
 from lit_lora.models import builder
@@ -39,7 +40,8 @@ def head_of(module) -> str:
     for head, auto_class in HEADS.items():
         if module.auto_model_class is auto_class:
             return head
-    raise ValueError(f"{type(module).__name__} loads {module.auto_model_class}, which estimate cannot build")
+    raise IncompatibleConfig(f"model.class_path: {type(module).__name__} loads {module.auto_model_class.__name__}; "
+                             f"estimate builds the heads {', '.join(HEADS)} only")
 
 
 @dataclass

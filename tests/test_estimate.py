@@ -36,6 +36,19 @@ def test_lookup_accepts_aliases_and_case():
     assert lookup("someone/unknown") is None
 
 
+def test_every_shipped_config_names_a_model_estimate_builds_offline():
+    """``lit-lora estimate && sbatch`` on a login node without the hub: a hub id in a shipped config that the
+    registry lacks waited ~30 s of hub retries, then stopped (the CodeT5-small tutorial did)."""
+    import yaml
+
+    named = {path.relative_to(CONFIGS): yaml.safe_load(path.read_text())["model"]["init_args"]["model_name_or_path"]
+             for path in CONFIGS.rglob("*.yaml")
+             if "model_name_or_path" in ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("init_args", {})}
+    hub_ids = {path: name for path, name in named.items() if not name.startswith(("/", "lit_lora/"))}
+    assert len(hub_ids) >= 8
+    assert [f"{path}: {name}" for path, name in hub_ids.items() if lookup(name) is None] == []
+
+
 def test_unknown_model_without_hub_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UnknownArchitectureError) as err:
@@ -253,3 +266,17 @@ def test_a_varlen_kernel_is_counted_with_keys_and_values_at_their_own_heads():
     cfg, _, _ = estimate_for(GEMMA_CONFIG, *packed, "--data.init_args.max_tokens_per_batch", "16384",
                              "--data.init_args.max_length", "2048")
     assert data_settings(cfg)["batch_size"] == 8
+
+
+def test_a_module_of_a_head_estimate_cannot_build_is_an_input_error():
+    """The command prints an ``InputError`` as one line; a plain ValueError was a traceback."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForTokenClassification
+
+    from lit_lora.errors import InputError
+    from lit_lora.estimate import head_of
+
+    with pytest.raises(InputError, match="model.class_path: SimpleNamespace loads AutoModelForTokenClassification; "
+                                         "estimate builds the heads causal, seq2seq, masked"):
+        head_of(SimpleNamespace(auto_model_class=AutoModelForTokenClassification))
