@@ -2,7 +2,9 @@
 
 pandas' defaults lose text silently: a text cell reading ``None``, ``NA``, ``N/A``, ``null`` or ``nan`` becomes a
 missing value (an answer ``None`` would be dropped as an empty output, an input ``N/A`` vanish from its prompt),
-and a header naming a column twice renames the second ``output.1``, which then never trains::
+a header naming a column twice renames the second ``output.1``, which then never trains, and a first data row with
+one field more than the header (an unquoted comma, or a comma ending every line) makes the first column the row
+index, every other cell landing one column to the left::
 
     from lit_lora.data.csv_options import csv_read_options
     options = csv_read_options("codes.csv", text_columns=["instruction", "input", "output"])
@@ -40,3 +42,19 @@ def duplicate_column(path: str) -> Optional[str]:
         return None
     return (f"line 1: column {repeated!r} is named twice (pandas would read the second as {repeated + '.1'!r}, "
             f"which nothing reads): give each column one name")
+
+
+def long_row(path: str) -> Optional[str]:
+    """``line N: …`` for the first row with more fields than the header, read as pandas reads it (blank lines
+    skipped); None if none has. pandas fails on such a row, except as the first data row: there it silently
+    takes the first column as the row index, so every row trains on the wrong cells (its input as the instruction)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        start = reader.line_num + 1
+        for record in reader:
+            if len(record) > len(header):
+                return (f"line {start}: {len(record)} fields where the header has {len(header)} (a comma in a field "
+                        f"that is not quoted, or at the end of the line: quote the field or drop the comma)")
+            start = reader.line_num + 1
+    return None

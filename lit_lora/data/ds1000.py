@@ -24,11 +24,15 @@ log = logging.getLogger("lit_lora")
 
 def library_of(row: dict, where: str = "DS-1000", index: int | None = None,
                files: Optional[Sequence[str]] = None) -> str:
+    """The library a row is reported under: the text of ``metadata.library``. A number or a list there is named
+    with its row, not turned into a group name (``"['Pandas']"``) or a crash of the ``libraries`` filter."""
     metadata = row.get("metadata")
-    if not isinstance(metadata, dict) or not metadata.get("library"):
+    library = metadata.get("library") if isinstance(metadata, dict) else None
+    if not isinstance(library, str) or not library.strip():
         at = f" {describe_row(files, index)}," if index is not None else ""
-        raise DataFileError(f"{where}:{at} field 'metadata' must be an object with a 'library' (got {metadata!r})")
-    return str(metadata["library"])
+        raise DataFileError(f"{where}:{at} field 'metadata' must be an object whose 'library' is a library name "
+                            f"(text, e.g. 'Pandas'); got {metadata!r}")
+    return library
 
 
 class DS1000DataModule(SFTDataModule):

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Optional, Union
 
 from datasets import Dataset
 
+from lit_lora.errors import IncompatibleConfig
 from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import PadCollator
 from lit_lora.data.file_errors import DataFileError, describe_row
@@ -175,6 +176,22 @@ class NLIDataModule(NLIRows, TextDataModule):
 
     required_columns: ClassVar[tuple[str, ...]] = ("premise", "hypothesis", "label")
     truncation: ClassVar[str] = "the longer of premise and hypothesis shortened"
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if not self.datasets and self.tokenizer is not None:
+            self.check_pair_room()
+        super().setup(stage)
+
+    def check_pair_room(self) -> None:
+        """Refuse a ``max_length`` that leaves no token of each sentence beside a pair's special tokens: below the
+        special tokens the tokenizer cuts nothing (rows stay longer than ``max_length``), just above them it cuts a
+        sentence away entirely; either way the rows were logged as merely shortened."""
+        special = self.tokenizer.num_special_tokens_to_add(pair=True)
+        if self.max_length < special + 2:
+            raise IncompatibleConfig(
+                f"data.init_args.max_length {self.max_length} leaves no room for a premise and a hypothesis: "
+                f"{self.tokenizer.name_or_path} adds {special} special tokens to a pair and each sentence needs one "
+                f"token at least; set max_length to at least {special + 2}")
 
     def encode_row(self, row: dict) -> dict:
         label = self.row_label(row)

@@ -28,7 +28,7 @@ from lit_lora.data.base import TextDataModule
 from lit_lora.data.collators import IGNORE_INDEX
 from lit_lora.data.contract import declared_encoder_decoder, prompt_carries_special_tokens
 from lit_lora.data.held_out import keep_prompts_apart, normalize_input
-from lit_lora.data.templates import TEMPLATES
+from lit_lora.data.templates import TEMPLATES, render_prompt
 
 Example = Union[tuple[str, str], str]  # (prompt, response), or a drop reason
 
@@ -73,12 +73,26 @@ class SFTDataModule(TextDataModule):
         super().setup(stage)
 
     def check_chat_template(self) -> None:
-        """Refuse ``template: chat`` for a tokenizer without a chat template before any row is rendered."""
-        if self.template != "chat" or getattr(self.tokenizer, "chat_template", None) is not None:
+        """Refuse ``template: chat`` for a tokenizer without a chat template, or whose template refuses the turns
+        asked for (Gemma's: "System role not supported"), before any row is rendered: otherwise the template's
+        own error stops the run from inside the tokenizer, naming no setting."""
+        if self.template != "chat":
             return
         others = " or ".join(t for t in self.templates if t != "chat")
-        raise IncompatibleConfig(f"data.init_args.template: 'chat' needs a tokenizer with a chat template; "
-                                 f"{self.tokenizer.name_or_path} has none (use template: {others})")
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise IncompatibleConfig(f"data.init_args.template: 'chat' needs a tokenizer with a chat template; "
+                                     f"{self.tokenizer.name_or_path} has none (use template: {others})")
+        from jinja2 import TemplateError
+
+        try:
+            render_prompt("chat", self.tokenizer, "Say hello.", "", self.system_prompt)
+        except TemplateError as err:
+            name = self.tokenizer.name_or_path
+            if self.system_prompt is not None:
+                raise IncompatibleConfig(f"data.init_args.system_prompt: the chat template of {name} refuses a system "
+                                         f"turn ({err}): drop system_prompt") from err
+            raise IncompatibleConfig(f"data.init_args.template: the chat template of {name} refuses a user turn "
+                                     f"({err}): use template: {others}") from err
 
     @property
     def prompt_has_special_tokens(self) -> bool:

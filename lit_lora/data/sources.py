@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Union
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
 from lit_lora.errors import IncompatibleConfig
-from lit_lora.data.csv_options import csv_read_options, duplicate_column
+from lit_lora.data.csv_options import csv_read_options, duplicate_column, long_row
 from lit_lora.data.file_errors import (TEXT_DTYPES, TEXT_FILES, DataFileError, check_json_rows, check_text_columns,
                                       check_utf8, probably_meant, short_row, unreadable)
 
@@ -149,7 +149,7 @@ def load_local(source: str, files: list[str], text_columns: Sequence[str] = (),
     path, builder = files[0], BUILDERS[suffixes.pop()]
     if Path(path).suffix in TEXT_FILES:
         check_utf8(path)
-    if builder == "csv" and (problem := duplicate_column(path)):
+    if builder == "csv" and (problem := duplicate_column(path) or long_row(path)):
         raise DataFileError(f"{path}: {problem}")
     # CSV has no types: keep text columns as written ("042" stays "042", not the int 42; "None" stays "None")
     options = csv_read_options(path, text_columns) if builder == "csv" else {}
