@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_lora.sweep import plots as sweep_plots
-from lit_lora.sweep.grid import as_number
 from lit_lora.sweep.plots import mean_std
 from lit_lora.evaluation.report import direction
 from lit_lora.sweep.state import FINISHED, log_tail, load_sweep, point_states, read_json
@@ -39,7 +38,8 @@ LOG_LINES = 20
 
 # ---- one point -----------------------------------------------------------------------------------------
 def last_validation_metrics(path: Path) -> dict[str, float]:
-    """Last logged value of each validation column of a Lightning ``metrics.csv`` (``val…`` columns)."""
+    """Last logged value of each validation column of a Lightning ``metrics.csv`` (``val…`` columns). A ``nan``
+    or ``inf`` is that last value: an earlier finite one in its place would rank a diverged point best."""
     if not path.is_file():
         return {}
     found: dict[str, float] = {}
@@ -47,10 +47,18 @@ def last_validation_metrics(path: Path) -> dict[str, float]:
         for row in csv.DictReader(f):
             for key, value in row.items():
                 if key and key.startswith("val") and value not in (None, ""):
-                    number = as_number(value)
+                    number = csv_number(value)
                     if number is not None:
-                        found[key] = float(number)
+                        found[key] = number
     return found
+
+
+def csv_number(text: str) -> Optional[float]:
+    """A ``metrics.csv`` cell as a float, ``nan`` and ``inf`` included; ``None`` for anything else."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def point_metrics(run_dir: Path) -> dict[str, Any]:
@@ -203,22 +211,29 @@ def points_lines(rows: list[dict], labels: list[str], shown: list[str]) -> list[
     return lines + [""]
 
 
+def seed_mean(values: list) -> tuple[Optional[float], Optional[float]]:
+    """Mean ± std over seeds; ``nan`` when a seed's value is not finite (a diverged seed is not averaged away)."""
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return math.nan, None
+    return mean_std(values)
+
+
 def seeds_lines(groups: list[dict], shown: list[str]) -> list[str]:
     if not any(len(g["rows"]) > 1 for g in groups):
         return []
-    means = {g["name"]: {k: mean_std([r["metrics"].get(k) for r in g["rows"]]) for k in shown} for g in groups}
+    means = {g["name"]: {k: seed_mean([r["metrics"].get(k) for r in g["rows"]]) for k in shown} for g in groups}
     group_best = best_values([{"state": FINISHED, "name": g["name"]} for g in groups], shown,
                              value=lambda row, k: means[row["name"]][k][0])
     lines = ["## Mean ± std over seeds", "", "Finished points that differ only by `seed`; std over seeds "
-             "(sample standard deviation; — for one seed). Best mean in **bold** ★.", "",
+             "(sample standard deviation; — for one seed; nan when a seed's value is). Best mean in **bold** ★.",
+             "",
              "| group | seeds | " + " | ".join(shown) + " |", "|" + "---|" * (len(shown) + 2)]
     for g in groups:
         cells = [g["name"], str(len(g["rows"]))]
         for k in shown:
             mean, std = means[g["name"]][k]
-            text = "" if mean is None else marked(mean, group_best.get(k)) + (f" ± {fmt(std)}" if std is not None
-                                                                              else " ± —")
-            cells.append(text)
+            spread = "" if mean is None or math.isnan(mean) else f" ± {fmt(std)}" if std is not None else " ± —"
+            cells.append("" if mean is None else marked(mean, group_best.get(k)) + spread)
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -40,6 +40,8 @@ import yaml
 from lit_lora.cli_links import canonical
 from lit_lora.cluster.run_files import hpc_checkpoints
 from lit_lora.sweep.grid import SEED_KEY, Point, axis_labels, expand, parse_axis, point_name, seed_axis
+from lit_lora.sweep.known import keep_known_names, kept_text, stored_axis_order
+from lit_lora.sweep.lock import sweep_lock
 from lit_lora.sweep.point_checks import refused_values
 from lit_lora.sweep.resolve import PointConfigError, PrintConfig, changed_settings, checkpoint_dirpath, config_yaml, \
     pin_run, resolve_point
@@ -172,6 +174,7 @@ def write_point_configs(sweep: dict, sweep_dir: Path, name: str, resolved: list[
         text = config_yaml(config, header)
         path = run_dir / POINT_CONFIG
         previous = path.read_text() if path.is_file() else None
+        text = kept_text(previous, text)
         if previous is not None and previous != text and "run_dir" in entry:
             state = point_state(sweep_dir, entry, tasks.get(entry["index"]))
             if state.state in (FINISHED, RUNNING, PENDING):
@@ -198,7 +201,7 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
     """Expand, resolve (``print_config``: see ``sweep.resolve``) and write ``sweep.json``, ``points.txt`` and every
     ``<point>/point.yaml``; ``args``: the sweep's options (``lit_lora.commands.sweep``)."""
     axes = [parse_axis(spec) for spec in args.grid]
-    if args.seeds:
+    if args.seeds is not None:  # --seeds 0 is refused, not a sweep without seeds
         if any(a.key == SEED_KEY for a in axes):
             raise SystemExit("lit-lora sweep: give seeds as --seeds N or as --grid seed_everything=…, not both")
         axes.append(seed_axis(args.seeds))
@@ -207,21 +210,24 @@ def write_sweep(args: argparse.Namespace, base_args: list[str],
     if not name or "/" in name or name in (".", ".."):
         raise SystemExit(f"lit-lora sweep: --name {name!r} is not a directory name")
     sweep_dir = Path(args.runs_dir) / name
+    axes = stored_axis_order(sweep_dir, axes)
     labels = axis_labels([a.key for a in axes])
     resolved = resolve_points(expand(axes), args.config, base_args, name, print_config)
     sweep_dir.mkdir(parents=True, exist_ok=True)  # after every point resolved: a refused sweep leaves nothing
 
-    sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
-    check_same_axes(sweep, sweep_dir, [a.key for a in axes])
-    current = write_point_configs(sweep, sweep_dir, name, resolved)
-    sweep["points"].sort(key=lambda p: p["index"])
-    sweep.update({"name": name, "configs": list(args.config), "base_args": list(base_args),
-                  "axes": [{"key": a.key, "label": labels[a.key], "values": list(a.values)} for a in axes],
-                  "updated": now()})
-    sweep = {k: sweep[k] for k in ("name", "configs", "base_args", "axes", "updated", "points", "slurm")}
-    save_sweep(sweep_dir, sweep)
-    lines = [str((sweep_dir / p["config"]).resolve()) for p in sweep["points"]]
-    (sweep_dir / POINTS_FILE).write_text("\n".join(lines) + "\n")
+    with sweep_lock(sweep_dir, name):  # a concurrent command's points and submissions are kept (sweep.lock)
+        sweep = load_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {"slurm": [], "points": []}
+        check_same_axes(sweep, sweep_dir, [a.key for a in axes])
+        keep_known_names(resolved, sweep)
+        current = write_point_configs(sweep, sweep_dir, name, resolved)
+        sweep["points"].sort(key=lambda p: p["index"])
+        sweep.update({"name": name, "configs": list(args.config), "base_args": list(base_args),
+                      "axes": [{"key": a.key, "label": labels[a.key], "values": list(a.values)} for a in axes],
+                      "updated": now()})
+        sweep = {k: sweep[k] for k in ("name", "configs", "base_args", "axes", "updated", "points", "slurm")}
+        save_sweep(sweep_dir, sweep)
+        lines = [str((sweep_dir / p["config"]).resolve()) for p in sweep["points"]]
+        (sweep_dir / POINTS_FILE).write_text("\n".join(lines) + "\n")
     return sweep_dir, sweep, current
 
 
@@ -336,6 +342,13 @@ def array_spec(indices: list[int]) -> str:
 
 
 def submit(sweep_dir: Path, sweep: dict, points: list[dict], args: argparse.Namespace) -> int:
+    """Submit ``points`` that are not finished, queued or running, deciding under the sweep's lock from the
+    ``sweep.json`` on disk: a concurrent command's submission is seen, not submitted again nor overwritten."""
+    with sweep_lock(sweep_dir, sweep["name"]):
+        return submit_unlocked(sweep_dir, load_sweep(sweep_dir), points, args)
+
+
+def submit_unlocked(sweep_dir: Path, sweep: dict, points: list[dict], args: argparse.Namespace) -> int:
     name = sweep["name"]
     script = Path(args.script)
     if not script.is_file():

@@ -36,11 +36,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 from lit_lora.cluster.run_files import hpc_checkpoints
+from lit_lora.errors import InputError
 from lit_lora.strict_json import dumps
 
 SWEEP_FILE = "sweep.json"
@@ -70,17 +72,33 @@ class PointState:
 
 
 # ---- sweep.json ------------------------------------------------------------------------------------
+class SweepFileError(InputError, ValueError):
+    """A ``sweep.json`` that cannot be read: the file and why, not a JSON parser's traceback."""
+
+
 def load_sweep(sweep_dir: str | Path) -> dict:
     path = Path(sweep_dir) / SWEEP_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no sweep here (lit-lora sweep --config … --grid … writes it)")
-    return json.loads(path.read_text())
+    try:
+        sweep = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SweepFileError(f"{path} is not readable JSON ({err}): restore it, or give the sweep another "
+                             "--name") from None
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("points"), list):
+        raise SweepFileError(f"{path} is not a lit-lora sweep file (no list of points)")
+    return sweep
 
 
 def save_sweep(sweep_dir: str | Path, sweep: dict) -> None:
+    """Write ``sweep.json`` whole or not at all: a temporary file of this process (one shared by two commands
+    would mix their texts, or be gone when the second renames it), synced, then renamed over it."""
     path = Path(sweep_dir) / SWEEP_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(dumps(sweep, indent=2) + "\n")
+    tmp = path.with_name(f".{SWEEP_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(dumps(sweep, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
 
 
