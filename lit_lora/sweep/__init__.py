@@ -10,5 +10,6 @@ The command (its options, then these steps) is ``lit_lora.commands.sweep``. ``li
 grid and names the points, ``lit_lora.sweep.resolve`` writes each point's config with lit-lora's own parser,
 ``lit_lora.sweep.run`` runs them (locally one after another, or as a
 SLURM job array through ``slurm/launch.sh``), ``lit_lora.sweep.state`` tells which finished, and
-``lit_lora.sweep.report`` collects their metrics. See docs/sweeps.md.
+``lit_lora.sweep.report`` collects their metrics. A command run again keeps the points it wrote before
+(``lit_lora.sweep.known``), and two commands on one sweep take turns (``lit_lora.sweep.lock``). See docs/sweeps.md.
 """
