@@ -3,9 +3,11 @@
     lit-lora fit --config configs/demo.yaml --config configs/loggers/wandb.yaml
     WANDB_MODE=offline lit-lora fit …      # no server: real run files under <run dir>/wandb, `wandb sync` later
 
-``WandbRun`` is Lightning's ``WandbLogger`` plus five things: the run id is kept in
-``<save_dir>/wandb_run_id`` so a requeued job (same run directory) continues the same run; every
-hyperparameter is passed through ``redact``; the whole CLI config is logged as the run config; the CLI holds
+``WandbRun`` is Lightning's ``WandbLogger`` plus these things: the run id is kept in
+``<save_dir>/wandb_run_id`` once the run has started, so a requeued job (same run directory) continues the same run,
+without logging again the steps the run already holds (``lit_lora.cluster.wandb_history``); every hyperparameter,
+and every secret option of the command line wandb records, is passed through ``redact``; the whole CLI config is
+logged as the run config; no API key (or a wrong one) with W&B online is one error naming the fix; the CLI holds
 the run (``hold``) until lit-lora's run-directory check has passed, so a refused run starts none; and a
 W&B server that cannot be reached within ``init_timeout`` seconds does not stop the run: it logs to an
 offline run of the same id instead, with a warning naming the ``wandb sync <dir>`` that uploads it later::
@@ -17,11 +19,13 @@ offline run of the same id instead, with a warning naming the ``wandb sync <dir>
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import WandbLogger
@@ -29,12 +33,18 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from lit_lora.cli_links import linked_names
 from lit_lora.cluster.lightning_compat import started_experiment, wandb_init_settings, wandb_offline
+from lit_lora.cluster.wandb_history import LoggedSteps
+from lit_lora.errors import InputError
 
 log = logging.getLogger("lit_lora")
 
 REDACTED = "***redacted***"
 SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "apikey", "credential")
 RUN_ID_FILE = "wandb_run_id"
+
+
+class WandbLoginError(InputError, RuntimeError):
+    """W&B online with no API key, or a wrong one: the run would log nothing, so it stops before training."""
 
 
 def is_secret(key: str, value: Any) -> bool:
@@ -56,6 +66,33 @@ def redact(params: Any, key: str = "") -> Any:
     if isinstance(params, (list, tuple)):
         return type(params)(redact(v, key) for v in params)
     return REDACTED if is_secret(key, params) else params
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the value of every secret option (``--model.init_args.hf_token VALUE`` or ``…=VALUE``) redacted."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        option, eq, value = arg.partition("=")
+        leaf = option.lstrip("-").rsplit(".", 1)[-1]
+        if option.startswith("--") and eq and is_secret(leaf, value):
+            arg = f"{option}={REDACTED}"
+        elif i and argv[i - 1].startswith("--") and "=" not in argv[i - 1] and not arg.startswith("--") and \
+                is_secret(argv[i - 1].lstrip("-").rsplit(".", 1)[-1], arg):
+            arg = REDACTED
+        out.append(arg)
+    return out
+
+
+@contextlib.contextmanager
+def redacted_argv() -> Iterator[None]:
+    """While wandb starts a run: it records the command line with the run (``args`` in its metadata), where a secret
+    given as an option would reach W&B past the redacted config."""
+    saved = sys.argv
+    sys.argv = redact_argv(list(saved))
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def _namespace_to_dict(value: Any) -> Any:
@@ -102,6 +139,7 @@ class WandbRun(WandbLogger):
         self._held = False
         self._held_calls: list[tuple[str, tuple]] = []
         self._flat_keys: set[str] = set()  # after log_config: the module's and datamodule's argument names
+        self._logged_steps: Optional[LoggedSteps] = None  # on rank 0, at the first metrics
         if wandb_init_settings(self).get("anonymous", "") is None:  # Lightning passes None; wandb warns on any value
             del wandb_init_settings(self)["anonymous"]
 
@@ -124,20 +162,40 @@ class WandbRun(WandbLogger):
         """The W&B run; an offline one of the same id when the server cannot be reached (see the module doc)."""
         if self._held and started_experiment(self) is None:
             return None  # Lightning's setup asks for it before the callbacks' setup, where the check runs
-        if self._unsaved_id_file is not None:  # a new run: keep its id for a requeued job
+        if started_experiment(self) is not None:
+            return super().experiment
+        with redacted_argv():
+            run = self._start()
+        if self._unsaved_id_file is not None:
+            # a new run that started: keep its id for a requeued job. Not before: a start that failed (no API key)
+            # would leave a run directory that the corrected command may not start in
             self._unsaved_id_file.parent.mkdir(parents=True, exist_ok=True)
             self._unsaved_id_file.write_text(wandb_init_settings(self)["id"] + "\n")
             self._unsaved_id_file = None
-        if started_experiment(self) is not None or wandb_offline(self):
+        return run
+
+    def _start(self):
+        """Lightning's start of the run, offline when the server cannot be reached, a clear error without a login."""
+        if wandb_offline(self):
             return super().experiment
-        from wandb.errors import AuthenticationError, CommError
+        from wandb.errors import AuthenticationError, CommError, UsageError
 
         try:
             return super().experiment
-        except (CommError, TimeoutError) as err:
-            if isinstance(err, AuthenticationError):  # reached, but the key is wrong: for the user to fix
+        except (AuthenticationError, UsageError) as err:  # no key, or a wrong one: for the user to fix
+            if isinstance(err, UsageError) and "API key" not in str(err):
                 raise
+            raise WandbLoginError(self._login_advice(err)) from err
+        except (CommError, TimeoutError) as err:
             return self._start_offline(err)
+
+    def _login_advice(self, error: BaseException) -> str:
+        """One line for a run that cannot log in: wandb's reason, and the two ways on (log in, or offline)."""
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        runs = Path(self.save_dir or ".") / "wandb" / "offline-run-*"
+        return (f"W&B cannot start the run online ({reason.rstrip('.')}): log in on this machine (`wandb login`, or "
+                f"set WANDB_API_KEY), or log offline (WANDB_MODE=offline, or --trainer.logger.init_args.offline true) "
+                f"and upload it later with `wandb sync {runs}`")
 
     def _start_offline(self, error: BaseException):
         """Start this run offline after ``error``; wandb's service still holds the failed online start: restart it."""
@@ -180,10 +238,19 @@ class WandbRun(WandbLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        """Log ``metrics``, less those an earlier job of this run already logged at ``step`` (``LoggedSteps``)."""
         if self._held:
             self._held_calls.append(("log_metrics", (dict(metrics), step)))
             return
-        super().log_metrics(metrics, step)
+        if step is None:
+            super().log_metrics(metrics, step)
+            return
+        if self._logged_steps is None:
+            self._logged_steps = LoggedSteps(Path(self.save_dir or "."), wandb_init_settings(self)["id"])
+        metrics = self._logged_steps.new(metrics, step)
+        if metrics:
+            super().log_metrics(metrics, step)
+            self._logged_steps.record(metrics, step)
 
     def log_config(self, config: Any) -> None:
         """Log the full CLI config (a jsonargparse Namespace) under ``config/…``, redacted; the flat copy of the
