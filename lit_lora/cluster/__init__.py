@@ -13,7 +13,8 @@
   evaluates on (``run_device``), and ``DecoderLayerWrapPolicy``, the FSDP auto-wrap policy.
 * ``strategy_config``: what a Trainer ``strategy`` value runs (family; DeepSpeed's ZeRO stage and offload from its
   arguments, its config dict or JSON file), read once for the config check, the estimate and the optimizer.
-* ``tracking``: ``WandbRun``, Weights & Biases with one run per job across requeues and secrets redacted.
+* ``tracking``: ``WandbRun``, Weights & Biases with one run per job across requeues and secrets redacted;
+  ``wandb_history``: the steps a W&B run already holds, so a resumed job does not log them twice.
 * ``runtime``: what the CLI installs around every Trainer besides ``preemption:`` (one job per callback), on a
   laptop too: atomic checkpoint writes and the run-directory check are read from the ``preemption:`` section.
 * ``run_dir``: where a run's files go (the logger's directory, else ``default_root_dir``), the same on every rank.
