@@ -20,7 +20,9 @@ import difflib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -171,9 +173,18 @@ def entry() -> None:
         from lit_lora.cluster import early_signals
 
         early_signals.record()
+    ctrl_c = CtrlC()
     try:
         main()
         close_process_group()
+    except KeyboardInterrupt:
+        if verbose():
+            raise
+        interrupted()
+    except SystemExit:
+        if ctrl_c.seen and not verbose():  # Lightning's graceful shutdown after Ctrl-C ends in sys.exit(1)
+            interrupted()
+        raise
     except Exception as err:  # noqa: BLE001 - only the input errors are caught; anything else is re-raised
         cause = input_error_in(err)
         if verbose() or cause is None:
@@ -181,8 +192,40 @@ def entry() -> None:
         named = "" if type(cause).__name__ == "ModelNotFoundError" else f"{type(cause).__name__}: "  # says it all
         sys.exit(f"lit-lora: {named}{cause}")
     finally:
+        ctrl_c.restore()
         if "lit_lora.cluster.early_signals" in sys.modules:  # a signal kept for a run that never took it
             sys.modules["lit_lora.cluster.early_signals"].release()
+
+
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
+def interrupted() -> None:
+    """Ctrl-C ends every command the same way: one line and exit status 130, not a traceback from wherever the
+    imports or the run were, nor Lightning's exit status 1 after its graceful shutdown."""
+    print(f"lit-lora: interrupted (Ctrl-C); exit status {INTERRUPTED}", file=sys.stderr, flush=True)
+    raise SystemExit(INTERRUPTED) from None
+
+
+class CtrlC:
+    """Notes a Ctrl-C (``seen``) and raises ``KeyboardInterrupt`` as Python's own handler does, so that a
+    ``SystemExit`` on the way out of an interrupted run is told from a command's own exit."""
+
+    def __init__(self):
+        self.seen = False
+        self.previous = signal.getsignal(signal.SIGINT)
+        # an ignored SIGINT (a job started in the background) stays ignored; signals belong to the main thread
+        if self.previous is signal.default_int_handler and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.interrupt)
+
+    def interrupt(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and signal.getsignal(signal.SIGINT) == self.interrupt:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def close_process_group() -> None:

@@ -63,7 +63,8 @@ def explain(message: str, files: Sequence[str], parser: Any = None) -> str:
     """``message`` with a first line naming the file and line of the mistake, where one of ``files`` holds it;
     ``parser``, the one that refused it, gives the keys a misspelled one is matched against."""
     found = yaml_error(files) if YAML_PROBLEM in message else empty_file(message, files) or \
-        missing_section(message, files) or settings_beside_class_path(message, files) or \
+        not_a_mapping(message, files) or missing_option(message, parser) or missing_section(message, files) or \
+        settings_beside_class_path(message, files) or \
         unknown_option(message, files) or unknown_top_level(message, files, parser) or \
         unknown_class(message, files) or wrong_type(message, files)
     return f"{found}\n{message}" if found else message
@@ -90,6 +91,52 @@ def empty_file(message: str, files: Sequence[str]) -> Optional[str]:
     empty = next((path for path in files if not "".join(read_lines(path)).strip()), None)
     return f"{empty}: the config is empty; start from a bundled one: lit-lora configs copy demo my.yaml" \
         if empty else None
+
+
+def not_a_mapping(message: str, files: Sequence[str]) -> Optional[str]:
+    """``file: not a config …`` for a file whose YAML is a word, a number or a list (jsonargparse: "Unexpected
+    config: hello", naming no file)."""
+    if "Unexpected config" not in message:
+        return None
+    for path in files:
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if content is not None and not isinstance(content, dict):
+            return f"{path}: not a config: its YAML is a {type(content).__name__}, not key: value settings " \
+                   "(start from a bundled one: lit-lora configs copy demo my.yaml)"
+    return None
+
+
+def missing_option(message: str, parser: Any = None) -> Optional[str]:
+    """``lit-lora merge: give --adapter_dir …`` for a command's own required option: not a config section, so the
+    missing-section line below would send the user to the config file for it."""
+    match = REQUIRED.search(message)
+    keys = [key.strip() for key in match.group(1).split(",")] if match else []
+    options = [key.split(".")[-1] for key in keys if key.split(".")[-1] not in ("model", "data")]
+    if not options:
+        return None
+    prog = getattr(parser, "prog", "lit-lora")
+    owner = re.search(r'Parser key "([\w.]+)"', message)  # a class's own argument (model.init_args.…)
+    if owner:
+        keys = [f"{owner.group(1)}.init_args.{o}" for o in options]
+        return f"{prog}: {', '.join(keys)} is not set: give it under {owner.group(1)}: init_args: in the config, " \
+               f"or as --{keys[0]}"
+    return f"{prog}: give {', '.join('--' + o for o in options)} (`{prog} --help` says what it takes)"
+
+
+def undecodable(files: Sequence[str]) -> Optional[str]:
+    """``file: not a YAML text file …`` for a ``--config`` that is not UTF-8 text (a checkpoint, an archive):
+    jsonargparse would fail on it with a ``UnicodeDecodeError`` traceback."""
+    for path in files:
+        try:
+            Path(path).read_text()
+        except UnicodeDecodeError:
+            return f"{path}: not a YAML text file (a config is YAML: lit-lora configs copy demo my.yaml)"
+        except OSError:
+            continue
+    return None
 
 
 def missing_section(message: str, files: Sequence[str]) -> Optional[str]:

@@ -42,7 +42,7 @@ from lit_lora.cluster.run_dir import evaluation_dirs, run_dir
 from lit_lora.cluster.runtime import install_atomic_saves, runtime_callbacks
 from lit_lora.cluster.tracking import WandbRun, fill_save_dirs
 from lit_lora.cli_links import LINKS
-from lit_lora.commands.config_errors import check_linked, config_files, explain
+from lit_lora.commands.config_errors import check_linked, config_files, explain, undecodable
 from lit_lora.commands.config_layers import check_layers
 from lit_lora.model_source import resolve_model_path
 from lit_lora.models.base import FineTuneModule
@@ -67,6 +67,18 @@ def with_descriptions(parser_kwargs: Optional[dict]) -> dict:
     return parser_kwargs
 
 
+RUN = "runs/demo/lightning_logs/version_0"  # where the demo's first run goes
+EXAMPLES = {  # the line under ``--help``'s usage
+    "fit": "lit-lora fit --config configs/demo.yaml --trainer.max_steps 50   (`lit-lora configs list`: the others)",
+    "validate": f"lit-lora validate --config {RUN}/config.yaml --ckpt_path {RUN}/checkpoints/last.ckpt",
+    "test": f"lit-lora test --config {RUN}/config.yaml --ckpt_path {RUN}/checkpoints/last.ckpt",
+    "compare": f"lit-lora compare --config {RUN}/config.yaml --adapter_dir {RUN}/adapter",
+    "estimate": "lit-lora estimate --config configs/demo.yaml --gpu_memory_gib 24",
+    "merge": f"lit-lora merge --config {RUN}/config.yaml --adapter_dir {RUN}/adapter",
+    "incontext": "lit-lora incontext --config configs/demo.yaml --shots 0 1 --max_rows 50",
+}
+
+
 class ShortUsageParser(LightningArgumentParser):
     """On a mistyped option, one usage line above jsonargparse's error instead of every option the CLI has
     (``--help`` still lists them all), and a mistake in a ``--config`` file named by file and line."""
@@ -80,6 +92,19 @@ class ShortUsageParser(LightningArgumentParser):
     def format_usage(self) -> str:
         prog = self.prog.replace(" [options]", "")
         return f"usage: {prog} --config FILE [--model.… / --data.… / --trainer.… VALUE]\n"
+
+    def format_help(self, *args, **kwargs) -> str:
+        """The short usage and an example at the top: argparse's usage lists every option, a hundred lines
+        before the description."""
+        if self.usage is not None:
+            return super().format_help(*args, **kwargs)
+        example = EXAMPLES.get(self.prog.replace(" [options]", "").removeprefix("lit-lora").strip())
+        usage = self.format_usage().removeprefix("usage: ").rstrip()
+        self.usage = usage + (f"\n  e.g.  {example}" if example else "")
+        try:
+            return super().format_help(*args, **kwargs)
+        finally:
+            self.usage = None
 
     def error(self, message: str, ex: Optional[Exception] = None):
         if self.exit_on_error:  # the parser that prints, not a nested one raising to it
@@ -158,6 +183,11 @@ class LitLoraCLI(LightningCLI):
         key is refused first: jsonargparse would drop it silently. A ``--ckpt_path`` that holds no checkpoint (empty,
         cut short, another format) is named before LightningCLI ``torch.load``s it for those hyperparameters."""
         argv = sys.argv[1:] if args is None else args
+        unreadable = undecodable(config_files(argv))
+        if unreadable:  # the usage line of fit / validate / test where there is one
+            subcommands = getattr(parser, "_subcommands_action", None)
+            by_name = getattr(subcommands, "_name_parser_map", {})
+            (by_name.get(argv[0] if argv else None) or parser).error(unreadable)
         self._given_keys = check_layers(argv)
         check_linked(argv)
         super().parse_arguments(parser, args)
@@ -186,7 +216,7 @@ class LitLoraCLI(LightningCLI):
         model_args = config.get("model", {}).get("init_args") or {}
         if model_args.get("model_name_or_path"):
             resolve_model_path(model_args["model_name_or_path"])  # one clear line now, not a jsonargparse report later
-            check_model_kind(config.get("model"))  # before tokenisation, not in from_pretrained after it
+            check_model_config(config.get("model"), model_args["model_name_or_path"])
         check_config(config)
         check_allocation(trainer.num_nodes, trainer.devices, accelerator=trainer.accelerator)
         fill_save_dirs(trainer)
@@ -205,6 +235,26 @@ class LitLoraCLI(LightningCLI):
             given = self.config.get(self.subcommand).get("config") or []
             config_path = str(saved) if saved.exists() else (str(given[-1]) if given else None)
             print(console.fit_summary(self.trainer, out_dir, config_path, self._started, self.model), flush=True)
+
+
+def check_model_config(model_config, name: str) -> None:
+    """The model kind against the module (before tokenisation, not in from_pretrained after it), with a model
+    directory transformers cannot read named as the config field it is, not a traceback from AutoConfig."""
+    from pathlib import Path
+
+    from lit_lora.errors import IncompatibleConfig, InputError
+
+    path = Path(resolve_model_path(name))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise IncompatibleConfig(f"model.init_args.model_name_or_path {name}: a directory without config.json, "
+                                 "not a transformers model (a hub id or a saved model's directory)")
+    try:
+        check_model_kind(model_config)
+    except (ValueError, OSError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise IncompatibleConfig(f"model.init_args.model_name_or_path {name}: its config.json cannot be read "
+                                 f"({type(err).__name__}: {err})") from err
 
 
 def main(argv: list[str]) -> None:
