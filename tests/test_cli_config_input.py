@@ -3,6 +3,7 @@ that names the file or the option, a usage exit status, no traceback."""
 
 from __future__ import annotations
 
+import pytest
 from harness import DEMO, cli_exit
 
 
@@ -65,3 +66,13 @@ def test_model_config_json_transformers_cannot_read_is_one_line(tmp_path):
     status, message = cli_exit(["fit", "--config", DEMO, "--model.init_args.model_name_or_path", str(model)])
     assert status == 1
     assert f"model.init_args.model_name_or_path {model}: its config.json cannot be read" in message, message
+
+
+@pytest.mark.parametrize("given", ["missing.yaml", "."])
+def test_a_sweep_config_that_is_no_file_is_a_usage_error_as_for_fit(tmp_path, capsys, given):
+    """Status 2 and one line, as ``lit-lora fit`` says it; it was status 1 and every point's refusal."""
+    status, _ = cli_exit(["sweep", "--config", str(tmp_path / given), "--grid", "model.init_args.optim.lr=1e-3,2e-3",
+                          "--runs_dir", str(tmp_path / "runs"), "--dry_run"])
+    err = capsys.readouterr().err
+    assert status == 2 and f"--config {tmp_path / given}: " in err, err
+    assert ("a directory" if given == "." else "no such file") in err and not (tmp_path / "runs").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from lit_lora.commands.experiment import print_config
@@ -52,6 +53,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.error(f"{misplaced[0].split('=', 1)[0]} is an option of --slurm: put it after --slurm")
     if rest and not rest[0].startswith("--"):
         parser.error(f"unexpected argument {rest[0]!r} (base overrides are --KEY VALUE pairs)")
+    missing = [c for c in args.config if not Path(c).is_file()]
+    if missing:  # as fit says it (status 2), not as every point's refusal
+        parser.error(f"--config {missing[0]}: " + ("a directory, not a config file" if Path(missing[0]).is_dir()
+                                                    else "no such file"))
     args.slurm = slurm is not None
     args.max_parallel, args.script, args.sbatch = None, DEFAULT_SCRIPT, []
     if slurm is not None:
