@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 import time
 import warnings
@@ -91,18 +92,34 @@ def quiet_libraries() -> None:
 LINE_EVERY_S = 30.0  # a training bar written to a file (a batch job's log) prints a line this often, and at the end
 
 
+BAR_COUNT = re.compile(r"\|\s*(\d+)/(\d+|\?)\s")  # tqdm's "| 12/200 [" (or "| 0/? [" before the total is known)
+
+
 class LineByLine:
     """stderr for a progress bar in a file: each refresh on a line of its own. tqdm rewrites one terminal line with
-    ``\\r`` (and moves up with ``ESC[A`` to a second bar), which in a job log piles a whole run onto one line."""
+    ``\\r`` (and moves up with ``ESC[A`` to a second bar), which in a job log piles a whole run onto one line.
+    A line is written when the bar has moved: not for the bar's creation at 0, nor for the same count printed
+    again when the epoch ends and when the bar closes."""
 
     def __init__(self, stream: Any):
         self.stream = stream
+        self._last: Optional[tuple[str, str, str]] = None
 
     def write(self, text: str) -> int:
         line = text.replace("\x1b[A", "").replace("\r", "").rstrip()
-        if line:
+        if line and self._moved(line):
             self.stream.write(line + "\n")
         return len(text)
+
+    def _moved(self, line: str) -> bool:
+        count = BAR_COUNT.search(line)
+        if count is None:
+            return True
+        key = (line.split(":", 1)[0], count.group(1), count.group(2))
+        if count.group(1) == "0" or key == self._last:
+            return False
+        self._last = key
+        return True
 
     def flush(self) -> None:
         self.stream.flush()

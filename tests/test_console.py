@@ -49,6 +49,9 @@ def test_demo_console_is_quiet_and_step_based(tmp_path):
     bar_lines = [line for line in result.stderr.splitlines() if "step:" in line]
     assert bar_lines and all(line.startswith("step:") and "\r" not in line and len(line) < 300
                              for line in bar_lines), bar_lines
+    counts = [re.search(r"\| (\d+)/2 ", line).group(1) for line in bar_lines]
+    assert counts == ["1", "2"], bar_lines  # each step once: not the bar's creation at 0, nor 2/2 again at the end
+    assert not [line for line in result.stderr.splitlines() if line.startswith("Training:")], result.stderr[-2000:]
     assert "Validation" not in result.stderr and "Sanity Checking" not in result.stderr  # a line a batch
 
     loud = demo(tmp_path / "verbose", "--verbose")
